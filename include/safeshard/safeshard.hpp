@@ -1,0 +1,11 @@
+// The umbrella header: everything but cuda/ (which has its own dependency, safeshard_cuda).
+#pragma once
+
+#include "safeshard/config.hpp"
+#include "safeshard/fwd.hpp"
+
+#include "safeshard/core/checked.hpp"
+#include "safeshard/core/dtype.hpp"
+#include "safeshard/core/error.hpp"
+#include "safeshard/core/model_config.hpp"
+#include "safeshard/core/shape.hpp"

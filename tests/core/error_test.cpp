@@ -1,0 +1,63 @@
+#include "safeshard/core/error.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cerrno>
+#include <set>
+#include <string>
+
+using namespace safeshard;
+
+TEST_CASE("every errc has a distinct name") {
+    std::set<std::string_view> names;
+    for (int i = 0; i <= static_cast<int>(errc::interrupted); ++i) {
+        auto n = to_string(static_cast<errc>(i));
+        CAPTURE(i);
+        CHECK(n != "unknown");
+        CHECK(names.insert(n).second);
+    }
+    CHECK(to_string(static_cast<errc>(250)) == "unknown");
+}
+
+TEST_CASE("error carries code, message and context, and what() shows them all") {
+    error e(errc::invalid_offset, "expected data offset 0, found 16",
+            {.file = "model.safetensors", .tensor = "w", .offset = 24, .sys_errno = 0});
+    CHECK(e.code() == errc::invalid_offset);
+    CHECK(e.message() == "expected data offset 0, found 16");
+    CHECK(e.file() == "model.safetensors");
+    CHECK(e.tensor() == "w");
+    CHECK(e.offset() == 24u);
+    CHECK(std::string(e.what()) ==
+          "invalid_offset: expected data offset 0, found 16 (file 'model.safetensors', "
+          "tensor 'w', byte offset 24)");
+}
+
+TEST_CASE("error without context prints no parentheses") {
+    error e(errc::tensor_not_found, "no tensor named 'x'");
+    CHECK(std::string(e.what()) == "tensor_not_found: no tensor named 'x'");
+    CHECK_FALSE(e.offset().has_value());
+}
+
+TEST_CASE("error with only a tensor or only an offset") {
+    CHECK(std::string(error(errc::duplicate_name, "twice", {.tensor = "a"}).what()) ==
+          "duplicate_name: twice (tensor 'a')");
+    CHECK(std::string(error(errc::invalid_header, "bad", {.offset = 0}).what()) ==
+          "invalid_header: bad (byte offset 0)");
+}
+
+TEST_CASE("system_error carries errno's text and the path") {
+    error e = system_error("open", ENOENT, "/nope/x.safetensors");
+    CHECK(e.code() == errc::io_error);
+    CHECK(e.sys_errno() == ENOENT);
+    CHECK(e.file() == "/nope/x.safetensors");
+    CHECK(std::string(e.what()).find("No such file or directory") != std::string::npos);
+    CHECK(std::string(e.what()).find("open failed") != std::string::npos);
+}
+
+TEST_CASE("error is a std::exception") {
+    try {
+        throw error(errc::io_error, "x");
+    } catch (const std::exception& e) {
+        CHECK(std::string(e.what()) == "io_error: x");
+    }
+}
