@@ -29,12 +29,12 @@ static_assert(!parse_dtype("").has_value());
 static_assert(is_floating_point(dtype::bf16) && !is_floating_point(dtype::i32));
 
 TEST_CASE("the dtype table follows the reference crate's enum order") {
-    const char* expected[] = {"BOOL",    "F4",          "F6_E2M3",     "F6_E3M2", "U8",  "I8",
-                              "F8_E5M2", "F8_E4M3",     "F8_E8M0",     "F8_E4M3FNUZ",
-                              "F8_E5M2FNUZ", "I16",     "U16",         "F16",     "BF16", "I32",
-                              "U32",     "F32",         "C64",         "F64",     "I64", "U64"};
-    const unsigned bits[] = {8, 4, 6, 6, 8, 8, 8, 8, 8, 8, 8, 16, 16, 16, 16, 32, 32, 32, 64, 64,
-                             64, 64};
+    const char* expected[] = {"BOOL",    "F4",      "F6_E2M3", "F6_E3M2",     "U8",          "I8",
+                              "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16",
+                              "U16",     "F16",     "BF16",    "I32",         "U32",         "F32",
+                              "C64",     "F64",     "I64",     "U64"};
+    const unsigned bits[] = {8,  4,  6,  6,  8,  8,  8,  8,  8,  8,  8,
+                             16, 16, 16, 16, 32, 32, 32, 64, 64, 64, 64};
     REQUIRE(std::size(expected) == all_dtypes.size());
     for (std::size_t i = 0; i < all_dtypes.size(); ++i) {
         CAPTURE(i);

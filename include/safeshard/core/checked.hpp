@@ -64,8 +64,7 @@ template <std::unsigned_integral T>
 
 // Throwing forms: `what` names the quantity in the message ("data offset + length").
 [[nodiscard]] inline std::uint64_t add_or_throw(std::uint64_t a, std::uint64_t b,
-                                                std::string_view what,
-                                                error_context ctx = {}) {
+                                                std::string_view what, error_context ctx = {}) {
     std::uint64_t r = 0;
     if (add_overflows(a, b, r))
         throw error(errc::validation_overflow,
@@ -76,8 +75,7 @@ template <std::unsigned_integral T>
 }
 
 [[nodiscard]] inline std::uint64_t mul_or_throw(std::uint64_t a, std::uint64_t b,
-                                                std::string_view what,
-                                                error_context ctx = {}) {
+                                                std::string_view what, error_context ctx = {}) {
     std::uint64_t r = 0;
     if (mul_overflows(a, b, r))
         throw error(errc::validation_overflow,

@@ -30,21 +30,21 @@ enum class errc : std::uint8_t {
     io_error,                        // the system failed a call (errno in the context)
     duplicate_name,                  // a name appears twice
     // safeshard's own
-    invalid_argument,     // a caller passed something out of range
-    rank_too_large,       // a shape beyond shape::capacity dimensions
-    invalid_dtype,        // unknown or unusable dtype
-    invalid_index,        // model.safetensors.index.json is wrong
-    invalid_config,       // config.json is wrong
-    checkpoint_not_found, // nothing loadable where the user pointed
-    invalid_layout,       // a layout cannot cut this tensor for this world
-    shape_mismatch,       // a source shape disagrees with the schema
-    missing_tensor,       // the schema expects a name the checkpoint lacks
-    unexpected_tensor,    // the checkpoint has a name the schema lacks (strict mode)
-    quantized_checkpoint, // scale tensors present and raw loading not asked for
+    invalid_argument,      // a caller passed something out of range
+    rank_too_large,        // a shape beyond shape::capacity dimensions
+    invalid_dtype,         // unknown or unusable dtype
+    invalid_index,         // model.safetensors.index.json is wrong
+    invalid_config,        // config.json is wrong
+    checkpoint_not_found,  // nothing loadable where the user pointed
+    invalid_layout,        // a layout cannot cut this tensor for this world
+    shape_mismatch,        // a source shape disagrees with the schema
+    missing_tensor,        // the schema expects a name the checkpoint lacks
+    unexpected_tensor,     // the checkpoint has a name the schema lacks (strict mode)
+    quantized_checkpoint,  // scale tensors present and raw loading not asked for
     unsupported_conversion,
     tensor_factory_failed,
     cuda_error,
-    invalid_export,       // per-rank export metadata is missing or inconsistent
+    invalid_export,  // per-rank export metadata is missing or inconsistent
     interrupted,
 };
 
@@ -89,7 +89,7 @@ struct error_context {
     std::string file{};
     std::string tensor{};
     std::optional<std::uint64_t> offset{};  // byte offset in `file`
-    int sys_errno = 0;                     // errno of a failed system call, else 0
+    int sys_errno = 0;                      // errno of a failed system call, else 0
 };
 
 class error : public std::runtime_error {
@@ -153,9 +153,9 @@ private:
     std::string msg(operation);
     msg += " failed: ";
     msg += std::strerror(err);
-    return error(errc::io_error, msg,
-                 error_context{.file = std::move(path), .tensor = {}, .offset = offset,
-                               .sys_errno = err});
+    return error(
+        errc::io_error, msg,
+        error_context{.file = std::move(path), .tensor = {}, .offset = offset, .sys_errno = err});
 }
 
 }  // namespace safeshard

@@ -55,11 +55,9 @@ public:
     [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::size_t size() const noexcept {
         return rank_;
     }
-    [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr bool empty() const noexcept {
-        return rank_ == 0;
-    }
-    [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr value_type operator[](std::size_t i) const
-        noexcept {
+    [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr bool empty() const noexcept { return rank_ == 0; }
+    [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr value_type operator[](
+        std::size_t i) const noexcept {
         return dims_[i];
     }
     [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr value_type& operator[](std::size_t i) noexcept {
@@ -78,8 +76,8 @@ public:
     // Product of the extents (1 for rank 0), folded left to right with overflow checks as the
     // reference reader does, or nullopt when a partial product overflows 64 bits: [2^32, 2^32]
     // (which would wrap to exactly 0) and [2^32, 2^32, 0] are refused, [0, 2^32, 2^32] is not.
-    [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::optional<value_type> element_count() const
-        noexcept {
+    [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::optional<value_type> element_count()
+        const noexcept {
         value_type n = 1;
         for (std::size_t i = 0; i < rank_; ++i)
             if (mul_overflows(n, dims_[i], n)) return std::nullopt;
