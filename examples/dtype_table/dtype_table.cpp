@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
     if (rows.empty()) rows.assign(safeshard::all_dtypes.begin(), safeshard::all_dtypes.end());
 
     std::cout << std::left << std::setw(13) << "dtype" << std::right << std::setw(5) << "bits"
-              << std::setw(7) << "bytes" << "  float\n";
+              << std::setw(7) << "bytes"
+              << "  float\n";
     for (const auto t : rows) print_row(t);
     std::cout << "(bytes '-': sub-byte dtypes are packed; a tensor's size is bits x count / 8)\n";
     return 0;

@@ -68,8 +68,7 @@ int main() {
     }
     if (h.small_product_overflowed != 0 || h.small_product != 15) {
         std::printf("FAIL: 3 x 5 on the device: overflow=%d result=%llu\n",
-                    h.small_product_overflowed,
-                    static_cast<unsigned long long>(h.small_product));
+                    h.small_product_overflowed, static_cast<unsigned long long>(h.small_product));
         ++failures;
     }
     if (h.large_product_overflowed != 1) {
