@@ -26,6 +26,17 @@ pkgconfig)
     echo "pkg-config --cflags --libs safeshard: $flags"
     # shellcheck disable=SC2086  # the flags are words
     $cxx -std=c++20 -Wall -Wextra -Werror "$here/consumer.cpp" -o "$tmp/consumer" $flags
+    # safeshard-cuda.pc is installed where the CUDA toolkit was found.
+    if [ -f "$tmp/prefix/lib/pkgconfig/safeshard-cuda.pc" ]; then
+        flags=$(pkg-config --cflags --libs safeshard-cuda)
+        echo "pkg-config --cflags --libs safeshard-cuda: $flags"
+        # The toolkit's lib64 may not be known to the dynamic linker: run from its -L folder.
+        cudart_dir=$(printf '%s\n' $flags | sed -n 's/^-L//p' | head -n 1)
+        # shellcheck disable=SC2086
+        $cxx -std=c++20 -Wall -Wextra -Werror "$here/cuda_consumer.cpp" -o "$tmp/cuda_consumer" \
+            $flags ${cudart_dir:+-Wl,-rpath,"$cudart_dir"}
+        "$tmp/cuda_consumer"
+    fi
     ;;
 cmake)
     install_safeshard
