@@ -41,7 +41,7 @@ pkgconfig)
 cmake)
     install_safeshard
     cp "$here/cmake/CMakeLists.txt" "$here/consumer.cpp" "$tmp/"
-    cmake -S "$tmp" -B "$tmp/cbuild" -DCMAKE_PREFIX_PATH="$tmp/prefix" \
+    cmake -G Ninja -S "$tmp" -B "$tmp/cbuild" -DCMAKE_PREFIX_PATH="$tmp/prefix" \
         -DCMAKE_CXX_COMPILER="$cxx" >"$tmp/cmake.log" 2>&1 || { cat "$tmp/cmake.log"; exit 1; }
     cmake --build "$tmp/cbuild" >"$tmp/cbuild.log" 2>&1 || { cat "$tmp/cbuild.log"; exit 1; }
     cp "$tmp/cbuild/consumer" "$tmp/consumer"
