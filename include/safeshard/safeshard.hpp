@@ -9,3 +9,6 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/core/shape.hpp"
+
+#include "safeshard/io/atomic_file.hpp"
+#include "safeshard/io/mapped_file.hpp"
