@@ -362,8 +362,9 @@ TEST_CASE("atomic_file::remove_stale removes only dead writers' temporaries") {
     const auto target = dir / "t.bin";
     const std::string dead = std::to_string(dead_pid());
     const std::string me = std::to_string(::getpid());
+    atomic_file live(target);  // ours and open: alive
     const std::vector<std::string> kept = {
-        ".t.bin.tmp-" + me + "-0",      // ours: alive
+        live.temp_path().filename().string(),
         ".t.bin.tmp-1-0",               // init: alive
         ".t.bin.tmp-abc-0",             // not a pid
         ".t.bin.tmp-" + dead,           // no counter
@@ -376,9 +377,12 @@ TEST_CASE("atomic_file::remove_stale removes only dead writers' temporaries") {
     fs::create_directory(dir / (".t.bin.tmp-" + dead + "-7"));  // not a file: left alone
     write_file(dir / (".t.bin.tmp-" + dead + "-0"), pattern(3));
     write_file(dir / (".t.bin.tmp-" + dead + "-12"), pattern(3));
+    // Our pid but no live atomic_file: left by an earlier process that had our pid.
+    write_file(dir / (".t.bin.tmp-" + me + "-999999"), pattern(3));
 
-    CHECK(atomic_file::remove_stale(target) == 2);
+    CHECK(atomic_file::remove_stale(target) == 3);
     CHECK_FALSE(fs::exists(dir / (".t.bin.tmp-" + dead + "-0")));
+    CHECK_FALSE(fs::exists(dir / (".t.bin.tmp-" + me + "-999999")));
     for (const auto& n : kept) {
         CAPTURE(n);
         CHECK(fs::exists(dir / n));

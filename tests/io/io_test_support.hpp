@@ -157,26 +157,15 @@ struct fault_hooks : safeshard::detail::syscall_hooks {
         if (r > 0) bytes_in += static_cast<std::uint64_t>(r);
         return r;
     }
+    // Short reads are emulated by reading in full and reporting less, which keeps O_DIRECT
+    // requests aligned (the caller must then re-read the rest).
     ssize_t pread(int fd, void* buf, std::size_t n, off_t offset) override {
         if (auto r = read_fault()) return *r;
-        if (read_cap > 0 && n > read_cap) n = read_cap;
-        return syscall_hooks::pread(fd, buf, n, offset);
+        return cap_read(syscall_hooks::pread(fd, buf, n, offset));
     }
     ssize_t preadv(int fd, const iovec* iov, int count, off_t offset) override {
         if (auto r = read_fault()) return *r;
-        if (read_cap > 0) {
-            // Serve only the first read_cap bytes, as a short preadv would.
-            std::vector<iovec> cut;
-            std::size_t left = read_cap;
-            for (int i = 0; i < count && left > 0; ++i) {
-                iovec v = iov[i];
-                v.iov_len = std::min(v.iov_len, left);
-                left -= v.iov_len;
-                cut.push_back(v);
-            }
-            return syscall_hooks::preadv(fd, cut.data(), static_cast<int>(cut.size()), offset);
-        }
-        return syscall_hooks::preadv(fd, iov, count, offset);
+        return cap_read(syscall_hooks::preadv(fd, iov, count, offset));
     }
     int fsync(int fd) override {
         ++fsync_calls;
@@ -211,6 +200,10 @@ private:
     static int fail(int e) {
         errno = e;
         return -1;
+    }
+    [[nodiscard]] ssize_t cap_read(ssize_t r) const {
+        if (read_cap > 0 && r > static_cast<ssize_t>(read_cap)) return static_cast<ssize_t>(read_cap);
+        return r;
     }
     std::optional<ssize_t> read_fault() {
         ++read_calls;

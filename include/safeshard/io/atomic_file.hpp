@@ -11,7 +11,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -42,6 +44,42 @@ inline constexpr std::size_t max_io_chunk = std::size_t{1} << 30;
     return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
+// Names of the temporaries this process has open, so remove_stale can tell its own live
+// temporaries from those a previous process with the same pid left (pids repeat, e.g. in
+// containers). Keyed by file name: a same-named temporary elsewhere is kept, never lost.
+class live_temporaries {
+public:
+    static void add(const std::string& name) {
+        std::lock_guard lock(mutex());
+        names().insert(name);
+    }
+    static void remove(const std::string& name) noexcept {
+        std::lock_guard lock(mutex());
+        if (auto it = names().find(name); it != names().end()) names().erase(it);
+    }
+    [[nodiscard]] static std::size_t count(const std::string& name) {
+        std::lock_guard lock(mutex());
+        return names().count(name);
+    }
+
+private:
+    static std::mutex& mutex() noexcept {
+        static std::mutex m;
+        return m;
+    }
+    static std::multiset<std::string>& names() noexcept {
+        static std::multiset<std::string> s;
+        return s;
+    }
+};
+
+// Whether a temporary named `name` with writer `pid` is abandoned: its process is gone, or it
+// carries our pid but no object of ours owns it.
+[[nodiscard]] inline bool temporary_is_stale(pid_t pid, const std::string& name) {
+    if (pid == ::getpid()) return live_temporaries::count(name) == 0;
+    return process_is_gone(pid);
+}
+
 // The folder holding `p` ("." for a bare name).
 [[nodiscard]] inline std::filesystem::path parent_folder(const std::filesystem::path& p) {
     auto parent = p.parent_path();
@@ -68,10 +106,16 @@ public:
         static std::atomic<std::uint64_t> counter{0};
         temp_ = folder_ / ("." + name.string() + ".tmp-" + std::to_string(::getpid()) + "-" +
                            std::to_string(counter.fetch_add(1, std::memory_order_relaxed)));
+        temp_name_ = temp_.filename().string();
+        // Registered before it exists, so a concurrent remove_stale never takes it for stale.
+        detail::live_temporaries::add(temp_name_);
         fd_.reset(detail::open_retry(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
-        if (!fd_)
-            throw system_error("create temporary file for '" + target_.string() + "'", errno,
+        if (!fd_) {
+            const int e = errno;
+            detail::live_temporaries::remove(temp_name_);
+            throw system_error("create temporary file for '" + target_.string() + "'", e,
                                temp_.string());
+        }
         state_ = state::open;
         // Replacing a file must not widen (or narrow) who may read it.
         struct stat st {};
@@ -83,6 +127,7 @@ public:
         : target_(std::move(o.target_)),
           folder_(std::move(o.folder_)),
           temp_(std::move(o.temp_)),
+          temp_name_(std::move(o.temp_name_)),
           fd_(std::move(o.fd_)),
           bytes_written_(std::exchange(o.bytes_written_, 0)),
           state_(std::exchange(o.state_, state::failed)) {}
@@ -92,6 +137,7 @@ public:
             target_ = std::move(o.target_);
             folder_ = std::move(o.folder_);
             temp_ = std::move(o.temp_);
+            temp_name_ = std::move(o.temp_name_);
             fd_ = std::move(o.fd_);
             bytes_written_ = std::exchange(o.bytes_written_, 0);
             state_ = std::exchange(o.state_, state::failed);
@@ -141,6 +187,7 @@ public:
             fail_and_throw("rename of '" + temp_.string() + "' over the target", e, target_);
         }
         state_ = state::committed;
+        detail::live_temporaries::remove(temp_name_);
         if (const int e = detail::fsync_directory(folder_.c_str()); e != 0)
             throw system_error(
                 "fsync of the folder (the new file is in place but may not survive a power loss)",
@@ -152,6 +199,7 @@ public:
         if (state_ != state::open) return;
         fd_.reset();
         (void)::unlink(temp_.c_str());
+        detail::live_temporaries::remove(temp_name_);
         state_ = state::failed;
     }
 
@@ -160,7 +208,9 @@ public:
     [[nodiscard]] std::uint64_t bytes_written() const noexcept { return bytes_written_; }
     [[nodiscard]] bool committed() const noexcept { return state_ == state::committed; }
 
-    // Removes the temporaries of `target` whose writer process is gone; returns how many.
+    // Removes the temporaries of `target` whose writer process is gone (or that carry this
+    // process's pid but belong to no live atomic_file: a previous process with the same pid
+    // left them); returns how many.
     // Never throws: a folder it cannot read has nothing it could clean.
     static std::size_t remove_stale(const std::filesystem::path& target) noexcept {
         try {
@@ -178,7 +228,7 @@ public:
                 if (dash == std::string_view::npos || !detail::all_digits(rest.substr(dash + 1)))
                     continue;
                 const auto pid = detail::parse_pid(rest.substr(0, dash));
-                if (!pid || *pid == ::getpid() || !detail::process_is_gone(*pid)) continue;
+                if (!pid || !detail::temporary_is_stale(*pid, name)) continue;
                 std::error_code type_ec;
                 if (!it->is_regular_file(type_ec) || it->is_symlink(type_ec)) continue;
                 if (::unlink(it->path().c_str()) == 0) ++removed;
@@ -210,6 +260,7 @@ private:
     std::filesystem::path target_;
     std::filesystem::path folder_{};
     std::filesystem::path temp_{};
+    std::string temp_name_{};
     detail::unique_fd fd_{};
     std::uint64_t bytes_written_ = 0;
     state state_ = state::failed;

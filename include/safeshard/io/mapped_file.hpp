@@ -56,9 +56,9 @@ public:
     explicit mapped_file(const std::filesystem::path& p, access_advice a = access_advice::normal)
         : path_(p) {
         detail::unique_fd fd(detail::open_retry(path_.c_str(), O_RDONLY | O_CLOEXEC));
-        if (!fd) throw system_error("open", errno, path_.string());
+        if (!fd) throw detail::errno_error("open", path_);
         struct stat st {};
-        if (detail::sys::fstat(fd.get(), &st) != 0) throw system_error("fstat", errno, path_.string());
+        if (detail::sys::fstat(fd.get(), &st) != 0) throw detail::errno_error("fstat", path_);
         if (S_ISDIR(st.st_mode)) throw system_error("map", EISDIR, path_.string());
         if (!S_ISREG(st.st_mode))
             throw error(errc::io_error, "not a regular file; only regular files can be mapped",
@@ -67,7 +67,7 @@ public:
         if (st.st_size == 0) return;
         const auto size = static_cast<std::size_t>(st.st_size);
         void* p_map = detail::sys::mmap(size, PROT_READ, MAP_SHARED, fd.get());
-        if (p_map == MAP_FAILED) throw system_error("mmap", errno, path_.string());
+        if (p_map == MAP_FAILED) throw detail::errno_error("mmap", path_);
         data_ = static_cast<std::byte*>(p_map);
         size_ = size;
         if (a != access_advice::normal) {
@@ -118,9 +118,11 @@ public:
         if (end == offset) return;
         const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
         const std::size_t begin = offset / page * page;
-        if (detail::sys::madvise(data_ + begin, end - begin, detail::madvise_flag(a)) != 0)
-            throw system_error(std::string("madvise(") + std::string(to_string(a)) + ")", errno,
-                               path_.string(), offset);
+        if (detail::sys::madvise(data_ + begin, end - begin, detail::madvise_flag(a)) != 0) {
+            const int e = errno;
+            throw system_error("madvise(" + std::string(to_string(a)) + ")", e, path_.string(),
+                               offset);
+        }
     }
 
 private:

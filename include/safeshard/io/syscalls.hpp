@@ -2,10 +2,16 @@
 // short reads and writes) without a full disk.
 #pragma once
 
+#include "safeshard/core/error.hpp"
+
 #include <atomic>
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <string_view>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -162,6 +168,14 @@ public:
 private:
     int fd_ = -1;
 };
+
+// system_error() for the errno of the call that just failed; reads errno before anything can
+// allocate (argument evaluation order would otherwise leave that open).
+[[nodiscard]] inline error errno_error(std::string_view operation, const std::filesystem::path& p,
+                                       std::optional<std::uint64_t> offset = std::nullopt) {
+    const int e = errno;
+    return system_error(operation, e, p.string(), offset);
+}
 
 // open(2), retried on EINTR (possible on slow file systems and FIFOs).
 [[nodiscard]] inline int open_retry(const char* path, int flags, mode_t mode = 0) {
