@@ -154,6 +154,7 @@ TEST_CASE("atomic_directory system errors") {
     }
     SUBCASE("permission denied (as an unprivileged user)") {
         const auto target = dir / "model";
+        read_only_folder guard(dir.path());
         auto code = run_as_nobody([&] {
             try {
                 atomic_directory d(target);

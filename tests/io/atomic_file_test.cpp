@@ -170,10 +170,8 @@ TEST_CASE("atomic_file system errors carry errno text and the path") {
         CHECK(fs::is_directory(dir / "sub" / "inner"));
     }
     SUBCASE("permission denied (as an unprivileged user)") {
-        const auto target = dir / "x.bin";  // the scratch folder is root's, mode 0755
-        fs::permissions(dir.path(), fs::perms::owner_all | fs::perms::group_read |
-                                        fs::perms::group_exec | fs::perms::others_read |
-                                        fs::perms::others_exec);
+        const auto target = dir / "x.bin";
+        read_only_folder guard(dir.path());
         auto code = run_as_nobody([&] {
             try {
                 atomic_file f(target);

@@ -246,6 +246,25 @@ private:
     fs::path dir_;
 };
 
+// Makes a folder r-x for everyone for a scope (so no one but root may add entries).
+class read_only_folder {
+public:
+    explicit read_only_folder(fs::path dir) : dir_(std::move(dir)) {
+        fs::permissions(dir_, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
+                                  fs::perms::group_exec | fs::perms::others_read |
+                                  fs::perms::others_exec);
+    }
+    read_only_folder(const read_only_folder&) = delete;
+    read_only_folder& operator=(const read_only_folder&) = delete;
+    ~read_only_folder() {
+        std::error_code ec;
+        fs::permissions(dir_, fs::perms::owner_all, fs::perm_options::add, ec);
+    }
+
+private:
+    fs::path dir_;
+};
+
 // Runs `f` in a child process that has dropped root (uid/gid 65534, so permission bits
 // apply); returns the child's exit status, or nullopt when it cannot drop privileges.
 [[nodiscard]] inline std::optional<int> run_as_nobody(const std::function<int()>& f) {

@@ -105,7 +105,7 @@ TEST_CASE("mapped_file errors name the path and carry errno") {
     }
     SUBCASE("permission denied (as an unprivileged user)") {
         write_file(dir / "secret.bin", pattern(100));
-        fs::permissions(dir / "secret.bin", fs::perms::owner_read | fs::perms::owner_write);
+        fs::permissions(dir / "secret.bin", fs::perms::none);  // unreadable even to its owner
         const auto path = dir / "secret.bin";
         auto code = run_as_nobody([&] {
             try {
