@@ -69,7 +69,7 @@ public:
 
 private:
     void release() noexcept {
-        if (data_ != nullptr) ::operator delete(data_, capacity_, std::align_val_t{alignment_});
+        if (data_ != nullptr) ::operator delete(data_, std::align_val_t{alignment_});
         data_ = nullptr;
         size_ = 0;
         capacity_ = 0;
