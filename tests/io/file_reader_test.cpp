@@ -96,8 +96,10 @@ TEST_CASE("file_reader reads exact ranges") {
     CHECK_FALSE(r.direct());
     CHECK(r.fallback_note().empty());
 
-    for (auto [off, len] : std::vector<std::pair<std::size_t, std::size_t>>{
+    for (const auto& range : std::vector<std::pair<std::size_t, std::size_t>>{
              {0, 100000}, {0, 1}, {99999, 1}, {12345, 54321}, {100000, 0}, {5, 0}}) {
+        const std::size_t off = range.first;
+        const std::size_t len = range.second;
         CAPTURE(off);
         CAPTURE(len);
         std::vector<std::byte> buf(len);
