@@ -12,4 +12,12 @@ class error;
 class shape;
 struct model_config;
 
+enum class access_advice;
+class mapped_file;
+struct read_options;
+class file_reader;
+class aligned_buffer;
+class atomic_file;
+class atomic_directory;
+
 }  // namespace safeshard

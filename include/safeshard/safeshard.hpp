@@ -9,3 +9,9 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/core/shape.hpp"
+
+#include "safeshard/io/aligned_buffer.hpp"
+#include "safeshard/io/atomic_directory.hpp"
+#include "safeshard/io/atomic_file.hpp"
+#include "safeshard/io/file_reader.hpp"
+#include "safeshard/io/mapped_file.hpp"
