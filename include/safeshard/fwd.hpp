@@ -11,5 +11,7 @@ struct error_context;
 class error;
 class shape;
 struct model_config;
+class converter;
+struct dtype_policy;
 
 }  // namespace safeshard

@@ -9,3 +9,5 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/core/shape.hpp"
+
+#include "safeshard/load/convert.hpp"
