@@ -53,15 +53,18 @@ using op_f64_f32 = element_op<std::uint64_t, std::uint32_t, &elem::f64_to_f32>;
 using op_f32_f64 = element_op<std::uint32_t, std::uint64_t, &elem::f32_to_f64>;
 
 // Converts exactly convert_block elements; src and dst may be unaligned, must not overlap.
+// Element-wise memcpy loads and stores become plain (unaligned) vector moves.
 template <class Op>
-[[gnu::always_inline]] inline void convert_one_block(const std::byte* src, std::byte* dst) noexcept {
+[[gnu::always_inline]] inline void convert_one_block(const std::byte* __restrict src,
+                                                     std::byte* __restrict dst) noexcept {
     using from_t = typename Op::from_type;
     using to_t = typename Op::to_type;
-    from_t in[convert_block];
-    to_t out[convert_block];
-    std::memcpy(in, src, sizeof in);
-    for (std::size_t i = 0; i < convert_block; ++i) out[i] = Op::apply(in[i]);
-    std::memcpy(dst, out, sizeof out);
+    for (std::size_t i = 0; i < convert_block; ++i) {
+        from_t x;
+        std::memcpy(&x, src + i * sizeof(from_t), sizeof(from_t));
+        const to_t y = Op::apply(x);
+        std::memcpy(dst + i * sizeof(to_t), &y, sizeof(to_t));
+    }
 }
 
 template <class Op>
