@@ -1,12 +1,13 @@
 """safeshard's dtype conversions against ml_dtypes / numpy, bit for bit.
 
-Usage: convert_vs_ml_dtypes.py CONVERT_TABLE_EXE [best|portable|avx2]
+Usage: convert_vs_ml_dtypes.py CONVERT_TABLE_EXE [best|portable|avx2] [--exhaustive-f32]
 
 For every supported pair, writes the inputs to a file, has the C++ helper convert them, and
 compares the result with numpy's astype (ml_dtypes supplies bfloat16 and the float8 types):
 all 65,536 patterns of F16/BF16, all 256 of each F8, and a large sample of F32 and F64 bit
 patterns (every exponent, rounding edges, subnormal boundaries, NaN payloads, random).
-Exits 0 when every bit matches, 1 otherwise, 77 (skip) when the loop choice is unavailable.
+--exhaustive-f32 (minutes; not run by meson) also checks F32 -> F16 and F32 -> BF16 on all
+2^32 patterns, in chunks. Exits 0 when every bit matches, 1 otherwise, 77 (skip) when the loop choice is unavailable.
 """
 import os
 import subprocess
@@ -79,12 +80,43 @@ def describe(x):
     return "0x%0*x" % (x.dtype.itemsize * 2, int(x))
 
 
+def exhaustive_f32(exe, isa, tmp):
+    """All 2^32 F32 patterns to F16 and BF16, 2^26 at a time; returns the number of bad pairs."""
+    failures = 0
+    chunk = 1 << 26
+    for dst_name in ("F16", "BF16"):
+        dst_t, dst_bits = TYPES[dst_name]
+        bad_total = 0
+        shown = 0
+        for start in range(0, 1 << 32, chunk):
+            bits = np.arange(start, start + chunk, dtype=np.uint64).astype(np.uint32)
+            src_path = os.path.join(tmp, "in.bin")
+            dst_path = os.path.join(tmp, "out.bin")
+            bits.tofile(src_path)
+            subprocess.run([exe, "F32", dst_name, src_path, dst_path, isa], check=True)
+            got = np.fromfile(dst_path, dtype=dst_bits)
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                want = bits.view(np.float32).astype(dst_t).view(dst_bits)
+            bad = np.nonzero(got != want)[0]
+            bad_total += bad.size
+            for i in bad[: max(0, 8 - shown)]:
+                print(f"    {describe(bits[i])}: got {describe(got[i])}, ml_dtypes/numpy {describe(want[i])}")
+                shown += 1
+        status = "ok" if bad_total == 0 else f"{bad_total} MISMATCHES"
+        print(f"     F32 -> {dst_name:<5} all 2^32 patterns: {status}")
+        failures += int(bad_total != 0)
+    return failures
+
+
 def main():
     exe = sys.argv[1]
-    isa = sys.argv[2] if len(sys.argv) > 2 else "best"
+    isa = sys.argv[2] if len(sys.argv) > 2 and not sys.argv[2].startswith("--") else "best"
     rng = np.random.default_rng(20261123)
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
+        if "--exhaustive-f32" in sys.argv:
+            failures += exhaustive_f32(exe, isa, tmp)
         for src_name, dst_name in PAIRS:
             src_t, src_bits = TYPES[src_name]
             dst_t, dst_bits = TYPES[dst_name]

@@ -384,9 +384,11 @@ TEST_CASE("strided 2-D boxes convert row by row and leave the gaps alone") {
     std::mt19937_64 rng(11);
     const std::size_t rows = 5;
     const std::size_t row_elems = 37;
-    for (const auto& [from, to] : {std::pair{dtype::bf16, dtype::f32}, std::pair{dtype::f32, dtype::f16},
-                                  std::pair{dtype::f8_e4m3, dtype::bf16}, std::pair{dtype::f64, dtype::f32},
-                                  std::pair{dtype::bf16, dtype::bf16}, std::pair{dtype::i32, dtype::i32}}) {
+    for (const auto& pair : {std::pair{dtype::bf16, dtype::f32}, std::pair{dtype::f32, dtype::f16},
+                             std::pair{dtype::f8_e4m3, dtype::bf16}, std::pair{dtype::f64, dtype::f32},
+                             std::pair{dtype::bf16, dtype::bf16}, std::pair{dtype::i32, dtype::i32}}) {
+        const dtype from = pair.first;  // not a structured binding: clang cannot capture those
+        const dtype to = pair.second;
         CAPTURE(from);
         CAPTURE(to);
         const converter conv = find_converter(from, to);
