@@ -9,6 +9,11 @@
 #include <string>
 #include <vector>
 
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>  // MXCSR, to run the conversions under FTZ/DAZ
+#define SAFESHARD_TEST_MXCSR 1
+#endif
+
 using namespace safeshard;
 
 // ---- compile-time facts -----------------------------------------------------------------------
@@ -303,6 +308,26 @@ TEST_CASE("F32 -> F16 / BF16 / F64: every exponent, rounding edges, NaN payloads
 TEST_CASE("F64 -> F32: every exponent, rounding edges, subnormal results, random") {
     check_against_reference(dtype::f64, dtype::f32, f64_sample());
 }
+
+#if SAFESHARD_TEST_MXCSR
+TEST_CASE("flush-to-zero and denormals-are-zero do not change the results") {
+    // Engines often run with FTZ/DAZ set; only F64 <-> F32 (the C casts) follow those modes.
+    const unsigned saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8040u);  // FTZ (bit 15) and DAZ (bit 6)
+    const auto all16 = all_patterns(16);
+    const auto sample = f32_sample();
+    check_against_reference(dtype::f16, dtype::f32, all16);
+    check_against_reference(dtype::f16, dtype::bf16, all16);
+    check_against_reference(dtype::bf16, dtype::f16, all16);
+    check_against_reference(dtype::f32, dtype::f16, sample);
+    check_against_reference(dtype::f32, dtype::bf16, sample);
+    for (const dtype to : {dtype::f16, dtype::bf16, dtype::f32}) {
+        check_against_reference(dtype::f8_e4m3, to, all_patterns(8));
+        check_against_reference(dtype::f8_e5m2, to, all_patterns(8));
+    }
+    _mm_setcsr(saved);
+}
+#endif
 
 TEST_CASE("hand-checked values (from ml_dtypes / numpy)") {
     using namespace detail::elem;

@@ -9,6 +9,14 @@
 // and ml_dtypes (the rest) bit for bit; see detail/convert_elements.hpp for the NaN rules.
 // Integer, bool, complex and the other narrow float dtypes copy only to themselves.
 //
+// Speed: the loops are plain C++ that GCC and clang vectorise at -O2 without -march flags (the
+// default build); on x86-64 a second copy compiled for AVX2 (a function target attribute, no
+// intrinsics) is chosen at run time by find_converter. With -march flags (AVX-512...) the
+// compiler vectorises the portable copy for them itself. No F16C/AVX512-BF16 instructions:
+// the hardware quiets signalling NaNs and keeps payloads where numpy / ml_dtypes do not, and the
+// integer loops already run near memory bandwidth (BENCHMARKS.md). Define
+// SAFESHARD_NO_CONVERT_DISPATCH to keep only the portable copy.
+//
 // Only core/ is included: the CUDA engine compiles this under nvcc for its staging pass.
 #pragma once
 

@@ -3,8 +3,11 @@
 // Each function maps the bits of one source element to the bits of one destination element.
 // They are written with integer operations and selects (no branches, no tables) so that the
 // block loops in convert_kernels.hpp auto-vectorise, and they are constexpr and usable in CUDA
-// device code. The few float operations only ever see normal operands and results, so the
-// answers do not change under flush-to-zero / denormals-are-zero modes (engines often set them).
+// device code. The few float operations only ever produce normal results, and a subnormal
+// operand (which DAZ would read as 0) rounds to 0 anyway, so the answers do not change under
+// flush-to-zero / denormals-are-zero modes (engines often set them; a test checks);
+// the one inexact one (f32 -> f16 subnormal results) rounds in the FPU's current mode, which is
+// nearest-even unless the program changed it with fesetround.
 //
 // NaN handling follows the oracle of each pair, bit for bit:
 //  - f16 <-> f32 follow numpy's float16 (the owner of that type): widening keeps the payload
@@ -13,7 +16,8 @@
 //  - every pair that involves bf16 or an f8 format follows ml_dtypes: a NaN becomes the quiet NaN
 //    of the destination with the source's sign and no payload; bf16 -> f32 is a plain shift.
 //  - f64 <-> f32 are the language's casts (what numpy does too): quiet the NaN, keep the top
-//    payload bits; they honour the current rounding and FTZ modes of the FPU, unlike the others.
+//    payload bits; they honour the FPU's rounding mode and FTZ/DAZ (under FTZ an f32 subnormal
+//    result becomes 0, as it does in the program's own arithmetic).
 #pragma once
 
 #include <bit>
