@@ -1,10 +1,11 @@
 // Array loops over the element conversions: unaligned, in fixed-size blocks that vectorise.
 //
-// The default build has no -march flags and GCC's -O2 vectoriser only takes loops whose trip
-// count is a known multiple of the vector width, without aliasing checks. So every loop here
-// runs over a block of exactly `block` elements held in local arrays (memcpy in, convert, memcpy
-// out): the compiler sees no aliasing, no alignment question, no remainder. The last partial
-// block goes through the same loop on a zero-padded copy.
+// The default build has no -march flags and GCC's -O2 vectoriser ("very cheap" cost model) only
+// takes loops whose trip count is a known multiple of the vector width and that need no aliasing
+// checks. So every loop runs over a block of exactly convert_block elements between __restrict
+// pointers, loading and storing each element with memcpy (plain unaligned vector moves once
+// vectorised): no aliasing, alignment or remainder question is left. The last partial block
+// goes through the same element function on zero-padded local arrays.
 //
 // On x86-64 with GCC or clang the same loops are compiled a second time for AVX2 (a function
 // target attribute, no intrinsics) and picked at run time by the CPU's feature bits.
