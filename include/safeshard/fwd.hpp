@@ -11,6 +11,8 @@ struct error_context;
 class error;
 class shape;
 struct model_config;
+class converter;
+struct dtype_policy;
 
 enum class access_advice;
 class mapped_file;

@@ -15,3 +15,5 @@
 #include "safeshard/io/atomic_file.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/io/mapped_file.hpp"
+
+#include "safeshard/load/convert.hpp"
