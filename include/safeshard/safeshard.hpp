@@ -9,3 +9,5 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/core/shape.hpp"
+#include "safeshard/format/safetensors.hpp"
+#include "safeshard/format/safetensors_writer.hpp"
