@@ -9,5 +9,9 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/core/shape.hpp"
+
+#include "safeshard/io/atomic_file.hpp"
+#include "safeshard/io/mapped_file.hpp"
+
 #include "safeshard/format/safetensors.hpp"
 #include "safeshard/format/safetensors_writer.hpp"

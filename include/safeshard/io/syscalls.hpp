@@ -1,0 +1,198 @@
+// The system calls io/ makes, behind one seam so tests can inject faults (ENOSPC, EINTR,
+// short reads and writes) without a full disk.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdio>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+namespace safeshard::detail {
+
+// Fault-injection seam: derive, override the calls to fail, install with scoped_syscall_hooks;
+// uninstalled it costs one relaxed atomic load per system call. Overrides follow the
+// system call's convention (-1 and errno) and may call the base to do the real thing.
+class syscall_hooks {
+public:
+    syscall_hooks() = default;
+    syscall_hooks(const syscall_hooks&) = delete;
+    syscall_hooks& operator=(const syscall_hooks&) = delete;
+    virtual ~syscall_hooks() = default;
+
+    virtual int open(const char* path, int flags, mode_t mode) {
+        return ::open(path, flags, mode);
+    }
+    virtual int close(int fd) { return ::close(fd); }
+    virtual int fstat(int fd, struct stat* st) { return ::fstat(fd, st); }
+    virtual ssize_t pread(int fd, void* buf, std::size_t n, off_t offset) {
+        return ::pread(fd, buf, n, offset);
+    }
+    virtual ssize_t preadv(int fd, const iovec* iov, int count, off_t offset) {
+        return ::preadv(fd, iov, count, offset);
+    }
+    virtual ssize_t write(int fd, const void* buf, std::size_t n) { return ::write(fd, buf, n); }
+    virtual int fsync(int fd) { return ::fsync(fd); }
+    // flags: 0 for rename(2), RENAME_NOREPLACE for renameat2(2).
+    virtual int rename(const char* from, const char* to, unsigned flags) {
+        return flags == 0 ? ::rename(from, to) : ::renameat2(AT_FDCWD, from, AT_FDCWD, to, flags);
+    }
+    virtual int mkdir(const char* path, mode_t mode) { return ::mkdir(path, mode); }
+    virtual void* mmap(std::size_t length, int prot, int flags, int fd) {
+        return ::mmap(nullptr, length, prot, flags, fd, 0);
+    }
+    virtual int madvise(void* addr, std::size_t length, int advice) {
+        return ::madvise(addr, length, advice);
+    }
+};
+
+// Process-wide so that worker threads see the same faults as the test that installed them.
+inline std::atomic<syscall_hooks*> active_syscall_hooks{nullptr};
+
+// Installs hooks for a scope and restores the previous ones (not thread-safe: tests only).
+class scoped_syscall_hooks {
+public:
+    explicit scoped_syscall_hooks(syscall_hooks& hooks) noexcept
+        : previous_(active_syscall_hooks.exchange(&hooks)) {}
+    scoped_syscall_hooks(const scoped_syscall_hooks&) = delete;
+    scoped_syscall_hooks& operator=(const scoped_syscall_hooks&) = delete;
+    ~scoped_syscall_hooks() { active_syscall_hooks.store(previous_); }
+
+private:
+    syscall_hooks* previous_;
+};
+
+namespace sys {
+
+[[nodiscard]] inline syscall_hooks* hooks() noexcept {
+    return active_syscall_hooks.load(std::memory_order_relaxed);
+}
+
+[[nodiscard]] inline int open(const char* path, int flags, mode_t mode = 0) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->open(path, flags, mode);
+    return ::open(path, flags, mode);
+}
+inline int close(int fd) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->close(fd);
+    return ::close(fd);
+}
+[[nodiscard]] inline int fstat(int fd, struct stat* st) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->fstat(fd, st);
+    return ::fstat(fd, st);
+}
+[[nodiscard]] inline ssize_t pread(int fd, void* buf, std::size_t n, off_t offset) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->pread(fd, buf, n, offset);
+    return ::pread(fd, buf, n, offset);
+}
+[[nodiscard]] inline ssize_t preadv(int fd, const iovec* iov, int count, off_t offset) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->preadv(fd, iov, count, offset);
+    return ::preadv(fd, iov, count, offset);
+}
+[[nodiscard]] inline ssize_t write(int fd, const void* buf, std::size_t n) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->write(fd, buf, n);
+    return ::write(fd, buf, n);
+}
+[[nodiscard]] inline int fsync(int fd) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->fsync(fd);
+    return ::fsync(fd);
+}
+[[nodiscard]] inline int rename(const char* from, const char* to, unsigned flags = 0) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->rename(from, to, flags);
+    return flags == 0 ? ::rename(from, to) : ::renameat2(AT_FDCWD, from, AT_FDCWD, to, flags);
+}
+[[nodiscard]] inline int mkdir(const char* path, mode_t mode) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->mkdir(path, mode);
+    return ::mkdir(path, mode);
+}
+[[nodiscard]] inline void* mmap(std::size_t length, int prot, int flags, int fd) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->mmap(length, prot, flags, fd);
+    return ::mmap(nullptr, length, prot, flags, fd, 0);
+}
+[[nodiscard]] inline int madvise(void* addr, std::size_t length, int advice) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->madvise(addr, length, advice);
+    return ::madvise(addr, length, advice);
+}
+
+}  // namespace sys
+
+// An owned file descriptor; closing errors are ignored (used for reads and cleanup only).
+class unique_fd {
+public:
+    unique_fd() noexcept = default;
+    explicit unique_fd(int fd) noexcept : fd_(fd) {}
+    unique_fd(unique_fd&& o) noexcept : fd_(o.release()) {}
+    unique_fd& operator=(unique_fd&& o) noexcept {
+        if (this != &o) reset(o.release());
+        return *this;
+    }
+    unique_fd(const unique_fd&) = delete;
+    unique_fd& operator=(const unique_fd&) = delete;
+    ~unique_fd() { reset(); }
+
+    [[nodiscard]] int get() const noexcept { return fd_; }
+    [[nodiscard]] explicit operator bool() const noexcept { return fd_ >= 0; }
+    [[nodiscard]] int release() noexcept {
+        int fd = fd_;
+        fd_ = -1;
+        return fd;
+    }
+    void reset(int fd = -1) noexcept {
+        if (fd_ >= 0) (void)sys::close(fd_);
+        fd_ = fd;
+    }
+
+private:
+    int fd_ = -1;
+};
+
+// open(2), retried on EINTR (possible on slow file systems and FIFOs).
+[[nodiscard]] inline int open_retry(const char* path, int flags, mode_t mode = 0) {
+    int fd;
+    do {
+        fd = sys::open(path, flags, mode);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+// fsync(2), retried on EINTR.
+[[nodiscard]] inline int fsync_retry(int fd) {
+    int r;
+    do {
+        r = sys::fsync(fd);
+    } while (r < 0 && errno == EINTR);
+    return r;
+}
+
+// fsync(2) of a folder, so that a rename or a new entry inside it survives a power loss.
+// Returns 0, or the errno of the failed call.
+[[nodiscard]] inline int fsync_directory(const char* path) {
+    unique_fd fd(open_retry(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd) return errno;
+    if (fsync_retry(fd.get()) != 0) return errno;
+    return 0;
+}
+
+// True only when no process has this id (kill(2) says ESRCH); EPERM means alive, not ours.
+[[nodiscard]] inline bool process_is_gone(pid_t pid) noexcept {
+    return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+}  // namespace safeshard::detail
