@@ -29,7 +29,7 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
-#include "safeshard/format/detail/io_stand_in.hpp"
+#include "safeshard/io/mapped_file.hpp"
 
 namespace safeshard {
 
@@ -247,7 +247,7 @@ class file_view {
 public:
     // Maps the file and validates it.
     explicit file_view(const std::filesystem::path& path, parse_options options = {})
-        : mapping_(std::make_unique<detail::mapped_file_stand_in>(path)),
+        : mapping_(std::make_unique<mapped_file>(path)),
           file_name_(path.string()) {
         parse(mapping_->bytes(), options);
     }
@@ -579,38 +579,38 @@ private:
         const std::uint64_t data_start = 8 + header_size_;
         std::uint64_t cursor = 0;
         for (auto& e : entries_) {
-            const auto name = std::string(name_of(e));
+            const auto name = [&] { return std::string(name_of(e)); };
             if (e.begin != cursor || e.end < e.begin)
                 fail(errc::invalid_offset,
                      "expected data_offsets to start at " + std::to_string(cursor) +
                          " (the end of the previous tensor) with end >= begin, found [" +
                          std::to_string(e.begin) + ", " + std::to_string(e.end) + "]",
-                     name, e.begin <= UINT64_MAX - data_start ? std::optional(data_start + e.begin)
+                     name(), e.begin <= UINT64_MAX - data_start ? std::optional(data_start + e.begin)
                                                               : std::nullopt);
             cursor = e.end;
             const auto elements = e.extents.element_count();
             if (!elements)
                 fail(errc::validation_overflow,
                      "element count of shape " + e.extents.to_string() + " overflows 64 bits",
-                     name);
+                     name());
             std::uint64_t bits = 0;
             if (mul_overflows(*elements, std::uint64_t{bit_size(e.type)}, bits))
                 fail(errc::validation_overflow,
                      "size in bits of " + std::to_string(*elements) + " " +
                          std::string(safeshard::name(e.type)) + " elements overflows 64 bits",
-                     name);
+                     name());
             if (bits % 8 != 0)
                 fail(errc::misaligned_slice,
                      std::to_string(*elements) + " " + std::string(safeshard::name(e.type)) +
                          " elements take " + std::to_string(bits) +
                          " bits, which does not end on a byte boundary",
-                     name);
+                     name());
             if (e.end - e.begin != bits / 8)
                 fail(errc::tensor_invalid_info,
                      "dtype " + std::string(safeshard::name(e.type)) + " and shape " +
                          e.extents.to_string() + " need " + std::to_string(bits / 8) +
                          " bytes, data_offsets give " + std::to_string(e.end - e.begin),
-                     name, data_start + e.begin);
+                     name(), data_start + e.begin);
             e.elements = *elements;
         }
         std::uint64_t expected = 0;
@@ -623,7 +623,7 @@ private:
                  {}, overflow ? file_size : std::min(expected, file_size));
     }
 
-    std::unique_ptr<detail::mapped_file_stand_in> mapping_;
+    std::unique_ptr<mapped_file> mapping_;
     std::string file_name_;
     std::span<const std::byte> bytes_{};
     std::uint64_t header_size_ = 0;

@@ -23,7 +23,7 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
-#include "safeshard/format/detail/io_stand_in.hpp"
+#include "safeshard/io/atomic_file.hpp"
 #include "safeshard/format/safetensors.hpp"
 
 namespace safeshard {
@@ -338,7 +338,7 @@ private:
     }
 
     std::vector<planned_tensor> plan_;
-    detail::atomic_file_stand_in file_;
+    atomic_file file_;
     std::uint64_t header_size_ = 0;
     std::uint64_t data_size_ = 0;
     std::uint64_t written_ = 0;
