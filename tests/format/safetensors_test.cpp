@@ -173,6 +173,9 @@ TEST_CASE("invalid_header_deserialization: not JSON or the wrong schema") {
     CHECK(bad(R"({"a":{"dtype":"U8","shape":[4]}})") == E);
     CHECK(bad(R"({"a":{"dtype":"U8","shape":null,"data_offsets":[0,4]}})") == E);
     CHECK(bad(R"({"a":{"dtype":"U8","shape":[-4],"data_offsets":[0,4]}})") == E);
+    CHECK(bad(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[-0,4]}})") == E);
+    CHECK(bad(R"({"a":{"dtype":"U8","shape":[4,-0],"data_offsets":[0,0]}})", "") == E);
+    CHECK(bad(R"({"a-0":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})") == accepted);
     CHECK(bad(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4.0]}})") == E);
     CHECK(bad(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4e0]}})") == E);
     CHECK(bad(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4,4]}})") == E);
@@ -187,6 +190,14 @@ TEST_CASE("invalid_header_deserialization: not JSON or the wrong schema") {
     CHECK(bad("{\"__metadata__\":" + u8x4 + "}") == E);  // a tensor-shaped __metadata__
     CHECK(bad("{\"a\\ud800\":" + u8x4 + "}") == E);       // lone surrogate
     CHECK(bad("{\"a\x01\":" + u8x4 + "}") == E);          // raw control character
+    // serde_json's nesting limit: 127 levels, counting the top-level object.
+    const auto nested = [](int levels) {
+        return R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"x":)" +
+               std::string(static_cast<std::size_t>(levels - 2), '[') +
+               std::string(static_cast<std::size_t>(levels - 2), ']') + "}}";
+    };
+    CHECK(bad(nested(127)) == accepted);
+    CHECK(bad(nested(128)) == E);
     // Extra fields in a tensor are ignored, as the reference does.
     CHECK(bad(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"x":[1]}})") == accepted);
 }

@@ -3,6 +3,7 @@
 # 60) on a temp copy of its seed corpus (tests/fuzz/corpus/<target>/, if present), so new
 # finds never land in the repository. Exits non-zero when any target fails to build or crashes;
 # crash inputs are copied to $FUZZ_ARTIFACTS (default: fuzz-artifacts/ in the current folder).
+# With FUZZ_KEEP_CORPUS=DIR, each target's final corpus is copied to DIR/<target>/.
 set -u
 seconds="${1:-60}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -44,6 +45,10 @@ for src in "${targets[@]}"; do
         status=1
     else
         grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE)' "$work/$name.log" || true
+        if [ -n "${FUZZ_KEEP_CORPUS:-}" ]; then
+            mkdir -p "$FUZZ_KEEP_CORPUS/$name"
+            cp -r "$corpus/." "$FUZZ_KEEP_CORPUS/$name/"
+        fi
         echo "== $name: ok"
     fi
 done

@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -124,9 +125,42 @@ private:
     std::vector<std::uint32_t> slots_;  // 0 = empty, else entry index + 1
 };
 
+// serde_json (the reference's parser) refuses JSON nested deeper than this, counting the
+// top-level object; simdjson is told the same limit so both give the same verdict.
+inline constexpr std::size_t json_max_depth = 127;
+
+inline void prepare_parser(simdjson::dom::parser& p, std::size_t capacity) {
+    if (p.allocate(std::max<std::size_t>(capacity, 4096), json_max_depth) != simdjson::SUCCESS)
+        throw std::bad_alloc();
+}
+
+// Whether valid JSON holds the number token -0 outside strings. simdjson reads it as the
+// integer 0, serde_json (the reference) as the float -0.0, which no size or offset accepts.
+[[nodiscard]] inline bool has_negative_zero(std::string_view json) noexcept {
+    if (json.find('-') == std::string_view::npos) return false;  // the common case, fast
+    bool in_string = false;
+    for (std::size_t i = 0; i < json.size(); ++i) {
+        const char c = json[i];
+        if (in_string) {
+            if (c == '\\') ++i;
+            else if (c == '"') in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '-' && i + 1 < json.size() && json[i + 1] == '0') {
+            const char next = i + 2 < json.size() ? json[i + 2] : ' ';
+            if (next != '.' && next != 'e' && next != 'E') return true;
+        }
+    }
+    return false;
+}
+
 // One simdjson parser per thread, reused: its buffers are the costly part of a parse.
 inline simdjson::dom::parser& thread_parser() {
-    thread_local simdjson::dom::parser parser;
+    thread_local simdjson::dom::parser parser = [] {
+        simdjson::dom::parser p;
+        prepare_parser(p, 4096);
+        return p;
+    }();
     return parser;
 }
 
@@ -527,6 +561,7 @@ private:
         simdjson::dom::parser* parser = &detail::thread_parser();
         if (len > detail::shared_parser_limit) {
             own = std::make_unique<simdjson::dom::parser>();
+            detail::prepare_parser(*own, len);
             parser = own.get();
         }
         simdjson::dom::element root;
@@ -535,6 +570,9 @@ private:
         if (err != simdjson::SUCCESS)
             fail(errc::invalid_header_deserialization,
                  std::string("header is not valid JSON: ") + simdjson::error_message(err), {}, 8);
+        // Stricter than the reference only for a -0 inside a field it ignores.
+        if (detail::has_negative_zero(std::string_view(json, len)))
+            fail_schema("header: -0 is not a non-negative integer");
         simdjson::dom::object top;
         if (root.get_object().get(top) != simdjson::SUCCESS)
             fail_schema("header: expected a JSON object, found " +
