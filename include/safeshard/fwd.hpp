@@ -13,3 +13,13 @@ class shape;
 struct model_config;
 
 }  // namespace safeshard
+
+namespace safeshard {
+struct parse_options;
+class tensor_view;
+class file_view;
+struct tensor_info;
+struct planned_tensor;
+struct tensor_data;
+class safetensors_writer;
+}  // namespace safeshard
