@@ -284,6 +284,33 @@ TEST_CASE("misaligned_slice: sub-byte tensors end on a byte boundary") {
                             "abc")) == accepted);
 }
 
+TEST_CASE("tensor errors carry the tensor name and its byte offset in the file") {
+    const auto f = make_file(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                             R"("b":{"dtype":"F32","shape":[2],"data_offsets":[1,5]}})",
+                             "abcde");
+    try {
+        file_view v{std::span<const std::byte>(f)};
+        FAIL("expected tensor_invalid_info");
+    } catch (const error& e) {
+        CHECK(e.code() == errc::tensor_invalid_info);
+        CHECK(e.tensor() == "b");
+        REQUIRE(e.offset());
+        CHECK(*e.offset() == f.size() - 5 + 1);
+        CHECK(e.message() == "dtype F32 and shape [2] need 8 bytes, data_offsets give 4");
+    }
+}
+
+TEST_CASE("C64 as std::complex<float>") {
+    const std::complex<float> c[2] = {{1.0f, 2.0f}, {-3.0f, 0.5f}};
+    std::string data(16, '\0');
+    std::memcpy(data.data(), c, 16);
+    const auto f = make_file(R"({"c":{"dtype":"C64","shape":[2],"data_offsets":[0,16]}})", data);
+    file_view v{std::span<const std::byte>(f)};
+    const auto e = v.tensor("c").as<std::complex<float>>();
+    CHECK(e[1] == std::complex<float>(-3.0f, 0.5f));
+    CHECK(v.tensor("c").as<std::uint64_t>().size() == 2);  // raw bits
+}
+
 TEST_CASE("tensor_invalid_info: end - begin differs from dtype x shape") {
     CHECK(verdict(make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "abcd")) ==
           errc::tensor_invalid_info);

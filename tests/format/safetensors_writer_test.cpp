@@ -53,6 +53,17 @@ TEST_CASE("header bytes match the reference writer (safetensors 0.8.0)") {
           "\"data_offsets\":[0,1]}}    ");
 }
 
+TEST_CASE("an empty file: header exactly {} padded to 8, read back with no tensors") {
+    const auto f = serialize({});
+    CHECK(f.size() == 16);
+    file_view v{std::span<const std::byte>(f)};
+    CHECK(v.header_size() == 8);
+    CHECK(v.header_json() == "{}      ");
+    CHECK(v.empty());
+    CHECK_FALSE(v.has_metadata());
+    CHECK(v.begin() == v.end());
+}
+
 TEST_CASE("an empty file with empty metadata is valid JSON (unlike the reference's)") {
     const auto f = serialize({}, metadata_map{});
     CHECK(header_of(f) == R"({"__metadata__":{}}     )");
