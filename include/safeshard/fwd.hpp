@@ -23,3 +23,13 @@ class atomic_file;
 class atomic_directory;
 
 }  // namespace safeshard
+
+namespace safeshard {
+struct parse_options;
+class tensor_view;
+class file_view;
+struct tensor_info;
+struct planned_tensor;
+struct tensor_data;
+class safetensors_writer;
+}  // namespace safeshard

@@ -16,4 +16,7 @@
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/io/mapped_file.hpp"
 
+#include "safeshard/format/safetensors.hpp"
+#include "safeshard/format/safetensors_writer.hpp"
+
 #include "safeshard/load/convert.hpp"
