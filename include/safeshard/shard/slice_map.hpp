@@ -58,13 +58,17 @@ SAFESHARD_HOST_DEVICE constexpr bool try_merge(copy_box& a, const copy_box& b) n
         a.src_row_stride = a.dst_row_stride = a.row_elems;
         return true;
     }
-    // Same columns, b's rows follow a's rows.
-    if (a.row_elems != b.row_elems || a.src_row_stride != b.src_row_stride ||
-        a.dst_row_stride != b.dst_row_stride)
+    // Same columns, b's rows follow a's rows (a single row's strides do not matter).
+    const std::uint64_t ss = a.rows > 1 ? a.src_row_stride : b.src_row_stride;
+    const std::uint64_t ds = a.rows > 1 ? a.dst_row_stride : b.dst_row_stride;
+    if (a.row_elems != b.row_elems) return false;
+    if (a.rows > 1 && b.rows > 1 &&
+        (a.src_row_stride != b.src_row_stride || a.dst_row_stride != b.dst_row_stride))
         return false;
-    if (b.src_offset != a.src_offset + a.rows * a.src_row_stride ||
-        b.dst_offset != a.dst_offset + a.rows * a.dst_row_stride)
+    if (b.src_offset != a.src_offset + a.rows * ss || b.dst_offset != a.dst_offset + a.rows * ds)
         return false;
+    a.src_row_stride = ss;
+    a.dst_row_stride = ds;
     a.rows += b.rows;
     normalize(a);
     return true;
