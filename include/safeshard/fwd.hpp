@@ -11,5 +11,12 @@ struct error_context;
 class error;
 class shape;
 struct model_config;
+struct layout;
+class slice_map;
+struct slice_result;
+struct parameter_meta;
+struct parameter_spec;
+class schema;
+class architecture_registry;
 
 }  // namespace safeshard

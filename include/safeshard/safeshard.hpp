@@ -9,3 +9,13 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/core/shape.hpp"
+
+#include "safeshard/shard/apply.hpp"
+#include "safeshard/shard/architectures/registry.hpp"
+#include "safeshard/shard/init.hpp"
+#include "safeshard/shard/layout.hpp"
+#include "safeshard/shard/parameter.hpp"
+#include "safeshard/shard/schema.hpp"
+#include "safeshard/shard/segment.hpp"
+#include "safeshard/shard/slice.hpp"
+#include "safeshard/shard/slice_map.hpp"
