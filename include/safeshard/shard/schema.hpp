@@ -102,6 +102,13 @@ public:
         params_.push_back(std::move(p));
     }
 
+    // Room for n parameters (and as many sources) without rehashing.
+    void reserve(std::size_t n) {
+        params_.reserve(n);
+        index_.reserve(n);
+        by_source_.reserve(n);
+    }
+
     void ignore(std::string pattern, std::string note) {
         ignore_.push_back(ignore_rule{std::move(pattern), std::move(note)});
     }
@@ -255,6 +262,9 @@ inline bool stage_keeps(const parameter_spec& p, const schema_options& o) {
                     "layer range [" + std::to_string(o.layer_begin) + ", " + std::to_string(end) +
                         ") is not within the model's " + std::to_string(layers) + " layers");
     schema s;
+    std::size_t expected = 0;
+    for (const auto& p : specs) expected += p.per_layer() ? end - o.layer_begin : 1;
+    s.reserve(expected);
     s.set_names(o.names);
     s.ignore("*rotary_emb.inv_freq", "a legacy rotary buffer, not a parameter");
     for (const auto& pattern : o.ignore) s.ignore(pattern, "ignored by request");

@@ -105,11 +105,4 @@ private:
     std::uint8_t count_ = 0;
 };
 
-// What each kind's arithmetic returns: the runs, and the local extent along dim (the runs
-// plus trailing zero padding).
-struct dim_plan {
-    segment_list runs{};
-    std::uint64_t local_extent = 0;
-};
-
 }  // namespace safeshard

@@ -40,13 +40,6 @@ struct slice_result {
     }
 };
 
-namespace detail {
-SAFESHARD_HOST_DEVICE constexpr slice_result fail(slice_result r, layout_status s) noexcept {
-    r.status = s;
-    return r;
-}
-}  // namespace detail
-
 // The one implementation, for constant expressions, host and device: `sources` are the
 // extents of the parameter's source tensors (one, or one per fused part / q, k, v).
 [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr slice_result slice(const layout& l,
@@ -56,19 +49,19 @@ SAFESHARD_HOST_DEVICE constexpr slice_result fail(slice_result r, layout_status 
                                                                  std::uint32_t rank) noexcept {
     slice_result r;
     r.dim = l.kind == layout_kind::replicated ? 0 : l.dim;
-    if (world == 0) return detail::fail(r, layout_status::invalid_world);
-    if (rank >= world) return detail::fail(r, layout_status::rank_out_of_range);
-    if (n == 0 || n > max_sources) return detail::fail(r, layout_status::source_count);
+    if (world == 0) { r.status = layout_status::invalid_world; return r; }
+    if (rank >= world) { r.status = layout_status::rank_out_of_range; return r; }
+    if (n == 0 || n > max_sources) { r.status = layout_status::source_count; return r; }
     const std::size_t nd = sources[0].rank();
     for (std::size_t i = 1; i < n; ++i)
-        if (sources[i].rank() != nd) return detail::fail(r, layout_status::shape_mismatch);
+        if (sources[i].rank() != nd) { r.status = layout_status::shape_mismatch; return r; }
 
     if (l.kind == layout_kind::replicated) {
-        if (n != 1) return detail::fail(r, layout_status::source_count);
+        if (n != 1) { r.status = layout_status::source_count; return r; }
         std::uint64_t count = 1;
         for (std::size_t i = 0; i < nd; ++i)
             if (mul_overflows(count, sources[0][i], count))
-                return detail::fail(r, layout_status::overflow);
+                { r.status = layout_status::overflow; return r; }
         r.global = r.local = sources[0];
         r.map.push(copy_box{0, 0, 1, count, count, 0, count});
         if (nd > 0) r.runs.push(segment{0, 0, sources[0][0]});
@@ -76,18 +69,18 @@ SAFESHARD_HOST_DEVICE constexpr slice_result fail(slice_result r, layout_status 
     }
 
     const std::size_t dim = l.dim;
-    if (dim >= nd) return detail::fail(r, layout_status::dim_out_of_range);
+    if (dim >= nd) { r.status = layout_status::dim_out_of_range; return r; }
     for (std::size_t i = 1; i < n; ++i)
         for (std::size_t j = 0; j < nd; ++j)
             if (j != dim && sources[i][j] != sources[0][j])
-                return detail::fail(r, layout_status::shape_mismatch);
+                { r.status = layout_status::shape_mismatch; return r; }
     std::uint64_t outer = 1, inner = 1;
     for (std::size_t j = 0; j < dim; ++j)
         if (mul_overflows(outer, sources[0][j], outer))
-            return detail::fail(r, layout_status::overflow);
+            { r.status = layout_status::overflow; return r; }
     for (std::size_t j = dim + 1; j < nd; ++j)
         if (mul_overflows(inner, sources[0][j], inner))
-            return detail::fail(r, layout_status::overflow);
+            { r.status = layout_status::overflow; return r; }
 
     std::uint64_t extents[max_sources] = {};
     std::uint64_t total = 0, scratch = 0;
@@ -95,50 +88,52 @@ SAFESHARD_HOST_DEVICE constexpr slice_result fail(slice_result r, layout_status 
         extents[i] = sources[i][dim];
         if (add_overflows(total, extents[i], total) || mul_overflows(outer, extents[i], scratch) ||
             mul_overflows(scratch, inner, scratch))
-            return detail::fail(r, layout_status::overflow);
+            { r.status = layout_status::overflow; return r; }
     }
 
-    dim_plan p;
+    std::uint64_t local_extent = 0;
     layout_status st = layout_status::ok;
     const bool single = l.kind == layout_kind::split || l.kind == layout_kind::padded_split ||
                         l.kind == layout_kind::strided_split;
-    if (single && n != 1) return detail::fail(r, layout_status::source_count);
+    if (single && n != 1) { r.status = layout_status::source_count; return r; }
     switch (l.kind) {
         case layout_kind::replicated: break;  // handled above
-        case layout_kind::split: st = detail::plan_split(extents[0], world, rank, p); break;
+        case layout_kind::split: st = detail::plan_split(extents[0], world, rank, r.runs, local_extent); break;
         case layout_kind::padded_split:
-            st = detail::plan_padded_split(extents[0], l.multiple, world, rank, p);
+            st = detail::plan_padded_split(extents[0], l.multiple, world, rank, r.runs, local_extent);
             break;
         case layout_kind::strided_split:
-            st = detail::plan_strided_split(extents[0], l.stride, world, rank, p);
+            st = detail::plan_strided_split(extents[0], l.stride, world, rank, r.runs, local_extent);
             break;
-        case layout_kind::fused: st = detail::plan_fused(l, extents, n, world, rank, p); break;
+        case layout_kind::fused: st = detail::plan_fused(l, extents, n, world, rank, r.runs, local_extent); break;
         case layout_kind::gqa_qkv:
-        case layout_kind::gqa_o: st = detail::plan_gqa(l, extents, n, world, rank, p); break;
+        case layout_kind::gqa_o: st = detail::plan_gqa(l, extents, n, world, rank, r.runs, local_extent); break;
     }
-    if (st != layout_status::ok) return detail::fail(r, st);
-    if (mul_overflows(outer, p.local_extent, scratch) || mul_overflows(scratch, inner, scratch))
-        return detail::fail(r, layout_status::overflow);
+    if (st != layout_status::ok) {
+        r.status = st;
+        return r;
+    }
+    if (mul_overflows(outer, local_extent, scratch) || mul_overflows(scratch, inner, scratch))
+        { r.status = layout_status::overflow; return r; }
 
     r.global = sources[0];
     r.global[dim] = total;
     if (mul_overflows(outer, total, scratch) || mul_overflows(scratch, inner, scratch))
-        return detail::fail(r, layout_status::overflow);
+        { r.status = layout_status::overflow; return r; }
     r.local = sources[0];
-    r.local[dim] = p.local_extent;
-    r.runs = p.runs;
+    r.local[dim] = local_extent;
 
-    const std::uint64_t dst_stride = p.local_extent * inner;
+    const std::uint64_t dst_stride = local_extent * inner;
     std::uint64_t pos = 0;
-    for (const auto& s : p.runs) {
+    for (const auto& s : r.runs) {
         if (!r.map.push(copy_box{s.source, s.start * inner, outer, s.length * inner,
                                  extents[s.source] * inner, pos * inner, dst_stride}))
-            return detail::fail(r, layout_status::too_many_pieces);
+            { r.status = layout_status::too_many_pieces; return r; }
         pos += s.length;
     }
-    if (pos < p.local_extent &&
-        !r.map.push_zero(zero_box{pos * inner, outer, (p.local_extent - pos) * inner, dst_stride}))
-        return detail::fail(r, layout_status::too_many_pieces);
+    if (pos < local_extent &&
+        !r.map.push_zero(zero_box{pos * inner, outer, (local_extent - pos) * inner, dst_stride}))
+        { r.status = layout_status::too_many_pieces; return r; }
     return r;
 }
 

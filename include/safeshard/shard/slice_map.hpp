@@ -87,12 +87,21 @@ public:
 
     // Appends (merging with the last box when adjacent); false when full. Empty boxes are
     // dropped.
-    SAFESHARD_HOST_DEVICE constexpr bool push(copy_box b) noexcept {
-        if (b.rows == 0 || b.row_elems == 0) return true;
+    SAFESHARD_HOST_DEVICE constexpr bool push(const copy_box& box) noexcept {
+        if (box.rows == 0 || box.row_elems == 0) return true;
+        if (box_count_ == box_capacity) {  // full: only a merge fits
+            copy_box b = box;
+            detail::normalize(b);
+            return detail::try_merge(boxes_[box_count_ - 1], b);
+        }
+        copy_box& b = boxes_[box_count_];  // built in place (no 56-byte stack copies)
+        b = box;
         detail::normalize(b);
-        if (box_count_ > 0 && detail::try_merge(boxes_[box_count_ - 1], b)) return true;
-        if (box_count_ == box_capacity) return false;
-        boxes_[box_count_++] = b;
+        if (box_count_ > 0 && detail::try_merge(boxes_[box_count_ - 1], b)) {
+            b = copy_box{};  // keep unused slots zero, so equal maps compare equal bytewise
+            return true;
+        }
+        ++box_count_;
         return true;
     }
 

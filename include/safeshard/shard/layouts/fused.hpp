@@ -39,7 +39,8 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_fused(const layout& l,
                                                          const std::uint64_t* extents,
                                                          std::size_t n, std::uint32_t world,
                                                          std::uint32_t rank,
-                                                         dim_plan& out) noexcept {
+                                                         segment_list& runs,
+    std::uint64_t& local_extent) noexcept {
     if (l.part_count > layout::max_parts) return layout_status::invalid_parameters;
     const bool one_fused_source = l.part_count > 0 && n == 1;
     const std::size_t parts = l.part_count > 0 ? l.part_count : n;
@@ -60,16 +61,16 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_fused(const layout& l,
     if (one_fused_source && total != extents[0]) return layout_status::shape_mismatch;
 
     std::uint64_t base = 0;  // where the part starts in a fused source
-    out.local_extent = 0;
+    local_extent = 0;
     for (std::size_t i = 0; i < parts; ++i) {
         if (sizes[i] % world != 0) return layout_status::indivisible;
         const std::uint64_t local = sizes[i] / world;
         if (sizes[i] % units[i] != 0 || local % units[i] != 0)
             return layout_status::part_misaligned;
         const auto src = static_cast<std::uint8_t>(one_fused_source ? 0 : i);
-        if (!out.runs.push(segment{src, base + rank * local, local}))
+        if (!runs.push(segment{src, base + rank * local, local}))
             return layout_status::too_many_pieces;
-        out.local_extent += local;
+        local_extent += local;
         if (one_fused_source) base += sizes[i];
     }
     return layout_status::ok;

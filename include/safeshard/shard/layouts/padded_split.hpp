@@ -26,7 +26,8 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_padded_split(std::uint64_t ex
                                                                 std::uint64_t multiple,
                                                                 std::uint32_t world,
                                                                 std::uint32_t rank,
-                                                                dim_plan& out) noexcept {
+                                                                segment_list& runs,
+    std::uint64_t& local_extent) noexcept {
     if (multiple == 0) return layout_status::invalid_parameters;
     std::uint64_t padded = 0;
     if (align_up_overflows(extent, multiple, padded)) return layout_status::overflow;
@@ -34,8 +35,8 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_padded_split(std::uint64_t ex
     const std::uint64_t local = padded / world;
     const std::uint64_t lo = rank * local;
     const std::uint64_t real = lo >= extent ? 0 : (extent - lo < local ? extent - lo : local);
-    out.local_extent = local;
-    out.runs.push(segment{0, lo, real});
+    local_extent = local;
+    runs.push(segment{0, lo, real});
     return layout_status::ok;
 }
 }  // namespace detail

@@ -20,11 +20,12 @@ namespace detail {
 SAFESHARD_HOST_DEVICE constexpr layout_status plan_split(std::uint64_t extent,
                                                          std::uint32_t world,
                                                          std::uint32_t rank,
-                                                         dim_plan& out) noexcept {
+                                                         segment_list& runs,
+    std::uint64_t& local_extent) noexcept {
     if (extent % world != 0) return layout_status::indivisible;
     const std::uint64_t local = extent / world;
-    out.local_extent = local;
-    out.runs.push(segment{0, rank * local, local});
+    local_extent = local;
+    runs.push(segment{0, rank * local, local});
     return layout_status::ok;
 }
 }  // namespace detail

@@ -24,15 +24,16 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_strided_split(std::uint64_t e
                                                                  std::uint64_t stride,
                                                                  std::uint32_t world,
                                                                  std::uint32_t rank,
-                                                                 dim_plan& out) noexcept {
+                                                                 segment_list& runs,
+    std::uint64_t& local_extent) noexcept {
     if (stride == 0) return layout_status::invalid_parameters;
     std::uint64_t pieces = 0;
     if (mul_overflows(std::uint64_t{world}, stride, pieces)) return layout_status::overflow;
     if (extent % pieces != 0) return layout_status::indivisible;
     const std::uint64_t piece = extent / pieces;
-    out.local_extent = piece * stride;
+    local_extent = piece * stride;
     for (std::uint64_t i = 0; i < stride; ++i)
-        if (!out.runs.push(segment{0, (rank + i * world) * piece, piece}))
+        if (!runs.push(segment{0, (rank + i * world) * piece, piece}))
             return layout_status::too_many_pieces;
     return layout_status::ok;
 }
