@@ -75,6 +75,9 @@ TEST_CASE("expanding a static table: layers, sources, ties, init, ignore rules")
     CHECK_FALSE(s.ignored("model.layers.0.mlp.down_proj.weight").has_value());
     CHECK(s.find("nope") == nullptr);
     CHECK_THROWS_AS((void)s.at("nope"), error);
+    CHECK(to_string(parameter_role::lm_head) == "lm_head");
+    CHECK(s.at("model.layers.0.mlp.up_proj.weight").role == parameter_role::layer);
+    CHECK(s.at("model.norm.weight").role == parameter_role::final_norm);
     CHECK(to_string(head) == "lm_head.weight: padded_split<0,64> tied to model.embed_tokens.weight");
 }
 

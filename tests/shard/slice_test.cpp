@@ -40,6 +40,14 @@ TEST_CASE("split<0> prints its geometry in one line") {
           "fused<0> 8x4+8x4 @ rank 1/2 -> src0 rows [4,8) + src1 rows [4,8)");
 }
 
+TEST_CASE("results and statuses print") {
+    std::ostringstream os;
+    os << slice(split<0>::value, shape{4, 2}, 2, 1) << " | " << slice(split<0>::value, shape{3}, 2, 1)
+       << " | " << layout_status::kv_heads_mismatch;
+    CHECK(os.str() == "ok [2, 2] of [4, 2] {src0+4 1x4 -> dst+0} | indivisible | kv_heads_mismatch");
+    CHECK(to_string(layout_status::too_many_pieces) == "too_many_pieces");
+}
+
 TEST_CASE("split collapses to one box per source, in elements") {
     const auto r0 = slice(split<0>::value, shape{4096, 4096}, 4, 1);
     REQUIRE(r0.ok());

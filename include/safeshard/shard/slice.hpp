@@ -285,6 +285,16 @@ inline std::string reason(const layout& l, std::span<const shape> sources, std::
     return describe(l, std::span<const shape>(&source, 1), world, rank);
 }
 
+// "ok [1024, 4096] of [4096, 4096] {src0+4194304 1x4194304 -> dst+0}", or the status.
+[[nodiscard]] inline std::string to_string(const slice_result& r) {
+    if (!r.ok()) return std::string(to_string(r.status));
+    return "ok " + r.local.to_string() + " of " + r.global.to_string() + " " + to_string(r.map);
+}
+
+inline std::ostream& operator<<(std::ostream& os, const slice_result& r) {
+    return os << to_string(r);
+}
+
 // The error a failed slice becomes on the host: names the parameter, the layout, the
 // sources, the dim and the world.
 [[nodiscard]] inline error slice_error(std::string_view parameter, const layout& l,
