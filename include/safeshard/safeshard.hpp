@@ -9,3 +9,6 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/core/shape.hpp"
+#include "safeshard/format/config.hpp"
+#include "safeshard/format/hf_cache.hpp"
+#include "safeshard/format/index.hpp"
