@@ -131,12 +131,22 @@ public:
     [[nodiscard]] std::span<const checkpoint_warning> warnings() const noexcept { return warnings_; }
 
     [[nodiscard]] std::optional<located_tensor> find(std::string_view name) const {
-        auto it = names_.find(name);
-        if (it == names_.end()) return std::nullopt;
+        // The index (or the only file) finds a name; the few names a lenient open let
+        // through unindexed are in extras_.
+        if (index_) {
+            if (const auto shard = index_->shard_index_of(name)) {
+                const checkpoint_file& f = files_[*shard];
+                if (auto t = f.view.find(name)) return located_tensor{&f, *t};
+            }
+        } else if (!files_.empty()) {
+            if (auto t = files_.front().view.find(name)) return located_tensor{&files_.front(), *t};
+        }
+        auto it = extras_.find(name);
+        if (it == extras_.end()) return std::nullopt;
         const checkpoint_file& f = files_[it->second.first];
         return located_tensor{&f, f.view.at(it->second.second)};
     }
-    [[nodiscard]] bool contains(std::string_view name) const { return names_.contains(name); }
+    [[nodiscard]] bool contains(std::string_view name) const { return find(name).has_value(); }
     // errc::tensor_not_found when absent.
     [[nodiscard]] located_tensor tensor(std::string_view name) const {
         if (auto t = find(name)) return *t;
@@ -209,7 +219,6 @@ private:
         c.kind_ = kind::single_file;
         c.root_ = p.parent_path();
         c.add_files({name}, options, snap);
-        c.index_files_without_index(options);
         return c;
     }
 
@@ -270,7 +279,6 @@ private:
         c.kind_ = kind::single_file;
         c.root_ = dir;
         c.add_files({chosen}, options, snap);
-        c.index_files_without_index(options);
         return c;
     }
 
@@ -316,12 +324,6 @@ private:
         }
     }
 
-    void index_files_without_index(const checkpoint_options&) {
-        const auto& f = files_.front();
-        names_.reserve(f.view.size());
-        for (std::uint32_t i = 0; i < f.view.size(); ++i) names_.emplace(f.view.at(i).name(), std::pair{0u, i});
-    }
-
     void warn_or_fail(const checkpoint_options& options, std::string msg, const std::string& file,
                       std::string_view tensor) {
         if (options.strict) {
@@ -337,7 +339,6 @@ private:
         const std::string ix_name = index_path_->filename().string();
         // Every entry of the index is in the shard it names.
         std::uint64_t indexed_bytes = 0;
-        names_.reserve(ix.size());
         for (const index_entry& e : ix.entries()) {
             const checkpoint_file& f = files_[e.shard];
             const auto t = f.view.find(e.name);
@@ -355,25 +356,29 @@ private:
             }
             indexed_bytes += t->byte_size();
         }
-        // Every tensor of every shard is in the index, and in that shard only.
-        for (std::uint32_t fi = 0; fi < files_.size(); ++fi) {
-            const checkpoint_file& f = files_[fi];
-            for (std::uint32_t ti = 0; ti < f.view.size(); ++ti) {
-                const std::string_view name = f.view.at(ti).name();
-                const auto shard = ix.shard_index_of(name);
-                if (shard == fi) {
-                    names_.insert_or_assign(name, std::pair{fi, ti});
-                } else if (shard) {
-                    warn_or_fail(options,
-                                 "tensor '" + std::string(name) + "' is in two shards: '" + f.name +
-                                     "' and '" + files_[*shard].name + "' (the index names the latter)",
-                                 f.name, name);
-                } else {
-                    warn_or_fail(options,
-                                 "tensor '" + std::string(name) + "' is in shard '" + f.name +
-                                     "' but not in " + ix_name,
-                                 f.name, name);
-                    names_.emplace(name, std::pair{fi, ti});  // first file wins; the index's later
+        // Every tensor of every shard is in the index, and in that shard only. The entries
+        // are distinct names, each found in its shard: when the counts agree there is nothing
+        // else in the shards, and the per-tensor pass is skipped.
+        if (tensor_count_ != ix.size()) {
+            for (std::uint32_t fi = 0; fi < files_.size(); ++fi) {
+                const checkpoint_file& f = files_[fi];
+                for (std::uint32_t ti = 0; ti < f.view.size(); ++ti) {
+                    const std::string_view name = f.view.at(ti).name();
+                    const auto shard = ix.shard_index_of(name);
+                    if (shard == fi) continue;
+                    if (shard) {
+                        warn_or_fail(options,
+                                     "tensor '" + std::string(name) + "' is in two shards: '" +
+                                         f.name + "' and '" + files_[*shard].name +
+                                         "' (the index names the latter)",
+                                     f.name, name);
+                    } else {
+                        warn_or_fail(options,
+                                     "tensor '" + std::string(name) + "' is in shard '" + f.name +
+                                         "' but not in " + ix_name,
+                                     f.name, name);
+                        extras_.emplace(name, std::pair{fi, ti});  // the first file wins
+                    }
                 }
             }
         }
@@ -394,8 +399,9 @@ private:
     std::optional<safetensors_index> index_;
     std::optional<hf_snapshot> snapshot_;
     std::vector<checkpoint_file> files_;
-    // Name → (file, tensor position in file order). Keys borrow the file_views' names.
-    std::unordered_map<std::string_view, std::pair<std::uint32_t, std::uint32_t>> names_;
+    // Unindexed names a lenient open let through → (file, tensor position in file order).
+    // Keys borrow the file_views' names.
+    std::unordered_map<std::string_view, std::pair<std::uint32_t, std::uint32_t>> extras_;
     std::uint64_t total_bytes_ = 0;
     std::size_t tensor_count_ = 0;
     std::vector<checkpoint_warning> warnings_;

@@ -107,27 +107,42 @@ private:
 
     static std::size_t hash(std::string_view s) noexcept { return std::hash<std::string_view>{}(s); }
 
+    // A slot holds the entry's position + 1 (0 = empty) and its hash's high half, so probes
+    // past other names rarely touch entries_.
+    static constexpr std::uint64_t slot_of(std::uint32_t entry, std::size_t h) noexcept {
+        return (static_cast<std::uint64_t>(h >> 32) << 32) | (entry + 1u);
+    }
+    static constexpr bool same_hash(std::uint64_t slot, std::size_t h) noexcept {
+        return (slot >> 32) == static_cast<std::uint64_t>(h >> 32);
+    }
+
     [[nodiscard]] const index_entry* lookup(std::string_view name) const noexcept {
         if (table_.empty()) return nullptr;
         const std::size_t mask = table_.size() - 1;
-        for (std::size_t i = hash(name) & mask;; i = (i + 1) & mask) {
-            const std::uint32_t slot = table_[i];
+        const std::size_t h = hash(name);
+        for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+            const std::uint64_t slot = table_[i];
             if (slot == 0) return nullptr;
-            if (entries_[slot - 1].name == name) return &entries_[slot - 1];
+            if (same_hash(slot, h)) {
+                const index_entry& e = entries_[static_cast<std::uint32_t>(slot) - 1];
+                if (e.name == name) return &e;
+            }
         }
     }
 
-    // Open addressing keeps the 92k-entry table to two allocations; false on a duplicate.
-    bool insert(std::uint32_t entry) noexcept {
+    // Open addressing keeps the 92k-entry table to one allocation; false on a duplicate.
+    bool insert(std::uint32_t entry, std::size_t h) noexcept {
         const std::size_t mask = table_.size() - 1;
         const std::string_view name = entries_[entry].name;
-        for (std::size_t i = hash(name) & mask;; i = (i + 1) & mask) {
-            const std::uint32_t slot = table_[i];
+        for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+            const std::uint64_t slot = table_[i];
             if (slot == 0) {
-                table_[i] = entry + 1;
+                table_[i] = slot_of(entry, h);
                 return true;
             }
-            if (entries_[slot - 1].name == name) return false;
+            if (same_hash(slot, h) && entries_[static_cast<std::uint32_t>(slot) - 1].name == name) {
+                return false;
+            }
         }
     }
 
@@ -173,7 +188,7 @@ private:
         const std::size_t n = wm.size();
         if (n == 0) fail("'weight_map' is empty", ix.source_);
         // Unescaped names are never longer than their JSON text, so one arena holds them all.
-        ix.arena_ = std::make_unique<char[]>(buf.size() + 1);
+        ix.arena_ = std::make_unique_for_overwrite<char[]>(buf.size() + 1);
         char* cursor = ix.arena_.get();
         ix.entries_.reserve(n);
         std::size_t table_size = 16;
@@ -213,8 +228,17 @@ private:
                 last_id = id;
             }
             ix.entries_.push_back(index_entry{name, id});
-            if (!ix.insert(static_cast<std::uint32_t>(ix.entries_.size() - 1))) {
-                fail("duplicate key in weight_map", ix.source_, std::string(name));
+        }
+        // Hashes first, then inserts with the slot prefetched a few entries ahead: the table
+        // is bigger than the cache and each insert would otherwise wait on memory.
+        std::vector<std::size_t> hashes(ix.entries_.size());
+        for (std::size_t i = 0; i < hashes.size(); ++i) hashes[i] = hash(ix.entries_[i].name);
+        constexpr std::size_t ahead = 16;
+        const std::size_t mask = table_size - 1;
+        for (std::size_t i = 0; i < hashes.size(); ++i) {
+            if (i + ahead < hashes.size()) __builtin_prefetch(&ix.table_[hashes[i + ahead] & mask]);
+            if (!ix.insert(static_cast<std::uint32_t>(i), hashes[i])) {
+                fail("duplicate key in weight_map", ix.source_, std::string(ix.entries_[i].name));
             }
         }
         // Shards sorted by name; entries renumbered to match.
@@ -264,7 +288,7 @@ private:
     std::string source_;
     std::unique_ptr<char[]> arena_;  // names; stable across moves
     std::vector<index_entry> entries_;
-    std::vector<std::uint32_t> table_;  // entry position + 1, 0 = empty
+    std::vector<std::uint64_t> table_;  // see slot_of()
     std::vector<std::string> shards_;
     std::optional<std::uint64_t> total_size_;
     std::optional<std::uint64_t> total_parameters_;
