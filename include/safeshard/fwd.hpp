@@ -5,15 +5,15 @@
 
 namespace safeshard {
 
+// core/
 enum class dtype : std::uint8_t;
 enum class errc : std::uint8_t;
 struct error_context;
 class error;
 class shape;
 struct model_config;
-class converter;
-struct dtype_policy;
 
+// io/
 enum class access_advice;
 class mapped_file;
 struct read_options;
@@ -21,6 +21,17 @@ class file_reader;
 class aligned_buffer;
 class atomic_file;
 class atomic_directory;
+
+// format/
+struct parse_options;
+class tensor_view;
+class file_view;
+struct tensor_info;
+struct planned_tensor;
+struct tensor_data;
+class safetensors_writer;
+
+// shard/
 struct layout;
 class slice_map;
 struct slice_result;
@@ -29,14 +40,8 @@ struct parameter_spec;
 class schema;
 class architecture_registry;
 
-}  // namespace safeshard
+// load/
+class converter;
+struct dtype_policy;
 
-namespace safeshard {
-struct parse_options;
-class tensor_view;
-class file_view;
-struct tensor_info;
-struct planned_tensor;
-struct tensor_data;
-class safetensors_writer;
 }  // namespace safeshard

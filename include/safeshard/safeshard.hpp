@@ -1,4 +1,5 @@
 // The umbrella header: everything but cuda/ (which has its own dependency, safeshard_cuda).
+// The folders follow the path of the data: core, io, format, shard, load, save.
 #pragma once
 
 #include "safeshard/config.hpp"
@@ -15,17 +16,35 @@
 #include "safeshard/io/atomic_file.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/io/mapped_file.hpp"
+#include "safeshard/io/syscalls.hpp"
 
+#include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/config.hpp"
+#include "safeshard/format/hf_cache.hpp"
+#include "safeshard/format/index.hpp"
+#include "safeshard/format/json_text.hpp"
 #include "safeshard/format/safetensors.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 
-#include "safeshard/load/convert.hpp"
 #include "safeshard/shard/apply.hpp"
+#include "safeshard/shard/architectures/decoder.hpp"
+#include "safeshard/shard/architectures/gemma.hpp"
+#include "safeshard/shard/architectures/llama.hpp"
+#include "safeshard/shard/architectures/phi3.hpp"
+#include "safeshard/shard/architectures/qwen.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
 #include "safeshard/shard/init.hpp"
 #include "safeshard/shard/layout.hpp"
+#include "safeshard/shard/layouts/fused.hpp"
+#include "safeshard/shard/layouts/gqa.hpp"
+#include "safeshard/shard/layouts/padded_split.hpp"
+#include "safeshard/shard/layouts/replicated.hpp"
+#include "safeshard/shard/layouts/split.hpp"
+#include "safeshard/shard/layouts/strided_split.hpp"
 #include "safeshard/shard/parameter.hpp"
 #include "safeshard/shard/schema.hpp"
 #include "safeshard/shard/segment.hpp"
 #include "safeshard/shard/slice.hpp"
 #include "safeshard/shard/slice_map.hpp"
+
+#include "safeshard/load/convert.hpp"
