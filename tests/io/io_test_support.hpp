@@ -34,9 +34,8 @@ class scratch_dir {
 public:
     scratch_dir() {
         static std::atomic<int> counter{0};
-        path_ = fs::temp_directory_path() /
-                ("safeshard-io-test-" + std::to_string(::getpid()) + "-" +
-                 std::to_string(counter.fetch_add(1)));
+        path_ = fs::temp_directory_path() / ("safeshard-io-test-" + std::to_string(::getpid()) +
+                                             "-" + std::to_string(counter.fetch_add(1)));
         fs::remove_all(path_);
         fs::create_directories(path_);
     }
@@ -68,7 +67,8 @@ private:
 
 inline void write_file(const fs::path& p, const std::vector<std::byte>& bytes) {
     std::ofstream f(p, std::ios::binary | std::ios::trunc);
-    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    f.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
     REQUIRE(f.good());
 }
 
@@ -110,10 +110,10 @@ struct fault_hooks : safeshard::detail::syscall_hooks {
     int write_errno = 0;                          // every write fails with this errno
     int write_returns_zero = 0;                   // writes return 0 (no progress)
     // pread(2) / preadv(2)
-    std::size_t read_cap = 0;                     // short reads: at most this many bytes per call
+    std::size_t read_cap = 0;  // short reads: at most this many bytes per call
     int read_eintr_every = 0;
     int read_errno = 0;
-    bool read_eof = false;                        // reads return 0 (the file shrank)
+    bool read_eof = false;  // reads return 0 (the file shrank)
     // others
     int open_direct_errno = 0;  // open with O_DIRECT fails with this errno
     int open_errno = 0;
@@ -202,7 +202,8 @@ private:
         return -1;
     }
     [[nodiscard]] ssize_t cap_read(ssize_t r) const {
-        if (read_cap > 0 && r > static_cast<ssize_t>(read_cap)) return static_cast<ssize_t>(read_cap);
+        if (read_cap > 0 && r > static_cast<ssize_t>(read_cap))
+            return static_cast<ssize_t>(read_cap);
         return r;
     }
     std::optional<ssize_t> read_fault() {
@@ -238,7 +239,8 @@ public:
     }
     // Remounts read-only (EROFS for every write); false when refused.
     [[nodiscard]] bool remount_read_only(const std::string& options) const {
-        return ::mount("tmpfs", dir_.c_str(), "tmpfs", MS_REMOUNT | MS_RDONLY, options.c_str()) == 0;
+        return ::mount("tmpfs", dir_.c_str(), "tmpfs", MS_REMOUNT | MS_RDONLY, options.c_str()) ==
+               0;
     }
     [[nodiscard]] const fs::path& path() const noexcept { return dir_; }
 
@@ -250,9 +252,9 @@ private:
 class read_only_folder {
 public:
     explicit read_only_folder(fs::path dir) : dir_(std::move(dir)) {
-        fs::permissions(dir_, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
-                                  fs::perms::group_exec | fs::perms::others_read |
-                                  fs::perms::others_exec);
+        fs::permissions(dir_, fs::perms::owner_read | fs::perms::owner_exec |
+                                  fs::perms::group_read | fs::perms::group_exec |
+                                  fs::perms::others_read | fs::perms::others_exec);
     }
     read_only_folder(const read_only_folder&) = delete;
     read_only_folder& operator=(const read_only_folder&) = delete;

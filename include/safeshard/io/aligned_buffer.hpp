@@ -34,7 +34,7 @@ public:
         if (!cap)
             throw error(errc::invalid_argument,
                         "aligned_buffer of " + std::to_string(size) + " bytes overflows");
-        data_ = static_cast<std::byte*>(::operator new(*cap, std::align_val_t{alignment}));
+        data_ = static_cast<std::byte*>(::operator new (*cap, std::align_val_t{alignment}));
         size_ = size;
         capacity_ = *cap;
     }
@@ -69,7 +69,7 @@ public:
 
 private:
     void release() noexcept {
-        if (data_ != nullptr) ::operator delete(data_, std::align_val_t{alignment_});
+        if (data_ != nullptr) ::operator delete (data_, std::align_val_t{alignment_});
         data_ = nullptr;
         size_ = 0;
         capacity_ = 0;

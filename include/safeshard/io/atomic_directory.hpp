@@ -28,7 +28,8 @@ namespace safeshard {
 class atomic_directory {
 public:
     explicit atomic_directory(std::filesystem::path target) : target_(std::move(target)) {
-        if (!target_.has_filename()) target_ = target_.parent_path();  // "out/model/" -> "out/model"
+        if (!target_.has_filename())
+            target_ = target_.parent_path();  // "out/model/" -> "out/model"
         const auto name = target_.filename();
         if (name.empty() || name == "." || name == "..")
             throw error(errc::invalid_argument,
@@ -79,11 +80,12 @@ public:
     // parent fsync fails, the folder is already in place and the error says so.
     void commit() {
         if (state_ != state::open)
-            throw error(errc::invalid_argument,
-                        std::string("commit on an atomic_directory that is ") +
-                            (state_ == state::committed ? "already committed"
-                                                        : "spent (an earlier call failed, or discarded)"),
-                        {.file = target_.string()});
+            throw error(
+                errc::invalid_argument,
+                std::string("commit on an atomic_directory that is ") +
+                    (state_ == state::committed ? "already committed"
+                                                : "spent (an earlier call failed, or discarded)"),
+                {.file = target_.string()});
         try {
             sync_tree();
             rename_into_place();

@@ -41,7 +41,8 @@ inline constexpr std::size_t max_io_chunk = std::size_t{1} << 30;
 }
 
 [[nodiscard]] inline bool all_digits(std::string_view s) noexcept {
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 // Names of the temporaries this process has open, so remove_stale can tell its own live
@@ -155,7 +156,8 @@ public:
         const std::byte* p = bytes.data();
         std::size_t left = bytes.size();
         while (left > 0) {
-            const ssize_t r = detail::sys::write(fd_.get(), p, std::min(left, detail::max_io_chunk));
+            const ssize_t r =
+                detail::sys::write(fd_.get(), p, std::min(left, detail::max_io_chunk));
             if (r < 0) {
                 const int e = errno;
                 if (e == EINTR) continue;
@@ -244,11 +246,12 @@ private:
 
     void require_open(const char* what) const {
         if (state_ == state::open) return;
-        throw error(errc::invalid_argument,
-                    std::string(what) + " on an atomic_file that is " +
-                        (state_ == state::committed ? "already committed"
-                                                    : "spent (an earlier call failed, or discarded)"),
-                    {.file = target_.string()});
+        throw error(
+            errc::invalid_argument,
+            std::string(what) + " on an atomic_file that is " +
+                (state_ == state::committed ? "already committed"
+                                            : "spent (an earlier call failed, or discarded)"),
+            {.file = target_.string()});
     }
 
     [[noreturn]] void fail_and_throw(const std::string& op, int err, const std::filesystem::path& p,

@@ -52,7 +52,8 @@ public:
                 // File systems without O_DIRECT support (tmpfs before Linux 6.6, some FUSE)
                 // refuse it at open: read through the page cache instead.
                 fallback_note_ =
-                    "O_DIRECT refused by the file system (open: Invalid argument); using buffered reads";
+                    "O_DIRECT refused by the file system (open: Invalid argument); using buffered "
+                    "reads";
             } else {
                 throw detail::errno_error("open (O_DIRECT)", path_);
             }
@@ -142,11 +143,14 @@ private:
     [[nodiscard]] static std::size_t round_up(std::size_t v) noexcept {
         return (v + direct_alignment - 1) / direct_alignment * direct_alignment;
     }
-    [[nodiscard]] static bool aligned(std::uint64_t v) noexcept { return v % direct_alignment == 0; }
+    [[nodiscard]] static bool aligned(std::uint64_t v) noexcept {
+        return v % direct_alignment == 0;
+    }
     [[nodiscard]] static bool aligned(const void* p) noexcept {
         return reinterpret_cast<std::uintptr_t>(p) % direct_alignment == 0;
     }
-    [[nodiscard]] static bool all_aligned(std::span<const iovec> iov, std::uint64_t offset) noexcept {
+    [[nodiscard]] static bool all_aligned(std::span<const iovec> iov,
+                                          std::uint64_t offset) noexcept {
         if (!aligned(offset)) return false;
         return std::all_of(iov.begin(), iov.end(), [](const iovec& v) {
             return aligned(v.iov_base) && aligned(static_cast<std::uint64_t>(v.iov_len));
@@ -154,21 +158,21 @@ private:
     }
 
     void check_range(std::uint64_t n, std::uint64_t offset) const {
-        if (!fd_)
-            throw error(errc::invalid_argument, "read from a file_reader that has no file");
+        if (!fd_) throw error(errc::invalid_argument, "read from a file_reader that has no file");
         std::uint64_t end = 0;
         if (add_overflows(offset, n, end) || end > size_) throw past_end(n, offset);
     }
 
     [[nodiscard]] error past_end(std::uint64_t n, std::uint64_t offset) const {
         return error(errc::io_error,
-                     "expected " + std::to_string(n) + " bytes at offset " + std::to_string(offset) +
-                         ", file has " + std::to_string(size_),
+                     "expected " + std::to_string(n) + " bytes at offset " +
+                         std::to_string(offset) + ", file has " + std::to_string(size_),
                      {.file = path_.string(), .offset = offset});
     }
 
     // The file ended early (it shrank since it was opened).
-    [[noreturn]] void throw_truncated(std::uint64_t n, std::uint64_t offset, std::uint64_t got) const {
+    [[noreturn]] void throw_truncated(std::uint64_t n, std::uint64_t offset,
+                                      std::uint64_t got) const {
         throw error(errc::io_error,
                     "expected " + std::to_string(n) + " bytes at offset " + std::to_string(offset) +
                         ", the file ended after " + std::to_string(got) +
@@ -235,8 +239,8 @@ private:
             const std::uint64_t block = down(pos);
             const auto head = static_cast<std::size_t>(pos - block);
             if (bounce.empty())
-                bounce = aligned_buffer(
-                    std::min(direct_bounce_bytes, round_up(head + left)), direct_alignment);
+                bounce = aligned_buffer(std::min(direct_bounce_bytes, round_up(head + left)),
+                                        direct_alignment);
             const std::size_t want = std::min(left, bounce.capacity() - head);
             const std::size_t span_len = round_up(head + want);
             std::size_t got = 0;
@@ -285,7 +289,8 @@ private:
             if (left > 0) {
                 rest[first].iov_base = static_cast<std::byte*>(rest[first].iov_base) + left;
                 rest[first].iov_len -= left;
-                if (direct_ && !all_aligned({rest.data() + first, rest.size() - first}, offset + done)) {
+                if (direct_ &&
+                    !all_aligned({rest.data() + first, rest.size() - first}, offset + done)) {
                     // A short direct read left us unaligned: finish through the bounce path.
                     for (std::size_t i = first; i < rest.size(); ++i) {
                         read_direct({static_cast<std::byte*>(rest[i].iov_base), rest[i].iov_len},

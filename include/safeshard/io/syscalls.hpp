@@ -33,9 +33,7 @@ public:
     syscall_hooks& operator=(const syscall_hooks&) = delete;
     virtual ~syscall_hooks() = default;
 
-    virtual int open(const char* path, int flags, mode_t mode) {
-        return ::open(path, flags, mode);
-    }
+    virtual int open(const char* path, int flags, mode_t mode) { return ::open(path, flags, mode); }
     virtual int close(int fd) { return ::close(fd); }
     virtual int fstat(int fd, struct stat* st) { return ::fstat(fd, st); }
     virtual ssize_t pread(int fd, void* buf, std::size_t n, off_t offset) {
