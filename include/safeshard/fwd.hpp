@@ -32,4 +32,8 @@ struct tensor_info;
 struct planned_tensor;
 struct tensor_data;
 class safetensors_writer;
+struct shard_file;
+struct shard_plan;
+struct sharded_save_options;
+class sharded_writer;
 }  // namespace safeshard

@@ -24,3 +24,6 @@
 #include "safeshard/format/safetensors_writer.hpp"
 
 #include "safeshard/load/convert.hpp"
+
+#include "safeshard/save/shard_plan.hpp"
+#include "safeshard/save/sharded_writer.hpp"
