@@ -26,9 +26,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The dtypes convert rewrites: the floating-point ones every engine computes in. Integer,
-// bool, complex and 8-bit and narrower float tensors (often quantized, with scales beside
-// them) are copied unchanged.
+// The dtypes convert rewrites: the floating-point ones every engine computes in (F64 only to
+// F32, the one direct conversion). Integer, bool, complex and 8-bit and narrower float tensors
+// (often quantized, with scales beside them) are copied unchanged.
 [[nodiscard]] bool is_rewritable(dtype t) noexcept {
     return t == dtype::f16 || t == dtype::bf16 || t == dtype::f32 || t == dtype::f64;
 }
@@ -175,13 +175,21 @@ int run_convert(const convert_args& a, output& out) {
     std::vector<converter> converters;
     converters.reserve(sources.size());
     std::size_t n_converted = 0;
+    std::size_t n_no_path = 0;  // floating tensors with no exact conversion to `to` (F64->16 bit)
     for (const auto& s : sources) {
         const dtype from = s.tensor.dtype();
-        const dtype target = to && is_rewritable(from) ? *to : from;
+        const bool convertible = to && is_rewritable(from) && can_convert(from, *to);
+        if (to && is_rewritable(from) && !convertible) ++n_no_path;
+        const dtype target = convertible ? *to : from;
         converters.push_back(target == from ? converter(from) : find_converter(from, target));
         if (target != from) ++n_converted;
         infos.push_back(tensor_info{std::string(s.tensor.name()), target, s.tensor.shape()});
     }
+    if (n_no_path > 0)
+        fmt::print(stderr,
+                   "safeshard: note: {} tensors kept in their dtype: no direct conversion to {} "
+                   "(F64 converts only to F32; rounding twice through F32 could differ)\n",
+                   n_no_path, name(*to));
     std::vector<std::optional<file_reader>> readers(c.files().size());
 
     sharded_writer w(a.out, std::move(infos), options);

@@ -408,7 +408,11 @@ TEST_SUITE("cli") {
             // Odd runs replace an existing complete folder with --force.
             const bool force = i % 2 == 1;
             const auto out = work / "out";
-            if (force && !fs::exists(out)) fs::copy(work / "ref", out, fs::copy_options::recursive);
+            if (!force) {
+                fs::remove_all(out);
+            } else if (!fs::exists(out)) {
+                fs::copy(work / "ref", out, fs::copy_options::recursive);
+            }
             const pid_t pid = spawn(out, force);
             std::this_thread::sleep_for(std::chrono::microseconds(delay(rng)));
             ::kill(pid, SIGKILL);
@@ -422,7 +426,6 @@ TEST_SUITE("cli") {
             // Present: complete and valid, the same as the reference run.
             CHECK(slurp(out / "model.safetensors.index.json") == ref_index);
             check_same(d / "in", out, dtype::f16);
-            if (!force) fs::remove_all(out);
         }
         MESSAGE(killed_mid << " of 100 runs killed before they ended, " << absent
                            << " left no OUT");
@@ -434,6 +437,9 @@ TEST_SUITE("cli") {
         for (const auto& e : fs::directory_iterator(work))
             names.push_back(e.path().filename().string());
         std::sort(names.begin(), names.end());
+        std::string listing;
+        for (const auto& n : names) listing += n + " ";
+        CAPTURE(listing);
         CHECK(names == std::vector<std::string>{"out", "ref"});
     }
 }

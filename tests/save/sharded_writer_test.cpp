@@ -221,8 +221,12 @@ TEST_SUITE("save") {
         // Without the target, leftovers of a half-done swap are the only copies: kept.
         fs::remove_all(d / "out");
         fs::create_directories(d / (".out.old-" + dead));
+        fs::create_directories(d / (".out.new-" + dead));
+        fs::create_directories(d / (".out.new-" + dead + ".tmp-" + dead));  // unfinished: removed
         save_sharded(d / "out", s.infos, producer_of(s));
         CHECK(fs::exists(d / (".out.old-" + dead)));
+        CHECK(fs::exists(d / (".out.new-" + dead)));
+        CHECK_FALSE(fs::exists(d / (".out.new-" + dead + ".tmp-" + dead)));
     }
 
     TEST_CASE("check_output_location refuses the input, a folder inside it, and the reverse") {

@@ -44,13 +44,14 @@ inline std::string replace_prefix(const std::filesystem::path& target, std::stri
     return "." + target.filename().string() + "." + std::string(kind) + "-";
 }
 
-// Removes what killed forced replacements of `target` left, when `target` itself exists (if
-// it does not, a crash fell between the two renames of a swap without RENAME_EXCHANGE, and
-// the leftovers are the only copies: they are kept for a person to look at).
+// Removes what killed forced replacements of `target` left: unfinished staging folders
+// always; finished ones and old folders moved aside only when `target` itself exists (if it
+// does not, a crash fell between the two renames of a swap without RENAME_EXCHANGE, and they
+// are the only copies: they are kept for a person to look at).
 inline void remove_stale_replacements(const std::filesystem::path& target) noexcept {
     try {
         struct stat st {};
-        if (::lstat(target.c_str(), &st) != 0) return;
+        const bool target_exists = ::lstat(target.c_str(), &st) == 0;
         const std::string prefixes[] = {replace_prefix(target, "new"),
                                         replace_prefix(target, "old")};
         std::error_code ec;
@@ -65,6 +66,7 @@ inline void remove_stale_replacements(const std::filesystem::path& target) noexc
                 const auto cut = rest.find('.');
                 const auto pid = parse_pid(rest.substr(0, cut));
                 if (!pid || *pid == ::getpid() || !process_is_gone(*pid)) continue;
+                if (!target_exists && cut == std::string_view::npos) continue;
                 doomed.push_back(it->path());
             }
         }
