@@ -118,6 +118,12 @@ void copy_file_bytes(const fs::path& from, const fs::path& to) {
 class progress_bar {
 public:
     explicit progress_bar(std::uint64_t total) : total_(total), on_(::isatty(STDOUT_FILENO) == 1) {}
+    progress_bar(const progress_bar&) = delete;
+    progress_bar& operator=(const progress_bar&) = delete;
+    // Stopped by an error: end the bar's line so the message starts on its own.
+    ~progress_bar() {
+        if (drawn_) std::fputc('\n', stdout);
+    }
     void update(std::uint64_t done) {
         if (!on_) return;
         const auto now = std::chrono::steady_clock::now();
@@ -136,6 +142,7 @@ public:
         if (drawn_) {
             fmt::print(stdout, "\r\033[K");
             std::fflush(stdout);
+            drawn_ = false;
         }
     }
 
