@@ -6,17 +6,17 @@
 
 #include <fmt/core.h>
 
-#include "safeshard/format/checkpoint.hpp"
 #include "exit_code.hpp"
 #include "output.hpp"
+#include "safeshard/format/checkpoint.hpp"
 
 namespace safeshard::cli {
 
 // What every command that reads a checkpoint takes.
 struct checkpoint_args {
-    std::string target;            // a path, or org/name in the Hugging Face cache
+    std::string target;  // a path, or org/name in the Hugging Face cache
     std::string revision = "main";
-    std::string cache_dir;         // empty: from the environment
+    std::string cache_dir;  // empty: from the environment
     bool lenient = false;
 };
 
@@ -58,5 +58,14 @@ struct verify_args {
     bool skip_config = false;
 };
 int run_verify(const verify_args& a, output& out);
+
+struct convert_args {
+    checkpoint_args ckpt;
+    std::string out;
+    std::string dtype;  // empty: keep each tensor's
+    std::string max_shard_size = "5GB";
+    bool force = false;
+};
+int run_convert(const convert_args& a, output& out);
 
 }  // namespace safeshard::cli

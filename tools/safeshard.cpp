@@ -7,8 +7,8 @@
 #include <new>
 #include <string>
 
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 
 #include "commands.hpp"
 #include "exit_code.hpp"
@@ -49,15 +49,16 @@ int main(int argc, char** argv) {
     using namespace safeshard::cli;
     install_signal_handlers();
 
-    CLI::App app{"safeshard: look inside and check safetensors checkpoints"};
+    CLI::App app{"safeshard: look inside, check and convert safetensors checkpoints"};
     app.footer(exit_code_help);
     app.require_subcommand(1);
     app.set_version_flag("--version", SAFESHARD_VERSION_STRING);
 
     inspect_args inspect;
     auto* inspect_cmd = app.add_subcommand(
-        "inspect", "List every tensor (dtype, shape, file, byte offset, size), totals per dtype "
-                   "and per file, and each file's metadata");
+        "inspect",
+        "List every tensor (dtype, shape, file, byte offset, size), totals per dtype "
+        "and per file, and each file's metadata");
     add_checkpoint_options(inspect_cmd, inspect.ckpt);
     inspect_cmd->add_flag("--json", inspect.json,
                           "Print JSON: {\"files\":[{\"path\",\"header_bytes\",\"metadata\","
@@ -67,11 +68,33 @@ int main(int argc, char** argv) {
 
     verify_args verify;
     auto* verify_cmd = app.add_subcommand(
-        "verify", "Validate every header, the index against the shards and config.json; print "
-                  "ok and a summary, or the error");
+        "verify",
+        "Validate every header, the index against the shards and config.json; print "
+        "ok and a summary, or the error");
     add_checkpoint_options(verify_cmd, verify.ckpt);
     verify_cmd->add_flag("--skip-config", verify.skip_config, "Do not parse config.json");
     verify_cmd->footer(exit_code_help);
+
+    convert_args convert;
+    auto* convert_cmd = app.add_subcommand(
+        "convert",
+        "Write the checkpoint again with another dtype and/or sharding (names and "
+        "shapes kept), with config.json and the folder's other small files");
+    add_checkpoint_options(convert_cmd, convert.ckpt);
+    convert_cmd
+        ->add_option("--out", convert.out,
+                     "The new checkpoint folder; it must not exist (see --force) and "
+                     "must not lie inside the input")
+        ->required();
+    convert_cmd->add_option("--dtype", convert.dtype,
+                            "F16, BF16, F32 or F64 (any case): the dtype of every F16/BF16/F32/"
+                            "F64 tensor; others are copied unchanged (default: keep)");
+    convert_cmd->add_option("--max-shard-size", convert.max_shard_size,
+                            "Shard size limit as huggingface_hub reads it: 5GB, 500MB (decimal), "
+                            "2GiB (binary) or bytes (default: 5GB)");
+    convert_cmd->add_flag("--force", convert.force,
+                          "Replace an existing output folder, once the new one is complete");
+    convert_cmd->footer(exit_code_help);
 
     try {
         app.parse(argc, argv);
@@ -88,6 +111,7 @@ int main(int argc, char** argv) {
     try {
         if (*inspect_cmd) return run_inspect(inspect, out);
         if (*verify_cmd) return run_verify(verify, out);
+        if (*convert_cmd) return run_convert(convert, out);
         return exit_usage;
     } catch (const broken_pipe&) {
         return exit_ok;  // the reader left (`| head`): stop quietly

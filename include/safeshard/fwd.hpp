@@ -44,4 +44,10 @@ class architecture_registry;
 class converter;
 struct dtype_policy;
 
+// save/
+struct shard_file;
+struct shard_plan;
+struct sharded_save_options;
+class sharded_writer;
+
 }  // namespace safeshard

@@ -48,3 +48,6 @@
 #include "safeshard/shard/slice_map.hpp"
 
 #include "safeshard/load/convert.hpp"
+
+#include "safeshard/save/shard_plan.hpp"
+#include "safeshard/save/sharded_writer.hpp"

@@ -1,0 +1,275 @@
+#include "safeshard/save/sharded_writer.hpp"
+
+#include "safeshard/format/checkpoint.hpp"
+
+#include "../io/io_test_support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace safeshard;
+using io_test::scratch_dir;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct tensor_set {
+    std::vector<tensor_info> infos;
+    std::vector<std::vector<std::byte>> bytes;
+};
+
+// Tensors of a few dtypes with distinct bytes, in a deliberately unsorted order.
+tensor_set sample(std::size_t n = 7) {
+    tensor_set s;
+    const dtype types[] = {dtype::bf16, dtype::f32, dtype::u8, dtype::f16};
+    for (std::size_t i = 0; i < n; ++i) {
+        tensor_info t{"layer." + std::to_string((i * 5) % n) + ".w", types[i % 4], shape{i + 1, 3}};
+        s.bytes.push_back(io_test::pattern(tensor_byte_size(t), static_cast<std::uint32_t>(i + 1)));
+        s.infos.push_back(std::move(t));
+    }
+    return s;
+}
+
+auto producer_of(const tensor_set& s) {
+    return [&s](std::size_t i, safetensors_writer& w) { w.write(s.bytes[i]); };
+}
+
+std::string slurp(const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+void check_equal(const checkpoint& c, const tensor_set& s) {
+    CHECK(c.tensor_count() == s.infos.size());
+    for (std::size_t i = 0; i < s.infos.size(); ++i) {
+        const auto t = c.tensor(s.infos[i].name);
+        CHECK(t.tensor.dtype() == s.infos[i].dtype);
+        CHECK(t.tensor.shape() == s.infos[i].shape);
+        REQUIRE(t.tensor.byte_size() == s.bytes[i].size());
+        CHECK(std::memcmp(t.tensor.bytes().data(), s.bytes[i].data(), s.bytes[i].size()) == 0);
+    }
+}
+
+std::size_t entries(const fs::path& dir) {
+    return static_cast<std::size_t>(
+        std::distance(fs::directory_iterator(dir), fs::directory_iterator{}));
+}
+
+errc code_of(auto&& f) {
+    try {
+        f();
+    } catch (const error& e) {
+        return e.code();
+    }
+    FAIL("no error thrown");
+    return errc::io_error;
+}
+
+}  // namespace
+
+TEST_SUITE("save") {
+    TEST_CASE("save_sharded: one shard is model.safetensors, no index, format pt") {
+        scratch_dir d;
+        const auto s = sample();
+        save_sharded(d / "out", s.infos, producer_of(s));
+        CHECK(fs::exists(d / "out" / "model.safetensors"));
+        CHECK_FALSE(fs::exists(d / "out" / "model.safetensors.index.json"));
+        CHECK(entries(d / "out") == 1);
+        CHECK(entries(d.path()) == 1);  // no temporaries beside it
+        const auto c = checkpoint::open((d / "out").string());
+        CHECK(c.source_kind() == checkpoint::kind::single_file);
+        check_equal(c, s);
+        CHECK(c.files()[0].view.metadata("format") == std::optional<std::string_view>("pt"));
+    }
+
+    TEST_CASE("save_sharded: several shards, index with total_size and weight_map") {
+        scratch_dir d;
+        const auto s = sample(9);
+        sharded_save_options o;
+        o.max_shard_size = 60;
+        sharded_writer w(d / "out", s.infos, o);
+        REQUIRE(w.plan().shards.size() > 2);
+        CHECK_FALSE(fs::exists(d / "out"));
+        w.write_shards(producer_of(s));
+        CHECK_FALSE(fs::exists(d / "out"));  // nothing visible before commit
+        w.commit();
+        const auto c = checkpoint::open((d / "out").string());
+        CHECK(c.source_kind() == checkpoint::kind::indexed);
+        check_equal(c, s);
+        CHECK(c.files().size() == w.plan().shards.size());
+        CHECK(c.index()->total_size() == std::optional<std::uint64_t>(w.plan().total_size));
+        for (const auto& f : c.files())
+            CHECK(f.view.metadata("format") == std::optional<std::string_view>("pt"));
+        CHECK(slurp(d / "out" / "model.safetensors.index.json") ==
+              serialize_index_json(w.plan(), s.infos));
+        for (std::size_t k = 0; k < w.plan().shards.size(); ++k) {
+            for (const std::size_t i : w.plan().shards[k].tensors)
+                CHECK(c.tensor(s.infos[i].name).file->name == w.plan().shards[k].file_name);
+        }
+    }
+
+    TEST_CASE(
+        "sharded_writer: staging folder takes other files; an uncommitted writer leaves nothing") {
+        scratch_dir d;
+        const auto s = sample();
+        {
+            sharded_writer w(d / "out", s.infos);
+            w.write_shards(producer_of(s));
+            io_test::write_file(w.staging_folder() / "config.json", io_test::pattern(10));
+            CHECK(fs::exists(w.staging_folder() / "config.json"));
+        }
+        CHECK(entries(d.path()) == 0);
+        {
+            sharded_writer w(d / "out", s.infos);
+            w.write_shards(producer_of(s));
+            io_test::write_file(w.staging_folder() / "config.json", io_test::pattern(10));
+            w.commit();
+        }
+        CHECK(fs::file_size(d / "out" / "config.json") == 10);
+    }
+
+    TEST_CASE("sharded_writer: producer errors and misuse leave nothing behind") {
+        scratch_dir d;
+        const auto s = sample();
+        CHECK(code_of([&] {
+                  save_sharded(d / "out", s.infos, [&](std::size_t i, safetensors_writer& w) {
+                      w.write(std::span(s.bytes[i]).first(s.bytes[i].size() - 1));
+                  });
+              }) == errc::invalid_argument);
+        CHECK(code_of([&] {
+                  save_sharded(d / "out", s.infos, [&](std::size_t i, safetensors_writer& w) {
+                      if (i == 3) throw error(errc::interrupted, "stop");
+                      w.write(s.bytes[i]);
+                  });
+              }) == errc::interrupted);
+        CHECK(entries(d.path()) == 0);
+        sharded_writer w(d / "out", s.infos);
+        CHECK(code_of([&] { w.commit(); }) == errc::invalid_argument);
+        w.write_shards(producer_of(s));
+        CHECK(code_of([&] { w.write_shards(producer_of(s)); }) == errc::invalid_argument);
+    }
+
+    TEST_CASE("sharded_writer: an existing output is refused without force, replaced with it") {
+        scratch_dir d;
+        const auto s = sample();
+        fs::create_directories(d / "out");
+        io_test::write_file(d / "out" / "old.txt", io_test::pattern(3));
+        CHECK(code_of([&] { save_sharded(d / "out", s.infos, producer_of(s)); }) == errc::io_error);
+        CHECK(fs::exists(d / "out" / "old.txt"));
+
+        sharded_save_options o;
+        o.force = true;
+        {
+            // A failing forced save keeps the old folder whole.
+            CHECK(code_of([&] {
+                      save_sharded(
+                          d / "out", s.infos,
+                          [&](std::size_t, safetensors_writer&) {
+                              throw error(errc::io_error, "disk gone");
+                          },
+                          o);
+                  }) == errc::io_error);
+            CHECK(fs::exists(d / "out" / "old.txt"));
+            CHECK(entries(d.path()) == 1);
+        }
+        {
+            sharded_writer w(d / "out", s.infos, o);
+            CHECK(w.replacing());
+            w.write_shards(producer_of(s));
+            CHECK(fs::exists(d / "out" / "old.txt"));  // still the old one until commit
+            w.commit();
+        }
+        CHECK_FALSE(fs::exists(d / "out" / "old.txt"));
+        check_equal(checkpoint::open((d / "out").string()), s);
+        CHECK(entries(d.path()) == 1);
+
+        io_test::write_file(d / "file", io_test::pattern(3));
+        CHECK(code_of([&] { save_sharded(d / "file", s.infos, producer_of(s), o); }) ==
+              errc::io_error);
+    }
+
+    TEST_CASE("sharded_writer: leftovers of killed writers are removed by the next one") {
+        scratch_dir d;
+        const auto s = sample();
+        // A pid that is certainly gone: a child that has exited and been reaped.
+        const pid_t child = ::fork();
+        if (child == 0) ::_exit(0);
+        int status = 0;
+        REQUIRE(::waitpid(child, &status, 0) == child);
+        const std::string dead = std::to_string(child);
+        fs::create_directories(d / ("out.tmp-" + dead));
+        fs::create_directories(d / "out");
+        fs::create_directories(d / (".out.new-" + dead));
+        fs::create_directories(d / (".out.new-" + dead + ".tmp-" + dead));
+        fs::create_directories(d / (".out.old-" + dead));
+        fs::create_directories(d / ".out.old-1x");  // not ours: not a pid
+        sharded_save_options o;
+        o.force = true;
+        save_sharded(d / "out", s.infos, producer_of(s), o);
+        CHECK_FALSE(fs::exists(d / ("out.tmp-" + dead)));
+        CHECK_FALSE(fs::exists(d / (".out.new-" + dead)));
+        CHECK_FALSE(fs::exists(d / (".out.new-" + dead + ".tmp-" + dead)));
+        CHECK_FALSE(fs::exists(d / (".out.old-" + dead)));
+        CHECK(fs::exists(d / ".out.old-1x"));
+        // Without the target, leftovers of a half-done swap are the only copies: kept.
+        fs::remove_all(d / "out");
+        fs::create_directories(d / (".out.old-" + dead));
+        fs::create_directories(d / (".out.new-" + dead));
+        fs::create_directories(d / (".out.new-" + dead + ".tmp-" + dead));  // unfinished: removed
+        save_sharded(d / "out", s.infos, producer_of(s));
+        CHECK(fs::exists(d / (".out.old-" + dead)));
+        CHECK(fs::exists(d / (".out.new-" + dead)));
+        CHECK_FALSE(fs::exists(d / (".out.new-" + dead + ".tmp-" + dead)));
+    }
+
+    TEST_CASE("check_output_location refuses the input, a folder inside it, and the reverse") {
+        scratch_dir d;
+        fs::create_directories(d / "in" / "sub");
+        CHECK(code_of([&] { check_output_location(d / "in", d / "in"); }) ==
+              errc::invalid_argument);
+        CHECK(code_of([&] { check_output_location(d / "in" / "new", d / "in"); }) ==
+              errc::invalid_argument);
+        CHECK(code_of([&] { check_output_location(d / "in/sub/../x", d / "in"); }) ==
+              errc::invalid_argument);
+        CHECK(code_of([&] { check_output_location(d.path(), d / "in" / "model.safetensors"); }) ==
+              errc::invalid_argument);
+        fs::create_directory_symlink(d / "in", d / "link");
+        CHECK(code_of([&] { check_output_location(d / "link" / "x", d / "in"); }) ==
+              errc::invalid_argument);
+        check_output_location(d / "in2", d / "in");  // a sibling with a common prefix is fine
+        check_output_location(d / "out", d / "in" / "model.safetensors");
+    }
+
+    TEST_CASE("sharded_writer: ENOSPC on a small tmpfs leaves nothing behind") {
+        scratch_dir d;
+        std::optional<io_test::tmpfs_mount> mnt;
+        if (const auto why = io_test::tmpfs_mount::try_mount(d / "mnt", "size=64k", mnt)) {
+            MESSAGE("skipped: " << *why);
+            return;
+        }
+        tensor_set s;
+        for (int i = 0; i < 4; ++i) {
+            s.infos.push_back(tensor_info{"t" + std::to_string(i), dtype::u8, shape{40000}});
+            s.bytes.push_back(io_test::pattern(40000, static_cast<std::uint32_t>(i)));
+        }
+        try {
+            save_sharded(d / "mnt" / "out", s.infos, producer_of(s));
+            FAIL("no error");
+        } catch (const error& e) {
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.sys_errno() == ENOSPC);
+        }
+        CHECK(entries(d / "mnt") == 0);
+        // Read-only file system: the folder cannot even be made.
+        REQUIRE(mnt->remount_read_only("size=64k"));
+        CHECK(code_of([&] { save_sharded(d / "mnt" / "out", s.infos, producer_of(s)); }) ==
+              errc::io_error);
+    }
+}
