@@ -21,6 +21,13 @@ class file_reader;
 class aligned_buffer;
 class atomic_file;
 class atomic_directory;
+struct layout;
+class slice_map;
+struct slice_result;
+struct parameter_meta;
+struct parameter_spec;
+class schema;
+class architecture_registry;
 
 }  // namespace safeshard
 

@@ -20,3 +20,13 @@
 #include "safeshard/format/safetensors_writer.hpp"
 
 #include "safeshard/load/convert.hpp"
+
+#include "safeshard/shard/apply.hpp"
+#include "safeshard/shard/architectures/registry.hpp"
+#include "safeshard/shard/init.hpp"
+#include "safeshard/shard/layout.hpp"
+#include "safeshard/shard/parameter.hpp"
+#include "safeshard/shard/schema.hpp"
+#include "safeshard/shard/segment.hpp"
+#include "safeshard/shard/slice.hpp"
+#include "safeshard/shard/slice_map.hpp"

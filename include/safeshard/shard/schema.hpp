@@ -1,0 +1,359 @@
+// A schema: the table of a model's parameters, built at compile time or at run time.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "safeshard/core/error.hpp"
+#include "safeshard/shard/layout.hpp"
+#include "safeshard/shard/parameter.hpp"
+
+namespace safeshard {
+
+// Glob with '*' for any run of characters (no other metacharacters).
+[[nodiscard]] constexpr bool glob_match(std::string_view pattern, std::string_view s) noexcept {
+    std::size_t p = 0, i = 0, star = std::string_view::npos, mark = 0;
+    while (i < s.size()) {
+        if (p < pattern.size() && pattern[p] == '*') {
+            star = p++;
+            mark = i;
+        } else if (p < pattern.size() && pattern[p] == s[i]) {
+            ++p;
+            ++i;
+        } else if (star != std::string_view::npos) {
+            p = star + 1;
+            i = ++mark;
+        } else {
+            return false;
+        }
+    }
+    while (p < pattern.size() && pattern[p] == '*') ++p;
+    return p == pattern.size();
+}
+
+// Checkpoint names vs the schema's names: a checkpoint may carry a prefix the schema does
+// not ("language_model." in a multimodal checkpoint), or the schema one the checkpoint
+// does not.
+struct name_map {
+    std::string checkpoint_prefix{};  // on checkpoint names only
+    std::string schema_prefix{};      // on schema names only
+
+    [[nodiscard]] std::string to_checkpoint(std::string_view schema_name) const {
+        if (schema_name.starts_with(schema_prefix)) schema_name.remove_prefix(schema_prefix.size());
+        return checkpoint_prefix + std::string(schema_name);
+    }
+    // nullopt for a checkpoint name without the checkpoint prefix (not this model's).
+    [[nodiscard]] std::optional<std::string> from_checkpoint(std::string_view ckpt) const {
+        if (!ckpt.starts_with(checkpoint_prefix)) return std::nullopt;
+        ckpt.remove_prefix(checkpoint_prefix.size());
+        return schema_prefix + std::string(ckpt);
+    }
+    friend bool operator==(const name_map&, const name_map&) = default;
+};
+
+// A checkpoint tensor that is accepted and not loaded, and the note the report gives.
+struct ignore_rule {
+    std::string pattern;  // glob over checkpoint names
+    std::string note;
+};
+
+struct schema_options {
+    bool fuse_qkv = false;      // q/k/v -> one `qkv_proj` parameter ([q_r; k_r; v_r])
+    bool fuse_gate_up = false;  // gate/up -> one `gate_up_proj` parameter ([gate_r; up_r])
+    kv_convention kv = kv_contiguous;
+    std::uint64_t kv_multiplier = 0;  // interleaved only; 0 = max(1, world / KV)
+    std::uint64_t vocab_multiple = default_vocab_multiple;
+    name_map names{};
+    // A pipeline stage: layers [layer_begin, layer_end) (end: all), and the flags.
+    std::uint64_t layer_begin = 0;
+    std::optional<std::uint64_t> layer_end{};
+    bool embeddings = true;
+    bool final_norm = true;
+    bool lm_head = true;
+    // Checkpoint names to ignore, besides the legacy "*rotary_emb.inv_freq" buffers.
+    std::vector<std::string> ignore{};
+};
+
+class schema {
+public:
+    schema() = default;
+
+    // Adds a parameter; duplicate_name when one of that name exists.
+    void add(parameter_meta p) {
+        if (index_.contains(p.name))
+            throw error(errc::duplicate_name, "the schema already has a parameter '" + p.name + "'",
+                        error_context{.file = {}, .tensor = p.name});
+        if (p.sources.size() > max_sources)
+            throw error(errc::invalid_argument,
+                        "parameter '" + p.name + "' has " + std::to_string(p.sources.size()) +
+                            " sources; at most " + std::to_string(max_sources),
+                        error_context{.file = {}, .tensor = p.name});
+        index_.emplace(p.name, params_.size());
+        for (const auto& s : p.sources) by_source_.emplace(s, params_.size());
+        params_.push_back(std::move(p));
+    }
+
+    // Room for n parameters (and as many sources) without rehashing.
+    void reserve(std::size_t n) {
+        params_.reserve(n);
+        index_.reserve(n);
+        by_source_.reserve(n);
+    }
+
+    void ignore(std::string pattern, std::string note) {
+        ignore_.push_back(ignore_rule{std::move(pattern), std::move(note)});
+    }
+
+    // Checkpoint names that belong to parameters outside this pipeline stage.
+    void skip(std::string checkpoint_name) { skipped_.insert(std::move(checkpoint_name)); }
+
+    void note(std::string text) { notes_.push_back(std::move(text)); }
+
+    [[nodiscard]] std::span<const parameter_meta> parameters() const noexcept { return params_; }
+    [[nodiscard]] std::size_t size() const noexcept { return params_.size(); }
+    [[nodiscard]] bool empty() const noexcept { return params_.empty(); }
+
+    [[nodiscard]] const parameter_meta* find(std::string_view name) const {
+        const auto it = index_.find(std::string(name));
+        return it == index_.end() ? nullptr : &params_[it->second];
+    }
+    // tensor_not_found when absent.
+    [[nodiscard]] const parameter_meta& at(std::string_view name) const {
+        if (const auto* p = find(name)) return *p;
+        throw error(errc::tensor_not_found,
+                    "the schema has no parameter '" + std::string(name) + "'",
+                    error_context{.file = {}, .tensor = std::string(name)});
+    }
+    // The parameter that reads this checkpoint tensor, if any.
+    [[nodiscard]] const parameter_meta* find_by_source(std::string_view checkpoint_name) const {
+        const auto it = by_source_.find(std::string(checkpoint_name));
+        return it == by_source_.end() ? nullptr : &params_[it->second];
+    }
+
+    // Why a checkpoint tensor that no parameter reads is fine, or nullopt (unexpected).
+    [[nodiscard]] std::optional<std::string_view> ignored(std::string_view checkpoint_name) const {
+        if (skipped_.contains(std::string(checkpoint_name)))
+            return std::string_view("outside this pipeline stage");
+        for (const auto& r : ignore_)
+            if (glob_match(r.pattern, checkpoint_name)) return std::string_view(r.note);
+        return std::nullopt;
+    }
+    [[nodiscard]] std::span<const ignore_rule> ignore_rules() const noexcept { return ignore_; }
+    [[nodiscard]] std::span<const std::string> notes() const noexcept { return notes_; }
+
+    // replicate_all: checkpoint tensors no parameter names become replicated parameters.
+    [[nodiscard]] const std::optional<safeshard::layout>& fallback() const noexcept {
+        return fallback_;
+    }
+    void set_fallback(std::optional<safeshard::layout> l) { fallback_ = l; }
+
+    [[nodiscard]] const name_map& names() const noexcept { return names_; }
+    void set_names(name_map m) { names_ = std::move(m); }
+
+    // Every checkpoint tensor is a replicated parameter of its own name.
+    [[nodiscard]] static schema replicate_all(name_map names = {}) {
+        schema s;
+        s.set_fallback(make_replicated());
+        s.set_names(std::move(names));
+        return s;
+    }
+
+    // Consistency: tied_to names a loaded parameter; loaded parameters have sources.
+    void validate() const {
+        for (const auto& p : params_) {
+            const error_context ctx{.file = {}, .tensor = p.name};
+            if (p.tied()) {
+                const auto* t = find(p.tied_to);
+                if (!t)
+                    throw error(errc::invalid_argument,
+                                "parameter '" + p.name + "' is tied to '" + p.tied_to +
+                                    "', which the schema does not have",
+                                ctx);
+                if (t->tied())
+                    throw error(errc::invalid_argument,
+                                "parameter '" + p.name + "' is tied to '" + p.tied_to +
+                                    "', itself tied (chains are not allowed)",
+                                ctx);
+            } else if (!p.created() && p.sources.empty()) {
+                throw error(errc::invalid_argument,
+                            "parameter '" + p.name + "' is neither loaded, tied nor created", ctx);
+            }
+        }
+    }
+
+private:
+    std::vector<parameter_meta> params_{};
+    std::unordered_map<std::string, std::size_t> index_{};
+    std::unordered_map<std::string, std::size_t> by_source_{};
+    std::vector<ignore_rule> ignore_{};
+    std::unordered_set<std::string> skipped_{};
+    std::vector<std::string> notes_{};
+    std::optional<safeshard::layout> fallback_{};
+    name_map names_{};
+};
+
+// ---- compile-time tables ----
+
+// A fully static schema: a constant expression, looked up in constant expressions.
+template <std::size_t N>
+struct static_schema {
+    std::array<parameter_spec, N> parameters{};
+    std::uint64_t layers = 0;
+
+    [[nodiscard]] constexpr const parameter_spec* find(std::string_view name) const noexcept {
+        for (const auto& p : parameters)
+            if (p.name == name) return &p;
+        return nullptr;
+    }
+    // Parameters once layer templates are expanded.
+    [[nodiscard]] constexpr std::size_t expanded_size() const noexcept {
+        std::size_t n = 0;
+        for (const auto& p : parameters) n += p.per_layer() ? layers : 1;
+        return n;
+    }
+};
+
+template <class... Specs>
+[[nodiscard]] constexpr auto make_static_schema(std::uint64_t layers, Specs... specs) {
+    return static_schema<sizeof...(Specs)>{{specs...}, layers};
+}
+
+namespace detail {
+inline std::string expand_layer(std::string_view templ, std::uint64_t layer) {
+    std::string s(templ);
+    const std::string idx = std::to_string(layer);
+    for (std::size_t pos = s.find("{i}"); pos != std::string::npos; pos = s.find("{i}", pos))
+        s.replace(pos, 3, idx);
+    return s;
+}
+
+inline bool stage_keeps(const parameter_spec& p, const schema_options& o) {
+    const parameter_role role = p.per_layer() ? parameter_role::layer : p.role;
+    switch (role) {
+        case parameter_role::embedding: return o.embeddings;
+        case parameter_role::final_norm: return o.final_norm;
+        case parameter_role::lm_head: return o.lm_head;
+        case parameter_role::layer:
+        case parameter_role::other: return true;
+    }
+    return true;
+}
+}  // namespace detail
+
+// Expands a table for `layers` layers under the options: layer templates repeated for the
+// stage's layers in order (embeddings first, then the layers, then what follows them in the
+// table), sources mapped to checkpoint names, ignore rules added. A tied parameter whose
+// target is outside the stage reads the target's sources instead (vLLM's last stage loads
+// the embedding into lm_head).
+[[nodiscard]] inline schema expand(std::span<const parameter_spec> specs, std::uint64_t layers,
+                                   const schema_options& o = {}) {
+    const std::uint64_t end = o.layer_end.value_or(layers);
+    if (o.layer_begin > end || end > layers)
+        throw error(errc::invalid_argument,
+                    "layer range [" + std::to_string(o.layer_begin) + ", " + std::to_string(end) +
+                        ") is not within the model's " + std::to_string(layers) + " layers");
+    schema s;
+    std::size_t expected = 0;
+    for (const auto& p : specs) expected += p.per_layer() ? end - o.layer_begin : 1;
+    s.reserve(expected);
+    s.set_names(o.names);
+    s.ignore("*rotary_emb.inv_freq", "a legacy rotary buffer, not a parameter");
+    for (const auto& pattern : o.ignore) s.ignore(pattern, "ignored by request");
+
+    const parameter_spec* by_name_begin = specs.data();
+    auto spec_of = [&](std::string_view name) -> const parameter_spec* {
+        for (std::size_t i = 0; i < specs.size(); ++i)
+            if (by_name_begin[i].name == name) return &by_name_begin[i];
+        return nullptr;
+    };
+    auto sources_of = [&](const parameter_spec& p, std::optional<std::uint64_t> layer) {
+        std::vector<std::string> out;
+        const std::size_t n = p.source_count();
+        if (n == 0) {
+            out.push_back(o.names.to_checkpoint(layer ? detail::expand_layer(p.name, *layer)
+                                                      : std::string(p.name)));
+        }
+        for (std::size_t i = 0; i < n; ++i)
+            out.push_back(o.names.to_checkpoint(layer ? detail::expand_layer(p.sources[i], *layer)
+                                                      : std::string(p.sources[i])));
+        return out;
+    };
+    auto emit = [&](const parameter_spec& p, std::optional<std::uint64_t> layer) {
+        parameter_meta m;
+        m.name = layer ? detail::expand_layer(p.name, *layer) : std::string(p.name);
+        m.layout = p.layout;
+        m.init = p.init;
+        m.dtype_override = p.dtype_override;
+        m.role = layer ? parameter_role::layer : p.role;
+        m.layer = layer;
+        if (!p.tied_to.empty()) {
+            const parameter_spec* target = spec_of(p.tied_to);
+            if (target && detail::stage_keeps(*target, o)) {
+                m.tied_to = std::string(p.tied_to);
+            } else if (target) {  // the target is not in this stage: read its tensor here
+                m.sources = sources_of(*target, std::nullopt);
+                s.note(m.name + " is tied to " + std::string(p.tied_to) +
+                       ", which this stage does not load: it reads " + m.sources.front());
+            } else {
+                m.tied_to = std::string(p.tied_to);  // validate() reports it
+            }
+            if (!m.tied_to.empty())
+                s.ignore(o.names.to_checkpoint(m.name),
+                         "tied to " + m.tied_to + ": the stored copy is ignored");
+        } else if (p.init.kind == init_kind::none) {
+            m.sources = sources_of(p, layer);
+        }
+        s.add(std::move(m));
+    };
+    auto skip = [&](const parameter_spec& p, std::optional<std::uint64_t> layer) {
+        if (!p.tied_to.empty())  // a stored copy of a tied tensor is no error either
+            s.skip(o.names.to_checkpoint(layer ? detail::expand_layer(p.name, *layer)
+                                               : std::string(p.name)));
+        else if (p.init.kind == init_kind::none)
+            for (auto& name : sources_of(p, layer)) s.skip(std::move(name));
+    };
+
+    std::size_t first_layer = specs.size(), last_layer = 0;
+    for (std::size_t i = 0; i < specs.size(); ++i)
+        if (specs[i].per_layer()) {
+            first_layer = std::min(first_layer, i);
+            last_layer = i;
+        }
+    for (std::size_t i = 0; i < specs.size() && i < first_layer; ++i)
+        detail::stage_keeps(specs[i], o) ? emit(specs[i], std::nullopt) : skip(specs[i], std::nullopt);
+    if (first_layer < specs.size()) {
+        for (std::uint64_t layer = 0; layer < layers; ++layer)
+            for (std::size_t i = first_layer; i <= last_layer; ++i) {
+                if (!specs[i].per_layer()) continue;
+                if (layer >= o.layer_begin && layer < end)
+                    emit(specs[i], layer);
+                else
+                    skip(specs[i], layer);
+            }
+        for (std::size_t i = first_layer; i <= last_layer; ++i)
+            if (!specs[i].per_layer())
+                detail::stage_keeps(specs[i], o) ? emit(specs[i], std::nullopt)
+                                                 : skip(specs[i], std::nullopt);
+        for (std::size_t i = last_layer + 1; i < specs.size(); ++i)
+            detail::stage_keeps(specs[i], o) ? emit(specs[i], std::nullopt)
+                                             : skip(specs[i], std::nullopt);
+    }
+    s.validate();
+    return s;
+}
+
+template <std::size_t N>
+[[nodiscard]] schema expand(const static_schema<N>& t, const schema_options& o = {}) {
+    return expand(std::span<const parameter_spec>(t.parameters), t.layers, o);
+}
+
+}  // namespace safeshard
