@@ -16,6 +16,10 @@
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/io/mapped_file.hpp"
 
+#include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/config.hpp"
+#include "safeshard/format/hf_cache.hpp"
+#include "safeshard/format/index.hpp"
 #include "safeshard/format/safetensors.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 

@@ -1,0 +1,250 @@
+// config.json (transformers' model configuration) into core/model_config.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <simdjson.h>
+
+#include "safeshard/core/dtype.hpp"
+#include "safeshard/core/error.hpp"
+#include "safeshard/core/model_config.hpp"
+#include "safeshard/format/json_text.hpp"
+
+namespace safeshard {
+
+// A torch dtype name as config.json spells it ("bfloat16", "torch.float16") → dtype.
+[[nodiscard]] constexpr std::optional<dtype> dtype_from_torch_name(std::string_view s) noexcept {
+    if (s.starts_with("torch.")) s.remove_prefix(6);
+    struct row {
+        std::string_view name;
+        dtype type;
+    };
+    constexpr row rows[] = {
+        {"bfloat16", dtype::bf16},         {"float16", dtype::f16},
+        {"half", dtype::f16},              {"float32", dtype::f32},
+        {"float", dtype::f32},             {"float64", dtype::f64},
+        {"double", dtype::f64},            {"float8_e4m3fn", dtype::f8_e4m3},
+        {"float8_e5m2", dtype::f8_e5m2},   {"float8_e4m3fnuz", dtype::f8_e4m3fnuz},
+        {"float8_e5m2fnuz", dtype::f8_e5m2fnuz}, {"int8", dtype::i8},
+        {"uint8", dtype::u8},
+    };
+    for (const auto& r : rows) {
+        if (r.name == s) return r.type;
+    }
+    return std::nullopt;
+}
+
+// transformers' per-class default for tie_word_embeddings, for the architectures whose
+// default is known here; nullopt for the others (the schema must decide).
+[[nodiscard]] constexpr std::optional<bool> default_tie_word_embeddings(
+    std::string_view model_type) noexcept {
+    constexpr std::string_view untied[] = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe",
+                                           "qwen3", "qwen3_moe", "phi3"};
+    constexpr std::string_view tied[] = {"gemma", "gemma2", "gemma3", "gemma3_text"};
+    for (auto t : untied) {
+        if (t == model_type) return false;
+    }
+    for (auto t : tied) {
+        if (t == model_type) return true;
+    }
+    return std::nullopt;
+}
+
+// A parsed config.json: the model_config, and the whole document for anything else.
+class config_file {
+public:
+    static constexpr std::uint64_t max_file_size = 64ull << 20;
+
+    [[nodiscard]] static config_file parse(std::string_view json, std::string source = {}) {
+        return config_file(simdjson::padded_string(json), std::move(source));
+    }
+    [[nodiscard]] static config_file load(const std::filesystem::path& p) {
+        return config_file(detail::read_json_file(p, max_file_size, errc::invalid_config),
+                           p.string());
+    }
+
+    [[nodiscard]] const model_config& config() const noexcept { return config_; }
+    // The raw text, and the parsed document (valid as long as this object lives).
+    [[nodiscard]] std::string_view raw_json() const noexcept {
+        return {text_.data(), text_.size()};
+    }
+    [[nodiscard]] simdjson::dom::element document() const noexcept { return root_; }
+    // The object the language model's fields came from: `text_config` when present, else
+    // the top level.
+    [[nodiscard]] simdjson::dom::element text_section() const noexcept { return text_section_; }
+    [[nodiscard]] bool has_text_config() const noexcept { return has_text_config_; }
+    // Top-level model_type (for multimodal configs: "llava", while config().model_type is
+    // the text model's, "llama").
+    [[nodiscard]] const std::string& outer_model_type() const noexcept { return outer_model_type_; }
+    [[nodiscard]] const std::string& source() const noexcept { return source_; }
+
+private:
+    config_file(simdjson::padded_string text, std::string source)
+        : text_(std::move(text)),
+          parser_(std::make_unique<simdjson::dom::parser>()),
+          source_(std::move(source)) {
+        parse_fields();
+    }
+
+    [[noreturn]] void fail(std::string_view msg) const {
+        throw error(errc::invalid_config, msg, error_context{.file = source_});
+    }
+
+    // The value of `key` in the text section, else at the top level; nullopt when absent
+    // or null (an explicit null means "use the default", as transformers reads it).
+    [[nodiscard]] std::optional<simdjson::dom::element> find(std::string_view key) const {
+        simdjson::dom::element e;
+        if (has_text_config_ && text_section_.at_key(key).get(e) == simdjson::SUCCESS && !e.is_null()) {
+            return e;
+        }
+        if (root_.at_key(key).get(e) == simdjson::SUCCESS && !e.is_null()) return e;
+        return std::nullopt;
+    }
+
+    [[nodiscard]] std::optional<std::uint64_t> get_size(std::string_view key) const {
+        auto e = find(key);
+        if (!e) return std::nullopt;
+        std::uint64_t v = 0;
+        if (!detail::json_to_uint64(*e, v)) {
+            fail("'" + std::string(key) + "' must be a non-negative integer, found " +
+                 std::string(detail::json_type_name(e->type())));
+        }
+        return v;
+    }
+    [[nodiscard]] std::uint64_t require_size(std::string_view key) const {
+        auto v = get_size(key);
+        if (!v) fail("missing required field '" + std::string(key) + "'");
+        if (*v == 0) fail("'" + std::string(key) + "' must be positive");
+        return *v;
+    }
+    [[nodiscard]] std::optional<std::string> get_string(std::string_view key,
+                                                        bool text_first = true) const {
+        simdjson::dom::element e;
+        if (text_first) {
+            auto f = find(key);
+            if (!f) return std::nullopt;
+            e = *f;
+        } else if (root_.at_key(key).get(e) != simdjson::SUCCESS || e.is_null()) {
+            return std::nullopt;
+        }
+        std::string_view s;
+        if (e.get_string().get(s)) {
+            fail("'" + std::string(key) + "' must be a string, found " +
+                 std::string(detail::json_type_name(e.type())));
+        }
+        return std::string(s);
+    }
+
+    void parse_fields() {
+        if (auto err = parser_->parse(text_).get(root_); err) {
+            fail(std::string("not valid JSON: ") + simdjson::error_message(err));
+        }
+        if (!root_.is_object()) {
+            fail("expected a JSON object at the top level, found " +
+                 std::string(detail::json_type_name(root_.type())));
+        }
+        text_section_ = root_;
+        simdjson::dom::element tc;
+        if (root_.at_key("text_config").get(tc) == simdjson::SUCCESS && !tc.is_null()) {
+            if (!tc.is_object()) {
+                fail("'text_config' must be an object, found " +
+                     std::string(detail::json_type_name(tc.type())));
+            }
+            text_section_ = tc;
+            has_text_config_ = true;
+        }
+
+        model_config& c = config_;
+        outer_model_type_ = get_string("model_type", false).value_or("");
+        c.model_type = get_string("model_type").value_or("");
+        if (c.model_type.empty()) fail("missing required field 'model_type'");
+
+        simdjson::dom::element arch;
+        if (root_.at_key("architectures").get(arch) == simdjson::SUCCESS && !arch.is_null()) {
+            simdjson::dom::array a;
+            if (arch.get_array().get(a)) {
+                fail("'architectures' must be an array of strings, found " +
+                     std::string(detail::json_type_name(arch.type())));
+            }
+            for (auto item : a) {
+                std::string_view s;
+                if (item.get_string().get(s)) {
+                    fail("'architectures' must be an array of strings, found an item that is " +
+                         std::string(detail::json_type_name(item.type())));
+                }
+                c.architectures.emplace_back(s);
+            }
+        }
+
+        c.hidden_size = require_size("hidden_size");
+        c.num_hidden_layers = require_size("num_hidden_layers");
+        c.num_attention_heads = require_size("num_attention_heads");
+        c.intermediate_size = get_size("intermediate_size").value_or(0);
+        c.vocab_size = get_size("vocab_size").value_or(0);
+
+        c.num_key_value_heads = get_size("num_key_value_heads").value_or(c.num_attention_heads);
+        if (c.num_key_value_heads == 0) fail("'num_key_value_heads' must be positive");
+        if (c.num_attention_heads % c.num_key_value_heads != 0) {
+            fail("num_attention_heads (" + std::to_string(c.num_attention_heads) +
+                 ") is not a multiple of num_key_value_heads (" +
+                 std::to_string(c.num_key_value_heads) + ")");
+        }
+        if (auto hd = get_size("head_dim")) {
+            if (*hd == 0) fail("'head_dim' must be positive");
+            c.head_dim = *hd;  // Mistral-family configs: head_dim != hidden / heads
+        } else {
+            if (c.hidden_size % c.num_attention_heads != 0) {
+                fail("no head_dim, and hidden_size (" + std::to_string(c.hidden_size) +
+                     ") is not a multiple of num_attention_heads (" +
+                     std::to_string(c.num_attention_heads) + ")");
+            }
+            c.head_dim = c.hidden_size / c.num_attention_heads;
+        }
+
+        if (auto e = find("tie_word_embeddings")) {
+            bool b = false;
+            if (e->get_bool().get(b)) {
+                fail("'tie_word_embeddings' must be a boolean, found " +
+                     std::string(detail::json_type_name(e->type())));
+            }
+            c.tie_word_embeddings = b;
+        }
+        // Newer transformers write `dtype`, older `torch_dtype`; an unknown name is no error.
+        for (std::string_view key : {"dtype", "torch_dtype"}) {
+            auto e = find(key);
+            if (!e) continue;
+            std::string_view s;
+            if (e->get_string().get(s)) {
+                fail("'" + std::string(key) + "' must be a string, found " +
+                     std::string(detail::json_type_name(e->type())));
+            }
+            if (!c.checkpoint_dtype) c.checkpoint_dtype = dtype_from_torch_name(s);
+        }
+    }
+
+    simdjson::padded_string text_;
+    std::unique_ptr<simdjson::dom::parser> parser_;  // owns the document's tape
+    simdjson::dom::element root_;
+    simdjson::dom::element text_section_;
+    bool has_text_config_ = false;
+    std::string outer_model_type_;
+    std::string source_;
+    model_config config_;
+};
+
+// Parses config.json into a model_config (errc::invalid_config for a wrong file).
+[[nodiscard]] inline model_config load_model_config(const std::filesystem::path& p) {
+    return config_file::load(p).config();
+}
+[[nodiscard]] inline model_config parse_model_config(std::string_view json) {
+    return config_file::parse(json).config();
+}
+
+}  // namespace safeshard

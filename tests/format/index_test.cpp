@@ -1,0 +1,131 @@
+#include "safeshard/format/index.hpp"
+
+#include <string>
+
+#include <doctest/doctest.h>
+
+#include "../checkpoint/test_util.hpp"
+
+using namespace safeshard;
+using safeshard::test::code_of;
+
+TEST_CASE("is_safe_relative_path") {
+    CHECK(is_safe_relative_path("model-00001-of-00002.safetensors"));
+    CHECK(is_safe_relative_path("sub/model.safetensors"));
+    CHECK(is_safe_relative_path("a..b.safetensors"));
+    CHECK_FALSE(is_safe_relative_path(""));
+    CHECK_FALSE(is_safe_relative_path("/etc/passwd"));
+    CHECK_FALSE(is_safe_relative_path("../x.safetensors"));
+    CHECK_FALSE(is_safe_relative_path("a/../../x.safetensors"));
+    CHECK_FALSE(is_safe_relative_path("a/.."));
+    CHECK_FALSE(is_safe_relative_path("./x"));
+    CHECK_FALSE(is_safe_relative_path("a//b"));
+    CHECK_FALSE(is_safe_relative_path("a/"));
+    CHECK_FALSE(is_safe_relative_path("..\\x"));
+    CHECK_FALSE(is_safe_relative_path(std::string_view("a\0b", 3)));
+}
+
+TEST_CASE("index: weight_map, shards sorted, lookups, metadata") {
+    const auto ix = safetensors_index::parse(R"({
+      "metadata": {"total_size": 1234, "total_parameters": 617, "mergekit_version": "0.1",
+                   "extra": {"a": [1, 2]}},
+      "weight_map": {
+        "lm_head.weight": "model-00002-of-00002.safetensors",
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.norm.weight": "model-00002-of-00002.safetensors",
+        "esc\"aped\u00e9": "model-00001-of-00002.safetensors"
+      }})",
+                                             "idx.json");
+    REQUIRE(ix.size() == 4);
+    REQUIRE(ix.shards().size() == 2);
+    CHECK(ix.shards()[0] == "model-00001-of-00002.safetensors");
+    CHECK(ix.shards()[1] == "model-00002-of-00002.safetensors");
+    CHECK(ix.entries()[0].name == "lm_head.weight");  // file order kept
+    CHECK(ix.entries()[0].shard == 1);
+    CHECK(ix.shard_of("model.embed_tokens.weight") == "model-00001-of-00002.safetensors");
+    CHECK(ix.shard_index_of("model.norm.weight") == 1u);
+    CHECK(ix.shard_of("esc\"aped\xc3\xa9") == "model-00001-of-00002.safetensors");
+    CHECK_FALSE(ix.contains("nope"));
+    CHECK_FALSE(ix.shard_of("nope"));
+    CHECK(ix.total_size() == 1234u);
+    CHECK(ix.total_parameters() == 617u);
+    REQUIRE(ix.extra_metadata().size() == 2);
+    CHECK(ix.extra_metadata()[0].first == "mergekit_version");
+    CHECK(ix.extra_metadata()[0].second == "\"0.1\"");
+    CHECK(ix.extra_metadata()[1].second == R"({"a":[1,2]})");
+    CHECK(ix.source() == "idx.json");
+}
+
+TEST_CASE("index: metadata optional, null or integral double") {
+    auto a = safetensors_index::parse(R"({"weight_map": {"a": "x.safetensors"}})");
+    CHECK_FALSE(a.total_size());
+    auto b = safetensors_index::parse(
+        R"({"metadata": null, "weight_map": {"a": "x.safetensors"}})");
+    CHECK_FALSE(b.total_size());
+    auto c = safetensors_index::parse(
+        R"({"metadata": {"total_size": 16.0}, "weight_map": {"a": "x.safetensors"}})");
+    CHECK(c.total_size() == 16u);
+}
+
+TEST_CASE("index: many entries survive a move") {
+    std::string json = R"({"weight_map": {)";
+    for (int i = 0; i < 5000; ++i) {
+        if (i != 0) json += ',';
+        json += "\"model.layers." + std::to_string(i) + ".weight\": \"s" + std::to_string(i % 7) +
+                ".safetensors\"";
+    }
+    json += "}}";
+    auto ix = safetensors_index::parse(json);
+    auto moved = std::move(ix);
+    CHECK(moved.size() == 5000);
+    CHECK(moved.shards().size() == 7);
+    for (int i = 0; i < 5000; i += 37) {
+        CHECK(moved.shard_of("model.layers." + std::to_string(i) + ".weight") ==
+              "s" + std::to_string(i % 7) + ".safetensors");
+    }
+}
+
+TEST_CASE("index: every bad input is invalid_index") {
+    std::string what;
+    auto bad = [&](std::string_view json) {
+        return code_of([&] { (void)safetensors_index::parse(json, "i.json"); }, &what);
+    };
+    CHECK(bad("{\"weight_map\": {\"a\": \"x\"") == errc::invalid_index);  // malformed
+    CHECK(what.find("not valid JSON") != std::string::npos);
+    CHECK(bad("") == errc::invalid_index);
+    CHECK(bad("[1]") == errc::invalid_index);
+    CHECK(bad(R"({"metadata": {}})") == errc::invalid_index);
+    CHECK(what.find("weight_map") != std::string::npos);
+    CHECK(bad(R"({"weight_map": []})") == errc::invalid_index);
+    CHECK(bad(R"({"weight_map": {}})") == errc::invalid_index);
+    CHECK(bad(R"({"weight_map": {"a": 1}})") == errc::invalid_index);
+    CHECK(bad(R"({"weight_map": {"a": "/etc/passwd"}})") == errc::invalid_index);  // absolute
+    CHECK(what.find("/etc/passwd") != std::string::npos);
+    CHECK(what.find("tensor 'a'") != std::string::npos);
+    CHECK(bad(R"({"weight_map": {"a": "../../x.safetensors"}})") == errc::invalid_index);
+    CHECK(bad(R"({"weight_map": {"a": "sub/../../x.safetensors"}})") == errc::invalid_index);
+    CHECK(bad(R"({"weight_map": {"a": "x.safetensors", "a": "y.safetensors"}})") ==
+          errc::invalid_index);  // duplicate key
+    CHECK(what.find("duplicate key") != std::string::npos);
+    CHECK(bad(R"({"weight_map": {"a": "x"}, "weight_map": {"b": "x"}})") == errc::invalid_index);
+    CHECK(bad(R"({"metadata": {"total_size": -1}, "weight_map": {"a": "x"}})") ==
+          errc::invalid_index);
+    CHECK(bad(R"({"metadata": {"total_size": "12"}, "weight_map": {"a": "x"}})") ==
+          errc::invalid_index);
+    CHECK(bad(R"({"metadata": {"total_size": 1.5}, "weight_map": {"a": "x"}})") ==
+          errc::invalid_index);
+    CHECK(bad(R"({"metadata": [], "weight_map": {"a": "x"}})") == errc::invalid_index);
+    CHECK(bad(R"({"weight_map": {"a": "x"}} trailing)") == errc::invalid_index);
+}
+
+TEST_CASE("index: load from a file; io_error for a missing one") {
+    safeshard::test::temp_dir d;
+    safeshard::test::write_file(d / "i.json", R"({"weight_map": {"a": "x.safetensors"}})");
+    auto ix = safetensors_index::load(d / "i.json");
+    CHECK(ix.source() == (d / "i.json").string());
+    CHECK(ix.size() == 1);
+    std::string what;
+    CHECK(code_of([&] { (void)safetensors_index::load(d / "missing.json"); }, &what) ==
+          errc::io_error);
+    CHECK(code_of([&] { (void)safetensors_index::load(d.path()); }) == errc::invalid_index);
+}

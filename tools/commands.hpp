@@ -1,0 +1,62 @@
+// The commands of the safeshard tool; each lives in its own file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <fmt/core.h>
+
+#include "safeshard/format/checkpoint.hpp"
+#include "exit_code.hpp"
+#include "output.hpp"
+
+namespace safeshard::cli {
+
+// What every command that reads a checkpoint takes.
+struct checkpoint_args {
+    std::string target;            // a path, or org/name in the Hugging Face cache
+    std::string revision = "main";
+    std::string cache_dir;         // empty: from the environment
+    bool lenient = false;
+};
+
+[[nodiscard]] inline checkpoint open_checkpoint(const checkpoint_args& a) {
+    checkpoint_options o;
+    o.strict = !a.lenient;
+    o.hf.revision = a.revision;
+    o.hf.cache_dir = a.cache_dir;
+    auto c = checkpoint::open(a.target, o);
+    check_interrupted();
+    for (const auto& w : c.warnings()) {
+        fmt::print(stderr, "safeshard: warning: {} (file '{}'{}{})\n", w.message, w.file,
+                   w.tensor.empty() ? "" : ", tensor '", w.tensor.empty() ? "" : w.tensor + "'");
+    }
+    return c;
+}
+
+// "1.50 GiB"
+[[nodiscard]] inline std::string human_bytes(std::uint64_t n) {
+    constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    if (n < 1024) return fmt::format("{} B", n);
+    double v = static_cast<double>(n);
+    int u = 0;
+    while (v >= 1024 && u < 5) {
+        v /= 1024;
+        ++u;
+    }
+    return fmt::format("{:.2f} {}", v, units[u]);
+}
+
+struct inspect_args {
+    checkpoint_args ckpt;
+    bool json = false;
+};
+int run_inspect(const inspect_args& a, output& out);
+
+struct verify_args {
+    checkpoint_args ckpt;
+    bool skip_config = false;
+};
+int run_verify(const verify_args& a, output& out);
+
+}  // namespace safeshard::cli

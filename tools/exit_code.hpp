@@ -1,0 +1,37 @@
+// The exit codes of every safeshard command, decided here and nowhere else.
+#pragma once
+
+#include "safeshard/core/error.hpp"
+
+namespace safeshard::cli {
+
+enum exit_code : int {
+    exit_ok = 0,           // success
+    exit_invalid_input = 1,// the input is wrong (bad file, index, config, missing shard...)
+    exit_usage = 2,        // bad command line
+    exit_system = 3,       // the system failed an operation (permission, ENOSPC, EIO...)
+    exit_interrupted = 130 // SIGINT
+};
+
+[[nodiscard]] constexpr int exit_code_for(errc e) noexcept {
+    switch (e) {
+        case errc::io_error: return exit_system;
+        case errc::interrupted: return exit_interrupted;
+        case errc::invalid_argument: return exit_usage;
+        default: return exit_invalid_input;
+    }
+}
+
+// The text of `--help` and the README.
+inline constexpr const char* exit_code_help =
+    "Exit codes:\n"
+    "  0    success\n"
+    "  1    invalid input: a bad safetensors file, index, config.json or cache entry, a\n"
+    "       checkpoint that is not there, or an index naming a missing shard; the message\n"
+    "       names the error code, the file and the tensor\n"
+    "  2    usage: a bad command line (unknown option, bad dtype or revision)\n"
+    "  3    the system failed an operation: permission denied, no space left, I/O error\n"
+    "  130  interrupted (SIGINT)\n"
+    "A closed output pipe (`safeshard inspect --json | head`) ends the command quietly with 0.\n";
+
+}  // namespace safeshard::cli

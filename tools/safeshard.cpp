@@ -1,0 +1,111 @@
+// safeshard: look inside and check safetensors checkpoints.
+#include <signal.h>
+
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <new>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "commands.hpp"
+#include "exit_code.hpp"
+#include "safeshard/config.hpp"
+
+namespace {
+
+extern "C" void on_sigint(int) { safeshard::cli::interrupted_flag = 1; }
+
+void install_signal_handlers() {
+    // A closed pipe becomes EPIPE on write (handled), never a signal.
+    ::signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa {};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: a blocked read or write returns EINTR and we stop
+    ::sigaction(SIGINT, &sa, nullptr);
+}
+
+void add_checkpoint_options(CLI::App* cmd, safeshard::cli::checkpoint_args& a) {
+    cmd->add_option("checkpoint", a.target,
+                    "A .safetensors file, an index .json, a folder, or org/name in the Hugging "
+                    "Face cache (an existing path wins)")
+        ->required();
+    cmd->add_option("--revision", a.revision,
+                    "Branch, tag or 40-hex commit, for a repository id (default: main)");
+    cmd->add_option("--cache-dir", a.cache_dir,
+                    "Hugging Face hub cache (default: HF_HUB_CACHE, HF_HOME/hub, "
+                    "$XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub)");
+    cmd->add_flag("--lenient", a.lenient,
+                  "Report unindexed tensors, tensors in two shards and a wrong total_size as "
+                  "warnings instead of errors");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    using namespace safeshard::cli;
+    install_signal_handlers();
+
+    CLI::App app{"safeshard: look inside and check safetensors checkpoints"};
+    app.footer(exit_code_help);
+    app.require_subcommand(1);
+    app.set_version_flag("--version", SAFESHARD_VERSION_STRING);
+
+    inspect_args inspect;
+    auto* inspect_cmd = app.add_subcommand(
+        "inspect", "List every tensor (dtype, shape, file, byte offset, size), totals per dtype "
+                   "and per file, and each file's metadata");
+    add_checkpoint_options(inspect_cmd, inspect.ckpt);
+    inspect_cmd->add_flag("--json", inspect.json,
+                          "Print JSON: {\"files\":[{\"path\",\"header_bytes\",\"metadata\","
+                          "\"tensors\"}],\"tensors\":[{\"name\",\"dtype\",\"shape\",\"file\","
+                          "\"offset\",\"nbytes\"}],\"total_bytes\"}");
+    inspect_cmd->footer(exit_code_help);
+
+    verify_args verify;
+    auto* verify_cmd = app.add_subcommand(
+        "verify", "Validate every header, the index against the shards and config.json; print "
+                  "ok and a summary, or the error");
+    add_checkpoint_options(verify_cmd, verify.ckpt);
+    verify_cmd->add_flag("--skip-config", verify.skip_config, "Do not parse config.json");
+    verify_cmd->footer(exit_code_help);
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        if (e.get_exit_code() == 0) {  // --help, --version
+            (void)app.exit(e);
+            return exit_ok;
+        }
+        fmt::print(stderr, "safeshard: {}\nRun with --help for more information.\n", e.what());
+        return exit_usage;
+    }
+
+    output out;
+    try {
+        if (*inspect_cmd) return run_inspect(inspect, out);
+        if (*verify_cmd) return run_verify(verify, out);
+        return exit_usage;
+    } catch (const broken_pipe&) {
+        return exit_ok;  // the reader left (`| head`): stop quietly
+    } catch (const safeshard::error& e) {
+        if (e.code() == safeshard::errc::interrupted) {
+            fmt::print(stderr, "safeshard: interrupted\n");
+        } else {
+            fmt::print(stderr, "safeshard: error: {}\n", e.what());
+        }
+        return exit_code_for(e.code());
+    } catch (const std::filesystem::filesystem_error& e) {
+        fmt::print(stderr, "safeshard: error: io_error: {}\n", e.what());
+        return exit_system;
+    } catch (const std::bad_alloc&) {
+        fmt::print(stderr, "safeshard: error: out of memory\n");
+        return exit_system;
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "safeshard: error: {}\n", e.what());
+        return exit_invalid_input;
+    }
+}
