@@ -2,21 +2,22 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <fmt/core.h>
 
-#include "safeshard/format/checkpoint.hpp"
 #include "exit_code.hpp"
 #include "output.hpp"
+#include "safeshard/format/checkpoint.hpp"
 
 namespace safeshard::cli {
 
 // What every command that reads a checkpoint takes.
 struct checkpoint_args {
-    std::string target;            // a path, or org/name in the Hugging Face cache
+    std::string target;  // a path, or org/name in the Hugging Face cache
     std::string revision = "main";
-    std::string cache_dir;         // empty: from the environment
+    std::string cache_dir;  // empty: from the environment
     bool lenient = false;
 };
 
@@ -58,5 +59,17 @@ struct verify_args {
     bool skip_config = false;
 };
 int run_verify(const verify_args& a, output& out);
+
+struct plan_args {
+    checkpoint_args ckpt;
+    std::uint32_t world = 0;
+    std::optional<std::uint32_t> rank{};
+    std::string arch{};           // empty: config.json's model_type
+    std::string kv_convention{};  // empty: contiguous
+    std::string dtype{};          // empty: keep each tensor's dtype
+    bool allow_quantized = false;
+    bool json = false;
+};
+int run_plan(const plan_args& a, output& out);
 
 }  // namespace safeshard::cli

@@ -7,8 +7,8 @@
 #include <new>
 #include <string>
 
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 
 #include "commands.hpp"
 #include "exit_code.hpp"
@@ -56,8 +56,9 @@ int main(int argc, char** argv) {
 
     inspect_args inspect;
     auto* inspect_cmd = app.add_subcommand(
-        "inspect", "List every tensor (dtype, shape, file, byte offset, size), totals per dtype "
-                   "and per file, and each file's metadata");
+        "inspect",
+        "List every tensor (dtype, shape, file, byte offset, size), totals per dtype "
+        "and per file, and each file's metadata");
     add_checkpoint_options(inspect_cmd, inspect.ckpt);
     inspect_cmd->add_flag("--json", inspect.json,
                           "Print JSON: {\"files\":[{\"path\",\"header_bytes\",\"metadata\","
@@ -67,11 +68,37 @@ int main(int argc, char** argv) {
 
     verify_args verify;
     auto* verify_cmd = app.add_subcommand(
-        "verify", "Validate every header, the index against the shards and config.json; print "
-                  "ok and a summary, or the error");
+        "verify",
+        "Validate every header, the index against the shards and config.json; print "
+        "ok and a summary, or the error");
     add_checkpoint_options(verify_cmd, verify.ckpt);
     verify_cmd->add_flag("--skip-config", verify.skip_config, "Do not parse config.json");
     verify_cmd->footer(exit_code_help);
+
+    plan_args plan;
+    auto* plan_cmd = app.add_subcommand(
+        "plan",
+        "Show how a checkpoint is cut for tensor parallelism: each parameter's layout, "
+        "global shape and every rank's local shape and bytes (headers and config.json "
+        "only; no tensor data is read)");
+    add_checkpoint_options(plan_cmd, plan.ckpt);
+    plan_cmd->add_option("--tp", plan.world, "Tensor-parallel world size")->required();
+    plan_cmd->add_option("--rank", plan.rank, "Show this rank only");
+    plan_cmd->add_option("--arch", plan.arch,
+                         "Architecture (model_type) instead of config.json's: llama, mistral, "
+                         "qwen2, qwen3, gemma, gemma2, phi3");
+    plan_cmd->add_option("--kv-convention", plan.kv_convention,
+                         "How KV heads spread when world > KV: contiguous (vLLM, default) or "
+                         "interleaved (optimum-neuron)");
+    plan_cmd->add_option("--dtype", plan.dtype,
+                         "Target dtype (BF16, F16, F32, ...; default: keep each tensor's)");
+    plan_cmd->add_flag("--allow-quantized", plan.allow_quantized,
+                       "Plan the raw tensors of a quantized checkpoint (scale tensors present)");
+    plan_cmd->add_flag("--json", plan.json,
+                       "Print JSON: {\"world\",\"parameters\":[{\"name\",\"layout\","
+                       "\"global_shape\",\"dtype\",\"tied_to\",\"ranks\":[{\"rank\",\"shape\","
+                       "\"nbytes\"}]}],\"rank_bytes\"}");
+    plan_cmd->footer(exit_code_help);
 
     try {
         app.parse(argc, argv);
@@ -88,6 +115,7 @@ int main(int argc, char** argv) {
     try {
         if (*inspect_cmd) return run_inspect(inspect, out);
         if (*verify_cmd) return run_verify(verify, out);
+        if (*plan_cmd) return run_plan(plan, out);
         return exit_usage;
     } catch (const broken_pipe&) {
         return exit_ok;  // the reader left (`| head`): stop quietly
