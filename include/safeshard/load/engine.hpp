@@ -8,6 +8,8 @@
 #include <functional>
 #include <span>
 
+#include "safeshard/core/checked.hpp"
+#include "safeshard/core/error.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/copy_op.hpp"
 
@@ -54,15 +56,6 @@ concept copy_engine = requires(E& e, const copy_targets& t, std::span<const copy
 namespace detail {
 // Throws invalid_argument when an op reaches outside its destination or names a missing
 // file: an engine checks this before it copies, so a wrong plan cannot write out of bounds.
-inline void check_op_bounds(const copy_op& op, const copy_targets& t);
-}  // namespace detail
-
-}  // namespace safeshard
-
-#include "safeshard/core/checked.hpp"
-#include "safeshard/core/error.hpp"
-
-namespace safeshard::detail {
 inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
     const byte_box& b = op.box;
     auto fail = [&](const std::string& why) {
@@ -81,4 +74,6 @@ inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
         add_overflows(end, b.src_row_bytes, end))
         fail("source overflows");
 }
-}  // namespace safeshard::detail
+}  // namespace detail
+
+}  // namespace safeshard
