@@ -163,6 +163,9 @@ void BM_p2_split1_per_row(benchmark::State& st) {
 void BM_p2_split1_whole_rows(benchmark::State& st) {
     run_p2(st, make_split(1), {.strided = strided_read::whole_rows});
 }
+void BM_p2_split1_batched(benchmark::State& st) {
+    run_p2(st, make_split(1), {.strided = strided_read::batched});
+}
 void BM_p2_split1_mmap(benchmark::State& st) {
     run_p2(st, make_split(1), {.mode = read_mode::mmap});
 }
@@ -184,6 +187,7 @@ int main(int argc, char** argv) {
          {benchmark::RegisterBenchmark("BM_p2_contiguous", BM_p2_contiguous),
           benchmark::RegisterBenchmark("BM_p2_split1_per_row", BM_p2_split1_per_row),
           benchmark::RegisterBenchmark("BM_p2_split1_whole_rows", BM_p2_split1_whole_rows),
+          benchmark::RegisterBenchmark("BM_p2_split1_batched", BM_p2_split1_batched),
           benchmark::RegisterBenchmark("BM_p2_split1_mmap", BM_p2_split1_mmap)}) {
         b->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
         if (n > 1) b->Arg(n);

@@ -124,6 +124,10 @@ TEST_CASE("read modes and thread counts give the same bytes") {
     host_engine_options many{.threads = 3, .chunk_bytes = 4096, .staging_bytes = 4096};
     host_engine_options rows{.threads = 2, .strided = strided_read::whole_rows};
     host_engine_options mapped{.threads = 2, .mode = read_mode::mmap};
+    host_engine_options batched{.threads = 2, .strided = strided_read::batched};
+    check_all_ranks(m, false, 8, batched);
+    check_all_ranks(m, true, 4,
+                    {.threads = 1, .strided = strided_read::batched, .chunk_bytes = 4096});
     check_all_ranks(m, false, 4, one);
     check_all_ranks(m, false, 8, many);
     check_all_ranks(m, true, 8, mapped);
@@ -149,7 +153,8 @@ TEST_CASE("a target dtype converts while copying (BF16 -> F32), also per paramet
     for (auto eo : {host_engine_options{.threads = 1},
                     host_engine_options{.threads = 2, .chunk_bytes = 4096, .staging_bytes = 4096},
                     host_engine_options{.threads = 2, .strided = strided_read::whole_rows},
-                    host_engine_options{.threads = 2, .mode = read_mode::mmap}}) {
+                    host_engine_options{.threads = 2, .mode = read_mode::mmap},
+                    host_engine_options{.threads = 2, .strided = strided_read::batched}}) {
         load_options o{.rank = 1, .world = 4};
         o.plan.dtype = dtype_policy::fixed(dtype::f32);
         o.plan.dtype_per_parameter = {{"model.norm.weight", dtype::bf16}};
