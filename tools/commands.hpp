@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <fmt/core.h>
@@ -67,5 +68,16 @@ struct convert_args {
     bool force = false;
 };
 int run_convert(const convert_args& a, output& out);
+struct plan_args {
+    checkpoint_args ckpt;
+    std::uint32_t world = 0;
+    std::optional<std::uint32_t> rank{};
+    std::string arch{};           // empty: config.json's model_type
+    std::string kv_convention{};  // empty: contiguous
+    std::string dtype{};          // empty: keep each tensor's dtype
+    bool allow_quantized = false;
+    bool json = false;
+};
+int run_plan(const plan_args& a, output& out);
 
 }  // namespace safeshard::cli

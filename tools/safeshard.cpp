@@ -96,6 +96,31 @@ int main(int argc, char** argv) {
                           "Replace an existing output folder, once the new one is complete");
     convert_cmd->footer(exit_code_help);
 
+    plan_args plan;
+    auto* plan_cmd = app.add_subcommand(
+        "plan",
+        "Show how a checkpoint is cut for tensor parallelism: each parameter's layout, "
+        "global shape and every rank's local shape and bytes (headers and config.json "
+        "only; no tensor data is read)");
+    add_checkpoint_options(plan_cmd, plan.ckpt);
+    plan_cmd->add_option("--tp", plan.world, "Tensor-parallel world size")->required();
+    plan_cmd->add_option("--rank", plan.rank, "Show this rank only");
+    plan_cmd->add_option("--arch", plan.arch,
+                         "Architecture (model_type) instead of config.json's: llama, mistral, "
+                         "qwen2, qwen3, gemma, gemma2, phi3");
+    plan_cmd->add_option("--kv-convention", plan.kv_convention,
+                         "How KV heads spread when world > KV: contiguous (vLLM, default) or "
+                         "interleaved (optimum-neuron)");
+    plan_cmd->add_option("--dtype", plan.dtype,
+                         "Target dtype (BF16, F16, F32, ...; default: keep each tensor's)");
+    plan_cmd->add_flag("--allow-quantized", plan.allow_quantized,
+                       "Plan the raw tensors of a quantized checkpoint (scale tensors present)");
+    plan_cmd->add_flag("--json", plan.json,
+                       "Print JSON: {\"world\",\"parameters\":[{\"name\",\"layout\","
+                       "\"global_shape\",\"dtype\",\"tied_to\",\"ranks\":[{\"rank\",\"shape\","
+                       "\"nbytes\"}]}],\"rank_bytes\"}");
+    plan_cmd->footer(exit_code_help);
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -112,6 +137,7 @@ int main(int argc, char** argv) {
         if (*inspect_cmd) return run_inspect(inspect, out);
         if (*verify_cmd) return run_verify(verify, out);
         if (*convert_cmd) return run_convert(convert, out);
+        if (*plan_cmd) return run_plan(plan, out);
         return exit_usage;
     } catch (const broken_pipe&) {
         return exit_ok;  // the reader left (`| head`): stop quietly

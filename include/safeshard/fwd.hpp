@@ -43,6 +43,21 @@ class architecture_registry;
 // load/
 class converter;
 struct dtype_policy;
+struct copy_op;
+struct device;
+struct tensor_request;
+template <class T>
+struct tensor_factory;
+class host_tensor;
+struct parallel_context;
+struct plan_options;
+class load_plan;
+struct host_engine_options;
+class host_engine;
+struct load_report;
+template <class T>
+class loaded_model;
+struct load_options;
 
 // save/
 struct shard_file;

@@ -48,6 +48,13 @@
 #include "safeshard/shard/slice_map.hpp"
 
 #include "safeshard/load/convert.hpp"
+#include "safeshard/load/copy_op.hpp"
+#include "safeshard/load/engine.hpp"
+#include "safeshard/load/host_engine.hpp"
+#include "safeshard/load/loader.hpp"
+#include "safeshard/load/plan.hpp"
+#include "safeshard/load/report.hpp"
+#include "safeshard/load/tensor_factory.hpp"
 
 #include "safeshard/save/shard_plan.hpp"
 #include "safeshard/save/sharded_writer.hpp"

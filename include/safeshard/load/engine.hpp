@@ -1,0 +1,79 @@
+// The copy_engine concept and what an engine reads from and writes to.
+// No format/ here: engines (host, CUDA) see files, copy_ops and destination addresses only.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+
+#include "safeshard/core/checked.hpp"
+#include "safeshard/core/error.hpp"
+#include "safeshard/io/file_reader.hpp"
+#include "safeshard/load/copy_op.hpp"
+
+namespace safeshard {
+
+// One checkpoint file as an engine sees it: an open reader (pread, preadv) and, when the
+// caller has one, the file's mapping (for the mmap read mode). Both are borrowed.
+struct read_source {
+    const file_reader* reader = nullptr;
+    std::span<const std::byte> mapping{};
+};
+
+// Bytes done and total, called as the copy progresses (from worker threads, serialised).
+using progress_callback = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
+// Where copy_ops go: read_sources by file index, destination base addresses by destination
+// index (device or host memory, as the engine expects), their sizes for the bounds check.
+struct copy_targets {
+    std::span<const read_source> sources{};
+    std::span<std::byte* const> destinations{};
+    std::span<const std::uint64_t> destination_bytes{};
+};
+
+// What an engine counted: every byte it read from a file and wrote to a destination.
+struct engine_stats {
+    std::uint64_t bytes_read = 0;
+    std::uint64_t bytes_written = 0;
+    double seconds = 0;
+};
+
+// An engine binds targets, takes ops (any number of submits), and wait() finishes them,
+// rethrowing the first error. Ops of one submit may run in any order and concurrently:
+// their destinations do not overlap.
+template <class E>
+concept copy_engine = requires(E& e, const copy_targets& t, std::span<const copy_op> ops,
+                               progress_callback cb) {
+    e.bind(t);
+    e.submit(ops);
+    e.wait();
+    e.set_progress(std::move(cb));
+    { e.stats() } -> std::convertible_to<engine_stats>;
+};
+
+namespace detail {
+// Throws invalid_argument when an op reaches outside its destination or names a missing
+// file: an engine checks this before it copies, so a wrong plan cannot write out of bounds.
+inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
+    const byte_box& b = op.box;
+    auto fail = [&](const std::string& why) {
+        throw error(errc::invalid_argument, "copy op {" + to_string(op) + "}: " + why);
+    };
+    if (op.destination >= t.destinations.size()) fail("no such destination");
+    if (b.rows == 0) return;
+    std::uint64_t end = 0;
+    if (mul_overflows(b.rows - 1, b.dst_pitch, end) || add_overflows(end, b.dst_offset, end) ||
+        add_overflows(end, b.dst_row_bytes, end) ||
+        (op.destination < t.destination_bytes.size() && end > t.destination_bytes[op.destination]))
+        fail("reaches beyond its destination");
+    if (op.kind == copy_kind::zero) return;
+    if (op.file >= t.sources.size() || t.sources[op.file].reader == nullptr) fail("no such file");
+    if (mul_overflows(b.rows - 1, b.src_pitch, end) || add_overflows(end, op.file_begin(), end) ||
+        add_overflows(end, b.src_row_bytes, end))
+        fail("source overflows");
+}
+}  // namespace detail
+
+}  // namespace safeshard

@@ -1,0 +1,215 @@
+// The facade: a checkpoint, a rank and a world size in; the rank's tensors by name and a
+// load_report out. The pieces (load_plan, an engine, tensor_factory) stay usable on their own:
+// load_tensors() runs a plan someone built with an engine someone chose.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "safeshard/core/error.hpp"
+#include "safeshard/format/checkpoint.hpp"
+#include "safeshard/io/file_reader.hpp"
+#include "safeshard/load/convert.hpp"
+#include "safeshard/load/engine.hpp"
+#include "safeshard/load/host_engine.hpp"
+#include "safeshard/load/plan.hpp"
+#include "safeshard/load/report.hpp"
+#include "safeshard/load/tensor_factory.hpp"
+#include "safeshard/shard/init.hpp"
+
+namespace safeshard {
+
+// A rank's tensors by name; tied names alias one tensor.
+template <class T>
+class loaded_model {
+public:
+    [[nodiscard]] T& at(std::string_view name) { return tensors_[index_of(name)]; }
+    [[nodiscard]] const T& at(std::string_view name) const { return tensors_[index_of(name)]; }
+    [[nodiscard]] bool contains(std::string_view name) const {
+        return index_.find(std::string(name)) != index_.end();
+    }
+    // Parameter names, in the plan's order (aliases included).
+    [[nodiscard]] std::span<const std::string> names() const noexcept { return names_; }
+    // The distinct tensors (an alias is not a second tensor).
+    [[nodiscard]] std::span<T> tensors() noexcept { return tensors_; }
+    [[nodiscard]] std::span<const T> tensors() const noexcept { return tensors_; }
+    [[nodiscard]] std::size_t size() const noexcept { return names_.size(); }
+
+    load_report report{};
+
+private:
+    template <class U, class E>
+    friend loaded_model<U> load_tensors(const load_plan&, E&, load_report*);
+
+    [[nodiscard]] std::size_t index_of(std::string_view name) const {
+        const auto it = index_.find(std::string(name));
+        if (it == index_.end())
+            throw error(errc::tensor_not_found,
+                        "the loaded model has no tensor '" + std::string(name) + "'",
+                        error_context{.file = {}, .tensor = std::string(name)});
+        return it->second;
+    }
+
+    std::vector<T> tensors_{};
+    std::vector<std::string> names_{};
+    std::unordered_map<std::string, std::size_t> index_{};
+};
+
+struct load_options {
+    std::uint32_t rank = 0;
+    std::uint32_t world = 1;
+    plan_options plan{};
+    host_engine_options engine{};
+    checkpoint_options checkpoint{};
+    progress_callback progress{};
+};
+
+namespace detail {
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+template <class T>
+T allocate_one(const plan_destination& d) {
+    const tensor_request req{d.name, d.dtype, d.local, d.device, d.bytes};
+    const error_context ctx{.file = {}, .tensor = d.name};
+    T t = [&]() -> T {
+        try {
+            return tensor_factory<T>::allocate(req);
+        } catch (const std::exception& e) {
+            throw error(errc::tensor_factory_failed,
+                        "the tensor factory failed for '" + d.name + "' (" +
+                            std::string(name(d.dtype)) + " " + d.local.to_string() + ", " +
+                            std::to_string(d.bytes) + " bytes): " + e.what(),
+                        ctx);
+        }
+    }();
+    const std::size_t got = tensor_factory<T>::size_bytes(std::as_const(t));
+    if (got != d.bytes)
+        throw error(errc::tensor_factory_failed,
+                    "the tensor factory returned " + std::to_string(got) + " bytes for '" + d.name +
+                        "', which needs " + std::to_string(d.bytes) + " (" +
+                        std::string(name(d.dtype)) + " " + d.local.to_string() + ")",
+                    ctx);
+    if (d.bytes != 0 && tensor_factory<T>::data(t) == nullptr)
+        throw error(errc::tensor_factory_failed,
+                    "the tensor factory returned no memory for '" + d.name + "'", ctx);
+    return t;
+}
+
+// A created parameter: its init values in f32, converted to the tensor's dtype.
+inline void initialise(const plan_destination& d, std::byte* out) {
+    const auto elems = static_cast<std::size_t>(*d.local.element_count());
+    std::vector<float> values(elems);
+    fill<float>(d.init, d.init_map, values);
+    const converter c =
+        d.dtype == dtype::f32 ? converter(dtype::f32) : find_converter(dtype::f32, d.dtype);
+    c(reinterpret_cast<const std::byte*>(values.data()), out, elems);
+}
+}  // namespace detail
+
+// Runs a plan: allocates the destinations with tensor_factory<T>, reads with `engine`,
+// initialises created parameters. The plan's checkpoint must still be open (its mappings).
+template <class T, class Engine>
+[[nodiscard]] loaded_model<T> load_tensors(const load_plan& plan, Engine& engine,
+                                           load_report* report = nullptr) {
+    static_assert(check_tensor_factory<T>());
+    static_assert(copy_engine<Engine>, "Engine must model safeshard::copy_engine");
+    loaded_model<T> out;
+    load_report& r = report ? *report : out.report;
+    plan.fill_report(r);
+
+    auto t0 = std::chrono::steady_clock::now();
+    const auto dests = plan.destinations();
+    out.tensors_.reserve(dests.size());
+    std::vector<std::size_t> slot(dests.size());
+    std::vector<std::byte*> addresses(dests.size(), nullptr);
+    std::vector<std::uint64_t> sizes(dests.size(), 0);
+    for (std::size_t i = 0; i < dests.size(); ++i) {
+        const plan_destination& d = dests[i];
+        if (d.tied()) continue;
+        if (d.device.kind != device_kind::host && std::is_same_v<Engine, host_engine>)
+            throw error(errc::invalid_argument,
+                        "parameter '" + d.name + "' is planned for a " +
+                            std::string(to_string(d.device.kind)) +
+                            " device; the host engine fills host memory only",
+                        error_context{.file = {}, .tensor = d.name});
+        out.tensors_.push_back(detail::allocate_one<T>(d));
+        slot[i] = out.tensors_.size() - 1;
+        addresses[i] = tensor_factory<T>::data(out.tensors_.back());
+        sizes[i] = d.bytes;
+    }
+    for (std::size_t i = 0; i < dests.size(); ++i) {
+        const std::size_t s = dests[i].tied() ? slot[*dests[i].tied_to] : slot[i];
+        out.names_.push_back(dests[i].name);
+        out.index_.emplace(dests[i].name, s);
+    }
+    r.allocate_seconds = detail::seconds_since(t0);
+
+    t0 = std::chrono::steady_clock::now();
+    std::vector<file_reader> readers;
+    readers.reserve(plan.files().size());
+    for (const auto& p : plan.files()) readers.emplace_back(p);
+    std::vector<read_source> sources(readers.size());
+    for (std::size_t i = 0; i < readers.size(); ++i)
+        sources[i] = read_source{&readers[i], plan.mappings()[i]};
+    const engine_stats before = engine.stats();
+    engine.bind(copy_targets{sources, addresses, sizes});
+    engine.submit(plan.ops());
+    engine.wait();
+    const engine_stats after = engine.stats();
+    r.bytes_read = after.bytes_read - before.bytes_read;
+    r.bytes_written = after.bytes_written - before.bytes_written;
+    r.copy_seconds = detail::seconds_since(t0);
+
+    t0 = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < dests.size(); ++i)
+        if (dests[i].created()) {
+            detail::initialise(dests[i], addresses[i]);
+            r.bytes_written += dests[i].bytes;
+        }
+    r.init_seconds = detail::seconds_since(t0);
+    if (report) out.report = r;
+    return out;
+}
+
+// The common case: the architecture found by config.json's model_type.
+template <class T = host_tensor>
+[[nodiscard]] loaded_model<T> load(std::string_view path_or_repo, const load_options& o = {}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
+    const load_plan plan = load_plan::build(ckpt, {o.rank, o.world}, o.plan);
+    const double plan_s = detail::seconds_since(t0);
+    host_engine engine(o.engine);
+    if (o.progress) engine.set_progress(o.progress);
+    load_report r;
+    loaded_model<T> m = load_tensors<T>(plan, engine, &r);
+    m.report.plan_seconds = plan_s;
+    return m;
+}
+
+// With the user's own schema.
+template <class T = host_tensor>
+[[nodiscard]] loaded_model<T> load(std::string_view path_or_repo, const schema& s,
+                                   const load_options& o = {}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
+    const load_plan plan = load_plan::build(ckpt, s, {o.rank, o.world}, o.plan);
+    const double plan_s = detail::seconds_since(t0);
+    host_engine engine(o.engine);
+    if (o.progress) engine.set_progress(o.progress);
+    load_report r;
+    loaded_model<T> m = load_tensors<T>(plan, engine, &r);
+    m.report.plan_seconds = plan_s;
+    return m;
+}
+
+}  // namespace safeshard

@@ -1,0 +1,451 @@
+// load_plan: where format/ (a checkpoint) and shard/ (a schema) meet. The "empty weights"
+// view of a rank's model: destinations and copy_ops, decided before a byte is read; building
+// one reads headers only and allocates no tensor.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "safeshard/core/checked.hpp"
+#include "safeshard/core/dtype.hpp"
+#include "safeshard/core/error.hpp"
+#include "safeshard/core/model_config.hpp"
+#include "safeshard/core/shape.hpp"
+#include "safeshard/format/checkpoint.hpp"
+#include "safeshard/load/convert.hpp"
+#include "safeshard/load/copy_op.hpp"
+#include "safeshard/load/report.hpp"
+#include "safeshard/load/tensor_factory.hpp"
+#include "safeshard/shard/architectures/registry.hpp"
+#include "safeshard/shard/parameter.hpp"
+#include "safeshard/shard/schema.hpp"
+#include "safeshard/shard/slice.hpp"
+
+namespace safeshard {
+
+// Which rank of how many this process loads.
+struct parallel_context {
+    std::uint32_t rank = 0;
+    std::uint32_t world = 1;
+};
+
+struct plan_options {
+    // The target dtype: by default each tensor keeps its checkpoint dtype.
+    dtype_policy dtype = dtype_policy::keep();
+    // Per parameter (schema names; '*' globs allowed), before the schema's own override and
+    // the policy; the first matching entry wins.
+    std::vector<std::pair<std::string, safeshard::dtype>> dtype_per_parameter{};
+    safeshard::device device{};
+    // Unexpected checkpoint names are an error (strict) or only reported.
+    bool strict = true;
+    // A quantized checkpoint (scale tensors present) is refused unless raw tensors are asked for.
+    bool allow_quantized = false;
+    // The schema built from config.json (when no schema is given), and its architecture:
+    // empty = config.json's model_type.
+    schema_options schema{};
+    std::string architecture{};
+    // Global shapes of created (initialised) parameters; otherwise the checkpoint's tensor
+    // of the same name gives the shape (without being read).
+    std::vector<std::pair<std::string, shape>> created_shapes{};
+};
+
+// One tensor of the rank's model.
+struct plan_destination {
+    std::string name;
+    safeshard::dtype dtype = safeshard::dtype::u8;
+    safeshard::dtype source_dtype = safeshard::dtype::u8;
+    shape local{};
+    shape global{};  // the sources concatenated along the split dim, unpadded
+    std::uint64_t bytes = 0;
+    safeshard::device device{};
+    safeshard::layout layout{};
+    std::vector<std::string> sources{};
+    std::optional<std::uint32_t> tied_to{};  // aliases that destination; no bytes of its own
+    init_spec init{};                        // kind != none: created by `init_map`, not read
+    slice_map init_map{};
+
+    [[nodiscard]] bool tied() const noexcept { return tied_to.has_value(); }
+    [[nodiscard]] bool created() const noexcept { return init.kind != init_kind::none; }
+};
+
+struct device_bytes {
+    safeshard::device device{};
+    std::uint64_t bytes = 0;
+};
+
+namespace detail {
+inline bool is_quantization_scale(std::string_view n) noexcept {
+    return n.ends_with(".weight_scale") || n.ends_with(".weight_scale_inv") || n.ends_with(".SCB");
+}
+
+inline std::string name_list(const std::vector<std::string>& v, std::size_t max = 20) {
+    std::string s;
+    for (std::size_t i = 0; i < v.size() && i < max; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > max) s += ", ... (" + std::to_string(v.size() - max) + " more)";
+    return s;
+}
+
+// The shape config.json implies for the decoder parameters every built-in architecture has;
+// nullopt where it says nothing (or for fused and sharded-on-load names).
+inline std::optional<shape> config_shape(std::string_view name, const model_config& c) {
+    const std::uint64_t h = c.hidden_size, v = c.vocab_size, i = c.intermediate_size;
+    if (h == 0) return std::nullopt;
+    if ((name == "model.embed_tokens.weight" || name == "lm_head.weight") && v) return shape{v, h};
+    if (name == "model.norm.weight" || name.ends_with("input_layernorm.weight") ||
+        name.ends_with("post_attention_layernorm.weight"))
+        return shape{h};
+    if (i && (name.ends_with("mlp.gate_proj.weight") || name.ends_with("mlp.up_proj.weight")))
+        return shape{i, h};
+    if (i && name.ends_with("mlp.down_proj.weight")) return shape{h, i};
+    return std::nullopt;
+}
+}  // namespace detail
+
+class load_plan {
+public:
+    // The architecture named by options.architecture or config.json's model_type.
+    [[nodiscard]] static load_plan build(const checkpoint& ckpt, parallel_context ctx,
+                                         const plan_options& o = {}) {
+        const auto cfg = ckpt.load_config();
+        if (!cfg)
+            throw error(errc::invalid_config,
+                        "no config.json beside the checkpoint: name an architecture's schema, "
+                        "or load with schema::replicate_all()",
+                        error_context{.file = ckpt.root().string()});
+        model_config c = cfg->config();
+        if (!o.architecture.empty()) c.model_type = o.architecture;
+        const schema s = make_schema(c, o.schema);
+        return build(ckpt, s, ctx, o, &c);
+    }
+
+    // A given schema; `config` (optional) adds config.json's shape checks.
+    [[nodiscard]] static load_plan build(const checkpoint& ckpt, const schema& s,
+                                         parallel_context ctx, const plan_options& o = {},
+                                         const model_config* config = nullptr) {
+        if (ctx.world == 0 || ctx.rank >= ctx.world)
+            throw error(errc::invalid_argument, "rank " + std::to_string(ctx.rank) + " of world " +
+                                                    std::to_string(ctx.world) +
+                                                    ": the rank must be below the world size");
+        load_plan p;
+        p.ctx_ = ctx;
+        p.device_ = o.device;
+        for (const auto& f : ckpt.files()) {
+            p.files_.push_back(f.path);
+            p.mappings_.push_back(f.view.bytes());
+        }
+        const checkpoint_file* first_file = ckpt.files().data();
+
+        // A quantized checkpoint is refused before anything else is decided.
+        std::vector<std::string> scales;
+        for (const auto& f : ckpt.files())
+            for (const tensor_view t : f.view)
+                if (detail::is_quantization_scale(t.name())) scales.emplace_back(t.name());
+        if (!scales.empty() && !o.allow_quantized)
+            throw error(
+                errc::quantized_checkpoint,
+                "the checkpoint is quantized (scale tensors: " + detail::name_list(scales, 5) +
+                    "); load the raw tensors explicitly (allow_quantized, "
+                    "--allow-quantized) or dequantize it first",
+                error_context{.file = ckpt.root().string(), .tensor = scales.front()});
+
+        std::unordered_map<std::string_view, std::uint32_t> index;
+        std::vector<const parameter_meta*> tied;
+        std::vector<std::string> missing;
+        // Parameters the fallback (replicate_all) creates own their meta here.
+        std::vector<parameter_meta> fallback_params;
+
+        auto target_dtype = [&](const std::string& name, const std::optional<dtype>& meta_override,
+                                dtype source) {
+            for (const auto& [pattern, t] : o.dtype_per_parameter)
+                if (glob_match(pattern, name)) return t;
+            if (meta_override) return *meta_override;
+            return o.dtype.resolve(source, o.device.kind == device_kind::cuda);
+        };
+
+        auto add_loaded = [&](const parameter_meta& m) {
+            std::vector<located_tensor> located;
+            bool absent = false;
+            for (const auto& src : m.sources) {
+                if (auto t = ckpt.find(src))
+                    located.push_back(*t);
+                else {
+                    missing.push_back(src);
+                    absent = true;
+                }
+            }
+            if (absent) return;
+            const error_context ctx_m{.file = {}, .tensor = m.name};
+            const dtype src_dtype = located.front().tensor.dtype();
+            std::vector<shape> shapes;
+            for (const auto& l : located) {
+                if (l.tensor.dtype() != src_dtype)
+                    throw error(errc::invalid_argument,
+                                "parameter '" + m.name + "': its sources have different dtypes (" +
+                                    std::string(name(src_dtype)) + " and " +
+                                    std::string(name(l.tensor.dtype())) + ")",
+                                ctx_m);
+                shapes.push_back(l.tensor.shape());
+            }
+            if (config && shapes.size() == 1)
+                if (auto want = detail::config_shape(m.name, *config); want && *want != shapes[0])
+                    throw error(errc::shape_mismatch,
+                                "parameter '" + m.name + "': the checkpoint holds " +
+                                    shapes[0].to_string() + " but config.json implies " +
+                                    want->to_string(),
+                                ctx_m);
+            const slice_result r = slice_parameter(m, shapes, ctx.world, ctx.rank);
+            plan_destination d;
+            d.name = m.name;
+            d.source_dtype = src_dtype;
+            d.dtype = target_dtype(m.name, m.dtype_override, src_dtype);
+            if (!can_convert(src_dtype, d.dtype))
+                throw error(errc::unsupported_conversion,
+                            "parameter '" + m.name +
+                                "': " + detail::unsupported_conversion_message(src_dtype, d.dtype),
+                            ctx_m);
+            d.local = r.local;
+            d.global = r.global;
+            d.layout = m.layout;
+            d.sources = m.sources;
+            d.device = o.device;
+            d.bytes = p.tensor_bytes(d.dtype, d.local, m.name);
+            const auto di = static_cast<std::uint32_t>(p.destinations_.size());
+            const std::uint64_t sbits = bit_size(src_dtype), dbits = bit_size(d.dtype);
+            for (const copy_box& b : r.map) {
+                copy_op op;
+                op.kind = copy_kind::copy;
+                const located_tensor& l = located[b.source];
+                op.file = static_cast<std::uint32_t>(l.file - first_file);
+                op.file_offset = l.tensor.file_begin();
+                op.src_dtype = src_dtype;
+                op.dst_dtype = d.dtype;
+                op.destination = di;
+                if (!to_bytes(b, sbits, dbits, op.box))
+                    throw error(errc::invalid_layout,
+                                "parameter '" + m.name + "': the slice " + to_string(b) +
+                                    " does not fall on byte boundaries for " +
+                                    std::string(name(src_dtype)),
+                                ctx_m);
+                p.ops_.push_back(op);
+            }
+            for (std::size_t z = 0; z < r.map.zero_count(); ++z) {
+                const zero_box& zb = r.map.zero(z);
+                copy_op op;
+                op.kind = copy_kind::zero;
+                op.src_dtype = op.dst_dtype = d.dtype;
+                op.destination = di;
+                const copy_box as_box{
+                    0, 0, zb.rows, zb.row_elems, zb.row_elems, zb.dst_offset, zb.dst_row_stride};
+                if (!to_bytes(as_box, dbits, dbits, op.box))
+                    throw error(errc::invalid_layout,
+                                "parameter '" + m.name + "': its padding does not fall on bytes",
+                                ctx_m);
+                p.ops_.push_back(op);
+            }
+            index.emplace(m.name, di);
+            p.destinations_.push_back(std::move(d));
+        };
+
+        auto add_created = [&](const parameter_meta& m) {
+            const error_context ctx_m{.file = {}, .tensor = m.name};
+            std::optional<shape> global;
+            for (const auto& [n, sh] : o.created_shapes)
+                if (n == m.name) global = sh;
+            if (!global)
+                if (auto t = ckpt.find(s.names().to_checkpoint(m.name))) global = t->tensor.shape();
+            if (!global)
+                throw error(errc::invalid_argument,
+                            "parameter '" + m.name + "' is created (init " +
+                                std::string(to_string(m.init.kind)) +
+                                ") but has no shape: give it in plan_options::created_shapes",
+                            ctx_m);
+            const slice_result r = slice_or_throw(m.name, m.layout, *global, ctx.world, ctx.rank);
+            plan_destination d;
+            d.name = m.name;
+            d.source_dtype = dtype::f32;  // init values are computed in f32
+            d.dtype = target_dtype(
+                m.name, m.dtype_override,
+                config && config->checkpoint_dtype ? *config->checkpoint_dtype : dtype::f32);
+            if (!can_convert(dtype::f32, d.dtype))
+                throw error(errc::unsupported_conversion,
+                            "parameter '" + m.name + "' (initialised in F32): " +
+                                detail::unsupported_conversion_message(dtype::f32, d.dtype),
+                            ctx_m);
+            d.local = r.local;
+            d.global = r.global;
+            d.layout = m.layout;
+            d.device = o.device;
+            d.init = m.init;
+            d.init_map = r.map;
+            d.bytes = p.tensor_bytes(d.dtype, d.local, m.name);
+            index.emplace(m.name, static_cast<std::uint32_t>(p.destinations_.size()));
+            p.destinations_.push_back(std::move(d));
+            p.initialised_.push_back(m.name);
+        };
+
+        for (const parameter_meta& m : s.parameters()) {
+            if (m.tied())
+                tied.push_back(&m);
+            else if (m.created())
+                add_created(m);
+            else
+                add_loaded(m);
+        }
+
+        // Checkpoint names no parameter reads: ignored, a fallback parameter, or unexpected.
+        for (const auto& f : ckpt.files())
+            for (const tensor_view t : f.view) {
+                const std::string_view n = t.name();
+                if (s.find_by_source(n)) continue;
+                const auto as_schema = s.names().from_checkpoint(n);
+                if (!as_schema) {
+                    p.ignored_.push_back({std::string(n), "outside the name map's prefix"});
+                } else if (const auto* cm = s.find(*as_schema); cm && cm->created()) {
+                    p.ignored_.push_back({std::string(n), "initialised, not read"});
+                } else if (auto why = s.ignored(n)) {
+                    p.ignored_.push_back({std::string(n), std::string(*why)});
+                } else if (detail::is_quantization_scale(n)) {
+                    p.ignored_.push_back({std::string(n), "a quantization scale (raw load)"});
+                } else if (s.fallback()) {
+                    parameter_meta fm;
+                    fm.name = *as_schema;
+                    fm.layout = *s.fallback();
+                    fm.sources = {std::string(n)};
+                    fallback_params.push_back(std::move(fm));
+                } else {
+                    p.unexpected_.emplace_back(n);
+                }
+            }
+        for (const auto& fm : fallback_params) add_loaded(fm);
+
+        for (const parameter_meta* m : tied) {
+            const auto it = index.find(m->tied_to);
+            if (it == index.end())  // its target is missing (reported below) or not in the schema
+                continue;
+            plan_destination d = p.destinations_[it->second];
+            d.name = m->name;
+            d.tied_to = it->second;
+            d.sources.clear();
+            d.init = {};
+            p.destinations_.push_back(std::move(d));
+        }
+
+        std::sort(missing.begin(), missing.end());
+        if (!missing.empty())
+            throw error(errc::missing_tensor,
+                        std::to_string(missing.size()) +
+                            " tensor(s) the schema expects are not in the checkpoint: " +
+                            detail::name_list(missing),
+                        error_context{.file = ckpt.root().string(), .tensor = missing.front()});
+        std::sort(p.unexpected_.begin(), p.unexpected_.end());
+        if (!p.unexpected_.empty() && o.strict)
+            throw error(
+                errc::unexpected_tensor,
+                std::to_string(p.unexpected_.size()) +
+                    " checkpoint tensor(s) no parameter of the schema reads: " +
+                    detail::name_list(p.unexpected_) +
+                    " (a lenient plan, --lenient, reports them instead)",
+                error_context{.file = ckpt.root().string(), .tensor = p.unexpected_.front()});
+        for (const auto& n : s.notes()) p.notes_.push_back(n);
+
+        std::stable_sort(p.ops_.begin(), p.ops_.end(), [](const copy_op& a, const copy_op& b) {
+            if (a.file != b.file) return a.file < b.file;  // zero ops (no_file) last
+            return a.file_begin() < b.file_begin();
+        });
+        return p;
+    }
+
+    [[nodiscard]] parallel_context context() const noexcept { return ctx_; }
+    [[nodiscard]] std::span<const plan_destination> destinations() const noexcept {
+        return destinations_;
+    }
+    // Sorted by (file, file offset); zero fills last.
+    [[nodiscard]] std::span<const copy_op> ops() const noexcept { return ops_; }
+    // The checkpoint's files, by the ops' file index.
+    [[nodiscard]] std::span<const std::filesystem::path> files() const noexcept { return files_; }
+    // Their mappings, borrowed from the checkpoint (valid while it lives).
+    [[nodiscard]] std::span<const std::span<const std::byte>> mappings() const noexcept {
+        return mappings_;
+    }
+    [[nodiscard]] const plan_destination* find(std::string_view name) const noexcept {
+        for (const auto& d : destinations_)
+            if (d.name == name) return &d;
+        return nullptr;
+    }
+
+    // Bytes the rank's tensors take on each device (tied aliases count once).
+    [[nodiscard]] std::vector<device_bytes> bytes_per_device() const {
+        std::vector<device_bytes> out;
+        for (const auto& d : destinations_) {
+            if (d.tied()) continue;
+            auto it = std::find_if(out.begin(), out.end(),
+                                   [&](const device_bytes& b) { return b.device == d.device; });
+            if (it == out.end()) {
+                out.push_back({d.device, 0});
+                it = out.end() - 1;
+            }
+            it->bytes += d.bytes;
+        }
+        return out;
+    }
+    [[nodiscard]] std::uint64_t total_bytes() const {
+        std::uint64_t n = 0;
+        for (const auto& b : bytes_per_device()) n += b.bytes;
+        return n;
+    }
+    // What the ops read from the files.
+    [[nodiscard]] std::uint64_t bytes_to_read() const noexcept {
+        std::uint64_t n = 0;
+        for (const auto& op : ops_) n += op.bytes_read();
+        return n;
+    }
+
+    [[nodiscard]] std::span<const std::string> unexpected() const noexcept { return unexpected_; }
+    [[nodiscard]] std::span<const std::string> initialised() const noexcept { return initialised_; }
+    [[nodiscard]] std::span<const ignored_tensor> ignored() const noexcept { return ignored_; }
+    [[nodiscard]] std::span<const std::string> notes() const noexcept { return notes_; }
+
+    // The names of the report (bytes and seconds are the engine's and the loader's).
+    void fill_report(load_report& r) const {
+        r.unexpected.assign(unexpected_.begin(), unexpected_.end());
+        r.initialised.assign(initialised_.begin(), initialised_.end());
+        r.ignored.assign(ignored_.begin(), ignored_.end());
+        r.notes.assign(notes_.begin(), notes_.end());
+        r.rank_bytes = total_bytes();
+    }
+
+private:
+    load_plan() = default;
+
+    std::uint64_t tensor_bytes(dtype t, const shape& s, const std::string& n) const {
+        const auto elems = s.element_count();
+        std::uint64_t bits = 0;
+        if (!elems || mul_overflows(*elems, std::uint64_t{bit_size(t)}, bits))
+            throw error(errc::validation_overflow,
+                        "parameter '" + n + "': " + s.to_string() + " overflows",
+                        error_context{.file = {}, .tensor = n});
+        return (bits + 7) / 8;
+    }
+
+    parallel_context ctx_{};
+    safeshard::device device_{};
+    std::vector<plan_destination> destinations_{};
+    std::vector<copy_op> ops_{};
+    std::vector<std::filesystem::path> files_{};
+    std::vector<std::span<const std::byte>> mappings_{};
+    std::vector<std::string> unexpected_{};
+    std::vector<std::string> initialised_{};
+    std::vector<ignored_tensor> ignored_{};
+    std::vector<std::string> notes_{};
+};
+
+}  // namespace safeshard

@@ -1,0 +1,126 @@
+// safeshard plan: each parameter's layout, global shape, and every rank's local shape and
+// bytes, from the headers and config.json alone (no tensor data read, nothing allocated).
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "commands.hpp"
+#include "safeshard/load/plan.hpp"
+
+namespace safeshard::cli {
+
+namespace {
+
+void shape_json(output& out, const shape& s) {
+    out.write("[");
+    for (std::size_t i = 0; i < s.rank(); ++i) out.print("{}{}", i ? "," : "", s[i]);
+    out.write("]");
+}
+
+}  // namespace
+
+int run_plan(const plan_args& a, output& out) {
+    if (a.world == 0) throw error(errc::invalid_argument, "--tp must be at least 1");
+    if (a.rank && *a.rank >= a.world)
+        throw error(errc::invalid_argument,
+                    fmt::format("--rank {} is not below --tp {}", *a.rank, a.world));
+    plan_options o;
+    o.strict = !a.ckpt.lenient;
+    o.allow_quantized = a.allow_quantized;
+    o.architecture = a.arch;
+    if (!a.kv_convention.empty()) {
+        const auto kv = parse_kv_convention(a.kv_convention);
+        if (!kv)
+            throw error(
+                errc::invalid_argument,
+                "--kv-convention must be contiguous or interleaved, not '" + a.kv_convention + "'");
+        o.schema.kv = *kv;
+    }
+    if (!a.dtype.empty()) {
+        const auto p = parse_dtype_policy(a.dtype);
+        if (!p)
+            throw error(errc::invalid_argument,
+                        "--dtype: '" + a.dtype +
+                            "' is neither a dtype (BF16, F32, ...), keep nor "
+                            "by-device");
+        o.dtype = *p;
+    }
+    const checkpoint ckpt = open_checkpoint(a.ckpt);
+
+    std::vector<std::uint32_t> ranks;
+    if (a.rank)
+        ranks.push_back(*a.rank);
+    else
+        for (std::uint32_t r = 0; r < a.world; ++r) ranks.push_back(r);
+    std::vector<load_plan> plans;
+    for (const auto r : ranks) {
+        check_interrupted();
+        plans.push_back(load_plan::build(ckpt, {r, a.world}, o));
+    }
+    const auto params = plans.front().destinations();
+    auto bytes_of = [](const plan_destination& d) { return d.tied() ? 0 : d.bytes; };
+
+    if (a.json) {
+        out.print("{{\"world\":{},\"parameters\":[", a.world);
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const plan_destination& d = params[i];
+            out.write(i ? ",{\"name\":" : "{\"name\":");
+            out.json_string(d.name);
+            out.write(",\"layout\":");
+            out.json_string(name(d.layout));
+            out.write(",\"global_shape\":");
+            shape_json(out, d.global);
+            out.write(",\"dtype\":");
+            out.json_string(safeshard::name(d.dtype));
+            out.write(",\"tied_to\":");
+            if (d.tied())
+                out.json_string(params[*d.tied_to].name);
+            else
+                out.write("null");
+            out.write(",\"ranks\":[");
+            for (std::size_t k = 0; k < plans.size(); ++k) {
+                const plan_destination& l = plans[k].destinations()[i];
+                out.print("{}{{\"rank\":{},\"shape\":", k ? "," : "", ranks[k]);
+                shape_json(out, l.local);
+                out.print(",\"nbytes\":{}}}", bytes_of(l));
+            }
+            out.write("]}");
+        }
+        out.write("],\"rank_bytes\":[");
+        for (std::size_t k = 0; k < plans.size(); ++k)
+            out.print("{}{}", k ? "," : "", plans[k].total_bytes());
+        out.write("]}\n");
+        out.flush();
+        return exit_ok;
+    }
+
+    out.print("{} parameters, tensor parallel over {} rank(s){}\n\n", params.size(), a.world,
+              a.rank ? fmt::format(", rank {} shown", *a.rank) : std::string());
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        const plan_destination& d = params[i];
+        out.print("{}  {}  {}  {}", d.name, name(d.layout), d.global.to_string(),
+                  safeshard::name(d.dtype));
+        if (d.tied()) out.print("  tied to {}", params[*d.tied_to].name);
+        if (d.created()) out.print("  initialised ({})", to_string(d.init.kind));
+        out.write("\n");
+        for (std::size_t k = 0; k < plans.size(); ++k) {
+            const plan_destination& l = plans[k].destinations()[i];
+            out.print("    rank {}: {}  {}\n", ranks[k], l.local.to_string(),
+                      human_bytes(bytes_of(l)));
+        }
+    }
+    out.write("\nbytes per rank:\n");
+    for (std::size_t k = 0; k < plans.size(); ++k)
+        out.print("  rank {}: {} ({} bytes)\n", ranks[k], human_bytes(plans[k].total_bytes()),
+                  plans[k].total_bytes());
+    for (const auto& n : plans.front().unexpected()) out.print("unexpected (not loaded): {}\n", n);
+    for (const auto& ig : plans.front().ignored())
+        out.print("ignored: {} ({})\n", ig.name, ig.note);
+    out.flush();
+    return exit_ok;
+}
+
+}  // namespace safeshard::cli
