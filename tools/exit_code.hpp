@@ -6,11 +6,11 @@
 namespace safeshard::cli {
 
 enum exit_code : int {
-    exit_ok = 0,           // success
-    exit_invalid_input = 1,// the input is wrong (bad file, index, config, missing shard...)
-    exit_usage = 2,        // bad command line
-    exit_system = 3,       // the system failed an operation (permission, ENOSPC, EIO...)
-    exit_interrupted = 130 // SIGINT
+    exit_ok = 0,             // success
+    exit_invalid_input = 1,  // the input is wrong (bad file, index, config, missing shard...)
+    exit_usage = 2,          // bad command line
+    exit_system = 3,         // the system failed an operation (permission, ENOSPC, EIO...)
+    exit_interrupted = 130   // SIGINT
 };
 
 [[nodiscard]] constexpr int exit_code_for(errc e) noexcept {

@@ -74,8 +74,9 @@ void print_table(const checkpoint& c, output& out) {
     std::size_t w_name = 4, w_dtype = 5, w_shape = 5, w_file = 4;
     for (const auto& f : c.files()) {
         for (const tensor_view t : f.view) {
-            row r{printable(t.name()), std::string(name(t.dtype())), t.shape().to_string(),
-                  printable(f.name), t.file_begin(), t.byte_size()};
+            row r{printable(t.name()),   std::string(name(t.dtype())),
+                  t.shape().to_string(), printable(f.name),
+                  t.file_begin(),        t.byte_size()};
             w_name = std::max(w_name, r.name.size());
             w_dtype = std::max(w_dtype, r.dtype.size());
             w_shape = std::max(w_shape, r.shape.size());

@@ -21,8 +21,9 @@ int run_verify(const verify_args& a, output& out) {
     }
     std::string index_note;
     if (const auto* ix = c.index()) {
-        index_note = fmt::format(", index {} entries{}", ix->size(),
-                                 ix->total_size() && !a.ckpt.lenient ? " (total_size matches)" : "");
+        index_note =
+            fmt::format(", index {} entries{}", ix->size(),
+                        ix->total_size() && !a.ckpt.lenient ? " (total_size matches)" : "");
     }
     out.write("ok\n");
     out.print("{} tensors in {} files, {} ({} bytes) [{}]{}{}{}\n", c.tensor_count(),

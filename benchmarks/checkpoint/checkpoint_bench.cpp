@@ -92,11 +92,13 @@ void write_file(const fs::path& p, const std::string& bytes) {
 }
 
 // A safetensors file of `names`, each an F8_E4M3 [4, 4] tensor (16 bytes).
-std::string shard_bytes(const std::vector<std::string>& names, std::size_t first, std::size_t last) {
+std::string shard_bytes(const std::vector<std::string>& names, std::size_t first,
+                        std::size_t last) {
     std::string header = "{\"__metadata__\":{\"format\":\"pt\"}";
     std::uint64_t off = 0;
     for (std::size_t i = first; i < last; ++i) {
-        header += ",\"" + names[i] + "\":{\"dtype\":\"F8_E4M3\",\"shape\":[4,4],\"data_offsets\":[" +
+        header += ",\"" + names[i] +
+                  "\":{\"dtype\":\"F8_E4M3\",\"shape\":[4,4],\"data_offsets\":[" +
                   std::to_string(off) + "," + std::to_string(off + 16) + "]}";
         off += 16;
     }
@@ -146,8 +148,8 @@ int main(int argc, char** argv) {
                 nl_map.median, nl_map.best, nl_map.median / ours.median, nl_map.best / ours.best);
 
     // A checkpoint: the same names over `shards` files, small tensors.
-    const fs::path dir = fs::temp_directory_path() /
-                         ("safeshard-bench-ckpt-" + std::to_string(::getpid()));
+    const fs::path dir =
+        fs::temp_directory_path() / ("safeshard-bench-ckpt-" + std::to_string(::getpid()));
     fs::remove_all(dir);
     fs::create_directories(dir);
     std::size_t first = 0;

@@ -3,10 +3,10 @@
 #include <benchmark/benchmark.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
 #include <cstdio>
 #include <filesystem>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "safeshard/format/safetensors.hpp"
@@ -22,11 +22,11 @@ constexpr std::size_t tensor_count = 10'000;
 // header dominates, as in a real file's open.
 const std::vector<std::byte>& checkpoint() {
     static const std::vector<std::byte> file = [] {
-        static const char* parts[] = {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                                      "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                                      "mlp.gate_proj.weight",    "mlp.up_proj.weight",
-                                      "mlp.down_proj.weight",    "input_layernorm.weight",
-                                      "post_attention_layernorm.weight", "self_attn.q_norm.weight"};
+        static const char* parts[] = {
+            "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+            "self_attn.o_proj.weight", "mlp.gate_proj.weight",    "mlp.up_proj.weight",
+            "mlp.down_proj.weight",    "input_layernorm.weight",  "post_attention_layernorm.weight",
+            "self_attn.q_norm.weight"};
         std::vector<std::string> names;
         for (std::size_t i = 0; i < tensor_count; ++i)
             names.push_back("model.layers." + std::to_string(i / 10) + "." + parts[i % 10]);

@@ -30,7 +30,7 @@ struct pair_case {
 };
 
 constexpr pair_case cases[] = {
-    {dtype::bf16, dtype::f32}, {dtype::f32, dtype::bf16}, {dtype::f16, dtype::f32},
+    {dtype::bf16, dtype::f32}, {dtype::f32, dtype::bf16},     {dtype::f16, dtype::f32},
     {dtype::f32, dtype::f16},  {dtype::f8_e4m3, dtype::bf16}, {dtype::f64, dtype::f32},
 };
 
@@ -39,7 +39,8 @@ std::size_t elements_for(pair_case c, std::size_t larger_buffer) {
 }
 
 std::string size_name(std::size_t bytes) {
-    return bytes >= (1u << 20) ? std::to_string(bytes >> 20) + "MiB" : std::to_string(bytes >> 10) + "KiB";
+    return bytes >= (1u << 20) ? std::to_string(bytes >> 20) + "MiB"
+                               : std::to_string(bytes >> 10) + "KiB";
 }
 
 // Source bytes that decode to ordinary weights (small normal numbers of both signs, a few zeros),
@@ -99,7 +100,8 @@ using copy_op = safeshard::detail::element_op<std::uint32_t, std::uint32_t, &ide
 void bm_copy_loop(benchmark::State& state, std::size_t bytes) {
     std::vector<std::byte> src(bytes, std::byte{3});
     std::vector<std::byte> dst(bytes, std::byte{1});
-    const auto kernel = safeshard::detail::pick_kernel<copy_op>(safeshard::detail::best_convert_isa());
+    const auto kernel =
+        safeshard::detail::pick_kernel<copy_op>(safeshard::detail::best_convert_isa());
     for (auto _ : state) {
         kernel(src.data(), dst.data(), bytes / 4);
         benchmark::DoNotOptimize(dst.data());
@@ -126,20 +128,23 @@ public:
             const bool median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
             if (r.run_type == Run::RT_Aggregate && !median) continue;
             auto& slot = times_[r.run_name.function_name];
-            if (median || !slot.median) slot = {r.GetAdjustedRealTime(), r.GetAdjustedCPUTime(), median};
+            if (median || !slot.median)
+                slot = {r.GetAdjustedRealTime(), r.GetAdjustedCPUTime(), median};
         }
     }
 
     void Finalize() override {
         ConsoleReporter::Finalize();
-        std::printf("\nconversion vs memcpy of the output bytes, ratio = memcpy time / conversion time\n"
-                    "(last column: the same by CPU time against a vectorised copy loop)\n");
-        std::printf("  %-40s %9s %9s %6s   %9s %9s %6s   %9s %6s\n", "", "wall ms", "memcpy", "ratio",
-                    "cpu ms", "memcpy", "ratio", "loop ms", "ratio");
+        std::printf(
+            "\nconversion vs memcpy of the output bytes, ratio = memcpy time / conversion time\n"
+            "(last column: the same by CPU time against a vectorised copy loop)\n");
+        std::printf("  %-40s %9s %9s %6s   %9s %9s %6s   %9s %6s\n", "", "wall ms", "memcpy",
+                    "ratio", "cpu ms", "memcpy", "ratio", "loop ms", "ratio");
         for (const std::size_t size : {big, hot})
             for (const auto& c : cases)
                 for (const char* isa : {"portable", "avx2"}) {
-                    const std::string name = "convert/" + pair_name(c) + "/" + size_name(size) + "/" + isa;
+                    const std::string name =
+                        "convert/" + pair_name(c) + "/" + size_name(size) + "/" + isa;
                     const auto conv = times_.find(name);
                     const std::size_t out = safeshard::byte_size(c.to) * elements_for(c, size);
                     const auto copy = times_.find(memcpy_name(out));
@@ -148,9 +153,9 @@ public:
                     const entry& a = conv->second;
                     const entry& b = copy->second;
                     const entry l = loop == times_.end() ? entry{} : loop->second;
-                    std::printf("  %-40s %9.3f %9.3f %6.2f   %9.3f %9.3f %6.2f   %9.3f %6.2f\n", name.c_str(),
-                                a.real, b.real, b.real / a.real, a.cpu, b.cpu, b.cpu / a.cpu, l.cpu,
-                                l.cpu / a.cpu);
+                    std::printf("  %-40s %9.3f %9.3f %6.2f   %9.3f %9.3f %6.2f   %9.3f %6.2f\n",
+                                name.c_str(), a.real, b.real, b.real / a.real, a.cpu, b.cpu,
+                                b.cpu / a.cpu, l.cpu, l.cpu / a.cpu);
                 }
     }
 
@@ -170,20 +175,26 @@ int main(int argc, char** argv) {
     for (const std::size_t size : {big, hot})
         for (const auto& c : cases) {
             const std::string base = "convert/" + pair_name(c) + "/" + size_name(size);
-            benchmark::RegisterBenchmark((base + "/portable").c_str(), bm_convert, c, convert_isa::portable, size)
-                ->Unit(benchmark::kMillisecond)->UseRealTime();
+            benchmark::RegisterBenchmark((base + "/portable").c_str(), bm_convert, c,
+                                         convert_isa::portable, size)
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
             if (safeshard::detail::cpu_has_avx2())
-                benchmark::RegisterBenchmark((base + "/avx2").c_str(), bm_convert, c, convert_isa::avx2, size)
-                    ->Unit(benchmark::kMillisecond)->UseRealTime();
+                benchmark::RegisterBenchmark((base + "/avx2").c_str(), bm_convert, c,
+                                             convert_isa::avx2, size)
+                    ->Unit(benchmark::kMillisecond)
+                    ->UseRealTime();
             const std::size_t out = safeshard::byte_size(c.to) * elements_for(c, size);
             if (std::find(copy_sizes.begin(), copy_sizes.end(), out) == copy_sizes.end())
                 copy_sizes.push_back(out);
         }
     for (const std::size_t bytes : copy_sizes) {
         benchmark::RegisterBenchmark(memcpy_name(bytes).c_str(), bm_memcpy, bytes)
-            ->Unit(benchmark::kMillisecond)->UseRealTime();
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
         benchmark::RegisterBenchmark(copy_loop_name(bytes).c_str(), bm_copy_loop, bytes)
-            ->Unit(benchmark::kMillisecond)->UseRealTime();
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
     }
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -58,7 +58,8 @@ void BM_schema_and_all_maps_405b_world8(benchmark::State& state) {
         maps = 0;
         shape shapes[max_sources];
         for (const auto& p : s.parameters()) {
-            for (std::size_t i = 0; i < p.sources.size(); ++i) shapes[i] = hf_shape(c, p.sources[i]);
+            for (std::size_t i = 0; i < p.sources.size(); ++i)
+                shapes[i] = hf_shape(c, p.sources[i]);
             for (std::uint32_t r = 0; r < 8; ++r) {
                 const slice_result res =
                     slice_parameter(p, std::span<const shape>(shapes, p.sources.size()), 8, r);

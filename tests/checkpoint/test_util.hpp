@@ -33,7 +33,9 @@ public:
     temp_dir(const temp_dir&) = delete;
     temp_dir& operator=(const temp_dir&) = delete;
     [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
-    [[nodiscard]] std::filesystem::path operator/(std::string_view rel) const { return path_ / rel; }
+    [[nodiscard]] std::filesystem::path operator/(std::string_view rel) const {
+        return path_ / rel;
+    }
 
 private:
     std::filesystem::path path_;
@@ -78,7 +80,8 @@ inline std::string make_safetensors(const std::vector<fake_tensor>& tensors,
     while (header.size() % 8 != 0) header += ' ';
     std::string out(8, '\0');
     std::uint64_t n = header.size();
-    for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+    for (int i = 0; i < 8; ++i)
+        out[static_cast<std::size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
     out += header;
     for (const auto& t : tensors) out.append(t.nbytes, t.fill);
     return out;

@@ -115,7 +115,8 @@ TEST_CASE("cli: inspect --json is the documented interface") {
 TEST_CASE("cli: JSON strings are escaped") {
     temp_dir d;
     const std::string odd = std::string("we\"ird\\name\x01\ttab\xc3\xa9");
-    write_file(d / "x.safetensors", make_safetensors({{"we\\\"ird\\\\name\\u0001\\ttab\xc3\xa9", "U8", {1}, 1, 0}}));
+    write_file(d / "x.safetensors",
+               make_safetensors({{"we\\\"ird\\\\name\\u0001\\ttab\xc3\xa9", "U8", {1}, 1, 0}}));
     const auto r = run(d, "inspect --json " + (d / "x.safetensors").string());
     REQUIRE(r.rc == 0);
     simdjson::dom::parser parser;
@@ -216,7 +217,8 @@ TEST_CASE("cli: usage errors exit 2, help 0") {
 TEST_CASE("cli: a failing write exits 3; a closed pipe exits 0 quietly") {
     temp_dir d;
     std::vector<fake_tensor> many;
-    for (int i = 0; i < 3000; ++i) many.push_back({"model.layers." + std::to_string(i) + ".weight", "F32", {1}, 4, 0});
+    for (int i = 0; i < 3000; ++i)
+        many.push_back({"model.layers." + std::to_string(i) + ".weight", "F32", {1}, 4, 0});
     write_file(d / "big.safetensors", make_safetensors(many));
     const std::string target = (d / "big.safetensors").string();
     const auto full = run(d, "inspect --json " + target + " >/dev/full; exit $? #");
@@ -238,7 +240,8 @@ TEST_CASE("cli: a repository id in the cache") {
     write_file(repo / "refs" / "main", commit + "\n");
     auto r = run(d, "verify org/tiny", "HF_HUB_CACHE='" + (d / "hub").string() + "'");
     CHECK(r.rc == 0);
-    r = run(d, "inspect --json org/tiny --cache-dir '" + (d / "hub").string() + "'", "HF_HUB_CACHE=/nonexistent");
+    r = run(d, "inspect --json org/tiny --cache-dir '" + (d / "hub").string() + "'",
+            "HF_HUB_CACHE=/nonexistent");
     CHECK(r.rc == 0);
     CHECK(has(r.out, "\"path\":\"model-00001-of-00002.safetensors\""));
     r = run(d, "verify org/tiny --revision v2 --cache-dir '" + (d / "hub").string() + "'");

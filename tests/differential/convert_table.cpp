@@ -16,7 +16,8 @@ namespace {
 
 safeshard::dtype dtype_arg(std::string_view s) {
     if (auto t = safeshard::parse_dtype(s)) return *t;
-    throw safeshard::error(safeshard::errc::invalid_dtype, "unknown dtype '" + std::string(s) + "'");
+    throw safeshard::error(safeshard::errc::invalid_dtype,
+                           "unknown dtype '" + std::string(s) + "'");
 }
 
 }  // namespace
@@ -46,12 +47,14 @@ int main(int argc, char** argv) {
         }
         std::ifstream in(argv[3], std::ios::binary);
         if (!in) throw system_error("open", errno, argv[3]);
-        const std::vector<char> src((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const std::vector<char> src((std::istreambuf_iterator<char>(in)),
+                                    std::istreambuf_iterator<char>());
         const std::size_t n = src.size() / byte_size(from);
         if (n * byte_size(from) != src.size())
             throw error(errc::invalid_argument, "input is not a whole number of elements");
         std::vector<char> dst(conv.dst_bytes(n));
-        conv(reinterpret_cast<const std::byte*>(src.data()), reinterpret_cast<std::byte*>(dst.data()), n);
+        conv(reinterpret_cast<const std::byte*>(src.data()),
+             reinterpret_cast<std::byte*>(dst.data()), n);
         std::ofstream out(argv[4], std::ios::binary);
         out.write(dst.data(), static_cast<std::streamsize>(dst.size()));
         if (!out.flush()) throw system_error("write", errno, argv[4]);

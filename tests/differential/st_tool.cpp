@@ -39,8 +39,8 @@ std::string json_string(std::string_view s) {
 int dump(const char* path) {
     try {
         const file_view v{std::filesystem::path(path)};
-        std::string out = "{\"ok\":true,\"header_size\":" + std::to_string(v.header_size()) +
-                          ",\"metadata\":";
+        std::string out =
+            "{\"ok\":true,\"header_size\":" + std::to_string(v.header_size()) + ",\"metadata\":";
         if (v.has_metadata()) {
             out += '{';
             bool first = true;

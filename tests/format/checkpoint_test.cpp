@@ -138,8 +138,7 @@ TEST_CASE("checkpoint: nothing to open says what was looked for and found") {
     CHECK(code_of([&] { (void)checkpoint::open((d / "nope").string()); }, &what) ==
           errc::checkpoint_not_found);
     CHECK(code_of([&] { (void)checkpoint::open(""); }) == errc::checkpoint_not_found);
-    CHECK(code_of([&] { (void)checkpoint::open("not a/repo/id"); }) ==
-          errc::checkpoint_not_found);
+    CHECK(code_of([&] { (void)checkpoint::open("not a/repo/id"); }) == errc::checkpoint_not_found);
 }
 
 TEST_CASE("checkpoint: index against shards") {
@@ -155,7 +154,8 @@ TEST_CASE("checkpoint: index against shards") {
         write_sharded(d.path());
         fs::remove(d / "model-00002-of-00002.safetensors");
         CHECK(code_of([&] { (void)open(d.path()); }, &what) == errc::invalid_index);
-        CHECK(what.find("the index names shard 'model-00002-of-00002.safetensors', which is not there") !=
+        CHECK(what.find(
+                  "the index names shard 'model-00002-of-00002.safetensors', which is not there") !=
               std::string::npos);
     }
     SUBCASE("an unknown shard (a name no file has)") {
@@ -187,8 +187,10 @@ TEST_CASE("checkpoint: index against shards") {
             "b": "model-00001-of-00002.safetensors", "c": "model-00002-of-00002.safetensors",
             "d": "model-00002-of-00002.safetensors"}})");
         CHECK(code_of([&] { (void)open(d.path(), false); }, &what) == errc::invalid_index);
-        CHECK(what.find("puts tensor 'd' in 'model-00002-of-00002.safetensors', which does not hold it") !=
-              std::string::npos);
+        CHECK(
+            what.find(
+                "puts tensor 'd' in 'model-00002-of-00002.safetensors', which does not hold it") !=
+            std::string::npos);
         CHECK(what.find("tensor 'd'") != std::string::npos);
     }
     SUBCASE("a tensor the index places in the wrong shard") {

@@ -59,8 +59,8 @@ TEST_CASE("index: weight_map, shards sorted, lookups, metadata") {
 TEST_CASE("index: metadata optional, null or integral double") {
     auto a = safetensors_index::parse(R"({"weight_map": {"a": "x.safetensors"}})");
     CHECK_FALSE(a.total_size());
-    auto b = safetensors_index::parse(
-        R"({"metadata": null, "weight_map": {"a": "x.safetensors"}})");
+    auto b =
+        safetensors_index::parse(R"({"metadata": null, "weight_map": {"a": "x.safetensors"}})");
     CHECK_FALSE(b.total_size());
     auto c = safetensors_index::parse(
         R"({"metadata": {"total_size": 16.0}, "weight_map": {"a": "x.safetensors"}})");

@@ -1,6 +1,7 @@
 // Helpers shared by the format tests: files built byte by byte, temp folders.
 #pragma once
 
+#include <unistd.h>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -8,7 +9,6 @@
 #include <fstream>
 #include <string>
 #include <string_view>
-#include <unistd.h>
 #include <vector>
 
 namespace safeshard::test {

@@ -26,7 +26,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             for (const std::byte b : t.bytes()) sink = sink + static_cast<std::uint8_t>(b);
             if (safeshard::bit_size(t.dtype()) == 32) {
                 const auto e = t.as<std::uint32_t>();
-                for (std::size_t i = 0; i < e.size(); ++i) sink = sink + static_cast<std::uint8_t>(e[i]);
+                for (std::size_t i = 0; i < e.size(); ++i)
+                    sink = sink + static_cast<std::uint8_t>(e[i]);
             }
             expected_begin = t.file_end();
         }

@@ -24,7 +24,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const dtype t = all_dtypes[in.ConsumeIntegralInRange<std::size_t>(0, dtype_count - 1)];
         shape s;
         const std::size_t rank = in.ConsumeIntegralInRange<std::size_t>(0, 4);
-        for (std::size_t r = 0; r < rank; ++r) s.push_back(in.ConsumeIntegralInRange<std::uint64_t>(0, 6));
+        for (std::size_t r = 0; r < rank; ++r)
+            s.push_back(in.ConsumeIntegralInRange<std::uint64_t>(0, 6));
         if (is_sub_byte(t) && (*s.element_count() * bit_size(t)) % 8 != 0) s.push_back(0);
         names.push_back(in.ConsumeRandomLengthString(12));
         const std::size_t nbytes = static_cast<std::size_t>(*s.element_count() * bit_size(t) / 8);

@@ -32,7 +32,7 @@ static_assert(by_device_dtype(true) == dtype::bf16 && by_device_dtype(false) == 
 static_assert(parse_dtype_policy("by_device") == dtype_policy::by_device());
 static_assert(parse_dtype_policy("bf16") == dtype_policy::fixed(dtype::bf16));
 static_assert(!parse_dtype_policy("auto").has_value());
-static_assert(detail::elem::f16_to_f32(0x3c00) == 0x3f800000u);  // the kernels are constexpr
+static_assert(detail::elem::f16_to_f32(0x3c00) == 0x3f800000u);   // the kernels are constexpr
 static_assert(detail::elem::f32_to_bf16(0x3f808000u) == 0x3f80);  // tie to even: down
 
 namespace {
@@ -59,8 +59,9 @@ double decode_finite(std::uint64_t bits, float_format f) {
     const int e = static_cast<int>((bits >> f.man_bits) & ((1u << f.exp_bits) - 1));
     const bool neg = ((bits >> (f.man_bits + f.exp_bits)) & 1) != 0;
     const double m = static_cast<double>(man);
-    const double mag = e == 0 ? std::ldexp(m, f.emin() - f.man_bits)
-                              : std::ldexp(m + std::ldexp(1.0, f.man_bits), e - f.bias() - f.man_bits);
+    const double mag = e == 0
+                           ? std::ldexp(m, f.emin() - f.man_bits)
+                           : std::ldexp(m + std::ldexp(1.0, f.man_bits), e - f.bias() - f.man_bits);
     return neg ? -mag : mag;
 }
 
@@ -147,7 +148,8 @@ std::uint64_t reference(dtype from, dtype to, std::uint64_t x) {
         case dtype::bf16: {
             const bool neg = (x & 0x8000u) != 0;
             if (bf16_is_nan(x)) {
-                if (to == dtype::f32) return (neg ? 0x80000000u : 0u) | 0x7f800000u | (x & 0x7fu) << 16;
+                if (to == dtype::f32)
+                    return (neg ? 0x80000000u : 0u) | 0x7f800000u | (x & 0x7fu) << 16;
                 return qnan16(neg);
             }
             return encode_to(decode(x, fmt_bf16));
@@ -162,7 +164,8 @@ std::uint64_t reference(dtype from, dtype to, std::uint64_t x) {
                 }
                 if (to == dtype::bf16) return qnan_bf16(neg);
                 // f64: the C cast quiets and keeps the payload
-                return (neg ? 0x8000000000000000u : 0u) | 0x7ff8000000000000u | (x & 0x7fffffu) << 29;
+                return (neg ? 0x8000000000000000u : 0u) | 0x7ff8000000000000u |
+                       (x & 0x7fffffu) << 29;
             }
             return encode_to(decode(x, fmt_f32));
         }
@@ -178,7 +181,10 @@ std::uint64_t reference(dtype from, dtype to, std::uint64_t x) {
         case dtype::f8_e5m2: {
             const bool neg = (x & 0x80u) != 0;
             const bool nan = from == dtype::f8_e4m3 ? e4m3_is_nan(x) : e5m2_is_nan(x);
-            if (nan) return to == dtype::f16 ? qnan16(neg) : to == dtype::bf16 ? qnan_bf16(neg) : qnan32(neg);
+            if (nan)
+                return to == dtype::f16    ? qnan16(neg)
+                       : to == dtype::bf16 ? qnan_bf16(neg)
+                                           : qnan32(neg);
             return encode_to(from == dtype::f8_e4m3 ? decode_e4m3(static_cast<std::uint8_t>(x))
                                                     : decode(x, float_format{5, 2}));
         }
@@ -261,8 +267,15 @@ std::vector<std::uint64_t> f64_sample() {
     std::mt19937_64 rng(54321);
     const std::uint64_t m52 = (std::uint64_t{1} << 52) - 1;
     const std::uint64_t half = std::uint64_t{1} << 28;  // half an f32 unit for normal results
-    std::vector<std::uint64_t> mans = {0, 1, m52, half, half - 1, half + 1, half | half << 1,
-                                       (half - 1) | half << 1, std::uint64_t{1} << 51};
+    std::vector<std::uint64_t> mans = {0,
+                                       1,
+                                       m52,
+                                       half,
+                                       half - 1,
+                                       half + 1,
+                                       half | half << 1,
+                                       (half - 1) | half << 1,
+                                       std::uint64_t{1} << 51};
     for (std::uint64_t sign = 0; sign < 2; ++sign)
         for (std::uint64_t e = 0; e < 2048; ++e) {
             for (const std::uint64_t m : mans) v.push_back(sign << 63 | e << 52 | m);
@@ -272,7 +285,8 @@ std::vector<std::uint64_t> f64_sample() {
     for (std::uint64_t e = 1023 - 150; e <= 1023 - 120; ++e)
         for (int k = 0; k < 52; ++k) {
             const std::uint64_t b = std::uint64_t{1} << k;
-            for (const std::uint64_t m : {b, b - 1, b + 1, b | b << 1}) v.push_back(e << 52 | (m & m52));
+            for (const std::uint64_t m : {b, b - 1, b + 1, b | b << 1})
+                v.push_back(e << 52 | (m & m52));
         }
     for (int r = 0; r < 50000; ++r) v.push_back(rng());
     return v;
@@ -346,25 +360,25 @@ TEST_CASE("hand-checked values (from ml_dtypes / numpy)") {
     CHECK(f32_to_f16<np>(0x7f800001u) == 0x7c01);  // payload vanishes: stays a NaN
     CHECK(f32_to_f16<np>(0xffa00000u) == 0xfd00);  // signalling NaN stays signalling (numpy)
     CHECK(f32_to_f16<nan_rule::canonical>(0xffa00000u) == 0xfe00);
-    CHECK(f32_to_bf16(0x3f818000u) == 0x3f82);     // tie, odd kept bit: up
-    CHECK(f32_to_bf16(0x7f7fffffu) == 0x7f80);     // FLT_MAX rounds to Inf
-    CHECK(f32_to_bf16(0x00018000u) == 0x0002);     // subnormal tie: to even
+    CHECK(f32_to_bf16(0x3f818000u) == 0x3f82);  // tie, odd kept bit: up
+    CHECK(f32_to_bf16(0x7f7fffffu) == 0x7f80);  // FLT_MAX rounds to Inf
+    CHECK(f32_to_bf16(0x00018000u) == 0x0002);  // subnormal tie: to even
     CHECK(f32_to_bf16(0x7f800001u) == 0x7fc0);
     CHECK(f32_to_bf16(0xff800001u) == 0xffc0);
-    CHECK(f16_to_f32(0x7c01) == 0x7f802000u);      // payload kept, not quieted (numpy)
+    CHECK(f16_to_f32(0x7c01) == 0x7f802000u);  // payload kept, not quieted (numpy)
     CHECK(f16_to_f32(0x0001) == 0x33800000u);
     CHECK(f16_to_f32(0x8000) == 0x80000000u);
     CHECK(bf16_to_f16(0x7f81) == 0x7e00);
     CHECK(bf16_to_f16(0x7f80) == 0x7c00);
     CHECK(f16_to_bf16(0xfe01) == 0xffc0);
-    CHECK(f8_e4m3_to_f32(0x7e) == 0x43e00000u);    // 448
-    CHECK(f8_e4m3_to_f32(0x01) == 0x3b000000u);    // 2^-9
+    CHECK(f8_e4m3_to_f32(0x7e) == 0x43e00000u);  // 448
+    CHECK(f8_e4m3_to_f32(0x01) == 0x3b000000u);  // 2^-9
     CHECK(f8_e4m3_to_f32(0xff) == 0xffc00000u);
     CHECK(f8_e4m3_to_f16(0x7e) == 0x5f00);
-    CHECK(f8_e4m3_to_bf16(0x80) == 0x8000);        // -0
-    CHECK(f8_e5m2_to_f32(0x7c) == 0x7f800000u);    // Inf
+    CHECK(f8_e4m3_to_bf16(0x80) == 0x8000);      // -0
+    CHECK(f8_e5m2_to_f32(0x7c) == 0x7f800000u);  // Inf
     CHECK(f8_e5m2_to_f32(0xfd) == 0xffc00000u);
-    CHECK(f8_e5m2_to_f16(0x01) == 0x0100);         // 2^-16, an f16 subnormal
+    CHECK(f8_e5m2_to_f16(0x01) == 0x0100);  // 2^-16, an f16 subnormal
     CHECK(f8_e5m2_to_bf16(0xfc) == 0xff80);
 }
 
@@ -386,7 +400,8 @@ TEST_CASE("unaligned source and destination, every length class") {
                     for (auto& b : src) b = static_cast<std::byte>(rng());
                     std::vector<std::byte> want(n * ts);
                     for (std::size_t i = 0; i < n; ++i)
-                        store_bits(&want[i * ts], reference(from, to, load_bits(&src[i * fs], fs)), ts);
+                        store_bits(&want[i * ts], reference(from, to, load_bits(&src[i * fs], fs)),
+                                   ts);
                     for (std::size_t so = 0; so < 4; ++so)
                         for (std::size_t dof = 1; dof < 8; dof += 3) {
                             std::vector<std::byte> moved(n * fs + 8);
@@ -395,7 +410,8 @@ TEST_CASE("unaligned source and destination, every length class") {
                             conv(moved.data() + so, dst.data() + dof, n);
                             CHECK(std::memcmp(dst.data() + dof, want.data(), n * ts) == 0);
                             bool guards = true;
-                            for (std::size_t i = 0; i < dof; ++i) guards &= dst[i] == std::byte{0xab};
+                            for (std::size_t i = 0; i < dof; ++i)
+                                guards &= dst[i] == std::byte{0xab};
                             for (std::size_t i = dof + n * ts; i < dst.size(); ++i)
                                 guards &= dst[i] == std::byte{0xab};
                             CHECK(guards);
@@ -409,9 +425,10 @@ TEST_CASE("strided 2-D boxes convert row by row and leave the gaps alone") {
     std::mt19937_64 rng(11);
     const std::size_t rows = 5;
     const std::size_t row_elems = 37;
-    for (const auto& pair : {std::pair{dtype::bf16, dtype::f32}, std::pair{dtype::f32, dtype::f16},
-                             std::pair{dtype::f8_e4m3, dtype::bf16}, std::pair{dtype::f64, dtype::f32},
-                             std::pair{dtype::bf16, dtype::bf16}, std::pair{dtype::i32, dtype::i32}}) {
+    for (const auto& pair :
+         {std::pair{dtype::bf16, dtype::f32}, std::pair{dtype::f32, dtype::f16},
+          std::pair{dtype::f8_e4m3, dtype::bf16}, std::pair{dtype::f64, dtype::f32},
+          std::pair{dtype::bf16, dtype::bf16}, std::pair{dtype::i32, dtype::i32}}) {
         const dtype from = pair.first;  // not a structured binding: clang cannot capture those
         const dtype to = pair.second;
         CAPTURE(from);
@@ -433,7 +450,8 @@ TEST_CASE("strided 2-D boxes convert row by row and leave the gaps alone") {
                 conv(src.data() + 1 + r * ss, want.data(), row_elems);
                 CHECK(std::memcmp(dst.data() + 1 + r * ds, want.data(), want.size()) == 0);
                 bool gap = true;
-                for (std::size_t i = row_elems * ts; i < ds; ++i) gap &= dst[1 + r * ds + i] == std::byte{0xab};
+                for (std::size_t i = row_elems * ts; i < ds; ++i)
+                    gap &= dst[1 + r * ds + i] == std::byte{0xab};
                 CHECK(gap);
             }
             CHECK(dst.front() == std::byte{0xab});
@@ -488,8 +506,8 @@ TEST_CASE("every pair: can_convert agrees with find_converter; refusals name bot
                 FAIL_CHECK("no error for an unsupported pair");
             } catch (const error& e) {
                 CHECK(e.code() == errc::unsupported_conversion);
-                const std::string head =
-                    "cannot convert " + std::string(name(from)) + " to " + std::string(name(to)) + " (";
+                const std::string head = "cannot convert " + std::string(name(from)) + " to " +
+                                         std::string(name(to)) + " (";
                 CHECK(e.message().rfind(head, 0) == 0);
                 CHECK(std::string(e.what()).find(head) != std::string::npos);
             }
@@ -500,7 +518,8 @@ TEST_CASE("every pair: can_convert agrees with find_converter; refusals name bot
 
 TEST_CASE("find_converter picks the loops this CPU runs best") {
     const converter best = find_converter(dtype::bf16, dtype::f32);
-    const converter portable = detail::find_converter_for(dtype::bf16, dtype::f32, convert_isa::portable);
+    const converter portable =
+        detail::find_converter_for(dtype::bf16, dtype::f32, convert_isa::portable);
     if (detail::cpu_has_avx2()) {
         CHECK((best.kernel() != portable.kernel()));
         CHECK(best == detail::find_converter_for(dtype::bf16, dtype::f32, convert_isa::avx2));

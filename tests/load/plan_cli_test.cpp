@@ -111,7 +111,8 @@ TEST_CASE("safeshard plan: errors and exit codes" *
     auto t = make_tensors(m);
     write_checkpoint(dir.path(), m, t);
     const std::string d = dir.path().string();
-    auto r = run("plan " + d + " --tp 3");  // 8 heads (and 128 padded vocabulary rows) do not split over 3
+    auto r = run("plan " + d +
+                 " --tp 3");  // 8 heads (and 128 padded vocabulary rows) do not split over 3
     CHECK(r.code == 1);
     CHECK(r.out.find("parameter '") != std::string::npos);
     r = run("plan " + d + " --tp 2 --rank 2");

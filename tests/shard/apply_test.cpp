@@ -18,7 +18,8 @@ TEST_CASE("apply copies a rank's rows; apply_inverse puts them back") {
     apply(r.map, std::as_bytes(std::span(src)), std::as_writable_bytes(std::span(local)), 2);
     CHECK(local == std::vector<std::uint16_t>{3, 4, 7, 8, 11, 12, 15, 16, 19, 20, 23, 24});
     std::vector<std::uint16_t> back(24, 0);
-    apply_inverse(r.map, std::as_bytes(std::span(local)), std::as_writable_bytes(std::span(back)), 2);
+    apply_inverse(r.map, std::as_bytes(std::span(local)), std::as_writable_bytes(std::span(back)),
+                  2);
     CHECK(back[2] == 3);
     CHECK(back[0] == 0);  // rank 0's columns are not this rank's
 }
@@ -57,7 +58,8 @@ TEST_CASE("zero regions are filled with zeros") {
     apply(r.map, std::as_bytes(std::span(src)), std::as_writable_bytes(std::span(local)), 1);
     CHECK(local == std::vector<std::uint8_t>{7, 7, 0, 0, 0, 0, 0, 0});
     std::vector<std::uint8_t> back(10, 0);
-    apply_inverse(r.map, std::as_bytes(std::span(local)), std::as_writable_bytes(std::span(back)), 1);
+    apply_inverse(r.map, std::as_bytes(std::span(local)), std::as_writable_bytes(std::span(back)),
+                  1);
     CHECK(back == std::vector<std::uint8_t>{0, 0, 0, 0, 0, 0, 0, 0, 7, 7});
 }
 

@@ -162,7 +162,8 @@ TEST_CASE("gemma and gemma2 tie lm_head by default") {
     }
     CHECK(has(make_schema(config("gemma2")), "model.layers.0.pre_feedforward_layernorm.weight"));
     CHECK(has(make_schema(config("gemma2")), "model.layers.0.post_feedforward_layernorm.weight"));
-    CHECK_FALSE(has(make_schema(config("gemma")), "model.layers.0.pre_feedforward_layernorm.weight"));
+    CHECK_FALSE(
+        has(make_schema(config("gemma")), "model.layers.0.pre_feedforward_layernorm.weight"));
     // config.json may untie.
     CHECK_FALSE(make_schema(config("gemma", false)).at("lm_head.weight").tied());
 }
@@ -183,8 +184,8 @@ TEST_CASE("phi3 keeps its fused qkv_proj and gate_up_proj") {
     const auto& gu = s.at("model.layers.0.mlp.gate_up_proj.weight");
     const auto g = slice_parameter(gu, std::array{hf_shape(c, gu.name)}, 2, 1);
     REQUIRE(g.runs.size() == 2);
-    CHECK(g.runs[0] == segment{0, 48, 48});        // gate rows of rank 1
-    CHECK(g.runs[1] == segment{0, 96 + 48, 48});   // up rows of rank 1
+    CHECK(g.runs[0] == segment{0, 48, 48});       // gate rows of rank 1
+    CHECK(g.runs[1] == segment{0, 96 + 48, 48});  // up rows of rank 1
     (void)cut(s, c, 2);
     // World 3 does not divide the heads: the error names the parameter.
     try {

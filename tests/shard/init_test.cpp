@@ -59,8 +59,8 @@ TEST_CASE("normal values have the requested mean and standard deviation") {
 TEST_CASE("a rank's slice equals that slice of the world-1 tensor") {
     const init_spec spec = init_normal(0.0f, 0.02f, 7);
     const shape g{12, 10};
-    for (const layout& l : {split<0>::value, split<1>::value, replicated::value,
-                            make_strided_split(0, 2)}) {
+    for (const layout& l :
+         {split<0>::value, split<1>::value, replicated::value, make_strided_split(0, 2)}) {
         const auto whole = rank_values(spec, l, g, 1, 0);
         for (std::uint32_t world : {2u, 3u}) {
             for (std::uint32_t r = 0; r < world; ++r) {
@@ -91,9 +91,9 @@ TEST_CASE("zeros, ones, user functions; bad fills refused") {
     CHECK(d == std::vector<double>{1.0, 1.0});
 
     std::vector<float> small(1);
-    CHECK_THROWS_AS(fill(init_ones(), slice(split<0>::value, shape{4}, 2, 0).map,
-                         std::span<float>(small)),
-                    error);
+    CHECK_THROWS_AS(
+        fill(init_ones(), slice(split<0>::value, shape{4}, 2, 0).map, std::span<float>(small)),
+        error);
     CHECK_THROWS_AS(fill(init_user(nullptr), slice(split<0>::value, shape{4}, 2, 0).map,
                          std::span<float>(small)),
                     error);

@@ -55,8 +55,7 @@ TEST_CASE("tags build the same values as the run-time factories") {
     const std::uint64_t sizes[] = {8, 8};
     CHECK(fused<0, 8, 8>::value == make_fused(0, sizes, 2));
     CHECK_FALSE(fused<0, 8, 8>::value == fused<0>::value);
-    CHECK(gqa_qkv<kv_interleaved>::make(32, 8, 128) ==
-          make_gqa_qkv(kv_interleaved, 32, 8, 128));
+    CHECK(gqa_qkv<kv_interleaved>::make(32, 8, 128) == make_gqa_qkv(kv_interleaved, 32, 8, 128));
     CHECK(gqa_o<>::make(32, 8, 128).dim == 1);
     const std::uint64_t many[] = {1, 1, 1, 1, 1};
     CHECK(make_fused(0, many, 5).part_count == 0xff);

@@ -39,7 +39,8 @@ std::pair<std::vector<std::uint64_t>, std::vector<std::uint64_t>> naive_heads(co
         else
             for (std::uint64_t i = r * kv / w; i < (r + 1) * kv / w; ++i) k.push_back(i);
     } else {
-        const std::uint64_t m = l.kv_multiplier ? l.kv_multiplier : std::max<std::uint64_t>(1, w / kv);
+        const std::uint64_t m =
+            l.kv_multiplier ? l.kv_multiplier : std::max<std::uint64_t>(1, w / kv);
         const std::uint64_t kvr = kv * m / w, g = h / kv, gr = (h / w) / kvr;
         for (std::uint64_t j = 0; j < kvr; ++j) {
             const std::uint64_t p = r * kvr + j;
@@ -55,7 +56,8 @@ std::vector<dim_source> oracle(const layout& l, const std::vector<std::uint64_t>
     std::vector<dim_source> out;
     switch (l.kind) {
         case layout_kind::replicated:
-            for (std::uint64_t i = 0; i < ext[0]; ++i) out.emplace_back(std::pair{std::uint8_t{0}, i});
+            for (std::uint64_t i = 0; i < ext[0]; ++i)
+                out.emplace_back(std::pair{std::uint8_t{0}, i});
             break;
         case layout_kind::split:
             for (std::uint64_t i = 0; i < ext[0] / w; ++i)
@@ -119,13 +121,13 @@ std::vector<dim_source> oracle(const layout& l, const std::vector<std::uint64_t>
 }
 
 // How often each source element is copied over all ranks, by the layout's definition.
-std::uint64_t expected_cover(const layout& l, std::size_t src, std::uint64_t idx,
-                             std::uint64_t w) {
+std::uint64_t expected_cover(const layout& l, std::size_t src, std::uint64_t idx, std::uint64_t w) {
     switch (l.kind) {
         case layout_kind::replicated: return w;
         case layout_kind::gqa_qkv: {
-            const bool kv_rows = l.part == gqa_part::k || l.part == gqa_part::v ||
-                                 (l.part == gqa_part::qkv && (src > 0 || idx >= l.heads * l.head_dim));
+            const bool kv_rows =
+                l.part == gqa_part::k || l.part == gqa_part::v ||
+                (l.part == gqa_part::qkv && (src > 0 || idx >= l.heads * l.head_dim));
             if (!kv_rows) return 1;
             if (l.convention == kv_contiguous) return w >= l.kv_heads ? w / l.kv_heads : 1;
             return l.kv_multiplier ? l.kv_multiplier : std::max<std::uint64_t>(1, w / l.kv_heads);
@@ -215,9 +217,12 @@ case_t random_case(rng& g, layout_kind kind) {
                 const auto part = static_cast<gqa_part>(pick(g, 0, 3));
                 c.l = make_gqa_qkv(conv, h, kv, d, part, m);
                 dim = 0;
-                if (part == gqa_part::q) along = h * d;
-                else if (part != gqa_part::qkv) along = kv * d;
-                else if (pick(g, 0, 1)) along = (h + 2 * kv) * d;
+                if (part == gqa_part::q)
+                    along = h * d;
+                else if (part != gqa_part::qkv)
+                    along = kv * d;
+                else if (pick(g, 0, 1))
+                    along = (h + 2 * kv) * d;
                 else {
                     for (std::uint64_t e : {h * d, kv * d, kv * d}) {
                         dims[0] = e;
@@ -290,7 +295,8 @@ void check_case(const case_t& c, std::size_t es, rng& g) {
         std::uint64_t outer = 1, inner = 1;
         for (std::size_t j = 0; j < dim; ++j) outer *= res.local[j];
         for (std::size_t j = dim + 1; j < res.local.rank(); ++j) inner *= res.local[j];
-        if (c.l.kind == layout_kind::replicated) inner = local_n / (along.empty() ? 1 : along.size());
+        if (c.l.kind == layout_kind::replicated)
+            inner = local_n / (along.empty() ? 1 : along.size());
         for (std::uint64_t o = 0; o < outer; ++o)
             for (std::uint64_t i = 0; i < along.size(); ++i)
                 for (std::uint64_t x = 0; x < inner; ++x) {

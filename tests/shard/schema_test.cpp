@@ -17,9 +17,8 @@ constexpr auto tiny = make_static_schema(
                    .layout = fused<0>::value,
                    .sources = {"model.layers.{i}.mlp.gate_proj.weight",
                                "model.layers.{i}.mlp.up2_proj.weight"}},
-    parameter_spec{.name = "model.layers.{i}.extra.bias",
-                   .layout = replicated::value,
-                   .init = init_zeros()},
+    parameter_spec{
+        .name = "model.layers.{i}.extra.bias", .layout = replicated::value, .init = init_zeros()},
     parameter_spec{.name = "model.norm.weight",
                    .layout = replicated::value,
                    .role = parameter_role::final_norm},
@@ -78,7 +77,8 @@ TEST_CASE("expanding a static table: layers, sources, ties, init, ignore rules")
     CHECK(to_string(parameter_role::lm_head) == "lm_head");
     CHECK(s.at("model.layers.0.mlp.up_proj.weight").role == parameter_role::layer);
     CHECK(s.at("model.norm.weight").role == parameter_role::final_norm);
-    CHECK(to_string(head) == "lm_head.weight: padded_split<0,64> tied to model.embed_tokens.weight");
+    CHECK(to_string(head) ==
+          "lm_head.weight: padded_split<0,64> tied to model.embed_tokens.weight");
 }
 
 TEST_CASE("pipeline stages and name maps") {
@@ -133,10 +133,10 @@ TEST_CASE("run-time schemas: add, duplicates, validation, replicate_all") {
     } catch (const error& e) {
         CHECK(e.code() == errc::duplicate_name);
     }
-    CHECK_THROWS_AS(s.add(parameter_meta{.name = "many",
-                                         .layout = fused<0>::value,
-                                         .sources = {"a", "b", "c", "d", "e"}}),
-                    error);
+    CHECK_THROWS_AS(
+        s.add(parameter_meta{
+            .name = "many", .layout = fused<0>::value, .sources = {"a", "b", "c", "d", "e"}}),
+        error);
     s.add(parameter_meta{.name = "t", .layout = split<0>::value, .tied_to = "missing"});
     CHECK_THROWS_AS(s.validate(), error);
     schema chain;

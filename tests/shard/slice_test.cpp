@@ -29,10 +29,10 @@ using v64 = std::vector<std::uint64_t>;
 TEST_CASE("split<0> prints its geometry in one line") {
     CHECK(describe(split<0>::value, shape{4096, 4096}, 4, 1) ==
           "split<0> 4096x4096 @ rank 1/4 -> rows [1024,2048)");
-    CHECK(describe(split<1>::value, shape{8, 16}, 2, 1) == "split<1> 8x16 @ rank 1/2 -> cols [8,16)");
+    CHECK(describe(split<1>::value, shape{8, 16}, 2, 1) ==
+          "split<1> 8x16 @ rank 1/2 -> cols [8,16)");
     CHECK(describe(replicated::value, shape{8}, 2, 1) == "replicated 8 @ rank 1/2 -> whole");
-    CHECK(describe(split<0>::value, shape{5, 4}, 2, 1) ==
-          "split<0> 5x4 @ rank 1/2 -> indivisible");
+    CHECK(describe(split<0>::value, shape{5, 4}, 2, 1) == "split<0> 5x4 @ rank 1/2 -> indivisible");
     CHECK(describe(padded_split<0>::value, shape{100, 4}, 2, 1) ==
           "padded_split<0,64> 100x4 @ rank 1/2 -> rows [64,100) + zero rows 28");
     const std::array<shape, 2> gu{shape{8, 4}, shape{8, 4}};
@@ -42,9 +42,10 @@ TEST_CASE("split<0> prints its geometry in one line") {
 
 TEST_CASE("results and statuses print") {
     std::ostringstream os;
-    os << slice(split<0>::value, shape{4, 2}, 2, 1) << " | " << slice(split<0>::value, shape{3}, 2, 1)
-       << " | " << layout_status::kv_heads_mismatch;
-    CHECK(os.str() == "ok [2, 2] of [4, 2] {src0+4 1x4 -> dst+0} | indivisible | kv_heads_mismatch");
+    os << slice(split<0>::value, shape{4, 2}, 2, 1) << " | "
+       << slice(split<0>::value, shape{3}, 2, 1) << " | " << layout_status::kv_heads_mismatch;
+    CHECK(os.str() ==
+          "ok [2, 2] of [4, 2] {src0+4 1x4 -> dst+0} | indivisible | kv_heads_mismatch");
     CHECK(to_string(layout_status::too_many_pieces) == "too_many_pieces");
 }
 
@@ -196,8 +197,7 @@ TEST_CASE("fused: gate|up from two tensors, or phi3's gate_up_proj cut by part s
     CHECK(slice(fused<0, 16, 16>::value, wrong, 2, 0).status == layout_status::shape_mismatch);
     const std::array<shape, 3> three{shape{16, 4}, shape{16, 4}, shape{16, 4}};
     CHECK(slice(fused<0, 16, 16>::value, three, 2, 0).status == layout_status::source_count);
-    CHECK(slice(fused<0, 16, 16>::value, shape{32, 4}, 3, 0).status ==
-          layout_status::indivisible);
+    CHECK(slice(fused<0, 16, 16>::value, shape{32, 4}, 3, 0).status == layout_status::indivisible);
     // Head-aligned parts: 6 heads of 4 rows split over 4 ranks is 1.5 heads -> refused.
     const std::uint64_t sizes[] = {24, 8};
     const std::uint64_t units[] = {4, 4};
@@ -239,8 +239,8 @@ TEST_CASE("kv_contiguous matches vLLM: contiguous q heads, KV head rank / (world
     CHECK(heads_of(l, 8, 4).q == v64{16, 17, 18, 19});
     CHECK(heads_of(l, 8, 4).kv == v64{2});
     CHECK(heads_of(l, 2, 1).kv == v64{2, 3});
-    CHECK(heads_of(l, 2, 1).q == v64{16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
-                                     31});
+    CHECK(heads_of(l, 2, 1).q ==
+          v64{16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31});
 }
 
 TEST_CASE("the conventions agree when no KV head is replicated, differ when one is") {
@@ -255,8 +255,10 @@ TEST_CASE("the conventions agree when no KV head is replicated, differ when one 
         }
     }
     // world 16 > KV 8: both replicate each KV head twice, but pick different q heads.
-    const auto c = slice(gqa_qkv<kv_contiguous>::make(32, 8, 16, gqa_part::q), shape{512, 8}, 16, 1);
-    const auto i = slice(gqa_qkv<kv_interleaved>::make(32, 8, 16, gqa_part::q), shape{512, 8}, 16, 1);
+    const auto c =
+        slice(gqa_qkv<kv_contiguous>::make(32, 8, 16, gqa_part::q), shape{512, 8}, 16, 1);
+    const auto i =
+        slice(gqa_qkv<kv_interleaved>::make(32, 8, 16, gqa_part::q), shape{512, 8}, 16, 1);
     REQUIRE(c.ok());
     REQUIRE(i.ok());
     CHECK(c.runs[0] == segment{0, 2 * 16, 2 * 16});  // q heads 2, 3
@@ -310,8 +312,8 @@ TEST_CASE("gqa errors: head alignment, KV mismatch, wrong extents") {
           layout_status::kv_heads_mismatch);
     CHECK(slice(gqa_qkv<>::make(12, 4, 4, gqa_part::k), shape{16, 8}, 6, 0).status ==
           layout_status::kv_heads_mismatch);
-    CHECK(slice(gqa_qkv<kv_interleaved>::make(12, 4, 4, gqa_part::k), shape{16, 8}, 6, 0)
-              .status == layout_status::kv_heads_mismatch);
+    CHECK(slice(gqa_qkv<kv_interleaved>::make(12, 4, 4, gqa_part::k), shape{16, 8}, 6, 0).status ==
+          layout_status::kv_heads_mismatch);
     CHECK(slice(gqa_qkv<>::make(12, 5, 4), shape{12, 8}, 2, 0).status ==
           layout_status::heads_indivisible);  // H % KV
     CHECK(slice(gqa_qkv<>::make(0, 1, 4), shape{12, 8}, 1, 0).status ==

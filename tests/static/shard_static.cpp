@@ -73,7 +73,8 @@ constexpr auto tiny = make_static_schema(
                    .sources = {"model.layers.{i}.mlp.gate_proj.weight",
                                "model.layers.{i}.mlp.up_proj.weight"}},
     parameter_spec{.name = "model.layers.{i}.mlp.down_proj.weight", .layout = split<1>::value},
-    parameter_spec{.name = "model.norm.weight", .layout = replicated::value,
+    parameter_spec{.name = "model.norm.weight",
+                   .layout = replicated::value,
                    .role = parameter_role::final_norm},
     parameter_spec{.name = "lm_head.weight",
                    .layout = padded_split<0>::value,
@@ -86,8 +87,7 @@ static_assert(tiny.find("nope") == nullptr);
 constexpr std::array<shape, 2> gate_up{shape{96, 64}, shape{96, 64}};
 static_assert(slice(tiny.find("model.layers.{i}.mlp.gate_up_proj.weight")->layout, gate_up, 4, 2)
                   .local == shape{48, 64});
-static_assert(slice(tiny.find("model.layers.{i}.self_attn.o_proj.weight")->layout,
-                    shape{64, 128}, 2, 1)
+static_assert(slice(tiny.find("model.layers.{i}.self_attn.o_proj.weight")->layout, shape{64, 128},
+                    2, 1)
                   .map[0] == copy_box{0, 64, 64, 64, 128, 0, 64});
 }  // namespace
-

@@ -37,14 +37,14 @@ struct checkpoint_options {
 struct checkpoint_warning {
     errc code = errc::invalid_index;
     std::string message;
-    std::string file;    // relative to the checkpoint folder
+    std::string file;  // relative to the checkpoint folder
     std::string tensor;
 };
 
 // One safetensors file of the checkpoint.
 struct checkpoint_file {
-    std::string name;             // relative to checkpoint::root(), as the index writes it
-    std::filesystem::path path;   // root() / name
+    std::string name;            // relative to checkpoint::root(), as the index writes it
+    std::filesystem::path path;  // root() / name
     file_view view;
     std::uint64_t tensor_bytes = 0;  // sum of its tensors' byte sizes
 };
@@ -128,7 +128,9 @@ public:
     [[nodiscard]] std::size_t tensor_count() const noexcept { return tensor_count_; }
     // Sum of the byte sizes of every tensor in every file.
     [[nodiscard]] std::uint64_t total_bytes() const noexcept { return total_bytes_; }
-    [[nodiscard]] std::span<const checkpoint_warning> warnings() const noexcept { return warnings_; }
+    [[nodiscard]] std::span<const checkpoint_warning> warnings() const noexcept {
+        return warnings_;
+    }
 
     [[nodiscard]] std::optional<located_tensor> find(std::string_view name) const {
         // The index (or the only file) finds a name; the few names a lenient open let
@@ -270,8 +272,9 @@ private:
             if (snap != nullptr &&
                 snap->status("model.safetensors.index.json") == hf_file_status::known_missing &&
                 snap->status("model.safetensors") == hf_file_status::known_missing) {
-                msg += "; the cache records that the repository has neither "
-                       "model.safetensors.index.json nor model.safetensors";
+                msg +=
+                    "; the cache records that the repository has neither "
+                    "model.safetensors.index.json nor model.safetensors";
             }
             not_found(dir, std::move(msg));
         }
@@ -310,11 +313,13 @@ private:
                                ? "recorded as missing from the repository (.no_exist marker)"
                                : "not in the cache snapshot (not downloaded, or its blob is gone)";
                 } else {
-                    msg += fs::exists(fs::symlink_status(path, ec)) ? "a dangling link or not a file"
-                                                                    : "not there";
+                    msg += fs::exists(fs::symlink_status(path, ec))
+                               ? "a dangling link or not a file"
+                               : "not there";
                 }
-                throw error(errc::invalid_index, msg,
-                            error_context{.file = index_path_ ? index_path_->string() : path.string()});
+                throw error(
+                    errc::invalid_index, msg,
+                    error_context{.file = index_path_ ? index_path_->string() : path.string()});
             }
             files_.push_back(checkpoint_file{name, path, file_view(path, options.parse), 0});
             auto& f = files_.back();
@@ -327,11 +332,12 @@ private:
     void warn_or_fail(const checkpoint_options& options, std::string msg, const std::string& file,
                       std::string_view tensor) {
         if (options.strict) {
-            throw error(errc::invalid_index, msg,
-                        error_context{.file = (root_ / file).string(), .tensor = std::string(tensor)});
+            throw error(
+                errc::invalid_index, msg,
+                error_context{.file = (root_ / file).string(), .tensor = std::string(tensor)});
         }
-        warnings_.push_back(checkpoint_warning{errc::invalid_index, std::move(msg), file,
-                                               std::string(tensor)});
+        warnings_.push_back(
+            checkpoint_warning{errc::invalid_index, std::move(msg), file, std::string(tensor)});
     }
 
     void check_against_index(const checkpoint_options& options) {
@@ -383,13 +389,14 @@ private:
             }
         }
         if (ix.total_size() && *ix.total_size() != indexed_bytes) {
-            std::string msg = ix_name + " says metadata.total_size = " +
-                              std::to_string(*ix.total_size()) + ", but its tensors hold " +
-                              std::to_string(indexed_bytes) + " bytes";
+            std::string msg = ix_name +
+                              " says metadata.total_size = " + std::to_string(*ix.total_size()) +
+                              ", but its tensors hold " + std::to_string(indexed_bytes) + " bytes";
             if (options.strict) {
                 throw error(errc::invalid_index, msg, error_context{.file = index_path_->string()});
             }
-            warnings_.push_back(checkpoint_warning{errc::invalid_index, std::move(msg), ix_name, {}});
+            warnings_.push_back(
+                checkpoint_warning{errc::invalid_index, std::move(msg), ix_name, {}});
         }
     }
 

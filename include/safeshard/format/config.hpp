@@ -27,12 +27,18 @@ namespace safeshard {
         dtype type;
     };
     constexpr row rows[] = {
-        {"bfloat16", dtype::bf16},         {"float16", dtype::f16},
-        {"half", dtype::f16},              {"float32", dtype::f32},
-        {"float", dtype::f32},             {"float64", dtype::f64},
-        {"double", dtype::f64},            {"float8_e4m3fn", dtype::f8_e4m3},
-        {"float8_e5m2", dtype::f8_e5m2},   {"float8_e4m3fnuz", dtype::f8_e4m3fnuz},
-        {"float8_e5m2fnuz", dtype::f8_e5m2fnuz}, {"int8", dtype::i8},
+        {"bfloat16", dtype::bf16},
+        {"float16", dtype::f16},
+        {"half", dtype::f16},
+        {"float32", dtype::f32},
+        {"float", dtype::f32},
+        {"float64", dtype::f64},
+        {"double", dtype::f64},
+        {"float8_e4m3fn", dtype::f8_e4m3},
+        {"float8_e5m2", dtype::f8_e5m2},
+        {"float8_e4m3fnuz", dtype::f8_e4m3fnuz},
+        {"float8_e5m2fnuz", dtype::f8_e5m2fnuz},
+        {"int8", dtype::i8},
         {"uint8", dtype::u8},
     };
     for (const auto& r : rows) {
@@ -45,8 +51,8 @@ namespace safeshard {
 // default is known here; nullopt for the others (the schema must decide).
 [[nodiscard]] constexpr std::optional<bool> default_tie_word_embeddings(
     std::string_view model_type) noexcept {
-    constexpr std::string_view untied[] = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe",
-                                           "qwen3", "qwen3_moe", "phi3"};
+    constexpr std::string_view untied[] = {"llama",     "mistral", "mixtral",   "qwen2",
+                                           "qwen2_moe", "qwen3",   "qwen3_moe", "phi3"};
     constexpr std::string_view tied[] = {"gemma", "gemma2", "gemma3", "gemma3_text"};
     for (auto t : untied) {
         if (t == model_type) return false;
@@ -101,7 +107,8 @@ private:
     // or null (an explicit null means "use the default", as transformers reads it).
     [[nodiscard]] std::optional<simdjson::dom::element> find(std::string_view key) const {
         simdjson::dom::element e;
-        if (has_text_config_ && text_section_.at_key(key).get(e) == simdjson::SUCCESS && !e.is_null()) {
+        if (has_text_config_ && text_section_.at_key(key).get(e) == simdjson::SUCCESS &&
+            !e.is_null()) {
             return e;
         }
         if (root_.at_key(key).get(e) == simdjson::SUCCESS && !e.is_null()) return e;

@@ -93,8 +93,8 @@ namespace detail {
 }
 
 struct hf_cache_options {
-    std::string revision = "main";          // a ref (branch, tag) or a 40-hex commit
-    std::filesystem::path cache_dir{};       // empty: hf_hub_cache_dir()
+    std::string revision = "main";      // a ref (branch, tag) or a 40-hex commit
+    std::filesystem::path cache_dir{};  // empty: hf_hub_cache_dir()
 };
 
 enum class hf_file_status { present, known_missing, not_cached };
@@ -114,7 +114,9 @@ public:
     [[nodiscard]] const std::string& revision() const noexcept { return revision_; }
     [[nodiscard]] const std::string& commit() const noexcept { return commit_; }
     [[nodiscard]] const std::filesystem::path& repo_dir() const noexcept { return repo_dir_; }
-    [[nodiscard]] const std::filesystem::path& snapshot_dir() const noexcept { return snapshot_dir_; }
+    [[nodiscard]] const std::filesystem::path& snapshot_dir() const noexcept {
+        return snapshot_dir_;
+    }
 
     // Whether `file` (relative, e.g. "config.json") is in the snapshot, is known missing on
     // the Hub (a `.no_exist/<commit>/<file>` marker), or simply not downloaded. A snapshot
@@ -203,7 +205,8 @@ private:
         commit = ss.str();
         const auto first = commit.find_first_not_of(" \t\r\n");
         const auto last = commit.find_last_not_of(" \t\r\n");
-        commit = first == std::string::npos ? std::string{} : commit.substr(first, last - first + 1);
+        commit =
+            first == std::string::npos ? std::string{} : commit.substr(first, last - first + 1);
         if (!is_safe_relative_path(commit) || commit.find('/') != std::string::npos) {
             throw error(errc::checkpoint_not_found,
                         "ref '" + revision + "' holds '" + commit + "', not a commit",

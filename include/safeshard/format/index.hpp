@@ -70,7 +70,8 @@ public:
     [[nodiscard]] std::span<const std::string> shards() const noexcept { return shards_; }
 
     // The position in shards() of the shard holding `tensor`, in O(1).
-    [[nodiscard]] std::optional<std::uint32_t> shard_index_of(std::string_view tensor) const noexcept {
+    [[nodiscard]] std::optional<std::uint32_t> shard_index_of(
+        std::string_view tensor) const noexcept {
         const index_entry* e = lookup(tensor);
         if (e == nullptr) return std::nullopt;
         return e->shard;
@@ -91,7 +92,8 @@ public:
     }
     // Every other metadata key, in file order, with its value as minified JSON text
     // (mergekit and others add their own keys).
-    [[nodiscard]] std::span<const std::pair<std::string, std::string>> extra_metadata() const noexcept {
+    [[nodiscard]] std::span<const std::pair<std::string, std::string>> extra_metadata()
+        const noexcept {
         return extra_metadata_;
     }
     [[nodiscard]] const std::string& source() const noexcept { return source_; }
@@ -105,7 +107,9 @@ private:
                     error_context{.file = source, .tensor = std::move(tensor)});
     }
 
-    static std::size_t hash(std::string_view s) noexcept { return std::hash<std::string_view>{}(s); }
+    static std::size_t hash(std::string_view s) noexcept {
+        return std::hash<std::string_view>{}(s);
+    }
 
     // A slot holds the entry's position + 1 (0 = empty) and its hash's high half, so probes
     // past other names rarely touch entries_.
@@ -279,8 +283,7 @@ private:
                 if (slot) fail("duplicate key 'metadata." + std::string(field.key) + "'", source_);
                 slot = v;
             } else {
-                extra_metadata_.emplace_back(std::string(field.key),
-                                             simdjson::minify(field.value));
+                extra_metadata_.emplace_back(std::string(field.key), simdjson::minify(field.value));
             }
         }
     }

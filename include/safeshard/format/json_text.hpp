@@ -39,10 +39,10 @@ namespace safeshard::detail {
     }
     const auto size = static_cast<std::uint64_t>(st.st_size);
     if (size > cap) {
-        throw error(too_big,
-                    "file is " + std::to_string(size) + " bytes, over the cap of " +
-                        std::to_string(cap),
-                    error_context{.file = name});
+        throw error(
+            too_big,
+            "file is " + std::to_string(size) + " bytes, over the cap of " + std::to_string(cap),
+            error_context{.file = name});
     }
     simdjson::padded_string buf(static_cast<std::size_t>(size));
     std::size_t done = 0;

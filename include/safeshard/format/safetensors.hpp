@@ -61,18 +61,30 @@ struct tensor_entry {
 template <class T>
 [[nodiscard]] constexpr bool element_type_matches(safeshard::dtype t) noexcept {
     using safeshard::dtype;
-    if constexpr (std::is_same_v<T, std::uint8_t>) return bit_size(t) == 8;
-    else if constexpr (std::is_same_v<T, std::uint16_t>) return bit_size(t) == 16;
-    else if constexpr (std::is_same_v<T, std::uint32_t>) return bit_size(t) == 32;
-    else if constexpr (std::is_same_v<T, std::uint64_t>) return bit_size(t) == 64;
-    else if constexpr (std::is_same_v<T, std::int8_t>) return t == dtype::i8;
-    else if constexpr (std::is_same_v<T, std::int16_t>) return t == dtype::i16;
-    else if constexpr (std::is_same_v<T, std::int32_t>) return t == dtype::i32;
-    else if constexpr (std::is_same_v<T, std::int64_t>) return t == dtype::i64;
-    else if constexpr (std::is_same_v<T, float>) return t == dtype::f32;
-    else if constexpr (std::is_same_v<T, double>) return t == dtype::f64;
-    else if constexpr (std::is_same_v<T, std::complex<float>>) return t == dtype::c64;
-    else return false;
+    if constexpr (std::is_same_v<T, std::uint8_t>)
+        return bit_size(t) == 8;
+    else if constexpr (std::is_same_v<T, std::uint16_t>)
+        return bit_size(t) == 16;
+    else if constexpr (std::is_same_v<T, std::uint32_t>)
+        return bit_size(t) == 32;
+    else if constexpr (std::is_same_v<T, std::uint64_t>)
+        return bit_size(t) == 64;
+    else if constexpr (std::is_same_v<T, std::int8_t>)
+        return t == dtype::i8;
+    else if constexpr (std::is_same_v<T, std::int16_t>)
+        return t == dtype::i16;
+    else if constexpr (std::is_same_v<T, std::int32_t>)
+        return t == dtype::i32;
+    else if constexpr (std::is_same_v<T, std::int64_t>)
+        return t == dtype::i64;
+    else if constexpr (std::is_same_v<T, float>)
+        return t == dtype::f32;
+    else if constexpr (std::is_same_v<T, double>)
+        return t == dtype::f64;
+    else if constexpr (std::is_same_v<T, std::complex<float>>)
+        return t == dtype::c64;
+    else
+        return false;
 }
 
 template <class T>
@@ -81,8 +93,7 @@ inline constexpr bool is_element_type_v =
     std::is_same_v<T, std::uint32_t> || std::is_same_v<T, std::uint64_t> ||
     std::is_same_v<T, std::int8_t> || std::is_same_v<T, std::int16_t> ||
     std::is_same_v<T, std::int32_t> || std::is_same_v<T, std::int64_t> ||
-    std::is_same_v<T, float> || std::is_same_v<T, double> ||
-    std::is_same_v<T, std::complex<float>>;
+    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, std::complex<float>>;
 
 // Open addressing over indices into the entry table; keys are the names in the arena, so a
 // lookup allocates nothing.
@@ -99,7 +110,7 @@ public:
     std::optional<std::uint32_t> insert(std::string_view name, std::uint32_t idx,
                                         const NameOf& name_of) {
         const std::size_t mask = slots_.size() - 1;
-        for (std::size_t i = std::hash<std::string_view>{}(name) & mask;; i = (i + 1) & mask) {
+        for (std::size_t i = std::hash<std::string_view>{}(name)&mask;; i = (i + 1) & mask) {
             const std::uint32_t s = slots_[i];
             if (s == 0) {
                 slots_[i] = idx + 1;
@@ -114,7 +125,7 @@ public:
                                                     const NameOf& name_of) const {
         if (slots_.empty()) return std::nullopt;
         const std::size_t mask = slots_.size() - 1;
-        for (std::size_t i = std::hash<std::string_view>{}(name) & mask;; i = (i + 1) & mask) {
+        for (std::size_t i = std::hash<std::string_view>{}(name)&mask;; i = (i + 1) & mask) {
             const std::uint32_t s = slots_[i];
             if (s == 0) return std::nullopt;
             if (name_of(s - 1) == name) return s - 1;
@@ -142,8 +153,10 @@ inline void prepare_parser(simdjson::dom::parser& p, std::size_t capacity) {
     for (std::size_t i = 0; i < json.size(); ++i) {
         const char c = json[i];
         if (in_string) {
-            if (c == '\\') ++i;
-            else if (c == '"') in_string = false;
+            if (c == '\\')
+                ++i;
+            else if (c == '"')
+                in_string = false;
         } else if (c == '"') {
             in_string = true;
         } else if (c == '-' && i + 1 < json.size() && json[i + 1] == '0') {
@@ -200,9 +213,9 @@ public:
     // The elements in place; invalid_argument when the bytes are not aligned for T.
     [[nodiscard]] std::span<const T> span() const {
         if (!is_aligned())
-            throw error(errc::invalid_argument,
-                        "tensor bytes are not aligned to " + std::to_string(alignof(T)) +
-                            " bytes: use operator[] or copy_to");
+            throw error(errc::invalid_argument, "tensor bytes are not aligned to " +
+                                                    std::to_string(alignof(T)) +
+                                                    " bytes: use operator[] or copy_to");
         return {reinterpret_cast<const T*>(data_), n_};
     }
     // Copies every element into `out`, which must have size() elements.
@@ -262,8 +275,10 @@ public:
                         "typed access of " + std::to_string(sizeof(T) * 8) +
                             "-bit elements does not match the tensor's dtype " +
                             std::string(safeshard::name(e_->type)),
-                        error_context{.file = {}, .tensor = std::string(name()),
-                                      .offset = file_begin(), .sys_errno = 0});
+                        error_context{.file = {},
+                                      .tensor = std::string(name()),
+                                      .offset = file_begin(),
+                                      .sys_errno = 0});
         return typed_elements<T>(data_ + e_->begin, static_cast<std::size_t>(e_->elements));
     }
 
@@ -281,8 +296,7 @@ class file_view {
 public:
     // Maps the file and validates it.
     explicit file_view(const std::filesystem::path& path, parse_options options = {})
-        : mapping_(std::make_unique<mapped_file>(path)),
-          file_name_(path.string()) {
+        : mapping_(std::make_unique<mapped_file>(path)), file_name_(path.string()) {
         parse(mapping_->bytes(), options);
     }
 
@@ -338,8 +352,10 @@ public:
         const auto i = find_index(name);
         if (!i)
             throw error(errc::tensor_not_found, "no tensor named '" + std::string(name) + "'",
-                        error_context{.file = file_name_, .tensor = std::string(name),
-                                      .offset = std::nullopt, .sys_errno = 0});
+                        error_context{.file = file_name_,
+                                      .tensor = std::string(name),
+                                      .offset = std::nullopt,
+                                      .sys_errno = 0});
         return at(*i);
     }
     [[nodiscard]] tensor_view tensor(std::string_view) const&& = delete;
@@ -407,9 +423,10 @@ private:
 
     [[noreturn]] void fail(errc code, std::string message, std::string tensor = {},
                            std::optional<std::uint64_t> offset = std::nullopt) const {
-        throw error(code, message,
-                    error_context{.file = file_name_, .tensor = std::move(tensor),
-                                  .offset = offset, .sys_errno = 0});
+        throw error(
+            code, message,
+            error_context{
+                .file = file_name_, .tensor = std::move(tensor), .offset = offset, .sys_errno = 0});
     }
     [[noreturn]] void fail_schema(std::string message, std::string_view tensor = {}) const {
         fail(errc::invalid_header_deserialization, std::move(message), std::string(tensor));
@@ -477,10 +494,14 @@ private:
         std::optional<simdjson::dom::element> dt, sh, off;
         for (auto field : obj) {
             std::optional<simdjson::dom::element>* slot = nullptr;
-            if (field.key == "dtype") slot = &dt;
-            else if (field.key == "shape") slot = &sh;
-            else if (field.key == "data_offsets") slot = &off;
-            else continue;  // other fields are ignored, as the reference does
+            if (field.key == "dtype")
+                slot = &dt;
+            else if (field.key == "shape")
+                slot = &sh;
+            else if (field.key == "data_offsets")
+                slot = &off;
+            else
+                continue;  // other fields are ignored, as the reference does
             if (*slot) fail_schema("duplicate field '" + std::string(field.key) + "'", name);
             *slot = field.value;
         }
@@ -532,15 +553,14 @@ private:
         bytes_ = bytes;
         const std::uint64_t file_size = bytes.size();
         if (file_size < 8)
-            fail(errc::header_too_small,
-                 "expected at least 8 bytes (the header length), found " +
-                     std::to_string(file_size));
+            fail(errc::header_too_small, "expected at least 8 bytes (the header length), found " +
+                                             std::to_string(file_size));
         std::uint64_t n = 0;
         std::memcpy(&n, bytes.data(), 8);  // little-endian (config.hpp asserts the host is)
         if (n > options.max_header_size)
-            fail(errc::header_too_large, "header length " + std::to_string(n) +
-                                             " exceeds the limit of " +
-                                             std::to_string(options.max_header_size),
+            fail(errc::header_too_large,
+                 "header length " + std::to_string(n) + " exceeds the limit of " +
+                     std::to_string(options.max_header_size),
                  {}, 0);
         std::uint64_t stop = 0;
         if (add_overflows(n, std::uint64_t{8}, stop) || stop > file_size)
@@ -565,8 +585,8 @@ private:
             parser = own.get();
         }
         simdjson::dom::element root;
-        const auto err = parser->parse(reinterpret_cast<const std::uint8_t*>(json), len,
-                                       !in_place).get(root);
+        const auto err =
+            parser->parse(reinterpret_cast<const std::uint8_t*>(json), len, !in_place).get(root);
         if (err != simdjson::SUCCESS)
             fail(errc::invalid_header_deserialization,
                  std::string("header is not valid JSON: ") + simdjson::error_message(err), {}, 8);
@@ -591,8 +611,7 @@ private:
                 seen_metadata = true;
                 parse_metadata(field.value);
             } else {
-                if (entries_.size() >= UINT32_MAX - 1)
-                    fail_schema("too many tensors");
+                if (entries_.size() >= UINT32_MAX - 1) fail_schema("too many tensors");
                 parse_tensor(field.key, field.value, order++);
             }
         }
@@ -623,8 +642,9 @@ private:
                      "expected data_offsets to start at " + std::to_string(cursor) +
                          " (the end of the previous tensor) with end >= begin, found [" +
                          std::to_string(e.begin) + ", " + std::to_string(e.end) + "]",
-                     name(), e.begin <= UINT64_MAX - data_start ? std::optional(data_start + e.begin)
-                                                              : std::nullopt);
+                     name(),
+                     e.begin <= UINT64_MAX - data_start ? std::optional(data_start + e.begin)
+                                                        : std::nullopt);
             cursor = e.end;
             const auto elements = e.extents.element_count();
             if (!elements)

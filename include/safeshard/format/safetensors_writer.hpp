@@ -23,8 +23,8 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
-#include "safeshard/io/atomic_file.hpp"
 #include "safeshard/format/safetensors.hpp"
+#include "safeshard/io/atomic_file.hpp"
 
 namespace safeshard {
 
@@ -111,8 +111,8 @@ inline void require_utf8(std::string_view s, std::string_view what) {
     std::uint64_t offset = 0;
     for (std::size_t i = 0; i < tensors.size(); ++i) {
         auto& t = tensors[i];
-        const error_context ctx{.file = {}, .tensor = t.name, .offset = std::nullopt,
-                                .sys_errno = 0};
+        const error_context ctx{
+            .file = {}, .tensor = t.name, .offset = std::nullopt, .sys_errno = 0};
         if (i > 0 && tensors[i - 1].name == t.name && tensors[i - 1].dtype == t.dtype)
             throw error(errc::duplicate_name, "two tensors share this name", ctx);
         if (t.name == "__metadata__")
@@ -143,8 +143,10 @@ inline void require_utf8(std::string_view s, std::string_view what) {
         const auto dup = std::adjacent_find(names.begin(), names.end());
         if (dup != names.end())
             throw error(errc::duplicate_name, "two tensors share this name",
-                        error_context{.file = {}, .tensor = std::string(*dup),
-                                      .offset = std::nullopt, .sys_errno = 0});
+                        error_context{.file = {},
+                                      .tensor = std::string(*dup),
+                                      .offset = std::nullopt,
+                                      .sys_errno = 0});
     }
     return plan;
 }
@@ -194,10 +196,9 @@ inline void require_utf8(std::string_view s, std::string_view what) {
     out += '}';
     out.append((8 - out.size() % 8) % 8, ' ');
     if (out.size() > default_max_header_size)
-        throw error(errc::header_too_large,
-                    "the header would take " + std::to_string(out.size()) +
-                        " bytes, over the readers' limit of " +
-                        std::to_string(default_max_header_size));
+        throw error(errc::header_too_large, "the header would take " + std::to_string(out.size()) +
+                                                " bytes, over the readers' limit of " +
+                                                std::to_string(default_max_header_size));
     return out;
 }
 
@@ -216,7 +217,8 @@ namespace detail {
 inline std::vector<tensor_info> infos_of(std::span<const tensor_data> tensors) {
     std::vector<tensor_info> infos;
     infos.reserve(tensors.size());
-    for (const auto& t : tensors) infos.push_back(tensor_info{std::string(t.name), t.dtype, t.shape});
+    for (const auto& t : tensors)
+        infos.push_back(tensor_info{std::string(t.name), t.dtype, t.shape});
     return infos;
 }
 
@@ -235,8 +237,8 @@ inline std::vector<const tensor_data*> in_plan_order(std::span<const tensor_data
                         "expected " + std::to_string(p.byte_size()) + " bytes for " +
                             std::string(name(p.dtype)) + " " + p.shape.to_string() + ", got " +
                             std::to_string(t->bytes.size()),
-                        error_context{.file = {}, .tensor = p.name, .offset = std::nullopt,
-                                      .sys_errno = 0});
+                        error_context{
+                            .file = {}, .tensor = p.name, .offset = std::nullopt, .sys_errno = 0});
         out.push_back(t);
     }
     return out;
@@ -319,13 +321,14 @@ private:
     [[nodiscard]] error_context context() const {
         return error_context{.file = file_.target().string(),
                              .tensor = current() ? current()->name : std::string(),
-                             .offset = 8 + header_size_ + written_, .sys_errno = 0};
+                             .offset = 8 + header_size_ + written_,
+                             .sys_errno = 0};
     }
     // The tensor starting at the current position that write_tensor() may write next: the
     // first not yet written whole (zero-size tensors included, in plan order).
     [[nodiscard]] const planned_tensor* next_tensor_start() const noexcept {
         return pending_ < plan_.size() && plan_[pending_].begin == written_ ? &plan_[pending_]
-                                                                           : nullptr;
+                                                                            : nullptr;
     }
     void skip_finished() noexcept {
         while (next_ < plan_.size() && plan_[next_].end <= written_) ++next_;
@@ -360,8 +363,10 @@ void save_file_streaming(const std::filesystem::path& target, std::vector<tensor
             throw error(errc::invalid_argument,
                         "the producer wrote " + std::to_string(w.data_written() - before) +
                             " bytes, expected " + std::to_string(t.byte_size()),
-                        error_context{.file = target.string(), .tensor = t.name,
-                                      .offset = std::nullopt, .sys_errno = 0});
+                        error_context{.file = target.string(),
+                                      .tensor = t.name,
+                                      .offset = std::nullopt,
+                                      .sys_errno = 0});
     }
     w.commit();
 }
@@ -377,7 +382,8 @@ inline void save_file(const std::filesystem::path& target, std::span<const tenso
 
 // The whole file in memory.
 [[nodiscard]] inline std::vector<std::byte> serialize(
-    std::span<const tensor_data> tensors, const std::optional<metadata_map>& metadata = std::nullopt) {
+    std::span<const tensor_data> tensors,
+    const std::optional<metadata_map>& metadata = std::nullopt) {
     const auto plan = plan_tensors(detail::infos_of(tensors));
     const auto ordered = detail::in_plan_order(tensors, plan);
     const std::string head = serialize_prefix_and_header(plan, metadata);

@@ -229,7 +229,8 @@ struct dtype_policy {
 
 // Parses a policy as a person spells it: "keep", "by_device" (or "by-device"), or a dtype name
 // in any case ("bf16"). "auto" is deliberately not taken here: the command line decides it.
-[[nodiscard]] constexpr std::optional<dtype_policy> parse_dtype_policy(std::string_view s) noexcept {
+[[nodiscard]] constexpr std::optional<dtype_policy> parse_dtype_policy(
+    std::string_view s) noexcept {
     if (s == "keep") return dtype_policy::keep();
     if (s == "by_device" || s == "by-device") return dtype_policy::by_device();
     if (auto t = parse_dtype_ignore_case(s)) return dtype_policy::fixed(*t);

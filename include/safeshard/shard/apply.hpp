@@ -39,15 +39,14 @@ inline std::uint64_t box_end(std::uint64_t offset, std::uint64_t rows, std::uint
     return e;
 }
 
-inline void check_fits(std::uint64_t end_elems, std::size_t buffer_bytes,
-                       std::size_t element_size, const char* what) {
+inline void check_fits(std::uint64_t end_elems, std::size_t buffer_bytes, std::size_t element_size,
+                       const char* what) {
     std::uint64_t bytes = 0;
     if (mul_overflows(end_elems, std::uint64_t{element_size}, bytes) || bytes > buffer_bytes)
-        throw error(errc::shape_mismatch, std::string("slice map reaches beyond the ") + what +
-                                              " buffer (" + std::to_string(end_elems) +
-                                              " elements of " + std::to_string(element_size) +
-                                              " bytes, buffer " +
-                                              std::to_string(buffer_bytes) + " bytes)");
+        throw error(errc::shape_mismatch,
+                    std::string("slice map reaches beyond the ") + what + " buffer (" +
+                        std::to_string(end_elems) + " elements of " + std::to_string(element_size) +
+                        " bytes, buffer " + std::to_string(buffer_bytes) + " bytes)");
 }
 
 inline void check_map(const slice_map& m, std::size_t source_count,
@@ -56,9 +55,9 @@ inline void check_map(const slice_map& m, std::size_t source_count,
     if (element_size == 0) throw error(errc::invalid_argument, "element size of 0 bytes");
     for (const auto& b : m) {
         if (b.source >= source_count)
-            throw error(errc::invalid_argument,
-                        "slice map names source " + std::to_string(unsigned{b.source}) +
-                            " of " + std::to_string(source_count));
+            throw error(errc::invalid_argument, "slice map names source " +
+                                                    std::to_string(unsigned{b.source}) + " of " +
+                                                    std::to_string(source_count));
         check_fits(box_end(b.src_offset, b.rows, b.row_elems, b.src_row_stride),
                    source_bytes[b.source], element_size, "source");
         check_fits(box_end(b.dst_offset, b.rows, b.row_elems, b.dst_row_stride), dst_bytes,
@@ -79,16 +78,15 @@ inline void check_map(const slice_map& m, std::size_t source_count,
 #endif
 SAFESHARD_DETAIL_NOINLINE inline void copy_rows(std::byte* dst, std::uint64_t dst_offset,
                                                 std::uint64_t dst_stride, const std::byte* src,
-                                                std::uint64_t src_offset,
-                                                std::uint64_t src_stride, std::uint64_t rows,
-                                                std::uint64_t row_elems, std::size_t es) {
+                                                std::uint64_t src_offset, std::uint64_t src_stride,
+                                                std::uint64_t rows, std::uint64_t row_elems,
+                                                std::size_t es) {
     for (std::uint64_t r = 0; r < rows; ++r)
         std::memcpy(dst + (dst_offset + r * dst_stride) * es,
                     src + (src_offset + r * src_stride) * es, row_elems * es);
 }
 
-SAFESHARD_DETAIL_NOINLINE inline void zero_rows(std::byte* dst, const zero_box& z,
-                                                std::size_t es) {
+SAFESHARD_DETAIL_NOINLINE inline void zero_rows(std::byte* dst, const zero_box& z, std::size_t es) {
     for (std::uint64_t r = 0; r < z.rows; ++r)
         std::memset(dst + (z.dst_offset + r * z.dst_row_stride) * es, 0, z.row_elems * es);
 }
@@ -100,8 +98,8 @@ SAFESHARD_DETAIL_NOINLINE inline void zero_rows(std::byte* dst, const zero_box& 
 inline void apply(const slice_map& m, std::span<const std::span<const std::byte>> sources,
                   std::span<std::byte> dst, std::size_t element_size) {
     std::size_t sizes[slice_map::box_capacity] = {};
-    const std::size_t n = sources.size() < slice_map::box_capacity ? sources.size()
-                                                                    : slice_map::box_capacity;
+    const std::size_t n =
+        sources.size() < slice_map::box_capacity ? sources.size() : slice_map::box_capacity;
     for (std::size_t i = 0; i < n; ++i) sizes[i] = sources[i].size();
     detail::check_map(m, n, std::span<const std::size_t>(sizes, n), dst.size(), element_size);
     for (const auto& b : m)
@@ -120,11 +118,10 @@ inline void apply(const slice_map& m, std::span<const std::byte> source, std::sp
 // from in the sources. Zero-filled padding has no source and is dropped. Applied for every
 // rank, it rebuilds the sources (replicated data is written once per rank, identically).
 inline void apply_inverse(const slice_map& m, std::span<const std::byte> local,
-                          std::span<const std::span<std::byte>> sources,
-                          std::size_t element_size) {
+                          std::span<const std::span<std::byte>> sources, std::size_t element_size) {
     std::size_t sizes[slice_map::box_capacity] = {};
-    const std::size_t n = sources.size() < slice_map::box_capacity ? sources.size()
-                                                                    : slice_map::box_capacity;
+    const std::size_t n =
+        sources.size() < slice_map::box_capacity ? sources.size() : slice_map::box_capacity;
     for (std::size_t i = 0; i < n; ++i) sizes[i] = sources[i].size();
     detail::check_map(m, n, std::span<const std::size_t>(sizes, n), local.size(), element_size);
     for (const auto& b : m)

@@ -102,11 +102,13 @@ SAFESHARD_HOST_DEVICE inline double sqrt_positive(double x) noexcept {
 [[nodiscard]] SAFESHARD_HOST_DEVICE inline double standard_normal(std::uint64_t seed,
                                                                   std::uint64_t index) noexcept {
     for (std::uint64_t draw = 0; draw < 128; draw += 2) {
-        const double u = static_cast<double>(counter_bits(seed, index, draw) >> 11) * 0x1.0p-52 - 1.0;
+        const double u =
+            static_cast<double>(counter_bits(seed, index, draw) >> 11) * 0x1.0p-52 - 1.0;
         const double v =
             static_cast<double>(counter_bits(seed, index, draw + 1) >> 11) * 0x1.0p-52 - 1.0;
         const double s = u * u + v * v;
-        if (s > 0.0 && s < 1.0) return u * detail::sqrt_positive(-2.0 * detail::log_positive(s) / s);
+        if (s > 0.0 && s < 1.0)
+            return u * detail::sqrt_positive(-2.0 * detail::log_positive(s) / s);
     }
     return 0.0;  // 64 rejections in a row: probability below 1e-42
 }

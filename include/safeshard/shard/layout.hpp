@@ -43,14 +43,14 @@ struct layout {
     std::uint8_t part_count = 0;  // fused: 0 = one part per source tensor
     kv_convention convention = kv_contiguous;
     gqa_part part = gqa_part::qkv;
-    std::uint64_t multiple = 0;            // padded_split: pad dim to a multiple of this
-    std::uint64_t stride = 0;              // strided_split: pieces per rank
-    std::uint64_t parts[max_parts] = {};   // fused: part sizes along dim (one fused source)
-    std::uint64_t units[max_parts] = {};   // fused: each part's split must be whole units
-    std::uint64_t heads = 0;               // gqa: query heads H
-    std::uint64_t kv_heads = 0;            // gqa: key/value heads KV
-    std::uint64_t head_dim = 0;            // gqa: d (may differ from hidden / H)
-    std::uint64_t kv_multiplier = 0;       // gqa interleaved: m, 0 = max(1, world / KV)
+    std::uint64_t multiple = 0;           // padded_split: pad dim to a multiple of this
+    std::uint64_t stride = 0;             // strided_split: pieces per rank
+    std::uint64_t parts[max_parts] = {};  // fused: part sizes along dim (one fused source)
+    std::uint64_t units[max_parts] = {};  // fused: each part's split must be whole units
+    std::uint64_t heads = 0;              // gqa: query heads H
+    std::uint64_t kv_heads = 0;           // gqa: key/value heads KV
+    std::uint64_t head_dim = 0;           // gqa: d (may differ from hidden / H)
+    std::uint64_t kv_multiplier = 0;      // gqa interleaved: m, 0 = max(1, world / KV)
 
     friend constexpr bool operator==(const layout&, const layout&) = default;
 };

@@ -59,7 +59,7 @@ struct parameter_spec {
 
 // The run-time form: one per parameter of a built schema, names expanded and mapped.
 struct parameter_meta {
-    std::string name;                   // the parameter's (Hugging Face) name
+    std::string name;  // the parameter's (Hugging Face) name
     safeshard::layout layout{};
     std::vector<std::string> sources{};  // checkpoint names, in the layout's source order
     std::string tied_to{};               // non-empty: shares that parameter's tensor

@@ -329,7 +329,8 @@ inline bool stage_keeps(const parameter_spec& p, const schema_options& o) {
             last_layer = i;
         }
     for (std::size_t i = 0; i < specs.size() && i < first_layer; ++i)
-        detail::stage_keeps(specs[i], o) ? emit(specs[i], std::nullopt) : skip(specs[i], std::nullopt);
+        detail::stage_keeps(specs[i], o) ? emit(specs[i], std::nullopt)
+                                         : skip(specs[i], std::nullopt);
     if (first_layer < specs.size()) {
         for (std::uint64_t layer = 0; layer < layers; ++layer)
             for (std::size_t i = first_layer; i <= last_layer; ++i) {

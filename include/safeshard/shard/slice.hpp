@@ -80,8 +80,7 @@ struct slice_result {
             }
         r.global = r.local = sources[0];
         r.map.push(copy_box{0, 0, 1, count, count, 0, count});
-        if (nd > 0)
-            r.runs.push(segment{0, 0, sources[0][0]});
+        if (nd > 0) r.runs.push(segment{0, 0, sources[0][0]});
         return r;
     }
 
@@ -128,8 +127,7 @@ struct slice_result {
         return r;
     }
     switch (l.kind) {
-        case layout_kind::replicated:
-            break;  // handled above
+        case layout_kind::replicated: break;  // handled above
         case layout_kind::split:
             st = detail::plan_split(extents[0], world, rank, r.runs, local_extent);
             break;
@@ -201,12 +199,10 @@ struct slice_result {
 
 namespace detail {
 inline std::string extents_string(const shape& s) {
-    if (s.rank() == 0)
-        return "scalar";
+    if (s.rank() == 0) return "scalar";
     std::string out;
     for (std::size_t i = 0; i < s.rank(); ++i) {
-        if (i)
-            out += 'x';
+        if (i) out += 'x';
         out += std::to_string(s[i]);
     }
     return out;
@@ -215,18 +211,15 @@ inline std::string extents_string(const shape& s) {
 inline std::string sources_string(std::span<const shape> sources) {
     std::string out;
     for (std::size_t i = 0; i < sources.size(); ++i) {
-        if (i)
-            out += '+';
+        if (i) out += '+';
         out += extents_string(sources[i]);
     }
     return out;
 }
 
 inline std::string dim_word(std::size_t dim) {
-    if (dim == 0)
-        return "rows";
-    if (dim == 1)
-        return "cols";
+    if (dim == 0) return "rows";
+    if (dim == 1) return "cols";
     return "dim" + std::to_string(dim);
 }
 
@@ -240,10 +233,8 @@ inline std::string reason(const layout& l, std::span<const shape> sources, std::
     };
     const bool gqa = l.kind == layout_kind::gqa_qkv || l.kind == layout_kind::gqa_o;
     switch (st) {
-        case layout_status::ok:
-            return "ok";
-        case layout_status::invalid_world:
-            return "world must be at least 1";
+        case layout_status::ok: return "ok";
+        case layout_status::invalid_world: return "world must be at least 1";
         case layout_status::rank_out_of_range:
             return "rank " + std::to_string(rank) + " is not below world " + w;
         case layout_status::dim_out_of_range:
@@ -310,8 +301,7 @@ inline std::string reason(const layout& l, std::span<const shape> sources, std::
         case layout_status::too_many_pieces:
             return "needs more than " + std::to_string(slice_map::box_capacity) +
                    " boxes for one rank at world " + w + " (" + d + ")";
-        case layout_status::overflow:
-            return "an extent product overflows 64 bits";
+        case layout_status::overflow: return "an extent product overflows 64 bits";
     }
     return "?";
 }
@@ -323,25 +313,20 @@ inline std::string reason(const layout& l, std::span<const shape> sources, std::
     std::string s = name(l) + " " + detail::sources_string(sources) + " @ rank " +
                     std::to_string(rank) + "/" + std::to_string(world) + " -> ";
     const slice_result r = slice(l, sources, world, rank);
-    if (!r.ok())
-        return s + std::string(to_string(r.status));
-    if (l.kind == layout_kind::replicated)
-        return s + "whole";
+    if (!r.ok()) return s + std::string(to_string(r.status));
+    if (l.kind == layout_kind::replicated) return s + "whole";
     const std::string word = detail::dim_word(r.dim);
     const char* sep = "";
     for (const auto& run : r.runs) {
         s += sep;
-        if (sources.size() > 1)
-            s += "src" + std::to_string(unsigned{run.source}) + " ";
+        if (sources.size() > 1) s += "src" + std::to_string(unsigned{run.source}) + " ";
         s += word + " [" + std::to_string(run.start) + "," +
              std::to_string(run.start + run.length) + ")";
         sep = " + ";
     }
     const std::uint64_t zeros = r.local[r.dim] - r.runs.length();
-    if (zeros)
-        s += std::string(sep) + "zero " + word + " " + std::to_string(zeros);
-    if (r.runs.size() == 0 && zeros == 0)
-        s += "empty";
+    if (zeros) s += std::string(sep) + "zero " + word + " " + std::to_string(zeros);
+    if (r.runs.size() == 0 && zeros == 0) s += "empty";
     return s;
 }
 
@@ -352,8 +337,7 @@ inline std::string reason(const layout& l, std::span<const shape> sources, std::
 
 // "ok [1024, 4096] of [4096, 4096] {src0+4194304 1x4194304 -> dst+0}", or the status.
 [[nodiscard]] inline std::string to_string(const slice_result& r) {
-    if (!r.ok())
-        return std::string(to_string(r.status));
+    if (!r.ok()) return std::string(to_string(r.status));
     return "ok " + r.local.to_string() + " of " + r.global.to_string() + " " + to_string(r.map);
 }
 
@@ -384,8 +368,7 @@ inline std::ostream& operator<<(std::ostream& os, const slice_result& r) {
                                                  std::span<const shape> sources,
                                                  std::uint32_t world, std::uint32_t rank) {
     slice_result r = slice(l, sources, world, rank);
-    if (!r.ok())
-        throw slice_error(parameter, l, sources, world, rank, r.status);
+    if (!r.ok()) throw slice_error(parameter, l, sources, world, rank, r.status);
     return r;
 }
 

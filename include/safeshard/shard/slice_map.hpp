@@ -171,11 +171,11 @@ private:
 // when the copy converts dtype).
 struct byte_box {
     std::uint8_t source = 0;
-    std::uint64_t src_offset = 0;      // bytes into the source tensor's data
-    std::uint64_t src_row_bytes = 0;   // width read per row
+    std::uint64_t src_offset = 0;     // bytes into the source tensor's data
+    std::uint64_t src_row_bytes = 0;  // width read per row
     std::uint64_t src_pitch = 0;
-    std::uint64_t dst_offset = 0;      // bytes into the local tensor's data
-    std::uint64_t dst_row_bytes = 0;   // width written per row
+    std::uint64_t dst_offset = 0;     // bytes into the local tensor's data
+    std::uint64_t dst_row_bytes = 0;  // width written per row
     std::uint64_t dst_pitch = 0;
     std::uint64_t rows = 0;
 
@@ -259,8 +259,6 @@ SAFESHARD_HOST_DEVICE constexpr bool elems_to_bytes(std::uint64_t elems, std::ui
 
 inline std::ostream& operator<<(std::ostream& os, const copy_box& b) { return os << to_string(b); }
 inline std::ostream& operator<<(std::ostream& os, const zero_box& z) { return os << to_string(z); }
-inline std::ostream& operator<<(std::ostream& os, const slice_map& m) {
-    return os << to_string(m);
-}
+inline std::ostream& operator<<(std::ostream& os, const slice_map& m) { return os << to_string(m); }
 
 }  // namespace safeshard

@@ -69,7 +69,8 @@ enum class nan_rule : std::uint8_t {
 // Round to nearest, ties to even; overflow -> Inf; subnormal results rounded the same way.
 // (The _wide forms return the result in the low 16 bits of a 32-bit value: see convert_kernels.)
 template <nan_rule Nan>
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f32_to_f16_wide(std::uint32_t u) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f32_to_f16_wide(
+    std::uint32_t u) noexcept {
     const std::uint32_t sign = (u >> 16) & 0x8000u;
     const std::uint32_t a = u & 0x7fffffffu;
     // Normal results: clamp so that anything >= 65520 rounds up into exactly 0x7c00 (Inf).
@@ -102,7 +103,8 @@ template <nan_rule Nan>
 }
 
 // Round to nearest, ties to even (subnormals too); NaN -> signed quiet NaN 0x7fc0 (ml_dtypes).
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f32_to_bf16_wide(std::uint32_t u) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f32_to_bf16_wide(
+    std::uint32_t u) noexcept {
     const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
     const std::uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
     return select((u & 0x7fffffffu) > 0x7f800000u, nan, rounded);
@@ -114,7 +116,8 @@ template <nan_rule Nan>
 
 // ---- between the 16-bit formats (through f32, which holds both exactly) -------------------
 
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f16_to_bf16_wide(std::uint16_t h) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f16_to_bf16_wide(
+    std::uint16_t h) noexcept {
     return f32_to_bf16_wide(f16_to_f32(h));
 }
 
@@ -122,7 +125,8 @@ template <nan_rule Nan>
     return static_cast<std::uint16_t>(f16_to_bf16_wide(h));
 }
 
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t bf16_to_f16_wide(std::uint16_t b) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t bf16_to_f16_wide(
+    std::uint16_t b) noexcept {
     return f32_to_f16_wide<nan_rule::canonical>(bf16_to_f32(b));
 }
 
@@ -136,8 +140,8 @@ template <nan_rule Nan>
 // exact in bf16 and f16. Computed in 16-bit quantities (twice the lanes of 32-bit ones); the
 // seven subnormals (m x 2^-9) are normalised by a short select chain. Base encodes 2^-9, Step is
 // one exponent step, ManTop the top mantissa bit, Rebias/Shift move a normal's bits into place.
-template <std::uint16_t Nan, std::uint16_t Base, std::uint16_t Step, int ManTop, std::uint16_t Rebias,
-          int Shift>
+template <std::uint16_t Nan, std::uint16_t Base, std::uint16_t Step, int ManTop,
+          std::uint16_t Rebias, int Shift>
 [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint16_t f8_e4m3_to_16(std::uint8_t x) noexcept {
     const auto u = static_cast<std::uint16_t>(x);
     const auto sign = static_cast<std::uint16_t>((u & 0x80u) << 8);
@@ -145,41 +149,49 @@ template <std::uint16_t Nan, std::uint16_t Base, std::uint16_t Step, int ManTop,
     const auto m = static_cast<std::uint16_t>(a & 7u);
     const auto normal = static_cast<std::uint16_t>((a << Shift) + Rebias);
     const auto sub = select16(
-        m >= 4u, static_cast<std::uint16_t>((Base + 2 * Step) | (m & 3u) << (ManTop - 1)),  // 2^-7 x 1.mm
-        select16(m >= 2u, static_cast<std::uint16_t>((Base + Step) | (m & 1u) << ManTop),  // 2^-8 x 1.m
-                 select16(m == 1u, Base, 0)));                                             // 2^-9 or 0
+        m >= 4u,
+        static_cast<std::uint16_t>((Base + 2 * Step) | (m & 3u) << (ManTop - 1)),  // 2^-7 x 1.mm
+        select16(m >= 2u,
+                 static_cast<std::uint16_t>((Base + Step) | (m & 1u) << ManTop),  // 2^-8 x 1.m
+                 select16(m == 1u, Base, 0)));                                    // 2^-9 or 0
     const auto mag = select16(a == 0x7fu, Nan, select16(a >= 8u, normal, sub));
     return static_cast<std::uint16_t>(sign | mag);
 }
 
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint16_t f8_e4m3_to_bf16(std::uint8_t x) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint16_t f8_e4m3_to_bf16(
+    std::uint8_t x) noexcept {
     // bf16: 2^-9 is 118 << 7; rebias 7 -> 127 is 120 << 7.
     return f8_e4m3_to_16<0x7fc0, 0x3b00, 0x0080, 6, (120u << 7), 4>(x);
 }
 
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint16_t f8_e4m3_to_f16(std::uint8_t x) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint16_t f8_e4m3_to_f16(
+    std::uint8_t x) noexcept {
     // f16: 2^-9 is 6 << 10; rebias 7 -> 15 is 8 << 10.
     return f8_e4m3_to_16<0x7e00, 0x1800, 0x0400, 9, (8u << 10), 7>(x);
 }
 
 // The bf16 form widened: exact, NaN -> 0x7fc00000 with the sign.
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f8_e4m3_to_f32(std::uint8_t x) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f8_e4m3_to_f32(
+    std::uint8_t x) noexcept {
     return std::uint32_t{f8_e4m3_to_bf16(x)} << 16;
 }
 
 // E5M2 is the top byte of an f16 (bias 15, Inf and NaN); ml_dtypes makes NaN the quiet 0x7e00.
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint16_t f8_e5m2_to_f16(std::uint8_t x) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint16_t f8_e5m2_to_f16(
+    std::uint8_t x) noexcept {
     const std::uint32_t h = std::uint32_t{x} << 8;
     const std::uint32_t nan = (h & 0x8000u) | 0x7e00u;
     return static_cast<std::uint16_t>((h & 0x7fffu) > 0x7c00u ? nan : h);
 }
 
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f8_e5m2_to_f32(std::uint8_t x) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t f8_e5m2_to_f32(
+    std::uint8_t x) noexcept {
     return f16_to_f32(f8_e5m2_to_f16(x));
 }
 
 // Two mantissa bits and a 2^-16 smallest value: exact in bf16.
-[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint16_t f8_e5m2_to_bf16(std::uint8_t x) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint16_t f8_e5m2_to_bf16(
+    std::uint8_t x) noexcept {
     return static_cast<std::uint16_t>(f8_e5m2_to_f32(x) >> 16);
 }
 

@@ -52,8 +52,8 @@ struct narrowing_op {
 };
 
 using op_f16_f32 = element_op<std::uint16_t, std::uint32_t, &elem::f16_to_f32>;
-using op_f32_f16 =
-    narrowing_op<std::uint32_t, std::uint16_t, &elem::f32_to_f16_wide<elem::nan_rule::keep_payload>>;
+using op_f32_f16 = narrowing_op<std::uint32_t, std::uint16_t,
+                                &elem::f32_to_f16_wide<elem::nan_rule::keep_payload>>;
 using op_bf16_f32 = element_op<std::uint16_t, std::uint32_t, &elem::bf16_to_f32>;
 using op_f32_bf16 = narrowing_op<std::uint32_t, std::uint16_t, &elem::f32_to_bf16_wide>;
 using op_f16_bf16 = narrowing_op<std::uint16_t, std::uint16_t, &elem::f16_to_bf16_wide>;
@@ -125,7 +125,7 @@ inline void convert_portable(const std::byte* src, std::byte* dst, std::size_t n
 #if SAFESHARD_CONVERT_X86_DISPATCH
 template <class Op>
 [[gnu::target("avx2")]] inline void convert_avx2(const std::byte* src, std::byte* dst,
-                                                  std::size_t n) noexcept {
+                                                 std::size_t n) noexcept {
     convert_loop<Op>(src, dst, n);
 }
 #endif

@@ -49,9 +49,9 @@ struct decoder_dims {
     d.vocab = need(c.vocab_size, "vocab_size");
     d.kv_heads = c.num_key_value_heads ? c.num_key_value_heads : d.heads;
     if (d.heads % d.kv_heads != 0)
-        throw error(errc::invalid_config,
-                    "num_attention_heads " + std::to_string(d.heads) +
-                        " is not a multiple of num_key_value_heads " + std::to_string(d.kv_heads));
+        throw error(errc::invalid_config, "num_attention_heads " + std::to_string(d.heads) +
+                                              " is not a multiple of num_key_value_heads " +
+                                              std::to_string(d.kv_heads));
     if (c.head_dim) {
         d.head_dim = c.head_dim;
     } else {

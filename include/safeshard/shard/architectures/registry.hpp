@@ -27,13 +27,20 @@ public:
     // llama, mistral, qwen2, qwen3, gemma, gemma2, phi3.
     [[nodiscard]] static architecture_registry with_builtins() {
         architecture_registry r;
-        r.add("llama", [](const model_config& c, const schema_options& o) { return llama_schema(c, o); });
-        r.add("mistral", [](const model_config& c, const schema_options& o) { return mistral_schema(c, o); });
-        r.add("qwen2", [](const model_config& c, const schema_options& o) { return qwen2_schema(c, o); });
-        r.add("qwen3", [](const model_config& c, const schema_options& o) { return qwen3_schema(c, o); });
-        r.add("gemma", [](const model_config& c, const schema_options& o) { return gemma_schema(c, o); });
-        r.add("gemma2", [](const model_config& c, const schema_options& o) { return gemma2_schema(c, o); });
-        r.add("phi3", [](const model_config& c, const schema_options& o) { return phi3_schema(c, o); });
+        r.add("llama",
+              [](const model_config& c, const schema_options& o) { return llama_schema(c, o); });
+        r.add("mistral",
+              [](const model_config& c, const schema_options& o) { return mistral_schema(c, o); });
+        r.add("qwen2",
+              [](const model_config& c, const schema_options& o) { return qwen2_schema(c, o); });
+        r.add("qwen3",
+              [](const model_config& c, const schema_options& o) { return qwen3_schema(c, o); });
+        r.add("gemma",
+              [](const model_config& c, const schema_options& o) { return gemma_schema(c, o); });
+        r.add("gemma2",
+              [](const model_config& c, const schema_options& o) { return gemma2_schema(c, o); });
+        r.add("phi3",
+              [](const model_config& c, const schema_options& o) { return phi3_schema(c, o); });
         return r;
     }
 

@@ -38,9 +38,8 @@ namespace detail {
 SAFESHARD_HOST_DEVICE constexpr layout_status plan_fused(const layout& l,
                                                          const std::uint64_t* extents,
                                                          std::size_t n, std::uint32_t world,
-                                                         std::uint32_t rank,
-                                                         segment_list& runs,
-    std::uint64_t& local_extent) noexcept {
+                                                         std::uint32_t rank, segment_list& runs,
+                                                         std::uint64_t& local_extent) noexcept {
     if (l.part_count > layout::max_parts) return layout_status::invalid_parameters;
     const bool one_fused_source = l.part_count > 0 && n == 1;
     const std::size_t parts = l.part_count > 0 ? l.part_count : n;

@@ -87,11 +87,10 @@ SAFESHARD_HOST_DEVICE constexpr bool push_heads(const segment_list& heads, std::
 }
 
 SAFESHARD_HOST_DEVICE constexpr layout_status plan_gqa(const layout& l,
-                                                       const std::uint64_t* extents,
-                                                       std::size_t n, std::uint32_t world,
-                                                       std::uint32_t rank,
+                                                       const std::uint64_t* extents, std::size_t n,
+                                                       std::uint32_t world, std::uint32_t rank,
                                                        segment_list& runs,
-    std::uint64_t& local_extent) noexcept {
+                                                       std::uint64_t& local_extent) noexcept {
     gqa_selection sel;
     if (const auto st = select_gqa_heads(l, world, rank, sel); st != layout_status::ok) return st;
     const std::uint64_t d = l.head_dim;
@@ -118,13 +117,11 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_gqa(const layout& l,
             if (n == 3) {
                 if (extents[0] != qrows || extents[1] != kvrows || extents[2] != kvrows)
                     return layout_status::shape_mismatch;
-                fits = push_heads(sel.q, 0, 0, d, runs) &&
-                       push_heads(sel.kv, 1, 0, d, runs) &&
+                fits = push_heads(sel.q, 0, 0, d, runs) && push_heads(sel.kv, 1, 0, d, runs) &&
                        push_heads(sel.kv, 2, 0, d, runs);
             } else if (n == 1) {  // phi3's qkv_proj: rows H*d | KV*d | KV*d
                 if (extents[0] != all) return layout_status::shape_mismatch;
-                fits = push_heads(sel.q, 0, 0, d, runs) &&
-                       push_heads(sel.kv, 0, qrows, d, runs) &&
+                fits = push_heads(sel.q, 0, 0, d, runs) && push_heads(sel.kv, 0, qrows, d, runs) &&
                        push_heads(sel.kv, 0, qrows + kvrows, d, runs);
             } else {
                 return layout_status::source_count;

@@ -22,12 +22,9 @@ struct padded_split {
 };
 
 namespace detail {
-SAFESHARD_HOST_DEVICE constexpr layout_status plan_padded_split(std::uint64_t extent,
-                                                                std::uint64_t multiple,
-                                                                std::uint32_t world,
-                                                                std::uint32_t rank,
-                                                                segment_list& runs,
-    std::uint64_t& local_extent) noexcept {
+SAFESHARD_HOST_DEVICE constexpr layout_status plan_padded_split(
+    std::uint64_t extent, std::uint64_t multiple, std::uint32_t world, std::uint32_t rank,
+    segment_list& runs, std::uint64_t& local_extent) noexcept {
     if (multiple == 0) return layout_status::invalid_parameters;
     std::uint64_t padded = 0;
     if (align_up_overflows(extent, multiple, padded)) return layout_status::overflow;

@@ -17,11 +17,9 @@ struct split {
 };
 
 namespace detail {
-SAFESHARD_HOST_DEVICE constexpr layout_status plan_split(std::uint64_t extent,
-                                                         std::uint32_t world,
-                                                         std::uint32_t rank,
-                                                         segment_list& runs,
-    std::uint64_t& local_extent) noexcept {
+SAFESHARD_HOST_DEVICE constexpr layout_status plan_split(std::uint64_t extent, std::uint32_t world,
+                                                         std::uint32_t rank, segment_list& runs,
+                                                         std::uint64_t& local_extent) noexcept {
     if (extent % world != 0) return layout_status::indivisible;
     const std::uint64_t local = extent / world;
     local_extent = local;

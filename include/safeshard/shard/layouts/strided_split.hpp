@@ -20,12 +20,9 @@ struct strided_split {
 };
 
 namespace detail {
-SAFESHARD_HOST_DEVICE constexpr layout_status plan_strided_split(std::uint64_t extent,
-                                                                 std::uint64_t stride,
-                                                                 std::uint32_t world,
-                                                                 std::uint32_t rank,
-                                                                 segment_list& runs,
-    std::uint64_t& local_extent) noexcept {
+SAFESHARD_HOST_DEVICE constexpr layout_status plan_strided_split(
+    std::uint64_t extent, std::uint64_t stride, std::uint32_t world, std::uint32_t rank,
+    segment_list& runs, std::uint64_t& local_extent) noexcept {
     if (stride == 0) return layout_status::invalid_parameters;
     std::uint64_t pieces = 0;
     if (mul_overflows(std::uint64_t{world}, stride, pieces)) return layout_status::overflow;
