@@ -1,46 +1,31 @@
-// Index parsing against nlohmann::json on a DeepSeek-R1-sized index, and opening a checkpoint
-// of 163 shards with every header validated. Plain timing loops (median of repeated runs,
-// warm page cache), both sides measured in the same run.
+// Index parsing against nlohmann::json on a DeepSeek-R1-sized index (92,000 entries, 8.9 MB),
+// and opening a checkpoint of 163 shards with the index and every header validated. Google
+// Benchmark; both sides run in the same process on the same bytes, warm page cache. At exit
+// the medians' ratios are printed (BENCHMARKS.md).
 //
-//   checkpoint_bench [entries=92000] [shards=163] [repeats=15]
+//   checkpoint_bench [--entries=92000] [--shards=163] [google benchmark flags]
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include <benchmark/benchmark.h>
 #include <nlohmann/json.hpp>
 
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/index.hpp"
 
 namespace fs = std::filesystem;
-using clock_type = std::chrono::steady_clock;
 
 namespace {
-
-struct timing {
-    double median;
-    double best;  // the least disturbed run on a shared machine
-};
-
-template <class F>
-timing time_ms(int repeats, F&& f) {
-    std::vector<double> t;
-    for (int i = 0; i < repeats; ++i) {
-        const auto a = clock_type::now();
-        f();
-        t.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - a).count());
-    }
-    std::sort(t.begin(), t.end());
-    return {t[t.size() / 2], t.front()};
-}
 
 std::string shard_name(int i, int n) {
     char buf[64];
@@ -112,76 +97,189 @@ std::string shard_bytes(const std::vector<std::string>& names, std::size_t first
     return out;
 }
 
+struct fixture {
+    std::size_t entries = 92000;
+    int shards = 163;
+    std::vector<std::string> names;
+    std::string json;
+    simdjson::padded_string padded;
+    fs::path dir;
+
+    void make() {
+        names = tensor_names(entries);
+        json = index_json(names, shards, entries * 16);
+        padded = simdjson::padded_string(json);
+        dir = fs::temp_directory_path() / ("safeshard-bench-ckpt-" + std::to_string(::getpid()));
+        fs::remove_all(dir);
+        fs::create_directories(dir);
+        std::size_t first = 0;
+        for (int s = 0; s < shards; ++s) {
+            std::size_t last = first;
+            while (last < names.size() &&
+                   static_cast<int>(last * static_cast<std::size_t>(shards) / names.size()) == s) {
+                ++last;
+            }
+            write_file(dir / shard_name(s, shards), shard_bytes(names, first, last));
+            first = last;
+        }
+        write_file(dir / "model.safetensors.index.json", json);
+        (void)safeshard::checkpoint::open(dir.string());  // warm the page cache
+    }
+};
+
+fixture& data() {
+    static fixture f;
+    return f;
+}
+
+void set_json_bytes(benchmark::State& st) {
+    st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * data().json.size()));
+    st.counters["entries"] = static_cast<double>(data().entries);
+}
+
+// The index parsed from a padded buffer (as index files are read) and the weight_map built.
+void BM_index_safeshard(benchmark::State& st) {
+    for (auto _ : st) {
+        const auto ix = safeshard::safetensors_index::parse_padded(data().padded);
+        benchmark::DoNotOptimize(ix.size());
+    }
+    set_json_bytes(st);
+}
+// The same from a std::string: the copy into a padded buffer is paid too.
+void BM_index_safeshard_from_string(benchmark::State& st) {
+    for (auto _ : st) {
+        const auto ix = safeshard::safetensors_index::parse(std::string_view(data().json));
+        benchmark::DoNotOptimize(ix.size());
+    }
+    set_json_bytes(st);
+}
+// The index file read and parsed (page cache warm).
+void BM_index_safeshard_load(benchmark::State& st) {
+    const fs::path p = data().dir / "model.safetensors.index.json";
+    for (auto _ : st) {
+        const auto ix = safeshard::safetensors_index::load(p);
+        benchmark::DoNotOptimize(ix.size());
+    }
+    set_json_bytes(st);
+}
+void BM_index_nlohmann_parse(benchmark::State& st) {
+    for (auto _ : st) {
+        const auto j = nlohmann::json::parse(data().json);
+        benchmark::DoNotOptimize(j.size());
+    }
+    set_json_bytes(st);
+}
+void BM_index_nlohmann_map(benchmark::State& st) {
+    for (auto _ : st) {
+        const auto j = nlohmann::json::parse(data().json);
+        std::unordered_map<std::string, std::string> wm;
+        for (const auto& [k, v] : j.at("weight_map").items()) wm.emplace(k, v.get<std::string>());
+        benchmark::DoNotOptimize(wm.size());
+    }
+    set_json_bytes(st);
+}
+
+void set_per_shard(benchmark::State& st) {
+    st.counters["shards"] = data().shards;
+    st.counters["per_shard"] = benchmark::Counter(
+        static_cast<double>(data().shards) * static_cast<double>(st.iterations()),
+        benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+// checkpoint::open: the index parsed and checked, every shard mapped and its header validated.
+void BM_checkpoint_open(benchmark::State& st) {
+    for (auto _ : st) {
+        const auto c = safeshard::checkpoint::open(data().dir.string());
+        benchmark::DoNotOptimize(c.tensor_count());
+    }
+    set_per_shard(st);
+}
+// Of which: the shards' file_views alone.
+void BM_checkpoint_file_views(benchmark::State& st) {
+    for (auto _ : st) {
+        for (int s = 0; s < data().shards; ++s) {
+            const safeshard::file_view v(data().dir / shard_name(s, data().shards));
+            benchmark::DoNotOptimize(v.size());
+        }
+    }
+    set_per_shard(st);
+}
+
+BENCHMARK(BM_index_safeshard)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_index_safeshard_from_string)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_index_safeshard_load)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_index_nlohmann_parse)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_index_nlohmann_map)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_checkpoint_open)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_checkpoint_file_views)->Unit(benchmark::kMillisecond);
+
+// Keeps each run's wall time per iteration (median aggregate when repetitions are asked for)
+// to print the ratios the goals are stated in.
+class ratio_reporter : public benchmark::ConsoleReporter {
+public:
+    void ReportRuns(const std::vector<Run>& runs) override {
+        ConsoleReporter::ReportRuns(runs);
+        for (const Run& r : runs) {
+            if (r.error_occurred) continue;
+            const bool median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
+            if (r.run_type == Run::RT_Iteration || median) {
+                const std::string name = r.run_name.function_name;
+                if (median || !seen_median_.contains(name)) times_[name] = r.GetAdjustedRealTime();
+                if (median) seen_median_[name] = true;
+            }
+        }
+    }
+    void print_ratios() const {
+        const auto t = [&](const char* n) {
+            const auto it = times_.find(n);
+            return it == times_.end() ? 0.0 : it->second;
+        };
+        const double ours = t("BM_index_safeshard");
+        if (ours > 0 && t("BM_index_nlohmann_parse") > 0)
+            std::printf("index: safeshard parse + weight_map is %.1fx faster than nlohmann parse\n",
+                        t("BM_index_nlohmann_parse") / ours);
+        if (ours > 0 && t("BM_index_nlohmann_map") > 0)
+            std::printf("index: %.1fx faster than nlohmann parse + unordered_map\n",
+                        t("BM_index_nlohmann_map") / ours);
+        if (t("BM_index_safeshard_load") > 0 && t("BM_index_nlohmann_parse") > 0)
+            std::printf("index: read from the file and parsed: %.1fx faster than nlohmann parse\n",
+                        t("BM_index_nlohmann_parse") / t("BM_index_safeshard_load"));
+        if (t("BM_checkpoint_open") > 0)
+            std::printf("checkpoint::open of %d shards: %.2f ms (%.0f us per shard)\n",
+                        data().shards, t("BM_checkpoint_open"),
+                        t("BM_checkpoint_open") * 1e3 / data().shards);
+    }
+
+private:
+    std::map<std::string, double> times_;
+    std::map<std::string, bool> seen_median_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    const std::size_t entries = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 92000;
-    const int shards = argc > 2 ? std::atoi(argv[2]) : 163;
-    const int repeats = argc > 3 ? std::atoi(argv[3]) : 15;
-    const auto names = tensor_names(entries);
-    const std::string json = index_json(names, shards, entries * 16);
-    std::printf("index: %zu entries, %d shards, %.2f MB of JSON\n", entries, shards,
-                static_cast<double>(json.size()) / 1e6);
-
-    std::size_t sink = 0;
-    const timing ours = time_ms(repeats, [&] {
-        const auto ix = safeshard::safetensors_index::parse(json);
-        sink += ix.size();
-    });
-    const timing nl_parse = time_ms(repeats, [&] {
-        const auto j = nlohmann::json::parse(json);
-        sink += j.size();
-    });
-    const timing nl_map = time_ms(repeats, [&] {
-        const auto j = nlohmann::json::parse(json);
-        std::unordered_map<std::string, std::string> wm;
-        for (const auto& [k, v] : j.at("weight_map").items()) wm.emplace(k, v.get<std::string>());
-        sink += wm.size();
-    });
-    std::printf("  (median / best of %d runs, ms)\n", repeats);
-    std::printf("  safeshard parse + weight_map:    %8.2f / %8.2f  (%.0f MB/s best)\n", ours.median,
-                ours.best, static_cast<double>(json.size()) / 1e3 / ours.best);
-    std::printf("  nlohmann::json::parse only:      %8.2f / %8.2f  -> %.1fx / %.1fx faster\n",
-                nl_parse.median, nl_parse.best, nl_parse.median / ours.median,
-                nl_parse.best / ours.best);
-    std::printf("  nlohmann parse + unordered_map:  %8.2f / %8.2f  -> %.1fx / %.1fx faster\n",
-                nl_map.median, nl_map.best, nl_map.median / ours.median, nl_map.best / ours.best);
-
-    // A checkpoint: the same names over `shards` files, small tensors.
-    const fs::path dir =
-        fs::temp_directory_path() / ("safeshard-bench-ckpt-" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    std::size_t first = 0;
-    for (int s = 0; s < shards; ++s) {
-        std::size_t last = first;
-        while (last < names.size() &&
-               static_cast<int>(last * static_cast<std::size_t>(shards) / names.size()) == s) {
-            ++last;
-        }
-        write_file(dir / shard_name(s, shards), shard_bytes(names, first, last));
-        first = last;
+    std::vector<char*> rest;
+    for (int i = 0; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        if (a.starts_with("--entries="))
+            data().entries = std::strtoull(argv[i] + 10, nullptr, 10);
+        else if (a.starts_with("--shards="))
+            data().shards = std::atoi(argv[i] + 9);
+        else
+            rest.push_back(argv[i]);
     }
-    write_file(dir / "model.safetensors.index.json", json);
-    (void)safeshard::checkpoint::open(dir.string());  // warm the page cache
-    const timing open_ms = time_ms(repeats, [&] {
-        const auto c = safeshard::checkpoint::open(dir.string());
-        sink += c.tensor_count();
-    });
-    const timing headers_ms = time_ms(repeats, [&] {
-        for (int s = 0; s < shards; ++s) {
-            const safeshard::file_view v(dir / shard_name(s, shards));
-            sink += v.size();
-        }
-    });
-    std::printf("checkpoint: %d shards, %zu tensors, index and every header validated\n", shards,
-                entries);
-    std::printf("  checkpoint::open:                %8.2f / %8.2f  (%.0f / %.0f us per shard)\n",
-                open_ms.median, open_ms.best, open_ms.median * 1e3 / shards,
-                open_ms.best * 1e3 / shards);
-    std::printf("  of which file_view opens alone:  %8.2f / %8.2f  (%.0f / %.0f us per shard)\n",
-                headers_ms.median, headers_ms.best, headers_ms.median * 1e3 / shards,
-                headers_ms.best * 1e3 / shards);
-    fs::remove_all(dir);
-    return sink == 0 ? 1 : 0;
+    int n = static_cast<int>(rest.size());
+    benchmark::Initialize(&n, rest.data());
+    if (data().entries == 0 || data().shards <= 0) {
+        std::fprintf(stderr, "checkpoint_bench: --entries and --shards must be positive\n");
+        return 2;
+    }
+    data().make();
+    std::printf("index: %zu entries, %d shards, %.2f MB of JSON\n", data().entries, data().shards,
+                static_cast<double>(data().json.size()) / 1e6);
+    ratio_reporter reporter;
+    benchmark::RunSpecifiedBenchmarks(&reporter);
+    reporter.print_ratios();
+    fs::remove_all(data().dir);
+    benchmark::Shutdown();
+    return 0;
 }

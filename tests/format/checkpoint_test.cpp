@@ -300,3 +300,50 @@ TEST_CASE("checkpoint: a repository id in the Hugging Face cache") {
     CHECK(local.contains("local"));
     CHECK_FALSE(local.snapshot());
 }
+
+TEST_CASE("checkpoint: shards opened in parallel report the first bad shard, as in order") {
+    // 24 shards, one F32 tensor each; shards 7 and 15 are damaged in different ways. Any number
+    // of threads reports shard 7 (the first by name), with the same error a serial open gives.
+    temp_dir d;
+    constexpr int n = 24;
+    std::string index = R"({"weight_map": {)";
+    auto shard = [](int i) {
+        return "model-" + std::string(i < 9 ? "0000" : "000") + std::to_string(i + 1) +
+               "-of-00024.safetensors";
+    };
+    for (int i = 0; i < n; ++i) {
+        const std::string name = "t" + std::to_string(i);
+        write_file(d / shard(i), make_safetensors({{name, "F32", {2}, 8, static_cast<char>(i)}}));
+        index += (i ? ",\"" : "\"") + name + "\": \"" + shard(i) + "\"";
+    }
+    index += "}}";
+    write_file(d / "model.safetensors.index.json", index);
+    for (const unsigned threads : {0u, 1u, 3u, 8u}) {
+        checkpoint_options o;
+        o.threads = threads;
+        const auto c = checkpoint::open(d.path().string(), o);
+        REQUIRE(c.files().size() == n);
+        for (int i = 0; i < n; i += 5) {
+            const auto t = c.tensor("t" + std::to_string(i));
+            CHECK(t.file->name == shard(i));
+            CHECK(static_cast<char>(t.tensor.bytes()[0]) == static_cast<char>(i));
+        }
+    }
+    write_file(d / shard(7), "short");  // header length missing
+    write_file(d / shard(15), make_safetensors({{"t15", "F32", {3}, 8, 0}}));  // size mismatch
+    std::string serial;
+    checkpoint_options one;
+    one.threads = 1;
+    CHECK(code_of([&] { (void)checkpoint::open(d.path().string(), one); }, &serial) ==
+          errc::header_too_small);
+    CHECK(serial.find(shard(7)) != std::string::npos);
+    for (const unsigned threads : {0u, 2u, 4u, 8u}) {
+        CAPTURE(threads);
+        checkpoint_options o;
+        o.threads = threads;
+        std::string what;
+        CHECK(code_of([&] { (void)checkpoint::open(d.path().string(), o); }, &what) ==
+              errc::header_too_small);
+        CHECK(what == serial);
+    }
+}

@@ -1,5 +1,7 @@
 #include "safeshard/format/index.hpp"
 
+#include <unistd.h>
+
 #include <string>
 
 #include <doctest/doctest.h>
@@ -128,4 +130,53 @@ TEST_CASE("index: load from a file; io_error for a missing one") {
     CHECK(code_of([&] { (void)safetensors_index::load(d / "missing.json"); }, &what) ==
           errc::io_error);
     CHECK(code_of([&] { (void)safetensors_index::load(d.path()); }) == errc::invalid_index);
+}
+
+TEST_CASE("index: large files parse the same mapped (room for the padding) or read (none)") {
+    // Over 1 MiB the file is mapped when its last page leaves simdjson's padding free, and
+    // read into a padded buffer when it does not (a size that is a multiple of the page).
+    std::string body = R"({"metadata": {"total_size": 7}, "weight_map": {)";
+    for (int i = 0; i < 30000; ++i) {
+        if (i != 0) body += ',';
+        body += "\"model.layers." + std::to_string(i) + ".mlp.weight\": \"s" +
+                std::to_string(i % 5) + ".safetensors\"";
+    }
+    body += "}}";
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    REQUIRE(body.size() > (std::size_t{1} << 20));
+    safeshard::test::temp_dir d;
+    // Whitespace after the JSON sets the file's size: a page's multiple, a tail with room for
+    // the padding, and a tail 8 bytes short of the page (no room).
+    const std::size_t whole = (body.size() / page + 1) * page;
+    for (const std::size_t size : {whole, whole + 100, whole + page - 8}) {
+        CAPTURE(size);
+        std::string json = body;
+        json.resize(size, ' ');
+        safeshard::test::write_file(d / "i.json", json);
+        const auto ix = safetensors_index::load(d / "i.json");
+        CHECK(ix.size() == 30000);
+        CHECK(ix.shards().size() == 5);
+        CHECK(ix.total_size() == 7);
+        CHECK(ix.shard_of("model.layers.29999.mlp.weight") == "s4.safetensors");
+        CHECK(ix.shard_of("model.layers.0.mlp.weight") == "s0.safetensors");
+    }
+    // The mapping ends where the file does: a truncated document is still an error.
+    std::string cut = body.substr(0, body.size() - 1);
+    cut.resize(whole + 100, ' ');
+    safeshard::test::write_file(d / "cut.json", cut);
+    CHECK(code_of([&] { (void)safetensors_index::load(d / "cut.json"); }) == errc::invalid_index);
+}
+
+TEST_CASE("index: a padded buffer parses without a copy, as a string does") {
+    const std::string json = R"({"weight_map": {"a": "x.safetensors", "b": "y.safetensors"}})";
+    const simdjson::padded_string padded(json);
+    const auto ix = safetensors_index::parse_padded(padded, "mem");
+    CHECK(ix.size() == 2);
+    CHECK(ix.source() == "mem");
+    CHECK(ix.shard_of("b") == "y.safetensors");
+    std::string spare = json;
+    spare.append(simdjson::SIMDJSON_PADDING, ' ');
+    const auto ix2 = safetensors_index::parse_padded(
+        simdjson::padded_string_view(spare.data(), json.size(), spare.size()));
+    CHECK(ix2.shard_of("a") == "x.safetensors");
 }

@@ -4,13 +4,16 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -31,6 +34,9 @@ struct checkpoint_options {
     bool strict = true;
     parse_options parse{};  // caps for every shard's header
     hf_cache_options hf{};  // revision and cache folder, for repository ids
+    // Threads that map and validate the shards' headers (0: the hardware's, at most 8).
+    // Opening is bound by page faults and system calls, which run in parallel.
+    unsigned threads = 0;
 };
 
 // Something a lenient open let through.
@@ -302,9 +308,11 @@ private:
     void add_files(const std::vector<std::string>& names, const checkpoint_options& options,
                    const hf_snapshot* snap) {
         namespace fs = std::filesystem;
-        files_.reserve(names.size());  // file_views never move after this
+        files_.reserve(names.size());
+        std::vector<fs::path> paths;
+        paths.reserve(names.size());
         for (const auto& name : names) {
-            const fs::path path = root_ / name;
+            fs::path path = root_ / name;
             std::error_code ec;
             if (!fs::is_regular_file(path, ec)) {
                 std::string msg = "the index names shard '" + name + "', which is ";
@@ -321,12 +329,62 @@ private:
                     errc::invalid_index, msg,
                     error_context{.file = index_path_ ? index_path_->string() : path.string()});
             }
-            files_.push_back(checkpoint_file{name, path, file_view(path, options.parse), 0});
+            paths.push_back(std::move(path));
+        }
+        std::vector<file_view> views = open_views(paths, options);
+        for (std::size_t i = 0; i < names.size(); ++i) {
+            files_.push_back(checkpoint_file{names[i], paths[i], std::move(views[i]), 0});
             auto& f = files_.back();
             for (const tensor_view t : f.view) f.tensor_bytes += t.byte_size();
             total_bytes_ += f.tensor_bytes;
             tensor_count_ += f.view.size();
         }
+    }
+
+    // Maps and validates the files on a few threads (each has its own reused parser). The
+    // error reported is the first file's in name order, as a serial open would report it.
+    static std::vector<file_view> open_views(const std::vector<std::filesystem::path>& paths,
+                                             const checkpoint_options& options) {
+        const std::size_t n = paths.size();
+        unsigned threads = options.threads != 0
+                               ? options.threads
+                               : std::min(8u, std::max(1u, std::thread::hardware_concurrency()));
+        threads = static_cast<unsigned>(std::min<std::size_t>(threads, (n + 3) / 4));
+        std::vector<std::optional<file_view>> slots(n);
+        std::vector<std::exception_ptr> errors(n);
+        std::atomic<std::size_t> next{0};
+        std::atomic<std::size_t> first_error{n};
+        auto work = [&] {
+            for (;;) {
+                const std::size_t i = next.fetch_add(1, std::memory_order_relaxed);
+                if (i >= n || i > first_error.load(std::memory_order_relaxed)) return;
+                try {
+                    slots[i].emplace(paths[i], options.parse);
+                } catch (...) {
+                    errors[i] = std::current_exception();
+                    std::size_t cur = first_error.load();
+                    while (i < cur && !first_error.compare_exchange_weak(cur, i)) {
+                    }
+                }
+            }
+        };
+        if (threads <= 1) {
+            work();
+        } else {
+            std::vector<std::jthread> pool;
+            pool.reserve(threads - 1);
+            try {
+                for (unsigned k = 1; k < threads; ++k) pool.emplace_back(work);
+            } catch (const std::system_error&) {
+                // No more threads to be had: the ones started and this one do the work.
+            }
+            work();
+        }  // joins
+        if (const std::size_t e = first_error.load(); e < n) std::rethrow_exception(errors[e]);
+        std::vector<file_view> views;
+        views.reserve(n);
+        for (auto& s : slots) views.push_back(std::move(*s));
+        return views;
     }
 
     void warn_or_fail(const checkpoint_options& options, std::string msg, const std::string& file,

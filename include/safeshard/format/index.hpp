@@ -55,12 +55,22 @@ public:
     // Parses index JSON. `source` names the file in error messages.
     [[nodiscard]] static safetensors_index parse(std::string_view json, std::string source = {}) {
         simdjson::padded_string buf(json);
-        return parse_padded(buf, std::move(source));
+        return parse_view(buf, std::move(source));
+    }
+    // Parses JSON already in a padded buffer, without a copy (a simdjson::padded_string, or
+    // a padded_string_view over a buffer with SIMDJSON_PADDING spare bytes).
+    [[nodiscard]] static safetensors_index parse_padded(simdjson::padded_string_view json,
+                                                        std::string source = {}) {
+        return parse_view(json, std::move(source));
     }
     // Reads and parses an index file (errc::io_error when the system fails the read).
     [[nodiscard]] static safetensors_index load(const std::filesystem::path& p) {
-        auto buf = detail::read_json_file(p, max_file_size, errc::invalid_index);
-        return parse_padded(buf, p.string());
+        detail::json_file f(p, max_file_size, errc::invalid_index);
+        if (f.size() >= (std::uint64_t{1} << 20)) {
+            if (const auto mapped = f.map()) return parse_view(*mapped, p.string());
+        }
+        const simdjson::padded_string buf = f.read();
+        return parse_view(buf, p.string());
     }
 
     // Tensors in the order of the file's weight_map.
@@ -150,7 +160,7 @@ private:
         }
     }
 
-    static safetensors_index parse_padded(const simdjson::padded_string& buf, std::string source) {
+    static safetensors_index parse_view(simdjson::padded_string_view buf, std::string source) {
         using simdjson::dom::element;
         using simdjson::dom::element_type;
         using simdjson::dom::object;
@@ -158,9 +168,15 @@ private:
         safetensors_index ix;
         ix.source_ = std::move(source);
         if (buf.size() >= UINT32_MAX) fail("index is too large", ix.source_);
-        simdjson::dom::parser parser;
+        // The thread's reused parser: fresh parser buffers cost more than the parse itself.
+        std::unique_ptr<simdjson::dom::parser> own;
+        simdjson::dom::parser* parser = &detail::thread_parser();
+        if (buf.size() > detail::shared_parser_limit) {
+            own = std::make_unique<simdjson::dom::parser>();
+            parser = own.get();
+        }
         element root;
-        if (auto err = parser.parse(buf).get(root); err) {
+        if (auto err = parser->parse(buf).get(root); err) {
             fail(std::string("not valid JSON: ") + simdjson::error_message(err), ix.source_);
         }
         object top;

@@ -30,6 +30,7 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
+#include "safeshard/format/json_text.hpp"
 #include "safeshard/io/mapped_file.hpp"
 
 namespace safeshard {
@@ -136,15 +137,6 @@ private:
     std::vector<std::uint32_t> slots_;  // 0 = empty, else entry index + 1
 };
 
-// serde_json (the reference's parser) refuses JSON nested deeper than this, counting the
-// top-level object; simdjson is told the same limit so both give the same verdict.
-inline constexpr std::size_t json_max_depth = 127;
-
-inline void prepare_parser(simdjson::dom::parser& p, std::size_t capacity) {
-    if (p.allocate(std::max<std::size_t>(capacity, 4096), json_max_depth) != simdjson::SUCCESS)
-        throw std::bad_alloc();
-}
-
 // Whether valid JSON holds the number token -0 outside strings. simdjson reads it as the
 // integer 0, serde_json (the reference) as the float -0.0, which no size or offset accepts.
 [[nodiscard]] inline bool has_negative_zero(std::string_view json) noexcept {
@@ -166,19 +158,6 @@ inline void prepare_parser(simdjson::dom::parser& p, std::size_t capacity) {
     }
     return false;
 }
-
-// One simdjson parser per thread, reused: its buffers are the costly part of a parse.
-inline simdjson::dom::parser& thread_parser() {
-    thread_local simdjson::dom::parser parser = [] {
-        simdjson::dom::parser p;
-        prepare_parser(p, 4096);
-        return p;
-    }();
-    return parser;
-}
-
-// Above this header size a parse uses its own parser, so a thread keeps no huge buffers.
-inline constexpr std::size_t shared_parser_limit = 16u << 20;
 
 }  // namespace detail
 
