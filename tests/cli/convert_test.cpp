@@ -320,9 +320,19 @@ TEST_SUITE("cli") {
 
     TEST_CASE("convert: SIGINT stops with 130 and no partial output") {
         scratch d;
-        make_checkpoint(d / "in", 64);  // about 2.5 MB: long enough to interrupt
+        make_checkpoint(d / "in", 256);  // about 10 MB: long enough to interrupt
+        // The kill points are spread over one measured run, so a fast machine (where the
+        // whole conversion takes a few milliseconds) is interrupted as surely as a slow one.
+        const auto t0 = std::chrono::steady_clock::now();
+        REQUIRE(run(d.path(), "convert " + q(d / "in") + " --out " + q(d / "timed") +
+                                  " --dtype f32")
+                    .rc == 0);
+        const auto full = std::chrono::duration_cast<std::chrono::microseconds>(
+            std::chrono::steady_clock::now() - t0);
+        fs::remove_all(d / "timed");
+        MESSAGE("one conversion took " << full.count() << " us");
         int interrupted = 0;
-        for (int attempt = 0; attempt < 10 && interrupted < 2; ++attempt) {
+        for (int attempt = 0; attempt < 20 && interrupted < 2; ++attempt) {
             const auto out = d / ("out" + std::to_string(attempt));
             const pid_t pid = ::fork();
             REQUIRE(pid >= 0);
@@ -334,7 +344,7 @@ TEST_SUITE("cli") {
                         out.c_str(), "--dtype", "f32", static_cast<char*>(nullptr));
                 ::_exit(127);
             }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20 + 10 * attempt));
+            std::this_thread::sleep_for(full * (3 + attempt % 6) / 10);
             ::kill(pid, SIGINT);
             int status = 0;
             REQUIRE(::waitpid(pid, &status, 0) == pid);
