@@ -2,7 +2,7 @@
 // plan, for world 1, 2, 4, 8, both GQA conventions, padded vocabulary, every conversion pair
 // and all three policies; errors name the CUDA call. Exits 77 (SKIP) where no GPU is found.
 // SAFESHARD_HF_DIR=DIR: also the checkpoints tools/gpu/hf_reference.py wrote with transformers,
-// compared with the torch slices it saved beside them (DIR/<model>/ref-w<W>-r<R>.safetensors).
+// compared with the torch slices it saved (DIR/refs/<model>/ref-w<W>-r<R>.safetensors).
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,6 +35,23 @@ std::vector<std::byte> host_copy(const cuda_tensor& t) {
     return v;
 }
 
+const cuda_engine_options option_sets[] = {
+    {},
+    {.buffers = 2, .buffer_bytes = 4096, .streams = 3, .threads = 3},
+    {.mode = read_mode::mmap, .buffers = 3, .buffer_bytes = 1 << 16, .threads = 2},
+    {.policy = cuda_policy::pageable},
+    {.policy = cuda_policy::registered},
+};
+
+// One engine per option set, kept across loads (its ring is allocated once), freed by main().
+std::unique_ptr<cuda_engine> engines[std::size(option_sets)];
+
+cuda_engine& engine_for(const cuda_engine_options& o) {
+    const auto i = static_cast<std::size_t>(&o - option_sets);
+    if (!engines[i]) engines[i] = std::make_unique<cuda_engine>(o);
+    return *engines[i];
+}
+
 void check_same(const plan_pair& p, const cuda_engine_options& o, const char* what) {
     CAPTURE(what);
     CAPTURE(to_string(o.policy));
@@ -41,7 +60,7 @@ void check_same(const plan_pair& p, const cuda_engine_options& o, const char* wh
     CAPTURE(o.threads);
     load_report hr;
     const tensor_bytes want = host_reference(p.host, &hr);
-    cuda_engine e(o);
+    cuda_engine& e = engine_for(o);
     load_report r;
     const auto m = load_tensors<cuda_tensor>(p.cuda, e, &r);
     std::size_t compared = 0;
@@ -54,14 +73,6 @@ void check_same(const plan_pair& p, const cuda_engine_options& o, const char* wh
     CHECK(r.bytes_read == hr.bytes_read);
     CHECK(r.bytes_written == hr.bytes_written);
 }
-
-const cuda_engine_options option_sets[] = {
-    {},
-    {.buffers = 2, .buffer_bytes = 4096, .streams = 3, .threads = 3},
-    {.mode = read_mode::mmap, .buffers = 3, .buffer_bytes = 1 << 16, .threads = 2},
-    {.policy = cuda_policy::pageable},
-    {.policy = cuda_policy::registered},
-};
 
 }  // namespace
 
@@ -210,8 +221,9 @@ TEST_CASE("transformers checkpoints against torch slices (SAFESHARD_HF_DIR)") {
         int refs = 0;
         for (std::uint32_t w : {1u, 2u, 4u})
             for (std::uint32_t r = 0; r < w; ++r) {
-                const fs::path ref = model / ("ref-w" + std::to_string(w) + "-r" +
-                                              std::to_string(r) + ".safetensors");
+                const fs::path ref =
+                    fs::path(env) / "refs" / model.filename() /
+                    ("ref-w" + std::to_string(w) + "-r" + std::to_string(r) + ".safetensors");
                 if (!fs::exists(ref)) continue;
                 ++refs;
                 CAPTURE(w);
@@ -254,5 +266,7 @@ int main(int argc, char** argv) {
     if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
         std::printf("device 0: %s, %d device(s)\n", prop.name, device_count);
     doctest::Context ctx(argc, argv);
-    return ctx.run();
+    const int rc = ctx.run();
+    for (auto& e : engines) e.reset();  // before the CUDA runtime goes
+    return rc;
 }
