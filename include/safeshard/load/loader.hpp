@@ -162,6 +162,11 @@ template <class T, class Engine>
     for (std::size_t i = 0; i < readers.size(); ++i)
         sources[i] = read_source{&readers[i], plan.mappings()[i]};
     const engine_stats before = engine.stats();
+    if constexpr (requires(std::span<const std::string> n) { engine.set_names(n); }) {
+        std::vector<std::string> names(dests.size());
+        for (std::size_t i = 0; i < dests.size(); ++i) names[i] = dests[i].name;
+        engine.set_names(names);  // error messages name the tensor
+    }
     engine.bind(copy_targets{sources, addresses, sizes});
     engine.submit(plan.ops());
     engine.wait();
@@ -173,7 +178,16 @@ template <class T, class Engine>
     t0 = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < dests.size(); ++i)
         if (dests[i].created()) {
-            detail::initialise(dests[i], addresses[i]);
+            // Device memory (an engine with upload()): initialised on the host, then copied.
+            if constexpr (requires(std::byte * p, std::span<const std::byte> b) {
+                              engine.upload(p, b);
+                          }) {
+                std::vector<std::byte> host(dests[i].bytes);
+                detail::initialise(dests[i], host.data());
+                engine.upload(addresses[i], host);
+            } else {
+                detail::initialise(dests[i], addresses[i]);
+            }
             r.bytes_written += dests[i].bytes;
         }
     r.init_seconds = detail::seconds_since(t0);
@@ -181,19 +195,50 @@ template <class T, class Engine>
     return out;
 }
 
-// The common case: the architecture found by config.json's model_type.
-template <class T = host_tensor>
-[[nodiscard]] loaded_model<T> load(std::string_view path_or_repo, const load_options& o = {}) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
-    const load_plan plan = load_plan::build(ckpt, {o.rank, o.world}, o.plan);
-    const double plan_s = detail::seconds_since(t0);
-    host_engine engine(o.engine);
+namespace detail {
+// A factory for device memory may name the device load<T>() plans for when the options name
+// the host (`static device default_device()`), and the engine that fills it
+// (`static Engine make_engine(const device&)`, e.g. cuda_tensor's cuda_engine); otherwise
+// load<T>() plans for o.plan.device and copies with a host_engine.
+template <class T>
+plan_options plan_options_for(const load_options& o) {
+    plan_options p = o.plan;
+    if constexpr (requires { tensor_factory<T>::default_device(); })
+        if (p.device.kind == device_kind::host) p.device = tensor_factory<T>::default_device();
+    return p;
+}
+
+template <class T, class Engine>
+loaded_model<T> run_plan(const load_plan& plan, Engine& engine, const load_options& o,
+                         double plan_s) {
     if (o.progress) engine.set_progress(o.progress);
     load_report r;
     loaded_model<T> m = load_tensors<T>(plan, engine, &r);
     m.report.plan_seconds = plan_s;
     return m;
+}
+
+template <class T>
+loaded_model<T> run_plan(const load_plan& plan, const load_options& o, const device& d,
+                         double plan_s) {
+    if constexpr (requires { tensor_factory<T>::make_engine(d); }) {
+        auto engine = tensor_factory<T>::make_engine(d);
+        return run_plan<T>(plan, engine, o, plan_s);
+    } else {
+        host_engine engine(o.engine);
+        return run_plan<T>(plan, engine, o, plan_s);
+    }
+}
+}  // namespace detail
+
+// The common case: the architecture found by config.json's model_type.
+template <class T = host_tensor>
+[[nodiscard]] loaded_model<T> load(std::string_view path_or_repo, const load_options& o = {}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
+    const plan_options po = detail::plan_options_for<T>(o);
+    const load_plan plan = load_plan::build(ckpt, {o.rank, o.world}, po);
+    return detail::run_plan<T>(plan, o, po.device, detail::seconds_since(t0));
 }
 
 // With the user's own schema.
@@ -202,14 +247,21 @@ template <class T = host_tensor>
                                    const load_options& o = {}) {
     const auto t0 = std::chrono::steady_clock::now();
     const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
-    const load_plan plan = load_plan::build(ckpt, s, {o.rank, o.world}, o.plan);
-    const double plan_s = detail::seconds_since(t0);
-    host_engine engine(o.engine);
-    if (o.progress) engine.set_progress(o.progress);
-    load_report r;
-    loaded_model<T> m = load_tensors<T>(plan, engine, &r);
-    m.report.plan_seconds = plan_s;
-    return m;
+    const plan_options po = detail::plan_options_for<T>(o);
+    const load_plan plan = load_plan::build(ckpt, s, {o.rank, o.world}, po);
+    return detail::run_plan<T>(plan, o, po.device, detail::seconds_since(t0));
+}
+
+// With an engine of the caller's (a cuda_engine with its own options, one per device).
+template <class T = host_tensor, class Engine>
+requires copy_engine<Engine>
+[[nodiscard]] loaded_model<T> load(std::string_view path_or_repo, const load_options& o,
+                                   Engine& engine) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
+    const load_plan plan =
+        load_plan::build(ckpt, {o.rank, o.world}, detail::plan_options_for<T>(o));
+    return detail::run_plan<T>(plan, engine, o, detail::seconds_since(t0));
 }
 
 }  // namespace safeshard

@@ -1,0 +1,603 @@
+// basic_cuda_engine<Transport>: the copy_engine for CUDA device memory, written against the
+// transport concept (cuda/transport.hpp) so that its scheduling runs on the host in tests.
+//
+// staged (the default): worker threads read their pieces in file order with pread (or copy
+// them out of the mapping) into a ring of pinned staging buffers allocated once, converting
+// the dtype in that pass; each filled buffer goes to its destinations with
+// cudaMemcpy2DAsync / cudaMemcpyAsync on one of several streams, and an event recorded after
+// its copies frees it for the next fill. A strided box (a rank's columns) is read row by row,
+// packed in staging, and laid into the destination pitch by the 2-D copy: only the rank's
+// bytes are read. Widening conversions (BF16 -> F32) are done on the host too and send the
+// wider bytes over the bus.
+// pageable: cudaMemcpy2D straight from the file's mapping (the driver stages it).
+// registered: the mapping page-locked with cudaHostRegister (read-only) and DMA from it.
+// pageable and registered copy what converts, or what has no mapping, the staged way.
+//
+// Every transport call is checked: a failure throws safeshard::error (errc::cuda_error) with
+// the CUDA function, the error's name, the copy op and its tensor; streams are synchronised
+// and every resource (ring, streams, events, registrations) released before it propagates.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "safeshard/core/error.hpp"
+#include "safeshard/cuda/transport.hpp"
+#include "safeshard/io/aligned_buffer.hpp"
+#include "safeshard/io/file_reader.hpp"
+#include "safeshard/load/convert.hpp"
+#include "safeshard/load/copy_op.hpp"
+#include "safeshard/load/engine.hpp"
+#include "safeshard/load/host_engine.hpp"  // read_mode
+
+namespace safeshard {
+
+enum class cuda_policy : std::uint8_t {
+    staged,      // pread into a pinned ring, then async copies (the default)
+    pageable,    // cudaMemcpy2D from the file's mapping
+    registered,  // cudaHostRegister the mapping (read-only), async copies from it
+};
+
+[[nodiscard]] constexpr std::string_view to_string(cuda_policy p) noexcept {
+    switch (p) {
+        case cuda_policy::staged: return "staged";
+        case cuda_policy::pageable: return "pageable";
+        case cuda_policy::registered: return "registered";
+    }
+    return "unknown";
+}
+
+struct cuda_engine_options {
+    int device = 0;  // the CUDA device every destination lives on
+    cuda_policy policy = cuda_policy::staged;
+    read_mode mode = read_mode::pread;  // how staged pieces leave the files
+    unsigned buffers = 8;               // pinned staging buffers in the ring
+    std::size_t buffer_bytes = std::size_t{8} << 20;
+    unsigned streams = 4;
+    unsigned threads = 4;  // readers filling the ring (the calling thread is one of them)
+};
+
+template <cuda_transport Transport>
+class basic_cuda_engine {
+public:
+    explicit basic_cuda_engine(cuda_engine_options o = {}, Transport t = Transport{})
+        : opt_(o), tr_(std::move(t)) {
+        opt_.buffers = std::max(1u, opt_.buffers);
+        opt_.streams = std::max(1u, opt_.streams);
+        opt_.threads = std::max(1u, opt_.threads);
+        opt_.buffer_bytes = std::max<std::size_t>(opt_.buffer_bytes, 4096);
+    }
+    basic_cuda_engine(const basic_cuda_engine&) = delete;
+    basic_cuda_engine& operator=(const basic_cuda_engine&) = delete;
+    ~basic_cuda_engine() { release(); }
+
+    [[nodiscard]] const cuda_engine_options& options() const noexcept { return opt_; }
+    [[nodiscard]] Transport& transport() noexcept { return tr_; }
+
+    void bind(const copy_targets& t) { targets_ = t; }
+    void set_progress(progress_callback cb) { progress_ = std::move(cb); }
+    // Destination names by destination index, for error messages (optional).
+    void set_names(std::span<const std::string> names) {
+        names_.assign(names.begin(), names.end());
+    }
+
+    // Checks every op against the bound targets and queues it, cut into pieces that fit a
+    // staging buffer.
+    void submit(std::span<const copy_op> ops) {
+        for (const copy_op& op : ops) {
+            detail::check_op_bounds(op, targets_);
+            if (op.kind == copy_kind::copy && op.converts() &&
+                !can_convert(op.src_dtype, op.dst_dtype))
+                throw error(errc::unsupported_conversion,
+                            detail::unsupported_conversion_message(op.src_dtype, op.dst_dtype));
+            split(op);
+        }
+    }
+
+    // Runs the queued pieces; rethrows the first error after every stream is synchronised.
+    void wait() {
+        const auto t0 = std::chrono::steady_clock::now();
+        std::vector<piece> pieces = std::move(pieces_);
+        pieces_.clear();
+        run_state st;
+        for (const piece& p : pieces) st.total += p.op.bytes_written();
+        try {
+            run(pieces, st);
+        } catch (...) {
+            st.fail(std::current_exception());
+        }
+        finish(st);
+        stats_.bytes_read += st.read;
+        stats_.bytes_written += st.written;
+        stats_.seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (st.first) {
+            release();  // a failed load leaves nothing behind; the next wait() starts afresh
+            std::rethrow_exception(st.first);
+        }
+    }
+
+    // Copies host bytes to device memory now (created parameters, initialised on the host).
+    void upload(std::byte* dst, std::span<const std::byte> src) {
+        if (src.empty()) return;
+        check(tr_.set_device(opt_.device), "cudaSetDevice", nullptr);
+        check(tr_.memcpy_2d(dst, src.size(), src.data(), src.size(), src.size(), 1), "cudaMemcpy",
+              nullptr);
+    }
+
+    [[nodiscard]] engine_stats stats() const noexcept { return stats_; }
+    void reset_stats() noexcept { stats_ = {}; }
+    // Whether the staging ring is allocated (it is kept between loads, freed on an error).
+    [[nodiscard]] bool ring_allocated() const noexcept { return !ring_.empty(); }
+
+private:
+    enum class path : std::uint8_t { zero, staged, direct };
+
+    struct piece {
+        copy_op op;
+        path how = path::staged;
+        std::uint64_t staged_bytes = 0;  // room taken in a staging buffer (aligned)
+    };
+
+    struct buffer {
+        std::byte* data = nullptr;
+        transport_event event = nullptr;
+        bool recorded = false;  // an event was recorded after copies out of it
+        unsigned index = 0;
+    };
+
+    struct run_state {
+        std::uint64_t total = 0;
+        std::atomic<std::uint64_t> done{0}, read{0}, written{0};
+        std::atomic<bool> failed{false};
+        std::exception_ptr first{};
+        std::mutex m{};
+        std::size_t cursor = 0;  // next piece to claim (under m)
+
+        void fail(std::exception_ptr e) {
+            const std::lock_guard lock(m);
+            if (!first) first = std::move(e);
+            failed = true;
+        }
+    };
+
+    static constexpr std::uint64_t staging_alignment = 256;
+
+    // ---- errors ----
+
+    [[noreturn]] void throw_cuda(int code, std::string_view call, const copy_op* op) const {
+        std::string msg(call);
+        msg += " failed: ";
+        msg += tr_.error_name(code);
+        msg += " (device " + std::to_string(opt_.device) + ")";
+        error_context ctx{};
+        if (op) {
+            msg += " while copying {" + to_string(*op) + "}";
+            if (op->destination < names_.size()) ctx.tensor = names_[op->destination];
+        }
+        throw error(errc::cuda_error, msg, std::move(ctx));
+    }
+    void check(int code, std::string_view call, const copy_op* op) const {
+        if (code != Transport::success) throw_cuda(code, call, op);
+    }
+
+    // ---- planning ----
+
+    void split(const copy_op& op) {
+        const byte_box& b = op.box;
+        if (b.rows == 0 || b.dst_row_bytes == 0) return;
+        const read_source* src = op.kind == copy_kind::copy ? &targets_.sources[op.file] : nullptr;
+        path how = path::staged;
+        if (op.kind == copy_kind::zero)
+            how = path::zero;
+        else if (opt_.policy != cuda_policy::staged && !op.converts() && !src->mapping.empty())
+            how = path::direct;
+        const std::uint64_t limit = opt_.buffer_bytes;
+        const std::uint64_t src_row = op.kind == copy_kind::zero ? 0 : b.src_row_bytes;
+        const std::uint64_t row_max = std::max(src_row, b.dst_row_bytes);
+        auto add = [&](const copy_op& p) {
+            const std::uint64_t bytes = p.box.rows * p.box.dst_row_bytes;
+            pieces_.push_back(piece{
+                p, how, (bytes + staging_alignment - 1) / staging_alignment * staging_alignment});
+        };
+        if (row_max <= limit) {
+            const std::uint64_t per = std::max<std::uint64_t>(1, limit / row_max);
+            for (std::uint64_t r = 0; r < b.rows; r += per) {
+                copy_op p = op;
+                p.box.rows = std::min(per, b.rows - r);
+                p.box.src_offset = b.src_offset + r * b.src_pitch;
+                p.box.dst_offset = b.dst_offset + r * b.dst_pitch;
+                add(p);
+            }
+            return;
+        }
+        // Rows longer than a buffer: each row alone, cut by elements (multiples of 8 stay
+        // whole bytes for every dtype).
+        const std::uint64_t dbits = bit_size(op.dst_dtype);
+        const std::uint64_t sbits = op.kind == copy_kind::zero ? dbits : bit_size(op.src_dtype);
+        const std::uint64_t elems = b.dst_row_bytes * 8 / dbits;
+        std::uint64_t step = limit * 8 / std::max(sbits, dbits);
+        step = std::max<std::uint64_t>(8, step / 8 * 8);
+        for (std::uint64_t r = 0; r < b.rows; ++r)
+            for (std::uint64_t e = 0; e < elems; e += step) {
+                const std::uint64_t n = std::min(step, elems - e);
+                copy_op p = op;
+                p.box.rows = 1;
+                p.box.src_offset = b.src_offset + r * b.src_pitch + e * sbits / 8;
+                p.box.dst_offset = b.dst_offset + r * b.dst_pitch + e * dbits / 8;
+                p.box.src_row_bytes = p.box.src_pitch = n * sbits / 8;
+                p.box.dst_row_bytes = p.box.dst_pitch = n * dbits / 8;
+                if (op.kind == copy_kind::zero) p.box.src_row_bytes = p.box.src_pitch = 0;
+                add(p);
+            }
+    }
+
+    // ---- resources ----
+
+    // Streams, events and the pinned ring, allocated once (by the first load that needs them).
+    void allocate(bool need_ring) {
+        if (streams_.empty()) {
+            streams_.reserve(opt_.streams);
+            for (unsigned i = 0; i < opt_.streams; ++i) {
+                transport_stream s = nullptr;
+                check(tr_.stream_create(&s), "cudaStreamCreate", nullptr);
+                streams_.push_back(s);
+            }
+        }
+        if (!need_ring || !ring_.empty()) return;
+        ring_.reserve(opt_.buffers);
+        for (unsigned i = 0; i < opt_.buffers; ++i) {
+            buffer b{};
+            b.index = i;
+            void* p = nullptr;
+            check(tr_.host_alloc(&p, opt_.buffer_bytes), "cudaHostAlloc", nullptr);
+            b.data = static_cast<std::byte*>(p);
+            const int rc = tr_.event_create(&b.event);
+            if (rc != Transport::success) {
+                (void)tr_.host_free(p);
+                throw_cuda(rc, "cudaEventCreate", nullptr);
+            }
+            ring_.push_back(b);
+        }
+    }
+
+    // Frees everything; errors are ignored here (an error is already on its way, or the
+    // engine is going away).
+    void release() noexcept {
+        if (ring_.empty() && streams_.empty()) return;
+        (void)tr_.set_device(opt_.device);
+        for (transport_stream s : streams_) (void)tr_.stream_synchronize(s);
+        for (buffer& b : ring_) {
+            if (b.recorded) (void)tr_.event_synchronize(b.event);
+            (void)tr_.event_destroy(b.event);
+            (void)tr_.host_free(b.data);
+        }
+        ring_.clear();
+        for (transport_stream s : streams_) (void)tr_.stream_destroy(s);
+        streams_.clear();
+        free_.clear();
+    }
+
+    // ---- running ----
+
+    void run(std::vector<piece>& pieces, run_state& st) {
+        if (pieces.empty()) return;
+        check(tr_.set_device(opt_.device), "cudaSetDevice", nullptr);
+        bool need_ring = false;
+        for (const piece& p : pieces) need_ring = need_ring || p.how == path::staged;
+        allocate(need_ring);
+        free_.clear();
+        for (buffer& b : ring_) free_.push_back(&b);
+        if (opt_.policy == cuda_policy::registered) register_mappings(pieces);
+
+        unsigned n = static_cast<unsigned>(std::min<std::size_t>(opt_.threads, pieces.size()));
+        auto work = [&](bool own_thread) {
+            worker w{*this, st, {}, 0};
+            try {
+                if (own_thread) check(tr_.set_device(opt_.device), "cudaSetDevice", nullptr);
+                for (;;) {
+                    if (st.failed.load(std::memory_order_relaxed)) break;
+                    const auto [first, last] = claim(pieces, st);
+                    if (first == last) break;
+                    w.run(std::span<const piece>(pieces.data() + first, last - first));
+                }
+            } catch (...) {
+                st.fail(std::current_exception());
+                wake_all();
+            }
+        };
+        std::vector<std::jthread> threads;
+        try {
+            for (unsigned i = 1; i < n; ++i) threads.emplace_back(work, true);
+        } catch (...) {  // fewer threads than asked: the others and this one do the work
+        }
+        work(false);
+        threads.clear();  // joins
+    }
+
+    // The next pieces in file order: one piece, or consecutive staged pieces sharing a buffer.
+    std::pair<std::size_t, std::size_t> claim(const std::vector<piece>& pieces,
+                                              run_state& st) const {
+        const std::lock_guard lock(st.m);
+        const std::size_t first = st.cursor;
+        if (first >= pieces.size()) return {first, first};
+        std::size_t last = first + 1;
+        if (pieces[first].how == path::staged) {
+            std::uint64_t used = pieces[first].staged_bytes;
+            while (last < pieces.size() && pieces[last].how == path::staged &&
+                   used + pieces[last].staged_bytes <= opt_.buffer_bytes)
+                used += pieces[last++].staged_bytes;
+        }
+        st.cursor = last;
+        return {first, last};
+    }
+
+    // After the work: every stream synchronised, registrations undone (errors recorded unless
+    // one is already).
+    void finish(run_state& st) {
+        if (!streams_.empty()) {
+            try {
+                check(tr_.set_device(opt_.device), "cudaSetDevice", nullptr);
+            } catch (...) {
+                st.fail(std::current_exception());
+            }
+            bool synced = true;
+            for (transport_stream s : streams_) {
+                const int rc = tr_.stream_synchronize(s);
+                if (rc != Transport::success) {
+                    synced = false;
+                    try {
+                        throw_cuda(rc, "cudaStreamSynchronize", nullptr);
+                    } catch (...) {
+                        st.fail(std::current_exception());
+                    }
+                }
+            }
+            // Once more before the registrations go: no copy may still read them.
+            if (!synced)
+                for (transport_stream s : streams_) (void)tr_.stream_synchronize(s);
+            for (buffer& b : ring_) b.recorded = false;  // their copies are done
+        }
+        unregister_mappings(st);
+    }
+
+    void register_mappings(const std::vector<piece>& pieces) {
+        std::vector<bool> used(targets_.sources.size(), false);
+        for (const piece& p : pieces)
+            if (p.how == path::direct) used[p.op.file] = true;
+        for (std::size_t f = 0; f < used.size(); ++f) {
+            if (!used[f]) continue;
+            const auto m = targets_.sources[f].mapping;
+            void* base = const_cast<std::byte*>(m.data());  // read-only registration
+            const int rc = tr_.host_register_read_only(base, m.size());
+            if (rc != Transport::success) {
+                std::string file =
+                    targets_.sources[f].reader ? targets_.sources[f].reader->path().string() : "";
+                throw error(errc::cuda_error,
+                            "cudaHostRegister failed: " + tr_.error_name(rc) + " (device " +
+                                std::to_string(opt_.device) + ", " + std::to_string(m.size()) +
+                                " bytes of mapped file, read-only)",
+                            error_context{.file = std::move(file)});
+            }
+            registered_.push_back(base);
+        }
+    }
+
+    void unregister_mappings(run_state& st) {
+        for (void* p : registered_) {
+            const int rc = tr_.host_unregister(p);
+            if (rc != Transport::success) {
+                try {
+                    throw_cuda(rc, "cudaHostUnregister", nullptr);
+                } catch (...) {
+                    st.fail(std::current_exception());
+                }
+            }
+        }
+        registered_.clear();
+    }
+
+    // A free staging buffer, its previous copies finished; nullptr when the load failed.
+    buffer* acquire(run_state& st) {
+        buffer* b = nullptr;
+        {
+            std::unique_lock lock(ring_m_);
+            ring_cv_.wait(lock, [&] { return !free_.empty() || st.failed.load(); });
+            if (free_.empty()) return nullptr;
+            b = free_.front();
+            free_.pop_front();
+        }
+        if (b->recorded) {
+            const int rc = tr_.event_synchronize(b->event);
+            if (rc != Transport::success) {
+                give_back(b);
+                throw_cuda(rc, "cudaEventSynchronize", nullptr);
+            }
+            b->recorded = false;
+        }
+        return b;
+    }
+    void give_back(buffer* b) {
+        {
+            const std::lock_guard lock(ring_m_);
+            free_.push_back(b);
+        }
+        ring_cv_.notify_one();
+    }
+    void wake_all() {
+        { const std::lock_guard lock(ring_m_); }
+        ring_cv_.notify_all();
+    }
+
+    struct worker {
+        basic_cuda_engine& e;
+        run_state& st;
+        aligned_buffer scratch{};  // source rows of converting pieces (pread mode)
+        unsigned next_stream = 0;
+
+        transport_stream stream_for(unsigned i) const { return e.streams_[i % e.streams_.size()]; }
+
+        void run(std::span<const piece> ps) {
+            if (ps.front().how == path::staged) {
+                staged(ps);
+            } else {
+                const piece& p = ps.front();
+                if (p.how == path::zero)
+                    zero(p.op);
+                else
+                    direct(p.op);
+                progress(p.op.bytes_written());
+            }
+        }
+
+        void progress(std::uint64_t bytes) {
+            const std::uint64_t d = st.done.fetch_add(bytes) + bytes;
+            if (e.progress_) {
+                const std::lock_guard lock(st.m);
+                e.progress_(d, st.total);
+            }
+        }
+
+        void zero(const copy_op& op) {
+            const byte_box& b = op.box;
+            std::byte* dst = e.targets_.destinations[op.destination] + b.dst_offset;
+            e.check(e.tr_.memset_2d_async(dst, b.rows > 1 ? b.dst_pitch : b.dst_row_bytes,
+                                          b.dst_row_bytes, b.rows, stream_for(next_stream++)),
+                    "cudaMemset2DAsync", &op);
+            st.written += op.bytes_written();
+        }
+
+        void direct(const copy_op& op) {
+            const byte_box& b = op.box;
+            const read_source& src = e.targets_.sources[op.file];
+            const std::byte* from = mapped(src, op);
+            std::byte* dst = e.targets_.destinations[op.destination] + b.dst_offset;
+            const std::uint64_t spitch = b.rows > 1 ? b.src_pitch : b.src_row_bytes;
+            const std::uint64_t dpitch = b.rows > 1 ? b.dst_pitch : b.dst_row_bytes;
+            if (e.opt_.policy == cuda_policy::pageable)
+                e.check(e.tr_.memcpy_2d(dst, dpitch, from, spitch, b.dst_row_bytes, b.rows),
+                        "cudaMemcpy2D", &op);
+            else
+                e.check(e.tr_.memcpy_2d_async(dst, dpitch, from, spitch, b.dst_row_bytes, b.rows,
+                                              stream_for(next_stream++)),
+                        "cudaMemcpy2DAsync", &op);
+            st.read += op.bytes_read();
+            st.written += op.bytes_written();
+        }
+
+        // The op's first source byte in the mapping, after checking the file is long enough.
+        static const std::byte* mapped(const read_source& src, const copy_op& op) {
+            const byte_box& b = op.box;
+            const std::uint64_t end =
+                op.file_begin() + (b.rows - 1) * b.src_pitch + b.src_row_bytes;
+            if (end > src.mapping.size())
+                throw error(errc::io_error,
+                            "the file is shorter (" + std::to_string(src.mapping.size()) +
+                                " bytes) than the tensor data the plan reads (to byte " +
+                                std::to_string(end) + ")",
+                            error_context{.file = src.reader ? src.reader->path().string() : "",
+                                          .offset = op.file_begin()});
+            return src.mapping.data() + op.file_begin();
+        }
+
+        // Fills one buffer with the pieces (dst dtype, rows packed), then sends each piece to
+        // its destination and records the buffer's event after the copies.
+        void staged(std::span<const piece> ps) {
+            buffer* b = e.acquire(st);
+            if (b == nullptr) return;  // the load failed elsewhere
+            struct holder {
+                basic_cuda_engine& e;
+                buffer* b;
+                ~holder() { e.give_back(b); }
+            } hold{e, b};
+            std::uint64_t off = 0;
+            for (const piece& p : ps) {
+                fill(p.op, b->data + off);
+                off += p.staged_bytes;
+            }
+            const transport_stream s = stream_for(b->index);
+            off = 0;
+            for (const piece& p : ps) {
+                const byte_box& x = p.op.box;
+                std::byte* dst = e.targets_.destinations[p.op.destination] + x.dst_offset;
+                const bool dense = x.rows == 1 || x.dst_pitch == x.dst_row_bytes;
+                if (dense)
+                    e.check(e.tr_.memcpy_async(dst, b->data + off, x.rows * x.dst_row_bytes, s),
+                            "cudaMemcpyAsync", &p.op);
+                else
+                    e.check(e.tr_.memcpy_2d_async(dst, x.dst_pitch, b->data + off, x.dst_row_bytes,
+                                                  x.dst_row_bytes, x.rows, s),
+                            "cudaMemcpy2DAsync", &p.op);
+                b->recorded = true;  // copies may be in flight: synchronise before reuse
+                off += p.staged_bytes;
+            }
+            e.check(e.tr_.event_record(b->event, s), "cudaEventRecord", &ps.back().op);
+            for (const piece& p : ps) {
+                st.read += p.op.bytes_read();
+                st.written += p.op.bytes_written();
+                progress(p.op.bytes_written());
+            }
+        }
+
+        // The op's rows into `out`, packed (row pitch dst_row_bytes), converted.
+        void fill(const copy_op& op, std::byte* out) {
+            const byte_box& b = op.box;
+            const read_source& src = e.targets_.sources[op.file];
+            const std::size_t row_elems = b.dst_row_bytes * 8 / bit_size(op.dst_dtype);
+            const converter conv = op.converts() ? find_converter(op.src_dtype, op.dst_dtype)
+                                                 : converter(op.src_dtype);
+            if (e.opt_.mode == read_mode::mmap && !src.mapping.empty()) {
+                conv(mapped(src, op), out, b.rows, row_elems, b.src_pitch, b.dst_row_bytes);
+                return;
+            }
+            if (src.reader == nullptr)
+                throw error(errc::invalid_argument, "copy op without an open file");
+            const file_reader& f = *src.reader;
+            std::byte* into = out;
+            if (op.converts()) {
+                const std::size_t need = b.rows * b.src_row_bytes;
+                if (scratch.size() < need)
+                    scratch = aligned_buffer(std::max<std::size_t>(need, 4096));
+                into = scratch.data();
+            }
+            if (op.contiguous_source())
+                f.read_exact({into, b.rows * b.src_row_bytes}, op.file_begin());
+            else
+                for (std::uint64_t r = 0; r < b.rows; ++r)
+                    f.read_exact({into + r * b.src_row_bytes, b.src_row_bytes},
+                                 op.file_begin() + r * b.src_pitch);
+            if (op.converts()) conv(into, out, b.rows, row_elems, b.src_row_bytes, b.dst_row_bytes);
+        }
+    };
+
+    cuda_engine_options opt_;
+    Transport tr_;
+    copy_targets targets_{};
+    progress_callback progress_{};
+    std::vector<std::string> names_{};
+    std::vector<piece> pieces_{};
+    engine_stats stats_{};
+
+    std::vector<transport_stream> streams_{};
+    std::vector<buffer> ring_{};
+    std::deque<buffer*> free_{};
+    std::mutex ring_m_{};
+    std::condition_variable ring_cv_{};
+    std::vector<void*> registered_{};
+};
+
+}  // namespace safeshard
