@@ -521,6 +521,30 @@ TEST_SUITE("export") {
               errc::checkpoint_not_found);
     }
 
+    TEST_CASE("quantization scales pass through, replicated, when raw tensors are asked for") {
+        temp_folder dir;
+        model_spec m;
+        auto tensors = test::make_tensors(m);
+        std::mt19937_64 rng(3);
+        tensors["model.layers.0.mlp.down_proj.weight_scale"] = test::random_tensor({64}, rng);
+        fs::create_directories(dir.path() / "in");
+        test::write_checkpoint(dir.path() / "in", m, tensors);
+        const auto in = checkpoint::open((dir.path() / "in").string());
+        auto o = options_for(2, kv_contiguous);
+        CHECK(code_of([&] { (void)export_checkpoint(in, dir.path() / "ex", o); }) ==
+              errc::quantized_checkpoint);
+        o.plan.allow_quantized = true;
+        (void)export_checkpoint(in, dir.path() / "ex", o);
+        const auto meta =
+            read_export_metadata(checkpoint::open((dir.path() / "ex" / "rank-00001").string()));
+        REQUIRE(meta.has_value());
+        const export_tensor* scale = meta->find("model.layers.0.mlp.down_proj.weight_scale");
+        REQUIRE(scale != nullptr);
+        CHECK(scale->layout.kind == layout_kind::replicated);
+        (void)merge_export(dir.path() / "ex", dir.path() / "merged");
+        check_same(dir.path() / "in", dir.path() / "merged");
+    }
+
     TEST_CASE("config_with_dtype rewrites float dtypes only, keeping every other byte") {
         const std::string in =
             "{\"torch_dtype\" : \"bfloat16\", \"note\": \"\\\"torch_dtype\\\": \\\"float16\\\"\","

@@ -180,7 +180,8 @@ inline std::uint64_t copy_side_files(const std::filesystem::path& from,
 }
 
 // The schema an export cuts by: checkpoint tensors no parameter reads become replicated
-// parameters of their own (so nothing is lost), except stored copies of tied tensors.
+// parameters of their own (so nothing is lost: ignored buffers and quantization scales too),
+// except stored copies of tied tensors.
 inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
     if (!s.fallback()) s.set_fallback(make_replicated());
     for (const auto& f : ckpt.files())
@@ -188,7 +189,8 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
             const std::string_view n = t.name();
             if (s.find_by_source(n)) continue;
             const auto as_schema = s.names().from_checkpoint(n);
-            if (!as_schema || s.find(*as_schema) || !s.ignored(n)) continue;
+            if (!as_schema || s.find(*as_schema)) continue;
+            if (!s.ignored(n) && !is_quantization_scale(n)) continue;  // the fallback's
             parameter_meta p;
             p.name = *as_schema;
             p.sources = {std::string(n)};
