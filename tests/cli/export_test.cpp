@@ -3,14 +3,17 @@
 // codes, and no partial output on error or SIGINT.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -280,5 +283,89 @@ TEST_SUITE("cli") {
         const auto merged = d.path() / "merged";
         interrupt_at_spread_points(d, {"merge", ex.string(), "--out", merged.string()}, merged,
                                    [&] { check_same(d.path() / "in", merged); });
+    }
+    TEST_CASE("export: SIGKILL at 60 random moments leaves OUT absent or complete") {
+        test::temp_folder d;
+        test::model_spec m;
+        make_model(d.path() / "in", m);
+        // On a private tmpfs when we may mount one (fsync costs nothing there).
+        fs::path work = d.path() / "work";
+        fs::create_directories(work);
+        const bool tmpfs = ::mount("tmpfs", work.c_str(), "tmpfs", 0, "size=64m") == 0;
+        MESSAGE("crash runs on " << std::string(tmpfs ? "tmpfs" : "disk"));
+        struct unmount {
+            fs::path p;
+            bool on;
+            ~unmount() {
+                if (on) (void)::umount2(p.c_str(), MNT_DETACH);
+            }
+        } guard{work, tmpfs};
+
+        auto spawn = [&](const fs::path& out, bool force) {
+            const pid_t pid = ::fork();
+            REQUIRE(pid >= 0);
+            if (pid == 0) {
+                const int null = ::open("/dev/null", O_WRONLY);
+                ::dup2(null, 1);
+                ::dup2(null, 2);
+                ::execl(SAFESHARD_EXE, SAFESHARD_EXE, "export", (d.path() / "in").c_str(), "--tp",
+                        "4", "--out", out.c_str(), "--max-shard-size", "10KB",
+                        force ? "--force" : static_cast<char*>(nullptr),
+                        static_cast<char*>(nullptr));
+                ::_exit(127);
+            }
+            return pid;
+        };
+        auto wait_status = [](pid_t pid) {
+            int status = 0;
+            REQUIRE(::waitpid(pid, &status, 0) == pid);
+            return status;
+        };
+        const auto t0 = std::chrono::steady_clock::now();
+        const int s0 = wait_status(spawn(work / "ref", false));
+        const auto full_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                 std::chrono::steady_clock::now() - t0)
+                                 .count();
+        REQUIRE(WIFEXITED(s0));
+        REQUIRE(WEXITSTATUS(s0) == 0);
+        const std::string ref_meta =
+            slurp(work / "ref" / "rank-00003" / "model.safetensors.index.json");
+
+        std::mt19937 rng(2024);
+        std::uniform_int_distribution<long> delay(0, std::max<long>(full_us, 1000));
+        int killed_mid = 0, absent = 0;
+        for (int i = 0; i < 60; ++i) {
+            const bool force = i % 2 == 1;  // odd runs replace a complete export
+            const auto out = work / "out";
+            if (!force)
+                fs::remove_all(out);
+            else if (!fs::exists(out))
+                fs::copy(work / "ref", out, fs::copy_options::recursive);
+            const pid_t pid = spawn(out, force);
+            std::this_thread::sleep_for(std::chrono::microseconds(delay(rng)));
+            ::kill(pid, SIGKILL);
+            if (WIFSIGNALED(wait_status(pid))) ++killed_mid;
+            if (!fs::exists(out)) {
+                ++absent;
+                CHECK_FALSE(force);  // a forced run never loses the old export
+                continue;
+            }
+            // Present: every rank folder, complete, and it merges back to the input.
+            CHECK(count_entries(out) == 4);
+            CHECK(slurp(out / "rank-00003" / "model.safetensors.index.json") == ref_meta);
+        }
+        MESSAGE(killed_mid << " of 60 runs killed before they ended, " << absent << " left no OUT");
+        CHECK(killed_mid > 5);
+        fs::remove_all(work / "out");
+        REQUIRE(WEXITSTATUS(wait_status(spawn(work / "out", false))) == 0);
+        const auto r = run(d.path(), "merge " + q(work / "out") + " --out " + q(work / "merged"));
+        REQUIRE_MESSAGE(r.rc == 0, r.err);
+        check_same(d.path() / "in", work / "merged");
+        // The last run cleaned what killed runs left: nothing but the outputs remains.
+        std::vector<std::string> names;
+        for (const auto& e : fs::directory_iterator(work))
+            names.push_back(e.path().filename().string());
+        std::sort(names.begin(), names.end());
+        CHECK(names == std::vector<std::string>{"merged", "out", "ref"});
     }
 }
