@@ -80,4 +80,25 @@ struct plan_args {
 };
 int run_plan(const plan_args& a, output& out);
 
+struct export_args {
+    checkpoint_args ckpt;
+    std::uint32_t world = 0;
+    std::string out;
+    std::string dtype{};          // empty: keep each tensor's
+    std::string arch{};           // empty: config.json's model_type
+    std::string kv_convention{};  // empty: contiguous
+    std::string max_shard_size = "5GB";
+    bool allow_quantized = false;
+    bool force = false;
+};
+int run_export(const export_args& a, output& out);
+
+struct merge_args {
+    std::string dir;
+    std::string out;
+    std::string max_shard_size = "5GB";
+    bool force = false;
+};
+int run_merge(const merge_args& a, output& out);
+
 }  // namespace safeshard::cli

@@ -49,7 +49,9 @@ int main(int argc, char** argv) {
     using namespace safeshard::cli;
     install_signal_handlers();
 
-    CLI::App app{"safeshard: look inside, check and convert safetensors checkpoints"};
+    CLI::App app{
+        "safeshard: look inside, check, convert, export per rank and merge safetensors "
+        "checkpoints"};
     app.footer(exit_code_help);
     app.require_subcommand(1);
     app.set_version_flag("--version", SAFESHARD_VERSION_STRING);
@@ -121,6 +123,53 @@ int main(int argc, char** argv) {
                        "\"nbytes\"}]}],\"rank_bytes\"}");
     plan_cmd->footer(exit_code_help);
 
+    export_args exp;
+    auto* export_cmd = app.add_subcommand(
+        "export",
+        "Write each rank's tensors of a tensor-parallel world, cut as the loader cuts them, "
+        "as a checkpoint per rank (OUT/rank-00000, ...) whose metadata undoes the cut");
+    add_checkpoint_options(export_cmd, exp.ckpt);
+    export_cmd->add_option("--tp", exp.world, "Tensor-parallel world size")->required();
+    export_cmd
+        ->add_option("--out", exp.out,
+                     "The export folder; it must not exist (see --force) and must not lie "
+                     "inside the input")
+        ->required();
+    export_cmd->add_option("--dtype", exp.dtype,
+                           "F16, BF16, F32 or F64 (any case): the dtype of every floating-point "
+                           "tensor; others keep theirs (default: keep)");
+    export_cmd->add_option("--arch", exp.arch,
+                           "Architecture (model_type) instead of config.json's: llama, mistral, "
+                           "qwen2, qwen3, gemma, gemma2, phi3");
+    export_cmd->add_option("--kv-convention", exp.kv_convention,
+                           "How KV heads spread when world > KV: contiguous (vLLM, default) or "
+                           "interleaved (optimum-neuron)");
+    export_cmd->add_option("--max-shard-size", exp.max_shard_size,
+                           "Shard size limit of each rank folder: 5GB, 500MB (decimal), 2GiB "
+                           "(binary) or bytes (default: 5GB)");
+    export_cmd->add_flag("--allow-quantized", exp.allow_quantized,
+                         "Export the raw tensors of a quantized checkpoint");
+    export_cmd->add_flag("--force", exp.force,
+                         "Replace an existing output folder, once the new one is complete");
+    export_cmd->footer(exit_code_help);
+
+    merge_args merge;
+    auto* merge_cmd = app.add_subcommand(
+        "merge",
+        "Merge the rank folders of an export back into one checkpoint in the original layout, "
+        "from the export metadata alone (replicated copies checked identical)");
+    merge_cmd->add_option("export", merge.dir, "The export folder (holding rank-00000, ...)")
+        ->required();
+    merge_cmd
+        ->add_option("--out", merge.out,
+                     "The merged checkpoint folder; it must not exist (see --force)")
+        ->required();
+    merge_cmd->add_option("--max-shard-size", merge.max_shard_size,
+                          "Shard size limit as huggingface_hub reads it (default: 5GB)");
+    merge_cmd->add_flag("--force", merge.force,
+                        "Replace an existing output folder, once the new one is complete");
+    merge_cmd->footer(exit_code_help);
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -138,6 +187,8 @@ int main(int argc, char** argv) {
         if (*verify_cmd) return run_verify(verify, out);
         if (*convert_cmd) return run_convert(convert, out);
         if (*plan_cmd) return run_plan(plan, out);
+        if (*export_cmd) return run_export(exp, out);
+        if (*merge_cmd) return run_merge(merge, out);
         return exit_usage;
     } catch (const broken_pipe&) {
         return exit_ok;  // the reader left (`| head`): stop quietly

@@ -23,6 +23,7 @@
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/copy_op.hpp"
+#include "safeshard/load/export_metadata.hpp"
 #include "safeshard/load/report.hpp"
 #include "safeshard/load/tensor_factory.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
@@ -112,9 +113,14 @@ inline std::optional<shape> config_shape(std::string_view name, const model_conf
 
 class load_plan {
 public:
-    // The architecture named by options.architecture or config.json's model_type.
+    // The architecture named by options.architecture or config.json's model_type. A rank
+    // folder of a per-rank export loads through identity layouts, as its recorded rank only.
     [[nodiscard]] static load_plan build(const checkpoint& ckpt, parallel_context ctx,
                                          const plan_options& o = {}) {
+        if (const auto exported = read_export_metadata(ckpt)) {
+            check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
+            return build(ckpt, identity_schema(*exported), ctx, o);
+        }
         const auto cfg = ckpt.load_config();
         if (!cfg)
             throw error(errc::invalid_config,

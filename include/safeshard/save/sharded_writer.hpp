@@ -77,82 +77,29 @@ inline void remove_stale_replacements(const std::filesystem::path& target) noexc
 
 }  // namespace detail
 
-// The output folder of a save: shards and index go in through write_shards(), other files
-// (config.json...) may be added to staging_folder(), and commit() makes the folder appear.
-// Until commit() nothing is visible at `target`; the destructor of an uncommitted writer
-// removes everything it wrote. The target must not exist, unless `force` (then it must be a
-// folder, and it is replaced by the new one only after the new one is complete: swapped with
-// renameat2(RENAME_EXCHANGE), or where the file system cannot, moved aside, the new one
-// renamed in, the old one removed).
-class sharded_writer {
+// A folder that appears complete or not at all: fill staging_folder(), then commit(). The
+// target must not exist, unless `force` (then it must be a folder, and it is replaced by the
+// new one only after the new one is complete: swapped with renameat2(RENAME_EXCHANGE), or where
+// the file system cannot, moved aside, the new one renamed in, the old one removed). Destroyed
+// uncommitted, it removes what was written.
+class staged_folder {
 public:
-    sharded_writer(std::filesystem::path target, std::vector<tensor_info> tensors,
-                   sharded_save_options options = {})
-        : target_(normalize(std::move(target))),
-          tensors_(std::move(tensors)),
-          options_(std::move(options)),
-          plan_(plan_shards(tensors_, options_.max_shard_size)),
-          folder_(staging_target()) {}
+    staged_folder(std::filesystem::path target, bool force)
+        : target_(normalize(std::move(target))), force_(force), folder_(staging_target()) {}
 
-    sharded_writer(const sharded_writer&) = delete;
-    sharded_writer& operator=(const sharded_writer&) = delete;
+    staged_folder(const staged_folder&) = delete;
+    staged_folder& operator=(const staged_folder&) = delete;
 
     [[nodiscard]] const std::filesystem::path& target() const noexcept { return target_; }
-    [[nodiscard]] std::span<const tensor_info> tensors() const noexcept { return tensors_; }
-    [[nodiscard]] const shard_plan& plan() const noexcept { return plan_; }
-    // The temporary folder being filled; add other files here before commit().
+    // The temporary folder being filled.
     [[nodiscard]] const std::filesystem::path& staging_folder() const noexcept {
         return folder_.path();
     }
     // Whether commit() replaces an existing folder.
     [[nodiscard]] bool replacing() const noexcept { return replacing_; }
 
-    // Writes every shard, then the index when there are several. For each tensor, in each
-    // shard's file order (safetensors' order: dtype, then name), calls
-    // `produce(std::size_t tensor_index, safetensors_writer& w)`, which must write exactly the
-    // tensor's bytes with w.write(...) (invalid_argument otherwise).
-    template <class Producer>
-    void write_shards(Producer&& produce) {
-        if (written_)
-            throw error(errc::invalid_argument, "write_shards was already called",
-                        {.file = target_.string()});
-        written_ = true;
-        std::unordered_map<std::string_view, std::size_t> index_of;
-        index_of.reserve(tensors_.size());
-        for (std::size_t i = 0; i < tensors_.size(); ++i) index_of.emplace(tensors_[i].name, i);
-        for (const auto& shard : plan_.shards) {
-            std::vector<tensor_info> infos;
-            infos.reserve(shard.tensors.size());
-            for (const std::size_t i : shard.tensors) infos.push_back(tensors_[i]);
-            const auto file = staging_folder() / shard.file_name;
-            safetensors_writer w(file, std::move(infos), options_.shard_metadata);
-            for (const auto& t : w.plan()) {
-                const std::uint64_t before = w.data_written();
-                produce(index_of.at(t.name), w);
-                if (w.data_written() - before != t.byte_size())
-                    throw error(errc::invalid_argument,
-                                "the producer wrote " + std::to_string(w.data_written() - before) +
-                                    " bytes, expected " + std::to_string(t.byte_size()),
-                                error_context{.file = file.string(),
-                                              .tensor = t.name,
-                                              .offset = std::nullopt,
-                                              .sys_errno = 0});
-            }
-            w.commit();
-        }
-        if (plan_.is_sharded()) {
-            atomic_file index(staging_folder() / "model.safetensors.index.json");
-            const std::string json = serialize_index_json(plan_, tensors_);
-            index.write(std::as_bytes(std::span(json)));
-            index.commit();
-        }
-    }
-
     // Makes the complete folder appear at target() (fsyncing every file first).
     void commit() {
-        if (!written_)
-            throw error(errc::invalid_argument, "commit before write_shards",
-                        {.file = target_.string()});
         folder_.commit();
         if (!replacing_) return;
         const auto staged = folder_.target();
@@ -206,7 +153,7 @@ private:
             if (errno != ENOENT) throw detail::errno_error("stat", target_);
             return target_;
         }
-        if (!options_.force)
+        if (!force_)
             throw error(errc::io_error,
                         "the output folder already exists (pass force, --force, to replace it)",
                         {.file = target_.string(), .sys_errno = EEXIST});
@@ -219,11 +166,101 @@ private:
     }
 
     std::filesystem::path target_;
+    bool force_ = false;
+    bool replacing_ = false;
+    atomic_directory folder_;
+};
+
+// The output folder of a save: shards and index go in through write_shards(), other files
+// (config.json...) may be added to staging_folder(), and commit() makes the folder appear.
+// Until commit() nothing is visible at `target`; the destructor of an uncommitted writer
+// removes everything it wrote. The target must not exist, unless `force` (then it must be a
+// folder, and it is replaced by the new one only after the new one is complete: swapped with
+// renameat2(RENAME_EXCHANGE), or where the file system cannot, moved aside, the new one
+// renamed in, the old one removed).
+class sharded_writer {
+public:
+    sharded_writer(std::filesystem::path target, std::vector<tensor_info> tensors,
+                   sharded_save_options options = {})
+        : target_(normalize(std::move(target))),
+          tensors_(std::move(tensors)),
+          options_(std::move(options)),
+          plan_(plan_shards(tensors_, options_.max_shard_size)),
+          folder_(target_, options_.force) {}
+
+    sharded_writer(const sharded_writer&) = delete;
+    sharded_writer& operator=(const sharded_writer&) = delete;
+
+    [[nodiscard]] const std::filesystem::path& target() const noexcept { return target_; }
+    [[nodiscard]] std::span<const tensor_info> tensors() const noexcept { return tensors_; }
+    [[nodiscard]] const shard_plan& plan() const noexcept { return plan_; }
+    // The temporary folder being filled; add other files here before commit().
+    [[nodiscard]] const std::filesystem::path& staging_folder() const noexcept {
+        return folder_.staging_folder();
+    }
+    // Whether commit() replaces an existing folder.
+    [[nodiscard]] bool replacing() const noexcept { return folder_.replacing(); }
+
+    // Writes every shard, then the index when there are several. For each tensor, in each
+    // shard's file order (safetensors' order: dtype, then name), calls
+    // `produce(std::size_t tensor_index, safetensors_writer& w)`, which must write exactly the
+    // tensor's bytes with w.write(...) (invalid_argument otherwise).
+    template <class Producer>
+    void write_shards(Producer&& produce) {
+        if (written_)
+            throw error(errc::invalid_argument, "write_shards was already called",
+                        {.file = target_.string()});
+        written_ = true;
+        std::unordered_map<std::string_view, std::size_t> index_of;
+        index_of.reserve(tensors_.size());
+        for (std::size_t i = 0; i < tensors_.size(); ++i) index_of.emplace(tensors_[i].name, i);
+        for (const auto& shard : plan_.shards) {
+            std::vector<tensor_info> infos;
+            infos.reserve(shard.tensors.size());
+            for (const std::size_t i : shard.tensors) infos.push_back(tensors_[i]);
+            const auto file = staging_folder() / shard.file_name;
+            safetensors_writer w(file, std::move(infos), options_.shard_metadata);
+            for (const auto& t : w.plan()) {
+                const std::uint64_t before = w.data_written();
+                produce(index_of.at(t.name), w);
+                if (w.data_written() - before != t.byte_size())
+                    throw error(errc::invalid_argument,
+                                "the producer wrote " + std::to_string(w.data_written() - before) +
+                                    " bytes, expected " + std::to_string(t.byte_size()),
+                                error_context{.file = file.string(),
+                                              .tensor = t.name,
+                                              .offset = std::nullopt,
+                                              .sys_errno = 0});
+            }
+            w.commit();
+        }
+        if (plan_.is_sharded()) {
+            atomic_file index(staging_folder() / "model.safetensors.index.json");
+            const std::string json = serialize_index_json(plan_, tensors_);
+            index.write(std::as_bytes(std::span(json)));
+            index.commit();
+        }
+    }
+
+    // Makes the complete folder appear at target() (fsyncing every file first).
+    void commit() {
+        if (!written_)
+            throw error(errc::invalid_argument, "commit before write_shards",
+                        {.file = target_.string()});
+        folder_.commit();
+    }
+
+private:
+    static std::filesystem::path normalize(std::filesystem::path p) {
+        if (!p.has_filename()) p = p.parent_path();
+        return p;
+    }
+
+    std::filesystem::path target_;
     std::vector<tensor_info> tensors_;
     sharded_save_options options_;
     shard_plan plan_;
-    bool replacing_ = false;
-    atomic_directory folder_;
+    staged_folder folder_;
     bool written_ = false;
 };
 

@@ -1,0 +1,372 @@
+// Per-rank export: for a world of N, each rank's tensors, exactly as the loader cuts them and
+// under the same names, written as a checkpoint of its own in OUT/rank-00000, OUT/rank-00001,
+// ... (sharded as a sharded save, config.json beside), each shard carrying the export metadata
+// that undoes the cut. OUT appears complete or not at all. A load_plan run against files.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "safeshard/core/checked.hpp"
+#include "safeshard/core/dtype.hpp"
+#include "safeshard/core/error.hpp"
+#include "safeshard/format/checkpoint.hpp"
+#include "safeshard/io/aligned_buffer.hpp"
+#include "safeshard/io/atomic_file.hpp"
+#include "safeshard/io/file_reader.hpp"
+#include "safeshard/load/engine.hpp"
+#include "safeshard/load/export_metadata.hpp"
+#include "safeshard/load/host_engine.hpp"
+#include "safeshard/load/loader.hpp"
+#include "safeshard/load/plan.hpp"
+#include "safeshard/save/sharded_writer.hpp"
+#include "safeshard/shard/architectures/registry.hpp"
+#include "safeshard/shard/schema.hpp"
+
+namespace safeshard {
+
+struct export_options {
+    std::uint32_t world = 1;
+    // The plan of every rank: dtype (policy, per parameter), KV convention and other schema
+    // options (plan.schema), architecture. strict does not apply: checkpoint tensors outside
+    // the schema pass through, replicated.
+    plan_options plan{};
+    std::uint64_t max_shard_size = default_max_shard_size;
+    bool force = false;  // replace an existing OUT once the new one is complete
+    host_engine_options engine{};
+    // Bytes written so far of all ranks, and the total.
+    progress_callback progress{};
+    // Called between tensors; throw from it to stop (nothing is left at OUT).
+    std::function<void()> cancel_point{};
+};
+
+struct export_report {
+    std::uint32_t world = 1;
+    std::uint64_t tensors = 0;  // written, all ranks together (tied aliases are not written)
+    std::uint64_t shard_files = 0;
+    std::uint64_t side_files = 0;  // config.json and the folder's other small files, per rank
+    std::uint64_t bytes_read = 0;
+    std::uint64_t bytes_written = 0;
+    bool replaced = false;
+    double seconds = 0;
+};
+
+namespace detail {
+
+// Files of a checkpoint folder copied beside new shards: every regular file at its top level
+// but weights (ours and other formats') and files over this size.
+inline constexpr std::uint64_t max_side_file = 256ull << 20;
+
+[[nodiscard]] inline bool is_weights_file(std::string_view name) noexcept {
+    for (const std::string_view ext :
+         {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth",
+          ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx"})
+        if (name.ends_with(ext)) return true;
+    return false;
+}
+
+[[nodiscard]] inline std::optional<std::string_view> torch_dtype_name(dtype t) noexcept {
+    switch (t) {
+        case dtype::f16: return "float16";
+        case dtype::bf16: return "bfloat16";
+        case dtype::f32: return "float32";
+        case dtype::f64: return "float64";
+        default: return std::nullopt;
+    }
+}
+
+// config.json's text with the value of every "torch_dtype" / "dtype" key that names a float
+// dtype replaced by `to`'s name; every other byte kept. The text is walked as JSON tokens, so
+// a key-like text inside a string value is not touched.
+[[nodiscard]] inline std::string config_with_dtype(std::string_view text, dtype to) {
+    const auto target = torch_dtype_name(to);
+    if (!target) return std::string(text);
+    std::string out;
+    out.reserve(text.size() + 16);
+    std::size_t i = 0;
+    auto read_string = [&](std::size_t begin) {  // text[begin] == '"'; returns one past the end
+        std::size_t j = begin + 1;
+        while (j < text.size() && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
+        return std::min(j + 1, text.size());
+    };
+    auto skip_space = [&](std::size_t j) {
+        while (j < text.size() &&
+               (text[j] == ' ' || text[j] == '\t' || text[j] == '\n' || text[j] == '\r'))
+            ++j;
+        return j;
+    };
+    while (i < text.size()) {
+        if (text[i] != '"') {
+            out += text[i++];
+            continue;
+        }
+        const std::size_t end = read_string(i);
+        const std::string_view token = text.substr(i, end - i);
+        out += token;
+        i = end;
+        if (token != "\"torch_dtype\"" && token != "\"dtype\"") continue;
+        std::size_t j = skip_space(i);
+        if (j >= text.size() || text[j] != ':') continue;
+        j = skip_space(j + 1);
+        if (j >= text.size() || text[j] != '"') continue;
+        const std::size_t vend = read_string(j);
+        const std::string_view value = text.substr(j + 1, vend - j - 2);
+        static constexpr std::string_view floats[] = {"float16", "bfloat16", "float32", "float64",
+                                                      "half",    "float",    "double"};
+        if (std::find(std::begin(floats), std::end(floats), value) == std::end(floats)) continue;
+        out += text.substr(i, j - i);
+        out += '"';
+        out += *target;
+        out += '"';
+        i = vend;
+    }
+    return out;
+}
+
+inline void copy_whole_file(const std::filesystem::path& from, const std::filesystem::path& to) {
+    const file_reader r(from);
+    atomic_file f(to);
+    std::vector<std::byte> buf(static_cast<std::size_t>(
+        std::min<std::uint64_t>(std::max<std::uint64_t>(r.size(), 1), std::uint64_t{4} << 20)));
+    for (std::uint64_t off = 0; off < r.size();) {
+        const auto n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), r.size() - off));
+        r.read_exact(std::span(buf).first(n), off);
+        f.write(std::span(buf).first(n));
+        off += n;
+    }
+    f.commit();
+}
+
+// Copies `from`'s small non-weight files into `to`; config.json with its dtype set to `dtype`
+// when given. Returns how many.
+inline std::uint64_t copy_side_files(const std::filesystem::path& from,
+                                     const std::filesystem::path& to,
+                                     std::optional<dtype> config_dtype = std::nullopt) {
+    namespace fs = std::filesystem;
+    std::uint64_t copied = 0;
+    std::error_code ec;
+    for (fs::directory_iterator it(from, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        std::error_code st;
+        if (!it->is_regular_file(st) || is_weights_file(name) || name.starts_with(".")) continue;
+        if (it->file_size(st) > max_side_file) continue;
+        if (name == "config.json" && config_dtype) {
+            const file_reader r(it->path());
+            std::string text(static_cast<std::size_t>(r.size()), '\0');
+            r.read_exact(std::as_writable_bytes(std::span(text)), 0);
+            const std::string updated = config_with_dtype(text, *config_dtype);
+            atomic_file f(to / name);
+            f.write(std::as_bytes(std::span(updated)));
+            f.commit();
+        } else {
+            copy_whole_file(it->path(), to / name);
+        }
+        ++copied;
+    }
+    if (ec) throw system_error("list", ec.value(), from.string());
+    return copied;
+}
+
+// The schema an export cuts by: checkpoint tensors no parameter reads become replicated
+// parameters of their own (so nothing is lost: ignored buffers and quantization scales too),
+// except stored copies of tied tensors.
+inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
+    if (!s.fallback()) s.set_fallback(make_replicated());
+    for (const auto& f : ckpt.files())
+        for (const tensor_view t : f.view) {
+            const std::string_view n = t.name();
+            if (s.find_by_source(n)) continue;
+            const auto as_schema = s.names().from_checkpoint(n);
+            if (!as_schema || s.find(*as_schema)) continue;
+            if (!s.ignored(n) && !is_quantization_scale(n)) continue;  // the fallback's
+            parameter_meta p;
+            p.name = *as_schema;
+            p.sources = {std::string(n)};
+            s.add(std::move(p));
+        }
+}
+
+// The export metadata of one rank's plan.
+[[nodiscard]] inline export_metadata make_export_metadata(const load_plan& p,
+                                                          const checkpoint& ckpt,
+                                                          kv_convention kv) {
+    export_metadata m;
+    m.world = p.context().world;
+    m.rank = p.context().rank;
+    m.kv = kv;
+    const auto dests = p.destinations();
+    for (const plan_destination& d : dests) {
+        export_tensor t;
+        t.name = d.name;
+        if (d.tied()) {
+            t.tied_to = dests[*d.tied_to].name;
+            m.tensors.push_back(std::move(t));
+            continue;
+        }
+        t.dtype = d.dtype;
+        t.local = d.local;
+        t.global = d.global;
+        t.layout = d.layout;
+        if (d.created()) {
+            t.created = true;
+            t.sources.push_back(export_source{d.name, d.global, d.dtype});
+        } else {
+            for (const auto& src : d.sources) {
+                const located_tensor l = ckpt.tensor(src);
+                t.sources.push_back(export_source{src, l.tensor.shape(), l.tensor.dtype()});
+            }
+        }
+        const layout& l = d.layout;
+        if (l.kind == layout_kind::padded_split && l.dim < d.global.rank() && l.multiple) {
+            const std::uint64_t n = d.global[l.dim];
+            const std::uint64_t per = d.local[l.dim];
+            const std::uint64_t lo = std::min(n, per * m.rank);
+            t.valid_begin = lo;
+            t.valid_end = std::min(n, lo + per);
+        }
+        if ((l.kind == layout_kind::gqa_qkv || l.kind == layout_kind::gqa_o) && !m.kv_multiplier &&
+            l.kv_heads)
+            m.kv_multiplier = l.kv_multiplier ? l.kv_multiplier
+                                              : std::max<std::uint64_t>(1, m.world / l.kv_heads);
+        m.tensors.push_back(std::move(t));
+    }
+    return m;
+}
+
+[[nodiscard]] inline double seconds_from(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace detail
+
+// Exports `ckpt` cut by schema `s` for every rank of options.world into `out`.
+// `config` (optional) adds config.json's shape checks, as load_plan::build does.
+inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
+                                       const std::filesystem::path& out,
+                                       const export_options& o = {},
+                                       const model_config* config = nullptr) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (o.world == 0)
+        throw error(errc::invalid_argument, "the world size of an export must be at least 1");
+    if (read_export_metadata(ckpt))
+        throw error(errc::invalid_export,
+                    "the input is already a rank of an export: merge the export first "
+                    "(safeshard merge), then export that",
+                    error_context{.file = ckpt.root().string()});
+    check_output_location(out, ckpt.root());
+    schema cut = s;
+    detail::pass_through_unread(cut, ckpt);
+
+    // Every rank's plan first: an impossible cut fails before a byte is written.
+    std::vector<load_plan> plans;
+    plans.reserve(o.world);
+    std::uint64_t total = 0, largest = 0;
+    for (std::uint32_t r = 0; r < o.world; ++r) {
+        plans.push_back(load_plan::build(ckpt, cut, {r, o.world}, o.plan, config));
+        for (const auto& d : plans.back().destinations())
+            if (!d.tied()) {
+                total += d.bytes;
+                largest = std::max(largest, d.bytes);
+            }
+    }
+
+    export_report rep;
+    rep.world = o.world;
+    staged_folder folder(out, o.force);
+    rep.replaced = folder.replacing();
+    std::vector<file_reader> readers;
+    readers.reserve(ckpt.files().size());
+    for (const auto& f : ckpt.files()) readers.emplace_back(f.path);
+    std::vector<read_source> sources(readers.size());
+    for (std::size_t i = 0; i < readers.size(); ++i)
+        sources[i] = read_source{&readers[i], ckpt.files()[i].view.bytes()};
+    aligned_buffer buffer(static_cast<std::size_t>(std::max<std::uint64_t>(largest, 4096)),
+                          host_tensor::alignment);
+    host_engine engine(o.engine);
+    const std::optional<dtype> config_dtype = o.plan.dtype.how == dtype_policy::kind::fixed
+                                                  ? std::optional(o.plan.dtype.fixed_dtype)
+                                                  : std::nullopt;
+    std::uint64_t done = 0;
+
+    for (std::uint32_t r = 0; r < o.world; ++r) {
+        const load_plan& p = plans[r];
+        const auto dests = p.destinations();
+        std::vector<std::vector<copy_op>> ops_of(dests.size());
+        for (const copy_op& op : p.ops()) ops_of[op.destination].push_back(op);
+        std::vector<tensor_info> infos;
+        std::vector<std::size_t> dest_of;
+        for (std::size_t i = 0; i < dests.size(); ++i) {
+            if (dests[i].tied()) continue;
+            infos.push_back(tensor_info{dests[i].name, dests[i].dtype, dests[i].local});
+            dest_of.push_back(i);
+        }
+        sharded_save_options so;
+        so.max_shard_size = o.max_shard_size;
+        so.shard_metadata =
+            metadata_map{{"format", "pt"},
+                         {std::string(export_metadata_key),
+                          to_json(detail::make_export_metadata(p, ckpt, o.plan.schema.kv))}};
+        sharded_writer w(folder.staging_folder() / export_rank_folder(r), std::move(infos), so);
+        std::vector<std::byte*> addresses(dests.size(), nullptr);
+        std::vector<std::uint64_t> sizes(dests.size(), 0);
+        w.write_shards([&](std::size_t i, safetensors_writer& sw) {
+            if (o.cancel_point) o.cancel_point();
+            const std::size_t di = dest_of[i];
+            const plan_destination& d = dests[di];
+            if (d.created()) {
+                detail::initialise(d, buffer.data());
+            } else {
+                addresses[di] = buffer.data();
+                sizes[di] = d.bytes;
+                engine.bind(copy_targets{sources, addresses, sizes});
+                engine.submit(ops_of[di]);
+                engine.wait();
+                addresses[di] = nullptr;
+                sizes[di] = 0;
+            }
+            sw.write(std::span<const std::byte>(buffer.data(), static_cast<std::size_t>(d.bytes)));
+            done += d.bytes;
+            ++rep.tensors;
+            if (o.progress) o.progress(done, total);
+        });
+        rep.side_files += detail::copy_side_files(ckpt.root(), w.staging_folder(), config_dtype);
+        rep.shard_files += w.plan().shards.size();
+        if (o.cancel_point) o.cancel_point();
+        w.commit();
+    }
+    if (o.cancel_point) o.cancel_point();
+    folder.commit();
+    rep.bytes_read = engine.stats().bytes_read;
+    rep.bytes_written = done;
+    rep.seconds = detail::seconds_from(t0);
+    return rep;
+}
+
+// The architecture named by options.plan.architecture or config.json's model_type.
+inline export_report export_checkpoint(const checkpoint& ckpt, const std::filesystem::path& out,
+                                       const export_options& o = {}) {
+    const auto cfg = ckpt.load_config();
+    if (!cfg)
+        throw error(errc::invalid_config,
+                    "no config.json beside the checkpoint: name an architecture's schema, or "
+                    "export with schema::replicate_all()",
+                    error_context{.file = ckpt.root().string()});
+    model_config c = cfg->config();
+    if (!o.plan.architecture.empty()) c.model_type = o.plan.architecture;
+    const schema s = make_schema(c, o.plan.schema);
+    return export_checkpoint(ckpt, s, out, o, &c);
+}
+
+}  // namespace safeshard

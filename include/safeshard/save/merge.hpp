@@ -1,0 +1,377 @@
+// Consolidation: the rank folders of a per-rank export merged back into one checkpoint in the
+// original layout, from the stored export metadata alone (no schema, no config.json). Each
+// rank's slice map, computed again from the recorded layout, is run backwards: splits are
+// concatenated, strides undone, fused tensors split into their sources, padding dropped, the
+// interleaved GQA permutation inverted; bytes that several ranks hold (replicated tensors,
+// replicated KV heads) are kept once, after checking the copies are identical.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <system_error>
+#include <unordered_map>
+#include <vector>
+
+#include "safeshard/core/checked.hpp"
+#include "safeshard/core/dtype.hpp"
+#include "safeshard/core/error.hpp"
+#include "safeshard/format/checkpoint.hpp"
+#include "safeshard/io/aligned_buffer.hpp"
+#include "safeshard/io/file_reader.hpp"
+#include "safeshard/load/engine.hpp"
+#include "safeshard/load/export_metadata.hpp"
+#include "safeshard/save/export.hpp"
+#include "safeshard/save/sharded_writer.hpp"
+#include "safeshard/shard/slice.hpp"
+
+namespace safeshard {
+
+struct merge_options {
+    std::uint64_t max_shard_size = default_max_shard_size;
+    bool force = false;  // replace an existing OUT once the new one is complete
+    // Bytes written so far and the total.
+    progress_callback progress{};
+    // Called between tensors; throw from it to stop (nothing is left at OUT).
+    std::function<void()> cancel_point{};
+};
+
+struct merge_report {
+    std::uint32_t world = 0;
+    std::uint64_t tensors = 0;  // written
+    std::uint64_t shard_files = 0;
+    std::uint64_t side_files = 0;
+    std::uint64_t bytes_read = 0;
+    std::uint64_t bytes_written = 0;
+    bool replaced = false;
+    double seconds = 0;
+};
+
+namespace detail {
+
+// Which bytes of a merged tensor are filled: a copy landing on filled bytes is compared.
+class coverage {
+public:
+    explicit coverage(std::uint64_t bytes) : bytes_(bytes), bits_((bytes + 63) / 64, 0) {}
+
+    // Places `n` bytes at `off`: copied where empty, compared where filled. False on a
+    // difference.
+    bool place(std::byte* out, std::uint64_t off, const std::byte* src, std::uint64_t n) {
+        const std::uint64_t end = off + n;
+        for (std::uint64_t i = off; i < end;) {
+            const bool filled = test(i);
+            const std::uint64_t j = next_change(i, end, filled);
+            if (filled) {
+                if (std::memcmp(out + i, src + (i - off), j - i) != 0) return false;
+            } else {
+                std::memcpy(out + i, src + (i - off), j - i);
+                fill(i, j);
+            }
+            i = j;
+        }
+        return true;
+    }
+
+    // The first byte not filled, or nullopt when all are.
+    [[nodiscard]] std::optional<std::uint64_t> first_gap() const {
+        const std::uint64_t g = next_change(0, bytes_, true);
+        return g < bytes_ ? std::optional(g) : std::nullopt;
+    }
+
+private:
+    [[nodiscard]] bool test(std::uint64_t i) const { return (bits_[i / 64] >> (i % 64)) & 1u; }
+
+    // The first index in [i, end) whose state is not `filled` (end if none).
+    [[nodiscard]] std::uint64_t next_change(std::uint64_t i, std::uint64_t end, bool filled) const {
+        while (i < end) {
+            std::uint64_t w = bits_[i / 64];
+            if (filled) w = ~w;
+            w &= ~std::uint64_t{0} << (i % 64);
+            if (w != 0) return std::min(end, i / 64 * 64 + std::countr_zero(w));
+            i = (i / 64 + 1) * 64;
+        }
+        return end;
+    }
+
+    void fill(std::uint64_t a, std::uint64_t b) {
+        while (a < b) {
+            const std::uint64_t word = a / 64, lo = a % 64;
+            const std::uint64_t hi = std::min<std::uint64_t>(64, lo + (b - a));
+            const std::uint64_t mask =
+                (hi == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << hi) - 1)) &
+                (~std::uint64_t{0} << lo);
+            bits_[word] |= mask;
+            a += hi - lo;
+        }
+    }
+
+    std::uint64_t bytes_;
+    std::vector<std::uint64_t> bits_;
+};
+
+struct merge_rank {
+    std::filesystem::path folder;
+    checkpoint ckpt;
+    export_metadata meta;
+};
+
+[[noreturn]] inline void export_error(const std::string& why, const std::filesystem::path& file,
+                                      const std::string& tensor = {}) {
+    throw error(errc::invalid_export, why, error_context{.file = file.string(), .tensor = tensor});
+}
+
+// The rank folders of an export, in rank order, checked against each other.
+inline std::vector<merge_rank> open_export(const std::filesystem::path& dir) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec))
+        throw error(errc::checkpoint_not_found, "no export folder here",
+                    error_context{.file = dir.string()});
+    std::map<std::uint32_t, fs::path> folders;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (!name.starts_with("rank-")) continue;
+        const std::string digits = name.substr(5);
+        std::uint64_t n = 0;
+        bool ok = !digits.empty() && digits.size() <= 9 &&
+                  digits.find_first_not_of("0123456789") == std::string::npos;
+        if (ok) n = std::stoull(digits);
+        if (!ok || export_rank_folder(static_cast<std::uint32_t>(n)) != name)
+            export_error("'" + name + "' is not a rank folder name (rank-00000, rank-00001, ...)",
+                         it->path());
+        std::error_code st;
+        if (!it->is_directory(st)) export_error("'" + name + "' is not a folder", it->path());
+        folders.emplace(static_cast<std::uint32_t>(n), it->path());
+    }
+    if (ec) throw system_error("list", ec.value(), dir.string());
+    if (folders.empty())
+        export_error("no rank folders (rank-00000, ...) here: not a per-rank export", dir);
+
+    std::vector<merge_rank> ranks;
+    for (const auto& [n, folder] : folders) {
+        checkpoint c = checkpoint::open_path(folder);
+        auto m = read_export_metadata(c);
+        if (!m) export_error("this rank folder holds no export metadata", folder);
+        ranks.push_back(merge_rank{folder, std::move(c), std::move(*m)});
+    }
+    const std::uint32_t world = ranks.front().meta.world;
+    for (const auto& r : ranks)
+        if (r.meta.world != world)
+            export_error("mixed worlds: " + ranks.front().folder.filename().string() +
+                             " was exported for a world of " + std::to_string(world) + ", " +
+                             r.folder.filename().string() + " for " + std::to_string(r.meta.world),
+                         r.folder);
+    for (std::uint32_t k = 0; k < world; ++k)
+        if (!folders.contains(k))
+            export_error(export_rank_folder(k) + " is missing (the export is for a world of " +
+                             std::to_string(world) + ")",
+                         dir / export_rank_folder(k));
+    if (folders.size() != world)
+        export_error("rank folders beyond the world of " + std::to_string(world) + ": " +
+                         folders.rbegin()->second.filename().string(),
+                     folders.rbegin()->second);
+    for (std::uint32_t k = 0; k < world; ++k)
+        if (ranks[k].meta.rank != k)
+            export_error("the folder " + export_rank_folder(k) + " holds the metadata of rank " +
+                             std::to_string(ranks[k].meta.rank),
+                         ranks[k].folder);
+
+    // Every rank describes the same tensors the same way (only local shapes and ranges differ).
+    const export_metadata& m0 = ranks.front().meta;
+    for (const auto& r : ranks) {
+        const export_metadata& m = r.meta;
+        if (m.kv != m0.kv || m.kv_multiplier != m0.kv_multiplier ||
+            m.tensors.size() != m0.tensors.size())
+            export_error(
+                "inconsistent metadata: this rank lists other tensors or another KV "
+                "convention than rank 0",
+                r.folder);
+        for (std::size_t i = 0; i < m.tensors.size(); ++i) {
+            const export_tensor& a = m0.tensors[i];
+            const export_tensor& b = m.tensors[i];
+            if (a.name != b.name || a.dtype != b.dtype || a.global != b.global ||
+                !(a.layout == b.layout) || a.sources != b.sources || a.tied_to != b.tied_to ||
+                a.created != b.created)
+                export_error("inconsistent metadata: tensor '" + b.name +
+                                 "' is described differently than in rank 0",
+                             r.folder, b.name);
+        }
+        // The files hold exactly the untied tensors listed, with their dtypes and shapes.
+        std::size_t listed = 0;
+        for (const export_tensor& t : m.tensors) {
+            if (t.tied()) continue;
+            ++listed;
+            const auto l = r.ckpt.find(t.name);
+            if (!l)
+                export_error("tensor '" + t.name + "' is listed but not stored", r.folder, t.name);
+            if (l->tensor.dtype() != t.dtype || l->tensor.shape() != t.local)
+                export_error("tensor '" + t.name + "' is stored as " +
+                                 std::string(name(l->tensor.dtype())) + " " +
+                                 l->tensor.shape().to_string() + " but the metadata says " +
+                                 std::string(name(t.dtype)) + " " + t.local.to_string(),
+                             l->file->path, t.name);
+        }
+        if (r.ckpt.tensor_count() != listed)
+            export_error("the folder stores " + std::to_string(r.ckpt.tensor_count()) +
+                             " tensors but its metadata lists " + std::to_string(listed),
+                         r.folder);
+    }
+    return ranks;
+}
+
+}  // namespace detail
+
+// Merges the export at `dir` (rank-00000, ... of one world) into a checkpoint at `out` in the
+// original layout, config.json and rank 0's other small files beside it. errc::invalid_export
+// for missing or extra rank folders, mixed worlds, an unknown metadata version, inconsistent
+// metadata, and copies of one tensor that differ between ranks (naming it).
+inline merge_report merge_export(const std::filesystem::path& dir, const std::filesystem::path& out,
+                                 const merge_options& o = {}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::vector<detail::merge_rank> ranks = detail::open_export(dir);
+    const auto world = static_cast<std::uint32_t>(ranks.size());
+    const export_metadata& m0 = ranks.front().meta;
+    check_output_location(out, dir);
+
+    // One output tensor per source of every untied tensor, with each rank's slice map.
+    struct output {
+        std::size_t tensor;  // index into the metadata's tensors
+        std::uint8_t source;
+    };
+    std::vector<output> outputs;
+    std::vector<tensor_info> infos;
+    std::vector<std::vector<slice_map>> maps(m0.tensors.size());
+    std::set<std::string, std::less<>> names;
+    for (std::size_t ti = 0; ti < m0.tensors.size(); ++ti) {
+        const export_tensor& t = m0.tensors[ti];
+        if (t.tied()) continue;
+        std::vector<shape> shapes;
+        for (const auto& s : t.sources) shapes.push_back(s.global);
+        for (std::uint32_t r = 0; r < world; ++r) {
+            const export_tensor& tr = ranks[r].meta.tensors[ti];
+            const slice_result sl = slice(t.layout, std::span<const shape>(shapes), world, r);
+            if (!sl.ok())
+                detail::export_error("inconsistent metadata: tensor '" + t.name +
+                                         "': " + describe(t.layout, shapes, world, r),
+                                     ranks[r].folder, t.name);
+            if (sl.local != tr.local || sl.global != t.global)
+                detail::export_error("inconsistent metadata: tensor '" + t.name + "' is " +
+                                         tr.local.to_string() + " of " + t.global.to_string() +
+                                         " but its layout " + to_string(t.layout) + " gives " +
+                                         sl.local.to_string() + " of " + sl.global.to_string() +
+                                         " for rank " + std::to_string(r),
+                                     ranks[r].folder, t.name);
+            if (t.layout.kind == layout_kind::padded_split) {
+                const std::uint64_t n = t.global[t.layout.dim], per = tr.local[t.layout.dim];
+                const std::uint64_t lo = std::min(n, per * r), hi = std::min(n, lo + per);
+                if (tr.valid_begin != lo || tr.valid_end != hi)
+                    detail::export_error(
+                        "inconsistent metadata: tensor '" + t.name + "' records the valid range [" +
+                            std::to_string(tr.valid_begin) + ", " + std::to_string(tr.valid_end) +
+                            ") for rank " + std::to_string(r) + ", its layout gives [" +
+                            std::to_string(lo) + ", " + std::to_string(hi) + ")",
+                        ranks[r].folder, t.name);
+            }
+            if (bit_size(t.dtype) % 8 != 0 && t.layout.kind != layout_kind::replicated)
+                detail::export_error("tensor '" + t.name + "' is " + std::string(name(t.dtype)) +
+                                         ": sub-byte tensors merge only when replicated",
+                                     ranks[r].folder, t.name);
+            maps[ti].push_back(sl.map);
+        }
+        for (std::size_t s = 0; s < t.sources.size(); ++s) {
+            const export_source& src = t.sources[s];
+            if (!names.insert(src.name).second)
+                detail::export_error("inconsistent metadata: the source '" + src.name +
+                                         "' is claimed by two tensors",
+                                     ranks.front().folder, t.name);
+            outputs.push_back(output{ti, static_cast<std::uint8_t>(s)});
+            infos.push_back(tensor_info{src.name, t.dtype, src.global});
+        }
+    }
+
+    merge_report rep;
+    rep.world = world;
+    sharded_save_options so;
+    so.max_shard_size = o.max_shard_size;
+    so.force = o.force;
+    sharded_writer w(out, infos, so);
+    rep.replaced = w.replacing();
+    std::uint64_t total = 0;
+    for (const auto& s : w.plan().shards) total += s.bytes;
+
+    std::vector<std::unordered_map<std::string, file_reader>> readers(world);
+    std::vector<std::byte> local;
+    aligned_buffer merged;
+    std::uint64_t done = 0;
+    w.write_shards([&](std::size_t i, safetensors_writer& sw) {
+        if (o.cancel_point) o.cancel_point();
+        const output& out_t = outputs[i];
+        const export_tensor& t = m0.tensors[out_t.tensor];
+        const export_source& src = t.sources[out_t.source];
+        const std::uint64_t bytes = tensor_byte_size(infos[i]);
+        if (merged.size() < bytes) merged = aligned_buffer(static_cast<std::size_t>(bytes));
+        detail::coverage cov(bytes);
+        const std::uint64_t bits = bit_size(t.dtype);
+        for (std::uint32_t r = 0; r < world; ++r) {
+            const located_tensor l = ranks[r].ckpt.tensor(t.name);
+            auto& by_file = readers[r];
+            auto it = by_file.find(l.file->path.string());
+            if (it == by_file.end())
+                it = by_file.emplace(l.file->path.string(), file_reader(l.file->path)).first;
+            local.resize(static_cast<std::size_t>(l.tensor.byte_size()));
+            it->second.read_exact(local, l.tensor.file_begin());
+            rep.bytes_read += local.size();
+            const slice_map& map = maps[out_t.tensor][r];
+            for (std::size_t b = 0; b < map.size(); ++b) {
+                const copy_box& box = map[b];
+                if (box.source != out_t.source) continue;
+                for (std::uint64_t row = 0; row < box.rows; ++row) {
+                    // Element offsets to bytes (whole bytes: checked above for sub-byte dtypes,
+                    // which are replicated, one box of the whole tensor).
+                    const std::uint64_t at = (box.src_offset + row * box.src_row_stride) * bits / 8;
+                    const std::uint64_t from =
+                        (box.dst_offset + row * box.dst_row_stride) * bits / 8;
+                    const std::uint64_t n = (box.row_elems * bits + 7) / 8;
+                    if (at + n > bytes || from + n > local.size())
+                        detail::export_error("inconsistent metadata: tensor '" + t.name +
+                                                 "' reaches outside its source '" + src.name + "'",
+                                             ranks[r].folder, t.name);
+                    if (!cov.place(merged.data(), at, local.data() + from, n))
+                        detail::export_error("the copies of tensor '" + t.name + "' (source '" +
+                                                 src.name + "') differ between ranks: rank " +
+                                                 std::to_string(r) + " holds other bytes at byte " +
+                                                 std::to_string(at) + " than a rank before it",
+                                             ranks[r].folder, t.name);
+                }
+            }
+        }
+        if (const auto gap = cov.first_gap())
+            detail::export_error("inconsistent metadata: the ranks' slices of tensor '" + t.name +
+                                     "' leave byte " + std::to_string(*gap) + " of source '" +
+                                     src.name + "' unfilled",
+                                 ranks.front().folder, t.name);
+        sw.write(std::span<const std::byte>(merged.data(), static_cast<std::size_t>(bytes)));
+        done += bytes;
+        ++rep.tensors;
+        if (o.progress) o.progress(done, total);
+    });
+    rep.side_files = detail::copy_side_files(ranks.front().folder, w.staging_folder());
+    rep.shard_files = w.plan().shards.size();
+    if (o.cancel_point) o.cancel_point();
+    w.commit();
+    rep.bytes_written = done;
+    rep.seconds = detail::seconds_from(t0);
+    return rep;
+}
+
+}  // namespace safeshard

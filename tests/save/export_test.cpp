@@ -1,0 +1,560 @@
+// save/export.hpp and save/merge.hpp: original -> per-rank export -> merge is bit-exact for
+// every built-in architecture, world and KV convention; rank folders load back as their rank;
+// tampered exports fail with invalid_export naming what is wrong.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../checkpoint/test_util.hpp"
+#include "../load/model_gen.hpp"
+#include "safeshard/format/checkpoint.hpp"
+#include "safeshard/load/convert.hpp"
+#include "safeshard/load/export_metadata.hpp"
+#include "safeshard/load/loader.hpp"
+#include "safeshard/save/export.hpp"
+#include "safeshard/save/merge.hpp"
+
+using namespace safeshard;
+using safeshard::test::code_of;
+using safeshard::test::model_spec;
+using safeshard::test::temp_folder;
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+// Writes a generated model (and `extra` tensors) into `dir`.
+void make_model(const fs::path& dir, const model_spec& m, bool extras = false) {
+    fs::create_directories(dir);
+    auto tensors = test::make_tensors(m);
+    if (extras) {
+        std::mt19937_64 rng(99);
+        tensors["extra.scale"] = test::random_tensor({3, 5}, rng);  // outside the schema
+        tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = test::random_tensor({4}, rng);
+    }
+    test::write_checkpoint(dir, m, tensors);
+}
+
+// Every tensor of `b` equals `a`'s (converted to `to` where given), and the names agree.
+void check_same(const fs::path& a_path, const fs::path& b_path,
+                std::optional<dtype> to = std::nullopt) {
+    const auto a = checkpoint::open(a_path.string());
+    const auto b = checkpoint::open(b_path.string());
+    REQUIRE(a.tensor_count() == b.tensor_count());
+    for (const auto& ta : a.tensors()) {
+        CAPTURE(ta.tensor.name());
+        const auto lb = b.find(ta.tensor.name());
+        REQUIRE(lb.has_value());
+        const auto tb = lb->tensor;
+        CHECK(tb.shape() == ta.tensor.shape());
+        const dtype from = ta.tensor.dtype();
+        const dtype want = to ? *to : from;
+        REQUIRE(tb.dtype() == want);
+        std::vector<std::byte> expect(tb.byte_size());
+        (want == from ? converter(from) : find_converter(from, want))(
+            ta.tensor.bytes().data(), expect.data(), ta.tensor.element_count());
+        REQUIRE(tb.byte_size() == expect.size());
+        CHECK(std::memcmp(tb.bytes().data(), expect.data(), expect.size()) == 0);
+    }
+}
+
+export_options options_for(std::uint32_t world, kv_convention kv) {
+    export_options o;
+    o.world = world;
+    o.plan.schema.kv = kv;
+    return o;
+}
+
+// Rewrites one rank file with `edit` applied to its export metadata document.
+void edit_metadata(const fs::path& file, const std::function<void(std::string&)>& edit) {
+    std::vector<std::string> names;
+    std::vector<std::vector<std::byte>> storage;
+    std::vector<tensor_info> infos;
+    metadata_map meta;
+    {
+        const auto c = checkpoint::open_path(file);
+        meta = c.files().front().view.metadata();
+        for (const auto& l : c.tensors()) {
+            names.emplace_back(l.tensor.name());
+            infos.push_back(tensor_info{names.back(), l.tensor.dtype(), l.tensor.shape()});
+            storage.emplace_back(l.tensor.bytes().begin(), l.tensor.bytes().end());
+        }
+    }
+    edit(meta.at("safeshard"));
+    std::vector<tensor_data> data;
+    for (std::size_t i = 0; i < names.size(); ++i)
+        data.push_back(tensor_data{names[i], infos[i].dtype, infos[i].shape, storage[i]});
+    save_file(file, data, meta);
+}
+
+// Flips a byte of tensor `name` in the rank folder `folder` (at byte `at` of its data).
+void flip_byte(const fs::path& folder, const std::string& name, std::uint64_t at = 0) {
+    std::uint64_t offset = 0;
+    fs::path file;
+    {
+        const auto c = checkpoint::open_path(folder);
+        const auto l = c.tensor(name);
+        offset = l.tensor.file_begin() + at;
+        file = l.file->path;
+    }
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(offset));
+    char ch = 0;
+    f.read(&ch, 1);
+    ch = static_cast<char>(ch ^ 0x5a);
+    f.seekp(static_cast<std::streamoff>(offset));
+    f.write(&ch, 1);
+    REQUIRE(f.good());
+}
+
+void replace_in(std::string& s, const std::string& from, const std::string& to) {
+    const auto at = s.find(from);
+    REQUIRE_MESSAGE(at != std::string::npos, from);
+    s.replace(at, from.size(), to);
+}
+
+}  // namespace
+
+TEST_SUITE("export") {
+    TEST_CASE("round trip: export for world 1, 2, 4, 8 then merge is bit-exact, every arch") {
+        struct arch {
+            const char* type;
+            bool bias, fused, tied;
+        };
+        for (const arch a : {arch{"llama", false, false, false}, arch{"qwen2", true, false, false},
+                             arch{"phi3", false, true, false}, arch{"gemma", false, false, true}}) {
+            temp_folder dir;
+            model_spec m;
+            m.type = a.type;
+            m.bias = a.bias;
+            m.fused = a.fused;
+            m.tied = a.tied;
+            make_model(dir.path() / "in", m, true);
+            const auto in = checkpoint::open((dir.path() / "in").string());
+            for (const kv_convention kv : {kv_contiguous, kv_interleaved})
+                for (const std::uint32_t world : {1u, 2u, 4u, 8u}) {
+                    CAPTURE(a.type);
+                    CAPTURE(kv);
+                    CAPTURE(world);
+                    const auto ex = dir.path() / "ex";
+                    const auto merged = dir.path() / "merged";
+                    const export_report er = export_checkpoint(in, ex, options_for(world, kv));
+                    CHECK(er.world == world);
+                    CHECK(er.side_files == world);  // config.json in each rank folder
+                    for (std::uint32_t r = 0; r < world; ++r)
+                        CHECK(slurp(ex / export_rank_folder(r) / "config.json") ==
+                              slurp(dir.path() / "in" / "config.json"));
+                    const merge_report mr = merge_export(ex, merged);
+                    CHECK(mr.world == world);
+                    check_same(dir.path() / "in", merged);
+                    CHECK(slurp(merged / "config.json") ==
+                          slurp(dir.path() / "in" / "config.json"));
+                    fs::remove_all(ex);
+                    fs::remove_all(merged);
+                }
+        }
+    }
+
+    TEST_CASE("round trip with schema-fused q/k/v and gate/up (several sources per tensor)") {
+        temp_folder dir;
+        model_spec m;
+        m.bias = true;
+        m.type = "qwen2";
+        make_model(dir.path() / "in", m);
+        const auto in = checkpoint::open((dir.path() / "in").string());
+        for (const kv_convention kv : {kv_contiguous, kv_interleaved})
+            for (const std::uint32_t world : {2u, 4u, 8u}) {
+                CAPTURE(kv);
+                CAPTURE(world);
+                auto o = options_for(world, kv);
+                o.plan.schema.fuse_qkv = true;
+                o.plan.schema.fuse_gate_up = true;
+                export_checkpoint(in, dir.path() / "ex", o);
+                const auto r0 = checkpoint::open((dir.path() / "ex" / "rank-00000").string());
+                CHECK(r0.contains("model.layers.0.self_attn.qkv_proj.weight"));
+                CHECK(r0.contains("model.layers.0.mlp.gate_up_proj.weight"));
+                CHECK_FALSE(r0.contains("model.layers.0.self_attn.q_proj.weight"));
+                (void)merge_export(dir.path() / "ex", dir.path() / "merged");
+                check_same(dir.path() / "in", dir.path() / "merged");
+                fs::remove_all(dir.path() / "ex");
+                fs::remove_all(dir.path() / "merged");
+            }
+    }
+
+    TEST_CASE("an exported rank loads back as exactly what the loader cuts, as its rank only") {
+        temp_folder dir;
+        model_spec m;
+        m.tied = true;
+        m.type = "gemma";
+        make_model(dir.path() / "in", m);
+        const std::string in = (dir.path() / "in").string();
+        const std::uint32_t world = 4;
+        for (const kv_convention kv : {kv_contiguous, kv_interleaved}) {
+            CAPTURE(kv);
+            const auto ex = dir.path() / "ex";
+            (void)export_checkpoint(checkpoint::open(in), ex, options_for(world, kv));
+            for (std::uint32_t r = 0; r < world; ++r) {
+                CAPTURE(r);
+                load_options lo{.rank = r, .world = world};
+                lo.plan.schema.kv = kv;
+                const auto want = load<host_tensor>(in, lo);
+                const auto got = load<host_tensor>((ex / export_rank_folder(r)).string(),
+                                                   {.rank = r, .world = world});
+                REQUIRE(got.size() == want.size());
+                for (const auto& name : want.names()) {
+                    CAPTURE(name);
+                    REQUIRE(got.contains(name));
+                    const host_tensor& a = want.at(name);
+                    const host_tensor& b = got.at(name);
+                    CHECK(a.shape() == b.shape());
+                    CHECK(a.dtype() == b.dtype());
+                    REQUIRE(a.size_bytes() == b.size_bytes());
+                    CHECK(std::memcmp(a.data(), b.data(), a.size_bytes()) == 0);
+                }
+                // The tied lm_head aliases the embedding again.
+                CHECK(&got.at("lm_head.weight") == &got.at("model.embed_tokens.weight"));
+            }
+            std::string what;
+            CHECK(code_of(
+                      [&] {
+                          (void)load<host_tensor>((ex / "rank-00001").string(),
+                                                  {.rank = 0, .world = world});
+                      },
+                      &what) == errc::invalid_export);
+            CHECK(what.find("rank 1 of a world of 4") != std::string::npos);
+            CHECK(code_of([&] {
+                      (void)load<host_tensor>((ex / "rank-00001").string(),
+                                              {.rank = 1, .world = 2});
+                  }) == errc::invalid_export);
+            fs::remove_all(ex);
+        }
+    }
+
+    TEST_CASE("export --dtype: ranks hold converted tensors, merge gives them, config updated") {
+        temp_folder dir;
+        model_spec m;
+        make_model(dir.path() / "in", m);
+        auto o = options_for(2, kv_contiguous);
+        o.plan.dtype = dtype_policy::fixed(dtype::f32);
+        (void)export_checkpoint(checkpoint::open((dir.path() / "in").string()), dir.path() / "ex",
+                                o);
+        const auto r1 = checkpoint::open((dir.path() / "ex" / "rank-00001").string());
+        CHECK(r1.tensor("model.norm.weight").tensor.dtype() == dtype::f32);
+        const std::string cfg = slurp(dir.path() / "ex" / "rank-00001" / "config.json");
+        CHECK(cfg.find("\"torch_dtype\":\"float32\"") != std::string::npos);
+        CHECK(cfg.find("bfloat16") == std::string::npos);
+        (void)merge_export(dir.path() / "ex", dir.path() / "merged");
+        check_same(dir.path() / "in", dir.path() / "merged", dtype::f32);
+    }
+
+    TEST_CASE("the metadata: every shard carries it; round trip through JSON; bad documents") {
+        temp_folder dir;
+        model_spec m;
+        m.type = "phi3";
+        m.fused = true;
+        make_model(dir.path() / "in", m);
+        auto o = options_for(4, kv_interleaved);
+        o.max_shard_size = 4000;  // several shards per rank
+        (void)export_checkpoint(checkpoint::open((dir.path() / "in").string()), dir.path() / "ex",
+                                o);
+        const auto r2 = checkpoint::open((dir.path() / "ex" / "rank-00002").string());
+        REQUIRE(r2.files().size() > 1);
+        for (const auto& f : r2.files()) {
+            CHECK(f.view.metadata("format") == std::optional<std::string_view>("pt"));
+            CHECK(f.view.metadata("safeshard").has_value());
+        }
+        const auto meta = read_export_metadata(r2);
+        REQUIRE(meta.has_value());
+        CHECK(meta->world == 4);
+        CHECK(meta->rank == 2);
+        CHECK(meta->kv == kv_interleaved);
+        CHECK(meta->kv_multiplier == 2);  // world 4 / KV 2
+        const export_tensor* qkv = meta->find("model.layers.1.self_attn.qkv_proj.weight");
+        REQUIRE(qkv != nullptr);
+        CHECK(qkv->layout.kind == layout_kind::gqa_qkv);
+        CHECK(qkv->layout.heads == 8);
+        CHECK(qkv->layout.kv_heads == 2);
+        CHECK(qkv->layout.head_dim == 8);
+        const export_tensor* gu = meta->find("model.layers.0.mlp.gate_up_proj.weight");
+        REQUIRE(gu != nullptr);
+        CHECK(gu->layout.part_count == 2);
+        CHECK(gu->layout.parts[0] == 128);
+        const export_tensor* emb = meta->find("model.embed_tokens.weight");
+        REQUIRE(emb != nullptr);
+        CHECK(emb->layout.multiple == 64);
+        CHECK(emb->local == shape{32, 64});  // 100 padded to 128, / 4
+        CHECK(emb->valid_begin == 64);
+        CHECK(emb->valid_end == 96);
+        CHECK(parse_export_metadata(to_json(*meta)) == *meta);
+
+        // Every layout kind's fields survive the JSON.
+        export_metadata all;
+        all.world = 2;
+        const std::uint64_t sizes[] = {6, 10}, units[] = {2, 1};
+        const layout kinds[] = {make_replicated(),
+                                make_split(1),
+                                make_padded_split(0, 32),
+                                make_strided_split(0, 3),
+                                make_fused(0),
+                                make_fused(1, sizes, 2, units),
+                                make_gqa_qkv(kv_interleaved, 8, 2, 4, gqa_part::v, 3),
+                                make_gqa_o(kv_contiguous, 8, 4, 16)};
+        int k = 0;
+        for (const layout& l : kinds) {
+            export_tensor t;
+            t.name = "t" + std::to_string(k++) + " \"quoted\"";
+            t.dtype = dtype::f16;
+            t.local = shape{2, 3};
+            t.global = shape{4, 3};
+            t.layout = l;
+            t.valid_begin = l.kind == layout_kind::padded_split ? 1 : 0;
+            t.valid_end = l.kind == layout_kind::padded_split ? 2 : 0;
+            t.sources = {export_source{"s" + std::to_string(k), shape{4, 3}, dtype::bf16}};
+            all.tensors.push_back(t);
+        }
+        all.tensors.push_back(export_tensor{.name = "alias", .tied_to = "t0 \"quoted\""});
+        CHECK(parse_export_metadata(to_json(all)) == all);
+
+        std::string what;
+        auto bad = [&](std::string doc) {
+            return code_of([&] { (void)parse_export_metadata(doc, "f"); }, &what);
+        };
+        const std::string good = to_json(all);
+        CHECK(bad("not json") == errc::invalid_export);
+        std::string v2 = good;
+        replace_in(v2, "\"version\":1", "\"version\":2");
+        CHECK(bad(v2) == errc::invalid_export);
+        CHECK(what.find("unknown export metadata version 2") != std::string::npos);
+        std::string r9 = good;
+        replace_in(r9, "\"rank\":0", "\"rank\":9");
+        CHECK(bad(r9) == errc::invalid_export);
+        std::string kind = good;
+        replace_in(kind, "\"kind\":\"split\"", "\"kind\":\"diagonal\"");
+        CHECK(bad(kind) == errc::invalid_export);
+        CHECK(what.find("unknown layout kind 'diagonal'") != std::string::npos);
+        std::string dt = good;
+        replace_in(dt, "\"dtype\":\"F16\"", "\"dtype\":\"F17\"");
+        CHECK(bad(dt) == errc::invalid_export);
+        std::string tied = good;
+        replace_in(tied, "\"tied_to\":\"t0", "\"tied_to\":\"t99");
+        CHECK(bad(tied) == errc::invalid_export);
+        std::string valid = good;
+        replace_in(valid, "\"valid\":[1,2]", "\"valid\":[2,1]");
+        CHECK(bad(valid) == errc::invalid_export);
+        CHECK(bad("{\"version\":1,\"world\":1,\"rank\":0,\"kv_convention\":\"kv_contiguous\","
+                  "\"kv_multiplier\":0}") == errc::invalid_export);
+        CHECK(what.find("\"tensors\"") != std::string::npos);
+        CHECK(bad("{\"version\":1,\"world\":1,\"rank\":0,\"kv_convention\":\"sideways\","
+                  "\"kv_multiplier\":0,\"tensors\":[]}") == errc::invalid_export);
+    }
+
+    TEST_CASE("merge refuses tampered exports, naming what is wrong") {
+        temp_folder dir;
+        model_spec m;  // 8 heads, 2 KV heads: world 4 replicates each KV head on two ranks
+        make_model(dir.path() / "in", m);
+        const auto in = checkpoint::open((dir.path() / "in").string());
+        const auto ex = dir.path() / "ex";
+        const auto out = dir.path() / "out";
+        (void)export_checkpoint(in, ex, options_for(4, kv_contiguous));
+        const auto pristine = dir.path() / "pristine";
+        fs::copy(ex, pristine, fs::copy_options::recursive);
+        auto restore = [&] {
+            fs::remove_all(ex);
+            fs::copy(pristine, ex, fs::copy_options::recursive);
+        };
+        std::string what;
+        auto merge_code = [&] { return code_of([&] { (void)merge_export(ex, out); }, &what); };
+
+        // One rank's replica of a replicated tensor changed.
+        flip_byte(ex / "rank-00002", "model.norm.weight", 10);
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("model.norm.weight") != std::string::npos);
+        CHECK(what.find("differ between ranks") != std::string::npos);
+        CHECK_FALSE(fs::exists(out));
+        restore();
+
+        // A replicated KV head changed on one of the two ranks holding it.
+        flip_byte(ex / "rank-00001", "model.layers.1.self_attn.k_proj.weight", 4);
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("model.layers.1.self_attn.k_proj.weight") != std::string::npos);
+        restore();
+
+        // A split tensor's bytes are nobody else's: a change passes through (only its rank
+        // holds them), so the merge succeeds and differs from the input there.
+        flip_byte(ex / "rank-00003", "model.layers.0.mlp.up_proj.weight");
+        (void)merge_export(ex, out);
+        fs::remove_all(out);
+        restore();
+
+        // A rank missing, an extra rank, a badly named folder.
+        fs::remove_all(ex / "rank-00002");
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("rank-00002 is missing") != std::string::npos);
+        restore();
+        fs::copy(ex / "rank-00003", ex / "rank-00004", fs::copy_options::recursive);
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("beyond the world of 4") != std::string::npos);
+        restore();
+        fs::create_directories(ex / "rank-7");
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("not a rank folder name") != std::string::npos);
+        restore();
+        fs::remove_all(ex / "rank-00000");
+        fs::remove_all(ex / "rank-00001");
+        fs::remove_all(ex / "rank-00002");
+        fs::remove_all(ex / "rank-00003");
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("not a per-rank export") != std::string::npos);
+        restore();
+
+        // Metadata edited: an unknown version, a mixed world, a changed layout, a wrong rank.
+        const auto file1 = ex / "rank-00001" / "model.safetensors";
+        edit_metadata(file1,
+                      [](std::string& d) { replace_in(d, "\"version\":1", "\"version\":7"); });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("unknown export metadata version 7") != std::string::npos);
+        restore();
+        edit_metadata(file1, [](std::string& d) { replace_in(d, "\"world\":4", "\"world\":2"); });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("mixed worlds") != std::string::npos);
+        restore();
+        edit_metadata(file1, [](std::string& d) { replace_in(d, "\"rank\":1", "\"rank\":2"); });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("holds the metadata of rank 2") != std::string::npos);
+        restore();
+        // down_proj is split<1>: claim split<0> on one rank only.
+        edit_metadata(file1, [](std::string& d) {
+            replace_in(d, "{\"name\":\"split<1>\",\"kind\":\"split\",\"dim\":1}",
+                       "{\"name\":\"split<0>\",\"kind\":\"split\",\"dim\":0}");
+        });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("inconsistent metadata") != std::string::npos);
+        CHECK(what.find("down_proj") != std::string::npos);
+        restore();
+        // Every rank claims split<0> for a split<1> tensor: the recorded local shape disagrees.
+        for (int r = 0; r < 4; ++r)
+            edit_metadata(
+                ex / export_rank_folder(static_cast<std::uint32_t>(r)) / "model.safetensors",
+                [](std::string& d) {
+                    replace_in(d, "{\"name\":\"split<1>\",\"kind\":\"split\",\"dim\":1}",
+                               "{\"name\":\"split<0>\",\"kind\":\"split\",\"dim\":0}");
+                });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("inconsistent metadata") != std::string::npos);
+        restore();
+        // Metadata removed from one rank.
+        edit_metadata(file1, [](std::string& d) { d = "{}"; });
+        CHECK(merge_code() == errc::invalid_export);
+        restore();
+
+        CHECK_FALSE(fs::exists(out));
+        (void)merge_export(ex, out);  // the restored export still merges
+        check_same(dir.path() / "in", out);
+    }
+
+    TEST_CASE("export: bad arguments, existing output, --force, nothing left on error") {
+        temp_folder dir;
+        model_spec m;
+        make_model(dir.path() / "in", m);
+        const auto in = checkpoint::open((dir.path() / "in").string());
+        const auto ex = dir.path() / "ex";
+        CHECK(code_of([&] { (void)export_checkpoint(in, ex, options_for(0, kv_contiguous)); }) ==
+              errc::invalid_argument);
+        // 8 heads cannot be cut for 3 ranks: refused before anything is written.
+        CHECK(code_of([&] { (void)export_checkpoint(in, ex, options_for(3, kv_contiguous)); }) ==
+              errc::invalid_layout);
+        CHECK_FALSE(fs::exists(ex));
+        CHECK(code_of([&] {
+                  (void)export_checkpoint(in, dir.path() / "in" / "sub",
+                                          options_for(2, kv_contiguous));
+              }) == errc::invalid_argument);
+
+        // Stopped half-way (the last rank's first tensor): no OUT, no temporaries.
+        auto o = options_for(4, kv_contiguous);
+        int calls = 0;
+        o.cancel_point = [&] {
+            if (++calls == 40) throw error(errc::interrupted, "stop");
+        };
+        CHECK(code_of([&] { (void)export_checkpoint(in, ex, o); }) == errc::interrupted);
+        CHECK(calls == 40);
+        CHECK_FALSE(fs::exists(ex));
+        std::size_t entries = 0;
+        for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir.path())) ++entries;
+        CHECK(entries == 1);  // in
+
+        (void)export_checkpoint(in, ex, options_for(2, kv_contiguous));
+        CHECK(code_of([&] { (void)export_checkpoint(in, ex, options_for(4, kv_contiguous)); }) ==
+              errc::io_error);
+        auto forced = options_for(4, kv_contiguous);
+        forced.force = true;
+        const auto rep = export_checkpoint(in, ex, forced);
+        CHECK(rep.replaced);
+        CHECK(fs::exists(ex / "rank-00003"));
+
+        // An export is not exported again; a rank folder is refused as input too.
+        CHECK(code_of([&] {
+                  (void)export_checkpoint(checkpoint::open((ex / "rank-00000").string()),
+                                          dir.path() / "again", options_for(2, kv_contiguous));
+              }) == errc::invalid_export);
+
+        // Merge output beside, existing, and forced.
+        (void)merge_export(ex, dir.path() / "merged");
+        CHECK(code_of([&] { (void)merge_export(ex, dir.path() / "merged"); }) == errc::io_error);
+        merge_options mo;
+        mo.force = true;
+        CHECK(merge_export(ex, dir.path() / "merged", mo).replaced);
+        check_same(dir.path() / "in", dir.path() / "merged");
+        CHECK(code_of([&] { (void)merge_export(dir.path() / "nothing", dir.path() / "x"); }) ==
+              errc::checkpoint_not_found);
+    }
+
+    TEST_CASE("quantization scales pass through, replicated, when raw tensors are asked for") {
+        temp_folder dir;
+        model_spec m;
+        auto tensors = test::make_tensors(m);
+        std::mt19937_64 rng(3);
+        tensors["model.layers.0.mlp.down_proj.weight_scale"] = test::random_tensor({64}, rng);
+        fs::create_directories(dir.path() / "in");
+        test::write_checkpoint(dir.path() / "in", m, tensors);
+        const auto in = checkpoint::open((dir.path() / "in").string());
+        auto o = options_for(2, kv_contiguous);
+        CHECK(code_of([&] { (void)export_checkpoint(in, dir.path() / "ex", o); }) ==
+              errc::quantized_checkpoint);
+        o.plan.allow_quantized = true;
+        (void)export_checkpoint(in, dir.path() / "ex", o);
+        const auto meta =
+            read_export_metadata(checkpoint::open((dir.path() / "ex" / "rank-00001").string()));
+        REQUIRE(meta.has_value());
+        const export_tensor* scale = meta->find("model.layers.0.mlp.down_proj.weight_scale");
+        REQUIRE(scale != nullptr);
+        CHECK(scale->layout.kind == layout_kind::replicated);
+        (void)merge_export(dir.path() / "ex", dir.path() / "merged");
+        check_same(dir.path() / "in", dir.path() / "merged");
+    }
+
+    TEST_CASE("config_with_dtype rewrites float dtypes only, keeping every other byte") {
+        const std::string in =
+            "{\"torch_dtype\" : \"bfloat16\", \"note\": \"\\\"torch_dtype\\\": \\\"float16\\\"\","
+            " \"text_config\": {\"dtype\":\"float32\", \"x\": [1, 2]}, \"q\": {\"dtype\": "
+            "\"int8\"}}";
+        const std::string out = detail::config_with_dtype(in, dtype::f16);
+        CHECK(out ==
+              "{\"torch_dtype\" : \"float16\", \"note\": \"\\\"torch_dtype\\\": \\\"float16\\\"\","
+              " \"text_config\": {\"dtype\":\"float16\", \"x\": [1, 2]}, \"q\": {\"dtype\": "
+              "\"int8\"}}");
+        CHECK(detail::config_with_dtype(in, dtype::i8) == in);  // no torch name: unchanged
+    }
+}

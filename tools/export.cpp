@@ -1,0 +1,78 @@
+// `safeshard export`: each rank's tensors of a tensor-parallel world, cut as the loader cuts
+// them, written as a checkpoint per rank (OUT/rank-00000, ...) with the metadata that undoes
+// the cut; OUT appears complete or not at all.
+#include <algorithm>
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include <fmt/core.h>
+
+#include "commands.hpp"
+#include "progress_bar.hpp"
+#include "safeshard/save/export.hpp"
+
+namespace safeshard::cli {
+
+int run_export(const export_args& a, output& out) {
+    const auto started = std::chrono::steady_clock::now();
+    if (a.world == 0) throw error(errc::invalid_argument, "--tp must be at least 1");
+    export_options o;
+    o.world = a.world;
+    o.force = a.force;
+    o.max_shard_size = parse_shard_size(a.max_shard_size);
+    o.plan.architecture = a.arch;
+    o.plan.allow_quantized = a.allow_quantized;
+    if (!a.kv_convention.empty()) {
+        const auto kv = parse_kv_convention(a.kv_convention);
+        if (!kv)
+            throw error(
+                errc::invalid_argument,
+                "--kv-convention must be contiguous or interleaved, not '" + a.kv_convention + "'");
+        o.plan.schema.kv = *kv;
+    }
+    std::optional<dtype> to;
+    if (!a.dtype.empty()) {
+        to = parse_dtype_ignore_case(a.dtype);
+        if (!to ||
+            !(*to == dtype::f16 || *to == dtype::bf16 || *to == dtype::f32 || *to == dtype::f64))
+            throw error(errc::invalid_argument,
+                        "--dtype must be one of F16, BF16, F32, F64; got '" + a.dtype + "'");
+        o.plan.dtype = dtype_policy::fixed(*to);
+    }
+    const checkpoint c = open_checkpoint(a.ckpt);
+    if (to) {
+        // Only floating-point tensors are converted; integer and 8-bit tensors keep their dtype.
+        for (const auto& f : c.files())
+            for (const tensor_view t : f.view) {
+                const dtype d = t.dtype();
+                if (d != dtype::f16 && d != dtype::bf16 && d != dtype::f32 && d != dtype::f64)
+                    o.plan.dtype_per_parameter.emplace_back(std::string(t.name()), d);
+            }
+    }
+    std::optional<progress_bar> bar;
+    o.progress = [&](std::uint64_t done, std::uint64_t total) {
+        if (!bar) bar.emplace(total);
+        bar->update(done);
+    };
+    o.cancel_point = [] { check_interrupted(); };
+
+    const export_report r = export_checkpoint(c, a.out, o);
+    if (bar) bar->finish();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    out.print(
+        "exported {} tensors for a world of {} ({}) into {}: {} rank folders, {} shard files\n",
+        r.tensors, r.world,
+        to ? fmt::format("floating-point tensors as {}", name(*to)) : "dtypes kept", a.out, r.world,
+        r.shard_files);
+    out.print("{} written ({} bytes), {} read, in {:.2f} s ({}/s), {} other files copied{}\n",
+              human_bytes(r.bytes_written), r.bytes_written, human_bytes(r.bytes_read), seconds,
+              human_bytes(static_cast<std::uint64_t>(static_cast<double>(r.bytes_written) /
+                                                     std::max(seconds, 1e-9))),
+              r.side_files, r.replaced ? ", old folder replaced" : "");
+    out.flush();
+    return exit_ok;
+}
+
+}  // namespace safeshard::cli

@@ -1,0 +1,44 @@
+// `safeshard merge`: the rank folders of an export merged back into one checkpoint in the
+// original layout, from the export metadata alone; OUT appears complete or not at all.
+#include <algorithm>
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include <fmt/core.h>
+
+#include "commands.hpp"
+#include "progress_bar.hpp"
+#include "safeshard/save/merge.hpp"
+
+namespace safeshard::cli {
+
+int run_merge(const merge_args& a, output& out) {
+    const auto started = std::chrono::steady_clock::now();
+    merge_options o;
+    o.force = a.force;
+    o.max_shard_size = parse_shard_size(a.max_shard_size);
+    std::optional<progress_bar> bar;
+    o.progress = [&](std::uint64_t done, std::uint64_t total) {
+        if (!bar) bar.emplace(total);
+        bar->update(done);
+    };
+    o.cancel_point = [] { check_interrupted(); };
+
+    const merge_report r = merge_export(a.dir, a.out, o);
+    if (bar) bar->finish();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    out.print("merged {} rank folders into {} tensors at {} ({})\n", r.world, r.tensors, a.out,
+              r.shard_files == 1 ? std::string("model.safetensors")
+                                 : fmt::format("{} shards + index", r.shard_files));
+    out.print("{} written ({} bytes), {} read, in {:.2f} s ({}/s), {} other files copied{}\n",
+              human_bytes(r.bytes_written), r.bytes_written, human_bytes(r.bytes_read), seconds,
+              human_bytes(static_cast<std::uint64_t>(static_cast<double>(r.bytes_written) /
+                                                     std::max(seconds, 1e-9))),
+              r.side_files, r.replaced ? ", old folder replaced" : "");
+    out.flush();
+    return exit_ok;
+}
+
+}  // namespace safeshard::cli
