@@ -277,9 +277,13 @@ void BM_cold_dd(benchmark::State& st) {
 
 void register_all() {
     const auto n = static_cast<std::int64_t>(hw());
-    auto threads = [n](benchmark::internal::Benchmark* b) {
+    // Threads 1, 2, 4, ... and N; direct modes also 0: the engine's default (N, at least 4,
+    // to keep reads in flight).
+    auto threads = [n](benchmark::internal::Benchmark* b, bool direct = false) {
         b->Unit(benchmark::kMillisecond)->UseRealTime();
-        for (std::int64_t t = 1; t <= n; ++t) b->Arg(t);
+        for (std::int64_t t = 1; t < n; t *= 2) b->Arg(t);
+        b->Arg(n);
+        if (direct) b->Arg(0);
     };
     const std::uint64_t p1_bytes = std::uint64_t{8} * 8192 * 8192 * 2;
     const std::uint64_t p2_f32 = std::uint64_t{4} * 4096 * 14336 * 2;  // F32 -> BF16 output
@@ -291,10 +295,13 @@ void register_all() {
         "BM_p1_memcpy_huge", [=](benchmark::State& st) { memcpy_fresh(st, p1_bytes, true); }));
     for (mode m : {mode::pread, mode::mmap, mode::direct, mode::huge_pages})
         threads(benchmark::RegisterBenchmark(
-            (std::string("BM_p1_load/") + name_of(m)).c_str(), [m](benchmark::State& st) {
-                run_load(st, g->p1, p1_schema(), 0, 1,
-                         options_for(m, static_cast<unsigned>(st.range(0))), dtype_policy::keep());
-            }));
+                    (std::string("BM_p1_load/") + name_of(m)).c_str(),
+                    [m](benchmark::State& st) {
+                        run_load(st, g->p1, p1_schema(), 0, 1,
+                                 options_for(m, static_cast<unsigned>(st.range(0))),
+                                 dtype_policy::keep());
+                    }),
+                m == mode::direct);
 
     // P2: rank 3 of world 8, dim 1, against dim 0.
     for (mode m : {mode::pread, mode::huge_pages})
@@ -352,13 +359,15 @@ void register_all() {
     // cold: from the disk.
     for (mode m : {mode::pread, mode::direct})
         for (bool huge : {false, true})
-            threads(benchmark::RegisterBenchmark(
-                (std::string("BM_cold_p1/") + name_of(m) + (huge ? "+huge_pages" : "")).c_str(),
-                [m, huge](benchmark::State& st) {
-                    host_engine_options o = options_for(m, static_cast<unsigned>(st.range(0)));
-                    o.huge_pages = huge;
-                    run_load(st, g->p1, p1_schema(), 0, 1, o, dtype_policy::keep(), true);
-                }));
+            threads(
+                benchmark::RegisterBenchmark(
+                    (std::string("BM_cold_p1/") + name_of(m) + (huge ? "+huge_pages" : "")).c_str(),
+                    [m, huge](benchmark::State& st) {
+                        host_engine_options o = options_for(m, static_cast<unsigned>(st.range(0)));
+                        o.huge_pages = huge;
+                        run_load(st, g->p1, p1_schema(), 0, 1, o, dtype_policy::keep(), true);
+                    }),
+                m == mode::direct);
     benchmark::RegisterBenchmark("BM_cold_p1/dd_iflag_direct", BM_cold_dd)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
