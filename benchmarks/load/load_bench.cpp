@@ -1,18 +1,33 @@
-// The host loader against memcpy, pages in the page cache.
+// The host loader against memcpy and against the disk, files in the page cache unless cold.
 //
-// P1: world 1, a 1 GiB checkpoint (8 tensors of 128 MiB) into freshly allocated host tensors,
-//     against a memcpy of the same bytes into freshly allocated memory (both pay first touch),
-//     on 1 and N threads. Goal: loader / memcpy >= 0.90.
+// P1: world 1, a 1 GiB checkpoint (8 BF16 tensors of 8192x8192) into freshly allocated host
+//     tensors, against a memcpy of the same bytes into freshly allocated memory (both pay first
+//     touch), for each read mode and 1..N threads. Goal: loader / memcpy >= 0.90.
 // P2: rank 3 of world 8 of four 4096x14336 BF16 matrices split on dim 1 (rows of 3.5 KiB every
 //     28 KiB), against a contiguous load of the same bytes (the same matrices split on dim 0).
 //     Goal: >= 0.80, with bytes read / rank bytes <= 1.05 (the engine's count, reported as
-//     the counter read_ratio). Modes: per-row pread, whole rows + scatter, mmap copy.
+//     the counter read_ratio). Each iteration opens the checkpoint afresh: the mapping's page
+//     tables are paid in every iteration, as in a real load.
+// P3: conversions fused into the load: the P1 file loaded as F32 (BF16 -> F32), and four
+//     4096x14336 F32 matrices loaded as BF16 (F32 -> BF16), against a memcpy of the output
+//     bytes into fresh memory. Goal (BF16 -> F32): >= 0.70.
+// cold: the P1 file from the disk: the file's pages dropped from the page cache before each
+//     iteration (posix_fadvise(DONTNEED) per file, or the whole cache with --drop-caches),
+//     loaded with pread and with O_DIRECT, against `dd iflag=direct` of the same file.
 //
-// The files go to $SAFESHARD_BENCH_DIR or /tmp and are removed at exit. Run:
+// Options (before Google Benchmark's own):
+//   --dir=DIR      write the files into DIR and keep them (reused when present: peer_bench.py
+//                  reads the same files); default: a folder under $SAFESHARD_BENCH_DIR or /tmp,
+//                  removed at exit
+//   --drop-caches  drop the whole page cache (echo 3 > /proc/sys/vm/drop_caches, root only)
+//                  for the cold runs instead of posix_fadvise(DONTNEED) of the files
+// Run:
 //   build/benchmarks/load/load_bench --benchmark_repetitions=5
 //   --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,16 +35,19 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
+#include "safeshard/load/convert.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/load/plan.hpp"
@@ -39,25 +57,39 @@ using namespace safeshard;
 
 namespace {
 
+struct settings {
+    std::optional<fs::path> dir;
+    bool drop_caches = false;
+} opts;
+
 fs::path bench_dir() {
+    if (opts.dir) return *opts.dir;
     const char* d = std::getenv("SAFESHARD_BENCH_DIR");
     return fs::path(d ? d : "/tmp") / ("safeshard-load-bench-" + std::to_string(::getpid()));
 }
 
-// A file of `count` BF16 tensors of `shape`, filled with a cheap pattern.
-void write_file(const fs::path& p, int count, shape s) {
-    const std::uint64_t bytes = *s.element_count() * 2;
-    std::vector<std::byte> data(bytes);
+// `count` tensors of `shape` and dtype `t` (BF16 or F32) holding weight-like values (small
+// normal numbers of both signs), so conversions run on realistic data.
+void write_file(const fs::path& p, int count, shape s, dtype t) {
+    const std::uint64_t n = *s.element_count();
+    std::vector<std::byte> data(n * byte_size(t));
     std::mt19937_64 rng(1);
-    for (std::size_t i = 0; i + 8 <= data.size(); i += 8) {
-        const auto v = rng();
-        std::memcpy(&data[i], &v, 8);
+    for (std::uint64_t i = 0; i < n; ++i) {
+        const auto r = rng();
+        const auto code = static_cast<std::uint16_t>(
+            ((r & 1) << 15) | ((100 + (r >> 1) % 27) << 7) | ((r >> 8) & 0x7f));
+        if (t == dtype::bf16) {
+            std::memcpy(&data[i * 2], &code, 2);
+        } else {
+            const std::uint32_t f = std::uint32_t{code} << 16 | static_cast<std::uint16_t>(r >> 20);
+            std::memcpy(&data[i * 4], &f, 4);
+        }
     }
     std::vector<std::string> names;
     for (int i = 0; i < count; ++i) names.push_back("w" + std::to_string(i));
-    std::vector<tensor_data> t;
-    for (int i = 0; i < count; ++i) t.push_back({names[i], dtype::bf16, s, data});
-    save_file(p, t);
+    std::vector<tensor_data> tensors;
+    for (int i = 0; i < count; ++i) tensors.push_back({names[i], t, s, data});
+    save_file(p, tensors);
 }
 
 void warm(const fs::path& p) {  // into the page cache
@@ -69,24 +101,55 @@ void warm(const fs::path& p) {  // into the page cache
             off);
 }
 
+// Drops the file's pages from the page cache; returns the fraction still resident.
+double evict(const fs::path& p) {
+    if (opts.drop_caches) {
+        ::sync();
+        std::ofstream("/proc/sys/vm/drop_caches") << "3\n";
+    } else {
+        const int fd = ::open(p.c_str(), O_RDONLY);
+        if (fd >= 0) {
+            (void)::fdatasync(fd);
+            (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+            ::close(fd);
+        }
+    }
+    const int fd = ::open(p.c_str(), O_RDONLY);
+    if (fd < 0) return 1;
+    const auto size = static_cast<std::size_t>(fs::file_size(p));
+    void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (m == MAP_FAILED) return 1;
+    std::vector<unsigned char> v((size + 4095) / 4096);
+    std::size_t n = 0;
+    if (::mincore(m, size, v.data()) == 0)
+        for (auto c : v) n += c & 1;
+    ::munmap(m, size);
+    return static_cast<double>(n) / static_cast<double>(v.size());
+}
+
 struct files {
     fs::path dir = bench_dir();
-    fs::path p1 = dir / "p1";
-    fs::path p2 = dir / "p2";
-    std::optional<checkpoint> c1, c2;
+    fs::path p1 = dir / "p1" / "model.safetensors";  // 8 x 8192x8192 BF16: 1 GiB
+    fs::path p2 = dir / "p2" / "model.safetensors";  // 4 x 4096x14336 BF16: 448 MiB
+    fs::path p3 = dir / "p3" / "model.safetensors";  // 4 x 4096x14336 F32: 896 MiB
     files() {
-        fs::create_directories(p1);
-        fs::create_directories(p2);
-        write_file(p1 / "model.safetensors", 8, shape{8192, 8192});   // 8 x 128 MiB
-        write_file(p2 / "model.safetensors", 4, shape{4096, 14336});  // 4 x 112 MiB
-        warm(p1 / "model.safetensors");
-        warm(p2 / "model.safetensors");
-        c1.emplace(checkpoint::open((p1 / "model.safetensors").string()));
-        c2.emplace(checkpoint::open((p2 / "model.safetensors").string()));
+        auto make = [](const fs::path& p, int count, shape s, dtype t) {
+            const std::uint64_t want = *s.element_count() * byte_size(t) * count;
+            std::error_code ec;
+            if (fs::exists(p) && fs::file_size(p, ec) > want) return;  // kept from a run
+            fs::create_directories(p.parent_path());
+            write_file(p, count, s, t);
+        };
+        make(p1, 8, shape{8192, 8192}, dtype::bf16);
+        make(p2, 4, shape{4096, 14336}, dtype::bf16);
+        make(p3, 4, shape{4096, 14336}, dtype::f32);
+        warm(p1);
+        warm(p2);
+        warm(p3);
     }
     ~files() {
-        c1.reset();
-        c2.reset();
+        if (opts.dir) return;
         std::error_code ec;
         fs::remove_all(dir, ec);
     }
@@ -96,43 +159,59 @@ files* g = nullptr;
 
 unsigned hw() { return std::max(1u, std::thread::hardware_concurrency()); }
 
-// ---- P1 ----
+// The read modes side by side.
+enum class mode { pread, per_row, mmap, direct, huge_pages, populate };
 
-void BM_p1_memcpy(benchmark::State& st) {
+host_engine_options options_for(mode m, unsigned threads) {
+    host_engine_options o{.threads = threads};
+    switch (m) {
+        case mode::pread: break;  // the default: pread, strided_read::automatic
+        case mode::per_row: o.strided = strided_read::per_row; break;
+        case mode::mmap: o.mode = read_mode::mmap; break;
+        case mode::direct: o.mode = read_mode::direct; break;
+        case mode::huge_pages: o.huge_pages = true; break;
+        case mode::populate: o.populate = true; break;
+    }
+    return o;
+}
+
+const char* name_of(mode m) {
+    switch (m) {
+        case mode::pread: return "default";
+        case mode::per_row: return "per_row";
+        case mode::mmap: return "mmap";
+        case mode::direct: return "direct";
+        case mode::huge_pages: return "huge_pages";
+        case mode::populate: return "populate";
+    }
+    return "?";
+}
+
+// memcpy of `bytes` into fresh memory (first touch paid), `threads` threads, optionally with
+// the destination advised MADV_HUGEPAGE (as the loader's huge_pages option does).
+void memcpy_fresh(benchmark::State& st, std::uint64_t bytes, bool huge) {
     const auto threads = static_cast<unsigned>(st.range(0));
-    const std::uint64_t total = g->c1->total_bytes();
-    aligned_buffer src(total);
-    std::memset(src.data(), 1, total);
+    aligned_buffer src(bytes);
+    std::memset(src.data(), 1, bytes);
     for (auto _ : st) {
-        aligned_buffer dst(total);  // fresh: first touch paid, as the loader's tensors pay it
+        aligned_buffer dst(bytes);
+        if (huge) (void)::madvise(dst.data(), dst.capacity(), MADV_HUGEPAGE);
         std::vector<std::jthread> t;
-        const std::uint64_t per = total / threads;
+        const std::uint64_t per = bytes / threads / 4096 * 4096;
         for (unsigned i = 0; i < threads; ++i)
             t.emplace_back([&, i] {
-                const std::uint64_t n = i + 1 == threads ? total - i * per : per;
+                const std::uint64_t n = i + 1 == threads ? bytes - i * per : per;
                 std::memcpy(dst.data() + i * per, src.data() + i * per, n);
             });
         t.clear();
         benchmark::DoNotOptimize(dst.data());
     }
-    st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * total));
+    st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * bytes));
 }
 
-void BM_p1_load(benchmark::State& st) {
-    const load_plan plan = load_plan::build(*g->c1, schema::replicate_all(), {0, 1});
-    host_engine engine({.threads = static_cast<unsigned>(st.range(0))});
-    for (auto _ : st) {
-        auto m = load_tensors<host_tensor>(plan, engine);
-        benchmark::DoNotOptimize(m.tensors().data());
-    }
-    st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * plan.total_bytes()));
-}
-
-// ---- P2 ----
-
-schema matrices(layout l) {
+schema matrices(int count, layout l) {
     schema s;
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < count; ++i) {
         parameter_meta p;
         p.name = "w" + std::to_string(i);
         p.layout = l;
@@ -142,56 +221,179 @@ schema matrices(layout l) {
     return s;
 }
 
-void run_p2(benchmark::State& st, layout l, host_engine_options o) {
-    const load_plan plan = load_plan::build(*g->c2, matrices(l), {3, 8});
-    o.threads = static_cast<unsigned>(st.range(0));
+// Loads `file` (opened afresh in each iteration) for {rank, world} with `target` dtype.
+void run_load(benchmark::State& st, const fs::path& file, const schema& s, std::uint32_t rank,
+              std::uint32_t world, host_engine_options o, dtype_policy target, bool cold = false) {
     host_engine engine(o);
+    std::uint64_t bytes = 0;
+    double resident = 0;
     for (auto _ : st) {
-        auto m = load_tensors<host_tensor>(plan, engine);
+        if (cold) {
+            st.PauseTiming();
+            resident = std::max(resident, evict(file));
+            st.ResumeTiming();
+        }
+        const checkpoint c = checkpoint::open(file.string());
+        const load_plan plan = load_plan::build(c, s, {rank, world}, {.dtype = target});
+        load_report r;
+        auto m = load_tensors<host_tensor>(plan, engine, &r);
         benchmark::DoNotOptimize(m.tensors().data());
+        bytes = plan.total_bytes();
+        if (!r.notes.empty()) st.SetLabel(r.notes.front());
     }
-    const auto s = engine.stats();
-    st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * plan.total_bytes()));
+    const auto stats = engine.stats();
+    st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * bytes));
     st.counters["read_ratio"] =
-        static_cast<double>(s.bytes_read) / static_cast<double>(s.bytes_written);
+        static_cast<double>(stats.bytes_read) / static_cast<double>(stats.bytes_written);
+    if (cold) st.counters["resident_after_evict"] = resident;
 }
 
-void BM_p2_contiguous(benchmark::State& st) { run_p2(st, make_split(0), {}); }
-void BM_p2_split1_per_row(benchmark::State& st) {
-    run_p2(st, make_split(1), {.strided = strided_read::per_row});
+const schema& p1_schema() {
+    static const schema s = schema::replicate_all();
+    return s;
 }
-void BM_p2_split1_whole_rows(benchmark::State& st) {
-    run_p2(st, make_split(1), {.strided = strided_read::whole_rows});
+const schema& p2_schema(layout l) {
+    static const schema s0 = matrices(4, make_split(0)), s1 = matrices(4, make_split(1));
+    return l == make_split(0) ? s0 : s1;
 }
-void BM_p2_split1_batched(benchmark::State& st) {
-    run_p2(st, make_split(1), {.strided = strided_read::batched});
+
+// `dd if=FILE of=/dev/null bs=16M iflag=direct` (cold: the pages dropped first).
+void BM_cold_dd(benchmark::State& st) {
+    const std::string cmd =
+        "dd if='" + g->p1.string() + "' of=/dev/null bs=16M iflag=direct status=none";
+    double resident = 0;
+    for (auto _ : st) {
+        st.PauseTiming();
+        resident = std::max(resident, evict(g->p1));
+        st.ResumeTiming();
+        if (std::system(cmd.c_str()) != 0) {
+            st.SkipWithError("dd failed");
+            break;
+        }
+    }
+    st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * fs::file_size(g->p1)));
+    st.counters["resident_after_evict"] = resident;
 }
-void BM_p2_split1_mmap(benchmark::State& st) {
-    run_p2(st, make_split(1), {.mode = read_mode::mmap});
+
+void register_all() {
+    const auto n = static_cast<std::int64_t>(hw());
+    // Threads 1, 2, 4, ... and N; direct modes also 0: the engine's default (N, at least 4,
+    // to keep reads in flight).
+    auto threads = [n](benchmark::internal::Benchmark* b, bool direct = false) {
+        b->Unit(benchmark::kMillisecond)->UseRealTime();
+        for (std::int64_t t = 1; t < n; t *= 2) b->Arg(t);
+        b->Arg(n);
+        if (direct) b->Arg(0);
+    };
+    const std::uint64_t p1_bytes = std::uint64_t{8} * 8192 * 8192 * 2;
+    const std::uint64_t p2_f32 = std::uint64_t{4} * 4096 * 14336 * 2;  // F32 -> BF16 output
+
+    // P1: same dtype, every read mode, against memcpy (4 KiB and 2 MiB pages).
+    threads(benchmark::RegisterBenchmark(
+        "BM_p1_memcpy", [=](benchmark::State& st) { memcpy_fresh(st, p1_bytes, false); }));
+    threads(benchmark::RegisterBenchmark(
+        "BM_p1_memcpy_huge", [=](benchmark::State& st) { memcpy_fresh(st, p1_bytes, true); }));
+    for (mode m : {mode::pread, mode::mmap, mode::direct, mode::huge_pages})
+        threads(benchmark::RegisterBenchmark(
+                    (std::string("BM_p1_load/") + name_of(m)).c_str(),
+                    [m](benchmark::State& st) {
+                        run_load(st, g->p1, p1_schema(), 0, 1,
+                                 options_for(m, static_cast<unsigned>(st.range(0))),
+                                 dtype_policy::keep());
+                    }),
+                m == mode::direct);
+
+    // P2: rank 3 of world 8, dim 1, against dim 0.
+    for (mode m : {mode::pread, mode::huge_pages})
+        threads(benchmark::RegisterBenchmark(
+            (std::string("BM_p2_contiguous/") + name_of(m)).c_str(), [m](benchmark::State& st) {
+                run_load(st, g->p2, p2_schema(make_split(0)), 3, 8,
+                         options_for(m, static_cast<unsigned>(st.range(0))), dtype_policy::keep());
+            }));
+    struct p2_mode {
+        const char* name;
+        host_engine_options o;
+    };
+    for (const p2_mode& m : {
+             p2_mode{"automatic", {.strided = strided_read::automatic}},
+             p2_mode{"populate", {.strided = strided_read::automatic, .populate = true}},
+             p2_mode{"per_row", {.strided = strided_read::per_row}},
+             p2_mode{"batched", {.strided = strided_read::batched}},
+             p2_mode{"whole_rows", {.strided = strided_read::whole_rows}},
+             p2_mode{"mmap", {.mode = read_mode::mmap}},
+             p2_mode{"huge_pages", {.huge_pages = true}},
+             p2_mode{"direct", {.mode = read_mode::direct}},
+         })
+        threads(benchmark::RegisterBenchmark(
+            (std::string("BM_p2_split1/") + m.name).c_str(), [m](benchmark::State& st) {
+                host_engine_options o = m.o;
+                o.threads = static_cast<unsigned>(st.range(0));
+                run_load(st, g->p2, p2_schema(make_split(1)), 3, 8, o, dtype_policy::keep());
+            }));
+
+    // P3: conversions, against memcpy of the output bytes.
+    threads(benchmark::RegisterBenchmark("BM_p3_memcpy_out/bf16_f32", [=](benchmark::State& st) {
+        memcpy_fresh(st, 2 * p1_bytes, false);
+    }));
+    threads(benchmark::RegisterBenchmark(
+        "BM_p3_memcpy_out_huge/bf16_f32",
+        [=](benchmark::State& st) { memcpy_fresh(st, 2 * p1_bytes, true); }));
+    for (mode m : {mode::pread, mode::per_row, mode::huge_pages})
+        threads(benchmark::RegisterBenchmark(
+            (std::string("BM_p3_bf16_f32/") + name_of(m)).c_str(), [m](benchmark::State& st) {
+                run_load(st, g->p1, p1_schema(), 0, 1,
+                         options_for(m, static_cast<unsigned>(st.range(0))),
+                         dtype_policy::fixed(dtype::f32));
+            }));
+    threads(benchmark::RegisterBenchmark("BM_p3_memcpy_out/f32_bf16", [=](benchmark::State& st) {
+        memcpy_fresh(st, p2_f32, false);
+    }));
+    for (mode m : {mode::pread, mode::per_row, mode::huge_pages})
+        threads(benchmark::RegisterBenchmark(
+            (std::string("BM_p3_f32_bf16/") + name_of(m)).c_str(), [m](benchmark::State& st) {
+                run_load(st, g->p3, p2_schema(make_split(0)), 0, 1,
+                         options_for(m, static_cast<unsigned>(st.range(0))),
+                         dtype_policy::fixed(dtype::bf16));
+            }));
+
+    // cold: from the disk.
+    for (mode m : {mode::pread, mode::direct})
+        for (bool huge : {false, true})
+            threads(
+                benchmark::RegisterBenchmark(
+                    (std::string("BM_cold_p1/") + name_of(m) + (huge ? "+huge_pages" : "")).c_str(),
+                    [m, huge](benchmark::State& st) {
+                        host_engine_options o = options_for(m, static_cast<unsigned>(st.range(0)));
+                        o.huge_pages = huge;
+                        run_load(st, g->p1, p1_schema(), 0, 1, o, dtype_policy::keep(), true);
+                    }),
+                m == mode::direct);
+    benchmark::RegisterBenchmark("BM_cold_p1/dd_iflag_direct", BM_cold_dd)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Arg(1);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    // Our options first; Google Benchmark sees the rest.
+    std::vector<char*> rest{argv[0]};
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        if (a.starts_with("--dir="))
+            opts.dir = fs::path(std::string(a.substr(6)));
+        else if (a == "--drop-caches")
+            opts.drop_caches = true;
+        else
+            rest.push_back(argv[i]);
+    }
+    int rc = static_cast<int>(rest.size());
+    benchmark::Initialize(&rc, rest.data());
+    if (benchmark::ReportUnrecognizedArguments(rc, rest.data())) return 1;
     files f;
     g = &f;
-    const auto n = static_cast<std::int64_t>(hw());
-    for (auto* b : {benchmark::RegisterBenchmark("BM_p1_memcpy", BM_p1_memcpy),
-                    benchmark::RegisterBenchmark("BM_p1_load", BM_p1_load)}) {
-        b->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-        if (n > 1) b->Arg(n);
-    }
-    for (auto* b :
-         {benchmark::RegisterBenchmark("BM_p2_contiguous", BM_p2_contiguous),
-          benchmark::RegisterBenchmark("BM_p2_split1_per_row", BM_p2_split1_per_row),
-          benchmark::RegisterBenchmark("BM_p2_split1_whole_rows", BM_p2_split1_whole_rows),
-          benchmark::RegisterBenchmark("BM_p2_split1_batched", BM_p2_split1_batched),
-          benchmark::RegisterBenchmark("BM_p2_split1_mmap", BM_p2_split1_mmap)}) {
-        b->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-        if (n > 1) b->Arg(n);
-    }
+    register_all();
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

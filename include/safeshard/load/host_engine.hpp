@@ -1,9 +1,16 @@
 // host_engine: the copy_engine for host memory. Worker threads share the work by bytes (a
 // large tensor is cut into pieces), read with pread/preadv straight into the destination
 // (or copy out of the mapping), and convert through a bounded per-thread staging buffer.
+// Strided boxes with short rows and conversions copy out of the file's mapping after one
+// madvise(MADV_POPULATE_READ) of the range (strided_read::automatic, the default); the
+// direct read mode reads with O_DIRECT into aligned staging buffers (cold caches).
 #pragma once
 
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
+#include <unistd.h>
 
 // Batched strided reads through io_uring: define SAFESHARD_HAVE_LIBURING and link liburing
 // (Debian: liburing-dev; meson: dependency('liburing')). Without it strided_read::batched
@@ -14,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -23,11 +31,13 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "safeshard/core/error.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
 #include "safeshard/io/file_reader.hpp"
+#include "safeshard/io/syscalls.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/copy_op.hpp"
 #include "safeshard/load/engine.hpp"
@@ -35,11 +45,24 @@
 namespace safeshard {
 
 // How bytes leave the files. pread is the default: copying out of a fresh mapping faults once
-// per 4 KiB page and ran 4-10x slower on our machines (DESIGN.md, BENCHMARKS.md).
-enum class read_mode : std::uint8_t { pread, mmap };
+// per 4 KiB page and ran 4-10x slower on our machines (DESIGN.md, BENCHMARKS.md); where the
+// mapping is faster (short strided rows, conversions) strided_read::automatic uses it.
+enum class read_mode : std::uint8_t {
+    pread,   // pread/preadv through the page cache (and the mapping, per strided_read::automatic)
+    mmap,    // every copy out of the file's mapping, page faults and all
+    direct,  // O_DIRECT into aligned staging buffers, in file order, several reads in flight
+             // (io_uring where compiled in, else at least 4 threads). Where the file system
+             // refuses O_DIRECT, or keeps files in memory anyway (tmpfs, ramfs: Linux 6.6
+             // accepts O_DIRECT on tmpfs), the files are copied out of their mappings (pread
+             // without one) and the load_report says so
+};
 
 // Reading a box whose source rows have gaps (a rank's columns of a row-major matrix).
 enum class strided_read : std::uint8_t {
+    automatic,   // rows under 64 KiB (and every conversion): copied out of the file's mapping,
+                 // whose cached pages the kernel maps 16 at a time per fault (fault-around);
+                 // longer rows: per_row. Without a mapping, or where the file is shorter than
+                 // the plan says: per_row. Only the rank's bytes are copied.
     per_row,     // one pread per row: only the rank's bytes are read
     whole_rows,  // one read of the span from the first row to the last, then scatter: reads
                  // the other ranks' bytes too (world x the rank's bytes at worst)
@@ -50,10 +73,28 @@ enum class strided_read : std::uint8_t {
 struct host_engine_options {
     unsigned threads = 0;  // 0: std::thread::hardware_concurrency()
     read_mode mode = read_mode::pread;
-    strided_read strided = strided_read::per_row;
+    strided_read strided = strided_read::automatic;
     std::size_t chunk_bytes = std::size_t{8} << 20;    // the unit of work shared among threads
     std::size_t staging_bytes = std::size_t{4} << 20;  // per thread: conversions, whole rows
+    // strided_read::automatic: madvise(MADV_POPULATE_READ) the range before copying out of the
+    // mapping (one system call instead of a fault per 16 pages). Off by default: on Linux 6.18
+    // it ran slower than fault-around (it maps page by page, and every page of the range,
+    // the other ranks' columns too); see BENCHMARKS.md. Before Linux 5.14: MADV_WILLNEED.
+    bool populate = false;
+    // madvise(MADV_HUGEPAGE) on each destination before it is written (the whole pages inside
+    // it): fresh memory then faults in 2 MiB at a time where transparent huge pages are in
+    // `madvise` mode. Memory that cannot take the advice (not anonymous) is left as it is.
+    bool huge_pages = false;
 };
+
+namespace detail {
+// MADV_POPULATE_READ (Linux 5.14) where the C library's headers predate it.
+#if defined(MADV_POPULATE_READ)
+inline constexpr int madv_populate_read = MADV_POPULATE_READ;
+#else
+inline constexpr int madv_populate_read = 22;
+#endif
+}  // namespace detail
 
 class host_engine {
 public:
@@ -64,7 +105,27 @@ public:
 
     [[nodiscard]] const host_engine_options& options() const noexcept { return opt_; }
 
-    void bind(const copy_targets& t) { targets_ = t; }
+    // Rows shorter than this are copied out of the mapping by strided_read::automatic.
+    static constexpr std::uint64_t automatic_row_limit = std::uint64_t{64} << 10;
+    // The largest single O_DIRECT read (a piece's span is cut into reads of this size, all in
+    // flight at once where io_uring is compiled in).
+    static constexpr std::uint64_t direct_read_bytes = std::uint64_t{512} << 10;
+
+    // How the caller should open the files (load_tensors asks): O_DIRECT for read_mode::direct.
+    [[nodiscard]] read_options reader_options() const noexcept {
+        return read_options{.direct = opt_.mode == read_mode::direct};
+    }
+    // What the engine chose differently from what it was asked (a file system that refused
+    // O_DIRECT, a kernel without MADV_POPULATE_READ), one line each; handed over once.
+    [[nodiscard]] std::vector<std::string> take_notes() { return std::exchange(notes_, {}); }
+    // Bytes read with O_DIRECT since construction (0 when every file fell back).
+    [[nodiscard]] std::uint64_t direct_bytes_read() const noexcept { return direct_bytes_; }
+
+    void bind(const copy_targets& t) {
+        targets_ = t;
+        direct_files_.clear();  // file indices name other files now
+        if (opt_.huge_pages) advise_huge_pages();
+    }
     void set_progress(progress_callback cb) { progress_ = std::move(cb); }
 
     // Checks every op against the bound targets and queues it, cut into pieces.
@@ -78,6 +139,8 @@ public:
             if (op.kind == copy_kind::copy && opt_.mode == read_mode::pread &&
                 targets_.sources[op.file].reader == nullptr)
                 throw error(errc::invalid_argument, "copy op without an open file");
+            if (op.kind == copy_kind::copy && opt_.mode == read_mode::direct)
+                note_fallback(op.file);
             split(op);
         }
     }
@@ -89,11 +152,14 @@ public:
         for (const auto& p : pieces_) total += p.bytes_written();
         unsigned n =
             opt_.threads ? opt_.threads : std::max(1u, std::thread::hardware_concurrency());
+        // Direct reads wait on the device: more threads keep more reads in flight.
+        if (opt_.threads == 0 && opt_.mode == read_mode::direct) n = std::max(n, 4u);
         n = static_cast<unsigned>(
             std::min<std::size_t>(n, std::max<std::size_t>(1, pieces_.size())));
         std::atomic<std::size_t> next{0};
         std::atomic<bool> failed{false};
-        std::atomic<std::uint64_t> done{0}, read{0}, written{0};
+        std::atomic<std::uint64_t> done{0}, read{0}, written{0}, direct{0};
+        std::atomic<bool> populate_refused{false};
         std::exception_ptr first;
         std::mutex m;
         auto work = [&] {
@@ -118,6 +184,8 @@ public:
             }
             read += w.read_;
             written += w.written_;
+            direct += w.direct_;
+            if (w.populate_refused_) populate_refused = true;
         };
         {
             std::vector<std::jthread> threads;
@@ -130,6 +198,13 @@ public:
         pieces_.clear();
         stats_.bytes_read += read;
         stats_.bytes_written += written;
+        direct_bytes_ += direct;
+        if (populate_refused && !populate_noted_) {
+            populate_noted_ = true;
+            notes_.emplace_back(
+                "madvise(MADV_POPULATE_READ) is not supported by this kernel (Linux 5.14 has it): "
+                "strided rows and conversions were copied out of the mapping after MADV_WILLNEED");
+        }
         stats_.seconds +=
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (first) std::rethrow_exception(first);
@@ -139,13 +214,56 @@ public:
     void reset_stats() noexcept { stats_ = {}; }
 
 private:
+    void advise_huge_pages() const {
+        static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+        const std::size_t n =
+            std::min(targets_.destinations.size(), targets_.destination_bytes.size());
+        for (std::size_t i = 0; i < n; ++i) {
+            const auto a = reinterpret_cast<std::uintptr_t>(targets_.destinations[i]);
+            const std::uintptr_t from = (a + page - 1) / page * page;
+            const std::uintptr_t to = (a + targets_.destination_bytes[i]) / page * page;
+            if (a == 0 || to <= from + page) continue;
+            (void)detail::sys::madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
+        }
+    }
+
+    // read_mode::direct: whether each file is read with O_DIRECT, decided once per file (and
+    // said in a note when not): the caller may have opened it without O_DIRECT (refused by
+    // the file system), and on tmpfs or ramfs O_DIRECT would only add a copy.
+    void note_fallback(std::uint32_t file) {
+        if (direct_files_.size() <= file) direct_files_.resize(file + 1, 0);
+        if (direct_files_[file] != 0) return;
+        const file_reader* f = targets_.sources[file].reader;
+        direct_files_[file] = 2;
+        if (f == nullptr) return;
+        if (!f->direct()) {
+            notes_.push_back(f->path().string() + ": " +
+                             (f->fallback_note().empty() ? std::string("opened without O_DIRECT")
+                                                         : std::string(f->fallback_note())));
+            return;
+        }
+        struct statfs fs {};
+        constexpr long tmpfs_magic = 0x01021994, ramfs_magic = 0x858458f6;
+        if (::fstatfs(f->fd(), &fs) == 0 && (static_cast<long>(fs.f_type) == tmpfs_magic ||
+                                             static_cast<long>(fs.f_type) == ramfs_magic)) {
+            notes_.push_back(f->path().string() +
+                             ": on tmpfs (files in memory, O_DIRECT bypasses nothing); read "
+                             "through the page cache instead");
+            return;
+        }
+        direct_files_[file] = 1;
+    }
+    [[nodiscard]] bool direct_file(std::uint32_t file) const noexcept {
+        return file < direct_files_.size() && direct_files_[file] == 1;
+    }
+
     // A piece is a copy_op cut to at most chunk_bytes (staging_bytes when it converts or reads
     // whole rows); its offsets stay absolute.
     void split(const copy_op& op) {
         const byte_box& b = op.box;
         if (b.rows == 0 || b.dst_row_bytes == 0) return;
         const bool staged = op.kind == copy_kind::copy &&
-                            (op.converts() ||
+                            (op.converts() || opt_.mode == read_mode::direct ||
                              (opt_.strided == strided_read::whole_rows && !op.contiguous_source()));
         const std::uint64_t limit =
             staged ? std::min(opt_.chunk_bytes, opt_.staging_bytes) : opt_.chunk_bytes;
@@ -187,6 +305,12 @@ private:
         aligned_buffer staging{};
         std::uint64_t read_ = 0;
         std::uint64_t written_ = 0;
+        std::uint64_t direct_ = 0;
+        bool populate_refused_ = false;
+        struct span_read {
+            std::uint64_t begin, end, at;  // aligned file range, its place in staging
+        };
+        std::vector<span_read> spans_{};
 
         std::byte* stage(std::size_t n) {
             if (staging.size() < n) staging = aligned_buffer(std::max(n, e.opt_.staging_bytes));
@@ -206,9 +330,20 @@ private:
             const std::size_t row_elems = b.dst_row_bytes * 8 / bit_size(op.dst_dtype);
             const converter conv = op.converts() ? find_converter(op.src_dtype, op.dst_dtype)
                                                  : converter(op.src_dtype);
+            const std::uint64_t end =
+                op.file_begin() + (b.rows - 1) * b.src_pitch + b.src_row_bytes;
+            if (e.opt_.mode == read_mode::direct && e.direct_file(op.file)) {
+                run_direct(op, *src.reader, dst, conv, row_elems, end);
+                return;
+            }
+            if (from_mapping(op, src, end) && prepare_mapping(src, op.file_begin(), end)) {
+                conv(src.mapping.data() + op.file_begin(), dst, b.rows, row_elems, b.src_pitch,
+                     b.dst_pitch);
+                read_ += b.rows * b.src_row_bytes;
+                written_ += b.rows * b.dst_row_bytes;
+                return;
+            }
             if (e.opt_.mode == read_mode::mmap && !src.mapping.empty()) {
-                const std::uint64_t end =
-                    op.file_begin() + (b.rows - 1) * b.src_pitch + b.src_row_bytes;
                 if (end > src.mapping.size())
                     throw error(errc::io_error,
                                 "the file is shorter (" + std::to_string(src.mapping.size()) +
@@ -263,6 +398,183 @@ private:
             conv(s, dst, b.rows, row_elems, pitch, b.dst_pitch);
             read_ += b.rows * b.src_row_bytes;
             written_ += b.rows * b.dst_row_bytes;
+        }
+
+        // strided_read::automatic: short strided rows and conversions come out of the mapping.
+        [[nodiscard]] bool from_mapping(const copy_op& op, const read_source& src,
+                                        std::uint64_t end) const noexcept {
+            if (e.opt_.mode == read_mode::mmap || src.mapping.empty()) return false;
+            // direct mode on a file read through the page cache: every op from the mapping
+            if (e.opt_.mode == read_mode::direct) return end <= src.mapping.size();
+            if (e.opt_.strided != strided_read::automatic) return false;
+            if (!op.converts() &&
+                (op.contiguous_source() || op.box.src_row_bytes >= automatic_row_limit))
+                return false;
+            return end <= src.mapping.size();
+        }
+
+        // Whether [begin, end) of the mapping can be copied from: false where the file is
+        // shorter than that now (a copy would die of SIGBUS; the caller reads with pread, which
+        // reports the error). With the populate option, maps the cached pages of the range
+        // with one system call first (MADV_POPULATE_READ says EFAULT for a short file).
+        bool prepare_mapping(const read_source& src, std::uint64_t begin, std::uint64_t end) {
+            static const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+            auto* base = const_cast<std::byte*>(src.mapping.data());
+            const std::uint64_t from = begin / page * page;
+            if (e.opt_.populate && !populate_refused_) {
+                if (detail::sys::madvise(base + from, end - from, detail::madv_populate_read) == 0)
+                    return true;
+                if (errno != EINVAL) return false;
+                populate_refused_ = true;  // before Linux 5.14
+            }
+            // The mapping cannot say the file shrank: ask the file.
+            struct stat st {};
+            if (src.reader == nullptr || detail::sys::fstat(src.reader->fd(), &st) != 0 ||
+                static_cast<std::uint64_t>(st.st_size) < end)
+                return false;
+            if (e.opt_.populate) (void)detail::sys::madvise(base + from, end - from, MADV_WILLNEED);
+            return true;
+        }
+
+        // read_mode::direct: the piece's rows as aligned spans (merged where they touch) read
+        // into staging with O_DIRECT, then converted or copied into place.
+        void run_direct(const copy_op& op, const file_reader& f, std::byte* dst,
+                        const converter& conv, std::size_t row_elems, std::uint64_t end) {
+            constexpr std::uint64_t align = direct_io_alignment;
+            const byte_box& b = op.box;
+            if (end > f.size())
+                throw error(errc::io_error,
+                            "expected " + std::to_string(end - op.file_begin()) +
+                                " bytes at offset " + std::to_string(op.file_begin()) +
+                                ", file has " + std::to_string(f.size()),
+                            error_context{.file = f.path().string(), .offset = op.file_begin()});
+            spans_.clear();
+            const bool dense = op.contiguous_source();
+            const std::uint64_t rows = dense ? 1 : b.rows;
+            const std::uint64_t row_bytes = dense ? b.rows * b.src_row_bytes : b.src_row_bytes;
+            for (std::uint64_t r = 0; r < rows; ++r) {
+                const std::uint64_t p = op.file_begin() + r * b.src_pitch;
+                const std::uint64_t s = p / align * align;
+                const std::uint64_t t = (p + row_bytes + align - 1) / align * align;
+                if (!spans_.empty() && s <= spans_.back().end)
+                    spans_.back().end = std::max(spans_.back().end, t);
+                else
+                    spans_.push_back({s, t, 0});
+            }
+            std::uint64_t total = 0;
+            for (auto& sp : spans_) {
+                sp.at = total;
+                total += sp.end - sp.begin;
+            }
+            std::byte* s = stage(total);
+            read_spans(f, s);
+            if (dense) {
+                conv(s + (op.file_begin() - spans_[0].begin), dst, b.rows, row_elems,
+                     b.src_row_bytes, b.dst_pitch);
+            } else {
+                std::size_t k = 0;
+                for (std::uint64_t r = 0; r < b.rows; ++r) {
+                    const std::uint64_t p = op.file_begin() + r * b.src_pitch;
+                    while (p >= spans_[k].end) ++k;
+                    conv(s + spans_[k].at + (p - spans_[k].begin), dst + r * b.dst_pitch,
+                         row_elems);
+                }
+            }
+            std::uint64_t got = 0;  // what came from the device (the last block may end early)
+            for (const auto& sp : spans_) got += std::min(sp.end, f.size()) - sp.begin;
+            read_ += got;
+            direct_ += got;
+            written_ += b.rows * b.dst_row_bytes;
+        }
+
+        // Reads every span into staging, in reads of at most direct_read_bytes, all submitted
+        // at once through io_uring where compiled in, else one after the other.
+        void read_spans(const file_reader& f, std::byte* s) {
+#if defined(SAFESHARD_HAVE_LIBURING)
+            if (ring_ready()) {
+                struct one {
+                    std::uint64_t off, len, at;
+                };
+                std::vector<one> reads;
+                for (const auto& sp : spans_)
+                    for (std::uint64_t o = sp.begin; o < sp.end; o += direct_read_bytes)
+                        reads.push_back(
+                            {o, std::min(direct_read_bytes, sp.end - o), sp.at + (o - sp.begin)});
+                for (std::size_t i0 = 0; i0 < reads.size(); i0 += ring_depth) {
+                    const std::size_t n = std::min<std::size_t>(ring_depth, reads.size() - i0);
+                    for (std::size_t i = 0; i < n; ++i) {
+                        const one& q = reads[i0 + i];
+                        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+                        io_uring_prep_read(sqe, f.fd(), s + q.at, static_cast<unsigned>(q.len),
+                                           q.off);
+                        io_uring_sqe_set_data64(sqe, i0 + i);
+                    }
+                    int rc = io_uring_submit_and_wait(&ring_, static_cast<unsigned>(n));
+                    while (rc == -EINTR) rc = io_uring_submit_and_wait(&ring_, 0);
+                    if (rc < 0) throw system_error("io_uring_submit", -rc, f.path().string());
+                    std::size_t done = 0;
+                    int first_errno = 0;
+                    std::uint64_t errno_at = 0;
+                    while (done < n) {
+                        io_uring_cqe* cqe = nullptr;
+                        const int w = io_uring_wait_cqe(&ring_, &cqe);
+                        if (w == -EINTR) continue;
+                        if (w < 0) throw system_error("io_uring_wait_cqe", -w, f.path().string());
+                        const one& q = reads[io_uring_cqe_get_data64(cqe)];
+                        const int res = cqe->res;
+                        io_uring_cqe_seen(&ring_, cqe);
+                        ++done;
+                        if (res < 0) {
+                            if (!first_errno) {
+                                first_errno = -res;
+                                errno_at = q.off;
+                            }
+                        } else if (static_cast<std::uint64_t>(res) < q.len && first_errno == 0) {
+                            direct_pread(f, s + q.at, q.off, q.len,
+                                         static_cast<std::uint64_t>(res));
+                        }
+                    }
+                    if (first_errno)
+                        throw system_error("read (O_DIRECT)", first_errno, f.path().string(),
+                                           errno_at);
+                }
+                return;
+            }
+#endif
+            for (const auto& sp : spans_)
+                for (std::uint64_t o = sp.begin; o < sp.end; o += direct_read_bytes)
+                    direct_pread(f, s + sp.at + (o - sp.begin), o,
+                                 std::min(direct_read_bytes, sp.end - o), 0);
+        }
+
+        // One aligned O_DIRECT read of [off + got, off + len) into buf + got; the end of the
+        // file may come first (the last block), anything else short is an error.
+        static void direct_pread(const file_reader& f, std::byte* buf, std::uint64_t off,
+                                 std::uint64_t len, std::uint64_t got) {
+            const std::uint64_t need = std::min(len, f.size() - off);
+            while (got < need) {
+                if (got % direct_io_alignment != 0)
+                    throw error(errc::io_error,
+                                "a direct read returned an unaligned count before the end of the "
+                                "file",
+                                error_context{.file = f.path().string(), .offset = off + got});
+                const ssize_t r =
+                    detail::sys::pread(f.fd(), buf + got, len - got, static_cast<off_t>(off + got));
+                if (r < 0) {
+                    const int err = errno;
+                    if (err == EINTR) continue;
+                    throw system_error("pread (O_DIRECT)", err, f.path().string(), off + got);
+                }
+                if (r == 0)
+                    throw error(errc::io_error,
+                                "expected " + std::to_string(need - got) + " bytes at offset " +
+                                    std::to_string(off + got) +
+                                    ", the file ended early (it is shorter than when it was "
+                                    "opened: " +
+                                    std::to_string(f.size()) + " bytes)",
+                                error_context{.file = f.path().string(), .offset = off + got});
+                got += static_cast<std::uint64_t>(r);
+            }
         }
 
         // `rows` reads of `row_bytes` at file_off + r * src_pitch into dst + r * dst_pitch.
@@ -351,6 +663,10 @@ private:
     progress_callback progress_{};
     std::vector<copy_op> pieces_{};
     engine_stats stats_{};
+    std::uint64_t direct_bytes_ = 0;
+    std::vector<std::string> notes_{};
+    std::vector<std::uint8_t> direct_files_{};  // by file: 0 unknown, 1 O_DIRECT, 2 buffered
+    bool populate_noted_ = false;
 };
 
 static_assert(copy_engine<host_engine>);

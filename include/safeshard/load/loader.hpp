@@ -157,7 +157,9 @@ template <class T, class Engine>
     t0 = std::chrono::steady_clock::now();
     std::vector<file_reader> readers;
     readers.reserve(plan.files().size());
-    for (const auto& p : plan.files()) readers.emplace_back(p);
+    read_options ro{};  // an engine may ask for O_DIRECT files (host_engine's direct mode)
+    if constexpr (requires { engine.reader_options(); }) ro = engine.reader_options();
+    for (const auto& p : plan.files()) readers.emplace_back(p, ro);
     std::vector<read_source> sources(readers.size());
     for (std::size_t i = 0; i < readers.size(); ++i)
         sources[i] = read_source{&readers[i], plan.mappings()[i]};
@@ -173,6 +175,8 @@ template <class T, class Engine>
     const engine_stats after = engine.stats();
     r.bytes_read = after.bytes_read - before.bytes_read;
     r.bytes_written = after.bytes_written - before.bytes_written;
+    if constexpr (requires { engine.take_notes(); })  // fallbacks the engine chose
+        for (auto& n : engine.take_notes()) r.notes.push_back(std::move(n));
     r.copy_seconds = detail::seconds_since(t0);
 
     t0 = std::chrono::steady_clock::now();

@@ -1,0 +1,430 @@
+// host_engine's read modes: every mode gives the default's bytes (world 1, 2, 4, 8, with and
+// without conversion); read_mode::direct really reads with O_DIRECT on a disk-backed folder and
+// falls back, saying so in the load_report, where the file system refuses it or is tmpfs;
+// strided_read::automatic's mapping path falls back where the kernel or the file says no.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "model_gen.hpp"
+#include "safeshard/format/checkpoint.hpp"
+#include "safeshard/io/syscalls.hpp"
+#include "safeshard/load/host_engine.hpp"
+#include "safeshard/load/loader.hpp"
+#include "safeshard/load/plan.hpp"
+
+using namespace safeshard;
+using namespace safeshard::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr long tmpfs_magic = 0x01021994;
+
+// Larger than model_gen's default so that direct reads span many blocks and pieces.
+model_spec wide_model() {
+    model_spec m;
+    m.layers = 1;
+    m.hidden = 512;
+    m.intermediate = 1536;
+    m.heads = 8;
+    m.kv_heads = 2;
+    m.head_dim = 64;
+    m.vocab = 1000;
+    return m;
+}
+
+struct named_bytes {
+    std::vector<std::string> names;
+    std::vector<std::vector<std::byte>> bytes;
+    load_report report;
+};
+
+named_bytes load_all(const fs::path& dir, std::uint32_t rank, std::uint32_t world, dtype_policy d,
+                     host_engine_options eo) {
+    load_options o{.rank = rank, .world = world};
+    o.plan.dtype = d;
+    o.engine = eo;
+    auto model = load<host_tensor>(dir.string(), o);
+    named_bytes out;
+    for (const auto& n : model.names()) {
+        out.names.push_back(n);
+        const auto b = model.at(n).bytes();
+        out.bytes.emplace_back(b.begin(), b.end());
+    }
+    out.report = model.report;
+    return out;
+}
+
+bool has_note(const load_report& r, const std::string& part) {
+    for (const auto& n : r.notes)
+        if (n.find(part) != std::string::npos) return true;
+    return false;
+}
+
+bool on_tmpfs(const fs::path& p) {
+    struct statfs s {};
+    return ::statfs(p.c_str(), &s) == 0 && static_cast<long>(s.f_type) == tmpfs_magic;
+}
+
+// Where O_DIRECT really bypasses the page cache: the temp folder if it is on a disk-backed
+// file system that accepts O_DIRECT, else none (the tests that need one say so and skip).
+bool direct_capable(const fs::path& dir) {
+    if (on_tmpfs(dir)) return false;
+    const fs::path probe = dir / "probe";
+    { write_text(probe, std::string(8192, 'x')); }
+    const int fd = ::open(probe.c_str(), O_RDONLY | O_DIRECT);
+    if (fd >= 0) ::close(fd);
+    fs::remove(probe);
+    return fd >= 0;
+}
+
+// Pages of the file in the page cache.
+std::size_t resident_pages(const fs::path& p) {
+    const int fd = ::open(p.c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    const auto size = static_cast<std::size_t>(fs::file_size(p));
+    void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(m != MAP_FAILED);
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    std::vector<unsigned char> v((size + page - 1) / page);
+    REQUIRE(::mincore(m, size, v.data()) == 0);
+    ::munmap(m, size);
+    std::size_t n = 0;
+    for (auto c : v) n += c & 1;
+    return n;
+}
+
+// Drops the file's clean pages from the page cache.
+void evict(const fs::path& p) {
+    const int fd = ::open(p.c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    (void)::fdatasync(fd);
+    (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+}
+
+std::vector<fs::path> shard_files(const fs::path& dir) {
+    std::vector<fs::path> v;
+    for (const auto& e : fs::directory_iterator(dir))
+        if (e.path().extension() == ".safetensors") v.push_back(e.path());
+    return v;
+}
+
+// O_DIRECT refused at open (as tmpfs before Linux 6.6 and some FUSE file systems do).
+struct refuse_direct : detail::syscall_hooks {
+    int open(const char* path, int flags, mode_t mode) override {
+        if (flags & O_DIRECT) {
+            errno = EINVAL;
+            return -1;
+        }
+        return detail::syscall_hooks::open(path, flags, mode);
+    }
+};
+
+// A kernel before 5.14: MADV_POPULATE_READ unknown.
+struct no_populate : detail::syscall_hooks {
+    int populate_calls = 0;
+    int willneed_calls = 0;
+    int madvise(void* a, std::size_t n, int advice) override {
+        if (advice == detail::madv_populate_read) {
+            ++populate_calls;
+            errno = EINVAL;
+            return -1;
+        }
+        if (advice == MADV_WILLNEED) ++willneed_calls;
+        return detail::syscall_hooks::madvise(a, n, advice);
+    }
+};
+
+// AnonHugePages of the mapping that holds `p` (/proc/self/smaps), in KiB.
+std::uint64_t anon_huge_kib(const void* p) {
+    std::ifstream smaps("/proc/self/smaps");
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    std::string line;
+    bool inside = false;
+    while (std::getline(smaps, line)) {
+        unsigned long lo = 0, hi = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 &&
+            line.find(':') > line.find(' ')) {
+            inside = a >= lo && a < hi;
+            continue;
+        }
+        unsigned long kib = 0;
+        if (inside && std::sscanf(line.c_str(), "AnonHugePages: %lu kB", &kib) == 1) return kib;
+    }
+    return 0;
+}
+
+}  // namespace
+
+TEST_CASE("every read mode gives the default's bytes: world 1, 2, 4, 8, with conversions") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const bool direct_here = direct_capable(dir.path());
+    if (!direct_here) MESSAGE("the temp folder takes no O_DIRECT: direct mode falls back here");
+    struct mode {
+        const char* name;
+        host_engine_options o;
+    };
+    const std::vector<mode> modes = {
+        {"per_row", {.threads = 2, .strided = strided_read::per_row}},
+        {"whole_rows", {.threads = 2, .strided = strided_read::whole_rows}},
+        {"batched", {.threads = 2, .strided = strided_read::batched}},
+        {"mmap", {.threads = 2, .mode = read_mode::mmap}},
+        {"populate", {.threads = 2, .populate = true}},
+        {"huge_pages", {.threads = 2, .huge_pages = true}},
+        {"direct", {.threads = 2, .mode = read_mode::direct}},
+        {"direct, small pieces",
+         {.threads = 3, .mode = read_mode::direct, .chunk_bytes = 4096, .staging_bytes = 4096}},
+        {"direct, default threads", {.mode = read_mode::direct}},
+        {"automatic, one thread, small pieces",
+         {.threads = 1, .chunk_bytes = 4096, .staging_bytes = 4096}},
+    };
+    for (const dtype_policy d :
+         {dtype_policy::keep(), dtype_policy::fixed(dtype::f32), dtype_policy::fixed(dtype::f16)}) {
+        for (std::uint32_t w : {1u, 2u, 4u, 8u}) {
+            for (std::uint32_t r = 0; r < w; ++r) {
+                CAPTURE(w);
+                CAPTURE(r);
+                CAPTURE(name(d.resolve(dtype::bf16, false)));
+                const named_bytes want = load_all(dir.path(), r, w, d, {});
+                CHECK(want.report.notes.empty());
+                for (const auto& md : modes) {
+                    CAPTURE(md.name);
+                    const named_bytes got = load_all(dir.path(), r, w, d, md.o);
+                    REQUIRE(got.names == want.names);
+                    for (std::size_t i = 0; i < got.names.size(); ++i) {
+                        CAPTURE(got.names[i]);
+                        CHECK(got.bytes[i] == want.bytes[i]);
+                    }
+                    CHECK(got.report.bytes_written == want.report.bytes_written);
+                    if (md.o.mode == read_mode::direct && direct_here) {
+                        CHECK(got.report.notes.empty());
+                        // aligned blocks around the rank's bytes: at least those, never less
+                        CHECK(got.report.bytes_read >= want.report.bytes_read);
+                    } else if (md.o.strided != strided_read::whole_rows) {
+                        CHECK(got.report.bytes_read == want.report.bytes_read);
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("the default reads only the rank's bytes of a column split") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const checkpoint ckpt = checkpoint::open(dir.path().string());
+    const load_plan plan = load_plan::build(ckpt, {3, 8});
+    host_engine engine;  // strided_read::automatic
+    CHECK(engine.options().strided == strided_read::automatic);
+    auto model = load_tensors<host_tensor>(plan, engine);
+    std::uint64_t padding = 0;  // rank 3's share of the padded vocabulary rows: zeros
+    const auto e = expected_for("model.embed_tokens.weight", m,
+                                make_tensors(m).at("model.embed_tokens.weight"), false, 8, 3);
+    for (const auto& row : e.rows) padding += row ? 0 : m.hidden * 2 * 2;
+    CHECK(model.report.bytes_read + padding == model.report.rank_bytes);
+    CHECK(engine.direct_bytes_read() == 0);
+}
+
+TEST_CASE("direct mode on a disk-backed folder reads with O_DIRECT, past the page cache") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    if (!direct_capable(dir.path())) {
+        MESSAGE("skipped: " << dir.path() << " is tmpfs or refuses O_DIRECT");
+        return;
+    }
+    const auto src = make_tensors(m);
+    write_checkpoint(dir.path(), m, src);
+    const checkpoint ckpt = checkpoint::open(dir.path().string());
+    const load_plan plan = load_plan::build(ckpt, {1, 4});
+    for (const auto& f : shard_files(dir.path())) evict(f);
+    std::size_t cached_before = 0;
+    for (const auto& f : shard_files(dir.path())) cached_before += resident_pages(f);
+
+    host_engine engine({.threads = 2, .mode = read_mode::direct});
+    CHECK(engine.reader_options().direct);
+    load_report r;
+    auto model = load_tensors<host_tensor>(plan, engine, &r);
+    CHECK(r.notes.empty());
+    CHECK(engine.direct_bytes_read() > 0);
+    CHECK(engine.direct_bytes_read() == r.bytes_read);
+    CHECK(r.bytes_read >= r.rank_bytes / 2);  // rank 1 of 4 holds some zero padding
+    const auto& down = src.at("model.layers.0.mlp.down_proj.weight");
+    const auto cut = expected_for("model.layers.0.mlp.down_proj.weight", m, down, false, 4, 1);
+    const host_tensor& t = model.at("model.layers.0.mlp.down_proj.weight");
+    std::vector<std::uint16_t> codes(t.size_bytes() / 2);
+    std::memcpy(codes.data(), t.data(), t.size_bytes());
+    CHECK(codes == take(down, cut.rows, cut.cols));
+
+    // The pages the checkpoint's own mapping holds (headers) stay cached; the rest went.
+    std::size_t cached_after = 0, pages = 0;
+    for (const auto& f : shard_files(dir.path())) {
+        cached_after += resident_pages(f);
+        pages += (fs::file_size(f) + 4095) / 4096;
+    }
+    if (cached_before * 2 > pages) {
+        MESSAGE("posix_fadvise(DONTNEED) left " << cached_before << " of " << pages
+                                                << " pages cached: page-cache check skipped");
+        return;
+    }
+    CHECK(cached_after == cached_before);  // O_DIRECT left the page cache alone
+    host_engine buffered({.threads = 2, .strided = strided_read::per_row});
+    (void)load_tensors<host_tensor>(plan, buffered);
+    std::size_t cached_buffered = 0;
+    for (const auto& f : shard_files(dir.path())) cached_buffered += resident_pages(f);
+    CHECK(cached_buffered > cached_before + pages / 4);  // and pread fills it
+}
+
+TEST_CASE("direct mode where the file system refuses O_DIRECT: buffered reads and a note") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    const auto src = make_tensors(m);
+    write_checkpoint(dir.path(), m, src);
+    const named_bytes want = load_all(dir.path(), 2, 4, dtype_policy::fixed(dtype::f32), {});
+    refuse_direct hooks;
+    const detail::scoped_syscall_hooks scope(hooks);
+    for (const auto& eo :
+         {host_engine_options{.threads = 2, .mode = read_mode::direct},
+          host_engine_options{
+              .threads = 1, .mode = read_mode::direct, .strided = strided_read::per_row}}) {
+        const named_bytes got = load_all(dir.path(), 2, 4, dtype_policy::fixed(dtype::f32), eo);
+        CHECK(got.bytes == want.bytes);
+        REQUIRE(got.report.notes.size() == 3);  // one per shard file
+        CHECK(has_note(got.report, "O_DIRECT refused by the file system"));
+        CHECK(has_note(got.report, "model-00001-of-00003.safetensors"));
+        CHECK(to_string(got.report).find("note: ") != std::string::npos);
+        CHECK(got.report.bytes_read == want.report.bytes_read);
+    }
+}
+
+TEST_CASE("direct mode on tmpfs (/dev/shm): read through the page cache, and said") {
+    const fs::path shm = "/dev/shm";
+    if (!fs::is_directory(shm) || !on_tmpfs(shm)) {
+        MESSAGE("skipped: no tmpfs at /dev/shm");
+        return;
+    }
+    const model_spec m = wide_model();
+    const fs::path dir = shm / ("safeshard-read-modes-" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    struct cleanup {
+        fs::path p;
+        ~cleanup() {
+            std::error_code ec;
+            fs::remove_all(p, ec);
+        }
+    } c{dir};
+    write_checkpoint(dir, m, make_tensors(m));
+    const named_bytes want = load_all(dir, 1, 8, dtype_policy::fixed(dtype::f32), {});
+    const checkpoint ckpt = checkpoint::open(dir.string());
+    const load_plan plan =
+        load_plan::build(ckpt, {1, 8}, {.dtype = dtype_policy::fixed(dtype::f32)});
+    host_engine engine({.threads = 2, .mode = read_mode::direct});
+    load_report r;
+    auto model = load_tensors<host_tensor>(plan, engine, &r);
+    CHECK(engine.direct_bytes_read() == 0);
+    REQUIRE(r.notes.size() == 3);
+    // Linux 6.6 and later accept O_DIRECT on tmpfs (the engine says it reads the page cache),
+    // older kernels refuse it at open (the reader says so).
+    CHECK((has_note(r, "on tmpfs") || has_note(r, "O_DIRECT refused")));
+    CHECK(r.bytes_read == want.report.bytes_read);
+    std::size_t i = 0;
+    for (const auto& n : model.names()) {
+        CAPTURE(n);
+        const auto b = model.at(n).bytes();
+        CHECK(std::vector<std::byte>(b.begin(), b.end()) == want.bytes[i++]);
+    }
+}
+
+TEST_CASE("automatic without MADV_POPULATE_READ (before Linux 5.14): WILLNEED, and a note") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const named_bytes want = load_all(dir.path(), 5, 8, dtype_policy::fixed(dtype::f32), {});
+    no_populate hooks;
+    {
+        const detail::scoped_syscall_hooks scope(hooks);
+        const named_bytes got = load_all(dir.path(), 5, 8, dtype_policy::fixed(dtype::f32),
+                                         {.threads = 1, .populate = true});
+        CHECK(got.bytes == want.bytes);
+        CHECK(has_note(got.report, "MADV_POPULATE_READ"));
+        CHECK(got.report.bytes_read == want.report.bytes_read);
+    }
+    CHECK(hooks.populate_calls == 1);  // asked once, then remembered
+    CHECK(hooks.willneed_calls > 0);
+    // Without the option the mapping is not advised at all.
+    no_populate quiet;
+    const detail::scoped_syscall_hooks scope(quiet);
+    const named_bytes got = load_all(dir.path(), 5, 8, dtype_policy::fixed(dtype::f32), {});
+    CHECK(got.bytes == want.bytes);
+    CHECK(got.report.notes.empty());
+    CHECK(quiet.populate_calls == 0);
+    CHECK(quiet.willneed_calls == 0);
+}
+
+TEST_CASE("a shard truncated after planning: direct, populate and automatic modes say I/O error") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const checkpoint ckpt = checkpoint::open(dir.path().string());
+    const load_plan plan =
+        load_plan::build(ckpt, {3, 8}, {.dtype = dtype_policy::fixed(dtype::f32)});
+    const auto f = dir.path() / "model-00002-of-00003.safetensors";
+    fs::resize_file(f, fs::file_size(f) / 2);
+    for (const auto& eo :
+         {host_engine_options{.threads = 2, .mode = read_mode::direct},
+          host_engine_options{.threads = 2, .populate = true}, host_engine_options{.threads = 1}}) {
+        host_engine engine(eo);
+        try {
+            (void)load_tensors<host_tensor>(plan, engine);
+            FAIL("no error");
+        } catch (const error& e) {
+            CHECK(e.code() == errc::io_error);
+            CHECK(std::string(e.what()).find("model-00002-of-00003") != std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("huge_pages: fresh destinations fault in 2 MiB pages where THP is in madvise mode") {
+    std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string modes;
+    std::getline(thp, modes);
+    if (modes.find("[madvise]") == std::string::npos) {
+        MESSAGE("skipped: transparent huge pages are not in madvise mode (" << modes << ")");
+        return;
+    }
+    for (const bool huge : {false, true}) {
+        CAPTURE(huge);
+        host_tensor t(dtype::u8, shape{std::uint64_t{64} << 20},
+                      std::size_t{64} << 20);  // mmap-ed by malloc
+        std::byte* addr = t.data();
+        std::uint64_t size = t.size_bytes();
+        host_engine e({.threads = 1, .huge_pages = huge});
+        e.bind(copy_targets{{}, std::span<std::byte* const>(&addr, 1), std::span(&size, 1)});
+        copy_op op;
+        op.kind = copy_kind::zero;
+        op.box.rows = 1;
+        op.box.dst_row_bytes = size;
+        op.box.dst_pitch = size;
+        e.submit(std::span(&op, 1));
+        e.wait();
+        CHECK(addr[size - 1] == std::byte{0});
+        CHECK((anon_huge_kib(addr) > 0) == huge);
+    }
+}
