@@ -109,8 +109,12 @@ void check_same(const plan_pair& p, cuda_engine_options o, const char* what) {
 
 const cuda_engine_options option_sets[] = {
     {},
-    {.buffers = 2, .buffer_bytes = 4096, .streams = 3, .threads = 3},
-    {.mode = read_mode::mmap, .buffers = 1, .buffer_bytes = 4096, .threads = 2},
+    {.strided = read_mode::mmap, .buffers = 2, .buffer_bytes = 4096, .streams = 3, .threads = 3},
+    {.mode = read_mode::mmap,
+     .strided = read_mode::mmap,
+     .buffers = 1,
+     .buffer_bytes = 4096,
+     .threads = 2},
     {.policy = cuda_policy::pageable, .buffer_bytes = 4096, .threads = 2},
     {.policy = cuda_policy::registered, .buffers = 3, .buffer_bytes = 4096, .threads = 2},
 };
