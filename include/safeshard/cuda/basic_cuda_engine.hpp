@@ -138,11 +138,14 @@ public:
     void upload(std::byte* dst, std::span<const std::byte> src) {
         if (src.empty()) return;
         check(tr_.set_device(opt_.device), "cudaSetDevice", nullptr);
+        pageable_pending_ = true;  // until the device is synchronised (release() does it too)
         constexpr std::size_t chunk = std::size_t{1} << 30;  // below cudaMemcpy2D's pitch limit
         for (std::size_t off = 0; off < src.size(); off += chunk) {
             const std::size_t n = std::min(chunk, src.size() - off);
             check(tr_.memcpy_2d(dst + off, n, src.data() + off, n, n, 1), "cudaMemcpy2D", nullptr);
         }
+        check(tr_.device_synchronize(), "cudaDeviceSynchronize", nullptr);
+        pageable_pending_ = false;
     }
 
     [[nodiscard]] engine_stats stats() const noexcept { return stats_; }
@@ -170,6 +173,7 @@ private:
         std::uint64_t total = 0;
         std::atomic<std::uint64_t> done{0}, read{0}, written{0};
         std::atomic<bool> failed{false};
+        std::atomic<std::uint64_t> pageable_copies{0};
         std::exception_ptr first{};
         std::mutex m{};
         std::size_t cursor = 0;  // next piece to claim (under m)
@@ -284,8 +288,10 @@ private:
     // Frees everything; errors are ignored here (an error is already on its way, or the
     // engine is going away).
     void release() noexcept {
-        if (ring_.empty() && streams_.empty()) return;
+        if (ring_.empty() && streams_.empty() && !pageable_pending_) return;
         (void)tr_.set_device(opt_.device);
+        if (pageable_pending_) (void)tr_.device_synchronize();
+        pageable_pending_ = false;
         for (transport_stream s : streams_) (void)tr_.stream_synchronize(s);
         for (buffer& b : ring_) {
             if (b.recorded) (void)tr_.event_synchronize(b.event);
@@ -377,6 +383,19 @@ private:
             if (!synced)
                 for (transport_stream s : streams_) (void)tr_.stream_synchronize(s);
             for (buffer& b : ring_) b.recorded = false;  // their copies are done
+        }
+        // cudaMemcpy2D from pageable memory may return before its copy lands
+        if (st.pageable_copies.load() > 0) {
+            pageable_pending_ = true;
+            const int rc = tr_.device_synchronize();
+            if (rc == Transport::success) pageable_pending_ = false;
+            if (rc != Transport::success) {
+                try {
+                    throw_cuda(rc, "cudaDeviceSynchronize", nullptr);
+                } catch (...) {
+                    st.fail(std::current_exception());
+                }
+            }
         }
         unregister_mappings(st);
     }
@@ -496,13 +515,15 @@ private:
             std::byte* dst = e.targets_.destinations[op.destination] + b.dst_offset;
             const std::uint64_t spitch = b.rows > 1 ? b.src_pitch : b.src_row_bytes;
             const std::uint64_t dpitch = b.rows > 1 ? b.dst_pitch : b.dst_row_bytes;
-            if (e.opt_.policy == cuda_policy::pageable)
+            if (e.opt_.policy == cuda_policy::pageable) {
+                ++st.pageable_copies;
                 e.check(e.tr_.memcpy_2d(dst, dpitch, from, spitch, b.dst_row_bytes, b.rows),
                         "cudaMemcpy2D", &op);
-            else
+            } else {
                 e.check(e.tr_.memcpy_2d_async(dst, dpitch, from, spitch, b.dst_row_bytes, b.rows,
                                               stream_for(next_stream++)),
                         "cudaMemcpy2DAsync", &op);
+            }
             st.read += op.bytes_read();
             st.written += op.bytes_written();
         }
@@ -614,6 +635,7 @@ private:
     std::mutex ring_m_{};
     std::condition_variable ring_cv_{};
     std::vector<void*> registered_{};
+    bool pageable_pending_ = false;  // pageable copies not yet known to have landed
 };
 
 }  // namespace safeshard
