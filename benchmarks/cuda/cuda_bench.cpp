@@ -21,6 +21,7 @@
 //   cuda_bench [--gib 2] [--runs 5] [--dir DIR] [--world 8] [--device 0] [--sweep]
 //              [--sweep-buffers 4,8,16] [--sweep-mib 4,8,16,32] [--sweep-streams 2,4]
 //              [--sweep-threads 2,4,8] [--peer-json FILE] [--no-policies]
+//   --dry-run: write or index the files and build the plans, without a GPU (a setup check)
 #include <cuda_runtime_api.h>
 #include <unistd.h>
 
@@ -41,6 +42,7 @@
 #include "safeshard/cuda/cuda_engine.hpp"
 #include "safeshard/cuda/cuda_tensor.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/safetensors.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/load/plan.hpp"
@@ -59,6 +61,7 @@ struct args {
     int device = 0;
     bool sweep = false;
     bool policies = true;
+    bool dry_run = false;  // files, index and plans only: no GPU needed (checks the setup)
     std::string peer_json;
     std::vector<unsigned> sweep_buffers{4, 8, 16};
     std::vector<unsigned> sweep_mib{4, 8, 16, 32};
@@ -100,6 +103,8 @@ args parse(int argc, char** argv) {
             a.sweep = true;
         else if (k == "--no-policies")
             a.policies = false;
+        else if (k == "--dry-run")
+            a.dry_run = true;
         else if (k == "--peer-json")
             a.peer_json = next();
         else if (k == "--sweep-buffers")
@@ -205,6 +210,25 @@ void make_files(const fs::path& dir, double gib) {
         std::snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", s + 1, shards);
         save_file(dir / file, t);
     }
+}
+
+// Shards without an index (peer_bench.py --make writes none): an index naming every tensor.
+void ensure_index(const fs::path& dir) {
+    if (fs::exists(dir / "model.safetensors.index.json") || fs::exists(dir / "model.safetensors"))
+        return;
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(dir))
+        if (e.path().extension() == ".safetensors") files.push_back(e.path().filename().string());
+    std::sort(files.begin(), files.end());
+    if (files.size() < 2) return;
+    std::string map;
+    for (const auto& f : files) {
+        const file_view v(dir / f);
+        for (const auto& t : v)
+            map += (map.empty() ? "\"" : ",\"") + std::string(t.name()) + "\":\"" + f + "\"";
+    }
+    std::ofstream(dir / "model.safetensors.index.json")
+        << "{\"metadata\":{},\"weight_map\":{" << map << "}}";
 }
 
 void warm(const checkpoint& ckpt) {
@@ -326,15 +350,17 @@ double gbps(std::uint64_t bytes, double s) { return s > 0 ? double(bytes) / s / 
 int main(int argc, char** argv) try {
     const args a = parse(argc, argv);
     int count = 0;
-    const cudaError_t ce = cudaGetDeviceCount(&count);
-    if (ce != cudaSuccess || count == 0) {
+    const cudaError_t ce = a.dry_run ? cudaSuccess : cudaGetDeviceCount(&count);
+    if (!a.dry_run && (ce != cudaSuccess || count == 0)) {
         std::printf("skip: no CUDA device (%s)\n", ce != cudaSuccess ? cudaGetErrorName(ce) : "0");
         return 77;
     }
     cudaDeviceProp prop{};
-    cuda_check(cudaGetDeviceProperties(&prop, a.device), "cudaGetDeviceProperties");
-    cuda_check(cudaSetDevice(a.device), "cudaSetDevice");
-    cuda_check(cudaFree(nullptr), "cudaFree(nullptr)");  // the context, before any measurement
+    if (!a.dry_run) {
+        cuda_check(cudaGetDeviceProperties(&prop, a.device), "cudaGetDeviceProperties");
+        cuda_check(cudaSetDevice(a.device), "cudaSetDevice");
+        cuda_check(cudaFree(nullptr), "cudaFree(nullptr)");  // the context, before measuring
+    }
 
     fs::path dir = a.dir;
     bool own = false;
@@ -354,11 +380,26 @@ int main(int argc, char** argv) try {
         }
     } clean{dir, own};
 
+    ensure_index(dir);
     const checkpoint ckpt = checkpoint::open(dir.string());
     const schema s = split_schema(ckpt, false);
     warm(ckpt);
     plan_options po;
     po.device = {device_kind::cuda, a.device};
+    if (a.dry_run) {
+        const schema mixed = split_schema(ckpt, true);
+        auto show = [&](const char* label, const schema& sch, std::uint32_t world) {
+            const load_plan p = load_plan::build(ckpt, sch, {0, world}, po);
+            std::uint64_t read = 0;
+            for (const auto& op : p.ops()) read += op.bytes_read();
+            std::printf("dry run: %s: %zu ops, %.3f GB read, %zu files\n", label, p.ops().size(),
+                        double(read) / 1e9, p.files().size());
+        };
+        show("full", s, 1);
+        show("rank 0, dim 1", s, a.world);
+        show("rank 0, dim 0|1", mixed, a.world);
+        return 0;
+    }
     prepared full(load_plan::build(ckpt, s, {0, 1}, po), a.device);
     const std::uint64_t bytes = full.bytes;
     double load1 = 0, load5 = 0, load15 = 0;
