@@ -5,8 +5,9 @@
 // P6  the end-to-end load (plan, cudaMalloc, copy) beside the peers' figures: with
 //     --peer-json FILE (peer_bench.py --json FILE on the same files) the ratio to
 //     safetensors.torch.load_file(device="cuda:0") is printed. Goal >= 3x.
-// P7  one rank of world 8 (every 2-D tensor split on dim 1: strided rows) divided by the full
-//     load. Goal <= 0.15.
+// P7  one rank of world 8 divided by the full load, every 2-D tensor split on dim 1 (strided
+//     rows; pread per row, mmap copies, registered DMA) or alternately on dim 0 and 1.
+//     Goal <= 0.15.
 // P8  anonymous host memory (RssAnon, sampled every millisecond) beyond the staging ring, and
 //     device memory beyond the tensors (cudaMemGetInfo, sampled too). Goals: <= 64 MiB, none.
 // --sweep: buffers x buffer size x streams x threads, the full load's copy time each, the best
@@ -20,6 +21,7 @@
 //   cuda_bench [--gib 2] [--runs 5] [--dir DIR] [--world 8] [--device 0] [--sweep]
 //              [--sweep-buffers 4,8,16] [--sweep-mib 4,8,16,32] [--sweep-streams 2,4]
 //              [--sweep-threads 2,4,8] [--peer-json FILE] [--no-policies]
+//   --dry-run: write or index the files and build the plans, without a GPU (a setup check)
 #include <cuda_runtime_api.h>
 #include <unistd.h>
 
@@ -40,6 +42,7 @@
 #include "safeshard/cuda/cuda_engine.hpp"
 #include "safeshard/cuda/cuda_tensor.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/safetensors.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/load/plan.hpp"
@@ -58,6 +61,7 @@ struct args {
     int device = 0;
     bool sweep = false;
     bool policies = true;
+    bool dry_run = false;  // files, index and plans only: no GPU needed (checks the setup)
     std::string peer_json;
     std::vector<unsigned> sweep_buffers{4, 8, 16};
     std::vector<unsigned> sweep_mib{4, 8, 16, 32};
@@ -99,6 +103,8 @@ args parse(int argc, char** argv) {
             a.sweep = true;
         else if (k == "--no-policies")
             a.policies = false;
+        else if (k == "--dry-run")
+            a.dry_run = true;
         else if (k == "--peer-json")
             a.peer_json = next();
         else if (k == "--sweep-buffers")
@@ -206,6 +212,25 @@ void make_files(const fs::path& dir, double gib) {
     }
 }
 
+// Shards without an index (peer_bench.py --make writes none): an index naming every tensor.
+void ensure_index(const fs::path& dir) {
+    if (fs::exists(dir / "model.safetensors.index.json") || fs::exists(dir / "model.safetensors"))
+        return;
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(dir))
+        if (e.path().extension() == ".safetensors") files.push_back(e.path().filename().string());
+    std::sort(files.begin(), files.end());
+    if (files.size() < 2) return;
+    std::string map;
+    for (const auto& f : files) {
+        const file_view v(dir / f);
+        for (const auto& t : v)
+            map += (map.empty() ? "\"" : ",\"") + std::string(t.name()) + "\":\"" + f + "\"";
+    }
+    std::ofstream(dir / "model.safetensors.index.json")
+        << "{\"metadata\":{},\"weight_map\":{" << map << "}}";
+}
+
 void warm(const checkpoint& ckpt) {
     std::vector<char> buf(std::size_t{64} << 20);
     for (const auto& f : ckpt.files()) {
@@ -215,15 +240,18 @@ void warm(const checkpoint& ckpt) {
     }
 }
 
-// 2-D tensors split on dim 1 (a rank's columns), the rest replicated.
-schema column_schema(const checkpoint& ckpt) {
+// 2-D tensors split on dim 1 (a rank's columns: strided rows), or alternately on dim 0 and
+// dim 1 (as a decoder's layers are: q/k/v/gate/up by rows, o/down by columns); the rest
+// replicated.
+schema split_schema(const checkpoint& ckpt, bool alternate) {
     schema s;
+    std::size_t i = 0;
     for (const auto& f : ckpt.files())
         for (const auto& t : f.view) {
             parameter_meta p;
             p.name = std::string(t.name());
             p.sources = {p.name};
-            if (t.shape().rank() == 2) p.layout = make_split(1);
+            if (t.shape().rank() == 2) p.layout = make_split(alternate && i++ % 2 == 0 ? 0 : 1);
             s.add(p);
         }
     return s;
@@ -322,15 +350,17 @@ double gbps(std::uint64_t bytes, double s) { return s > 0 ? double(bytes) / s / 
 int main(int argc, char** argv) try {
     const args a = parse(argc, argv);
     int count = 0;
-    const cudaError_t ce = cudaGetDeviceCount(&count);
-    if (ce != cudaSuccess || count == 0) {
+    const cudaError_t ce = a.dry_run ? cudaSuccess : cudaGetDeviceCount(&count);
+    if (!a.dry_run && (ce != cudaSuccess || count == 0)) {
         std::printf("skip: no CUDA device (%s)\n", ce != cudaSuccess ? cudaGetErrorName(ce) : "0");
         return 77;
     }
     cudaDeviceProp prop{};
-    cuda_check(cudaGetDeviceProperties(&prop, a.device), "cudaGetDeviceProperties");
-    cuda_check(cudaSetDevice(a.device), "cudaSetDevice");
-    cuda_check(cudaFree(nullptr), "cudaFree(nullptr)");  // the context, before any measurement
+    if (!a.dry_run) {
+        cuda_check(cudaGetDeviceProperties(&prop, a.device), "cudaGetDeviceProperties");
+        cuda_check(cudaSetDevice(a.device), "cudaSetDevice");
+        cuda_check(cudaFree(nullptr), "cudaFree(nullptr)");  // the context, before measuring
+    }
 
     fs::path dir = a.dir;
     bool own = false;
@@ -350,11 +380,26 @@ int main(int argc, char** argv) try {
         }
     } clean{dir, own};
 
+    ensure_index(dir);
     const checkpoint ckpt = checkpoint::open(dir.string());
-    const schema s = column_schema(ckpt);
+    const schema s = split_schema(ckpt, false);
     warm(ckpt);
     plan_options po;
     po.device = {device_kind::cuda, a.device};
+    if (a.dry_run) {
+        const schema mixed = split_schema(ckpt, true);
+        auto show = [&](const char* label, const schema& sch, std::uint32_t world) {
+            const load_plan p = load_plan::build(ckpt, sch, {0, world}, po);
+            std::uint64_t read = 0;
+            for (const auto& op : p.ops()) read += op.bytes_read();
+            std::printf("dry run: %s: %zu ops, %.3f GB read, %zu files\n", label, p.ops().size(),
+                        double(read) / 1e9, p.files().size());
+        };
+        show("full", s, 1);
+        show("rank 0, dim 1", s, a.world);
+        show("rank 0, dim 0|1", mixed, a.world);
+        return 0;
+    }
     prepared full(load_plan::build(ckpt, s, {0, 1}, po), a.device);
     const std::uint64_t bytes = full.bytes;
     double load1 = 0, load5 = 0, load15 = 0;
@@ -420,14 +465,40 @@ int main(int argc, char** argv) try {
         }
     }
 
-    // P7: one rank of world W against the full load
+    // P7: one rank of world W against the full load (default options). Each run opens the
+    // checkpoint afresh, as a load does: mappings start cold (it matters to strided mmap reads).
     {
-        prepared rank(load_plan::build(ckpt, s, {0, a.world}, po), a.device);
-        const double t = timed_copy(rank, defaults, a.runs);
         const double base = staged_s > 0 ? staged_s : timed_copy(full, defaults, a.runs);
-        std::printf("P7 %-31s %8.3f s %7.2f GB/s  %.3f of the full load (goal <= 0.15)\n",
-                    ("rank 0 of world " + std::to_string(a.world)).c_str(), t, gbps(rank.bytes, t),
-                    t / base);
+        const schema mixed = split_schema(ckpt, true);
+        auto p7 = [&](const std::string& label, const schema& sch, cuda_engine_options o) {
+            try {
+                cuda_engine e(o);
+                std::vector<double> t;
+                std::uint64_t rank_bytes = 0;
+                for (int i = 0; i <= a.runs; ++i) {
+                    const checkpoint c = checkpoint::open(dir.string());
+                    prepared r(load_plan::build(c, sch, {0, a.world}, po), a.device);
+                    rank_bytes = r.bytes;
+                    const double sec = r.copy(e);
+                    if (i > 0) t.push_back(sec);  // the first allocates the ring
+                }
+                const double m = median(t);
+                std::printf("P7 %-31s %8.3f s %7.2f GB/s  %.3f of the full load (goal <= 0.15)\n",
+                            label.c_str(), m, gbps(rank_bytes, m), m / base);
+            } catch (const std::exception& x) {
+                std::printf("P7 %s: FAILED: %s\n", label.c_str(), x.what());
+            }
+        };
+        const std::string r0 = "rank 0/" + std::to_string(a.world);
+        cuda_engine_options o = defaults;
+        p7(r0 + " dim 1, pread rows", s, o);
+        o.strided = read_mode::mmap;
+        p7(r0 + " dim 1, mmap rows", s, o);
+        p7(r0 + " dim 0|1, mmap rows", mixed, o);
+        o = defaults;
+        p7(r0 + " dim 0|1, pread rows", mixed, o);
+        o.policy = cuda_policy::registered;
+        p7(r0 + " dim 1, registered", s, o);
     }
 
     // P8: host anonymous memory beyond the ring, device memory beyond the tensors

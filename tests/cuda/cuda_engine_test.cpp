@@ -109,8 +109,12 @@ void check_same(const plan_pair& p, cuda_engine_options o, const char* what) {
 
 const cuda_engine_options option_sets[] = {
     {},
-    {.buffers = 2, .buffer_bytes = 4096, .streams = 3, .threads = 3},
-    {.mode = read_mode::mmap, .buffers = 1, .buffer_bytes = 4096, .threads = 2},
+    {.strided = read_mode::mmap, .buffers = 2, .buffer_bytes = 4096, .streams = 3, .threads = 3},
+    {.mode = read_mode::mmap,
+     .strided = read_mode::mmap,
+     .buffers = 1,
+     .buffer_bytes = 4096,
+     .threads = 2},
     {.policy = cuda_policy::pageable, .buffer_bytes = 4096, .threads = 2},
     {.policy = cuda_policy::registered, .buffers = 3, .buffer_bytes = 4096, .threads = 2},
 };
@@ -138,6 +142,14 @@ TEST_CASE("the fake transport catches a staging buffer overwritten before its co
     REQUIRE(t.memcpy_async(dst + 32, pinned, 64, s) == 0);
     CHECK(dev.violations.size() == 3);
     REQUIRE(t.stream_synchronize(s) == 0);
+    // a pageable copy lands only with cudaDeviceSynchronize
+    std::vector<std::byte> ones(64, std::byte{1}), back(64);
+    REQUIRE(t.memcpy_2d(dst, 64, ones.data(), 64, 64, 1) == 0);
+    dev.read(dst, back.data(), 64);
+    CHECK(back != ones);
+    REQUIRE(t.device_synchronize() == 0);
+    dev.read(dst, back.data(), 64);
+    CHECK(back == ones);
     REQUIRE(t.stream_destroy(s) == 0);
     REQUIRE(t.host_free(pinned) == 0);
     dev.free_for_test(dst);

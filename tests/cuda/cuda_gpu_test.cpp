@@ -37,8 +37,12 @@ std::vector<std::byte> host_copy(const cuda_tensor& t) {
 
 const cuda_engine_options option_sets[] = {
     {},
-    {.buffers = 2, .buffer_bytes = 4096, .streams = 3, .threads = 3},
-    {.mode = read_mode::mmap, .buffers = 3, .buffer_bytes = 1 << 16, .threads = 2},
+    {.strided = read_mode::mmap, .buffers = 2, .buffer_bytes = 4096, .streams = 3, .threads = 3},
+    {.mode = read_mode::mmap,
+     .strided = read_mode::mmap,
+     .buffers = 3,
+     .buffer_bytes = 1 << 16,
+     .threads = 2},
     {.policy = cuda_policy::pageable},
     {.policy = cuda_policy::registered},
 };

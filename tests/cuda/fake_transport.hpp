@@ -206,10 +206,20 @@ public:
         if (enter("cudaMemcpy2D")) return injected;
         check_dst(dst, dp, w, h);
         if (sp < w || dp < w) violation("cudaMemcpy2D pitch below the width");
+        // As the driver does from pageable memory: the source is staged at once, the copy
+        // lands later (on the legacy stream, run by device_synchronize).
+        queued q{static_cast<std::byte*>(dst), dp, nullptr, w, w, h, false};
+        q.owned.resize(w * h);
         for (std::size_t r = 0; r < h; ++r)
-            std::memcpy(static_cast<std::byte*>(dst) + r * dp,
-                        static_cast<const std::byte*>(src) + r * sp, w);
+            std::memcpy(q.owned.data() + r * w, static_cast<const std::byte*>(src) + r * sp, w);
+        queues_[nullptr].push_back(std::move(q));
         sync_bytes += w * h;
+        return 0;
+    }
+    int device_synchronize() {
+        std::lock_guard l(m_);
+        if (enter("cudaDeviceSynchronize")) return injected;
+        for (auto& [s, q] : queues_) run_queue(s, q.size());
         return 0;
     }
     int memset_2d_async(void* dst, std::size_t dp, std::size_t w, std::size_t h,
@@ -277,7 +287,8 @@ private:
         std::size_t sp = 0, w = 0, h = 0;
         bool memset = false;
         std::uint64_t hash = 0;
-        std::uint64_t marker = 0;  // an event record (no copy)
+        std::uint64_t marker = 0;        // an event record (no copy)
+        std::vector<std::byte> owned{};  // a staged pageable source
     };
     struct event_state {
         transport_stream stream = nullptr;
@@ -370,12 +381,17 @@ private:
     void run_queue(transport_stream s, std::size_t n) {
         auto& q = queues_[s];
         for (std::size_t i = 0; i < n && !q.empty(); ++i) {
-            const queued op = q.front();
+            const queued op = std::move(q.front());
             q.pop_front();
             if (op.marker) continue;
             if (op.memset) {
                 for (std::size_t r = 0; r < op.h; ++r) std::memset(op.dst + r * op.dp, 0, op.w);
                 memset_bytes += op.w * op.h;
+                continue;
+            }
+            if (!op.owned.empty()) {
+                for (std::size_t r = 0; r < op.h; ++r)
+                    std::memcpy(op.dst + r * op.dp, op.owned.data() + r * op.w, op.w);
                 continue;
             }
             if (hash_rows(op.src, op.sp, op.w, op.h) != op.hash)
@@ -430,6 +446,7 @@ struct fake_transport {
                   std::size_t h) {
         return dev->memcpy_2d(d, dp, s, sp, w, h);
     }
+    int device_synchronize() { return dev->device_synchronize(); }
     int memset_2d_async(void* d, std::size_t dp, std::size_t w, std::size_t h, transport_stream s) {
         return dev->memset_2d_async(d, dp, w, h, s);
     }

@@ -65,7 +65,10 @@ struct cuda_engine_options {
     int device = 0;  // the CUDA device every destination lives on
     cuda_policy policy = cuda_policy::staged;
     read_mode mode = read_mode::pread;  // how staged pieces leave the files
-    unsigned buffers = 8;               // pinned staging buffers in the ring
+    // ... when their rows have gaps (a rank's columns): one pread per row, or copies out of
+    // the mapping (no system call per row; page faults where the mapping is fresh)
+    read_mode strided = read_mode::pread;
+    unsigned buffers = 8;  // pinned staging buffers in the ring
     std::size_t buffer_bytes = std::size_t{8} << 20;
     unsigned streams = 4;
     unsigned threads = 4;  // readers filling the ring (the calling thread is one of them)
@@ -135,8 +138,14 @@ public:
     void upload(std::byte* dst, std::span<const std::byte> src) {
         if (src.empty()) return;
         check(tr_.set_device(opt_.device), "cudaSetDevice", nullptr);
-        check(tr_.memcpy_2d(dst, src.size(), src.data(), src.size(), src.size(), 1), "cudaMemcpy",
-              nullptr);
+        pageable_pending_ = true;  // until the device is synchronised (release() does it too)
+        constexpr std::size_t chunk = std::size_t{1} << 30;  // below cudaMemcpy2D's pitch limit
+        for (std::size_t off = 0; off < src.size(); off += chunk) {
+            const std::size_t n = std::min(chunk, src.size() - off);
+            check(tr_.memcpy_2d(dst + off, n, src.data() + off, n, n, 1), "cudaMemcpy2D", nullptr);
+        }
+        check(tr_.device_synchronize(), "cudaDeviceSynchronize", nullptr);
+        pageable_pending_ = false;
     }
 
     [[nodiscard]] engine_stats stats() const noexcept { return stats_; }
@@ -164,6 +173,7 @@ private:
         std::uint64_t total = 0;
         std::atomic<std::uint64_t> done{0}, read{0}, written{0};
         std::atomic<bool> failed{false};
+        std::atomic<std::uint64_t> pageable_copies{0};
         std::exception_ptr first{};
         std::mutex m{};
         std::size_t cursor = 0;  // next piece to claim (under m)
@@ -278,8 +288,10 @@ private:
     // Frees everything; errors are ignored here (an error is already on its way, or the
     // engine is going away).
     void release() noexcept {
-        if (ring_.empty() && streams_.empty()) return;
+        if (ring_.empty() && streams_.empty() && !pageable_pending_) return;
         (void)tr_.set_device(opt_.device);
+        if (pageable_pending_) (void)tr_.device_synchronize();
+        pageable_pending_ = false;
         for (transport_stream s : streams_) (void)tr_.stream_synchronize(s);
         for (buffer& b : ring_) {
             if (b.recorded) (void)tr_.event_synchronize(b.event);
@@ -372,6 +384,19 @@ private:
                 for (transport_stream s : streams_) (void)tr_.stream_synchronize(s);
             for (buffer& b : ring_) b.recorded = false;  // their copies are done
         }
+        // cudaMemcpy2D from pageable memory may return before its copy lands
+        if (st.pageable_copies.load() > 0) {
+            pageable_pending_ = true;
+            const int rc = tr_.device_synchronize();
+            if (rc == Transport::success) pageable_pending_ = false;
+            if (rc != Transport::success) {
+                try {
+                    throw_cuda(rc, "cudaDeviceSynchronize", nullptr);
+                } catch (...) {
+                    st.fail(std::current_exception());
+                }
+            }
+        }
         unregister_mappings(st);
     }
 
@@ -383,7 +408,9 @@ private:
             if (!used[f]) continue;
             const auto m = targets_.sources[f].mapping;
             void* base = const_cast<std::byte*>(m.data());  // read-only registration
-            const int rc = tr_.host_register_read_only(base, m.size());
+            // whole pages: a mapping starts on one and covers the last one entirely
+            const std::size_t bytes = (m.size() + 4095) / 4096 * 4096;
+            const int rc = tr_.host_register_read_only(base, bytes);
             if (rc != Transport::success) {
                 std::string file =
                     targets_.sources[f].reader ? targets_.sources[f].reader->path().string() : "";
@@ -417,7 +444,7 @@ private:
         {
             std::unique_lock lock(ring_m_);
             ring_cv_.wait(lock, [&] { return !free_.empty() || st.failed.load(); });
-            if (free_.empty()) return nullptr;
+            if (free_.empty() || st.failed.load()) return nullptr;
             b = free_.front();
             free_.pop_front();
         }
@@ -488,13 +515,15 @@ private:
             std::byte* dst = e.targets_.destinations[op.destination] + b.dst_offset;
             const std::uint64_t spitch = b.rows > 1 ? b.src_pitch : b.src_row_bytes;
             const std::uint64_t dpitch = b.rows > 1 ? b.dst_pitch : b.dst_row_bytes;
-            if (e.opt_.policy == cuda_policy::pageable)
+            if (e.opt_.policy == cuda_policy::pageable) {
+                ++st.pageable_copies;
                 e.check(e.tr_.memcpy_2d(dst, dpitch, from, spitch, b.dst_row_bytes, b.rows),
                         "cudaMemcpy2D", &op);
-            else
+            } else {
                 e.check(e.tr_.memcpy_2d_async(dst, dpitch, from, spitch, b.dst_row_bytes, b.rows,
                                               stream_for(next_stream++)),
                         "cudaMemcpy2DAsync", &op);
+            }
             st.read += op.bytes_read();
             st.written += op.bytes_written();
         }
@@ -519,10 +548,16 @@ private:
         void staged(std::span<const piece> ps) {
             buffer* b = e.acquire(st);
             if (b == nullptr) return;  // the load failed elsewhere
+            // Back to the ring when its copies are all followed by its event, or when none
+            // was enqueued; a buffer left half-sent (a call failed) stays out until release()
+            // has synchronised the streams.
             struct holder {
                 basic_cuda_engine& e;
                 buffer* b;
-                ~holder() { e.give_back(b); }
+                bool sent = false;
+                ~holder() {
+                    if (sent || !b->recorded) e.give_back(b);
+                }
             } hold{e, b};
             std::uint64_t off = 0;
             for (const piece& p : ps) {
@@ -546,6 +581,7 @@ private:
                 off += p.staged_bytes;
             }
             e.check(e.tr_.event_record(b->event, s), "cudaEventRecord", &ps.back().op);
+            hold.sent = true;
             for (const piece& p : ps) {
                 st.read += p.op.bytes_read();
                 st.written += p.op.bytes_written();
@@ -560,7 +596,8 @@ private:
             const std::size_t row_elems = b.dst_row_bytes * 8 / bit_size(op.dst_dtype);
             const converter conv = op.converts() ? find_converter(op.src_dtype, op.dst_dtype)
                                                  : converter(op.src_dtype);
-            if (e.opt_.mode == read_mode::mmap && !src.mapping.empty()) {
+            const read_mode mode = op.contiguous_source() ? e.opt_.mode : e.opt_.strided;
+            if (mode == read_mode::mmap && !src.mapping.empty()) {
                 conv(mapped(src, op), out, b.rows, row_elems, b.src_pitch, b.dst_row_bytes);
                 return;
             }
@@ -598,6 +635,7 @@ private:
     std::mutex ring_m_{};
     std::condition_variable ring_cv_{};
     std::vector<void*> registered_{};
+    bool pageable_pending_ = false;  // pageable copies not yet known to have landed
 };
 
 }  // namespace safeshard

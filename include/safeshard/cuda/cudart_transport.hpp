@@ -74,6 +74,7 @@ struct cudart_transport {
                                 std::size_t width, std::size_t height) {
         return cudaMemcpy2D(dst, dpitch, src, spitch, width, height, cudaMemcpyHostToDevice);
     }
+    [[nodiscard]] int device_synchronize() { return cudaDeviceSynchronize(); }
     [[nodiscard]] int memset_2d_async(void* dst, std::size_t dpitch, std::size_t width,
                                       std::size_t height, transport_stream s) {
         return cudaMemset2DAsync(dst, dpitch, 0, width, height, static_cast<cudaStream_t>(s));

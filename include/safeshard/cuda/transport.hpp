@@ -41,8 +41,10 @@ concept cuda_transport = requires(T& t, void* p, const void* cp, void** pp, std:
     { t.memcpy_async(p, cp, n, s) } -> std::same_as<int>;
     // height rows of width bytes: src rows `spitch` apart, dst rows `dpitch` apart.
     { t.memcpy_2d_async(p, n, cp, n, n, n, s) } -> std::same_as<int>;
-    // The same, returning when the copy is done (pageable sources).
+    // The same from pageable memory, returning when the source may be reused (the copy
+    // itself may still be in flight on the legacy default stream: device_synchronize).
     { t.memcpy_2d(p, n, cp, n, n, n) } -> std::same_as<int>;
+    { t.device_synchronize() } -> std::same_as<int>;
     // height rows of width zero bytes, dpitch apart, enqueued on s.
     { t.memset_2d_async(p, n, n, n, s) } -> std::same_as<int>;
     // Page-locks [p, p + n) read-only for DMA, and undoes it.
