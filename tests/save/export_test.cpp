@@ -180,6 +180,7 @@ TEST_SUITE("export") {
                 CAPTURE(kv);
                 CAPTURE(world);
                 auto o = options_for(world, kv);
+                o.overlap_io = world != 4;  // both the overlapped and the plain write loop
                 o.plan.schema.fuse_qkv = true;
                 o.plan.schema.fuse_gate_up = true;
                 export_checkpoint(in, dir.path() / "ex", o);
@@ -268,6 +269,7 @@ TEST_SUITE("export") {
         make_model(dir.path() / "in", m);
         auto o = options_for(4, kv_interleaved);
         o.max_shard_size = 4000;  // several shards per rank
+        o.overlap_io = true;
         (void)export_checkpoint(checkpoint::open((dir.path() / "in").string()), dir.path() / "ex",
                                 o);
         const auto r2 = checkpoint::open((dir.path() / "ex" / "rank-00002").string());
