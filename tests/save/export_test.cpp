@@ -240,6 +240,14 @@ TEST_SUITE("export") {
                       (void)load<host_tensor>((ex / "rank-00001").string(),
                                               {.rank = 1, .world = 2});
                   }) == errc::invalid_export);
+            // With a schema of one's own: the same check; replicate_all loads the rank as is.
+            CHECK(code_of([&] {
+                      (void)load<host_tensor>((ex / "rank-00002").string(), schema::replicate_all(),
+                                              {.rank = 0, .world = 4});
+                  }) == errc::invalid_export);
+            const auto as_is = load<host_tensor>((ex / "rank-00002").string(),
+                                                 schema::replicate_all(), {.rank = 2, .world = 4});
+            CHECK(as_is.contains("model.layers.1.mlp.down_proj.weight"));
             fs::remove_all(ex);
         }
     }
