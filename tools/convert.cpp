@@ -233,6 +233,7 @@ int run_convert(const convert_args& a, output& out) {
     }
     check_interrupted();
     w.commit();
+    interrupted_flag = 0;  // OUT is complete: a SIGINT from now on changes nothing
     bar.finish();
 
     const double seconds =

@@ -58,6 +58,7 @@ int run_export(const export_args& a, output& out) {
     o.cancel_point = [] { check_interrupted(); };
 
     const export_report r = export_checkpoint(c, a.out, o);
+    interrupted_flag = 0;  // OUT is complete: a SIGINT from now on changes nothing
     if (bar) bar->finish();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

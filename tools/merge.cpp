@@ -26,6 +26,7 @@ int run_merge(const merge_args& a, output& out) {
     o.cancel_point = [] { check_interrupted(); };
 
     const merge_report r = merge_export(a.dir, a.out, o);
+    interrupted_flag = 0;  // OUT is complete: a SIGINT from now on changes nothing
     if (bar) bar->finish();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

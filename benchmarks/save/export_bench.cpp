@@ -123,6 +123,7 @@ void BM_export_world4(benchmark::State& state) {
         limit_s += read_plus_write(f.in, f.work / "limit", f.export_written, world);
         safeshard::export_options o;
         o.world = world;
+        o.overlap_io = state.range(0) != 0;
         const auto t0 = clock_type::now();
         const auto rep = safeshard::export_checkpoint(ckpt, f.work / "ex", o);
         const double s = seconds_since(t0);
@@ -137,7 +138,13 @@ void BM_export_world4(benchmark::State& state) {
     state.counters["ratio_to_limit"] = limit_s / export_s;
     state.counters["input_MB"] = static_cast<double>(f.input_bytes) / 1e6;
 }
-BENCHMARK(BM_export_world4)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+// Arg: 1 = the next tensor read while this one is written, 0 = one after the other (default).
+BENCHMARK(BM_export_world4)
+    ->Arg(1)
+    ->Arg(0)
+    ->UseManualTime()
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
 
 void BM_load_rank_from_export(benchmark::State& state) {
     fixture& f = fx();

@@ -180,6 +180,7 @@ TEST_SUITE("export") {
                 CAPTURE(kv);
                 CAPTURE(world);
                 auto o = options_for(world, kv);
+                o.overlap_io = world != 4;  // both the overlapped and the plain write loop
                 o.plan.schema.fuse_qkv = true;
                 o.plan.schema.fuse_gate_up = true;
                 export_checkpoint(in, dir.path() / "ex", o);
@@ -239,6 +240,14 @@ TEST_SUITE("export") {
                       (void)load<host_tensor>((ex / "rank-00001").string(),
                                               {.rank = 1, .world = 2});
                   }) == errc::invalid_export);
+            // With a schema of one's own: the same check; replicate_all loads the rank as is.
+            CHECK(code_of([&] {
+                      (void)load<host_tensor>((ex / "rank-00002").string(), schema::replicate_all(),
+                                              {.rank = 0, .world = 4});
+                  }) == errc::invalid_export);
+            const auto as_is = load<host_tensor>((ex / "rank-00002").string(),
+                                                 schema::replicate_all(), {.rank = 2, .world = 4});
+            CHECK(as_is.contains("model.layers.1.mlp.down_proj.weight"));
             fs::remove_all(ex);
         }
     }
@@ -268,6 +277,7 @@ TEST_SUITE("export") {
         make_model(dir.path() / "in", m);
         auto o = options_for(4, kv_interleaved);
         o.max_shard_size = 4000;  // several shards per rank
+        o.overlap_io = true;
         (void)export_checkpoint(checkpoint::open((dir.path() / "in").string()), dir.path() / "ex",
                                 o);
         const auto r2 = checkpoint::open((dir.path() / "ex" / "rank-00002").string());

@@ -133,7 +133,8 @@ public:
         return build(ckpt, s, ctx, o, &c);
     }
 
-    // A given schema; `config` (optional) adds config.json's shape checks.
+    // A given schema; `config` (optional) adds config.json's shape checks. (A rank folder of
+    // an export is already cut: give it schema::replicate_all() or use the overload above.)
     [[nodiscard]] static load_plan build(const checkpoint& ckpt, const schema& s,
                                          parallel_context ctx, const plan_options& o = {},
                                          const model_config* config = nullptr) {
@@ -141,6 +142,9 @@ public:
             throw error(errc::invalid_argument, "rank " + std::to_string(ctx.rank) + " of world " +
                                                     std::to_string(ctx.world) +
                                                     ": the rank must be below the world size");
+        // A rank of an export holds that rank's cut already: any other rank is refused.
+        if (const auto exported = read_export_metadata(ckpt))
+            check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
         load_plan p;
         p.ctx_ = ctx;
         p.device_ = o.device;

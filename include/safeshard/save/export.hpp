@@ -11,11 +11,13 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <unordered_map>
 #include <vector>
 
 #include "safeshard/core/checked.hpp"
@@ -45,6 +47,10 @@ struct export_options {
     std::uint64_t max_shard_size = default_max_shard_size;
     bool force = false;  // replace an existing OUT once the new one is complete
     host_engine_options engine{};
+    // Read the next tensor while this one is written (two buffers of the largest tensor).
+    // Off by default: on our 2-core machines it gained nothing (BENCHMARKS.md); measure it on
+    // yours.
+    bool overlap_io = false;
     // Bytes written so far of all ranks, and the total.
     progress_callback progress{};
     // Called between tensors; throw from it to stop (nothing is left at OUT).
@@ -292,8 +298,11 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     std::vector<read_source> sources(readers.size());
     for (std::size_t i = 0; i < readers.size(); ++i)
         sources[i] = read_source{&readers[i], ckpt.files()[i].view.bytes()};
-    aligned_buffer buffer(static_cast<std::size_t>(std::max<std::uint64_t>(largest, 4096)),
-                          host_tensor::alignment);
+    // Two buffers of the largest tensor when the next tensor is read while this one is written.
+    const auto buffer_bytes = static_cast<std::size_t>(std::max<std::uint64_t>(largest, 4096));
+    aligned_buffer buffers[2] = {
+        aligned_buffer(buffer_bytes, host_tensor::alignment),
+        o.overlap_io ? aligned_buffer(buffer_bytes, host_tensor::alignment) : aligned_buffer()};
     host_engine engine(o.engine);
     const std::optional<dtype> config_dtype = o.plan.dtype.how == dtype_policy::kind::fixed
                                                   ? std::optional(o.plan.dtype.fixed_dtype)
@@ -321,22 +330,58 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
         sharded_writer w(folder.staging_folder() / export_rank_folder(r), std::move(infos), so);
         std::vector<std::byte*> addresses(dests.size(), nullptr);
         std::vector<std::uint64_t> sizes(dests.size(), 0);
-        w.write_shards([&](std::size_t i, safetensors_writer& sw) {
-            if (o.cancel_point) o.cancel_point();
+        // Reads tensor i (of the writer's list) into `out`; one at a time.
+        auto fill = [&](std::size_t i, std::byte* out) {
             const std::size_t di = dest_of[i];
             const plan_destination& d = dests[di];
             if (d.created()) {
-                detail::initialise(d, buffer.data());
-            } else {
-                addresses[di] = buffer.data();
-                sizes[di] = d.bytes;
-                engine.bind(copy_targets{sources, addresses, sizes});
-                engine.submit(ops_of[di]);
-                engine.wait();
-                addresses[di] = nullptr;
-                sizes[di] = 0;
+                detail::initialise(d, out);
+                return;
             }
-            sw.write(std::span<const std::byte>(buffer.data(), static_cast<std::size_t>(d.bytes)));
+            addresses[di] = out;
+            sizes[di] = d.bytes;
+            engine.bind(copy_targets{sources, addresses, sizes});
+            engine.submit(ops_of[di]);
+            engine.wait();
+            addresses[di] = nullptr;
+            sizes[di] = 0;
+        };
+        // The order write_shards asks for tensors in: shard by shard, each in file order.
+        std::vector<std::size_t> order, position(w.tensors().size());
+        {
+            std::unordered_map<std::string_view, std::size_t> index_of;
+            for (std::size_t i = 0; i < w.tensors().size(); ++i)
+                index_of.emplace(w.tensors()[i].name, i);
+            for (const auto& shard : w.plan().shards) {
+                std::vector<tensor_info> in_shard;
+                for (const std::size_t k : shard.tensors) in_shard.push_back(w.tensors()[k]);
+                for (const auto& t : plan_tensors(std::move(in_shard)))
+                    order.push_back(index_of.at(t.name));
+            }
+            for (std::size_t k = 0; k < order.size(); ++k) position[order[k]] = k;
+        }
+        // Declared last: destroyed (waited for) before what the read uses.
+        std::future<void> next;
+        std::size_t next_index = 0;
+        int next_slot = 0;
+        w.write_shards([&](std::size_t i, safetensors_writer& sw) {
+            if (o.cancel_point) o.cancel_point();
+            int slot = 0;
+            if (next.valid() && next_index == i) {
+                next.get();
+                slot = next_slot;
+            } else {
+                if (next.valid()) next.get();
+                fill(i, buffers[0].data());
+            }
+            if (o.overlap_io && position[i] + 1 < order.size()) {
+                next_index = order[position[i] + 1];
+                next_slot = 1 - slot;
+                next = std::async(std::launch::async, fill, next_index, buffers[next_slot].data());
+            }
+            const plan_destination& d = dests[dest_of[i]];
+            sw.write(std::span<const std::byte>(buffers[slot].data(),
+                                                static_cast<std::size_t>(d.bytes)));
             done += d.bytes;
             ++rep.tensors;
             if (o.progress) o.progress(done, total);
