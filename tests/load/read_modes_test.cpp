@@ -168,6 +168,24 @@ std::uint64_t anon_huge_kib(const void* p) {
     return 0;
 }
 
+// The VmFlags of the mapping holding p ("hg": madvise(MADV_HUGEPAGE) was applied to it).
+std::string vm_flags(const void* p) {
+    std::ifstream smaps("/proc/self/smaps");
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    std::string line;
+    bool inside = false;
+    while (std::getline(smaps, line)) {
+        unsigned long lo = 0, hi = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 &&
+            line.find(':') > line.find(' ')) {
+            inside = a >= lo && a < hi;
+            continue;
+        }
+        if (inside && line.rfind("VmFlags:", 0) == 0) return line.substr(8) + " ";
+    }
+    return {};
+}
+
 }  // namespace
 
 TEST_CASE("every read mode gives the default's bytes: world 1, 2, 4, 8, with conversions") {
@@ -425,6 +443,11 @@ TEST_CASE("huge_pages: fresh destinations fault in 2 MiB pages where THP is in m
         e.submit(std::span(&op, 1));
         e.wait();
         CHECK(addr[size - 1] == std::byte{0});
-        CHECK((anon_huge_kib(addr) > 0) == huge);
+        // The advice is what the engine controls; whether the kernel found free 2 MiB pages
+        // to honour it depends on the machine's fragmentation, so it is reported, not asserted.
+        const std::byte* middle = addr + size / 2;
+        CHECK((vm_flags(middle).find(" hg ") != std::string::npos) == huge);
+        MESSAGE("huge_pages " << huge << ": " << anon_huge_kib(middle) << " KiB in huge pages");
+        if (!huge) CHECK(anon_huge_kib(middle) == 0);
     }
 }
