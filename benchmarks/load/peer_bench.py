@@ -11,7 +11,8 @@ Measures, files in the page cache (read once before), medians of --repetitions r
   split: safe_open(p2/model.safetensors, "numpy"), get_slice(name)[:, 3*1792:4*1792] of each of
          the 4 BF16 4096x14336 tensors (rank 3 of world 8, split on dim 1), against
          BM_p2_split1/automatic (the same rank of the same file).
-With --load-bench, runs those two benchmarks (1..N threads) right after and prints the ratios
+With --load-bench, runs those two benchmarks (1..N threads; also with the huge_pages option)
+right after and prints the ratios
 (peer time / safeshard time: > 1 means safeshard is faster). Goals: >= 1 full, >= 2 split.
 """
 import argparse
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 
+import ml_dtypes  # noqa: F401 -- registers bfloat16 with numpy, which safetensors needs for BF16
 from safetensors import safe_open
 
 
@@ -51,16 +53,17 @@ def timed(fn, reps):
     for _ in range(reps):
         t0 = time.perf_counter()
         r = fn()
-        times.append(time.perf_counter() - t0)
         nbytes = sum(a.nbytes for a in r.values())
-        del r
+        del r  # freed inside the timing, as load_bench's tensors are at the end of an iteration
+        times.append(time.perf_counter() - t0)
     return statistics.median(times), min(times), nbytes
 
 
 def ours(binary, directory, reps):
     """Medians (ms) of load_bench's P1 default load and P2 automatic split, by thread count."""
     cmd = [binary, f"--dir={directory}",
-           "--benchmark_filter=^BM_p1_load/default/|^BM_p2_split1/automatic/",
+           "--benchmark_filter=^BM_p1_load/(default|huge_pages)/|"
+           "^BM_p2_split1/(automatic|huge_pages)/",
            f"--benchmark_repetitions={reps}", "--benchmark_report_aggregates_only=true",
            "--benchmark_format=json", "--benchmark_min_time=0.05"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -68,9 +71,9 @@ def ours(binary, directory, reps):
     for b in json.loads(out)["benchmarks"]:
         if b.get("aggregate_name") != "median":
             continue
-        name = b["run_name"]  # e.g. BM_p1_load/default/2/real_time
+        name = b["run_name"]  # e.g. BM_p1_load/default/2/process_time/real_time
         parts = name.split("/")
-        res[(parts[0], int(parts[2]))] = b["real_time"]  # ms (the benchmarks' unit)
+        res[(parts[0], parts[1], int(parts[2]))] = b["real_time"]  # ms (the benchmarks' unit)
     return res
 
 
@@ -102,10 +105,10 @@ def main():
     res = ours(a.load_bench, a.dir, a.repetitions)
     print("| what | threads | safetensors median | safeshard median | safetensors ÷ safeshard |")
     print("|---|---:|---:|---:|---:|")
-    for (bench, threads), ms in sorted(res.items()):
+    for (bench, mode, threads), ms in sorted(res.items()):
         peer = full_med if bench == "BM_p1_load" else split_med
         what = "full load (P1 file)" if bench == "BM_p1_load" else "column split (P2, rank 3 of 8)"
-        print(f"| {what} | {threads} | {peer * 1e3:.1f} ms | {ms:.1f} ms | "
+        print(f"| {what}, safeshard {mode} | {threads} | {peer * 1e3:.1f} ms | {ms:.1f} ms | "
               f"**{peer * 1e3 / ms:.2f}** |")
 
 

@@ -311,6 +311,7 @@ private:
             std::uint64_t begin, end, at;  // aligned file range, its place in staging
         };
         std::vector<span_read> spans_{};
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> shorts_{};  // read, bytes got
 
         std::byte* stage(std::size_t n) {
             if (staging.size() < n) staging = aligned_buffer(std::max(n, e.opt_.staging_bytes));
@@ -512,31 +513,35 @@ private:
                     int rc = io_uring_submit_and_wait(&ring_, static_cast<unsigned>(n));
                     while (rc == -EINTR) rc = io_uring_submit_and_wait(&ring_, 0);
                     if (rc < 0) throw system_error("io_uring_submit", -rc, f.path().string());
+                    // Every completion is reaped before anything throws: the kernel must not
+                    // write into staging after it is gone.
                     std::size_t done = 0;
                     int first_errno = 0;
                     std::uint64_t errno_at = 0;
+                    shorts_.clear();
                     while (done < n) {
                         io_uring_cqe* cqe = nullptr;
                         const int w = io_uring_wait_cqe(&ring_, &cqe);
                         if (w == -EINTR) continue;
                         if (w < 0) throw system_error("io_uring_wait_cqe", -w, f.path().string());
-                        const one& q = reads[io_uring_cqe_get_data64(cqe)];
+                        const std::uint64_t i = io_uring_cqe_get_data64(cqe);
                         const int res = cqe->res;
                         io_uring_cqe_seen(&ring_, cqe);
                         ++done;
                         if (res < 0) {
                             if (!first_errno) {
                                 first_errno = -res;
-                                errno_at = q.off;
+                                errno_at = reads[i].off;
                             }
-                        } else if (static_cast<std::uint64_t>(res) < q.len && first_errno == 0) {
-                            direct_pread(f, s + q.at, q.off, q.len,
-                                         static_cast<std::uint64_t>(res));
+                        } else if (static_cast<std::uint64_t>(res) < reads[i].len) {
+                            shorts_.push_back({i, static_cast<std::uint64_t>(res)});
                         }
                     }
                     if (first_errno)
                         throw system_error("read (O_DIRECT)", first_errno, f.path().string(),
                                            errno_at);
+                    for (const auto& [i, got] : shorts_)  // the end of the file, or the rest
+                        direct_pread(f, s + reads[i].at, reads[i].off, reads[i].len, got);
                 }
                 return;
             }
@@ -599,6 +604,7 @@ private:
                     if (rc < 0) throw system_error("io_uring_submit", -rc, f.path().string());
                     std::uint64_t done = 0;
                     int first_errno = 0;
+                    shorts_.clear();  // finished after every completion is reaped
                     while (done < n) {
                         io_uring_cqe* cqe = nullptr;
                         const int w = io_uring_wait_cqe(&ring_, &cqe);
@@ -611,13 +617,14 @@ private:
                         if (res < 0) {
                             if (!first_errno) first_errno = -res;
                         } else if (static_cast<std::uint64_t>(res) < row_bytes) {
-                            // a short read (end of file, signal): the rest the usual way
-                            const auto got = static_cast<std::uint64_t>(res);
-                            f.read_exact({dst + r * dst_pitch + got, row_bytes - got},
-                                         file_off + r * src_pitch + got);
+                            shorts_.push_back({r, static_cast<std::uint64_t>(res)});
                         }
                     }
                     if (first_errno) throw system_error("read", first_errno, f.path().string());
+                    // short reads (end of file, signal): the rest the usual way
+                    for (const auto& [r, got] : shorts_)
+                        f.read_exact({dst + r * dst_pitch + got, row_bytes - got},
+                                     file_off + r * src_pitch + got);
                 }
                 return;
             }
