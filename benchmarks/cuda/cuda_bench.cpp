@@ -491,12 +491,13 @@ int main(int argc, char** argv) try {
         };
         const std::string r0 = "rank 0/" + std::to_string(a.world);
         cuda_engine_options o = defaults;
-        p7(r0 + " dim 1, pread rows", s, o);
         o.strided = read_mode::mmap;
         p7(r0 + " dim 1, mmap rows", s, o);
         p7(r0 + " dim 0|1, mmap rows", mixed, o);
-        o = defaults;
+        o.strided = read_mode::pread;
+        p7(r0 + " dim 1, pread rows", s, o);
         p7(r0 + " dim 0|1, pread rows", mixed, o);
+        o = defaults;
         o.policy = cuda_policy::registered;
         p7(r0 + " dim 1, registered", s, o);
     }

@@ -67,11 +67,14 @@ struct cuda_engine_options {
     read_mode mode = read_mode::pread;  // how staged pieces leave the files
     // ... when their rows have gaps (a rank's columns): one pread per row, or copies out of
     // the mapping (no system call per row; page faults where the mapping is fresh)
-    read_mode strided = read_mode::pread;
-    unsigned buffers = 8;  // pinned staging buffers in the ring
+    read_mode strided = read_mode::mmap;
+    // The defaults are the best of the sweep over buffers x buffer size x streams x threads
+    // on an H200 (PCIe Gen5, 2 GiB from the page cache, BENCHMARKS.md): the page cache gives
+    // each reader thread ~6-7 GB/s, so it takes about 8 of them to fill the link.
+    unsigned buffers = 16;  // pinned staging buffers in the ring (16 x 8 MiB = 128 MiB)
     std::size_t buffer_bytes = std::size_t{8} << 20;
-    unsigned streams = 4;
-    unsigned threads = 4;  // readers filling the ring (the calling thread is one of them)
+    unsigned streams = 2;
+    unsigned threads = 8;  // readers filling the ring (the calling thread is one of them)
 };
 
 template <cuda_transport Transport>

@@ -182,6 +182,10 @@ public:
         };
 
         auto add_loaded = [&](const parameter_meta& m) {
+            if (m.sources.empty())
+                throw error(errc::invalid_layout,
+                            "parameter '" + m.name + "' is loaded but names no source tensor",
+                            error_context{.file = {}, .tensor = m.name});
             std::vector<located_tensor> located;
             bool absent = false;
             for (const auto& src : m.sources) {
