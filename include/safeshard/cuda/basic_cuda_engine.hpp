@@ -68,11 +68,13 @@ struct cuda_engine_options {
     // ... when their rows have gaps (a rank's columns): one pread per row, or copies out of
     // the mapping (no system call per row; page faults where the mapping is fresh)
     read_mode strided = read_mode::mmap;
-    // The defaults are the best of the sweep over buffers x buffer size x streams x threads
-    // on an H200 (PCIe Gen5, 2 GiB from the page cache, BENCHMARKS.md): the page cache gives
-    // each reader thread ~6-7 GB/s, so it takes about 8 of them to fill the link.
-    unsigned buffers = 16;  // pinned staging buffers in the ring (16 x 8 MiB = 128 MiB)
-    std::size_t buffer_bytes = std::size_t{8} << 20;
+    // The defaults come from the sweep over buffers x buffer size x streams x threads on an
+    // H200 (PCIe Gen5, 2 GiB from the page cache, BENCHMARKS.md): the page cache gives each
+    // reader thread ~6-7 GB/s, so it takes about 8 of them to fill the link; 16 x 4 MiB ran
+    // as fast as 16 x 8 MiB (0.938 and 0.940 of pinned cudaMemcpy) and pins half the memory,
+    // which a load pays for once (cudaHostAlloc) before its first byte moves.
+    unsigned buffers = 16;  // pinned staging buffers in the ring (16 x 4 MiB = 64 MiB)
+    std::size_t buffer_bytes = std::size_t{4} << 20;
     unsigned streams = 2;
     unsigned threads = 8;  // readers filling the ring (the calling thread is one of them)
 };
