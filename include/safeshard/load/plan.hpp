@@ -183,8 +183,8 @@ public:
 
         auto add_loaded = [&](const parameter_meta& m) {
             if (m.sources.empty())
-                throw error(errc::invalid_layout,
-                            "parameter '" + m.name + "' is loaded but names no source tensor",
+                throw error(errc::invalid_argument,
+                            "parameter '" + m.name + "' is neither loaded, tied nor created",
                             error_context{.file = {}, .tensor = m.name});
             std::vector<located_tensor> located;
             bool absent = false;

@@ -87,10 +87,8 @@ class schema {
 public:
     schema() = default;
 
-    // Adds a parameter; duplicate_name when one of that name exists. A loaded parameter
-    // given no sources reads the checkpoint tensor of its own name (as parameter_spec does).
+    // Adds a parameter; duplicate_name when one of that name exists.
     void add(parameter_meta p) {
-        if (p.sources.empty() && p.loaded()) p.sources.push_back(p.name);
         if (index_.contains(p.name))
             throw error(errc::duplicate_name, "the schema already has a parameter '" + p.name + "'",
                         error_context{.file = {}, .tensor = p.name});
