@@ -84,6 +84,8 @@ struct host_engine_options {
     // madvise(MADV_HUGEPAGE) on each destination before it is written (the whole pages inside
     // it): fresh memory then faults in 2 MiB at a time where transparent huge pages are in
     // `madvise` mode. Memory that cannot take the advice (not anonymous) is left as it is.
+    // Off by default: often 2x faster, but slower where the kernel must compact memory to
+    // find 2 MiB pages (BENCHMARKS.md).
     bool huge_pages = false;
 };
 
