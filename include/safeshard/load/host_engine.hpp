@@ -84,6 +84,8 @@ struct host_engine_options {
     // madvise(MADV_HUGEPAGE) on each destination before it is written (the whole pages inside
     // it): fresh memory then faults in 2 MiB at a time where transparent huge pages are in
     // `madvise` mode. Memory that cannot take the advice (not anonymous) is left as it is.
+    // Off by default: often 2x faster, but slower where the kernel must compact memory to
+    // find 2 MiB pages (BENCHMARKS.md).
     bool huge_pages = false;
 };
 
@@ -265,8 +267,12 @@ private:
         const bool staged = op.kind == copy_kind::copy &&
                             (op.converts() || opt_.mode == read_mode::direct ||
                              (opt_.strided == strided_read::whole_rows && !op.contiguous_source()));
-        const std::uint64_t limit =
-            staged ? std::min(opt_.chunk_bytes, opt_.staging_bytes) : opt_.chunk_bytes;
+        // Direct reads of same-dtype pieces take whole chunks (more reads in flight at once);
+        // their staging grows to fit.
+        const bool direct_copy = opt_.mode == read_mode::direct && !op.converts();
+        const std::uint64_t limit = staged && !direct_copy
+                                        ? std::min(opt_.chunk_bytes, opt_.staging_bytes)
+                                        : opt_.chunk_bytes;
         const std::uint64_t row_in = op.kind == copy_kind::zero ? b.dst_row_bytes : b.src_row_bytes;
         const std::uint64_t row_span = std::max(b.src_pitch, row_in);
         if (b.rows > 1 && (staged ? row_span : row_in) <= limit) {
