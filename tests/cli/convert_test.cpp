@@ -324,9 +324,9 @@ TEST_SUITE("cli") {
         // The kill points are spread over one measured run, so a fast machine (where the
         // whole conversion takes a few milliseconds) is interrupted as surely as a slow one.
         const auto t0 = std::chrono::steady_clock::now();
-        REQUIRE(run(d.path(), "convert " + q(d / "in") + " --out " + q(d / "timed") +
-                                  " --dtype f32")
-                    .rc == 0);
+        REQUIRE(
+            run(d.path(), "convert " + q(d / "in") + " --out " + q(d / "timed") + " --dtype f32")
+                .rc == 0);
         const auto full = std::chrono::duration_cast<std::chrono::microseconds>(
             std::chrono::steady_clock::now() - t0);
         fs::remove_all(d / "timed");
