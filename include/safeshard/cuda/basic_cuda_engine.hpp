@@ -229,36 +229,10 @@ private:
             pieces_.push_back(piece{
                 p, how, (bytes + staging_alignment - 1) / staging_alignment * staging_alignment});
         };
-        if (row_max <= limit) {
-            const std::uint64_t per = std::max<std::uint64_t>(1, limit / row_max);
-            for (std::uint64_t r = 0; r < b.rows; r += per) {
-                copy_op p = op;
-                p.box.rows = std::min(per, b.rows - r);
-                p.box.src_offset = b.src_offset + r * b.src_pitch;
-                p.box.dst_offset = b.dst_offset + r * b.dst_pitch;
-                add(p);
-            }
-            return;
-        }
-        // Rows longer than a buffer: each row alone, cut by elements (multiples of 8 stay
-        // whole bytes for every dtype).
-        const std::uint64_t dbits = bit_size(op.dst_dtype);
-        const std::uint64_t sbits = op.kind == copy_kind::zero ? dbits : bit_size(op.src_dtype);
-        const std::uint64_t elems = b.dst_row_bytes * 8 / dbits;
-        std::uint64_t step = limit * 8 / std::max(sbits, dbits);
-        step = std::max<std::uint64_t>(8, step / 8 * 8);
-        for (std::uint64_t r = 0; r < b.rows; ++r)
-            for (std::uint64_t e = 0; e < elems; e += step) {
-                const std::uint64_t n = std::min(step, elems - e);
-                copy_op p = op;
-                p.box.rows = 1;
-                p.box.src_offset = b.src_offset + r * b.src_pitch + e * sbits / 8;
-                p.box.dst_offset = b.dst_offset + r * b.dst_pitch + e * dbits / 8;
-                p.box.src_row_bytes = p.box.src_pitch = n * sbits / 8;
-                p.box.dst_row_bytes = p.box.dst_pitch = n * dbits / 8;
-                if (op.kind == copy_kind::zero) p.box.src_row_bytes = p.box.src_pitch = 0;
-                add(p);
-            }
+        // Rows that fit a buffer: as many as fit; longer rows: each alone, cut by elements.
+        const std::uint64_t per =
+            row_max <= limit ? std::max<std::uint64_t>(1, limit / row_max) : 0;
+        detail::cut_copy_op(op, per, limit, add);
     }
 
     // ---- resources ----

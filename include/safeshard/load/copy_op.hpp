@@ -73,4 +73,43 @@ struct copy_op {
 
 inline std::ostream& operator<<(std::ostream& os, const copy_op& op) { return os << to_string(op); }
 
+namespace detail {
+// Cuts `op` into pieces for the engines (a work share, a staging buffer), calling piece(p) for
+// each; offsets stay absolute. rows_per > 0: groups of that many consecutive rows. rows_per
+// == 0: every row alone, cut by elements into runs of at most `limit` bytes on the wider side
+// (element counts a multiple of 8, so a run is whole bytes in every dtype). The pieces of a
+// zero op read no source bytes.
+template <class Piece>
+void cut_copy_op(const copy_op& op, std::uint64_t rows_per, std::uint64_t limit, Piece&& piece) {
+    const byte_box& b = op.box;
+    if (rows_per > 0) {
+        for (std::uint64_t r = 0; r < b.rows; r += rows_per) {
+            copy_op p = op;
+            p.box.rows = b.rows - r < rows_per ? b.rows - r : rows_per;
+            p.box.src_offset = b.src_offset + r * b.src_pitch;
+            p.box.dst_offset = b.dst_offset + r * b.dst_pitch;
+            piece(p);
+        }
+        return;
+    }
+    const bool zero = op.kind == copy_kind::zero;
+    const std::uint64_t dbits = bit_size(op.dst_dtype);
+    const std::uint64_t sbits = zero ? dbits : bit_size(op.src_dtype);
+    const std::uint64_t elems = b.dst_row_bytes * 8 / dbits;
+    std::uint64_t step = limit * 8 / (sbits > dbits ? sbits : dbits) / 8 * 8;
+    if (step < 8) step = 8;
+    for (std::uint64_t r = 0; r < b.rows; ++r)
+        for (std::uint64_t e = 0; e < elems; e += step) {
+            const std::uint64_t n = elems - e < step ? elems - e : step;
+            copy_op p = op;
+            p.box.rows = 1;
+            p.box.src_offset = b.src_offset + r * b.src_pitch + e * sbits / 8;
+            p.box.dst_offset = b.dst_offset + r * b.dst_pitch + e * dbits / 8;
+            p.box.src_row_bytes = p.box.src_pitch = zero ? 0 : n * sbits / 8;
+            p.box.dst_row_bytes = p.box.dst_pitch = n * dbits / 8;
+            piece(p);
+        }
+}
+}  // namespace detail
+
 }  // namespace safeshard

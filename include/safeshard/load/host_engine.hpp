@@ -275,35 +275,13 @@ private:
                                         : opt_.chunk_bytes;
         const std::uint64_t row_in = op.kind == copy_kind::zero ? b.dst_row_bytes : b.src_row_bytes;
         const std::uint64_t row_span = std::max(b.src_pitch, row_in);
-        if (b.rows > 1 && (staged ? row_span : row_in) <= limit) {
-            const std::uint64_t per = std::max<std::uint64_t>(
+        // Rows that fit: groups of them; long rows: each alone, cut by elements.
+        std::uint64_t per = 0;
+        if (b.rows > 1 && (staged ? row_span : row_in) <= limit)
+            per = std::max<std::uint64_t>(
                 1,
                 limit / (staged && opt_.strided == strided_read::whole_rows ? row_span : row_in));
-            for (std::uint64_t r = 0; r < b.rows; r += per) {
-                copy_op p = op;
-                p.box.rows = std::min(per, b.rows - r);
-                p.box.src_offset = b.src_offset + r * b.src_pitch;
-                p.box.dst_offset = b.dst_offset + r * b.dst_pitch;
-                pieces_.push_back(p);
-            }
-            return;
-        }
-        // Long rows: each row alone, cut by elements (multiples of 8 stay whole bytes).
-        const std::uint64_t sbits = bit_size(op.src_dtype), dbits = bit_size(op.dst_dtype);
-        const std::uint64_t elems = b.dst_row_bytes * 8 / dbits;
-        std::uint64_t step = limit * 8 / std::max(sbits, dbits);
-        step = std::max<std::uint64_t>(8, step / 8 * 8);
-        for (std::uint64_t r = 0; r < b.rows; ++r)
-            for (std::uint64_t e = 0; e < elems; e += step) {
-                const std::uint64_t n = std::min(step, elems - e);
-                copy_op p = op;
-                p.box.rows = 1;
-                p.box.src_offset = b.src_offset + r * b.src_pitch + e * sbits / 8;
-                p.box.dst_offset = b.dst_offset + r * b.dst_pitch + e * dbits / 8;
-                p.box.src_row_bytes = p.box.src_pitch = n * sbits / 8;
-                p.box.dst_row_bytes = p.box.dst_pitch = n * dbits / 8;
-                pieces_.push_back(p);
-            }
+        detail::cut_copy_op(op, per, limit, [&](const copy_op& p) { pieces_.push_back(p); });
     }
 
     struct worker {
