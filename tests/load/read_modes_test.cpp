@@ -11,10 +11,12 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "model_gen.hpp"
@@ -150,7 +152,9 @@ struct no_populate : detail::syscall_hooks {
 };
 
 // AnonHugePages of the mapping that holds `p` (/proc/self/smaps), in KiB.
-std::uint64_t anon_huge_kib(const void* p) {
+// The rest of the line starting with `field` (e.g. "VmFlags:") in /proc/self/smaps, for the
+// mapping holding p; empty when there is none.
+std::string smaps_field(const void* p, std::string_view field) {
     std::ifstream smaps("/proc/self/smaps");
     const auto a = reinterpret_cast<std::uintptr_t>(p);
     std::string line;
@@ -162,29 +166,17 @@ std::uint64_t anon_huge_kib(const void* p) {
             inside = a >= lo && a < hi;
             continue;
         }
-        unsigned long kib = 0;
-        if (inside && std::sscanf(line.c_str(), "AnonHugePages: %lu kB", &kib) == 1) return kib;
-    }
-    return 0;
-}
-
-// The VmFlags of the mapping holding p ("hg": madvise(MADV_HUGEPAGE) was applied to it).
-std::string vm_flags(const void* p) {
-    std::ifstream smaps("/proc/self/smaps");
-    const auto a = reinterpret_cast<std::uintptr_t>(p);
-    std::string line;
-    bool inside = false;
-    while (std::getline(smaps, line)) {
-        unsigned long lo = 0, hi = 0;
-        if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 &&
-            line.find(':') > line.find(' ')) {
-            inside = a >= lo && a < hi;
-            continue;
-        }
-        if (inside && line.rfind("VmFlags:", 0) == 0) return line.substr(8) + " ";
+        if (inside && line.starts_with(field)) return line.substr(field.size());
     }
     return {};
 }
+
+std::uint64_t anon_huge_kib(const void* p) {
+    return std::strtoull(smaps_field(p, "AnonHugePages:").c_str(), nullptr, 10);
+}
+
+// The VmFlags of the mapping holding p ("hg": madvise(MADV_HUGEPAGE) was applied to it).
+std::string vm_flags(const void* p) { return smaps_field(p, "VmFlags:") + " "; }
 
 }  // namespace
 
