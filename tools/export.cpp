@@ -67,11 +67,7 @@ int run_export(const export_args& a, output& out) {
         r.tensors, r.world,
         to ? fmt::format("floating-point tensors as {}", name(*to)) : "dtypes kept", a.out, r.world,
         r.shard_files);
-    out.print("{} written ({} bytes), {} read, in {:.2f} s ({}/s), {} other files copied{}\n",
-              human_bytes(r.bytes_written), r.bytes_written, human_bytes(r.bytes_read), seconds,
-              human_bytes(static_cast<std::uint64_t>(static_cast<double>(r.bytes_written) /
-                                                     std::max(seconds, 1e-9))),
-              r.side_files, r.replaced ? ", old folder replaced" : "");
+    print_transfer_summary(out, r, seconds);
     out.flush();
     return exit_ok;
 }

@@ -33,11 +33,7 @@ int run_merge(const merge_args& a, output& out) {
     out.print("merged {} rank folders into {} tensors at {} ({})\n", r.world, r.tensors, a.out,
               r.shard_files == 1 ? std::string("model.safetensors")
                                  : fmt::format("{} shards + index", r.shard_files));
-    out.print("{} written ({} bytes), {} read, in {:.2f} s ({}/s), {} other files copied{}\n",
-              human_bytes(r.bytes_written), r.bytes_written, human_bytes(r.bytes_read), seconds,
-              human_bytes(static_cast<std::uint64_t>(static_cast<double>(r.bytes_written) /
-                                                     std::max(seconds, 1e-9))),
-              r.side_files, r.replaced ? ", old folder replaced" : "");
+    print_transfer_summary(out, r, seconds);
     out.flush();
     return exit_ok;
 }

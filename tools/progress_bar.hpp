@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -51,5 +52,16 @@ private:
     bool drawn_ = false;
     std::chrono::steady_clock::time_point last_{};
 };
+
+// The closing line of export and merge: "W written (N bytes), R read, in S s (X/s), K other
+// files copied[, old folder replaced]".
+template <class Out, class Report>
+void print_transfer_summary(Out& out, const Report& r, double seconds) {
+    out.print("{} written ({} bytes), {} read, in {:.2f} s ({}/s), {} other files copied{}\n",
+              human_bytes(r.bytes_written), r.bytes_written, human_bytes(r.bytes_read), seconds,
+              human_bytes(static_cast<std::uint64_t>(static_cast<double>(r.bytes_written) /
+                                                     std::max(seconds, 1e-9))),
+              r.side_files, r.replaced ? ", old folder replaced" : "");
+}
 
 }  // namespace safeshard::cli
