@@ -167,7 +167,7 @@ files* g = nullptr;
 unsigned hw() { return std::max(1u, std::thread::hardware_concurrency()); }
 
 // The read modes side by side.
-enum class mode { pread, per_row, mmap, direct, huge_pages, populate };
+enum class mode { pread, per_row, mmap, direct, huge_pages, populate, no_prefault };
 
 host_engine_options options_for(mode m, unsigned threads) {
     host_engine_options o{.threads = threads};
@@ -178,6 +178,7 @@ host_engine_options options_for(mode m, unsigned threads) {
         case mode::direct: o.mode = read_mode::direct; break;
         case mode::huge_pages: o.huge_pages = true; break;
         case mode::populate: o.populate = true; break;
+        case mode::no_prefault: o.prefault = false; break;
     }
     return o;
 }
@@ -190,24 +191,31 @@ const char* name_of(mode m) {
         case mode::direct: return "direct";
         case mode::huge_pages: return "huge_pages";
         case mode::populate: return "populate";
+        case mode::no_prefault: return "no_prefault";
     }
     return "?";
 }
 
+// What memcpy_fresh does to its fresh destination first.
+enum class advice { none, huge, prefault };
+
 // memcpy of `bytes` into fresh memory (first touch paid), `threads` threads, optionally with
-// the destination advised MADV_HUGEPAGE (as the loader's huge_pages option does).
-void memcpy_fresh(benchmark::State& st, std::uint64_t bytes, bool huge) {
+// the destination advised MADV_HUGEPAGE (as the loader's huge_pages option does) or populated
+// with MADV_POPULATE_WRITE by each thread for its part (as the loader's prefault option does).
+void memcpy_fresh(benchmark::State& st, std::uint64_t bytes, advice adv) {
     const auto threads = static_cast<unsigned>(st.range(0));
     aligned_buffer src(bytes);
     std::memset(src.data(), 1, bytes);
     for (auto _ : st) {
         aligned_buffer dst(bytes);
-        if (huge) (void)::madvise(dst.data(), dst.capacity(), MADV_HUGEPAGE);
+        if (adv == advice::huge) (void)::madvise(dst.data(), dst.capacity(), MADV_HUGEPAGE);
         std::vector<std::jthread> t;
         const std::uint64_t per = bytes / threads / 4096 * 4096;
         for (unsigned i = 0; i < threads; ++i)
             t.emplace_back([&, i] {
                 const std::uint64_t n = i + 1 == threads ? bytes - i * per : per;
+                if (adv == advice::prefault)
+                    (void)::madvise(dst.data() + i * per, n, detail::madv_populate_write);
                 std::memcpy(dst.data() + i * per, src.data() + i * per, n);
             });
         t.clear();
@@ -300,10 +308,14 @@ void register_all() {
 
     // P1: same dtype, every read mode, against memcpy (4 KiB and 2 MiB pages).
     threads(benchmark::RegisterBenchmark(
-        "BM_p1_memcpy", [=](benchmark::State& st) { memcpy_fresh(st, p1_bytes, false); }));
-    threads(benchmark::RegisterBenchmark(
-        "BM_p1_memcpy_huge", [=](benchmark::State& st) { memcpy_fresh(st, p1_bytes, true); }));
-    for (mode m : {mode::pread, mode::mmap, mode::direct, mode::huge_pages})
+        "BM_p1_memcpy", [=](benchmark::State& st) { memcpy_fresh(st, p1_bytes, advice::none); }));
+    threads(benchmark::RegisterBenchmark("BM_p1_memcpy_huge", [=](benchmark::State& st) {
+        memcpy_fresh(st, p1_bytes, advice::huge);
+    }));
+    threads(benchmark::RegisterBenchmark("BM_p1_memcpy_prefault", [=](benchmark::State& st) {
+        memcpy_fresh(st, p1_bytes, advice::prefault);
+    }));
+    for (mode m : {mode::pread, mode::no_prefault, mode::mmap, mode::direct, mode::huge_pages})
         threads(benchmark::RegisterBenchmark(
                     (std::string("BM_p1_load/") + name_of(m)).c_str(),
                     [m](benchmark::State& st) {
@@ -314,7 +326,7 @@ void register_all() {
                 m == mode::direct);
 
     // P2: rank 3 of world 8, dim 1, against dim 0.
-    for (mode m : {mode::pread, mode::huge_pages})
+    for (mode m : {mode::pread, mode::no_prefault, mode::huge_pages})
         threads(benchmark::RegisterBenchmark(
             (std::string("BM_p2_contiguous/") + name_of(m)).c_str(), [m](benchmark::State& st) {
                 run_load(st, g->p2, p2_schema(make_split(0)), 3, 8,
@@ -326,6 +338,7 @@ void register_all() {
     };
     for (const p2_mode& m : {
              p2_mode{"automatic", {.strided = strided_read::automatic}},
+             p2_mode{"no_prefault", {.strided = strided_read::automatic, .prefault = false}},
              p2_mode{"populate", {.strided = strided_read::automatic, .populate = true}},
              p2_mode{"per_row", {.strided = strided_read::per_row}},
              p2_mode{"batched", {.strided = strided_read::batched}},
@@ -343,11 +356,11 @@ void register_all() {
 
     // P3: conversions, against memcpy of the output bytes.
     threads(benchmark::RegisterBenchmark("BM_p3_memcpy_out/bf16_f32", [=](benchmark::State& st) {
-        memcpy_fresh(st, 2 * p1_bytes, false);
+        memcpy_fresh(st, 2 * p1_bytes, advice::none);
     }));
     threads(benchmark::RegisterBenchmark(
         "BM_p3_memcpy_out_huge/bf16_f32",
-        [=](benchmark::State& st) { memcpy_fresh(st, 2 * p1_bytes, true); }));
+        [=](benchmark::State& st) { memcpy_fresh(st, 2 * p1_bytes, advice::huge); }));
     for (mode m : {mode::pread, mode::per_row, mode::huge_pages})
         threads(benchmark::RegisterBenchmark(
             (std::string("BM_p3_bf16_f32/") + name_of(m)).c_str(), [m](benchmark::State& st) {
@@ -356,7 +369,7 @@ void register_all() {
                          dtype_policy::fixed(dtype::f32));
             }));
     threads(benchmark::RegisterBenchmark("BM_p3_memcpy_out/f32_bf16", [=](benchmark::State& st) {
-        memcpy_fresh(st, p2_f32, false);
+        memcpy_fresh(st, p2_f32, advice::none);
     }));
     for (mode m : {mode::pread, mode::per_row, mode::huge_pages})
         threads(benchmark::RegisterBenchmark(

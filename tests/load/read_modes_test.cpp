@@ -9,12 +9,14 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -442,4 +444,91 @@ TEST_CASE("huge_pages: fresh destinations fault in 2 MiB pages where THP is in m
         MESSAGE("huge_pages " << huge << ": " << anon_huge_kib(middle) << " KiB in huge pages");
         if (!huge) CHECK(anon_huge_kib(middle) == 0);
     }
+}
+
+namespace {
+
+// Records the ranges given to madvise(MADV_POPULATE_WRITE); with `refuse`, says EINVAL (a
+// kernel before Linux 5.14) instead.
+struct watch_prefault : detail::syscall_hooks {
+    bool refuse = false;
+    std::mutex m;
+    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+    int madvise(void* a, std::size_t n, int advice) override {
+        if (advice == detail::madv_populate_write) {
+            const auto lo = reinterpret_cast<std::uintptr_t>(a);
+            {
+                const std::lock_guard lock(m);
+                ranges.emplace_back(lo, lo + n);
+            }
+            if (refuse) {
+                errno = EINVAL;
+                return -1;
+            }
+        }
+        return detail::syscall_hooks::madvise(a, n, advice);
+    }
+    // The longest stretch of [lo, hi) that no recorded range covers.
+    [[nodiscard]] std::uintptr_t longest_gap(std::uintptr_t lo, std::uintptr_t hi) {
+        std::sort(ranges.begin(), ranges.end());
+        std::uintptr_t gap = 0;
+        for (const auto& [b, e] : ranges) {
+            if (e <= lo || b >= hi) continue;
+            if (b > lo) gap = std::max(gap, b - lo);
+            lo = std::max(lo, e);
+        }
+        return hi > lo ? std::max(gap, hi - lo) : gap;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("prefault: each piece of 64 KiB or more is populated before it is written") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    for (const dtype_policy d : {dtype_policy::keep(), dtype_policy::fixed(dtype::f32)}) {
+        named_bytes want;
+        {
+            watch_prefault off;
+            const detail::scoped_syscall_hooks scope(off);
+            want = load_all(dir.path(), 1, 2, d, {.threads = 2, .prefault = false});
+            CHECK(off.ranges.empty());
+        }
+        watch_prefault on;
+        const detail::scoped_syscall_hooks scope(on);
+        load_options o{.rank = 1, .world = 2};
+        o.plan.dtype = d;
+        o.engine = {.threads = 2};
+        CHECK(o.engine.prefault);  // the default
+        const auto model = load<host_tensor>(dir.path().string(), o);
+        REQUIRE(!on.ranges.empty());
+        for (const auto& [lo, hi] : on.ranges) CHECK(hi - lo >= host_engine::prefault_min_bytes);
+        std::size_t i = 0, large = 0;
+        for (const auto& n : model.names()) {
+            CAPTURE(n);
+            const auto b = model.at(n).bytes();
+            CHECK(std::vector<std::byte>(b.begin(), b.end()) == want.bytes[i++]);
+            if (b.size() < host_engine::prefault_min_bytes) continue;
+            ++large;
+            // Pieces under 64 KiB (here the padded vocabulary rows' zeros) are left to fault.
+            const auto lo = reinterpret_cast<std::uintptr_t>(b.data());
+            CHECK(on.longest_gap(lo, lo + b.size()) < host_engine::prefault_min_bytes);
+        }
+        CHECK(large > 3);
+    }
+}
+
+TEST_CASE("prefault refused (a kernel before Linux 5.14): asked once, the same bytes") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const named_bytes want = load_all(dir.path(), 3, 8, dtype_policy::keep(), {.prefault = false});
+    watch_prefault refused;
+    refused.refuse = true;
+    const detail::scoped_syscall_hooks scope(refused);
+    const named_bytes got = load_all(dir.path(), 3, 8, dtype_policy::keep(), {.threads = 1});
+    CHECK(got.bytes == want.bytes);
+    CHECK(refused.ranges.size() == 1);  // the one worker remembers the refusal
+    CHECK(got.report.bytes_read == want.report.bytes_read);
 }
