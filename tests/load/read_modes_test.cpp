@@ -532,3 +532,56 @@ TEST_CASE("prefault refused (a kernel before Linux 5.14): asked once, the same b
     CHECK(refused.ranges.size() == 1);  // the one worker remembers the refusal
     CHECK(got.report.bytes_read == want.report.bytes_read);
 }
+
+namespace {
+
+// statx refused (ENOSYS: before Linux 4.11, or a seccomp filter): the file system's O_DIRECT
+// alignment unknown.
+struct no_statx : detail::syscall_hooks {
+    int calls = 0;
+    int fstatx(int, unsigned, struct statx*) override {
+        ++calls;
+        errno = ENOSYS;
+        return -1;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("direct mode reads a rank's strided rows at the file system's O_DIRECT alignment") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    if (!direct_capable(dir.path())) {
+        MESSAGE("skipped: " << dir.path() << " is tmpfs or refuses O_DIRECT");
+        return;
+    }
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const auto shards = shard_files(dir.path());
+    const std::size_t align = file_reader(shards.front(), {.direct = true}).direct_io_align();
+    MESSAGE("O_DIRECT alignment of " << dir.path() << ": " << align);
+    CHECK(align >= 1);
+    CHECK(align <= file_reader::direct_alignment);
+    CHECK((align & (align - 1)) == 0);
+    CHECK(file_reader(shards.front()).direct_io_align() == file_reader::direct_alignment);
+
+    const named_bytes want = load_all(dir.path(), 3, 8, dtype_policy::keep(), {});
+    const host_engine_options direct{.threads = 2, .mode = read_mode::direct};
+    const named_bytes got = load_all(dir.path(), 3, 8, dtype_policy::keep(), direct);
+    named_bytes blocks;
+    no_statx hooks;
+    {
+        const detail::scoped_syscall_hooks scope(hooks);
+        blocks = load_all(dir.path(), 3, 8, dtype_policy::keep(), direct);
+    }
+    CHECK(hooks.calls > 0);
+    CHECK(got.bytes == want.bytes);
+    CHECK(blocks.bytes == want.bytes);
+    CHECK(got.report.notes.empty());
+    // Rows of 128-384 bytes every 1-3 KiB: 4 KiB blocks read several times the rank's bytes.
+    MESSAGE("bytes read / rank bytes: "
+            << double(got.report.bytes_read) / got.report.rank_bytes << " at " << align << ", "
+            << double(blocks.report.bytes_read) / blocks.report.rank_bytes << " at 4096");
+    CHECK(got.report.bytes_read <= blocks.report.bytes_read);
+    if (align < file_reader::direct_alignment)
+        CHECK(got.report.bytes_read * 3 < blocks.report.bytes_read * 2);
+}

@@ -69,12 +69,14 @@ public:
             throw error(errc::io_error, "not a regular file; file_reader reads regular files only",
                         {.file = path_.string()});
         size_ = static_cast<std::uint64_t>(st.st_size);
+        if (direct_) direct_align_ = query_direct_align(fd_.get());
     }
 
     file_reader(file_reader&& o) noexcept
         : fd_(std::move(o.fd_)),
           size_(std::exchange(o.size_, 0)),
           direct_(std::exchange(o.direct_, false)),
+          direct_align_(std::exchange(o.direct_align_, direct_alignment)),
           fallback_note_(std::move(o.fallback_note_)),
           path_(std::move(o.path_)) {
         o.fallback_note_.clear();
@@ -85,6 +87,7 @@ public:
             fd_ = std::move(o.fd_);
             size_ = std::exchange(o.size_, 0);
             direct_ = std::exchange(o.direct_, false);
+            direct_align_ = std::exchange(o.direct_align_, direct_alignment);
             fallback_note_ = std::move(o.fallback_note_);
             path_ = std::move(o.path_);
             o.fallback_note_.clear();
@@ -98,6 +101,11 @@ public:
 
     [[nodiscard]] std::uint64_t size() const noexcept { return size_; }
     [[nodiscard]] bool direct() const noexcept { return direct_; }
+    // The alignment the file system asks of O_DIRECT offsets, lengths and buffers, from
+    // statx(STATX_DIOALIGN) (Linux 6.1): 512 on most disks, which lets a rank's short strided
+    // rows be read with far fewer bytes around them; direct_alignment (4096) where the kernel
+    // does not say or asks for more. read_exact keeps to direct_alignment, a multiple of it.
+    [[nodiscard]] std::size_t direct_io_align() const noexcept { return direct_align_; }
     [[nodiscard]] std::string_view fallback_note() const noexcept { return fallback_note_; }
     [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
@@ -136,6 +144,20 @@ public:
     }
 
 private:
+    [[nodiscard]] static std::size_t query_direct_align(int fd) noexcept {
+#if defined(STATX_DIOALIGN)
+        struct statx sx {};
+        if (detail::sys::fstatx(fd, STATX_DIOALIGN, &sx) != 0 || !(sx.stx_mask & STATX_DIOALIGN))
+            return direct_alignment;
+        const std::size_t a = std::max<std::size_t>(sx.stx_dio_offset_align, sx.stx_dio_mem_align);
+        const bool usable = sx.stx_dio_offset_align != 0 && (a & (a - 1)) == 0;
+        return usable && a <= direct_alignment ? a : direct_alignment;
+#else
+        (void)fd;
+        return direct_alignment;
+#endif
+    }
+
     [[nodiscard]] static std::uint64_t down(std::uint64_t v) noexcept {
         return v / direct_alignment * direct_alignment;
     }
@@ -308,6 +330,7 @@ private:
     detail::unique_fd fd_{};
     std::uint64_t size_ = 0;
     bool direct_ = false;
+    std::size_t direct_align_ = direct_alignment;
     std::string fallback_note_{};
     std::filesystem::path path_{};
 };

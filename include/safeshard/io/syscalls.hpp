@@ -36,6 +36,10 @@ public:
     virtual int open(const char* path, int flags, mode_t mode) { return ::open(path, flags, mode); }
     virtual int close(int fd) { return ::close(fd); }
     virtual int fstat(int fd, struct stat* st) { return ::fstat(fd, st); }
+    // statx(2) of an open file (AT_EMPTY_PATH).
+    virtual int fstatx(int fd, unsigned mask, struct statx* st) {
+        return ::statx(fd, "", AT_EMPTY_PATH, mask, st);
+    }
     virtual ssize_t pread(int fd, void* buf, std::size_t n, off_t offset) {
         return ::pread(fd, buf, n, offset);
     }
@@ -93,6 +97,11 @@ inline int close(int fd) {
     if (auto* h = hooks()) [[unlikely]]
         return h->fstat(fd, st);
     return ::fstat(fd, st);
+}
+[[nodiscard]] inline int fstatx(int fd, unsigned mask, struct statx* st) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->fstatx(fd, mask, st);
+    return ::statx(fd, "", AT_EMPTY_PATH, mask, st);
 }
 [[nodiscard]] inline ssize_t pread(int fd, void* buf, std::size_t n, off_t offset) {
     if (auto* h = hooks()) [[unlikely]]

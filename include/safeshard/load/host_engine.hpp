@@ -455,7 +455,7 @@ private:
         // into staging with O_DIRECT, then converted or copied into place.
         void run_direct(const copy_op& op, const file_reader& f, std::byte* dst,
                         const converter& conv, std::size_t row_elems, std::uint64_t end) {
-            constexpr std::uint64_t align = direct_io_alignment;
+            const std::uint64_t align = f.direct_io_align();  // 512 on most disks
             const byte_box& b = op.box;
             if (end > f.size())
                 throw error(errc::io_error,
@@ -572,7 +572,7 @@ private:
                                  std::uint64_t len, std::uint64_t got) {
             const std::uint64_t need = std::min(len, f.size() - off);
             while (got < need) {
-                if (got % direct_io_alignment != 0)
+                if (got % f.direct_io_align() != 0)
                     throw error(errc::io_error,
                                 "a direct read returned an unaligned count before the end of the "
                                 "file",
