@@ -271,9 +271,19 @@ TEST_CASE("direct mode on a disk-backed folder reads with O_DIRECT, past the pag
 
     host_engine engine({.threads = 2, .mode = read_mode::direct});
     CHECK(engine.reader_options().direct);
+    // A piece is copied out while the next one is read: progress counts finished pieces.
+    std::uint64_t most = 0, of = 0, calls = 0;
+    engine.set_progress([&](std::uint64_t done, std::uint64_t total) {
+        most = std::max(most, done);
+        of = total;
+        ++calls;
+    });
     load_report r;
     auto model = load_tensors<host_tensor>(plan, engine, &r);
     CHECK(r.notes.empty());
+    CHECK(calls > 2);
+    CHECK(of == plan.total_bytes());
+    CHECK(most == of);
     CHECK(engine.direct_bytes_read() > 0);
     CHECK(engine.direct_bytes_read() == r.bytes_read);
     CHECK(r.bytes_read >= r.rank_bytes / 2);  // rank 1 of 4 holds some zero padding

@@ -4,7 +4,7 @@
 // Strided boxes with short rows and conversions copy out of the file's mapping
 // (strided_read::automatic, the default); each piece's destination is prefaulted with one
 // madvise(MADV_POPULATE_WRITE); the direct read mode reads with O_DIRECT into aligned staging
-// buffers (cold caches).
+// buffers (cold caches), a piece's reads in flight while the previous piece is copied out.
 #pragma once
 
 #include <sys/mman.h>
@@ -180,19 +180,24 @@ public:
         std::mutex m;
         auto work = [&] {
             worker w{*this};
+            // Bytes of pieces written (a direct piece is written after the next one's reads
+            // are in flight, so progress counts finished pieces, not started ones).
+            auto finished = [&](std::uint64_t bytes) {
+                if (bytes == 0) return;
+                const std::uint64_t d = done.fetch_add(bytes) + bytes;
+                if (progress_) {
+                    const std::lock_guard lock(m);
+                    progress_(d, total);
+                }
+            };
             try {
                 for (;;) {
                     if (failed.load(std::memory_order_relaxed)) return;
                     const std::size_t i = next.fetch_add(1, std::memory_order_relaxed);
                     if (i >= pieces_.size()) break;
-                    w.run(pieces_[i]);
-                    const std::uint64_t d =
-                        done.fetch_add(pieces_[i].bytes_written()) + pieces_[i].bytes_written();
-                    if (progress_) {
-                        const std::lock_guard lock(m);
-                        progress_(d, total);
-                    }
+                    finished(w.run(pieces_[i]));
                 }
+                finished(w.flush());
             } catch (...) {
                 const std::lock_guard lock(m);
                 if (!first) first = std::current_exception();
@@ -317,11 +322,39 @@ private:
             return staging.data();
         }
 
-        void run(const copy_op& op) {
+        // Runs one piece; returns the bytes written by the pieces this call finished (with
+        // direct reads in flight, the previous piece's).
+        std::uint64_t run(const copy_op& op) {
             const byte_box& b = op.box;
             std::byte* dst = e.targets_.destinations[op.destination] + b.dst_offset;
             if (e.opt_.prefault && !prefault_refused_)
                 prefault(dst, (b.rows - 1) * b.dst_pitch + b.dst_row_bytes);
+#if defined(SAFESHARD_HAVE_LIBURING)
+            if (op.kind == copy_kind::copy && e.opt_.mode == read_mode::direct &&
+                e.direct_file(op.file) && ring_ready()) {
+                const int slot = start_direct(op, dst);
+                if (slot >= 0) {  // its reads in flight: copy out the previous piece meanwhile
+                    const int previous = std::exchange(pending_, slot);
+                    return finish_direct(previous);
+                }
+            }
+#endif
+            const std::uint64_t before = flush();  // the ring and the order stay simple
+            run_one(op, dst);
+            return before + op.bytes_written();
+        }
+
+        // Finishes the piece whose direct reads are still in flight, if any; returns its bytes.
+        std::uint64_t flush() {
+#if defined(SAFESHARD_HAVE_LIBURING)
+            return finish_direct(std::exchange(pending_, -1));
+#else
+            return 0;
+#endif
+        }
+
+        void run_one(const copy_op& op, std::byte* dst) {
+            const byte_box& b = op.box;
             if (op.kind == copy_kind::zero) {
                 for (std::uint64_t r = 0; r < b.rows; ++r)
                     std::memset(dst + r * b.dst_pitch, 0, b.dst_row_bytes);
@@ -454,16 +487,28 @@ private:
         // read_mode::direct: the piece's rows as aligned spans (merged where they touch) read
         // into staging with O_DIRECT, then converted or copied into place.
         void run_direct(const copy_op& op, const file_reader& f, std::byte* dst,
-                        const converter& conv, std::size_t row_elems, std::uint64_t end) {
+                        const converter& conv, std::size_t row_elems, std::uint64_t) {
+            const std::uint64_t total = plan_direct(op, f, spans_);
+            std::byte* s = stage(total);
+            read_spans(f, s);
+            copy_direct(op, f, spans_, s, dst, conv, row_elems);
+        }
+
+        // The piece's source rows as aligned spans of the file, merged where they touch, and
+        // their places in staging; returns the staging bytes they need.
+        static std::uint64_t plan_direct(const copy_op& op, const file_reader& f,
+                                         std::vector<span_read>& spans) {
             const std::uint64_t align = f.direct_io_align();  // 512 on most disks
             const byte_box& b = op.box;
+            const std::uint64_t end =
+                op.file_begin() + (b.rows - 1) * b.src_pitch + b.src_row_bytes;
             if (end > f.size())
                 throw error(errc::io_error,
                             "expected " + std::to_string(end - op.file_begin()) +
                                 " bytes at offset " + std::to_string(op.file_begin()) +
                                 ", file has " + std::to_string(f.size()),
                             error_context{.file = f.path().string(), .offset = op.file_begin()});
-            spans_.clear();
+            spans.clear();
             const bool dense = op.contiguous_source();
             const std::uint64_t rows = dense ? 1 : b.rows;
             const std::uint64_t row_bytes = dense ? b.rows * b.src_row_bytes : b.src_row_bytes;
@@ -471,32 +516,37 @@ private:
                 const std::uint64_t p = op.file_begin() + r * b.src_pitch;
                 const std::uint64_t s = p / align * align;
                 const std::uint64_t t = (p + row_bytes + align - 1) / align * align;
-                if (!spans_.empty() && s <= spans_.back().end)
-                    spans_.back().end = std::max(spans_.back().end, t);
+                if (!spans.empty() && s <= spans.back().end)
+                    spans.back().end = std::max(spans.back().end, t);
                 else
-                    spans_.push_back({s, t, 0});
+                    spans.push_back({s, t, 0});
             }
             std::uint64_t total = 0;
-            for (auto& sp : spans_) {
+            for (auto& sp : spans) {
                 sp.at = total;
                 total += sp.end - sp.begin;
             }
-            std::byte* s = stage(total);
-            read_spans(f, s);
-            if (dense) {
-                conv(s + (op.file_begin() - spans_[0].begin), dst, b.rows, row_elems,
+            return total;
+        }
+
+        // The piece's rows out of staging `s` (read per `spans`) into place, converted.
+        void copy_direct(const copy_op& op, const file_reader& f,
+                         const std::vector<span_read>& spans, const std::byte* s, std::byte* dst,
+                         const converter& conv, std::size_t row_elems) {
+            const byte_box& b = op.box;
+            if (op.contiguous_source()) {
+                conv(s + (op.file_begin() - spans[0].begin), dst, b.rows, row_elems,
                      b.src_row_bytes, b.dst_pitch);
             } else {
                 std::size_t k = 0;
                 for (std::uint64_t r = 0; r < b.rows; ++r) {
                     const std::uint64_t p = op.file_begin() + r * b.src_pitch;
-                    while (p >= spans_[k].end) ++k;
-                    conv(s + spans_[k].at + (p - spans_[k].begin), dst + r * b.dst_pitch,
-                         row_elems);
+                    while (p >= spans[k].end) ++k;
+                    conv(s + spans[k].at + (p - spans[k].begin), dst + r * b.dst_pitch, row_elems);
                 }
             }
             std::uint64_t got = 0;  // what came from the device (the last block may end early)
-            for (const auto& sp : spans_) got += std::min(sp.end, f.size()) - sp.begin;
+            for (const auto& sp : spans) got += std::min(sp.end, f.size()) - sp.begin;
             read_ += got;
             direct_ += got;
             written_ += b.rows * b.dst_row_bytes;
@@ -657,11 +707,123 @@ private:
                 ring_state_ = io_uring_queue_init(ring_depth, &ring_, 0) == 0 ? 1 : -1;
             return ring_state_ == 1;
         }
+
+        // read_mode::direct through io_uring: a piece's reads go in flight before the previous
+        // piece is copied out of its staging, so reading and copying overlap in one worker.
+        // Two slots: at most one piece waits to be copied while the next one is read.
+        struct direct_read {
+            std::uint64_t off, len, at;
+        };
+        struct direct_job {
+            copy_op op{};
+            std::byte* dst = nullptr;
+            const file_reader* f = nullptr;
+            std::vector<span_read> spans{};
+            std::vector<direct_read> reads{};
+            std::vector<int> res{};
+            std::size_t outstanding = 0;  // reads submitted and not yet reaped
+            aligned_buffer staging{};
+        };
+        direct_job jobs_[2]{};
+        int pending_ = -1;        // the slot whose reads are in flight, not yet copied out
+        bool ring_lost_ = false;  // reads may be in flight that were never counted
+
+        // Plans the piece into the free slot and submits its reads; returns the slot, or -1
+        // (nothing submitted) when it needs more reads than half the ring (short strided
+        // rows): run_one reads those.
+        int start_direct(const copy_op& op, std::byte* dst) {
+            const int slot = pending_ == 0 ? 1 : 0;
+            direct_job& j = jobs_[slot];
+            const file_reader& f = *e.targets_.sources[op.file].reader;
+            const std::uint64_t total = plan_direct(op, f, j.spans);
+            j.reads.clear();
+            for (const auto& sp : j.spans)
+                for (std::uint64_t o = sp.begin; o < sp.end; o += direct_read_bytes)
+                    j.reads.push_back(
+                        {o, std::min(direct_read_bytes, sp.end - o), sp.at + (o - sp.begin)});
+            if (j.reads.size() > ring_depth / 2) return -1;
+            if (j.staging.size() < total)
+                j.staging = aligned_buffer(std::max<std::size_t>(total, e.opt_.staging_bytes));
+            j.op = op;
+            j.dst = dst;
+            j.f = &f;
+            j.res.assign(j.reads.size(), 0);
+            for (std::size_t i = 0; i < j.reads.size(); ++i) {
+                io_uring_sqe* sqe = io_uring_get_sqe(&ring_);  // free: at most ring_depth out
+                io_uring_prep_read(sqe, f.fd(), j.staging.data() + j.reads[i].at,
+                                   static_cast<unsigned>(j.reads[i].len), j.reads[i].off);
+                io_uring_sqe_set_data64(sqe, (std::uint64_t(slot) << 32) | i);
+            }
+            std::size_t sent = 0;
+            while (sent < j.reads.size()) {
+                const int rc = io_uring_submit(&ring_);
+                if (rc == -EINTR) continue;
+                if (rc <= 0) {
+                    j.outstanding += sent;
+                    ring_lost_ = true;  // the rest may still go out: never reuse the staging
+                    throw system_error("io_uring_submit", rc < 0 ? -rc : EIO, f.path().string());
+                }
+                sent += static_cast<std::size_t>(rc);
+            }
+            j.outstanding = sent;
+            return slot;
+        }
+
+        // Waits for one completion and files it under its slot.
+        void reap_one() {
+            io_uring_cqe* cqe = nullptr;
+            int w = io_uring_wait_cqe(&ring_, &cqe);
+            while (w == -EINTR) w = io_uring_wait_cqe(&ring_, &cqe);
+            if (w < 0) {
+                ring_lost_ = true;
+                throw system_error("io_uring_wait_cqe", -w, "");
+            }
+            const std::uint64_t d = io_uring_cqe_get_data64(cqe);
+            const int res = cqe->res;
+            io_uring_cqe_seen(&ring_, cqe);
+            direct_job& j = jobs_[d >> 32];
+            j.res[d & 0xffffffffu] = res;
+            --j.outstanding;
+        }
+
+        // Waits for the slot's reads and copies its piece into place (nothing for -1); returns
+        // the bytes written.
+        std::uint64_t finish_direct(int slot) {
+            if (slot < 0) return 0;
+            direct_job& j = jobs_[slot];
+            while (j.outstanding > 0) reap_one();
+            for (std::size_t i = 0; i < j.reads.size(); ++i)
+                if (j.res[i] < 0)
+                    throw system_error("read (O_DIRECT)", -j.res[i], j.f->path().string(),
+                                       j.reads[i].off);
+            for (std::size_t i = 0; i < j.reads.size(); ++i)  // the end of the file, or the rest
+                if (static_cast<std::uint64_t>(j.res[i]) < j.reads[i].len)
+                    direct_pread(*j.f, j.staging.data() + j.reads[i].at, j.reads[i].off,
+                                 j.reads[i].len, static_cast<std::uint64_t>(j.res[i]));
+            const copy_op& op = j.op;
+            const converter conv = op.converts() ? find_converter(op.src_dtype, op.dst_dtype)
+                                                 : converter(op.src_dtype);
+            copy_direct(op, *j.f, j.spans, j.staging.data(), j.dst, conv,
+                        op.box.dst_row_bytes * 8 / bit_size(op.dst_dtype));
+            return op.bytes_written();
+        }
+
         worker(const host_engine& engine) : e(engine) {}
         worker(const worker&) = delete;
         worker& operator=(const worker&) = delete;
         ~worker() {
-            if (ring_state_ == 1) io_uring_queue_exit(&ring_);
+            if (ring_state_ != 1) return;
+            // The kernel must not write into a staging buffer after it is freed: every
+            // counted read is reaped first; where that cannot be known, the buffers are kept.
+            try {
+                while (!ring_lost_ && (jobs_[0].outstanding > 0 || jobs_[1].outstanding > 0))
+                    reap_one();
+            } catch (...) {
+            }
+            if (ring_lost_)
+                for (auto& j : jobs_)
+                    if (j.staging.size() > 0) (void)new aligned_buffer(std::move(j.staging));
+            io_uring_queue_exit(&ring_);
         }
 #endif
 
