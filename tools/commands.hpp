@@ -10,6 +10,7 @@
 #include "exit_code.hpp"
 #include "output.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/shard/layout.hpp"
 
 namespace safeshard::cli {
 
@@ -33,6 +34,15 @@ struct checkpoint_args {
                    w.tensor.empty() ? "" : ", tensor '", w.tensor.empty() ? "" : w.tensor + "'");
     }
     return c;
+}
+
+// The value of --kv-convention; an error naming the option for anything else.
+[[nodiscard]] inline kv_convention kv_convention_arg(const std::string& s) {
+    const auto kv = parse_kv_convention(s);
+    if (!kv)
+        throw error(errc::invalid_argument,
+                    "--kv-convention must be contiguous or interleaved, not '" + s + "'");
+    return *kv;
 }
 
 // "1.50 GiB"

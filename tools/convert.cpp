@@ -1,25 +1,18 @@
 // `safeshard convert`: rewrites a checkpoint with another dtype and/or another sharding,
 // streaming tensor by tensor into a folder that appears complete or not at all.
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
-
-#if SAFESHARD_HAVE_NLOHMANN_JSON
-#include <nlohmann/json.hpp>
-#endif
 
 #include "commands.hpp"
 #include "progress_bar.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/convert.hpp"
+#include "safeshard/save/export.hpp"
 #include "safeshard/save/sharded_writer.hpp"
 
 namespace safeshard::cli {
@@ -32,87 +25,6 @@ namespace fs = std::filesystem;
 // (often quantized, with scales beside them) are copied unchanged.
 [[nodiscard]] bool is_rewritable(dtype t) noexcept {
     return t == dtype::f16 || t == dtype::bf16 || t == dtype::f32 || t == dtype::f64;
-}
-
-[[nodiscard]] const char* torch_name(dtype t) noexcept {
-    switch (t) {
-        case dtype::f16: return "float16";
-        case dtype::bf16: return "bfloat16";
-        case dtype::f32: return "float32";
-        default: return "float64";
-    }
-}
-
-// Files of the folder copied beside the new shards: everything regular at its top level but the
-// weights (ours and other formats') and files over this size.
-constexpr std::uint64_t max_copied_file = 256ull << 20;
-
-[[nodiscard]] bool is_weights_file(const std::string& name) {
-    for (const char* ext : {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json",
-                            ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx"}) {
-        if (name.size() >= std::strlen(ext) && name.ends_with(ext)) return true;
-    }
-    return false;
-}
-
-[[nodiscard]] std::string read_text(const fs::path& p) {
-    std::ifstream f(p, std::ios::binary);
-    if (!f) throw system_error("open", errno, p.string());
-    std::stringstream ss;
-    ss << f.rdbuf();
-    if (f.bad()) throw system_error("read", errno, p.string());
-    return ss.str();
-}
-
-void write_new_file(const fs::path& p, std::string_view text) {
-    atomic_file f(p);
-    f.write(std::as_bytes(std::span(text.data(), text.size())));
-    f.commit();
-}
-
-void copy_file_bytes(const fs::path& from, const fs::path& to) {
-    const file_reader r(from);
-    atomic_file f(to);
-    std::vector<std::byte> buf(std::min<std::uint64_t>(r.size(), 4u << 20));
-    for (std::uint64_t off = 0; off < r.size();) {
-        const auto n =
-            static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), r.size() - off));
-        r.read_exact(std::span(buf).first(n), off);
-        f.write(std::span(buf).first(n));
-        off += n;
-    }
-    f.commit();
-}
-
-// config.json with every "torch_dtype"/"dtype" naming a float dtype set to the new one
-// (nested configs of multimodal models included); other keys, their order and values kept.
-[[nodiscard]] std::optional<std::string> updated_config(const std::string& text, dtype to) {
-#if SAFESHARD_HAVE_NLOHMANN_JSON
-    auto j = nlohmann::ordered_json::parse(text, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return std::nullopt;
-    auto fix = [&](auto& self, nlohmann::ordered_json& node) -> void {
-        if (node.is_object()) {
-            for (auto it = node.begin(); it != node.end(); ++it) {
-                if ((it.key() == "torch_dtype" || it.key() == "dtype") && it->is_string()) {
-                    const auto v = it->template get<std::string>();
-                    if (v == "float16" || v == "bfloat16" || v == "float32" || v == "float64" ||
-                        v == "half" || v == "float" || v == "double")
-                        *it = torch_name(to);
-                } else {
-                    self(self, *it);
-                }
-            }
-        } else if (node.is_array()) {
-            for (auto& e : node) self(self, e);
-        }
-    };
-    fix(fix, j);
-    return j.dump(2) + "\n";
-#else
-    (void)text;
-    (void)to;
-    return std::nullopt;
-#endif
 }
 
 }  // namespace
@@ -206,31 +118,12 @@ int run_convert(const convert_args& a, output& out) {
 
     // The folder's other small files; config.json with the new dtype.
     std::size_t copied = 0;
-    if (!from_file) {
-        for (const auto& e : fs::directory_iterator(c.root())) {
-            check_interrupted();
-            const std::string name = e.path().filename().string();
-            if (!e.is_regular_file() || is_weights_file(name) || name.starts_with(".")) continue;
-            if (e.file_size() > max_copied_file) {
-                fmt::print(stderr, "safeshard: note: not copying {} ({}, over {})\n", name,
-                           human_bytes(e.file_size()), human_bytes(max_copied_file));
-                continue;
-            }
-            const auto dest = w.staging_folder() / name;
-            if (name == "config.json" && to) {
-                if (auto text = updated_config(read_text(e.path()), *to)) {
-                    write_new_file(dest, *text);
-                    ++copied;
-                    continue;
-                }
-                fmt::print(stderr,
-                           "safeshard: warning: config.json copied unchanged (its dtype could not "
-                           "be updated)\n");
-            }
-            copy_file_bytes(e.path(), dest);
-            ++copied;
-        }
-    }
+    if (!from_file)
+        copied = copy_side_files(
+            c.root(), w.staging_folder(), to, [](const fs::path& p, std::uint64_t n) {
+                fmt::print(stderr, "safeshard: note: not copying {} ({}, over {})\n",
+                           p.filename().string(), human_bytes(n), human_bytes(max_side_file));
+            });
     check_interrupted();
     w.commit();
     interrupted_flag = 0;  // OUT is complete: a SIGINT from now on changes nothing

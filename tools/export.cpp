@@ -23,14 +23,7 @@ int run_export(const export_args& a, output& out) {
     o.max_shard_size = parse_shard_size(a.max_shard_size);
     o.plan.architecture = a.arch;
     o.plan.allow_quantized = a.allow_quantized;
-    if (!a.kv_convention.empty()) {
-        const auto kv = parse_kv_convention(a.kv_convention);
-        if (!kv)
-            throw error(
-                errc::invalid_argument,
-                "--kv-convention must be contiguous or interleaved, not '" + a.kv_convention + "'");
-        o.plan.schema.kv = *kv;
-    }
+    if (!a.kv_convention.empty()) o.plan.schema.kv = kv_convention_arg(a.kv_convention);
     std::optional<dtype> to;
     if (!a.dtype.empty()) {
         to = parse_dtype_ignore_case(a.dtype);

@@ -31,14 +31,7 @@ int run_plan(const plan_args& a, output& out) {
     o.strict = !a.ckpt.lenient;
     o.allow_quantized = a.allow_quantized;
     o.architecture = a.arch;
-    if (!a.kv_convention.empty()) {
-        const auto kv = parse_kv_convention(a.kv_convention);
-        if (!kv)
-            throw error(
-                errc::invalid_argument,
-                "--kv-convention must be contiguous or interleaved, not '" + a.kv_convention + "'");
-        o.schema.kv = *kv;
-    }
+    if (!a.kv_convention.empty()) o.schema.kv = kv_convention_arg(a.kv_convention);
     if (!a.dtype.empty()) {
         const auto p = parse_dtype_policy(a.dtype);
         if (!p)

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -566,5 +567,37 @@ TEST_SUITE("export") {
               " \"text_config\": {\"dtype\":\"float16\", \"x\": [1, 2]}, \"q\": {\"dtype\": "
               "\"int8\"}}");
         CHECK(detail::config_with_dtype(in, dtype::i8) == in);  // no torch name: unchanged
+    }
+
+    TEST_CASE("copy_side_files: weights, hidden and oversized files stay behind, and are said") {
+        temp_folder dir;
+        const auto from = dir.path() / "from", to = dir.path() / "to";
+        fs::create_directories(from);
+        fs::create_directories(to);
+        auto put = [&](const char* name, const std::string& text) {
+            std::ofstream(from / name, std::ios::binary) << text;
+        };
+        put("config.json", "{\"torch_dtype\": \"bfloat16\"}");
+        put("tokenizer.json", "{}");
+        put("model.safetensors", "x");
+        put(".hidden", "x");
+        put("huge.bin.txt", "");
+        fs::resize_file(from / "huge.bin.txt", max_side_file + 1);  // sparse
+        std::vector<std::pair<std::string, std::uint64_t>> skipped;
+        const auto n =
+            copy_side_files(from, to, dtype::f32, [&](const fs::path& p, std::uint64_t bytes) {
+                skipped.emplace_back(p.filename().string(), bytes);
+            });
+        CHECK(n == 2);
+        CHECK(fs::exists(to / "tokenizer.json"));
+        CHECK_FALSE(fs::exists(to / "model.safetensors"));
+        CHECK_FALSE(fs::exists(to / ".hidden"));
+        CHECK_FALSE(fs::exists(to / "huge.bin.txt"));
+        REQUIRE(skipped.size() == 1);
+        CHECK(skipped[0].first == "huge.bin.txt");
+        CHECK(skipped[0].second == max_side_file + 1);
+        std::ifstream cfg(to / "config.json");
+        std::string text((std::istreambuf_iterator<char>(cfg)), std::istreambuf_iterator<char>());
+        CHECK(text == "{\"torch_dtype\": \"float32\"}");
     }
 }

@@ -70,10 +70,6 @@ struct export_report {
 
 namespace detail {
 
-// Files of a checkpoint folder copied beside new shards: every regular file at its top level
-// but weights (ours and other formats') and files over this size.
-inline constexpr std::uint64_t max_side_file = 256ull << 20;
-
 [[nodiscard]] inline bool is_weights_file(std::string_view name) noexcept {
     for (const std::string_view ext :
          {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth",
@@ -155,19 +151,34 @@ inline void copy_whole_file(const std::filesystem::path& from, const std::filesy
     f.commit();
 }
 
-// Copies `from`'s small non-weight files into `to`; config.json with its dtype set to `dtype`
-// when given. Returns how many.
-inline std::uint64_t copy_side_files(const std::filesystem::path& from,
-                                     const std::filesystem::path& to,
-                                     std::optional<dtype> config_dtype = std::nullopt) {
+}  // namespace detail
+
+// The files of a checkpoint folder that export, merge and convert copy beside the new shards:
+// every regular file at its top level but weights (ours and other formats'), hidden files
+// and files over this size.
+inline constexpr std::uint64_t max_side_file = 256ull << 20;
+
+// Copies `from`'s side files into `to`; config.json with its dtype set to `config_dtype` when
+// given (every other byte kept). `skipped` hears of each file left out for its size.
+// Returns how many were copied.
+inline std::uint64_t copy_side_files(
+    const std::filesystem::path& from, const std::filesystem::path& to,
+    std::optional<dtype> config_dtype = std::nullopt,
+    const std::function<void(const std::filesystem::path&, std::uint64_t)>& skipped = {}) {
     namespace fs = std::filesystem;
+    using detail::config_with_dtype;
+    using detail::copy_whole_file;
     std::uint64_t copied = 0;
     std::error_code ec;
     for (fs::directory_iterator it(from, ec), end; !ec && it != end; it.increment(ec)) {
         const std::string name = it->path().filename().string();
         std::error_code st;
-        if (!it->is_regular_file(st) || is_weights_file(name) || name.starts_with(".")) continue;
-        if (it->file_size(st) > max_side_file) continue;
+        if (!it->is_regular_file(st) || detail::is_weights_file(name) || name.starts_with("."))
+            continue;
+        if (const std::uint64_t n = it->file_size(st); n > max_side_file) {
+            if (skipped) skipped(it->path(), n);
+            continue;
+        }
         if (name == "config.json" && config_dtype) {
             const file_reader r(it->path());
             std::string text(static_cast<std::size_t>(r.size()), '\0');
@@ -184,6 +195,8 @@ inline std::uint64_t copy_side_files(const std::filesystem::path& from,
     if (ec) throw system_error("list", ec.value(), from.string());
     return copied;
 }
+
+namespace detail {
 
 // The schema an export cuts by: checkpoint tensors no parameter reads become replicated
 // parameters of their own (so nothing is lost: ignored buffers and quantization scales too),
@@ -386,7 +399,7 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
             ++rep.tensors;
             if (o.progress) o.progress(done, total);
         });
-        rep.side_files += detail::copy_side_files(ckpt.root(), w.staging_folder(), config_dtype);
+        rep.side_files += copy_side_files(ckpt.root(), w.staging_folder(), config_dtype);
         rep.shard_files += w.plan().shards.size();
         if (o.cancel_point) o.cancel_point();
         w.commit();

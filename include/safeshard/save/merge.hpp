@@ -365,7 +365,7 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
         ++rep.tensors;
         if (o.progress) o.progress(done, total);
     });
-    rep.side_files = detail::copy_side_files(ranks.front().folder, w.staging_folder());
+    rep.side_files = copy_side_files(ranks.front().folder, w.staging_folder());
     rep.shard_files = w.plan().shards.size();
     if (o.cancel_point) o.cancel_point();
     w.commit();
