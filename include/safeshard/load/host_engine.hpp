@@ -368,7 +368,7 @@ private:
             const std::uint64_t end =
                 op.file_begin() + (b.rows - 1) * b.src_pitch + b.src_row_bytes;
             if (e.opt_.mode == read_mode::direct && e.direct_file(op.file)) {
-                run_direct(op, *src.reader, dst, conv, row_elems, end);
+                run_direct(op, *src.reader, dst, conv, row_elems);
                 return;
             }
             if (from_mapping(op, src, end) && prepare_mapping(src, op.file_begin(), end)) {
@@ -487,7 +487,7 @@ private:
         // read_mode::direct: the piece's rows as aligned spans (merged where they touch) read
         // into staging with O_DIRECT, then converted or copied into place.
         void run_direct(const copy_op& op, const file_reader& f, std::byte* dst,
-                        const converter& conv, std::size_t row_elems, std::uint64_t) {
+                        const converter& conv, std::size_t row_elems) {
             const std::uint64_t total = plan_direct(op, f, spans_);
             std::byte* s = stage(total);
             read_spans(f, s);
