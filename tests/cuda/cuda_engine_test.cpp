@@ -318,6 +318,40 @@ TEST_CASE("progress is monotonic and reaches the total") {
     }
 }
 
+TEST_CASE("a shard cut short after planning: an I/O error naming it, no SIGBUS, every policy") {
+    model_spec m;
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const checkpoint ckpt = checkpoint::open(dir.path().string());
+    const auto f = dir.path() / "model-00002-of-00003.safetensors";
+    for (const std::uint32_t world : {1u, 4u}) {  // whole tensors, and strided column boxes
+        const plan_pair p = make_plans(ckpt, nullptr, 1 % world, world, {});
+        const auto size = std::filesystem::file_size(f);
+        std::filesystem::resize_file(f, size / 2);
+        for (const auto& eo : option_sets) {
+            CAPTURE(world);
+            CAPTURE(to_string(eo.policy));
+            CAPTURE(static_cast<int>(eo.mode));
+            fake_device dev;
+            current_fake = &dev;
+            {
+                fake_engine e(eo, fake_transport{&dev});
+                try {
+                    (void)load_tensors<fake_tensor>(p.cuda, e);
+                    FAIL("no error");
+                } catch (const error& x) {
+                    CHECK(x.code() == errc::io_error);
+                    CHECK(std::string(x.what()).find("model-00002-of-00003") != std::string::npos);
+                }
+                CHECK_FALSE(e.ring_allocated());
+            }
+            CHECK(violations_of(dev).empty());
+            current_fake = nullptr;
+        }
+        std::filesystem::resize_file(f, size);  // zeros past the cut: the next plan opens it
+    }
+}
+
 TEST_CASE("a failure at every CUDA call: an error naming the call, nothing left behind") {
     model_spec m;
     m.layers = 1;

@@ -400,7 +400,8 @@ TEST_CASE("automatic without MADV_POPULATE_READ (before Linux 5.14): WILLNEED, a
     CHECK(quiet.willneed_calls == 0);
 }
 
-TEST_CASE("a shard truncated after planning: direct, populate and automatic modes say I/O error") {
+TEST_CASE(
+    "a shard truncated after planning: direct, populate, mmap and automatic modes say I/O error") {
     const model_spec m = wide_model();
     temp_folder dir;
     write_checkpoint(dir.path(), m, make_tensors(m));
@@ -411,7 +412,8 @@ TEST_CASE("a shard truncated after planning: direct, populate and automatic mode
     fs::resize_file(f, fs::file_size(f) / 2);
     for (const auto& eo :
          {host_engine_options{.threads = 2, .mode = read_mode::direct},
-          host_engine_options{.threads = 2, .populate = true}, host_engine_options{.threads = 1}}) {
+          host_engine_options{.threads = 2, .populate = true}, host_engine_options{.threads = 1},
+          host_engine_options{.threads = 2, .mode = read_mode::mmap}}) {
         host_engine engine(eo);
         try {
             (void)load_tensors<host_tensor>(plan, engine);

@@ -386,6 +386,14 @@ private:
         for (std::size_t f = 0; f < used.size(); ++f) {
             if (!used[f]) continue;
             const auto m = targets_.sources[f].mapping;
+            // pages past the file's end cannot be locked (nor read): say which file shrank
+            if (!detail::file_holds(targets_.sources[f], m.size()))
+                throw error(errc::io_error,
+                            "the file is shorter than its mapping (" + std::to_string(m.size()) +
+                                " bytes): it changed after the checkpoint was opened",
+                            error_context{.file = targets_.sources[f].reader
+                                                      ? targets_.sources[f].reader->path().string()
+                                                      : ""});
             void* base = const_cast<std::byte*>(m.data());  // read-only registration
             // whole pages: a mapping starts on one and covers the last one entirely
             const std::size_t bytes = (m.size() + 4095) / 4096 * 4096;
@@ -490,7 +498,7 @@ private:
         void direct(const copy_op& op) {
             const byte_box& b = op.box;
             const read_source& src = e.targets_.sources[op.file];
-            const std::byte* from = mapped(src, op);
+            const std::byte* from = detail::mapped_source(src, op);
             std::byte* dst = e.targets_.destinations[op.destination] + b.dst_offset;
             const std::uint64_t spitch = b.rows > 1 ? b.src_pitch : b.src_row_bytes;
             const std::uint64_t dpitch = b.rows > 1 ? b.dst_pitch : b.dst_row_bytes;
@@ -505,21 +513,6 @@ private:
             }
             st.read += op.bytes_read();
             st.written += op.bytes_written();
-        }
-
-        // The op's first source byte in the mapping, after checking the file is long enough.
-        static const std::byte* mapped(const read_source& src, const copy_op& op) {
-            const byte_box& b = op.box;
-            const std::uint64_t end =
-                op.file_begin() + (b.rows - 1) * b.src_pitch + b.src_row_bytes;
-            if (end > src.mapping.size())
-                throw error(errc::io_error,
-                            "the file is shorter (" + std::to_string(src.mapping.size()) +
-                                " bytes) than the tensor data the plan reads (to byte " +
-                                std::to_string(end) + ")",
-                            error_context{.file = src.reader ? src.reader->path().string() : "",
-                                          .offset = op.file_begin()});
-            return src.mapping.data() + op.file_begin();
         }
 
         // Fills one buffer with the pieces (dst dtype, rows packed), then sends each piece to
@@ -577,7 +570,8 @@ private:
                                                  : converter(op.src_dtype);
             const read_mode mode = op.contiguous_source() ? e.opt_.mode : e.opt_.strided;
             if (mode == read_mode::mmap && !src.mapping.empty()) {
-                conv(mapped(src, op), out, b.rows, row_elems, b.src_pitch, b.dst_row_bytes);
+                conv(detail::mapped_source(src, op), out, b.rows, row_elems, b.src_pitch,
+                     b.dst_row_bytes);
                 return;
             }
             if (src.reader == nullptr)

@@ -2,15 +2,20 @@
 // No format/ here: engines (host, CUDA) see files, copy_ops and destination addresses only.
 #pragma once
 
+#include <algorithm>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <string>
+
+#include <sys/stat.h>
 
 #include "safeshard/core/checked.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/io/file_reader.hpp"
+#include "safeshard/io/syscalls.hpp"
 #include "safeshard/load/copy_op.hpp"
 
 namespace safeshard {
@@ -73,6 +78,37 @@ inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
     if (mul_overflows(b.rows - 1, b.src_pitch, end) || add_overflows(end, op.file_begin(), end) ||
         add_overflows(end, b.src_row_bytes, end))
         fail("source overflows");
+}
+
+// Whether the file behind `src` is at least `end` bytes long now. A mapping cannot say that
+// its file shrank, and copying past the file's end dies of SIGBUS: an engine asks before it
+// copies out of a mapping. (A file cut while its bytes are being copied is beyond any check.)
+[[nodiscard]] inline bool file_holds(const read_source& src, std::uint64_t end) {
+    struct stat st {};
+    return src.reader != nullptr && sys::fstat(src.reader->fd(), &st) == 0 &&
+           static_cast<std::uint64_t>(st.st_size) >= end;
+}
+
+// The op's first source byte in the mapping, after checking that the mapping and the file
+// both reach its last one; io_error (naming the file) where they do not.
+[[nodiscard]] inline const std::byte* mapped_source(const read_source& src, const copy_op& op) {
+    const byte_box& b = op.box;
+    const std::uint64_t end = op.file_begin() + (b.rows - 1) * b.src_pitch + b.src_row_bytes;
+    if (end > src.mapping.size() || !file_holds(src, end)) {
+        struct stat st {};
+        const std::uint64_t have =
+            src.reader != nullptr && sys::fstat(src.reader->fd(), &st) == 0
+                ? std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size),
+                                          src.mapping.size())
+                : src.mapping.size();
+        throw error(errc::io_error,
+                    "the file is shorter (" + std::to_string(have) +
+                        " bytes) than the tensor data the plan reads (to byte " +
+                        std::to_string(end) + ")",
+                    error_context{.file = src.reader ? src.reader->path().string() : "",
+                                  .offset = op.file_begin()});
+    }
+    return src.mapping.data() + op.file_begin();
 }
 }  // namespace detail
 

@@ -379,14 +379,7 @@ private:
                 return;
             }
             if (e.opt_.mode == read_mode::mmap && !src.mapping.empty()) {
-                if (end > src.mapping.size())
-                    throw error(errc::io_error,
-                                "the file is shorter (" + std::to_string(src.mapping.size()) +
-                                    " bytes) than the tensor data the plan reads (to byte " +
-                                    std::to_string(end) + ")",
-                                error_context{.file = src.reader ? src.reader->path().string() : "",
-                                              .offset = op.file_begin()});
-                conv(src.mapping.data() + op.file_begin(), dst, b.rows, row_elems, b.src_pitch,
+                conv(detail::mapped_source(src, op), dst, b.rows, row_elems, b.src_pitch,
                      b.dst_pitch);
                 read_ += b.rows * b.src_row_bytes;
                 written_ += b.rows * b.dst_row_bytes;
@@ -475,11 +468,7 @@ private:
                 if (errno != EINVAL) return false;
                 populate_refused_ = true;  // before Linux 5.14
             }
-            // The mapping cannot say the file shrank: ask the file.
-            struct stat st {};
-            if (src.reader == nullptr || detail::sys::fstat(src.reader->fd(), &st) != 0 ||
-                static_cast<std::uint64_t>(st.st_size) < end)
-                return false;
+            if (!detail::file_holds(src, end)) return false;
             if (e.opt_.populate) (void)detail::sys::madvise(base + from, end - from, MADV_WILLNEED);
             return true;
         }
