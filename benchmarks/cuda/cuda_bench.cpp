@@ -20,7 +20,8 @@
 //
 //   cuda_bench [--gib 2] [--runs 5] [--dir DIR] [--world 8] [--device 0] [--sweep]
 //              [--sweep-buffers 4,8,16] [--sweep-mib 4,8,16,32] [--sweep-streams 2,4]
-//              [--sweep-threads 2,4,8] [--peer-json FILE] [--no-policies]
+//              [--sweep-threads 2,4,8] [--p7-threads 8,12,16] [--peer-json FILE]
+//              [--no-policies]
 //   --dry-run: write or index the files and build the plans, without a GPU (a setup check)
 #include <cuda_runtime_api.h>
 #include <unistd.h>
@@ -67,6 +68,7 @@ struct args {
     std::vector<unsigned> sweep_mib{4, 8, 16, 32};
     std::vector<unsigned> sweep_streams{2, 4};
     std::vector<unsigned> sweep_threads{2, 4, 8};
+    std::vector<unsigned> p7_threads{};  // P7 again with these reader threads (CPU-bound rows)
 };
 
 std::vector<unsigned> parse_list(const std::string& s) {
@@ -115,6 +117,8 @@ args parse(int argc, char** argv) {
             a.sweep_streams = parse_list(next());
         else if (k == "--sweep-threads")
             a.sweep_threads = parse_list(next());
+        else if (k == "--p7-threads")
+            a.p7_threads = parse_list(next());
         else {
             std::fprintf(stderr, "unknown argument %s (see the header of cuda_bench.cpp)\n",
                          k.c_str());
@@ -470,7 +474,8 @@ int main(int argc, char** argv) try {
     {
         const double base = staged_s > 0 ? staged_s : timed_copy(full, defaults, a.runs);
         const schema mixed = split_schema(ckpt, true);
-        auto p7 = [&](const std::string& label, const schema& sch, cuda_engine_options o) {
+        auto p7 = [&](const std::string& label, const schema& sch,
+                      cuda_engine_options o) -> double {
             try {
                 cuda_engine e(o);
                 std::vector<double> t;
@@ -485,8 +490,10 @@ int main(int argc, char** argv) try {
                 const double m = median(t);
                 std::printf("P7 %-31s %8.3f s %7.2f GB/s  %.3f of the full load (goal <= 0.15)\n",
                             label.c_str(), m, gbps(rank_bytes, m), m / base);
+                return m / base;
             } catch (const std::exception& x) {
                 std::printf("P7 %s: FAILED: %s\n", label.c_str(), x.what());
+                return 0;
             }
         };
         const std::string r0 = "rank 0/" + std::to_string(a.world);
@@ -500,6 +507,16 @@ int main(int argc, char** argv) try {
         o = defaults;
         o.policy = cuda_policy::registered;
         p7(r0 + " dim 1, registered", s, o);
+        // A rank's columns are gathered by the CPU (row copies out of the mapping), the full
+        // load waits on the link: the reader count that suits one need not suit the other.
+        // The full load at each count is in the sweep (--sweep-threads).
+        for (const unsigned th : a.p7_threads) {
+            o = defaults;
+            o.threads = th;
+            const std::string t = ", " + std::to_string(th) + " threads";
+            p7(r0 + " dim 1" + t, s, o);
+            p7(r0 + " dim 0|1" + t, mixed, o);
+        }
     }
 
     // P8: host anonymous memory beyond the ring, device memory beyond the tensors

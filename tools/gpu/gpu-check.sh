@@ -129,8 +129,9 @@ else
 fi
 # shellcheck disable=SC2086
 step cuda_bench 200 "$BUILD/benchmarks/cuda/cuda_bench" --gib "$GIB" --runs 5 $PEER_ARGS --sweep \
-    --sweep-buffers "${SWEEP_BUFFERS:-4,8,16}" --sweep-mib "${SWEEP_MIB:-4,8,32}" \
-    --sweep-streams "${SWEEP_STREAMS:-2,4}" --sweep-threads "${SWEEP_THREADS:-2,4,8}"
+    --sweep-buffers "${SWEEP_BUFFERS:-16}" --sweep-mib "${SWEEP_MIB:-4,8}" \
+    --sweep-streams "${SWEEP_STREAMS:-2}" --sweep-threads "${SWEEP_THREADS:-8,12,16}" \
+    --p7-threads "${P7_THREADS:-12,16}"
 grep -E "^(P[5-8]|limit|best|NVIDIA|skip)" "$OUT/cuda_bench.log" | sed 's/^/     /' | tee -a "$SUMMARY"
 
 rm -rf "$PEER_DIR" "$HF_DIR"
