@@ -1,28 +1,20 @@
 // `safeshard convert` end to end: the built binary on generated checkpoints, re-read with the
 // library; exit codes, out of space, SIGINT, and SIGKILL at random moments.
-#include <signal.h>
-#include <sys/mount.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <optional>
 #include <random>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <doctest/doctest.h>
-
+#include "cli_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/load/convert.hpp"
 
 using namespace safeshard;
+using namespace safeshard::test::cli;
 namespace fs = std::filesystem;
 
 namespace {
@@ -51,38 +43,15 @@ public:
     scratch(const scratch&) = delete;
     scratch& operator=(const scratch&) = delete;
     ~scratch() {
-        if (mounted_) (void)::umount2(mounted_->c_str(), MNT_DETACH);
         std::error_code ec;
         fs::remove_all(path_, ec);
     }
     [[nodiscard]] fs::path operator/(const std::string& s) const { return path_ / s; }
     [[nodiscard]] const fs::path& path() const { return path_; }
-    // A private tmpfs at `name`; false (with why) when mounting is not allowed.
-    bool mount_tmpfs(const std::string& name, const std::string& options, std::string& why) {
-        fs::create_directories(path_ / name);
-        if (::mount("tmpfs", (path_ / name).c_str(), "tmpfs", 0, options.c_str()) != 0) {
-            why = std::string("mount -t tmpfs failed: ") + std::strerror(errno);
-            return false;
-        }
-        mounted_ = path_ / name;
-        return true;
-    }
-    bool remount_read_only(const std::string& options) {
-        return ::mount("tmpfs", mounted_->c_str(), "tmpfs", MS_REMOUNT | MS_RDONLY,
-                       options.c_str()) == 0;
-    }
 
 private:
     fs::path path_;
-    std::optional<fs::path> mounted_;
 };
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
 
 void write_text(const fs::path& p, std::string_view s) {
     std::ofstream f(p, std::ios::binary);
@@ -149,56 +118,6 @@ void make_checkpoint(const fs::path& dir, std::size_t scale = 1) {
     write_text(dir / "tokenizer.json", "{\"version\": \"1.0\"}");
 }
 
-struct result {
-    int rc = -1;
-    std::string out;
-    std::string err;
-};
-
-result run(const fs::path& scratch_dir, const std::string& args) {
-    const auto o = scratch_dir / "stdout";
-    const auto e = scratch_dir / "stderr";
-    const std::string cmd =
-        "'" SAFESHARD_EXE "' " + args + " >'" + o.string() + "' 2>'" + e.string() + "'";
-    const int status = std::system(cmd.c_str());
-    result r;
-    REQUIRE(WIFEXITED(status));
-    r.rc = WEXITSTATUS(status);
-    r.out = slurp(o);
-    r.err = slurp(e);
-    return r;
-}
-
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
-
-// Every tensor of `b` has the name, shape and bytes of `a`'s (converted to `to` where given).
-void check_same(const fs::path& a_path, const fs::path& b_path, std::optional<dtype> to = {}) {
-    const auto a = checkpoint::open(a_path.string());
-    const auto b = checkpoint::open(b_path.string());
-    REQUIRE(a.tensor_count() == b.tensor_count());
-    for (const auto& ta : a.tensors()) {
-        CAPTURE(ta.tensor.name());
-        const auto tb = b.tensor(ta.tensor.name()).tensor;
-        CHECK(tb.shape() == ta.tensor.shape());
-        const dtype from = ta.tensor.dtype();
-        const bool converts = to && (from == dtype::bf16 || from == dtype::f32 ||
-                                     from == dtype::f16 || from == dtype::f64);
-        const dtype want = converts ? *to : from;
-        REQUIRE(tb.dtype() == want);
-        std::vector<std::byte> expect(tb.byte_size());
-        (want == from ? converter(from) : find_converter(from, want))(
-            ta.tensor.bytes().data(), expect.data(), ta.tensor.element_count());
-        REQUIRE(tb.byte_size() == expect.size());
-        CHECK(std::memcmp(tb.bytes().data(), expect.data(), expect.size()) == 0);
-    }
-}
-
-std::size_t count_entries(const fs::path& dir) {
-    std::size_t n = 0;
-    for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++n;
-    return n;
-}
-
 }  // namespace
 
 TEST_SUITE("cli") {
@@ -230,7 +149,7 @@ TEST_SUITE("cli") {
         check_same(d / "in", d / "many");
         r = run(d.path(), "verify " + q(d / "many"));
         CHECK_MESSAGE(r.rc == 0, r.err);
-        CHECK(count_entries(d.path()) == 5);  // in one many stdout stderr: no temporaries
+        CHECK(count_entries(d.path()) == 3);  // in one many: no temporaries
     }
 
     TEST_CASE("convert --dtype: values equal the conversion reference; config.json dtype updated") {
@@ -302,9 +221,9 @@ TEST_SUITE("cli") {
     TEST_CASE("convert: out of space and a read-only folder exit 3 and leave nothing") {
         scratch d;
         make_checkpoint(d / "in", 8);
-        std::string why;
-        if (!d.mount_tmpfs("small", "size=128k", why)) {
-            MESSAGE("skipped: " << why);
+        tmpfs_mount small(d / "small", "size=128k");
+        if (!small.mounted()) {
+            MESSAGE("skipped: " << small.why());
             return;
         }
         auto r = run(d.path(), "convert " + q(d / "in") + " --out " + q(d / "small" / "out"));
@@ -312,7 +231,7 @@ TEST_SUITE("cli") {
         CHECK(r.err.find("No space left on device") != std::string::npos);
         CHECK(r.err.find("io_error") != std::string::npos);
         CHECK(count_entries(d / "small") == 0);
-        REQUIRE(d.remount_read_only("size=128k"));
+        REQUIRE(small.remount_read_only());
         r = run(d.path(), "convert " + q(d / "in") + " --out " + q(d / "small" / "out"));
         CHECK(r.rc == 3);
         CHECK(r.err.find("Read-only file system") != std::string::npos);
@@ -321,135 +240,39 @@ TEST_SUITE("cli") {
     TEST_CASE("convert: SIGINT stops with 130 and no partial output") {
         scratch d;
         make_checkpoint(d / "in", 256);  // about 10 MB: long enough to interrupt
-        // The kill points are spread over one measured run, so a fast machine (where the
-        // whole conversion takes a few milliseconds) is interrupted as surely as a slow one.
-        const auto t0 = std::chrono::steady_clock::now();
-        REQUIRE(
-            run(d.path(), "convert " + q(d / "in") + " --out " + q(d / "timed") + " --dtype f32")
-                .rc == 0);
-        const auto full = std::chrono::duration_cast<std::chrono::microseconds>(
-            std::chrono::steady_clock::now() - t0);
-        fs::remove_all(d / "timed");
-        MESSAGE("one conversion took " << full.count() << " us");
-        int interrupted = 0;
-        for (int attempt = 0; attempt < 20 && interrupted < 2; ++attempt) {
-            const auto out = d / ("out" + std::to_string(attempt));
-            const pid_t pid = ::fork();
-            REQUIRE(pid >= 0);
-            if (pid == 0) {
-                const int null = ::open("/dev/null", O_WRONLY);
-                ::dup2(null, 1);
-                ::dup2(null, 2);
-                ::execl(SAFESHARD_EXE, SAFESHARD_EXE, "convert", (d / "in").c_str(), "--out",
-                        out.c_str(), "--dtype", "f32", static_cast<char*>(nullptr));
-                ::_exit(127);
-            }
-            std::this_thread::sleep_for(full * (3 + attempt % 6) / 10);
-            ::kill(pid, SIGINT);
-            int status = 0;
-            REQUIRE(::waitpid(pid, &status, 0) == pid);
-            if (WIFSIGNALED(status)) {  // before main() installed its handler: nothing written yet
-                CHECK(WTERMSIG(status) == SIGINT);
-                CHECK_FALSE(fs::exists(out));
-                continue;
-            }
-            REQUIRE(WIFEXITED(status));
-            const int rc = WEXITSTATUS(status);
-            CAPTURE(rc);
-            CHECK((rc == 130 || rc == 0));
-            if (rc == 130) {
-                ++interrupted;
-                CHECK_FALSE(fs::exists(out));
-            } else {
-                check_same(d / "in", out, dtype::f32);
-            }
-        }
-        CHECK(interrupted > 0);
-        for (const auto& e : fs::directory_iterator(d.path()))
-            CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
+        const auto out = d / "out";
+        interrupt_at_spread_points(
+            {"convert", (d / "in").string(), "--out", out.string(), "--dtype", "f32"}, out,
+            [&] { check_same(d / "in", out, dtype::f32); });
     }
 
     TEST_CASE("convert: SIGKILL at 100 random moments leaves OUT absent or complete") {
         scratch d;
         make_checkpoint(d / "in", 4);
         // On a private tmpfs when we may mount one (fsync costs nothing there, so 100 runs take
-        // seconds); the kill points are spread over one measured run.
-        std::string why;
-        const bool tmpfs = d.mount_tmpfs("work", "size=64m", why);
-        const fs::path work = tmpfs ? d / "work" : d / "disk";
-        fs::create_directories(work);
-        MESSAGE("crash runs on " << (tmpfs ? "tmpfs" : "disk (" + why + ")"));
-
-        auto spawn = [&](const fs::path& out, bool force) {
-            const pid_t pid = ::fork();
-            REQUIRE(pid >= 0);
-            if (pid == 0) {
-                const int null = ::open("/dev/null", O_WRONLY);
-                ::dup2(null, 1);
-                ::dup2(null, 2);
-                ::execl(SAFESHARD_EXE, SAFESHARD_EXE, "convert", (d / "in").c_str(), "--out",
-                        out.c_str(), "--dtype", "f16", "--max-shard-size", "40KB",
-                        force ? "--force" : static_cast<char*>(nullptr),
-                        static_cast<char*>(nullptr));
-                ::_exit(127);
-            }
-            return pid;
+        // seconds).
+        const tmpfs_mount mnt(d / "work", "size=64m");
+        const fs::path work = d / "work";
+        MESSAGE("crash runs on " << (mnt.mounted() ? "tmpfs" : "disk (" + mnt.why() + ")"));
+        const auto args = [&](const fs::path& out, bool force) {
+            std::vector<std::string> a{
+                "convert", (d / "in").string(), "--out", out.string(), "--dtype",
+                "f16",     "--max-shard-size",  "40KB"};
+            if (force) a.emplace_back("--force");
+            return a;
         };
-        auto wait_rc = [](pid_t pid) {
-            int status = 0;
-            REQUIRE(::waitpid(pid, &status, 0) == pid);
-            return status;
-        };
-        // Reference: one full run, timed.
-        const auto t0 = std::chrono::steady_clock::now();
-        const int s0 = wait_rc(spawn(work / "ref", false));
-        const auto full_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                                 std::chrono::steady_clock::now() - t0)
-                                 .count();
-        REQUIRE(WIFEXITED(s0));
-        REQUIRE(WEXITSTATUS(s0) == 0);
-        const std::string ref_index = slurp(work / "ref" / "model.safetensors.index.json");
-
-        std::mt19937 rng(12345);
-        std::uniform_int_distribution<long> delay(0, std::max<long>(full_us, 1000));
-        int killed_mid = 0;
-        int absent = 0;
-        for (int i = 0; i < 100; ++i) {
-            // Odd runs replace an existing complete folder with --force.
-            const bool force = i % 2 == 1;
-            const auto out = work / "out";
-            if (!force) {
-                fs::remove_all(out);
-            } else if (!fs::exists(out)) {
-                fs::copy(work / "ref", out, fs::copy_options::recursive);
-            }
-            const pid_t pid = spawn(out, force);
-            std::this_thread::sleep_for(std::chrono::microseconds(delay(rng)));
-            ::kill(pid, SIGKILL);
-            const int status = wait_rc(pid);
-            if (WIFSIGNALED(status)) ++killed_mid;
-            if (!fs::exists(out)) {
-                ++absent;
-                CHECK_FALSE(force);  // a forced run never loses the old folder
-                continue;
-            }
-            // Present: complete and valid, the same as the reference run.
-            CHECK(slurp(out / "model.safetensors.index.json") == ref_index);
-            check_same(d / "in", out, dtype::f16);
-        }
-        MESSAGE(killed_mid << " of 100 runs killed before they ended, " << absent
-                           << " left no OUT");
-        CHECK(killed_mid > 10);
+        std::string ref_index;
+        const crash_tally t =
+            kill_at_random_moments(work, 100, 12345, args, [&](const fs::path& out) {
+                if (ref_index.empty())
+                    ref_index = slurp(work / "ref" / "model.safetensors.index.json");
+                CHECK(slurp(out / "model.safetensors.index.json") == ref_index);
+                check_same(d / "in", out, dtype::f16);
+            });
+        CHECK(t.killed_mid > 10);
         // The next run cleans what killed runs left: nothing but the outputs remains.
         fs::remove_all(work / "out");
-        REQUIRE(WEXITSTATUS(wait_rc(spawn(work / "out", false))) == 0);
-        std::vector<std::string> names;
-        for (const auto& e : fs::directory_iterator(work))
-            names.push_back(e.path().filename().string());
-        std::sort(names.begin(), names.end());
-        std::string listing;
-        for (const auto& n : names) listing += n + " ";
-        CAPTURE(listing);
-        CHECK(names == std::vector<std::string>{"out", "ref"});
+        REQUIRE(WEXITSTATUS(wait_status(spawn(args(work / "out", false)))) == 0);
+        CHECK(listing(work) == std::vector<std::string>{"out", "ref"});
     }
 }

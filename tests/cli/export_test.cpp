@@ -1,71 +1,19 @@
 // `safeshard export` and `safeshard merge` end to end: the built binary on generated
 // checkpoints; verify passes on exported and merged folders, the merge is bit-exact, exit
 // codes, and no partial output on error or SIGINT.
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/mount.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <chrono>
-#include <cstdlib>
-#include <cstring>
-#include <fstream>
-#include <optional>
 #include <random>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <doctest/doctest.h>
-
 #include "../load/model_gen.hpp"
+#include "cli_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
-#include "safeshard/load/convert.hpp"
 
 using namespace safeshard;
+using namespace safeshard::test::cli;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string fmt_names(const std::vector<std::string>& names) {
-    std::string s;
-    for (const auto& n : names) s += (s.empty() ? "" : " ") + n;
-    return s;
-}
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-struct result {
-    int rc = -1;
-    std::string out;
-    std::string err;
-};
-
-result run(const fs::path& dir, const std::string& args) {
-    const auto o = dir / "stdout";
-    const auto e = dir / "stderr";
-    const std::string cmd =
-        "'" SAFESHARD_EXE "' " + args + " >'" + o.string() + "' 2>'" + e.string() + "'";
-    const int status = std::system(cmd.c_str());
-    result r;
-    REQUIRE(WIFEXITED(status));
-    r.rc = WEXITSTATUS(status);
-    r.out = slurp(o);
-    r.err = slurp(e);
-    fs::remove(o);
-    fs::remove(e);
-    return r;
-}
-
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
 void make_model(const fs::path& dir, const test::model_spec& m) {
     fs::create_directories(dir);
@@ -73,99 +21,6 @@ void make_model(const fs::path& dir, const test::model_spec& m) {
     std::mt19937_64 rng(7);
     tensors["extra.position_bias"] = test::random_tensor({2, 3}, rng);  // outside the schema
     test::write_checkpoint(dir, m, tensors);
-}
-
-// Every tensor of `b` equals `a`'s (converted to `to` where given).
-void check_same(const fs::path& a_path, const fs::path& b_path,
-                std::optional<dtype> to = std::nullopt) {
-    const auto a = checkpoint::open(a_path.string());
-    const auto b = checkpoint::open(b_path.string());
-    REQUIRE(a.tensor_count() == b.tensor_count());
-    for (const auto& ta : a.tensors()) {
-        CAPTURE(ta.tensor.name());
-        const auto tb = b.tensor(ta.tensor.name()).tensor;
-        CHECK(tb.shape() == ta.tensor.shape());
-        const dtype from = ta.tensor.dtype();
-        const dtype want = to ? *to : from;
-        REQUIRE(tb.dtype() == want);
-        std::vector<std::byte> expect(tb.byte_size());
-        (want == from ? converter(from) : find_converter(from, want))(
-            ta.tensor.bytes().data(), expect.data(), ta.tensor.element_count());
-        CHECK(std::memcmp(tb.bytes().data(), expect.data(), expect.size()) == 0);
-    }
-}
-
-std::size_t count_entries(const fs::path& dir) {
-    std::size_t n = 0;
-    for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++n;
-    return n;
-}
-
-// Runs `args` (argv, without the program) and sends SIGINT at spread points of one measured
-// run; every outcome is 130 with nothing at `out`, or 0 with `check` passing.
-void interrupt_at_spread_points(const test::temp_folder& d, std::vector<std::string> args,
-                                const fs::path& out, const std::function<void()>& check) {
-    auto spawn = [&] {
-        const pid_t pid = ::fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            const int null = ::open("/dev/null", O_WRONLY);
-            ::dup2(null, 1);
-            ::dup2(null, 2);
-            std::vector<char*> argv{const_cast<char*>(SAFESHARD_EXE)};
-            for (auto& s : args) argv.push_back(s.data());
-            argv.push_back(nullptr);
-            ::execv(SAFESHARD_EXE, argv.data());
-            ::_exit(127);
-        }
-        return pid;
-    };
-    // The fastest of two complete runs: the kill points below are fractions of it (a slow
-    // first run, cold caches, would put them all after the end).
-    auto full = std::chrono::microseconds::max();
-    for (int k = 0; k < 2; ++k) {
-        const auto t0 = std::chrono::steady_clock::now();
-        const pid_t pid = spawn();
-        int status = 0;
-        REQUIRE(::waitpid(pid, &status, 0) == pid);
-        REQUIRE(WIFEXITED(status));
-        REQUIRE(WEXITSTATUS(status) == 0);
-        full = std::min(full, std::chrono::duration_cast<std::chrono::microseconds>(
-                                  std::chrono::steady_clock::now() - t0));
-        check();
-        fs::remove_all(out);
-    }
-    MESSAGE("one run took " << full.count() << " us");
-    int interrupted = 0;
-    for (int attempt = 0; attempt < 20 && interrupted < 2; ++attempt) {
-        const pid_t pid = spawn();
-        std::this_thread::sleep_for(full * (1 + attempt % 8) / 10);
-        ::kill(pid, SIGINT);
-        int status = 0;
-        REQUIRE(::waitpid(pid, &status, 0) == pid);
-        if (WIFSIGNALED(status)) {  // before main() installed its handler
-            CHECK(WTERMSIG(status) == SIGINT);
-            CHECK_FALSE(fs::exists(out));
-            continue;
-        }
-        REQUIRE(WIFEXITED(status));
-        const int rc = WEXITSTATUS(status);
-        CAPTURE(rc);
-        CHECK((rc == 130 || rc == 0));
-        if (rc == 130) {
-            ++interrupted;
-            CHECK_FALSE(fs::exists(out));
-        } else {
-            check();
-            fs::remove_all(out);
-        }
-    }
-    CHECK(interrupted > 0);
-    for (const auto& e : fs::directory_iterator(d.path())) {
-        const std::string n = e.path().filename().string();
-        CHECK(n.find(".tmp-") == std::string::npos);
-        CHECK(n.find(".new-") == std::string::npos);
-    }
 }
 
 }  // namespace
@@ -286,11 +141,11 @@ TEST_SUITE("cli") {
         make_model(d.path() / "in", m);  // about 17 MB
         const auto ex = d.path() / "ex";
         interrupt_at_spread_points(
-            d, {"export", (d.path() / "in").string(), "--tp", "4", "--out", ex.string()}, ex,
+            {"export", (d.path() / "in").string(), "--tp", "4", "--out", ex.string()}, ex,
             [&] { CHECK(count_entries(ex) == 4); });
         REQUIRE(run(d.path(), "export " + q(d.path() / "in") + " --tp 4 --out " + q(ex)).rc == 0);
         const auto merged = d.path() / "merged";
-        interrupt_at_spread_points(d, {"merge", ex.string(), "--out", merged.string()}, merged,
+        interrupt_at_spread_points({"merge", ex.string(), "--out", merged.string()}, merged,
                                    [&] { check_same(d.path() / "in", merged); });
     }
     TEST_CASE("export: SIGKILL at 60 random moments leaves OUT absent or complete") {
@@ -298,89 +153,37 @@ TEST_SUITE("cli") {
         test::model_spec m;
         make_model(d.path() / "in", m);
         // On a private tmpfs when we may mount one (fsync costs nothing there).
-        fs::path work = d.path() / "work";
-        fs::create_directories(work);
-        const bool tmpfs = ::mount("tmpfs", work.c_str(), "tmpfs", 0, "size=64m") == 0;
-        MESSAGE("crash runs on " << std::string(tmpfs ? "tmpfs" : "disk"));
-        struct unmount {
-            fs::path p;
-            bool on;
-            ~unmount() {
-                if (on) (void)::umount2(p.c_str(), MNT_DETACH);
-            }
-        } guard{work, tmpfs};
-
-        auto spawn = [&](const fs::path& out, bool force) {
-            const pid_t pid = ::fork();
-            REQUIRE(pid >= 0);
-            if (pid == 0) {
-                const int null = ::open("/dev/null", O_WRONLY);
-                ::dup2(null, 1);
-                ::dup2(null, 2);
-                ::execl(SAFESHARD_EXE, SAFESHARD_EXE, "export", (d.path() / "in").c_str(), "--tp",
-                        "4", "--out", out.c_str(), "--max-shard-size", "10KB",
-                        force ? "--force" : static_cast<char*>(nullptr),
-                        static_cast<char*>(nullptr));
-                ::_exit(127);
-            }
-            return pid;
+        const fs::path work = d.path() / "work";
+        const tmpfs_mount mnt(work, "size=64m");
+        MESSAGE("crash runs on " << (mnt.mounted() ? "tmpfs" : "disk (" + mnt.why() + ")"));
+        const auto args = [&](const fs::path& out, bool force) {
+            std::vector<std::string> a{
+                "export",     (d.path() / "in").string(), "--tp", "4", "--out",
+                out.string(), "--max-shard-size",         "10KB"};
+            if (force) a.emplace_back("--force");
+            return a;
         };
-        auto wait_status = [](pid_t pid) {
-            int status = 0;
-            REQUIRE(::waitpid(pid, &status, 0) == pid);
-            return status;
-        };
-        const auto t0 = std::chrono::steady_clock::now();
-        const int s0 = wait_status(spawn(work / "ref", false));
-        const auto full_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                                 std::chrono::steady_clock::now() - t0)
-                                 .count();
-        REQUIRE(WIFEXITED(s0));
-        REQUIRE(WEXITSTATUS(s0) == 0);
-        const std::string ref_meta =
-            slurp(work / "ref" / "rank-00003" / "model.safetensors.index.json");
-
-        std::mt19937 rng(2024);
-        std::uniform_int_distribution<long> delay(0, std::max<long>(full_us, 1000));
-        int killed_mid = 0, absent = 0;
-        for (int i = 0; i < 60; ++i) {
-            const bool force = i % 2 == 1;  // odd runs replace a complete export
-            const auto out = work / "out";
-            if (!force)
-                fs::remove_all(out);
-            else if (!fs::exists(out))
-                fs::copy(work / "ref", out, fs::copy_options::recursive);
-            const pid_t pid = spawn(out, force);
-            std::this_thread::sleep_for(std::chrono::microseconds(delay(rng)));
-            ::kill(pid, SIGKILL);
-            if (WIFSIGNALED(wait_status(pid))) ++killed_mid;
-            if (!fs::exists(out)) {
-                ++absent;
-                CHECK_FALSE(force);  // a forced run never loses the old export
-                continue;
-            }
-            // Present: every rank folder, complete, and it merges back to the input.
-            CHECK(count_entries(out) == 4);
-            CHECK(slurp(out / "rank-00003" / "model.safetensors.index.json") == ref_meta);
-        }
-        MESSAGE(killed_mid << " of 60 runs killed before they ended, " << absent << " left no OUT");
-        CHECK(killed_mid > 5);
+        std::string ref_meta;
+        const crash_tally t =
+            kill_at_random_moments(work, 60, 2024, args, [&](const fs::path& out) {
+                if (ref_meta.empty())
+                    ref_meta = slurp(work / "ref" / "rank-00003" / "model.safetensors.index.json");
+                // Present: every rank folder, complete.
+                CHECK(count_entries(out) == 4);
+                CHECK(slurp(out / "rank-00003" / "model.safetensors.index.json") == ref_meta);
+            });
+        CHECK(t.killed_mid > 5);
         // The last run replaces an existing export (--force): it also removes what killed
         // forced runs left beside OUT. A forced run killed between its swap and the removal of
         // the old folder leaves that folder; while OUT is absent (the loop deletes it before
         // plain runs) such folders are kept, as they may be the only copies.
         if (!fs::exists(work / "out"))
             fs::copy(work / "ref", work / "out", fs::copy_options::recursive);
-        REQUIRE(WEXITSTATUS(wait_status(spawn(work / "out", true))) == 0);
+        REQUIRE(WEXITSTATUS(wait_status(spawn(args(work / "out", true)))) == 0);
         const auto r = run(d.path(), "merge " + q(work / "out") + " --out " + q(work / "merged"));
         REQUIRE_MESSAGE(r.rc == 0, r.err);
         check_same(d.path() / "in", work / "merged");
         // The last run cleaned what killed runs left: nothing but the outputs remains.
-        std::vector<std::string> names;
-        for (const auto& e : fs::directory_iterator(work))
-            names.push_back(e.path().filename().string());
-        std::sort(names.begin(), names.end());
-        CAPTURE(fmt_names(names));
-        CHECK(names == std::vector<std::string>{"merged", "out", "ref"});
+        CHECK(listing(work) == std::vector<std::string>{"merged", "out", "ref"});
     }
 }
