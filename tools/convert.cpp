@@ -88,7 +88,9 @@ int run_convert(const convert_args& a, output& out) {
         const located_tensor& s = sources[i];
         const converter& conv = converters[i];
         const auto file_index = static_cast<std::size_t>(s.file - c.files().data());
-        if (!readers[file_index]) readers[file_index].emplace(s.file->path);
+        if (!readers[file_index])
+            readers[file_index].emplace(s.file->path,
+                                        read_options{.expect = s.file->view.identity()});
         const file_reader& r = *readers[file_index];
         const std::uint64_t begin = s.tensor.file_begin();
         const std::uint64_t size = s.tensor.byte_size();

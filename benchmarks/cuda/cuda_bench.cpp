@@ -283,7 +283,8 @@ struct prepared {
             sizes[i] = d[i].bytes;
             bytes += d[i].bytes;
         }
-        for (const auto& f : plan.files()) readers.emplace_back(f);
+        for (std::size_t i = 0; i < plan.files().size(); ++i)
+            readers.emplace_back(plan.files()[i], read_options{.expect = plan.identities()[i]});
         for (std::size_t i = 0; i < readers.size(); ++i)
             sources.push_back(read_source{&readers[i], plan.mappings()[i]});
     }

@@ -18,6 +18,7 @@ enum class access_advice;
 class mapped_file;
 struct read_options;
 class file_reader;
+struct file_identity;
 class aligned_buffer;
 class atomic_file;
 class atomic_directory;

@@ -14,6 +14,7 @@
 #include "safeshard/io/aligned_buffer.hpp"
 #include "safeshard/io/atomic_directory.hpp"
 #include "safeshard/io/atomic_file.hpp"
+#include "safeshard/io/file_identity.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/io/mapped_file.hpp"
 #include "safeshard/io/syscalls.hpp"

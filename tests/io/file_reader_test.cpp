@@ -1,4 +1,5 @@
 #include "safeshard/io/file_reader.hpp"
+#include "safeshard/io/mapped_file.hpp"
 
 #include "io_test_support.hpp"
 
@@ -138,6 +139,21 @@ TEST_SUITE("io") {
             CHECK(e.sys_errno() == ENOENT);
             CHECK(e.file() == (dir / "missing.bin").string());
             CHECK(std::string(e.what()).find("No such file or directory") != std::string::npos);
+        }
+        SUBCASE("the path names another file than the one expected") {
+            write_file(dir / "a.bin", pattern(10));
+            const mapped_file mapped(dir / "a.bin");
+            CHECK(file_reader(dir / "a.bin", {.expect = mapped.identity()}).size() == 10);
+            write_file(dir / "b.bin", pattern(10));
+            fs::rename(dir / "b.bin", dir / "a.bin");  // a new file under the old name
+            for (const bool direct : {false, true}) {
+                auto e = expect_error([&] {
+                    file_reader r(dir / "a.bin", {.direct = direct, .expect = mapped.identity()});
+                });
+                CHECK(e.code() == errc::io_error);
+                CHECK(e.message().find("replaced") != std::string::npos);
+                CHECK(e.file() == (dir / "a.bin").string());
+            }
         }
         SUBCASE("missing folder, direct") {
             auto e = expect_error([&] { file_reader r(dir / "nope" / "a.bin", {.direct = true}); });

@@ -533,6 +533,37 @@ TEST_CASE("a shard truncated after planning: an I/O error at load, no leak") {
     }
 }
 
+TEST_CASE("a shard replaced by rename after planning: an I/O error, not the new file's bytes") {
+    model_spec m;
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const checkpoint ckpt = checkpoint::open(dir.path().string());
+    const load_plan plan = load_plan::build(ckpt, {0, 2});
+    REQUIRE(plan.identities().size() == plan.files().size());
+    // What a download or an atomic save does: a new file renamed over the old name (here with
+    // the same bytes, so only its identity tells it apart).
+    const auto f = dir.path() / "model-00002-of-00003.safetensors";
+    std::filesystem::copy_file(f, dir.path() / "new.tmp");
+    std::filesystem::rename(dir.path() / "new.tmp", f);
+    for (const auto& eo : {host_engine_options{.threads = 2},
+                           host_engine_options{.threads = 1, .mode = read_mode::direct}}) {
+        host_engine engine(eo);
+        try {
+            (void)load_tensors<counted_tensor>(plan, engine);
+            FAIL("no error");
+        } catch (const error& e) {
+            CHECK(e.code() == errc::io_error);
+            CHECK(std::string(e.what()).find("replaced") != std::string::npos);
+            CHECK(e.file().find("model-00002-of-00003") != std::string::npos);
+        }
+        CHECK(live_tensors == 0);
+    }
+    // Opened again, the checkpoint is the new file: the load goes through.
+    const checkpoint again = checkpoint::open(dir.path().string());
+    host_engine engine({.threads = 2});
+    CHECK(load_tensors<counted_tensor>(load_plan::build(again, {0, 2}), engine).size() > 0);
+}
+
 TEST_CASE("the engine refuses an op outside its destination") {
     std::vector<std::byte> dst(16);
     std::byte* addr = dst.data();

@@ -521,6 +521,22 @@ TEST_SUITE("export") {
                                           dir.path() / "again", options_for(2, kv_contiguous));
               }) == errc::invalid_export);
 
+        // A shard renamed over after the checkpoint was opened: refused, nothing written.
+        {
+            const auto shard = dir.path() / "in" / "model-00001-of-00003.safetensors";
+            const auto opened = checkpoint::open((dir.path() / "in").string());
+            fs::copy_file(shard, dir.path() / "new.tmp");
+            fs::rename(dir.path() / "new.tmp", shard);
+            try {
+                (void)export_checkpoint(opened, dir.path() / "ex2", options_for(2, kv_contiguous));
+                FAIL("no error");
+            } catch (const error& e) {
+                CHECK(e.code() == errc::io_error);
+                CHECK(std::string(e.what()).find("replaced") != std::string::npos);
+            }
+            CHECK_FALSE(fs::exists(dir.path() / "ex2"));
+        }
+
         // Merge output beside, existing, and forced.
         (void)merge_export(ex, dir.path() / "merged");
         CHECK(code_of([&] { (void)merge_export(ex, dir.path() / "merged"); }) == errc::io_error);

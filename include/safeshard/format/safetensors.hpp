@@ -296,6 +296,11 @@ public:
     file_view& operator=(const file_view&) = delete;
     ~file_view() = default;
 
+    // The file mapped, when the view was opened from a path.
+    [[nodiscard]] std::optional<file_identity> identity() const noexcept {
+        if (!mapping_) return std::nullopt;
+        return mapping_->identity();
+    }
     // The header length N (JSON bytes after the 8-byte prefix, padding included).
     [[nodiscard]] std::uint64_t header_size() const noexcept { return header_size_; }
     // Where the data buffer starts in the file: 8 + N.

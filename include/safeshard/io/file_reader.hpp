@@ -3,6 +3,7 @@
 
 #include "safeshard/core/error.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
+#include "safeshard/io/file_identity.hpp"
 #include "safeshard/io/syscalls.hpp"
 
 #include <algorithm>
@@ -28,6 +29,10 @@ namespace safeshard {
 
 struct read_options {
     bool direct = false;  // O_DIRECT (bypass the page cache) if the file system allows
+    // The file the path must still name (the one a checkpoint mapped and validated): where
+    // it names another file now, the reader refuses to open (io_error) rather than read
+    // bytes at offsets that belong to the other file's header.
+    std::optional<file_identity> expect{};
 };
 
 // RAII fd, move-only. Reads are const and may run from several threads at once (pread keeps
@@ -67,6 +72,11 @@ public:
         if (S_ISDIR(st.st_mode)) throw system_error("open for reading", EISDIR, path_.string());
         if (!S_ISREG(st.st_mode))
             throw error(errc::io_error, "not a regular file; file_reader reads regular files only",
+                        {.file = path_.string()});
+        if (o.expect && *o.expect != file_identity::of(st))
+            throw error(errc::io_error,
+                        "the file was replaced after the checkpoint was opened (its path names "
+                        "another file now); open the checkpoint again",
                         {.file = path_.string()});
         size_ = static_cast<std::uint64_t>(st.st_size);
         if (direct_) direct_align_ = query_direct_align(fd_.get());

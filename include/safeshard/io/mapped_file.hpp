@@ -2,6 +2,7 @@
 #pragma once
 
 #include "safeshard/core/error.hpp"
+#include "safeshard/io/file_identity.hpp"
 #include "safeshard/io/syscalls.hpp"
 
 #include <cerrno>
@@ -63,6 +64,7 @@ public:
         if (!S_ISREG(st.st_mode))
             throw error(errc::io_error, "not a regular file; only regular files can be mapped",
                         {.file = path_.string()});
+        identity_ = file_identity::of(st);
         // An empty file maps to an empty span: mmap(2) refuses length 0.
         if (st.st_size == 0) return;
         const auto size = static_cast<std::size_t>(st.st_size);
@@ -83,6 +85,7 @@ public:
     mapped_file(mapped_file&& o) noexcept
         : data_(std::exchange(o.data_, nullptr)),
           size_(std::exchange(o.size_, 0)),
+          identity_(std::exchange(o.identity_, {})),
           path_(std::move(o.path_)) {
         o.path_.clear();
     }
@@ -91,6 +94,7 @@ public:
             unmap();
             data_ = std::exchange(o.data_, nullptr);
             size_ = std::exchange(o.size_, 0);
+            identity_ = std::exchange(o.identity_, {});
             path_ = std::move(o.path_);
             o.path_.clear();
         }
@@ -105,6 +109,8 @@ public:
     [[nodiscard]] std::size_t size() const noexcept { return size_; }
     [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
     [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+    // The file that was mapped (its path may name another one by now).
+    [[nodiscard]] file_identity identity() const noexcept { return identity_; }
 
     // Advice for [offset, offset + length) (clipped to the file; offset rounded down to a
     // page). An offset past the end is invalid_argument; an empty range does nothing.
@@ -134,6 +140,7 @@ private:
 
     std::byte* data_ = nullptr;
     std::size_t size_ = 0;
+    file_identity identity_{};
     std::filesystem::path path_{};
 };
 

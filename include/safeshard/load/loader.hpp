@@ -159,7 +159,10 @@ template <class T, class Engine>
     readers.reserve(plan.files().size());
     read_options ro{};  // an engine may ask for O_DIRECT files (host_engine's direct mode)
     if constexpr (requires { engine.reader_options(); }) ro = engine.reader_options();
-    for (const auto& p : plan.files()) readers.emplace_back(p, ro);
+    for (std::size_t i = 0; i < plan.files().size(); ++i) {
+        ro.expect = plan.identities()[i];  // the file the plan was made from, not a newer one
+        readers.emplace_back(plan.files()[i], ro);
+    }
     std::vector<read_source> sources(readers.size());
     for (std::size_t i = 0; i < readers.size(); ++i)
         sources[i] = read_source{&readers[i], plan.mappings()[i]};

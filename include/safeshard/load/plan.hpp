@@ -151,6 +151,7 @@ public:
         for (const auto& f : ckpt.files()) {
             p.files_.push_back(f.path);
             p.mappings_.push_back(f.view.bytes());
+            p.identities_.push_back(f.view.identity());
         }
         const checkpoint_file* first_file = ckpt.files().data();
 
@@ -390,6 +391,10 @@ public:
     [[nodiscard]] std::span<const std::span<const std::byte>> mappings() const noexcept {
         return mappings_;
     }
+    // The files those mappings show: what a reader opened later must find at each path.
+    [[nodiscard]] std::span<const std::optional<file_identity>> identities() const noexcept {
+        return identities_;
+    }
     [[nodiscard]] const plan_destination* find(std::string_view name) const noexcept {
         for (const auto& d : destinations_)
             if (d.name == name) return &d;
@@ -456,6 +461,7 @@ private:
     std::vector<copy_op> ops_{};
     std::vector<std::filesystem::path> files_{};
     std::vector<std::span<const std::byte>> mappings_{};
+    std::vector<std::optional<file_identity>> identities_{};
     std::vector<std::string> unexpected_{};
     std::vector<std::string> initialised_{};
     std::vector<ignored_tensor> ignored_{};

@@ -307,7 +307,8 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     rep.replaced = folder.replacing();
     std::vector<file_reader> readers;
     readers.reserve(ckpt.files().size());
-    for (const auto& f : ckpt.files()) readers.emplace_back(f.path);
+    for (const auto& f : ckpt.files())
+        readers.emplace_back(f.path, read_options{.expect = f.view.identity()});
     std::vector<read_source> sources(readers.size());
     for (std::size_t i = 0; i < readers.size(); ++i)
         sources[i] = read_source{&readers[i], ckpt.files()[i].view.bytes()};
