@@ -162,6 +162,19 @@ TEST_CASE("strided_split takes pieces r, r + world, ...") {
     CHECK(r.map[1] == copy_box{0, 6 * 3, 1, 6, 6, 6, 6});
     // World 1: the pieces are adjacent and merge into one box.
     CHECK(slice(strided_split<0, 4>::value, shape{8, 3}, 1, 0).map.size() == 1);
+    // A huge stride (an export's metadata may say anything) answers at once: an empty dim,
+    // world 1 (one run), or more pieces than a slice map holds.
+    constexpr std::uint64_t huge = std::uint64_t{1} << 62;
+    const auto empty = slice(make_strided_split(0, huge), shape{0, 4}, 1, 0);
+    REQUIRE(empty.ok());
+    CHECK(empty.local == shape{0, 4});
+    const auto one = slice(make_strided_split(0, huge), shape{huge, 1}, 1, 0);
+    REQUIRE(one.ok());
+    CHECK(one.map.size() == 1);
+    CHECK(slice(make_strided_split(0, std::uint64_t{1} << 40), shape{0, 4}, 4, 1).ok());
+    CHECK(
+        slice(make_strided_split(0, std::uint64_t{1} << 40), shape{std::uint64_t{1} << 42, 1}, 4, 1)
+            .status == layout_status::too_many_pieces);
 }
 
 TEST_CASE("fused: gate|up from two tensors, or phi3's gate_up_proj cut by part sizes") {

@@ -29,6 +29,13 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_strided_split(
     if (extent % pieces != 0) return layout_status::indivisible;
     const std::uint64_t piece = extent / pieces;
     local_extent = piece * stride;
+    // The loop below runs at most capacity + 1 times otherwise (the pieces do not touch); an
+    // empty dim and world 1 (where they all merge) would make it run `stride` times, and the
+    // stride may come from a file (an export's metadata).
+    if (piece == 0) return layout_status::ok;
+    if (world == 1)
+        return runs.push(segment{0, 0, extent}) ? layout_status::ok
+                                                : layout_status::too_many_pieces;
     for (std::uint64_t i = 0; i < stride; ++i)
         if (!runs.push(segment{0, (rank + i * world) * piece, piece}))
             return layout_status::too_many_pieces;
