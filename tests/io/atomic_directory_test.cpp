@@ -248,6 +248,34 @@ TEST_SUITE("io") {
         check_filled(dir / "model");
     }
 
+    TEST_CASE(
+        "atomic_directory: a folder fsync that says EINVAL counts as done; a file's does not") {
+        // five fsyncs: a.bin, sub and sub/b.bin (in the order the folder lists them), the
+        // folder itself, then the parent
+        int failed = 0;
+        for (const int call : {1, 2, 3, 4, 5}) {
+            CAPTURE(call);
+            scratch_dir dir;
+            atomic_directory d(dir / "model");
+            fill(d.path());
+            fault_hooks hooks;
+            hooks.fsync_errno = EINVAL;
+            hooks.fsync_fail_on_call = call;
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            try {
+                d.commit();
+                CHECK(hooks.fsync_calls == 5);
+                check_filled(dir / "model");
+            } catch (const error& e) {
+                ++failed;
+                CHECK(e.sys_errno() == EINVAL);
+                CHECK(e.file().ends_with(".bin"));  // a file, not a folder
+                CHECK_FALSE(fs::exists(dir / "model"));
+            }
+        }
+        CHECK(failed == 2);
+    }
+
     TEST_CASE("atomic_directory: real ENOSPC on a 64 KiB tmpfs, then real EROFS") {
         scratch_dir dir;
         std::optional<tmpfs_mount> mnt;

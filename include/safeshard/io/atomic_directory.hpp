@@ -189,10 +189,14 @@ private:
         sync_one(temp_, O_RDONLY | O_CLOEXEC | O_DIRECTORY);
     }
 
+    // Folders by fsync_open_directory (EINVAL: the file system cannot sync one), files by
+    // fsync.
     static void sync_one(const std::filesystem::path& p, int flags) {
         detail::unique_fd fd(detail::open_retry(p.c_str(), flags));
         if (!fd) throw detail::errno_error("open for fsync", p);
-        if (detail::fsync_retry(fd.get()) != 0) throw detail::errno_error("fsync", p);
+        const int rc = (flags & O_DIRECTORY) != 0 ? detail::fsync_open_directory(fd.get())
+                                                  : detail::fsync_retry(fd.get());
+        if (rc != 0) throw detail::errno_error("fsync", p);
     }
 
     void rename_into_place() const {

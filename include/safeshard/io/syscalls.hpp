@@ -202,12 +202,19 @@ private:
     return r;
 }
 
+// fsync(2) of an open folder. EINVAL counts as done: some file systems (FUSE, 9p, some
+// network ones) cannot sync a folder and say so; their entries are as durable as they get.
+[[nodiscard]] inline int fsync_open_directory(int fd) {
+    if (fsync_retry(fd) != 0 && errno != EINVAL) return -1;
+    return 0;
+}
+
 // fsync(2) of a folder, so that a rename or a new entry inside it survives a power loss.
 // Returns 0, or the errno of the failed call.
 [[nodiscard]] inline int fsync_directory(const char* path) {
     unique_fd fd(open_retry(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!fd) return errno;
-    if (fsync_retry(fd.get()) != 0) return errno;
+    if (fsync_open_directory(fd.get()) != 0) return errno;
     return 0;
 }
 
