@@ -216,6 +216,14 @@ TEST_SUITE("cli") {
                 "convert " + q(d / "outer" / "in2") + " --out " + q(d / "outer") + " --force");
         CHECK(r.rc == 2);
         CHECK(fs::exists(d / "outer" / "in2" / "model.safetensors"));
+        // ... nor when the input's files are links into the output (a cache snapshot).
+        fs::create_directories(d / "snap");
+        for (const auto& e : fs::directory_iterator(d / "in"))
+            fs::create_symlink(e.path(), d / "snap" / e.path().filename());
+        r = run(d.path(), "convert " + q(d / "snap") + " --out " + q(d / "in") + " --force");
+        CHECK(r.rc == 2);
+        CHECK(r.err.find("inside the output folder") != std::string::npos);
+        check_same(d / "snap", d / "in");
     }
 
     TEST_CASE("convert: out of space and a read-only folder exit 3 and leave nothing") {

@@ -245,6 +245,16 @@ TEST_SUITE("save") {
               errc::invalid_argument);
         check_output_location(d / "in2", d / "in");  // a sibling with a common prefix is fine
         check_output_location(d / "out", d / "in" / "model.safetensors");
+        // Input files that are links into the output (a cache snapshot linking into blobs/):
+        // a forced replacement of the output would delete them.
+        fs::create_directories(d / "blobs");
+        fs::create_directories(d / "snap");
+        std::ofstream(d / "blobs" / "abc") << "x";
+        fs::create_symlink(d / "blobs" / "abc", d / "snap" / "model.safetensors");
+        const std::vector<fs::path> files{d / "snap" / "model.safetensors"};
+        CHECK(code_of([&] { check_output_location(d / "blobs", d / "snap", files); }) ==
+              errc::invalid_argument);
+        check_output_location(d / "out", d / "snap", files);
     }
 
     TEST_CASE("sharded_writer: ENOSPC on a small tmpfs leaves nothing behind") {

@@ -284,7 +284,11 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
                     "the input is already a rank of an export: merge the export first "
                     "(safeshard merge), then export that",
                     error_context{.file = ckpt.root().string()});
-    check_output_location(out, ckpt.root());
+    {
+        std::vector<std::filesystem::path> files;
+        for (const auto& f : ckpt.files()) files.push_back(f.path);
+        check_output_location(out, ckpt.root(), files);
+    }
     schema cut = s;
     detail::pass_through_unread(cut, ckpt);
 

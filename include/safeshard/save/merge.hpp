@@ -241,7 +241,12 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
     const std::vector<detail::merge_rank> ranks = detail::open_export(dir);
     const auto world = static_cast<std::uint32_t>(ranks.size());
     const export_metadata& m0 = ranks.front().meta;
-    check_output_location(out, dir);
+    {
+        std::vector<std::filesystem::path> files;
+        for (const auto& r : ranks)
+            for (const auto& f : r.ckpt.files()) files.push_back(f.path);
+        check_output_location(out, dir, files);
+    }
 
     // One output tensor per source of every untied tensor, with each rank's slice map.
     struct output {

@@ -265,10 +265,12 @@ private:
 };
 
 // Refuses (invalid_argument) an output folder that is the input folder or lies inside it, and
-// an input inside the output (a forced replacement would delete it). Paths are compared after
-// resolving symlinks and `..` of the parts that exist.
+// an input inside the output (a forced replacement would delete it), also an input file that
+// is a link into the output (Hugging Face cache snapshots link into blobs/). Paths are compared
+// after resolving symlinks and `..` of the parts that exist.
 inline void check_output_location(const std::filesystem::path& output,
-                                  const std::filesystem::path& input) {
+                                  const std::filesystem::path& input,
+                                  std::span<const std::filesystem::path> input_files = {}) {
     std::error_code ec;
     const auto out = std::filesystem::weakly_canonical(std::filesystem::absolute(output, ec), ec);
     if (ec) throw system_error("resolve output path", ec.value(), output.string());
@@ -290,6 +292,15 @@ inline void check_output_location(const std::filesystem::path& output,
         throw error(errc::invalid_argument,
                     "the input '" + in.string() + "' lies inside the output folder",
                     {.file = output.string()});
+    for (const auto& f : input_files) {
+        const auto real = std::filesystem::weakly_canonical(std::filesystem::absolute(f, ec), ec);
+        if (ec) throw system_error("resolve input path", ec.value(), f.string());
+        if (inside(real, out))
+            throw error(errc::invalid_argument,
+                        "the input file '" + f.string() + "' is '" + real.string() +
+                            "', inside the output folder (replacing the folder would delete it)",
+                        {.file = output.string()});
+    }
 }
 
 // Writes `tensors` as a checkpoint folder at `target` in one call (see sharded_writer).
