@@ -52,7 +52,7 @@ TEST_SUITE("io") {
         const auto target = dir / "model";
         atomic_directory d(target);
         CHECK(d.target() == target);
-        CHECK(d.path() == dir / ("model.tmp-" + std::to_string(::getpid())));
+        CHECK(d.path() == dir / (".model.safeshard.tmp-" + std::to_string(::getpid())));
         CHECK(fs::is_directory(d.path()));
         CHECK_FALSE(fs::exists(target));
         fill(d.path());
@@ -132,7 +132,7 @@ TEST_SUITE("io") {
             CHECK(e.code() == errc::io_error);
             CHECK(e.sys_errno() == ENOENT);
             CHECK(std::string(e.what()).find("No such file or directory") != std::string::npos);
-            CHECK(e.file().find("model.tmp-") != std::string::npos);
+            CHECK(e.file().find(".model.safeshard.tmp-") != std::string::npos);
         }
         SUBCASE("parent is a file") {
             write_file(dir / "file", pattern(1));
@@ -314,7 +314,7 @@ TEST_SUITE("io") {
 
     TEST_CASE("atomic_directory: a leftover temporary with our own pid is replaced") {
         scratch_dir dir;
-        const auto leftover = dir / ("model.tmp-" + std::to_string(::getpid()));
+        const auto leftover = dir / (".model.safeshard.tmp-" + std::to_string(::getpid()));
         fs::create_directory(leftover);
         write_file(leftover / "old.bin", pattern(10));
         atomic_directory d(dir / "model");
@@ -326,33 +326,39 @@ TEST_SUITE("io") {
         scratch_dir dir;
         const auto target = dir / "model";
         const std::string dead = std::to_string(dead_pid());
-        atomic_directory live(dir / "other");       // alive: kept
-        fs::create_directory(dir / "model.tmp-1");  // init: alive
-        fs::create_directory(dir / "model.tmp-abc");
-        fs::create_directory(dir / ("model.tmp-" + dead + "-1"));
-        fs::create_directory(dir / ("xmodel.tmp-" + dead));
-        fs::create_directory(dir / ("other.tmp-" + dead));
-        write_file(dir / ("model.tmp-" + dead + "0"), pattern(1));  // a file, and another pid
+        atomic_directory live(dir / "other");                  // alive: kept
+        fs::create_directory(dir / ".model.safeshard.tmp-1");  // init: alive
+        fs::create_directory(dir / ".model.safeshard.tmp-abc");
+        fs::create_directory(dir / (".model.safeshard.tmp-" + dead + "-1"));
+        fs::create_directory(dir / (".xmodel.safeshard.tmp-" + dead));
+        fs::create_directory(dir / (".other.safeshard.tmp-" + dead));
+        write_file(dir / (".model.safeshard.tmp-" + dead + "0"),
+                   pattern(1));  // a file, and another pid
         fs::create_directory(dir / "real");
-        fs::create_directory_symlink("real", dir / ("model.tmp-" + std::to_string(dead_pid())));
+        fs::create_directory_symlink("real",
+                                     dir / (".model.safeshard.tmp-" + std::to_string(dead_pid())));
+        fs::create_directory(dir / (".model.safeshard.tmp-" + dead));
+        fill(dir / (".model.safeshard.tmp-" + dead));
+        // A person's folders that only look like temporaries (a dated backup): never touched.
         fs::create_directory(dir / ("model.tmp-" + dead));
-        fill(dir / ("model.tmp-" + dead));
+        write_file(dir / ("model.tmp-" + dead) / "notes.txt", pattern(5));
+        fs::create_directory(dir / ("model.tmp-" + dead + "0"));
         const auto before = list_names(dir.path());
 
         CHECK(atomic_directory::remove_stale(target) == 1);
-        CHECK_FALSE(fs::exists(dir / ("model.tmp-" + dead)));
+        CHECK_FALSE(fs::exists(dir / (".model.safeshard.tmp-" + dead)));
         CHECK(list_names(dir.path()).size() == before.size() - 1);
         CHECK(fs::is_directory(live.path()));
-        CHECK(atomic_directory::remove_stale(dir / "other") == 1);  // other.tmp-<dead>
+        CHECK(atomic_directory::remove_stale(dir / "other") == 1);  // .other.safeshard.tmp-<dead>
         CHECK(fs::is_directory(live.path()));
         CHECK(atomic_directory::remove_stale(target) == 0);
         CHECK(atomic_directory::remove_stale(dir / "missing" / "model") == 0);
         CHECK(atomic_directory::remove_stale("") == 0);
 
         // The constructor cleans up too.
-        fs::create_directory(dir / ("model.tmp-" + dead));
+        fs::create_directory(dir / (".model.safeshard.tmp-" + dead));
         atomic_directory d(target);
-        CHECK_FALSE(fs::exists(dir / ("model.tmp-" + dead)));
+        CHECK_FALSE(fs::exists(dir / (".model.safeshard.tmp-" + dead)));
     }
 
     TEST_CASE("atomic_directory moves") {

@@ -230,7 +230,8 @@ TEST_SUITE("io") {
                 ++complete;
                 fs::remove_all(target);
             }
-            const auto temps = static_cast<int>(count_prefixed(dir.path(), "model.tmp-"));
+            const auto temps =
+                static_cast<int>(count_prefixed(dir.path(), ".model.safeshard.tmp-"));
             max_left = std::max(max_left, temps);
             if (temps > 0) ++mid_write;
         }
@@ -240,7 +241,7 @@ TEST_SUITE("io") {
                                        << " us)");
         CHECK(mid_write > 0);
         CHECK(max_left <= 1);  // each new writer removed its dead predecessor's folder
-        const auto left = count_prefixed(dir.path(), "model.tmp-");
+        const auto left = count_prefixed(dir.path(), ".model.safeshard.tmp-");
         CHECK(atomic_directory::remove_stale(target) == left);
         CHECK(list_names(dir.path()).empty());
     }

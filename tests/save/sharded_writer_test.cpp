@@ -204,29 +204,30 @@ TEST_SUITE("save") {
         int status = 0;
         REQUIRE(::waitpid(child, &status, 0) == child);
         const std::string dead = std::to_string(child);
-        fs::create_directories(d / ("out.tmp-" + dead));
+        fs::create_directories(d / (".out.safeshard.tmp-" + dead));
         fs::create_directories(d / "out");
         fs::create_directories(d / (".out.new-" + dead));
-        fs::create_directories(d / (".out.new-" + dead + ".tmp-" + dead));
+        fs::create_directories(d / (".out.new-" + dead + ".safeshard.tmp-" + dead));
         fs::create_directories(d / (".out.old-" + dead));
         fs::create_directories(d / ".out.old-1x");  // not ours: not a pid
         sharded_save_options o;
         o.force = true;
         save_sharded(d / "out", s.infos, producer_of(s), o);
-        CHECK_FALSE(fs::exists(d / ("out.tmp-" + dead)));
+        CHECK_FALSE(fs::exists(d / (".out.safeshard.tmp-" + dead)));
         CHECK_FALSE(fs::exists(d / (".out.new-" + dead)));
-        CHECK_FALSE(fs::exists(d / (".out.new-" + dead + ".tmp-" + dead)));
+        CHECK_FALSE(fs::exists(d / (".out.new-" + dead + ".safeshard.tmp-" + dead)));
         CHECK_FALSE(fs::exists(d / (".out.old-" + dead)));
         CHECK(fs::exists(d / ".out.old-1x"));
         // Without the target, leftovers of a half-done swap are the only copies: kept.
         fs::remove_all(d / "out");
         fs::create_directories(d / (".out.old-" + dead));
         fs::create_directories(d / (".out.new-" + dead));
-        fs::create_directories(d / (".out.new-" + dead + ".tmp-" + dead));  // unfinished: removed
+        fs::create_directories(
+            d / (".out.new-" + dead + ".safeshard.tmp-" + dead));  // unfinished: removed
         save_sharded(d / "out", s.infos, producer_of(s));
         CHECK(fs::exists(d / (".out.old-" + dead)));
         CHECK(fs::exists(d / (".out.new-" + dead)));
-        CHECK_FALSE(fs::exists(d / (".out.new-" + dead + ".tmp-" + dead)));
+        CHECK_FALSE(fs::exists(d / (".out.new-" + dead + ".safeshard.tmp-" + dead)));
     }
 
     TEST_CASE("check_output_location refuses the input, a folder inside it, and the reverse") {

@@ -21,10 +21,11 @@
 
 namespace safeshard {
 
-// The caller fills path(), a sibling folder `NAME.tmp-<pid>`; commit() fsyncs every file and
-// folder in it, renames it to NAME (never over an existing one) and fsyncs the parent. On any
-// error, and in the destructor when not committed, the temporary folder is removed. The
-// constructor first removes temporaries that dead processes left (remove_stale).
+// The caller fills path(), a hidden sibling folder `.NAME.safeshard.tmp-<pid>`; commit() fsyncs
+// every file and folder in it, renames it to NAME (never over an existing one) and fsyncs the
+// parent. On any error, and in the destructor when not committed, the temporary folder is
+// removed. The constructor first removes temporaries that dead processes left (remove_stale):
+// only folders under that name, which no person picks for a folder of their own.
 class atomic_directory {
 public:
     explicit atomic_directory(std::filesystem::path target) : target_(std::move(target)) {
@@ -38,7 +39,7 @@ public:
         parent_ = detail::parent_folder(target_);
         throw_if_target_exists();
         (void)remove_stale(target_);
-        temp_ = parent_ / (name.string() + ".tmp-" + std::to_string(::getpid()));
+        temp_ = parent_ / (temp_prefix(name) + std::to_string(::getpid()));
         temp_name_ = temp_.filename().string();
         detail::live_temporaries::add(temp_name_);
         try {
@@ -111,15 +112,22 @@ public:
         state_ = state::failed;
     }
 
-    // Removes `NAME.tmp-<pid>` folders beside `target` whose writer is gone (or that carry
-    // this process's pid but belong to no live atomic_directory); returns how many.
+    // The name of NAME's temporaries without the pid: `.NAME.safeshard.tmp-` (one dot for a
+    // hidden NAME).
+    [[nodiscard]] static std::string temp_prefix(const std::filesystem::path& name) {
+        const std::string n = name.string();
+        return (n.starts_with('.') ? n : "." + n) + ".safeshard.tmp-";
+    }
+
+    // Removes `.NAME.safeshard.tmp-<pid>` folders beside `target` whose writer is gone (or
+    // that carry this process's pid but belong to no live atomic_directory); returns how many.
     // Never throws: what it cannot read or remove it leaves.
     static std::size_t remove_stale(const std::filesystem::path& target) noexcept {
         try {
             auto t = target;
             if (!t.has_filename()) t = t.parent_path();
-            const std::string prefix = t.filename().string() + ".tmp-";
-            if (prefix.size() == 5) return 0;
+            if (t.filename().empty()) return 0;
+            const std::string prefix = temp_prefix(t.filename());
             std::size_t removed = 0;
             std::error_code ec;
             std::filesystem::directory_iterator it(detail::parent_folder(t), ec), end;

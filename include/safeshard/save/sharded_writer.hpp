@@ -61,7 +61,8 @@ inline void remove_stale_replacements(const std::filesystem::path& target) noexc
             const std::string name = it->path().filename().string();
             for (const auto& prefix : prefixes) {
                 if (!std::string_view(name).starts_with(prefix)) continue;
-                // ".NAME.new-<pid>" or its atomic_directory temp ".NAME.new-<pid>.tmp-<pid2>"
+                // ".NAME.new-<pid>" or its atomic_directory temp
+                // ".NAME.new-<pid>.safeshard.tmp-<pid2>"
                 std::string_view rest = std::string_view(name).substr(prefix.size());
                 const auto cut = rest.find('.');
                 const auto pid = parse_pid(rest.substr(0, cut));
