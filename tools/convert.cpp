@@ -20,12 +20,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The dtypes convert rewrites: the floating-point ones every engine computes in (F64 only to
-// F32, the one direct conversion). Integer, bool, complex and 8-bit and narrower float tensors
-// (often quantized, with scales beside them) are copied unchanged.
-[[nodiscard]] bool is_rewritable(dtype t) noexcept {
-    return t == dtype::f16 || t == dtype::bf16 || t == dtype::f32 || t == dtype::f64;
-}
+// The dtypes convert rewrites: those a dtype policy converts (F64 only to F32, the one direct
+// conversion); integer, bool, complex and 8-bit and narrower float tensors are copied unchanged.
+[[nodiscard]] bool is_rewritable(dtype t) noexcept { return converted_by_policy(t); }
 
 }  // namespace
 

@@ -33,16 +33,8 @@ int run_export(const export_args& a, output& out) {
                         "--dtype must be one of F16, BF16, F32, F64; got '" + a.dtype + "'");
         o.plan.dtype = dtype_policy::fixed(*to);
     }
+    // The policy converts floating-point tensors only; integer and 8-bit ones keep their dtype.
     const checkpoint c = open_checkpoint(a.ckpt);
-    if (to) {
-        // Only floating-point tensors are converted; integer and 8-bit tensors keep their dtype.
-        for (const auto& f : c.files())
-            for (const tensor_view t : f.view) {
-                const dtype d = t.dtype();
-                if (d != dtype::f16 && d != dtype::bf16 && d != dtype::f32 && d != dtype::f64)
-                    o.plan.dtype_per_parameter.emplace_back(std::string(t.name()), d);
-            }
-    }
     std::optional<progress_bar> bar;
     o.progress = [&](std::uint64_t done, std::uint64_t total) {
         if (!bar) bar.emplace(total);

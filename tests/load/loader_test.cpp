@@ -9,6 +9,7 @@
 
 #include "model_gen.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/load/plan.hpp"
@@ -182,6 +183,33 @@ TEST_CASE("a target dtype converts while copying (BF16 -> F32), also per paramet
         }
         CHECK(model.report.bytes_written == model.report.rank_bytes);
     }
+}
+
+TEST_CASE(
+    "fixed and by-device policies convert floats only: integers and 8-bit floats keep theirs") {
+    temp_folder dir;
+    std::vector<std::uint16_t> w(16, 0x3f80);  // BF16 1.0
+    std::vector<std::int64_t> ids{0, 1, 2, 3};
+    std::vector<std::uint8_t> q(16, 0x38);
+    const tensor_data data[] = {
+        {"w", dtype::bf16, shape{4, 4}, std::as_bytes(std::span(w))},
+        {"position_ids", dtype::i64, shape{4}, std::as_bytes(std::span(ids))},
+        {"q", dtype::f8_e4m3, shape{4, 4}, std::as_bytes(std::span(q))}};
+    save_file(dir.path() / "model.safetensors", data);
+    for (const auto policy : {dtype_policy::fixed(dtype::f32), dtype_policy::by_device()}) {
+        load_options o;
+        o.plan.dtype = policy;
+        auto model = load(dir.path().string(), schema::replicate_all(), o);
+        CHECK(model.at("w").dtype() == dtype::f32);
+        const host_tensor& p = model.at("position_ids");
+        REQUIRE(p.dtype() == dtype::i64);
+        CHECK(std::memcmp(p.data(), ids.data(), 32) == 0);
+        CHECK(model.at("q").dtype() == dtype::f8_e4m3);
+    }
+    // Named explicitly, an integer tensor is not kept quietly: there is no conversion, refused.
+    load_options o;
+    o.plan.dtype_per_parameter = {{"position_ids", dtype::bf16}};
+    CHECK_THROWS_AS((void)load(dir.path().string(), schema::replicate_all(), o), error);
 }
 
 TEST_CASE("an unsupported conversion is refused while planning") {

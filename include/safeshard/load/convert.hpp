@@ -202,7 +202,16 @@ struct converter_access {
     return is_cuda_device ? dtype::bf16 : dtype::f32;
 }
 
-// What dtype a loaded tensor gets: the checkpoint's own, one fixed dtype, or by device.
+// The dtypes a fixed or by-device policy converts: the floating-point ones engines compute in.
+// Integer, bool and complex tensors (token ids, masks) and 8-bit and narrower floats (quantized
+// weights, with scales beside them) keep their dtype, as torch's module.to(dtype) keeps
+// integer buffers; dtype_per_parameter still converts anything it names.
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr bool converted_by_policy(dtype t) noexcept {
+    return t == dtype::f16 || t == dtype::bf16 || t == dtype::f32 || t == dtype::f64;
+}
+
+// What dtype a loaded tensor gets: the checkpoint's own, one fixed dtype, or by device (for
+// the dtypes converted_by_policy names; the others keep theirs).
 struct dtype_policy {
     enum class kind : std::uint8_t { keep, fixed, by_device };
     kind how = kind::keep;
@@ -216,6 +225,7 @@ struct dtype_policy {
 
     // The destination dtype for a tensor stored as `source`.
     [[nodiscard]] constexpr dtype resolve(dtype source, bool is_cuda_device) const noexcept {
+        if (!converted_by_policy(source)) return source;
         switch (how) {
             case kind::keep: return source;
             case kind::fixed: return fixed_dtype;
