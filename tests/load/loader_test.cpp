@@ -212,6 +212,32 @@ TEST_CASE(
     CHECK_THROWS_AS((void)load(dir.path().string(), schema::replicate_all(), o), error);
 }
 
+TEST_CASE("a tensor stored in two shards (a lenient open): one destination, the indexed copy") {
+    temp_folder dir;
+    const std::vector<std::uint16_t> one(2, 0x3f80), two(2, 0x4000);
+    const tensor_data s1[] = {{"a", dtype::bf16, shape{2}, std::as_bytes(std::span(one))},
+                              {"extra.x", dtype::bf16, shape{2}, std::as_bytes(std::span(one))}};
+    const tensor_data s2[] = {{"b", dtype::bf16, shape{2}, std::as_bytes(std::span(two))},
+                              {"extra.x", dtype::bf16, shape{2}, std::as_bytes(std::span(two))}};
+    save_file(dir.path() / "model-00001-of-00002.safetensors", s1);
+    save_file(dir.path() / "model-00002-of-00002.safetensors", s2);
+    write_text(dir.path() / "model.safetensors.index.json",
+               R"({"metadata":{},"weight_map":{"a":"model-00001-of-00002.safetensors",)"
+               R"("b":"model-00002-of-00002.safetensors",)"
+               R"("extra.x":"model-00002-of-00002.safetensors"}})");
+    CHECK_THROWS_AS((void)checkpoint::open(dir.path().string()), error);  // strict: refused
+    const checkpoint ckpt = checkpoint::open(dir.path().string(), {.strict = false});
+    const load_plan plan = load_plan::build(ckpt, schema::replicate_all(), {0, 1});
+    CHECK(plan.destinations().size() == 3);
+    host_engine engine({.threads = 1});
+    const auto model = load_tensors<host_tensor>(plan, engine);
+    CHECK(codes_of(model.at("extra.x")) == two);  // the copy the index names
+    bool said = false;
+    for (const auto& i : plan.ignored())
+        said = said || (i.name == "extra.x" && i.note.find("stored twice") != std::string::npos);
+    CHECK(said);
+}
+
 TEST_CASE("an unsupported conversion is refused while planning") {
     model_spec m;
     temp_folder dir;
@@ -252,6 +278,26 @@ TEST_CASE("pipeline stage (layer range) and name maps") {
     const auto cut = expected_for("model.layers.1.self_attn.o_proj.weight", m, s, false, 2, 0);
     CHECK(codes_of(model.at("model.layers.1.self_attn.o_proj.weight")) ==
           take(s, cut.rows, cut.cols));
+
+    // A tied model that also stores lm_head.weight (as some exporters do): a stage without the
+    // embedding reads the embedding for lm_head and leaves the stored copy, in strict mode too.
+    model_spec tm;
+    tm.layers = 3;
+    tm.tied = true;
+    temp_folder tdir;
+    auto tsrc = make_tensors(tm);
+    tsrc["lm_head.weight"] = tsrc.at("model.embed_tokens.weight");
+    write_checkpoint(tdir.path(), tm, tsrc);
+    auto tmodel = load(tdir.path().string(), o);
+    CHECK_FALSE(tmodel.contains("model.embed_tokens.weight"));
+    const auto& emb = tsrc.at("model.embed_tokens.weight");
+    const auto ecut = expected_for("lm_head.weight", tm, emb, false, 2, 0);
+    CHECK(codes_of(tmodel.at("lm_head.weight")) == take(emb, ecut.rows, ecut.cols));
+    bool copy_ignored = false;
+    for (const auto& i : tmodel.report.ignored)
+        copy_ignored = copy_ignored || (i.name == "lm_head.weight" &&
+                                        i.note.find("stored copy") != std::string::npos);
+    CHECK(copy_ignored);
 
     // A multimodal-style prefix on the checkpoint's names, stripped by a name map.
     model_spec pm;

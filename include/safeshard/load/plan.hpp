@@ -320,6 +320,13 @@ public:
         for (const auto& f : ckpt.files())
             for (const tensor_view t : f.view) {
                 const std::string_view n = t.name();
+                // A name a lenient open let through twice: the copy the checkpoint finds is
+                // the one read (once); this one is said.
+                if (const auto found = ckpt.find(n); found && found->file != &f) {
+                    p.ignored_.push_back({std::string(n), "stored twice: the copy in " +
+                                                              found->file->name + " is read"});
+                    continue;
+                }
                 if (s.find_by_source(n)) continue;
                 const auto as_schema = s.names().from_checkpoint(n);
                 if (!as_schema) {

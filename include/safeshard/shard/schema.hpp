@@ -303,6 +303,9 @@ inline bool stage_keeps(const parameter_spec& p, const schema_options& o) {
                 m.sources = sources_of(*target, std::nullopt);
                 s.note(m.name + " is tied to " + std::string(p.tied_to) +
                        ", which this stage does not load: it reads " + m.sources.front());
+                s.ignore(o.names.to_checkpoint(m.name), "tied to " + std::string(p.tied_to) +
+                                                            " (read from " + m.sources.front() +
+                                                            "): the stored copy is ignored");
             } else {
                 m.tied_to = std::string(p.tied_to);  // validate() reports it
             }
