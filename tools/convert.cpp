@@ -41,12 +41,10 @@ int run_convert(const convert_args& a, output& out) {
 
     const checkpoint c = open_checkpoint(a.ckpt);
     // A lone .safetensors file given by path: nothing else of its folder belongs to it.
-    std::error_code ec;
-    const bool from_file =
-        c.source_kind() == checkpoint::kind::single_file && fs::is_regular_file(a.ckpt.target, ec);
+    const bool from_file = c.opened_from_file();
     std::vector<fs::path> input_files;
     for (const auto& f : c.files()) input_files.push_back(f.path);
-    check_output_location(a.out, from_file ? fs::path(a.ckpt.target) : c.root(), input_files);
+    check_output_location(a.out, from_file ? c.files().front().path : c.root(), input_files);
 
     // Tensors in the checkpoint's order: files by name, tensors by offset.
     const std::vector<located_tensor> sources = c.tensors();

@@ -90,6 +90,18 @@ TEST_SUITE("cli") {
               2);
         CHECK(run(d.path(), "export " + in + " --tp 2 --out " + q(d.path() / "in" / "x")).rc == 2);
         CHECK(run(d.path(), "export " + q(d.path() / "nope") + " --tp 2 --out " + ex).rc == 1);
+        CHECK(run(d.path(), "export " + in + " --tp 4000000000 --out " + ex).rc == 2);
+        {  // "--out ." from an empty folder of the test's own (were it replaced, nothing is lost)
+            fs::create_directories(d.path() / "here");
+            const auto cwd = fs::current_path();
+            fs::current_path(d.path() / "here");
+            const auto r = run(d.path(), "export " + in + " --tp 2 --out . --force");
+            fs::current_path(cwd);
+            CHECK(r.rc == 2);
+            CHECK(r.err.find("current folder") != std::string::npos);
+            CHECK(fs::is_empty(d.path() / "here"));
+            fs::remove(d.path() / "here");
+        }
         auto r = run(d.path(), "export " + in + " --tp 3 --out " + ex);  // 8 heads, 3 ranks
         CHECK(r.rc == 1);
         CHECK(r.err.find("invalid_layout") != std::string::npos);

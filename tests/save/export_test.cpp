@@ -484,6 +484,10 @@ TEST_SUITE("export") {
         const auto ex = dir.path() / "ex";
         CHECK(code_of([&] { (void)export_checkpoint(in, ex, options_for(0, kv_contiguous)); }) ==
               errc::invalid_argument);
+        // A world past the cap is refused at once (not a plan per rank, nor a folder each).
+        CHECK(code_of([&] {
+                  (void)export_checkpoint(in, ex, options_for(max_export_world + 1, kv_contiguous));
+              }) == errc::invalid_argument);
         // 8 heads cannot be cut for 3 ranks: refused before anything is written.
         CHECK(code_of([&] { (void)export_checkpoint(in, ex, options_for(3, kv_contiguous)); }) ==
               errc::invalid_layout);
@@ -535,6 +539,25 @@ TEST_SUITE("export") {
                 CHECK(std::string(e.what()).find("replaced") != std::string::npos);
             }
             CHECK_FALSE(fs::exists(dir.path() / "ex2"));
+        }
+
+        // A lone file given by path: nothing else of its folder is copied, and an output inside
+        // that folder is fine (the folder is not the input).
+        {
+            model_spec m1;
+            m1.shards = 1;
+            make_model(dir.path() / "lone", m1);
+            std::ofstream(dir.path() / "lone" / "notes.md") << "not the model's";
+            const auto lone = checkpoint::open(
+                (dir.path() / "lone" / "model-00001-of-00001.safetensors").string());
+            CHECK(lone.opened_from_file());
+            CHECK_FALSE(in.opened_from_file());
+            const auto rep =
+                export_checkpoint(lone, dir.path() / "lone" / "ex", options_for(2, kv_contiguous));
+            CHECK(rep.side_files == 0);
+            CHECK(fs::exists(dir.path() / "lone" / "ex" / "rank-00001"));
+            CHECK_FALSE(fs::exists(dir.path() / "lone" / "ex" / "rank-00000" / "notes.md"));
+            CHECK_FALSE(fs::exists(dir.path() / "lone" / "ex" / "rank-00000" / "config.json"));
         }
 
         // Merge output beside, existing, and forced.

@@ -256,6 +256,11 @@ TEST_SUITE("save") {
         CHECK(code_of([&] { check_output_location(d / "blobs", d / "snap", files); }) ==
               errc::invalid_argument);
         check_output_location(d / "out", d / "snap", files);
+        // No path, and the current folder (or one holding it): refused before any write.
+        CHECK(code_of([&] { check_output_location("", d / "in"); }) == errc::invalid_argument);
+        CHECK(code_of([&] { check_output_location(".", d / "in"); }) == errc::invalid_argument);
+        CHECK(code_of([&] { check_output_location(fs::current_path().parent_path(), d / "in"); }) ==
+              errc::invalid_argument);
     }
 
     TEST_CASE("sharded_writer: ENOSPC on a small tmpfs leaves nothing behind") {

@@ -118,6 +118,9 @@ public:
     [[nodiscard]] kind source_kind() const noexcept { return kind_; }
     // The folder file names are relative to.
     [[nodiscard]] const std::filesystem::path& root() const noexcept { return root_; }
+    // Whether the path opened named one .safetensors file rather than a folder or an index:
+    // then nothing else in its folder belongs to the checkpoint (writers copy no side files).
+    [[nodiscard]] bool opened_from_file() const noexcept { return from_file_; }
     // The index, for an indexed checkpoint.
     [[nodiscard]] const safetensors_index* index() const noexcept {
         return index_ ? &*index_ : nullptr;
@@ -225,6 +228,7 @@ private:
         if (ends_with(name, ".json")) return open_index(p, options, snap);
         checkpoint c;
         c.kind_ = kind::single_file;
+        c.from_file_ = true;
         c.root_ = p.parent_path();
         c.add_files({name}, options, snap);
         return c;
@@ -459,6 +463,7 @@ private:
     }
 
     kind kind_ = kind::single_file;
+    bool from_file_ = false;
     std::filesystem::path root_;
     std::optional<std::filesystem::path> index_path_;
     std::optional<safetensors_index> index_;

@@ -270,6 +270,9 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
 
 }  // namespace detail
 
+// The most ranks an export writes (a folder each); far beyond any tensor-parallel world.
+inline constexpr std::uint32_t max_export_world = 65536;
+
 // Exports `ckpt` cut by schema `s` for every rank of options.world into `out`.
 // `config` (optional) adds config.json's shape checks, as load_plan::build does.
 inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
@@ -279,6 +282,10 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     const auto t0 = std::chrono::steady_clock::now();
     if (o.world == 0)
         throw error(errc::invalid_argument, "the world size of an export must be at least 1");
+    if (o.world > max_export_world)
+        throw error(errc::invalid_argument, "an export for " + std::to_string(o.world) +
+                                                " ranks writes as many folders: " + "at most " +
+                                                std::to_string(max_export_world) + " are written");
     if (read_export_metadata(ckpt))
         throw error(errc::invalid_export,
                     "the input is already a rank of an export: merge the export first "
@@ -287,14 +294,14 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     {
         std::vector<std::filesystem::path> files;
         for (const auto& f : ckpt.files()) files.push_back(f.path);
-        check_output_location(out, ckpt.root(), files);
+        // A lone file given by path: its folder is not the input (a sibling output is fine).
+        check_output_location(out, ckpt.opened_from_file() ? files.front() : ckpt.root(), files);
     }
     schema cut = s;
     detail::pass_through_unread(cut, ckpt);
 
     // Every rank's plan first: an impossible cut fails before a byte is written.
     std::vector<load_plan> plans;
-    plans.reserve(o.world);
     std::uint64_t total = 0, largest = 0;
     for (std::uint32_t r = 0; r < o.world; ++r) {
         plans.push_back(load_plan::build(ckpt, cut, {r, o.world}, o.plan, config));
@@ -404,7 +411,8 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
             ++rep.tensors;
             if (o.progress) o.progress(done, total);
         });
-        rep.side_files += copy_side_files(ckpt.root(), w.staging_folder(), config_dtype);
+        if (!ckpt.opened_from_file())  // a lone file brings nothing else of its folder
+            rep.side_files += copy_side_files(ckpt.root(), w.staging_folder(), config_dtype);
         rep.shard_files += w.plan().shards.size();
         if (o.cancel_point) o.cancel_point();
         w.commit();

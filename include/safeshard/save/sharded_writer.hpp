@@ -272,6 +272,8 @@ private:
 inline void check_output_location(const std::filesystem::path& output,
                                   const std::filesystem::path& input,
                                   std::span<const std::filesystem::path> input_files = {}) {
+    if (output.empty())
+        throw error(errc::invalid_argument, "no output folder given (an empty path)");
     std::error_code ec;
     const auto out = std::filesystem::weakly_canonical(std::filesystem::absolute(output, ec), ec);
     if (ec) throw system_error("resolve output path", ec.value(), output.string());
@@ -288,6 +290,14 @@ inline void check_output_location(const std::filesystem::path& output,
     if (inside(out, in))
         throw error(errc::invalid_argument,
                     "the output folder '" + out.string() + "' is the input folder or inside it",
+                    {.file = output.string()});
+    // A folder cannot be renamed away while it is this process's working folder's path ("."),
+    // and replacing an ancestor would pull the folder out from under the caller: refused
+    // before anything is written.
+    if (const auto cwd = std::filesystem::current_path(ec); !ec && inside(cwd, out))
+        throw error(errc::invalid_argument,
+                    "the output folder '" + out.string() +
+                        "' is the current folder or holds it; name a new folder",
                     {.file = output.string()});
     if (inside(in, out))
         throw error(errc::invalid_argument,
