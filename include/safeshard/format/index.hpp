@@ -210,10 +210,7 @@ private:
         // Unescaped names are never longer than their JSON text, so one arena holds them all.
         ix.arena_ = std::make_unique_for_overwrite<char[]>(buf.size() + 1);
         char* cursor = ix.arena_.get();
-        ix.entries_.reserve(n);
-        std::size_t table_size = 16;
-        while (table_size < n * 2) table_size *= 2;
-        ix.table_.assign(table_size, 0);
+        ix.entries_.reserve(n);  // simdjson's size() saturates at 2^24 - 1: a hint only
 
         std::unordered_map<std::string_view, std::uint32_t> shard_ids;
         std::string_view last_shard;
@@ -249,6 +246,11 @@ private:
             }
             ix.entries_.push_back(index_entry{name, id});
         }
+        // The table from the real count (twice it, a power of two): sized from the saturated
+        // hint, an index of more than 2^25 names would fill it and the inserts never end.
+        std::size_t table_size = 16;
+        while (table_size < ix.entries_.size() * 2) table_size *= 2;
+        ix.table_.assign(table_size, 0);
         // Hashes first, then inserts with the slot prefetched a few entries ahead: the table
         // is bigger than the cache and each insert would otherwise wait on memory.
         std::vector<std::size_t> hashes(ix.entries_.size());
