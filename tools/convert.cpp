@@ -68,6 +68,25 @@ int run_convert(const convert_args& a, output& out) {
                    "safeshard: note: {} tensors kept in their dtype: no direct conversion to {} "
                    "(F64 converts only to F32; rounding twice through F32 could differ)\n",
                    n_no_path, name(*to));
+
+    // The input's __metadata__ goes with its tensors when every file carries the same (the
+    // format: "pt", "mlx"..., and an export rank's description, still true of a re-sharded
+    // rank). A rank whose dtypes change would no longer match its description: refused.
+    const bool is_rank = read_export_metadata(c).has_value();
+    if (is_rank && n_converted > 0)
+        throw error(errc::invalid_export,
+                    "the input is a rank of an export, whose metadata names its dtypes: convert "
+                    "the merged checkpoint (safeshard merge), or export again with --dtype",
+                    error_context{.file = c.root().string()});
+    const metadata_map& first_meta = c.files().front().view.metadata();
+    bool same_meta = true;
+    for (const auto& f : c.files()) same_meta = same_meta && f.view.metadata() == first_meta;
+    if (same_meta && c.files().front().view.has_metadata())
+        options.shard_metadata = first_meta;
+    else if (!same_meta)
+        fmt::print(stderr,
+                   "safeshard: note: the input files' __metadata__ differ; the output's is "
+                   "{{\"format\": \"pt\"}}\n");
     std::vector<std::optional<file_reader>> readers(c.files().size());
 
     sharded_writer w(a.out, std::move(infos), options);

@@ -78,6 +78,9 @@ std::vector<std::byte> values(dtype t, std::size_t n, std::uint32_t seed) {
     return out;
 }
 
+// Every input shard's __metadata__: the format and a note a converted copy keeps.
+metadata_map input_metadata() { return {{"format", "pt"}, {"origin", "a \"quoted\" note"}}; }
+
 // A two-file checkpoint with an index, config.json and a tokenizer file; `scale` multiplies the
 // tensor sizes.
 void make_checkpoint(const fs::path& dir, std::size_t scale = 1) {
@@ -109,7 +112,7 @@ void make_checkpoint(const fs::path& dir, std::size_t scale = 1) {
         for (std::size_t i = 0; i < files[f].size(); ++i)
             tensors.push_back(tensor_data{files[f][i].name, files[f][i].type,
                                           shape{files[f][i].rows, files[f][i].cols}, storage[i]});
-        save_file(dir / file, tensors, metadata_map{{"format", "pt"}});
+        save_file(dir / file, tensors, input_metadata());
     }
     write_text(dir / "model.safetensors.index.json",
                "{\"metadata\":{\"total_size\":" + std::to_string(total) + "},\"weight_map\":{" +
@@ -135,6 +138,8 @@ TEST_SUITE("cli") {
         CHECK(slurp(d / "one" / "tokenizer.json") == slurp(d / "in" / "tokenizer.json"));
         check_same(d / "in", d / "one");
         CHECK(run(d.path(), "verify " + q(d / "one")).rc == 0);
+        CHECK(checkpoint::open((d / "one").string()).files()[0].view.metadata() ==
+              input_metadata());  // the input's __metadata__ kept
 
         r = run(d.path(),
                 "convert " + q(d / "one") + " --out " + q(d / "many") + " --max-shard-size 10KB");
@@ -146,6 +151,7 @@ TEST_SUITE("cli") {
         CHECK(many.tensor("model.embed_tokens.weight").file->name ==
               "model-00001-of-00003.safetensors");
         CHECK(many.files()[0].view.size() == 1);
+        for (const auto& f : many.files()) CHECK(f.view.metadata() == input_metadata());
         check_same(d / "in", d / "many");
         r = run(d.path(), "verify " + q(d / "many"));
         CHECK_MESSAGE(r.rc == 0, r.err);

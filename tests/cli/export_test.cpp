@@ -8,6 +8,7 @@
 #include "../load/model_gen.hpp"
 #include "cli_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/load/export_metadata.hpp"
 
 using namespace safeshard;
 using namespace safeshard::test::cli;
@@ -118,6 +119,17 @@ TEST_SUITE("cli") {
         REQUIRE_MESSAGE(r.rc == 0, r.err);
         CHECK(r.out.find("old folder replaced") != std::string::npos);
         CHECK(fs::exists(d.path() / "ex" / "rank-00003"));
+        // convert keeps a rank's metadata (it stays a rank), and refuses to change its dtypes.
+        r = run(d.path(), "convert " + q(d.path() / "ex" / "rank-00000") + " --out " +
+                              q(d.path() / "r0") + " --max-shard-size 5KB");
+        REQUIRE_MESSAGE(r.rc == 0, r.err);
+        CHECK(read_export_metadata(checkpoint::open((d.path() / "r0").string())).has_value());
+        fs::remove_all(d.path() / "r0");
+        r = run(d.path(), "convert " + q(d.path() / "ex" / "rank-00000") + " --out " +
+                              q(d.path() / "r0") + " --dtype f32");
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("rank of an export") != std::string::npos);
+        CHECK_FALSE(fs::exists(d.path() / "r0"));
         r = run(d.path(), "export " + q(d.path() / "ex" / "rank-00000") + " --tp 2 --out " +
                               q(d.path() / "again"));
         CHECK(r.rc == 1);
