@@ -20,10 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The dtypes convert rewrites: those a dtype policy converts (F64 only to F32, the one direct
-// conversion); integer, bool, complex and 8-bit and narrower float tensors are copied unchanged.
-[[nodiscard]] bool is_rewritable(dtype t) noexcept { return converted_by_policy(t); }
-
 }  // namespace
 
 int run_convert(const convert_args& a, output& out) {
@@ -31,7 +27,7 @@ int run_convert(const convert_args& a, output& out) {
     std::optional<dtype> to;
     if (!a.dtype.empty()) {
         to = parse_dtype_ignore_case(a.dtype);
-        if (!to || !is_rewritable(*to))
+        if (!to || !converted_by_policy(*to))
             throw error(errc::invalid_argument,
                         "--dtype must be one of F16, BF16, F32, F64; got '" + a.dtype + "'");
     }
@@ -40,11 +36,7 @@ int run_convert(const convert_args& a, output& out) {
     options.force = a.force;
 
     const checkpoint c = open_checkpoint(a.ckpt);
-    // A lone .safetensors file given by path: nothing else of its folder belongs to it.
-    const bool from_file = c.opened_from_file();
-    std::vector<fs::path> input_files;
-    for (const auto& f : c.files()) input_files.push_back(f.path);
-    check_output_location(a.out, from_file ? c.files().front().path : c.root(), input_files);
+    check_output_location(a.out, c);
 
     // Tensors in the checkpoint's order: files by name, tensors by offset.
     const std::vector<located_tensor> sources = c.tensors();
@@ -56,8 +48,8 @@ int run_convert(const convert_args& a, output& out) {
     std::size_t n_no_path = 0;  // floating tensors with no exact conversion to `to` (F64->16 bit)
     for (const auto& s : sources) {
         const dtype from = s.tensor.dtype();
-        const bool convertible = to && is_rewritable(from) && can_convert(from, *to);
-        if (to && is_rewritable(from) && !convertible) ++n_no_path;
+        const bool convertible = to && converted_by_policy(from) && can_convert(from, *to);
+        if (to && converted_by_policy(from) && !convertible) ++n_no_path;
         const dtype target = convertible ? *to : from;
         converters.push_back(target == from ? converter(from) : find_converter(from, target));
         if (target != from) ++n_converted;
@@ -104,9 +96,7 @@ int run_convert(const convert_args& a, output& out) {
         const located_tensor& s = sources[i];
         const converter& conv = converters[i];
         const auto file_index = static_cast<std::size_t>(s.file - c.files().data());
-        if (!readers[file_index])
-            readers[file_index].emplace(s.file->path,
-                                        read_options{.expect = s.file->view.identity()});
+        if (!readers[file_index]) readers[file_index].emplace(s.file->open_reader());
         const file_reader& r = *readers[file_index];
         const std::uint64_t begin = s.tensor.file_begin();
         const std::uint64_t size = s.tensor.byte_size();
@@ -134,9 +124,10 @@ int run_convert(const convert_args& a, output& out) {
     });
     check_interrupted();
 
-    // The folder's other small files; config.json with the new dtype.
+    // The folder's other small files; config.json with the new dtype. (A lone .safetensors
+    // file given by path: nothing else of its folder belongs to it.)
     std::size_t copied = 0;
-    if (!from_file)
+    if (!c.opened_from_file())
         copied = copy_side_files(
             c.root(), w.staging_folder(), to, [](const fs::path& p, std::uint64_t n) {
                 fmt::print(stderr, "safeshard: note: not copying {} ({}, over {})\n",

@@ -24,6 +24,7 @@
 #include "safeshard/format/hf_cache.hpp"
 #include "safeshard/format/index.hpp"
 #include "safeshard/format/safetensors.hpp"
+#include "safeshard/io/file_reader.hpp"
 
 namespace safeshard {
 
@@ -53,6 +54,11 @@ struct checkpoint_file {
     std::filesystem::path path;  // root() / name
     file_view view;
     std::uint64_t tensor_bytes = 0;  // sum of its tensors' byte sizes
+
+    // A reader of the file the view mapped: io_error where its path names another file now.
+    [[nodiscard]] file_reader open_reader() const {
+        return file_reader(path, read_options{.expect = view.identity()});
+    }
 };
 
 struct dtype_total {

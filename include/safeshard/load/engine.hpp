@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -83,10 +84,14 @@ inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
 // Whether the file behind `src` is at least `end` bytes long now. A mapping cannot say that
 // its file shrank, and copying past the file's end dies of SIGBUS: an engine asks before it
 // copies out of a mapping. (A file cut while its bytes are being copied is beyond any check.)
-[[nodiscard]] inline bool file_holds(const read_source& src, std::uint64_t end) {
+[[nodiscard]] inline std::optional<std::uint64_t> file_size_now(const read_source& src) {
     struct stat st {};
-    return src.reader != nullptr && sys::fstat(src.reader->fd(), &st) == 0 &&
-           static_cast<std::uint64_t>(st.st_size) >= end;
+    if (src.reader == nullptr || sys::fstat(src.reader->fd(), &st) != 0) return std::nullopt;
+    return static_cast<std::uint64_t>(st.st_size);
+}
+[[nodiscard]] inline bool file_holds(const read_source& src, std::uint64_t end) {
+    const auto n = file_size_now(src);
+    return n && *n >= end;
 }
 
 // The op's first source byte in the mapping, after checking that the mapping and the file
@@ -94,13 +99,9 @@ inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
 [[nodiscard]] inline const std::byte* mapped_source(const read_source& src, const copy_op& op) {
     const byte_box& b = op.box;
     const std::uint64_t end = op.file_begin() + (b.rows - 1) * b.src_pitch + b.src_row_bytes;
-    if (end > src.mapping.size() || !file_holds(src, end)) {
-        struct stat st {};
-        const std::uint64_t have =
-            src.reader != nullptr && sys::fstat(src.reader->fd(), &st) == 0
-                ? std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size),
-                                          src.mapping.size())
-                : src.mapping.size();
+    const auto now = file_size_now(src);
+    if (end > src.mapping.size() || !now || *now < end) {
+        const std::uint64_t have = std::min<std::uint64_t>(now.value_or(0), src.mapping.size());
         throw error(errc::io_error,
                     "the file is shorter (" + std::to_string(have) +
                         " bytes) than the tensor data the plan reads (to byte " +

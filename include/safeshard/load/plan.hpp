@@ -317,12 +317,14 @@ public:
         }
 
         // Checkpoint names no parameter reads: ignored, a fallback parameter, or unexpected.
+        const bool lenient = !ckpt.warnings().empty();
         for (const auto& f : ckpt.files())
             for (const tensor_view t : f.view) {
                 const std::string_view n = t.name();
-                // A name a lenient open let through twice: the copy the checkpoint finds is
-                // the one read (once); this one is said.
-                if (const auto found = ckpt.find(n); found && found->file != &f) {
+                // A name a lenient open let through twice (it warned): the copy the checkpoint
+                // finds is the one read (once); this one is said.
+                if (const auto found = lenient ? ckpt.find(n) : std::nullopt;
+                    found && found->file != &f) {
                     p.ignored_.push_back({std::string(n), "stored twice: the copy in " +
                                                               found->file->name + " is read"});
                     continue;

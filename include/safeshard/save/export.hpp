@@ -270,6 +270,14 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
 
 }  // namespace detail
 
+// check_output_location for a checkpoint being written again: its folder (its one file, when
+// opened from a file: the folder is not the input then) and every file it reads.
+inline void check_output_location(const std::filesystem::path& output, const checkpoint& input) {
+    std::vector<std::filesystem::path> files;
+    for (const auto& f : input.files()) files.push_back(f.path);
+    check_output_location(output, input.opened_from_file() ? files.front() : input.root(), files);
+}
+
 // The most ranks an export writes (a folder each); far beyond any tensor-parallel world.
 inline constexpr std::uint32_t max_export_world = 65536;
 
@@ -284,19 +292,14 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
         throw error(errc::invalid_argument, "the world size of an export must be at least 1");
     if (o.world > max_export_world)
         throw error(errc::invalid_argument, "an export for " + std::to_string(o.world) +
-                                                " ranks writes as many folders: " + "at most " +
+                                                " ranks writes as many folders: at most " +
                                                 std::to_string(max_export_world) + " are written");
     if (read_export_metadata(ckpt))
         throw error(errc::invalid_export,
                     "the input is already a rank of an export: merge the export first "
                     "(safeshard merge), then export that",
                     error_context{.file = ckpt.root().string()});
-    {
-        std::vector<std::filesystem::path> files;
-        for (const auto& f : ckpt.files()) files.push_back(f.path);
-        // A lone file given by path: its folder is not the input (a sibling output is fine).
-        check_output_location(out, ckpt.opened_from_file() ? files.front() : ckpt.root(), files);
-    }
+    check_output_location(out, ckpt);
     schema cut = s;
     detail::pass_through_unread(cut, ckpt);
 
@@ -318,8 +321,7 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     rep.replaced = folder.replacing();
     std::vector<file_reader> readers;
     readers.reserve(ckpt.files().size());
-    for (const auto& f : ckpt.files())
-        readers.emplace_back(f.path, read_options{.expect = f.view.identity()});
+    for (const auto& f : ckpt.files()) readers.push_back(f.open_reader());
     std::vector<read_source> sources(readers.size());
     for (std::size_t i = 0; i < readers.size(); ++i)
         sources[i] = read_source{&readers[i], ckpt.files()[i].view.bytes()};

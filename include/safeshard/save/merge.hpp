@@ -332,11 +332,7 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
             auto& by_file = readers[r];
             auto it = by_file.find(l.file->path.string());
             if (it == by_file.end())
-                it = by_file
-                         .emplace(l.file->path.string(),
-                                  file_reader(l.file->path,
-                                              read_options{.expect = l.file->view.identity()}))
-                         .first;
+                it = by_file.emplace(l.file->path.string(), l.file->open_reader()).first;
             local.resize(static_cast<std::size_t>(l.tensor.byte_size()));
             it->second.read_exact(local, l.tensor.file_begin());
             rep.bytes_read += local.size();
