@@ -1,6 +1,8 @@
 // The commands of the safeshard tool; each lives in its own file.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -30,10 +32,28 @@ struct checkpoint_args {
     auto c = checkpoint::open(a.target, o);
     check_interrupted();
     for (const auto& w : c.warnings()) {
-        fmt::print(stderr, "safeshard: warning: {} (file '{}'{}{})\n", w.message, w.file,
-                   w.tensor.empty() ? "" : ", tensor '", w.tensor.empty() ? "" : w.tensor + "'");
+        fmt::print(stderr, "safeshard: warning: {} (file '{}'{}{})\n", escape_controls(w.message),
+                   escape_controls(w.file), w.tensor.empty() ? "" : ", tensor '",
+                   w.tensor.empty() ? "" : escape_controls(w.tensor) + "'");
     }
     return c;
+}
+
+// An --out that exists is a usage error (exit 2) without --force, found before the input is
+// read. (The writer checks again when it makes the folder: one may appear in between.)
+inline void check_out_is_new(const std::string& out, bool force) {
+    struct stat st {};
+    if (force || out.empty() || ::lstat(out.c_str(), &st) != 0) return;
+    throw error(errc::invalid_argument,
+                "--out '" + out + "' already exists; pass --force to replace it (the old " +
+                    "folder is replaced once the new one is complete)",
+                error_context{.file = out});
+}
+
+// The note for a file of the input folder that a writing command did not copy.
+inline void note_not_copied(const std::filesystem::path& file, std::string_view reason) {
+    fmt::print(stderr, "safeshard: note: not copying {}: {}\n",
+               escape_controls(file.filename().string()), escape_controls(reason));
 }
 
 // The value of --kv-convention; an error naming the option for anything else.

@@ -1,6 +1,7 @@
 // `safeshard convert`: rewrites a checkpoint with another dtype and/or another sharding,
 // streaming tensor by tensor into a folder that appears complete or not at all.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +13,8 @@
 #include "progress_bar.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/convert.hpp"
+#include "safeshard/load/file_cache.hpp"
+#include "safeshard/load/loader.hpp"
 #include "safeshard/save/export.hpp"
 #include "safeshard/save/sharded_writer.hpp"
 
@@ -24,6 +27,7 @@ namespace fs = std::filesystem;
 
 int run_convert(const convert_args& a, output& out) {
     const auto started = std::chrono::steady_clock::now();
+    check_out_is_new(a.out, a.force);
     std::optional<dtype> to;
     if (!a.dtype.empty()) {
         to = parse_dtype_ignore_case(a.dtype);
@@ -62,26 +66,47 @@ int run_convert(const convert_args& a, output& out) {
                    n_no_path, name(*to));
 
     // The input's __metadata__ goes with its tensors when every file carries the same (the
-    // format: "pt", "mlx"..., and an export rank's description, still true of a re-sharded
-    // rank). A rank whose dtypes change would no longer match its description: refused.
-    const bool is_rank = read_export_metadata(c).has_value();
-    if (is_rank && n_converted > 0)
+    // format: "pt", "mlx"...). A rank of an export stays one: version 2's shards each describe
+    // their own tensors, so the new shards are described again (version 1's one description of
+    // the whole rank is kept as it is). A rank whose dtypes change would no longer match its
+    // description: refused.
+    const std::optional<export_metadata> rank = read_export_metadata(c);
+    if (rank && n_converted > 0)
         throw error(errc::invalid_export,
                     "the input is a rank of an export, whose metadata names its dtypes: convert "
                     "the merged checkpoint (safeshard merge), or export again with --dtype",
                     error_context{.file = c.root().string()});
-    const metadata_map& first_meta = c.files().front().view.metadata();
+    const bool per_shard = rank && rank->version >= 2;
+    metadata_map first_meta = c.files().front().view.metadata();
+    if (per_shard) first_meta.erase(std::string(export_metadata_key));
     bool same_meta = true;
-    for (const auto& f : c.files()) same_meta = same_meta && f.view.metadata() == first_meta;
+    for (const auto& f : c.files()) {
+        const metadata_map& m = f.view.metadata();
+        const std::size_t own = per_shard ? m.count(export_metadata_key) : 0;
+        same_meta = same_meta && m.size() - own == first_meta.size() &&
+                    std::all_of(first_meta.begin(), first_meta.end(), [&](const auto& kv) {
+                        const auto it = m.find(kv.first);
+                        return it != m.end() && it->second == kv.second;
+                    });
+    }
     if (same_meta && c.files().front().view.has_metadata())
         options.shard_metadata = first_meta;
     else if (!same_meta)
         fmt::print(stderr,
                    "safeshard: note: the input files' __metadata__ differ; the output's is "
                    "{{\"format\": \"pt\"}}\n");
-    std::vector<std::optional<file_reader>> readers(c.files().size());
+    std::vector<std::string> rank_docs;
+    if (per_shard)
+        options.shard_metadata_of = [&rank_docs, base = options.shard_metadata](std::size_t s) {
+            metadata_map m = base;
+            m[std::string(export_metadata_key)] = rank_docs[s];
+            return m;
+        };
+    // The input's files, opened as their tensors come (a bounded number at once).
+    file_cache files(cached_files(c), {.map = false});
 
     sharded_writer w(a.out, std::move(infos), options);
+    if (per_shard) rank_docs = export_shard_documents(*rank, w.plan(), w.tensors());
     std::uint64_t total_out = 0;
     for (const auto& s : w.plan().shards) total_out += s.bytes;
     progress_bar bar(total_out);
@@ -96,8 +121,7 @@ int run_convert(const convert_args& a, output& out) {
         const located_tensor& s = sources[i];
         const converter& conv = converters[i];
         const auto file_index = static_cast<std::size_t>(s.file - c.files().data());
-        if (!readers[file_index]) readers[file_index].emplace(s.file->open_reader());
-        const file_reader& r = *readers[file_index];
+        const file_reader& r = files.reader(file_index);
         const std::uint64_t begin = s.tensor.file_begin();
         const std::uint64_t size = s.tensor.byte_size();
         // Whole elements per chunk (sub-byte dtypes only copy, so bytes are fine there).
@@ -122,20 +146,19 @@ int run_convert(const convert_args& a, output& out) {
             bar.update(done);
         }
     });
+    files.finish();  // no bytes of two versions of a file in OUT
     check_interrupted();
 
     // The folder's other small files; config.json with the new dtype. (A lone .safetensors
     // file given by path: nothing else of its folder belongs to it.)
     std::size_t copied = 0;
     if (!c.opened_from_file())
-        copied = copy_side_files(
-            c.root(), w.staging_folder(), to, [](const fs::path& p, std::uint64_t n) {
-                fmt::print(stderr, "safeshard: note: not copying {} ({}, over {})\n",
-                           p.filename().string(), human_bytes(n), human_bytes(max_side_file));
-            });
+        copied = copy_side_files(c.root(), w.staging_folder(), to, [](const skipped_side_file& f) {
+            note_not_copied(f.path, f.reason);
+        });
     check_interrupted();
     w.commit();
-    interrupted_flag = 0;  // OUT is complete: a SIGINT from now on changes nothing
+    mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
     bar.finish();
 
     const double seconds =

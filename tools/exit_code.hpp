@@ -27,11 +27,14 @@ inline constexpr const char* exit_code_help =
     "Exit codes:\n"
     "  0    success\n"
     "  1    invalid input: a bad safetensors file, index, config.json or cache entry, a\n"
-    "       checkpoint that is not there, or an index naming a missing shard; the message\n"
-    "       names the error code, the file and the tensor\n"
-    "  2    usage: a bad command line (unknown option, bad dtype or revision)\n"
+    "       checkpoint that is not there, an index naming a missing shard, or an input file\n"
+    "       that is not a regular file (a FIFO, a folder, a device); the message names the\n"
+    "       error code, the file and the tensor\n"
+    "  2    usage: a bad command line (unknown option, bad dtype or revision, an --out that\n"
+    "       exists without --force)\n"
     "  3    the system failed an operation: permission denied, no space left, I/O error\n"
-    "  130  interrupted (SIGINT)\n"
-    "A closed output pipe (`safeshard inspect --json | head`) ends the command quietly with 0.\n";
+    "  130  interrupted (SIGINT), in any phase; nothing is left at OUT\n"
+    "A closed output pipe (`safeshard inspect --json | head`) ends the command quietly with 0,\n"
+    "and so does a SIGINT once OUT is complete.\n";
 
 }  // namespace safeshard::cli

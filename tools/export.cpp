@@ -17,6 +17,7 @@ namespace safeshard::cli {
 int run_export(const export_args& a, output& out) {
     const auto started = std::chrono::steady_clock::now();
     if (a.world == 0) throw error(errc::invalid_argument, "--tp must be at least 1");
+    check_out_is_new(a.out, a.force);
     export_options o;
     o.world = a.world;
     o.force = a.force;
@@ -43,8 +44,9 @@ int run_export(const export_args& a, output& out) {
     o.cancel_point = [] { check_interrupted(); };
 
     const export_report r = export_checkpoint(c, a.out, o);
-    interrupted_flag = 0;  // OUT is complete: a SIGINT from now on changes nothing
+    mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
     if (bar) bar->finish();
+    for (const auto& f : r.skipped_side_files) note_not_copied(f.path, f.reason);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     out.print(

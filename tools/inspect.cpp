@@ -49,21 +49,6 @@ void print_json(const checkpoint& c, output& out) {
     out.print("\n],\n\"total_bytes\":{}}}\n", c.total_bytes());
 }
 
-// Control characters in names would break the table: shown escaped.
-std::string printable(std::string_view s) {
-    std::string r;
-    r.reserve(s.size());
-    for (const char ch : s) {
-        const auto c = static_cast<unsigned char>(ch);
-        if (c < 0x20 || c == 0x7f) {
-            r += fmt::format("\\x{:02x}", c);
-        } else {
-            r += ch;
-        }
-    }
-    return r;
-}
-
 void print_table(const checkpoint& c, output& out) {
     struct row {
         std::string name, dtype, shape, file;
@@ -74,9 +59,12 @@ void print_table(const checkpoint& c, output& out) {
     std::size_t w_name = 4, w_dtype = 5, w_shape = 5, w_file = 4;
     for (const auto& f : c.files()) {
         for (const tensor_view t : f.view) {
-            row r{printable(t.name()),   std::string(name(t.dtype())),
-                  t.shape().to_string(), printable(f.name),
-                  t.file_begin(),        t.byte_size()};
+            row r{escape_controls(t.name()),
+                  std::string(name(t.dtype())),
+                  t.shape().to_string(),
+                  escape_controls(f.name),
+                  t.file_begin(),
+                  t.byte_size()};
             w_name = std::max(w_name, r.name.size());
             w_dtype = std::max(w_dtype, r.dtype.size());
             w_shape = std::max(w_shape, r.shape.size());
@@ -85,8 +73,8 @@ void print_table(const checkpoint& c, output& out) {
         }
     }
     const char* kind = c.source_kind() == checkpoint::kind::indexed ? "indexed" : "single file";
-    out.print("checkpoint {} ({}", printable(c.root().string()), kind);
-    if (c.index_path()) out.print(", {}", printable(c.index_path()->filename().string()));
+    out.print("checkpoint {} ({}", escape_controls(c.root().string()), kind);
+    if (c.index_path()) out.print(", {}", escape_controls(c.index_path()->filename().string()));
     if (c.snapshot()) out.print(", {}@{}", c.snapshot()->repo_id(), c.snapshot()->commit());
     out.print("): {} files, {} tensors, {} ({} bytes)\n\n", c.files().size(), c.tensor_count(),
               human_bytes(c.total_bytes()), c.total_bytes());
@@ -106,26 +94,26 @@ void print_table(const checkpoint& c, output& out) {
     out.write("\nTotals by file:\n");
     for (const auto& f : c.files()) {
         out.print("  {:<{}}  header {:>10} bytes  {:>8} tensors  {:>12}  ({} bytes)\n",
-                  printable(f.name), w_file, f.view.header_size(), f.view.size(),
+                  escape_controls(f.name), w_file, f.view.header_size(), f.view.size(),
                   human_bytes(f.tensor_bytes), f.tensor_bytes);
     }
     out.write("\nMetadata:\n");
     for (const auto& f : c.files()) {
-        out.print("  {}:", printable(f.name));
+        out.print("  {}:", escape_controls(f.name));
         if (f.view.metadata().empty()) out.write(" (none)");
         out.write("\n");
         for (const auto& [k, v] : f.view.metadata()) {
-            out.print("    {} = {}\n", printable(k), printable(v));
+            out.print("    {} = {}\n", escape_controls(k), escape_controls(v));
         }
     }
     if (const auto* ix = c.index()) {
-        out.print("\nIndex {}: {} entries", printable(c.index_path()->filename().string()),
+        out.print("\nIndex {}: {} entries", escape_controls(c.index_path()->filename().string()),
                   ix->size());
         if (ix->total_size()) out.print(", total_size {}", *ix->total_size());
         if (ix->total_parameters()) out.print(", total_parameters {}", *ix->total_parameters());
         out.write("\n");
         for (const auto& [k, v] : ix->extra_metadata()) {
-            out.print("  {} = {}\n", printable(k), printable(v));
+            out.print("  {} = {}\n", escape_controls(k), escape_controls(v));
         }
     }
 }

@@ -15,6 +15,7 @@ namespace safeshard::cli {
 
 int run_merge(const merge_args& a, output& out) {
     const auto started = std::chrono::steady_clock::now();
+    check_out_is_new(a.out, a.force);
     merge_options o;
     o.force = a.force;
     o.max_shard_size = parse_shard_size(a.max_shard_size);
@@ -26,8 +27,9 @@ int run_merge(const merge_args& a, output& out) {
     o.cancel_point = [] { check_interrupted(); };
 
     const merge_report r = merge_export(a.dir, a.out, o);
-    interrupted_flag = 0;  // OUT is complete: a SIGINT from now on changes nothing
+    mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
     if (bar) bar->finish();
+    for (const auto& f : r.skipped_side_files) note_not_copied(f.path, f.reason);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     out.print("merged {} rank folders into {} tensors at {} ({})\n", r.world, r.tensors, a.out,

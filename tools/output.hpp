@@ -19,11 +19,21 @@ namespace safeshard::cli {
 // quietly, like `head` expects.
 struct broken_pipe {};
 
-// Set by the SIGINT handler; long loops call check_interrupted().
+// SIGINT (see on_sigint in safeshard.cpp): while no output folder has been begun, the handler
+// ends the process at once with 130. While one is being written it only sets
+// interrupted_flag, and the writer stops at its next cancel point (check_interrupted()),
+// which removes the temporary folder on the way out. Once the output is complete
+// (mark_output_complete()), a SIGINT ends the process at once with 0: it changes nothing.
 inline volatile std::sig_atomic_t interrupted_flag = 0;
+inline volatile std::sig_atomic_t output_complete = 0;
 
 inline void check_interrupted() {
     if (interrupted_flag != 0) throw error(errc::interrupted, "interrupted by SIGINT");
+}
+
+inline void mark_output_complete() noexcept {
+    output_complete = 1;
+    interrupted_flag = 0;
 }
 
 class output {

@@ -94,7 +94,7 @@ int run_plan(const plan_args& a, output& out) {
               a.rank ? fmt::format(", rank {} shown", *a.rank) : std::string());
     for (std::size_t i = 0; i < params.size(); ++i) {
         const plan_destination& d = params[i];
-        out.print("{}  {}  {}  {}", d.name, name(d.layout), d.global.to_string(),
+        out.print("{}  {}  {}  {}", escape_controls(d.name), name(d.layout), d.global.to_string(),
                   safeshard::name(d.dtype));
         if (d.tied()) out.print("  tied to {}", params[*d.tied_to].name);
         if (d.created()) out.print("  initialised ({})", to_string(d.init.kind));
@@ -109,9 +109,10 @@ int run_plan(const plan_args& a, output& out) {
     for (std::size_t k = 0; k < plans.size(); ++k)
         out.print("  rank {}: {} ({} bytes)\n", ranks[k], human_bytes(plans[k].total_bytes()),
                   plans[k].total_bytes());
-    for (const auto& n : plans.front().unexpected()) out.print("unexpected (not loaded): {}\n", n);
+    for (const auto& n : plans.front().unexpected())
+        out.print("unexpected (not loaded): {}\n", escape_controls(n));
     for (const auto& ig : plans.front().ignored())
-        out.print("ignored: {} ({})\n", ig.name, ig.note);
+        out.print("ignored: {} ({})\n", escape_controls(ig.name), ig.note);
     out.flush();
     return exit_ok;
 }

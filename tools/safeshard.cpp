@@ -1,7 +1,10 @@
 // safeshard: look inside and check safetensors checkpoints.
 #include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <new>
@@ -13,10 +16,32 @@
 #include "commands.hpp"
 #include "exit_code.hpp"
 #include "safeshard/config.hpp"
+#include "safeshard/io/atomic_directory.hpp"
 
 namespace {
 
-extern "C" void on_sigint(int) { safeshard::cli::interrupted_flag = 1; }
+void say(const char* text) noexcept {
+    // write(2) only: async-signal-safe. A short or failed write leaves the line cut: no matter.
+    const auto n = static_cast<std::size_t>(std::strlen(text));
+    if (::write(STDERR_FILENO, text, n) < 0) return;
+}
+
+// Ends the process at once whatever phase it is in (opening, parsing, planning, printing),
+// except while an output folder is being written: then the writer stops at its next cancel
+// point and removes its temporary folder (see output.hpp).
+extern "C" void on_sigint(int) {
+    using namespace safeshard::cli;
+    if (output_complete != 0) {
+        say("safeshard: interrupted; the output was already complete\n");
+        ::_exit(exit_ok);
+    }
+    if (safeshard::atomic_directory::begun_in_process() > 0) {
+        interrupted_flag = 1;
+        return;
+    }
+    say("safeshard: interrupted\n");
+    ::_exit(exit_interrupted);
+}
 
 void install_signal_handlers() {
     // A closed pipe becomes EPIPE on write (handled), never a signal.
@@ -26,6 +51,15 @@ void install_signal_handlers() {
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = 0;  // no SA_RESTART: a blocked read or write returns EINTR and we stop
     ::sigaction(SIGINT, &sa, nullptr);
+}
+
+// Checkpoints of thousands of shards: take every descriptor the hard limit allows (the library
+// still bounds what it opens at once by the limit it finds).
+void raise_open_file_limit() {
+    rlimit l{};
+    if (::getrlimit(RLIMIT_NOFILE, &l) != 0 || l.rlim_cur >= l.rlim_max) return;
+    l.rlim_cur = l.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &l);
 }
 
 void add_checkpoint_options(CLI::App* cmd, safeshard::cli::checkpoint_args& a) {
@@ -48,6 +82,7 @@ void add_checkpoint_options(CLI::App* cmd, safeshard::cli::checkpoint_args& a) {
 int main(int argc, char** argv) {
     using namespace safeshard::cli;
     install_signal_handlers();
+    raise_open_file_limit();
 
     CLI::App app{
         "safeshard: look inside, check, convert, export per rank and merge safetensors "
@@ -177,7 +212,8 @@ int main(int argc, char** argv) {
             (void)app.exit(e);
             return exit_ok;
         }
-        fmt::print(stderr, "safeshard: {}\nRun with --help for more information.\n", e.what());
+        fmt::print(stderr, "safeshard: {}\nRun with --help for more information.\n",
+                   safeshard::escape_controls(e.what()));
         return exit_usage;
     }
 
@@ -200,13 +236,14 @@ int main(int argc, char** argv) {
         }
         return exit_code_for(e.code());
     } catch (const std::filesystem::filesystem_error& e) {
-        fmt::print(stderr, "safeshard: error: io_error: {}\n", e.what());
+        fmt::print(stderr, "safeshard: error: io_error: {}\n",
+                   safeshard::escape_controls(e.what()));
         return exit_system;
     } catch (const std::bad_alloc&) {
         fmt::print(stderr, "safeshard: error: out of memory\n");
         return exit_system;
     } catch (const std::exception& e) {
-        fmt::print(stderr, "safeshard: error: {}\n", e.what());
+        fmt::print(stderr, "safeshard: error: {}\n", safeshard::escape_controls(e.what()));
         return exit_invalid_input;
     }
 }

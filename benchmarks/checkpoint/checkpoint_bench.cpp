@@ -3,7 +3,10 @@
 // Benchmark; both sides run in the same process on the same bytes, warm page cache. At exit
 // the medians' ratios are printed (BENCHMARKS.md).
 //
-//   checkpoint_bench [--entries=92000] [--shards=163] [google benchmark flags]
+//   checkpoint_bench [--entries=92000] [--shards=163] [--tensor-bytes=16] [google benchmark flags]
+//
+// --tensor-bytes (a multiple of 4) sizes each tensor; past 1 MiB of data a shard's data is a
+// hole (sparse file), so a few shards of gigabytes cost no disk.
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,16 +79,17 @@ void write_file(const fs::path& p, const std::string& bytes) {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// A safetensors file of `names`, each an F8_E4M3 [4, 4] tensor (16 bytes).
-std::string shard_bytes(const std::vector<std::string>& names, std::size_t first,
-                        std::size_t last) {
+// A safetensors file of `names`, each an F8_E4M3 [bytes / 4, 4] tensor; `data` is set
+// to the size of the data, which is left out past 1 MiB (written as a hole).
+std::string shard_bytes(const std::vector<std::string>& names, std::size_t first, std::size_t last,
+                        std::uint64_t bytes, std::uint64_t& data) {
     std::string header = "{\"__metadata__\":{\"format\":\"pt\"}";
     std::uint64_t off = 0;
     for (std::size_t i = first; i < last; ++i) {
-        header += ",\"" + names[i] +
-                  "\":{\"dtype\":\"F8_E4M3\",\"shape\":[4,4],\"data_offsets\":[" +
-                  std::to_string(off) + "," + std::to_string(off + 16) + "]}";
-        off += 16;
+        header += ",\"" + names[i] + "\":{\"dtype\":\"F8_E4M3\",\"shape\":[" +
+                  std::to_string(bytes / 4) + ",4],\"data_offsets\":[" + std::to_string(off) + "," +
+                  std::to_string(off + bytes) + "]}";
+        off += bytes;
     }
     header += "}";
     while (header.size() % 8 != 0) header += ' ';
@@ -93,13 +97,15 @@ std::string shard_bytes(const std::vector<std::string>& names, std::size_t first
     const std::uint64_t n = header.size();
     for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>(n >> (8 * i));
     out += header;
-    out.append(static_cast<std::size_t>(off), '\x11');
+    data = off;
+    if (off <= (std::uint64_t{1} << 20)) out.append(static_cast<std::size_t>(off), '\x11');
     return out;
 }
 
 struct fixture {
     std::size_t entries = 92000;
     int shards = 163;
+    std::uint64_t tensor_bytes = 16;
     std::vector<std::string> names;
     std::string json;
     simdjson::padded_string padded;
@@ -107,7 +113,7 @@ struct fixture {
 
     void make() {
         names = tensor_names(entries);
-        json = index_json(names, shards, entries * 16);
+        json = index_json(names, shards, entries * tensor_bytes);
         padded = simdjson::padded_string(json);
         dir = fs::temp_directory_path() / ("safeshard-bench-ckpt-" + std::to_string(::getpid()));
         fs::remove_all(dir);
@@ -119,7 +125,12 @@ struct fixture {
                    static_cast<int>(last * static_cast<std::size_t>(shards) / names.size()) == s) {
                 ++last;
             }
-            write_file(dir / shard_name(s, shards), shard_bytes(names, first, last));
+            std::uint64_t data_bytes = 0;
+            const std::string bytes = shard_bytes(names, first, last, tensor_bytes, data_bytes);
+            const fs::path p = dir / shard_name(s, shards);
+            write_file(p, bytes);
+            if (data_bytes > (std::uint64_t{1} << 20))
+                fs::resize_file(p, bytes.size() + data_bytes);
             first = last;
         }
         write_file(dir / "model.safetensors.index.json", json);
@@ -264,13 +275,18 @@ int main(int argc, char** argv) {
             data().entries = std::strtoull(argv[i] + 10, nullptr, 10);
         else if (a.starts_with("--shards="))
             data().shards = std::atoi(argv[i] + 9);
+        else if (a.starts_with("--tensor-bytes="))
+            data().tensor_bytes = std::strtoull(argv[i] + 15, nullptr, 10);
         else
             rest.push_back(argv[i]);
     }
     int n = static_cast<int>(rest.size());
     benchmark::Initialize(&n, rest.data());
-    if (data().entries == 0 || data().shards <= 0) {
-        std::fprintf(stderr, "checkpoint_bench: --entries and --shards must be positive\n");
+    if (data().entries == 0 || data().shards <= 0 || data().tensor_bytes == 0 ||
+        data().tensor_bytes % 4 != 0) {
+        std::fprintf(stderr,
+                     "checkpoint_bench: --entries and --shards must be positive, "
+                     "--tensor-bytes a positive multiple of 4\n");
         return 2;
     }
     data().make();

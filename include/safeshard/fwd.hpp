@@ -52,9 +52,12 @@ struct tensor_factory;
 class host_tensor;
 struct parallel_context;
 struct plan_options;
+struct config_check;
 class load_plan;
 struct host_engine_options;
 class host_engine;
+struct cached_file;
+class file_cache;
 struct load_report;
 template <class T>
 class loaded_model;

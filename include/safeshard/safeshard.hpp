@@ -9,6 +9,7 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/core/shape.hpp"
 
 #include "safeshard/io/aligned_buffer.hpp"
@@ -17,12 +18,14 @@
 #include "safeshard/io/file_identity.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/io/mapped_file.hpp"
+#include "safeshard/io/mapping_guard.hpp"
 #include "safeshard/io/syscalls.hpp"
 
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/config.hpp"
 #include "safeshard/format/hf_cache.hpp"
 #include "safeshard/format/index.hpp"
+#include "safeshard/format/json_document.hpp"
 #include "safeshard/format/json_text.hpp"
 #include "safeshard/format/safetensors.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
@@ -48,10 +51,12 @@
 #include "safeshard/shard/slice.hpp"
 #include "safeshard/shard/slice_map.hpp"
 
+#include "safeshard/load/config_check.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/copy_op.hpp"
 #include "safeshard/load/engine.hpp"
 #include "safeshard/load/export_metadata.hpp"
+#include "safeshard/load/file_cache.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/load/plan.hpp"
@@ -60,5 +65,6 @@
 
 #include "safeshard/save/export.hpp"
 #include "safeshard/save/merge.hpp"
+#include "safeshard/save/merge_plan.hpp"
 #include "safeshard/save/shard_plan.hpp"
 #include "safeshard/save/sharded_writer.hpp"

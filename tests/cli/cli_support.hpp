@@ -128,11 +128,20 @@ private:
     bool mounted_ = false;
 };
 
-// The tool with `args` (argv without the program), stdout and stderr to /dev/null.
+// The tool with `args` (argv without the program), stdout and stderr to /dev/null. A SIGINT
+// that reaches the child before exec kills it by the default action (it must not run the test
+// framework's handler in a copy of the test process).
 inline pid_t spawn(std::vector<std::string> args) {
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    ::sigprocmask(SIG_BLOCK, &block, &old);
     const pid_t pid = ::fork();
+    if (pid != 0) ::sigprocmask(SIG_SETMASK, &old, nullptr);
     REQUIRE(pid >= 0);
     if (pid == 0) {
+        ::signal(SIGINT, SIG_DFL);
+        ::sigprocmask(SIG_SETMASK, &old, nullptr);
         const int null = ::open("/dev/null", O_WRONLY);
         ::dup2(null, 1);
         ::dup2(null, 2);
@@ -216,18 +225,21 @@ struct crash_tally {
 };
 
 // `runs` runs of `args_for(out, force)` into `work`/out, each killed with SIGKILL at a random
-// moment (seeded) within one measured run of `work`/ref (made first, kept); odd runs replace a
+// moment (seeded) within the fastest of three measured runs (one slow run on a loaded machine
+// would put most moments after the end); the first makes `work`/ref, kept. Odd runs replace a
 // complete copy of ref with --force. After each, OUT is absent (never after a forced run: the
 // old folder is not lost) or complete, which `complete(out)` checks.
 inline crash_tally kill_at_random_moments(
     const fs::path& work, int runs, unsigned seed,
     const std::function<std::vector<std::string>(const fs::path& out, bool force)>& args_for,
     const std::function<void(const fs::path& out)>& complete) {
-    const auto full_us = time_runs(args_for(work / "ref", false), 1, [] {}).count();
+    const auto out = work / "out";
+    const auto full_us = std::min(time_runs(args_for(work / "ref", false), 1, [] {}),
+                                  time_runs(args_for(out, false), 2, [&] { fs::remove_all(out); }))
+                             .count();
     std::mt19937 rng(seed);
     std::uniform_int_distribution<long> delay(0, std::max<long>(full_us, 1000));
     crash_tally t;
-    const auto out = work / "out";
     for (int i = 0; i < runs; ++i) {
         const bool force = i % 2 == 1;
         if (!force)
@@ -256,6 +268,26 @@ inline std::vector<std::string> listing(const fs::path& dir) {
     for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
     std::sort(names.begin(), names.end());
     return names;
+}
+
+// The names in `dir`, with, for each hidden one ending in a pid (a temporary), that process's
+// state now: "gone", or its /proc state letter and command (Z: a zombie), for failure messages.
+inline std::string listing_with_owners(const fs::path& dir) {
+    std::string s;
+    for (const auto& n : listing(dir)) {
+        s += (s.empty() ? "" : ", ") + n;
+        const auto dash = n.find_last_of('-');
+        if (n.front() != '.' || dash == std::string::npos) continue;
+        const std::string digits = n.substr(dash + 1);
+        if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+        const std::string stat = slurp("/proc/" + digits + "/stat");
+        const auto close = stat.rfind(')');
+        s += stat.empty() || close == std::string::npos
+                 ? " (pid " + digits + " gone)"
+                 : " (pid " + digits + " state " + stat.substr(close + 2, 1) + " " +
+                       stat.substr(0, close + 1) + ")";
+    }
+    return s;
 }
 
 }  // namespace safeshard::test::cli

@@ -11,6 +11,7 @@
 #include <simdjson.h>
 
 #include "../checkpoint/test_util.hpp"
+#include "../load/model_gen.hpp"
 
 using safeshard::test::fake_tensor;
 using safeshard::test::make_safetensors;
@@ -137,11 +138,15 @@ TEST_CASE("cli: verify") {
     CHECK(r.out.starts_with("ok\n3 tensors in 2 files"));
     CHECK(has(r.out, "total_size matches"));
 
+    // A config.json that claims a layer the tensors (a, b, c) do not have.
     write_file(d / "m" / "config.json", R"({"model_type": "llama", "hidden_size": 8,
         "num_hidden_layers": 1, "num_attention_heads": 2})");
     r = run(d, "verify " + (d / "m").string());
-    CHECK(r.rc == 0);
-    CHECK(has(r.out, "config.json llama"));
+    CHECK(r.rc == 1);
+    CHECK(has(r.err,
+              "num_hidden_layers: config.json says 1, but the checkpoint holds no "
+              "numbered layers"));
+    CHECK(run(d, "verify --skip-config " + (d / "m").string()).rc == 0);
     write_file(d / "m" / "config.json", R"({"model_type": "llama"})");
     r = run(d, "verify " + (d / "m").string());
     CHECK(r.rc == 1);
@@ -248,4 +253,132 @@ TEST_CASE("cli: a repository id in the cache") {
     CHECK(r.rc == 1);
     CHECK(has(r.err, "checkpoint_not_found"));
     CHECK(has(r.err, "refs/v2"));
+}
+
+namespace {
+
+// A flat JSON object (config_json's) with one field's value replaced.
+std::string set_field(const std::string& c, const std::string& field, const std::string& value) {
+    const std::string key = "\"" + field + "\":";
+    const auto at = c.find(key);
+    REQUIRE(at != std::string::npos);
+    const auto end = c.find_first_of(",}", at + key.size());
+    return c.substr(0, at + key.size()) + value + c.substr(end);
+}
+
+// A llama checkpoint at d/m (hidden 64, vocab 100, 2 layers, 8 heads of 8, 2 KV heads unless
+// `kv_heads`) whose config.json sets `field` to `value`; its config.json text.
+std::string write_model(const temp_dir& d, const std::string& field, const std::string& value,
+                        std::uint64_t kv_heads = 2) {
+    safeshard::test::model_spec m;
+    m.kv_heads = kv_heads;
+    fs::create_directories(d / "m");
+    safeshard::test::write_checkpoint(d / "m", m, safeshard::test::make_tensors(m));
+    const std::string c = set_field(safeshard::test::config_json(m), field, value);
+    write_file(d / "m" / "config.json", c);
+    return c;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool asan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool asan = true;
+#else
+constexpr bool asan = false;
+#endif
+#else
+constexpr bool asan = false;
+#endif
+
+// A generous 10 s limit, and a 2 GiB address space where AddressSanitizer (whose shadow
+// memory needs more) is not in the binary.
+std::string bounded() { return std::string(asan ? "" : "ulimit -v 2097152; ") + "exec timeout 10"; }
+
+}  // namespace
+
+TEST_CASE("cli: verify checks config.json against the tensors as plan does, naming the field") {
+    temp_dir d;
+    struct row {
+        const char* field;
+        const char* value;
+        const char* says;
+    };
+    for (const row& x :
+         {row{"hidden_size", "96", "hidden_size: "}, row{"vocab_size", "999", "vocab_size: "},
+          row{"num_hidden_layers", "1", "num_hidden_layers: config.json says 1"},
+          row{"num_attention_heads", "4", "num_attention_heads × head_dim: "}}) {
+        CAPTURE(std::string(x.field));
+        write_model(d, x.field, x.value);
+        const auto v = run(d, "verify " + (d / "m").string());
+        CHECK(v.rc == 1);
+        CHECK(v.out.empty());
+        CHECK(has(v.err, x.says));
+        CHECK(has(v.err, "config.json"));
+        CHECK(run(d, "plan " + (d / "m").string() + " --tp 1").rc == 1);  // refused there too
+        fs::remove_all(d / "m");
+    }
+    // Agreeing: ok, and plan agrees.
+    write_model(d, "num_hidden_layers", "2");
+    auto v = run(d, "verify " + (d / "m").string());
+    CHECK(v.rc == 0);
+    CHECK(has(v.out, "config.json llama\n"));
+    CHECK(run(d, "plan " + (d / "m").string() + " --tp 2").rc == 0);
+    // A layer of 2 left out, lenient: a note, as plan --lenient reports the names.
+    write_model(d, "num_hidden_layers", "1");
+    v = run(d, "verify --lenient " + (d / "m").string());
+    CHECK(v.rc == 0);
+    CHECK(has(v.out, "note: num_hidden_layers: config.json says 1"));
+    // A model_type the registry does not know: the generic fields, and a note; never exit 1
+    // for the type itself.
+    write_model(d, "model_type", "\"deepseek_v3\"");
+    v = run(d, "verify " + (d / "m").string());
+    CHECK(v.rc == 0);
+    CHECK(has(v.out, "config.json deepseek_v3 (generic fields only)"));
+    CHECK(has(v.out, "note: model_type 'deepseek_v3' is not registered"));
+    write_file(d / "m" / "config.json",
+               R"({"model_type": "deepseek_v3", "hidden_size": 96, "num_hidden_layers": 2,
+                   "num_attention_heads": 8, "vocab_size": 100})");
+    v = run(d, "verify " + (d / "m").string());
+    CHECK(v.rc == 1);
+    CHECK(has(v.err, "hidden_size: "));
+    CHECK(has(v.err, "the checkpoint holds [100, 64] but config.json implies [100, 96]"));
+}
+
+TEST_CASE("cli: a layer or head count beyond the tensors exits 1 promptly, memory bounded") {
+    temp_dir d;
+    struct row {
+        const char* field;
+        const char* value;
+        const char* says;
+    };
+    const row rows[] = {
+        {"num_hidden_layers", "1000000", "2 layers (model.layers.0 ... model.layers.1)"},
+        {"num_hidden_layers", "100000000", "2 layers (model.layers.0 ... model.layers.1)"},
+        {"num_hidden_layers", "9223372036854775808", "2 layers (model.layers.0 ..."},
+        {"num_attention_heads", "4611686018427387904", "overflows"},
+        {"num_key_value_heads", "1000000000000", "num_key_value_heads 1000000000000"},
+    };
+    for (const row& x : rows) {
+        CAPTURE(std::string(x.field));
+        CAPTURE(std::string(x.value));
+        const std::string field = x.field;
+        if (field == "num_key_value_heads")  // the heads stay a multiple of the KV heads
+            write_file(d / "m" / "config.json",
+                       set_field(write_model(d, "num_attention_heads", x.value), field, x.value));
+        else
+            write_model(d, field, x.value, field == "num_attention_heads" ? 1 : 2);
+        for (const std::string& cmd :
+             {"plan " + (d / "m").string() + " --tp 2",
+              "export " + (d / "m").string() + " --tp 2 --out " + (d / "exported").string(),
+              "verify " + (d / "m").string()}) {
+            CAPTURE(cmd);
+            const auto r = run(d, cmd, bounded());
+            CHECK(r.rc == 1);
+            CHECK(has(r.err, x.field));
+            CHECK(has(r.err, x.says));
+            CHECK_FALSE(fs::exists(d / "exported"));
+        }
+        fs::remove_all(d / "m");
+    }
 }

@@ -27,6 +27,49 @@ void make_model(const fs::path& dir, const test::model_spec& m) {
 }  // namespace
 
 TEST_SUITE("cli") {
+    TEST_CASE("convert sharding a rank folder again keeps it a rank of its export, v1 or v2") {
+        test::temp_folder d;
+        test::model_spec m;
+        make_model(d.path() / "in", m);
+        auto r =
+            run(d.path(), "export " + q(d.path() / "in") + " --tp 2 --out " + q(d.path() / "ex"));
+        REQUIRE_MESSAGE(r.rc == 0, r.err);
+        const auto v1 = fs::path(SAFESHARD_FIXTURES) / "export-v1" / "ex";
+        fs::copy(v1, d.path() / "ex1", fs::copy_options::recursive);
+        // Version 2: each new shard describes its own tensors; version 1 keeps its one document.
+        for (const auto& [ex, version] : {std::pair{d.path() / "ex", 2}, {d.path() / "ex1", 1}}) {
+            CAPTURE(version);
+            const auto rank1 = ex / "rank-00001";
+            const auto before = read_export_metadata(checkpoint::open(rank1.string()));
+            REQUIRE(before.has_value());
+            r = run(d.path(), "convert " + q(rank1) + " --out " + q(d.path() / "r1") +
+                                  " --max-shard-size 1KB");
+            REQUIRE_MESSAGE(r.rc == 0, r.err);
+            const auto c = checkpoint::open((d.path() / "r1").string());
+            CHECK(c.files().size() > 2);
+            const auto after = read_export_metadata(c);
+            REQUIRE(after.has_value());
+            CHECK(after->version == version);
+            CHECK(after->tensors.size() == before->tensors.size());
+            for (const auto& t : before->tensors) {
+                CAPTURE(t.name);
+                const export_tensor* a = after->find(t.name);
+                REQUIRE(a != nullptr);
+                CHECK(*a == t);
+            }
+            // The re-sharded rank takes its place: the export still merges.
+            fs::remove_all(rank1);
+            fs::rename(d.path() / "r1", rank1);
+            r = run(d.path(), "merge " + q(ex) + " --out " + q(d.path() / "merged"));
+            REQUIRE_MESSAGE(r.rc == 0, r.err);
+            if (version == 2)
+                check_same(d.path() / "in", d.path() / "merged");
+            else
+                check_same(v1.parent_path() / "in", d.path() / "merged", dtype::f32);
+            fs::remove_all(d.path() / "merged");
+        }
+    }
+
     TEST_CASE("export then merge: verify passes on every rank and on the merge, bit-exact") {
         test::temp_folder d;
         test::model_spec m;
@@ -113,8 +156,8 @@ TEST_SUITE("cli") {
 
         REQUIRE(run(d.path(), "export " + in + " --tp 2 --out " + ex).rc == 0);
         r = run(d.path(), "export " + in + " --tp 2 --out " + ex);
-        CHECK(r.rc == 3);
-        CHECK(r.err.find("already exists") != std::string::npos);
+        CHECK(r.rc == 2);
+        CHECK(r.err.find("already exists; pass --force") != std::string::npos);
         r = run(d.path(), "export " + in + " --tp 4 --out " + ex + " --force");
         REQUIRE_MESSAGE(r.rc == 0, r.err);
         CHECK(r.out.find("old folder replaced") != std::string::npos);
@@ -149,7 +192,7 @@ TEST_SUITE("cli") {
         CHECK_FALSE(fs::exists(d.path() / "merged"));
         fs::rename(d.path() / "r3", d.path() / "ex" / "rank-00003");
         REQUIRE(run(d.path(), "merge " + ex + " --out " + out).rc == 0);
-        CHECK(run(d.path(), "merge " + ex + " --out " + out).rc == 3);
+        CHECK(run(d.path(), "merge " + ex + " --out " + out).rc == 2);
         CHECK(run(d.path(), "merge " + ex + " --out " + out + " --force").rc == 0);
         check_same(d.path() / "in", d.path() / "merged");
     }
@@ -198,9 +241,8 @@ TEST_SUITE("cli") {
             });
         CHECK(t.killed_mid > 5);
         // The last run replaces an existing export (--force): it also removes what killed
-        // forced runs left beside OUT. A forced run killed between its swap and the removal of
-        // the old folder leaves that folder; while OUT is absent (the loop deletes it before
-        // plain runs) such folders are kept, as they may be the only copies.
+        // forced runs left beside OUT (the convert test ends with a plain run after deleting
+        // OUT, which removes them too).
         if (!fs::exists(work / "out"))
             fs::copy(work / "ref", work / "out", fs::copy_options::recursive);
         REQUIRE(WEXITSTATUS(wait_status(spawn(args(work / "out", true)))) == 0);
@@ -208,6 +250,7 @@ TEST_SUITE("cli") {
         REQUIRE_MESSAGE(r.rc == 0, r.err);
         check_same(d.path() / "in", work / "merged");
         // The last run cleaned what killed runs left: nothing but the outputs remains.
+        CAPTURE(listing_with_owners(work));
         CHECK(listing(work) == std::vector<std::string>{"merged", "out", "ref"});
     }
 }

@@ -61,3 +61,18 @@ TEST_CASE("error is a std::exception") {
         CHECK(std::string(e.what()) == "io_error: x");
     }
 }
+
+TEST_CASE("what() escapes control characters of message, file and tensor; the parts stay raw") {
+    const std::string name = "w\x1b[31m\x07\r\nq";
+    const error e(errc::invalid_index, "tensor '" + name + "' is lost",
+                  error_context{.file = "f\x1b]0;title\x07", .tensor = name + "\xc2\x9b" + "x"});
+    const std::string w = e.what();
+    CHECK(w ==
+          "invalid_index: tensor 'w\\x1b[31m\\x07\\x0d\\x0aq' is lost (file "
+          "'f\\x1b]0;title\\x07', tensor 'w\\x1b[31m\\x07\\x0d\\x0aq\\u009bx')");
+    for (const char c : w) CHECK(static_cast<unsigned char>(c) >= 0x20);
+    CHECK(e.tensor() == name + "\xc2\x9b" + "x");  // the raw name, for callers that compare
+    CHECK(e.message() == "tensor '" + name + "' is lost");
+    // UTF-8 and DEL: UTF-8 kept, DEL escaped.
+    CHECK(escape_controls("h\xc3\xa9\x7f") == "h\xc3\xa9\\x7f");
+}

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../io/file_change.hpp"
 #include "cuda_test_support.hpp"
 #include "fake_transport.hpp"
 #include "safeshard/cuda/basic_cuda_engine.hpp"
@@ -350,6 +351,89 @@ TEST_CASE("a shard cut short after planning: an I/O error naming it, no SIGBUS, 
         }
         std::filesystem::resize_file(f, size);  // zeros past the cut: the next plan opens it
     }
+}
+
+TEST_CASE("a shard cut short between the size check and a copy out of its mapping: io_error") {
+    model_spec m;
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    // The shard of a column-split tensor: its rank's rows are strided, from the mapping.
+    const std::string down = "model.layers.0.mlp.down_proj.weight";
+    const std::filesystem::path f = checkpoint::open(dir.path().string()).tensor(down).file->path;
+    const std::vector<std::byte> whole = read_bytes(f);
+    struct policy_case {
+        const char* what;
+        std::uint32_t world;
+        cuda_engine_options eo;
+    };
+    // One thread each: the copy that faults is the first error.
+    const policy_case cases[] = {
+        {"staged, strided rows from the mapping", 4, {.buffer_bytes = 4096, .threads = 1}},
+        {"staged, mmap", 1, {.mode = read_mode::mmap, .buffer_bytes = 4096, .threads = 1}},
+        {"pageable (pages touched before the driver's copy)",
+         1,
+         {.policy = cuda_policy::pageable, .buffer_bytes = 4096, .threads = 1}},
+    };
+    for (const policy_case& c : cases) {
+        CAPTURE(std::string(c.what));
+        write_bytes(f, whole);
+        const checkpoint ckpt = checkpoint::open(dir.path().string());
+        const plan_pair p = make_plans(ckpt, nullptr, 1 % c.world, c.world, {});
+        fake_device dev;
+        current_fake = &dev;
+        {
+            fake_engine e(c.eo, fake_transport{&dev});
+            cut_after_size_check cut(f, ckpt.tensor(down).file->view.bytes());
+            const detail::scoped_syscall_hooks scope(cut);
+            try {
+                (void)load_tensors<fake_tensor>(p.cuda, e);
+                FAIL("no error; the file was cut: " << cut.done.load());
+            } catch (const error& x) {
+                CHECK(cut.done.load());
+                CHECK(x.code() == errc::io_error);
+                CHECK(x.file() == f.string());
+                CHECK(std::string(x.what()).find("cut short while it was being read") !=
+                      std::string::npos);
+            }
+            CHECK_FALSE(e.ring_allocated());
+        }
+        CHECK(violations_of(dev).empty());
+        current_fake = nullptr;
+    }
+}
+
+TEST_CASE("registered: a file cut short as its mapping is registered is io_error naming it") {
+    model_spec m;
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const checkpoint ckpt = checkpoint::open(dir.path().string());
+    const auto f = dir.path() / "model-00002-of-00003.safetensors";
+    const plan_pair p = make_plans(ckpt, nullptr, 0, 1, {});
+    fake_device dev;
+    current_fake = &dev;
+    {
+        // The driver pins the pages (it never faults on them): pages past the end of a cut
+        // file make cudaHostRegister fail, as the fake does here for the file it cuts.
+        safeshard::test::mappings_of_file maps(safeshard::test::inode_of(f));
+        const detail::scoped_syscall_hooks scope(maps);
+        dev.on_register = [&](const void* at, std::size_t) {
+            if (!maps.mapped_here(at)) return false;
+            REQUIRE(::truncate(f.c_str(), 0) == 0);
+            return true;
+        };
+        fake_engine e({.policy = cuda_policy::registered, .threads = 1}, fake_transport{&dev});
+        try {
+            (void)load_tensors<fake_tensor>(p.cuda, e);
+            FAIL("no error");
+        } catch (const error& x) {
+            CHECK(x.code() == errc::io_error);
+            CHECK(x.file() == f.string());
+            CHECK(std::string(x.what()).find("cut short while its mapping was being registered") !=
+                  std::string::npos);
+        }
+    }
+    CHECK(dev.clean());
+    current_fake = nullptr;
 }
 
 TEST_CASE("a failure at every CUDA call: an error naming the call, nothing left behind") {

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -27,7 +28,9 @@ class fake_device {
 public:
     static constexpr int injected = 999;
 
-    long fail_at = -1;          // the call that fails (1-based), -1: none
+    long fail_at = -1;  // the call that fails (1-based), -1: none
+    // Called by cudaHostRegister with its range; true fails the call.
+    std::function<bool(const void*, std::size_t)> on_register{};
     std::string failed_call{};  // its CUDA name, once failed
     long calls = 0;             // every call so far
     int expected_device = 0;    // the device every thread must have set
@@ -232,6 +235,7 @@ public:
     int host_register_read_only(void* p, std::size_t n) {
         std::lock_guard l(m_);
         if (enter("cudaHostRegister")) return injected;
+        if (on_register && on_register(p, n)) return injected;
         for (auto& [b, len] : registered_)
             if (b == p) violation("cudaHostRegister of a range registered already");
         registered_.emplace_back(static_cast<const std::byte*>(p), n);

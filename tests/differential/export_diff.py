@@ -3,14 +3,17 @@ a llama checkpoint written by the reference safetensors library is exported for 
 with vLLM's conventions (query heads contiguous, KV heads replicated when world > KV, the
 vocabulary padded to a multiple of 64 and zero-filled); every rank's tensors, read back with
 the reference library, must equal the slices numpy cuts from the original; every shard carries
-{"format": "pt"} and the "safeshard" document (version 1, the rank's world and rank); the merge
-must give the original tensors bit for bit.
+{"format": "pt"} and the "safeshard" document (version 2: the rank's world and rank, one record
+per tensor the shard stores, in the byte order of their names, whose FNV-1a hash it states), and
+each rank's header bytes stay within 1.5 x the input's plus 1 KiB a shard; the merge must give
+the original tensors bit for bit.
 
 Usage: export_diff.py SAFESHARD_EXE
 """
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -87,14 +90,35 @@ def expected(name, t, r):
 
 
 def read_folder(folder):
+    """Tensors, and per shard (its __metadata__, its tensor names)."""
     out, metas = {}, []
     for f in sorted(os.listdir(folder)):
         if f.endswith(".safetensors"):
             with safe_open(os.path.join(folder, f), "np") as h:
-                metas.append(h.metadata())
+                metas.append((h.metadata(), list(h.keys())))
                 for k in h.keys():
                     out[k] = h.get_tensor(k)
     return out, metas
+
+
+def header_bytes(folder):
+    """The header lengths of a folder's shards, summed, and the number of shards."""
+    total = n = 0
+    for f in os.listdir(folder):
+        if f.endswith(".safetensors"):
+            with open(os.path.join(folder, f), "rb") as h:
+                total += struct.unpack("<Q", h.read(8))[0]
+                n += 1
+    return total, n
+
+
+def names_hash(names):
+    """FNV-1a 64 over the names in byte order, each followed by a NUL byte."""
+    h = 0xCBF29CE484222325
+    for name in sorted(n.encode() for n in names):
+        for c in name + b"\0":
+            h = ((h ^ c) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
 
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -107,14 +131,21 @@ with tempfile.TemporaryDirectory() as tmp:
     subprocess.run([EXE, "export", src, "--tp", str(WORLD), "--out", ex,
                     "--max-shard-size", "30KB"], check=True, stdout=subprocess.DEVNULL)
     check(sorted(os.listdir(ex)) == [f"rank-{r:05d}" for r in range(WORLD)], "rank folders")
+    input_header, _ = header_bytes(src)
     for r in range(WORLD):
         got, metas = read_folder(os.path.join(ex, f"rank-{r:05d}"))
         check(len(metas) > 1, f"rank {r}: several shards")
-        for md in metas:
+        for md, names in metas:
             check(md.get("format") == "pt", f"rank {r}: format pt")
             doc = json.loads(md["safeshard"])
-            check(doc["version"] == 1 and doc["world"] == WORLD and doc["rank"] == r,
+            check(doc["version"] == 2 and doc["world"] == WORLD and doc["rank"] == r
+                  and doc["rank_tensors"] == len(tensors),
                   f"rank {r}: document {doc['version']}, {doc['world']}, {doc['rank']}")
+            check(len(doc["tensors"]) == len(names) and doc["names_hash"] == names_hash(names),
+                  f"rank {r}: one record per stored tensor, names hashed")
+        rank_header, shards = header_bytes(os.path.join(ex, f"rank-{r:05d}"))
+        check(rank_header <= input_header * 1.5 + 1024 * shards,
+              f"rank {r}: {rank_header} header bytes in {shards} shards, input {input_header}")
         check(sorted(got) == sorted(tensors), f"rank {r}: names")
         for name, t in tensors.items():
             want = expected(name, t, r)

@@ -2,6 +2,8 @@
 //   st_tool dump FILE        JSON: header size, metadata, tensors (name, dtype, shape, offsets,
 //                            bytes in hex), or {"ok":false,"errc":...} when refused
 //   st_tool verdict FILE...  one line per file: "ok" or the errc name
+//   st_tool index FILE...    the same for index files (safetensors_index::load)
+//   st_tool config FILE...   the same for config.json files (config_file::load)
 //   st_tool write SPEC OUT   SPEC (JSON): {"metadata": {..} | null, "tensors": [{"name",
 //                            "dtype", "shape", "hex"}]}; writes OUT with save_file
 #include <simdjson.h>
@@ -11,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "safeshard/format/config.hpp"
+#include "safeshard/format/index.hpp"
 #include "safeshard/format/safetensors.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 
@@ -75,10 +79,11 @@ int dump(const char* path) {
     return 0;
 }
 
-int verdict(int argc, char** argv) {
+template <class Open>
+int verdict(int argc, char** argv, Open open) {
     for (int i = 2; i < argc; ++i) {
         try {
-            const file_view v{std::filesystem::path(argv[i])};
+            open(std::filesystem::path(argv[i]));
             std::cout << "ok\n";
         } catch (const error& e) {
             std::cout << to_string(e.code()) << '\n';
@@ -129,12 +134,17 @@ int main(int argc, char** argv) {
     try {
         const std::string cmd = argc > 1 ? argv[1] : "";
         if (cmd == "dump" && argc == 3) return dump(argv[2]);
-        if (cmd == "verdict") return verdict(argc, argv);
+        if (cmd == "verdict") return verdict(argc, argv, [](const auto& p) { (void)file_view{p}; });
+        if (cmd == "index")
+            return verdict(argc, argv, [](const auto& p) { (void)safetensors_index::load(p); });
+        if (cmd == "config")
+            return verdict(argc, argv, [](const auto& p) { (void)config_file::load(p); });
         if (cmd == "write" && argc == 4) return write(argv[2], argv[3]);
     } catch (const std::exception& e) {
         std::cerr << "st_tool: " << e.what() << '\n';
         return 2;
     }
-    std::cerr << "usage: st_tool dump FILE | verdict FILE... | write SPEC OUT\n";
+    std::cerr << "usage: st_tool dump FILE | verdict FILE... | index FILE... | config FILE... | "
+                 "write SPEC OUT\n";
     return 1;
 }

@@ -1,8 +1,11 @@
 #include "safeshard/format/checkpoint.hpp"
 
+#include <atomic>
 #include <string>
 
 #include <doctest/doctest.h>
+
+#include "safeshard/io/syscalls.hpp"
 
 #include "../checkpoint/test_util.hpp"
 
@@ -346,4 +349,48 @@ TEST_CASE("checkpoint: shards opened in parallel report the first bad shard, as 
               errc::header_too_small);
         CHECK(what == serial);
     }
+}
+
+namespace {
+struct count_mmap : detail::syscall_hooks {
+    std::atomic<int> calls{0};
+    void* mmap(std::size_t n, int prot, int flags, int fd) override {
+        ++calls;
+        return detail::syscall_hooks::mmap(n, prot, flags, fd);
+    }
+};
+std::size_t open_descriptors() {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd")) ++n;
+    return n;
+}
+}  // namespace
+
+TEST_CASE("checkpoint: opening and listing many shards maps none and keeps no descriptor") {
+    // What verify and inspect do: tens of thousands of shards would otherwise take a mapping
+    // each (vm.max_map_count is 65530 by default) and 65530 is also within reach of fds.
+    temp_dir d;
+    constexpr int n = 300;
+    std::string index = R"({"weight_map":{)";
+    for (int i = 0; i < n; ++i) {
+        const std::string file = "s" + std::to_string(i) + ".safetensors";
+        write_file(d / file, make_safetensors(
+                                 {{"t" + std::to_string(i), "U8", {3}, 3, static_cast<char>(i)}}));
+        index += (i ? ",\"t" : "\"t") + std::to_string(i) + "\":\"" + file + "\"";
+    }
+    write_file(d / "model.safetensors.index.json", index + "}}");
+    count_mmap hooks;
+    const detail::scoped_syscall_hooks scope(hooks);
+    const std::size_t fds = open_descriptors();
+    const auto c = checkpoint::open(d.path().string());
+    CHECK(c.tensor_count() == n);
+    CHECK(c.totals_by_dtype().front().bytes == 3 * n);
+    for (const auto& l : c.tensors()) CHECK(l.tensor.file_end() == l.file->view.data_offset() + 3);
+    CHECK(hooks.calls == 0);
+    CHECK(open_descriptors() == fds);
+    for (const auto& f : c.files()) CHECK_FALSE(f.view.mapped());
+    // Tensor bytes map their file when asked for, that file only.
+    CHECK(static_cast<char>(c.tensor("t7").tensor.bytes()[2]) == 7);
+    CHECK(hooks.calls == 1);
+    CHECK(open_descriptors() == fds);
 }

@@ -162,3 +162,32 @@ TEST_CASE("config: load from a file") {
     CHECK(config_file::load(d / "config.json").source() == (d / "config.json").string());
     CHECK(code_of([&] { (void)load_model_config(d / "nope.json"); }) == errc::io_error);
 }
+
+TEST_CASE("config: what Python's json module reads is read (wide integers, huge floats, depth)") {
+    // transformers reads config.json with json.load.
+    std::string deep;
+    for (int i = 0; i < 500; ++i) deep += "[";
+    for (int i = 0; i < 500; ++i) deep += "]";
+    const auto f = config_file::parse(R"({"model_type": "llama", "hidden_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "seed": 123456789012345678901234567890,
+        "initializer_range": 1e-400, "max_value": 1e400, "layout": )" +
+                                      deep + "}");
+    CHECK(f.config().hidden_size == 64);
+    double v = 0;
+    CHECK(f.document()["seed"].get_double().get(v) == simdjson::SUCCESS);
+    CHECK(v == 1.2345678901234568e29);
+    // Sizes stay integers of 64 bits.
+    CHECK(code_of([] {
+              (void)parse_model_config(R"({"model_type": "llama", "hidden_size": 1e400,
+                  "num_hidden_layers": 2, "num_attention_heads": 4})");
+          }) == errc::invalid_config);
+    CHECK(code_of([] {
+              (void)parse_model_config(R"({"model_type": "llama",
+                  "hidden_size": 123456789012345678901234567890, "num_hidden_layers": 2,
+                  "num_attention_heads": 4})");
+          }) == errc::invalid_config);
+    std::string deeper = "{\"model_type\": \"llama\", \"x\": ";
+    for (int i = 0; i < 1000; ++i) deeper += "[";
+    for (int i = 0; i < 1000; ++i) deeper += "]";
+    CHECK(code_of([&] { (void)parse_model_config(deeper + "}"); }) == errc::invalid_config);
+}

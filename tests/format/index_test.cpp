@@ -180,3 +180,41 @@ TEST_CASE("index: a padded buffer parses without a copy, as a string does") {
         simdjson::padded_string_view(spare.data(), json.size(), spare.size()));
     CHECK(ix2.shard_of("a") == "x.safetensors");
 }
+
+TEST_CASE("index: what Python's json module reads is read (wide integers, huge floats, depth)") {
+    // transformers and huggingface_hub read indexes with json.load: integers of any width,
+    // floats beyond the f64 range as infinity, nesting up to its recursion limit.
+    const auto ix = safetensors_index::parse(
+        R"({"metadata": {"total_size": 4, "seed": 123456789012345678901234567890,
+                         "scale": 1e400, "floor": -1e999, "tiny": 1e-400, "zero": -0,
+                         "list": [18446744073709551616, -9223372036854775809]},
+            "weight_map": {"a": "m.safetensors"}})",
+        "i.json");
+    CHECK(ix.total_size() == 4u);
+    REQUIRE(ix.extra_metadata().size() == 6);
+    // Kept as the nearest f64 (the largest finite one for what Python reads as infinity).
+    CHECK(ix.extra_metadata()[0].second == "1.2345678901234568e+29");
+    CHECK(ix.extra_metadata()[1].second == "1.7976931348623157e+308");
+    CHECK(ix.extra_metadata()[2].second == "-1.7976931348623157e+308");
+    CHECK(ix.extra_metadata()[3].second == "0.0");
+    CHECK(ix.extra_metadata()[4].second == "0");
+    CHECK(ix.extra_metadata()[5].second == "[1.8446744073709552e+19,-9.223372036854776e+18]");
+
+    const auto nested = [](int levels) {  // `levels` arrays and objects in all
+        return R"({"weight_map": {"a": "m.safetensors"}, "metadata": {"x": )" +
+               std::string(static_cast<std::size_t>(levels - 2), '[') + "1" +
+               std::string(static_cast<std::size_t>(levels - 2), ']') + "}}";
+    };
+    CHECK(safetensors_index::parse(nested(128)).size() == 1);
+    CHECK(safetensors_index::parse(nested(990)).size() == 1);
+    std::string what;
+    CHECK(code_of([&] { (void)safetensors_index::parse(nested(1001)); }, &what) ==
+          errc::invalid_index);
+    CHECK(what.find("nested 1001 deep, over the limit of 1000") != std::string::npos);
+    // A size is still an integer of 64 bits.
+    CHECK(code_of([] {
+              (void)safetensors_index::parse(
+                  R"({"metadata": {"total_size": 18446744073709551616},
+                      "weight_map": {"a": "m.safetensors"}})");
+          }) == errc::invalid_index);
+}

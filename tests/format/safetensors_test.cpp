@@ -2,10 +2,17 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cstring>
+#include <filesystem>
 #include <string>
+#include <thread>
 #include <type_traits>
+#include <vector>
 
+#include "safeshard/io/syscalls.hpp"
+
+#include "../core/name_flood.hpp"
 #include "test_files.hpp"
 
 using namespace safeshard;
@@ -193,16 +200,148 @@ TEST_SUITE("format") {
         CHECK(bad("{\"__metadata__\":" + u8x4 + "}") == E);  // a tensor-shaped __metadata__
         CHECK(bad("{\"a\\ud800\":" + u8x4 + "}") == E);      // lone surrogate
         CHECK(bad("{\"a\x01\":" + u8x4 + "}") == E);         // raw control character
-        // serde_json's nesting limit: 127 levels, counting the top-level object.
-        const auto nested = [](int levels) {
-            return R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"x":)" +
-                   std::string(static_cast<std::size_t>(levels - 2), '[') +
-                   std::string(static_cast<std::size_t>(levels - 2), ']') + "}}";
-        };
-        CHECK(bad(nested(127)) == accepted);
-        CHECK(bad(nested(128)) == E);
         // Extra fields in a tensor are ignored, as the reference does.
         CHECK(bad(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"x":[1]}})") == accepted);
+    }
+
+    TEST_CASE("nesting: 127 arrays and objects, counting the top level, as serde_json") {
+        const auto bad = [](std::string h) { return verdict(make_file(h, "abcd")); };
+        constexpr auto E = errc::invalid_header_deserialization;
+        // `levels` arrays and objects in all: the top level, the tensor, and levels - 2 more
+        // in an ignored field, the innermost empty or holding a scalar.
+        const auto nested = [](int levels, std::string open, std::string inner, std::string close) {
+            std::string x;
+            for (int i = 2; i < levels; ++i) x += open;
+            x += inner;
+            for (int i = 2; i < levels; ++i) x += close;
+            return R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"x":)" + x + "}}";
+        };
+        for (const auto& [inner, what] :
+             {std::pair{"", "empty"}, {"1", "a scalar"}, {"\"s\"", "a string"}, {"-0", "-0"}}) {
+            CAPTURE(what);
+            CHECK(bad(nested(126, "[", inner, "]")) == accepted);
+            CHECK(bad(nested(127, "[", inner, "]")) == accepted);
+            CHECK(bad(nested(128, "[", inner, "]")) == E);
+            if (*inner == '\0') continue;  // [1,] is not JSON
+            CHECK(bad(nested(127, "[1,", inner, "]")) == accepted);
+            CHECK(bad(nested(128, "[1,", inner, "]")) == E);
+        }
+        CHECK(bad(nested(127, R"({"k":)", "1", "}")) == accepted);
+        CHECK(bad(nested(128, R"({"k":)", "1", "}")) == E);
+        CHECK(bad(nested(127, R"({"k":)", "{}", "}")) == E);  // the {} is level 128
+        CHECK(bad(nested(126, R"({"k":)", "{}", "}")) == accepted);
+        CHECK(bad(nested(5000, "[", "", "]")) == E);
+        // The error says how deep, and the limit.
+        try {
+            const auto f = make_file(nested(130, "[", "", "]"), "abcd");
+            file_view v{std::span<const std::byte>(f)};
+            FAIL("expected an error");
+        } catch (const error& e) {
+            CHECK(e.message() ==
+                  "header is not valid JSON: arrays and objects nested 130 deep, over the limit "
+                  "of 127");
+        }
+    }
+
+    TEST_CASE("numbers: what serde_json reads in the fields the header ignores") {
+        const auto with_x = [](std::string x) {
+            return verdict(make_file(
+                R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"x":)" + x + "}}", "abcd"));
+        };
+        constexpr auto E = errc::invalid_header_deserialization;
+        // Integers wider than 64 bits: serde reads them as floats.
+        CHECK(with_x("123456789012345678901234567890") == accepted);
+        CHECK(with_x("-123456789012345678901234567890") == accepted);
+        CHECK(with_x("18446744073709551616") == accepted);
+        CHECK(with_x("-9223372036854775809") == accepted);
+        CHECK(with_x("[1,18446744073709551616,{\"y\":-18446744073709551616}]") == accepted);
+        CHECK(with_x(std::string(300, '9')) == accepted);
+        CHECK(with_x(std::string(309, '9')) == E);  // beyond the f64 range
+        // -0 is the float -0.0 there, a valid number.
+        CHECK(with_x("-0") == accepted);
+        CHECK(with_x("[-0,-0.0,-0e0]") == accepted);
+        // Exponents: out of the f64 range refused, below it read as 0.
+        CHECK(with_x("1e308") == accepted);
+        CHECK(with_x("1e309") == E);
+        CHECK(with_x("-1e400") == E);
+        CHECK(with_x("1e-400") == accepted);
+        CHECK(with_x("1e99999999999999999999") == E);
+        CHECK(with_x("0e99999999999999999999") == accepted);
+        CHECK(with_x("1e-99999999999999999999") == accepted);
+        CHECK(with_x("0." + std::string(400, '0') + "1e400") == accepted);
+        // At the edge of the f64 range serde's arithmetic is not correctly rounded: it refuses
+        // 1.7976931348623158e308 (which rounds to the largest f64) and takes
+        // 1.79769313486231581e308 (which rounds to infinity).
+        CHECK(with_x("1.7976931348623157e308") == accepted);
+        CHECK(with_x("1.7976931348623158e308") == E);
+        CHECK(with_x("[0,{\"y\":[-1.7976931348623158e308]}]") == E);
+        CHECK(with_x("1.79769313486231581e308") == accepted);
+        // Not numbers at all: refused as before.
+        CHECK(with_x("01") == E);
+        CHECK(with_x("1.") == E);
+        CHECK(with_x("-") == E);
+        CHECK(with_x("1e") == E);
+        CHECK(with_x("123456789012345678901234567890x") == E);
+    }
+
+    TEST_CASE("numbers: sizes and offsets stay strict, and say what they found") {
+        const auto message = [](std::string header) {
+            try {
+                const auto f = make_file(header, "abcd");
+                file_view v{std::span<const std::byte>(f)};
+            } catch (const error& e) {
+                CHECK(e.code() == errc::invalid_header_deserialization);
+                return e.message();
+            }
+            return std::string("accepted");
+        };
+        CHECK(message(R"({"a":{"dtype":"U8","shape":[123456789012345678901234567890],)"
+                      R"("data_offsets":[0,4]}})") ==
+              "shape: expected a non-negative integer, found an integer wider than 64 bits "
+              "(1.2345678901234568e+29)");
+        CHECK(message(
+                  R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,18446744073709551616]}})") ==
+              "data_offsets: expected a non-negative integer, found an integer wider than 64 bits "
+              "(18446744073709551616)");
+        CHECK(message(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[-0,4]}})") ==
+              "data_offsets: expected a non-negative integer, found the number -0");
+        CHECK(message(R"({"a":{"dtype":"U8","shape":[-4],"data_offsets":[0,4]}})") ==
+              "shape: expected a non-negative integer, found the integer -4");
+        CHECK(message(R"({"a":{"dtype":"U8","shape":[4.5],"data_offsets":[0,4]}})") ==
+              "shape: expected a non-negative integer, found the number 4.5");
+        CHECK(message(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,1e400]}})") ==
+              "header is not valid JSON: a number is beyond the range of a 64-bit float");
+        // A -0 inside a name or a metadata value is text, not a number.
+        CHECK(message(R"({"__metadata__":{"date":"2026-01-05"},"a-0":)"
+                      R"({"dtype":"U8","shape":[4],"data_offsets":[0,4]}})") == "accepted");
+    }
+
+    TEST_CASE("names crafted into one std::hash cluster: the name table stays linear") {
+        // A header's names go into detail::name_index. 20,000 names whose unkeyed std::hash
+        // falls in the first 4,096 of the table's 65,536 slots: with that hash each insert
+        // compares against the cluster before it (about 10^8 comparisons in all).
+        constexpr std::size_t n = 20'000;
+        const auto names = safeshard::test::flooding_names(n, 65536, 4096);
+        std::uint64_t compared = 0;
+        const auto name_of = [&](std::uint32_t i) {
+            ++compared;
+            return std::string_view(names[i]);
+        };
+        detail::name_index ix;
+        ix.reset(n);
+        for (std::uint32_t i = 0; i < n; ++i) REQUIRE_FALSE(ix.insert(names[i], i, name_of));
+        CHECK(compared <= n);
+        // And a file of such names opens, every name found.
+        std::string header = "{";
+        for (std::size_t i = 0; i < n; ++i)
+            header += (i ? ",\"" : "\"") + names[i] + R"(":{"dtype":"U8","shape":[1],)" +
+                      R"("data_offsets":[)" + std::to_string(i) + "," + std::to_string(i + 1) +
+                      "]}";
+        header += "}";
+        const auto f = make_file(header, std::string(n, 'x'));
+        const file_view v{std::span<const std::byte>(f)};
+        REQUIRE(v.size() == n);
+        for (std::size_t i = 0; i < n; i += 7) CHECK(v.tensor(names[i]).data_begin() == i);
     }
 
     TEST_CASE("schema errors name the tensor and say what was expected") {
@@ -441,6 +580,98 @@ TEST_SUITE("format") {
         } catch (const error& e) {
             CHECK(e.code() == errc::header_too_small);
             CHECK(e.file() == (d / "empty").string());
+        }
+    }
+
+    TEST_CASE("a path opened: the header read with pread gives the span route's verdicts") {
+        safeshard::test::temp_dir d("pread");
+        const std::string long_name(5000, 'n');  // the header goes past the first 4 KiB read
+        const std::string padded_name(4096 - 8 - 60, 'p');
+        const std::vector<std::vector<std::byte>> files = {
+            make_file("{\"a\":" + u8x4 + "}", "abcd"),
+            make_file("{\"" + long_name + "\":" + u8x4 + "}", "abcd"),
+            make_file("{\"" + padded_name + "\":" + u8x4 + "}", "abcd"),
+            make_file("{\"" + long_name + "\":" + u8x4 + "}", "ab"),  // data cut short
+            make_file_n(1u << 20, "{}"),                              // N past the end
+            make_file_n(~std::uint64_t{0}, "{}"),                     // over the cap
+            make_file("{\"a\":" + u8x4 + "}"),                        // no data
+            std::vector<std::byte>(5),                                // under 8 bytes
+            make_file("{\"a\":" + u8x4 + ",}", "abcd"),               // not JSON
+        };
+        for (std::size_t i = 0; i < files.size(); ++i) {
+            CAPTURE(i);
+            const auto path = d / ("f" + std::to_string(i) + ".safetensors");
+            safeshard::test::write_bytes(path, files[i]);
+            errc got = accepted;
+            try {
+                const file_view v(path);
+                const file_view w{std::span<const std::byte>(files[i])};
+                CHECK(v.header_json() == w.header_json());
+                CHECK(v.names() == w.names());
+                CHECK(v.data_offset() == w.data_offset());
+                const auto a = v.at(0).bytes();
+                const auto b = w.at(0).bytes();
+                CHECK(std::equal(a.begin(), a.end(), b.begin(), b.end()));
+                CHECK(v.bytes().size() == files[i].size());
+            } catch (const error& e) {
+                got = e.code();
+                CHECK(e.file() == path.string());
+            }
+            CHECK(got == verdict(files[i]));
+        }
+    }
+
+    TEST_CASE("a path opened maps nothing until tensor bytes are asked for, then once") {
+        struct count_mmap : detail::syscall_hooks {
+            std::atomic<int> calls{0};
+            void* mmap(std::size_t n, int prot, int flags, int fd) override {
+                ++calls;
+                return detail::syscall_hooks::mmap(n, prot, flags, fd);
+            }
+        } hooks;
+        const detail::scoped_syscall_hooks scope(hooks);
+        safeshard::test::temp_dir d("lazy");
+        const auto path = d / "m.safetensors";
+        safeshard::test::write_bytes(path, make_file("{\"a\":" + u8x4 + "}", "abcd"));
+        const file_view v(path);
+        CHECK(v.tensor("a").byte_size() == 4);
+        CHECK(v.tensor("a").file_begin() == v.data_offset());
+        CHECK(v.header_json().starts_with("{\"a\""));
+        CHECK_FALSE(v.mapped());
+        CHECK(hooks.calls == 0);
+        // Eight threads ask at once: one mapping, the same bytes for all.
+        std::vector<const std::byte*> seen(8);
+        {
+            std::vector<std::jthread> threads;
+            for (std::size_t k = 0; k < seen.size(); ++k)
+                threads.emplace_back([&, k] { seen[k] = v.tensor("a").bytes().data(); });
+        }
+        CHECK(hooks.calls == 1);
+        CHECK(v.mapped());
+        for (const std::byte* p : seen) CHECK(p == seen.front());
+        CHECK(std::memcmp(seen.front(), "abcd", 4) == 0);
+        const file_view moved = [&] {
+            file_view a(path);
+            (void)a.bytes();
+            return a;
+        }();
+        CHECK(std::memcmp(moved.tensor("a").bytes().data(), "abcd", 4) == 0);
+        CHECK(hooks.calls == 2);
+    }
+
+    TEST_CASE("a file cut short before its first access: io_error, never SIGBUS") {
+        safeshard::test::temp_dir d("cut");
+        const auto path = d / "m.safetensors";
+        safeshard::test::write_bytes(path, make_file("{\"a\":" + u8x4 + "}", std::string(4, 'x')));
+        const file_view v(path);
+        std::filesystem::resize_file(path, std::filesystem::file_size(path) - 2);
+        try {
+            (void)v.tensor("a").bytes();
+            FAIL("expected io_error");
+        } catch (const error& e) {
+            CHECK(e.code() == errc::io_error);
+            CHECK(std::string(e.what()).find("shorter") != std::string::npos);
+            CHECK(e.file() == path.string());
         }
     }
 

@@ -157,11 +157,16 @@ TEST_SUITE("format") {
         const auto old_bytes = pattern(64, 3);
         save_file(p, std::vector<tensor_data>{{"w", dtype::f32, shape{16}, old_bytes}});
         file_view before(p);
+        (void)before.bytes();  // mapped now: the view holds the old file from here on
+        const file_view unmapped(p);
         const auto new_bytes = pattern(8, 9);
         save_file(p, std::vector<tensor_data>{{"x", dtype::u8, shape{8}, new_bytes}});
         // The old view still sees the old tensor, byte for byte.
         const auto w = before.tensor("w").bytes();
         CHECK(std::equal(w.begin(), w.end(), old_bytes.begin(), old_bytes.end()));
+        // A view that had not mapped its file yet refuses the new one (never its bytes).
+        CHECK_THROWS_WITH_AS((void)unmapped.tensor("w").bytes(),
+                             doctest::Contains("was replaced after it was opened"), error);
         file_view after(p);
         CHECK(after.contains("x"));
         CHECK_FALSE(after.contains("w"));

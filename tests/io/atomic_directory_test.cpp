@@ -125,19 +125,49 @@ TEST_SUITE("io") {
         CHECK(e.message().find("spent") != std::string::npos);
     }
 
+    TEST_CASE("atomic_directory::begun_in_process counts folders begun and not discarded") {
+        scratch_dir dir;
+        const int before = atomic_directory::begun_in_process();
+        {
+            atomic_directory d(dir / "a");
+            CHECK(atomic_directory::begun_in_process() == before + 1);
+        }  // discarded
+        CHECK(atomic_directory::begun_in_process() == before);
+        {
+            atomic_directory d(dir / "b");
+            atomic_directory moved(std::move(d));
+            CHECK(atomic_directory::begun_in_process() == before + 1);
+            moved.commit();
+        }
+        // A committed folder still counts: a process that wrote one has something to report.
+        CHECK(atomic_directory::begun_in_process() == before + 1);
+        (void)expect_error([&] { atomic_directory d(dir / "b"); });  // exists: nothing begun
+        CHECK(atomic_directory::begun_in_process() == before + 1);
+    }
+
     TEST_CASE("atomic_directory system errors") {
         scratch_dir dir;
-        SUBCASE("missing parent folder") {
-            auto e = expect_error([&] { atomic_directory d(dir / "no" / "model"); });
-            CHECK(e.code() == errc::io_error);
-            CHECK(e.sys_errno() == ENOENT);
-            CHECK(std::string(e.what()).find("No such file or directory") != std::string::npos);
-            CHECK(e.file().find(".model.safeshard.tmp-") != std::string::npos);
+        SUBCASE("missing parent folders are created, as os.makedirs does") {
+            atomic_directory d(dir / "no" / "such" / "model");
+            CHECK(fs::is_directory(dir / "no" / "such"));
+            d.commit();
+            CHECK(fs::is_directory(dir / "no" / "such" / "model"));
         }
         SUBCASE("parent is a file") {
             write_file(dir / "file", pattern(1));
             auto e = expect_error([&] { atomic_directory d(dir / "file" / "model"); });
             CHECK(e.sys_errno() == ENOTDIR);
+            e = expect_error([&] { atomic_directory d(dir / "file" / "sub" / "model"); });
+            CHECK(e.sys_errno() == ENOTDIR);
+        }
+        SUBCASE("a missing parent that cannot be made says which") {
+            fault_hooks hooks;
+            hooks.mkdir_errno = EACCES;
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            auto e = expect_error([&] { atomic_directory d(dir / "no" / "model"); });
+            CHECK(e.sys_errno() == EACCES);
+            CHECK(e.file() == (dir / "no").string());
+            CHECK(e.message().find("missing parent folder") != std::string::npos);
         }
         SUBCASE("mkdir fails (injected), and the name is free again afterwards") {
             fault_hooks hooks;

@@ -79,6 +79,15 @@ TEST_SUITE("io") {
         CHECK(fs::status(target).permissions() == (fs::perms::owner_read | fs::perms::owner_write));
     }
 
+    TEST_CASE("atomic_file creates a new file with at most the permission bits asked for") {
+        scratch_dir dir;
+        atomic_file f(dir / "secret.json", 0600);
+        f.write(pattern(4));
+        f.commit();
+        CHECK(fs::status(dir / "secret.json").permissions() ==
+              (fs::perms::owner_read | fs::perms::owner_write));
+    }
+
     TEST_CASE("atomic_file commits an empty file, and a bare name lands in the current folder") {
         scratch_dir dir;
         {

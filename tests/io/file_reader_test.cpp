@@ -1,6 +1,7 @@
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/io/mapped_file.hpp"
 
+#include "file_change.hpp"
 #include "io_test_support.hpp"
 
 #include <doctest/doctest.h>
@@ -142,14 +143,13 @@ TEST_SUITE("io") {
         }
         SUBCASE("the path names another file than the one expected") {
             write_file(dir / "a.bin", pattern(10));
-            const mapped_file mapped(dir / "a.bin");
-            CHECK(file_reader(dir / "a.bin", {.expect = mapped.identity()}).size() == 10);
+            const file_version seen = file_reader(dir / "a.bin").opened_version();
+            CHECK(file_reader(dir / "a.bin", {.expect = seen}).size() == 10);
             write_file(dir / "b.bin", pattern(10));
             fs::rename(dir / "b.bin", dir / "a.bin");  // a new file under the old name
             for (const bool direct : {false, true}) {
-                auto e = expect_error([&] {
-                    file_reader r(dir / "a.bin", {.direct = direct, .expect = mapped.identity()});
-                });
+                auto e = expect_error(
+                    [&] { file_reader r(dir / "a.bin", {.direct = direct, .expect = seen}); });
                 CHECK(e.code() == errc::io_error);
                 CHECK(e.message().find("replaced") != std::string::npos);
                 CHECK(e.file() == (dir / "a.bin").string());
@@ -485,4 +485,88 @@ TEST_SUITE("io") {
         }
     }
 
+    TEST_CASE("file_reader: check_unchanged says when the file changed while it was read") {
+        scratch_dir dir;
+        const auto content = pattern(20000, 31);
+        const auto f = dir / "a.bin";
+        write_file(f, content);
+        std::vector<std::byte> buf(1000);
+        SUBCASE("nobody writing: it passes, also after the reads") {
+            file_reader r(f);
+            r.check_unchanged();
+            r.read_exact(buf, 500);
+            r.check_unchanged();
+            CHECK(r.opened_version().size == 20000u);
+        }
+        SUBCASE("rewritten in place, same size: changed while being read") {
+            file_reader r(f);
+            safeshard::test::wait_for_later_ctime(f);
+            auto other = content;
+            other[700] = ~other[700];
+            safeshard::test::write_bytes(f, other);  // O_TRUNC then the bytes: one inode
+            r.read_exact(buf, 500);
+            CHECK(buf[200] == other[700]);  // the new bytes were read...
+            const auto e = expect_error([&] { r.check_unchanged(); });  // ...and it says so
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.file() == f.string());
+            CHECK(e.message() == "the file changed while being read: it was modified (same size)");
+        }
+        SUBCASE("rewritten in place before a reader expecting the version seen opens it") {
+            // A checkpoint read the header of one version; the reader opened later finds another.
+            const file_version seen = file_reader(f).opened_version();
+            safeshard::test::wait_for_later_ctime(f);
+            auto other = content;
+            other[700] = ~other[700];
+            safeshard::test::write_bytes(f, other);
+            for (const bool direct : {false, true}) {
+                const auto e =
+                    expect_error([&] { file_reader r(f, {.direct = direct, .expect = seen}); });
+                CHECK(e.code() == errc::io_error);
+                CHECK(e.file() == f.string());
+                CHECK(e.message().find("changed while being read: it was modified (same size) "
+                                       "since the checkpoint was opened") != std::string::npos);
+            }
+        }
+        SUBCASE("written with its modification time set back: the change time tells") {
+            file_reader r(f);
+            safeshard::test::wait_for_later_ctime(f);
+            const int w = ::open(f.c_str(), O_WRONLY);
+            REQUIRE(w >= 0);
+            REQUIRE(::pwrite(w, "zz", 2, 100) == 2);
+            const timespec times[2] = {
+                {0, UTIME_OMIT},
+                {r.opened_version().mtime_sec, static_cast<long>(r.opened_version().mtime_nsec)}};
+            REQUIRE(::futimens(w, times) == 0);
+            ::close(w);
+            const auto e = expect_error([&] { r.check_unchanged(); });
+            CHECK(e.message().find("its status changed") != std::string::npos);
+        }
+        SUBCASE("cut short: the sizes") {
+            file_reader r(f);
+            fs::resize_file(f, 100);
+            const auto e = expect_error([&] { r.check_unchanged(); });
+            CHECK(e.message() ==
+                  "the file changed while being read: its size went from 20000 to 100 bytes");
+        }
+        SUBCASE("statx fails: io_error naming the call; no statx at all: fstat instead") {
+            file_reader r(f);
+            struct failing_statx : safeshard::detail::syscall_hooks {
+                int err = EIO;
+                int fstatx(int, unsigned, struct statx*) override {
+                    errno = err;
+                    return -1;
+                }
+            } hooks;
+            const safeshard::detail::scoped_syscall_hooks scope(hooks);
+            const auto e = expect_error([&] { r.check_unchanged(); });
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.message().find("statx") == 0);
+            hooks.err = ENOSYS;  // a kernel before Linux 4.11
+            r.check_unchanged();
+            fs::resize_file(f, 100);
+            CHECK(expect_error([&] { r.check_unchanged(); }).message().find("size went") !=
+                  std::string::npos);
+        }
+        SUBCASE("a reader of nothing has nothing to check") { file_reader().check_unchanged(); }
+    }
 }  // TEST_SUITE

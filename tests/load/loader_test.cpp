@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "../io/file_change.hpp"
 #include "model_gen.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
@@ -409,7 +410,8 @@ TEST_CASE("missing and unexpected names, shape disagreements: errors before any 
         } catch (const error& e) {
             CHECK(e.code() == errc::shape_mismatch);
             CHECK(std::string(e.what()).find("k_proj") != std::string::npos);
-            CHECK(std::string(e.what()).find("24x64") != std::string::npos);
+            CHECK(std::string(e.what()).find("[24, 64]") != std::string::npos);
+            CHECK(std::string(e.what()).find("num_key_value_heads 2") != std::string::npos);
         }
     }
     SUBCASE("rank out of range") {
@@ -613,7 +615,7 @@ TEST_CASE("a shard replaced by rename after planning: an I/O error, not the new 
     write_checkpoint(dir.path(), m, make_tensors(m));
     const checkpoint ckpt = checkpoint::open(dir.path().string());
     const load_plan plan = load_plan::build(ckpt, {0, 2});
-    REQUIRE(plan.identities().size() == plan.files().size());
+    REQUIRE(plan.versions().size() == plan.files().size());
     // What a download or an atomic save does: a new file renamed over the old name (here with
     // the same bytes, so only its identity tells it apart).
     const auto f = dir.path() / "model-00002-of-00003.safetensors";
@@ -659,4 +661,49 @@ TEST_CASE("the engine refuses an op outside its destination") {
     op.kind = copy_kind::copy;
     op.file = 0;
     CHECK_THROWS_AS(e.submit(std::span(&op, 1)), error);  // no such file
+}
+
+TEST_CASE("a shard rewritten in place (same size) while it is loaded: changed while being read") {
+    model_spec m;
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const auto f = dir.path() / "model-00002-of-00003.safetensors";
+    const checkpoint before = checkpoint::open(dir.path().string());
+    const load_plan old_plan = load_plan::build(before, {0, 2});
+    for (unsigned threads : {1u, 2u}) {
+        CAPTURE(threads);
+        const checkpoint ckpt = checkpoint::open(dir.path().string());
+        const load_plan plan = load_plan::build(ckpt, {0, 2});
+        const std::uint64_t data = ckpt.files()[1].view.data_offset();
+        wait_for_later_ctime(f);
+        // Another writer puts other bytes into the tensors just as the first one is read.
+        rewrite_before_first_read rewrite(f, data, flipped_bytes(f, data, 256));
+        const detail::scoped_syscall_hooks scope(rewrite);
+        host_engine engine({.threads = threads});
+        try {
+            (void)load_tensors<counted_tensor>(plan, engine);
+            FAIL("no error");
+        } catch (const error& e) {
+            CHECK(rewrite.done.load());
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.file() == f.string());
+            CHECK(std::string(e.what()).find("changed while being read: it was modified") !=
+                  std::string::npos);
+        }
+        CHECK(live_tensors == 0);
+    }
+    // Nobody writing now, but the shard is not the version the first plan's headers were read
+    // from: that plan is refused before a byte is copied; the checkpoint opened again loads.
+    host_engine engine({.threads = 2});
+    try {
+        (void)load_tensors<counted_tensor>(old_plan, engine);
+        FAIL("no error");
+    } catch (const error& e) {
+        CHECK(e.code() == errc::io_error);
+        CHECK(e.file() == f.string());
+        CHECK(std::string(e.what()).find("since the checkpoint was opened") != std::string::npos);
+    }
+    CHECK(live_tensors == 0);
+    const checkpoint again = checkpoint::open(dir.path().string());
+    CHECK(load_tensors<counted_tensor>(load_plan::build(again, {0, 2}), engine).size() > 0);
 }

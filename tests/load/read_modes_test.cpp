@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "../io/file_change.hpp"
 #include "model_gen.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/io/syscalls.hpp"
@@ -596,4 +597,52 @@ TEST_CASE("direct mode reads a rank's strided rows at the file system's O_DIRECT
     CHECK(got.report.bytes_read <= blocks.report.bytes_read);
     if (align < file_reader::direct_alignment)
         CHECK(got.report.bytes_read * 3 < blocks.report.bytes_read * 2);
+}
+
+TEST_CASE("a shard cut short between the size check and the copy out of its mapping: io_error") {
+    const model_spec m = wide_model();
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    // The shard of a column-split tensor: its rank's rows are strided, short, from the mapping.
+    const std::string down = "model.layers.0.mlp.down_proj.weight";
+    const fs::path f = checkpoint::open(dir.path().string()).tensor(down).file->path;
+    const std::vector<std::byte> whole = read_bytes(f);
+    struct mode_case {
+        const char* what;
+        dtype_policy dtype;
+        host_engine_options eo;
+    };
+    std::vector<mode_case> cases = {
+        {"mmap", dtype_policy::keep(), {.threads = 1, .mode = read_mode::mmap}},
+        {"mmap, converting",
+         dtype_policy::fixed(dtype::f32),
+         {.threads = 1, .mode = read_mode::mmap}},
+        {"automatic, converting", dtype_policy::fixed(dtype::f32), {.threads = 1}},
+        {"automatic, strided rows", dtype_policy::keep(), {.threads = 1}},
+        {"automatic, populate", dtype_policy::fixed(dtype::f32), {.threads = 1, .populate = true}},
+    };
+    if (on_tmpfs(dir.path()))  // direct mode copies out of the mapping there
+        cases.push_back(
+            {"direct on tmpfs", dtype_policy::keep(), {.threads = 1, .mode = read_mode::direct}});
+    // One thread: the copy that faults is the first error (another thread's size check, after
+    // the cut, would say so without any copy).
+    for (const mode_case& c : cases) {
+        CAPTURE(std::string(c.what));
+        write_bytes(f, whole);
+        const checkpoint ckpt = checkpoint::open(dir.path().string());
+        const load_plan plan = load_plan::build(ckpt, {3, 8}, {.dtype = c.dtype});
+        host_engine engine(c.eo);
+        cut_after_size_check cut(f, ckpt.tensor(down).file->view.bytes());
+        const detail::scoped_syscall_hooks scope(cut);
+        try {
+            (void)load_tensors<host_tensor>(plan, engine);
+            FAIL("no error; the file was cut: " << cut.done.load());
+        } catch (const error& e) {
+            CHECK(cut.done.load());
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.file() == f.string());
+            CHECK(std::string(e.what()).find("cut short while it was being read") !=
+                  std::string::npos);
+        }
+    }
 }

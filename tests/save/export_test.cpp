@@ -3,6 +3,7 @@
 // tampered exports fail with invalid_export naming what is wrong.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -13,7 +14,9 @@
 #include <vector>
 
 #include "../checkpoint/test_util.hpp"
+#include "../io/file_change.hpp"
 #include "../load/model_gen.hpp"
+#include "export_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/export_metadata.hpp"
@@ -25,109 +28,9 @@ using namespace safeshard;
 using safeshard::test::code_of;
 using safeshard::test::model_spec;
 using safeshard::test::temp_folder;
+using namespace safeshard::test::exports;
 
 namespace fs = std::filesystem;
-
-namespace {
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-// Writes a generated model (and `extra` tensors) into `dir`.
-void make_model(const fs::path& dir, const model_spec& m, bool extras = false) {
-    fs::create_directories(dir);
-    auto tensors = test::make_tensors(m);
-    if (extras) {
-        std::mt19937_64 rng(99);
-        tensors["extra.scale"] = test::random_tensor({3, 5}, rng);  // outside the schema
-        tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = test::random_tensor({4}, rng);
-    }
-    test::write_checkpoint(dir, m, tensors);
-}
-
-// Every tensor of `b` equals `a`'s (converted to `to` where given), and the names agree.
-void check_same(const fs::path& a_path, const fs::path& b_path,
-                std::optional<dtype> to = std::nullopt) {
-    const auto a = checkpoint::open(a_path.string());
-    const auto b = checkpoint::open(b_path.string());
-    REQUIRE(a.tensor_count() == b.tensor_count());
-    for (const auto& ta : a.tensors()) {
-        CAPTURE(ta.tensor.name());
-        const auto lb = b.find(ta.tensor.name());
-        REQUIRE(lb.has_value());
-        const auto tb = lb->tensor;
-        CHECK(tb.shape() == ta.tensor.shape());
-        const dtype from = ta.tensor.dtype();
-        const dtype want = to ? *to : from;
-        REQUIRE(tb.dtype() == want);
-        std::vector<std::byte> expect(tb.byte_size());
-        (want == from ? converter(from) : find_converter(from, want))(
-            ta.tensor.bytes().data(), expect.data(), ta.tensor.element_count());
-        REQUIRE(tb.byte_size() == expect.size());
-        CHECK(std::memcmp(tb.bytes().data(), expect.data(), expect.size()) == 0);
-    }
-}
-
-export_options options_for(std::uint32_t world, kv_convention kv) {
-    export_options o;
-    o.world = world;
-    o.plan.schema.kv = kv;
-    return o;
-}
-
-// Rewrites one rank file with `edit` applied to its export metadata document.
-void edit_metadata(const fs::path& file, const std::function<void(std::string&)>& edit) {
-    std::vector<std::string> names;
-    std::vector<std::vector<std::byte>> storage;
-    std::vector<tensor_info> infos;
-    metadata_map meta;
-    {
-        const auto c = checkpoint::open_path(file);
-        meta = c.files().front().view.metadata();
-        for (const auto& l : c.tensors()) {
-            names.emplace_back(l.tensor.name());
-            infos.push_back(tensor_info{names.back(), l.tensor.dtype(), l.tensor.shape()});
-            storage.emplace_back(l.tensor.bytes().begin(), l.tensor.bytes().end());
-        }
-    }
-    edit(meta.at("safeshard"));
-    std::vector<tensor_data> data;
-    for (std::size_t i = 0; i < names.size(); ++i)
-        data.push_back(tensor_data{names[i], infos[i].dtype, infos[i].shape, storage[i]});
-    save_file(file, data, meta);
-}
-
-// Flips a byte of tensor `name` in the rank folder `folder` (at byte `at` of its data).
-void flip_byte(const fs::path& folder, const std::string& name, std::uint64_t at = 0) {
-    std::uint64_t offset = 0;
-    fs::path file;
-    {
-        const auto c = checkpoint::open_path(folder);
-        const auto l = c.tensor(name);
-        offset = l.tensor.file_begin() + at;
-        file = l.file->path;
-    }
-    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(static_cast<std::streamoff>(offset));
-    char ch = 0;
-    f.read(&ch, 1);
-    ch = static_cast<char>(ch ^ 0x5a);
-    f.seekp(static_cast<std::streamoff>(offset));
-    f.write(&ch, 1);
-    REQUIRE(f.good());
-}
-
-void replace_in(std::string& s, const std::string& from, const std::string& to) {
-    const auto at = s.find(from);
-    REQUIRE_MESSAGE(at != std::string::npos, from);
-    s.replace(at, from.size(), to);
-}
-
-}  // namespace
 
 TEST_SUITE("export") {
     TEST_CASE("round trip: export for world 1, 2, 4, 8 then merge is bit-exact, every arch") {
@@ -270,7 +173,7 @@ TEST_SUITE("export") {
         check_same(dir.path() / "in", dir.path() / "merged", dtype::f32);
     }
 
-    TEST_CASE("the metadata: every shard carries it; round trip through JSON; bad documents") {
+    TEST_CASE("the metadata: every shard describes its own tensors, the rank is read whole") {
         temp_folder dir;
         model_spec m;
         m.type = "phi3";
@@ -283,16 +186,31 @@ TEST_SUITE("export") {
                                 o);
         const auto r2 = checkpoint::open((dir.path() / "ex" / "rank-00002").string());
         REQUIRE(r2.files().size() > 1);
+        std::size_t described = 0;
         for (const auto& f : r2.files()) {
+            CAPTURE(f.name);
             CHECK(f.view.metadata("format") == std::optional<std::string_view>("pt"));
-            CHECK(f.view.metadata("safeshard").has_value());
+            const auto doc = f.view.metadata("safeshard");
+            REQUIRE(doc.has_value());
+            // Read alone, the shard describes exactly the tensors it stores (one record each,
+            // no names: the header says them), but not the rank's other tensors.
+            const export_shard_file alone{f.path.string(), doc, stored_tensors(f.view)};
+            CHECK(code_of([&] { (void)read_export_metadata(std::span(&alone, 1)); }) ==
+                  errc::invalid_export);  // its rank record counts the whole rank's tensors
+            CHECK(document_records(*doc) == f.view.size());
+            for (const tensor_view t : f.view)
+                CHECK(doc->find(std::string(t.name())) == std::string_view::npos);
+            described += document_records(*doc);
         }
+        CHECK(described == r2.tensor_count());
         const auto meta = read_export_metadata(r2);
         REQUIRE(meta.has_value());
+        CHECK(meta->version == 2);
         CHECK(meta->world == 4);
         CHECK(meta->rank == 2);
         CHECK(meta->kv == kv_interleaved);
         CHECK(meta->kv_multiplier == 2);  // world 4 / KV 2
+        CHECK(meta->tensors.size() == r2.tensor_count());
         const export_tensor* qkv = meta->find("model.layers.1.self_attn.qkv_proj.weight");
         REQUIRE(qkv != nullptr);
         CHECK(qkv->layout.kind == layout_kind::gqa_qkv);
@@ -307,69 +225,12 @@ TEST_SUITE("export") {
         REQUIRE(emb != nullptr);
         CHECK(emb->layout.multiple == 64);
         CHECK(emb->local == shape{32, 64});  // 100 padded to 128, / 4
+        CHECK(emb->global == shape{100, 64});
         CHECK(emb->valid_begin == 64);
         CHECK(emb->valid_end == 96);
-        CHECK(parse_export_metadata(to_json(*meta)) == *meta);
-
-        // Every layout kind's fields survive the JSON.
-        export_metadata all;
-        all.world = 2;
-        const std::uint64_t sizes[] = {6, 10}, units[] = {2, 1};
-        const layout kinds[] = {make_replicated(),
-                                make_split(1),
-                                make_padded_split(0, 32),
-                                make_strided_split(0, 3),
-                                make_fused(0),
-                                make_fused(1, sizes, 2, units),
-                                make_gqa_qkv(kv_interleaved, 8, 2, 4, gqa_part::v, 3),
-                                make_gqa_o(kv_contiguous, 8, 4, 16)};
-        int k = 0;
-        for (const layout& l : kinds) {
-            export_tensor t;
-            t.name = "t" + std::to_string(k++) + " \"quoted\"";
-            t.dtype = dtype::f16;
-            t.local = shape{2, 3};
-            t.global = shape{4, 3};
-            t.layout = l;
-            t.valid_begin = l.kind == layout_kind::padded_split ? 1 : 0;
-            t.valid_end = l.kind == layout_kind::padded_split ? 2 : 0;
-            t.sources = {export_source{"s" + std::to_string(k), shape{4, 3}, dtype::bf16}};
-            all.tensors.push_back(t);
-        }
-        all.tensors.push_back(export_tensor{.name = "alias", .tied_to = "t0 \"quoted\""});
-        CHECK(parse_export_metadata(to_json(all)) == all);
-
-        std::string what;
-        auto bad = [&](std::string doc) {
-            return code_of([&] { (void)parse_export_metadata(doc, "f"); }, &what);
-        };
-        const std::string good = to_json(all);
-        CHECK(bad("not json") == errc::invalid_export);
-        std::string v2 = good;
-        replace_in(v2, "\"version\":1", "\"version\":2");
-        CHECK(bad(v2) == errc::invalid_export);
-        CHECK(what.find("unknown export metadata version 2") != std::string::npos);
-        std::string r9 = good;
-        replace_in(r9, "\"rank\":0", "\"rank\":9");
-        CHECK(bad(r9) == errc::invalid_export);
-        std::string kind = good;
-        replace_in(kind, "\"kind\":\"split\"", "\"kind\":\"diagonal\"");
-        CHECK(bad(kind) == errc::invalid_export);
-        CHECK(what.find("unknown layout kind 'diagonal'") != std::string::npos);
-        std::string dt = good;
-        replace_in(dt, "\"dtype\":\"F16\"", "\"dtype\":\"F17\"");
-        CHECK(bad(dt) == errc::invalid_export);
-        std::string tied = good;
-        replace_in(tied, "\"tied_to\":\"t0", "\"tied_to\":\"t99");
-        CHECK(bad(tied) == errc::invalid_export);
-        std::string valid = good;
-        replace_in(valid, "\"valid\":[1,2]", "\"valid\":[2,1]");
-        CHECK(bad(valid) == errc::invalid_export);
-        CHECK(bad("{\"version\":1,\"world\":1,\"rank\":0,\"kv_convention\":\"kv_contiguous\","
-                  "\"kv_multiplier\":0}") == errc::invalid_export);
-        CHECK(what.find("\"tensors\"") != std::string::npos);
-        CHECK(bad("{\"version\":1,\"world\":1,\"rank\":0,\"kv_convention\":\"sideways\","
-                  "\"kv_multiplier\":0,\"tensors\":[]}") == errc::invalid_export);
+        REQUIRE(emb->sources.size() == 1);
+        CHECK(emb->sources[0] ==
+              export_source{"model.embed_tokens.weight", shape{100, 64}, dtype::bf16});
     }
 
     TEST_CASE("merge refuses tampered exports, naming what is wrong") {
@@ -434,7 +295,7 @@ TEST_SUITE("export") {
         // Metadata edited: an unknown version, a mixed world, a changed layout, a wrong rank.
         const auto file1 = ex / "rank-00001" / "model.safetensors";
         edit_metadata(file1,
-                      [](std::string& d) { replace_in(d, "\"version\":1", "\"version\":7"); });
+                      [](std::string& d) { replace_in(d, "\"version\":2", "\"version\":7"); });
         CHECK(merge_code() == errc::invalid_export);
         CHECK(what.find("unknown export metadata version 7") != std::string::npos);
         restore();
@@ -448,8 +309,7 @@ TEST_SUITE("export") {
         restore();
         // down_proj is split<1>: claim split<0> on one rank only.
         edit_metadata(file1, [](std::string& d) {
-            replace_in(d, "{\"name\":\"split<1>\",\"kind\":\"split\",\"dim\":1}",
-                       "{\"name\":\"split<0>\",\"kind\":\"split\",\"dim\":0}");
+            replace_in(d, "{\"kind\":\"split\",\"dim\":1}", "{\"kind\":\"split\",\"dim\":0}");
         });
         CHECK(merge_code() == errc::invalid_export);
         CHECK(what.find("inconsistent metadata") != std::string::npos);
@@ -460,8 +320,8 @@ TEST_SUITE("export") {
             edit_metadata(
                 ex / export_rank_folder(static_cast<std::uint32_t>(r)) / "model.safetensors",
                 [](std::string& d) {
-                    replace_in(d, "{\"name\":\"split<1>\",\"kind\":\"split\",\"dim\":1}",
-                               "{\"name\":\"split<0>\",\"kind\":\"split\",\"dim\":0}");
+                    replace_in(d, "{\"kind\":\"split\",\"dim\":1}",
+                               "{\"kind\":\"split\",\"dim\":0}");
                 });
         CHECK(merge_code() == errc::invalid_export);
         CHECK(what.find("inconsistent metadata") != std::string::npos);
@@ -469,6 +329,39 @@ TEST_SUITE("export") {
         // Metadata removed from one rank.
         edit_metadata(file1, [](std::string& d) { d = "{}"; });
         CHECK(merge_code() == errc::invalid_export);
+        restore();
+        // One rank records another global extent for a split tensor (its own cut agrees).
+        edit_record(file1, "model.layers.0.mlp.down_proj.weight", [](const std::string& v) {
+            CHECK(v.ends_with(",128]"));  // [cut, global extent along dim 1]
+            return v.substr(0, v.size() - 4) + "96]";
+        });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("inconsistent metadata") != std::string::npos);
+        CHECK(what.find("model.layers.0.mlp.down_proj.weight") != std::string::npos);
+        restore();
+        // A record dropped, one too many, the rank's count, a document of another shard.
+        edit_record(file1, "model.norm.weight", [](const std::string&) { return std::string(); });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("has 20 records") != std::string::npos);
+        CHECK(what.find("rank-00001") != std::string::npos);
+        restore();
+        edit_metadata(file1,
+                      [](std::string& d) { replace_in(d, "\"tensors\":[", "\"tensors\":[0,"); });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("more records than the 21 tensors") != std::string::npos);
+        restore();
+        edit_metadata(file1, [](std::string& d) {
+            replace_in(d, "\"rank_tensors\":", "\"rank_tensors\":1");
+        });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("rank record says") != std::string::npos);
+        restore();
+        edit_metadata(file1, [](std::string& d) {
+            replace_in(d, "\"names_hash\":\"", "\"names_hash\":\"0");
+            d.erase(d.size() - 3, 1);  // still 16 digits
+        });
+        CHECK(merge_code() == errc::invalid_export);
+        CHECK(what.find("written for another shard?") != std::string::npos);
         restore();
 
         CHECK_FALSE(fs::exists(out));
@@ -622,11 +515,10 @@ TEST_SUITE("export") {
         put(".hidden", "x");
         put("huge.bin.txt", "");
         fs::resize_file(from / "huge.bin.txt", max_side_file + 1);  // sparse
-        std::vector<std::pair<std::string, std::uint64_t>> skipped;
-        const auto n =
-            copy_side_files(from, to, dtype::f32, [&](const fs::path& p, std::uint64_t bytes) {
-                skipped.emplace_back(p.filename().string(), bytes);
-            });
+        std::vector<std::pair<std::string, std::string>> skipped;
+        const auto n = copy_side_files(from, to, dtype::f32, [&](const skipped_side_file& f) {
+            skipped.emplace_back(f.path.filename().string(), f.reason);
+        });
         CHECK(n == 2);
         CHECK(fs::exists(to / "tokenizer.json"));
         CHECK_FALSE(fs::exists(to / "model.safetensors"));
@@ -634,9 +526,91 @@ TEST_SUITE("export") {
         CHECK_FALSE(fs::exists(to / "huge.bin.txt"));
         REQUIRE(skipped.size() == 1);
         CHECK(skipped[0].first == "huge.bin.txt");
-        CHECK(skipped[0].second == max_side_file + 1);
+        CHECK(skipped[0].second.find(std::to_string(max_side_file + 1) + " bytes") == 0);
         std::ifstream cfg(to / "config.json");
         std::string text((std::istreambuf_iterator<char>(cfg)), std::istreambuf_iterator<char>());
         CHECK(text == "{\"torch_dtype\": \"float32\"}");
+    }
+}
+
+namespace {
+std::vector<std::string> listing(const fs::path& dir) {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+}
+}  // namespace
+
+TEST_SUITE("export") {
+    TEST_CASE("export --dtype F32 with a shard cut short under the conversion: io_error, no OUT") {
+        temp_folder dir;
+        model_spec m;
+        make_model(dir.path() / "in", m);
+        const auto f = dir.path() / "in" / "model-00002-of-00003.safetensors";
+        const checkpoint in = checkpoint::open((dir.path() / "in").string());
+        export_options o = options_for(2, kv_contiguous);
+        o.plan.dtype = dtype_policy::fixed(dtype::f32);  // BF16 -> F32 out of the mapping
+        o.engine.threads = 1;
+        test::cut_after_size_check cut(f, in.files()[1].view.bytes());
+        const detail::scoped_syscall_hooks scope(cut);
+        try {
+            (void)export_checkpoint(in, dir.path() / "ex", o);
+            FAIL("no error");
+        } catch (const error& e) {
+            CHECK(cut.done.load());
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.file() == f.string());
+            CHECK(std::string(e.what()).find("cut short while it was being read") !=
+                  std::string::npos);
+        }
+        CHECK(listing(dir.path()) == std::vector<std::string>{"in"});
+    }
+
+    TEST_CASE("export and merge: a shard rewritten in place while read: no OUT, changed") {
+        temp_folder dir;
+        model_spec m;
+        make_model(dir.path() / "in", m);
+        const auto f = dir.path() / "in" / "model-00002-of-00003.safetensors";
+        const checkpoint in = checkpoint::open((dir.path() / "in").string());
+        const std::uint64_t data = in.files()[1].view.data_offset();
+        test::wait_for_later_ctime(f);
+        {
+            test::rewrite_before_first_read rewrite(f, data, test::flipped_bytes(f, data, 128));
+            const detail::scoped_syscall_hooks scope(rewrite);
+            try {
+                (void)export_checkpoint(in, dir.path() / "ex", options_for(2, kv_contiguous));
+                FAIL("no error");
+            } catch (const error& e) {
+                CHECK(rewrite.done.load());
+                CHECK(e.code() == errc::io_error);
+                CHECK(e.file() == f.string());
+                CHECK(std::string(e.what()).find("changed while being read") != std::string::npos);
+            }
+        }
+        CHECK(listing(dir.path()) == std::vector<std::string>{"in"});
+
+        // merge: a rank's shard rewritten while merge reads it.
+        (void)export_checkpoint(checkpoint::open((dir.path() / "in").string()), dir.path() / "ex",
+                                options_for(2, kv_contiguous));
+        const auto rank1 = checkpoint::open((dir.path() / "ex" / export_rank_folder(1)).string());
+        // A split tensor's part (only this rank has those bytes: no comparison between ranks
+        // can notice them).
+        const auto q = rank1.tensor("model.layers.0.self_attn.q_proj.weight");
+        const auto g = q.file->path;
+        test::wait_for_later_ctime(g);
+        test::rewrite_before_first_read rewrite(g, q.tensor.file_begin(),
+                                                test::flipped_bytes(g, q.tensor.file_begin(), 64));
+        const detail::scoped_syscall_hooks scope(rewrite);
+        try {
+            (void)merge_export(dir.path() / "ex", dir.path() / "merged");
+            FAIL("no error");
+        } catch (const error& e) {
+            CHECK(rewrite.done.load());
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.file() == g.string());
+            CHECK(std::string(e.what()).find("changed while being read") != std::string::npos);
+        }
+        CHECK(listing(dir.path()) == std::vector<std::string>{"ex", "in"});
     }
 }

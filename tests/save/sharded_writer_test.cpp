@@ -6,10 +6,16 @@
 
 #include <doctest/doctest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace safeshard;
@@ -70,6 +76,69 @@ errc code_of(auto&& f) {
     }
     FAIL("no error thrown");
     return errc::io_error;
+}
+
+// The names in `dir`, sorted, joined by spaces.
+std::string names_in(const fs::path& dir) {
+    std::vector<std::string> v;
+    for (const auto& e : fs::directory_iterator(dir)) v.push_back(e.path().filename().string());
+    std::sort(v.begin(), v.end());
+    std::string s;
+    for (const auto& n : v) s += (s.empty() ? "" : " ") + n;
+    return s;
+}
+
+// Kills this process with SIGKILL (as `kill -9` or the OOM killer would) at one rename of a
+// forced save of `target`: just before or just after the rename that puts the new folder at
+// `target`, or just after the one that moves the old folder aside. Without `exchange`,
+// RENAME_EXCHANGE fails with EINVAL, as on a file system that cannot swap.
+class kill_at_rename : public detail::syscall_hooks {
+public:
+    enum class moment { before_swap_in, after_swap_in, after_move_aside };
+    kill_at_rename(fs::path target, moment when, bool exchange)
+        : target_(std::move(target)), when_(when), exchange_(exchange) {}
+
+    int rename(const char* from, const char* to, unsigned flags) override {
+        if (flags == RENAME_EXCHANGE && !exchange_) {
+            errno = EINVAL;
+            return -1;
+        }
+        const bool swap_in = target_ == to;
+        if (swap_in && when_ == moment::before_swap_in) ::raise(SIGKILL);
+        const int rc = syscall_hooks::rename(from, to, flags);
+        if ((swap_in && when_ == moment::after_swap_in) ||
+            (target_ == from && when_ == moment::after_move_aside))
+            ::raise(SIGKILL);
+        return rc;
+    }
+
+private:
+    fs::path target_;
+    moment when_;
+    bool exchange_;
+};
+
+// A forced save of `s` over `target` in a child process, killed by kill_at_rename.
+void killed_forced_save(const fs::path& target, const tensor_set& s, kill_at_rename::moment when,
+                        bool exchange) {
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        try {
+            kill_at_rename hooks(target, when, exchange);
+            const detail::scoped_syscall_hooks installed(hooks);
+            sharded_save_options o;
+            o.force = true;
+            o.max_shard_size = 64;
+            save_sharded(target, s.infos, producer_of(s), o);
+        } catch (...) {
+        }
+        ::_exit(1);  // not killed: the moment never came
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGKILL);
 }
 
 }  // namespace
@@ -228,6 +297,39 @@ TEST_SUITE("save") {
         CHECK(fs::exists(d / (".out.old-" + dead)));
         CHECK(fs::exists(d / (".out.new-" + dead)));
         CHECK_FALSE(fs::exists(d / (".out.new-" + dead + ".safeshard.tmp-" + dead)));
+    }
+
+    TEST_CASE("sharded_writer: a killed swap's folder is removed once its target is deleted") {
+        scratch_dir d;
+        const auto s = sample();
+        const auto out = d / "out";
+        using moment = kill_at_rename::moment;
+        const std::pair<moment, bool> kills[] = {
+            {moment::before_swap_in, true},  // the new folder complete, never swapped in
+            {moment::after_swap_in, true},   // the old folder swapped out, not yet removed
+            {moment::after_swap_in, false},  // the old folder moved aside, not yet removed
+        };
+        for (const auto& [when, exchange] : kills) {
+            CAPTURE(static_cast<int>(when));
+            CAPTURE(exchange);
+            save_sharded(out, s.infos, producer_of(s));
+            killed_forced_save(out, s, when, exchange);
+            CHECK(entries(d.path()) == 2);  // OUT and one hidden folder beside it
+            // A person deletes OUT; the next plain save leaves nothing but its output.
+            fs::remove_all(out);
+            save_sharded(out, s.infos, producer_of(s));
+            CHECK(names_in(d.path()) == "out");
+            check_equal(checkpoint::open(out.string()), s);
+            fs::remove_all(out);
+        }
+        // Killed between the two renames of a swap without RENAME_EXCHANGE: no OUT, and the
+        // old and new folders are the only copies; the next plain save keeps both.
+        save_sharded(out, s.infos, producer_of(s));
+        killed_forced_save(out, s, moment::after_move_aside, false);
+        CHECK_FALSE(fs::exists(out));
+        CHECK(entries(d.path()) == 2);
+        save_sharded(out, s.infos, producer_of(s));
+        CHECK(entries(d.path()) == 3);
     }
 
     TEST_CASE("check_output_location refuses the input, a folder inside it, and the reverse") {

@@ -124,6 +124,17 @@ TEST_CASE("pipeline stages and name maps") {
     CHECK_THROWS_AS((void)expand(tiny, bad), error);
 }
 
+TEST_CASE("expand: a layer count whose parameters overflow is refused, never wrapped") {
+    // 3 layer templates × 2^63 layers: the count of parameters does not fit 64 bits.
+    try {
+        (void)expand(std::span<const parameter_spec>(tiny.parameters), std::uint64_t{1} << 63);
+        FAIL("no error");
+    } catch (const error& e) {
+        CHECK(e.code() == errc::validation_overflow);
+        CHECK(std::string(e.what()).find("9223372036854775808 layers") != std::string::npos);
+    }
+}
+
 TEST_CASE("run-time schemas: add, duplicates, validation, replicate_all") {
     schema s;
     s.add(parameter_meta{.name = "w", .layout = split<0>::value, .sources = {"w"}});

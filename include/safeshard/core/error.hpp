@@ -84,6 +84,33 @@ enum class errc : std::uint8_t {
     return "unknown";
 }
 
+// `s` with its control characters shown escaped: bytes below 0x20 and DEL as \x1b, and the C1
+// controls (U+0080..U+009F, two bytes in UTF-8) as \u009b; every other byte kept. Names and
+// paths come from files: escaped, they cannot move the cursor or retitle the terminal of
+// whoever reads a message. Every error message goes through it, and the tool's other lines too.
+[[nodiscard]] inline std::string escape_controls(std::string_view s) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string r;
+    r.reserve(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        const auto next = i + 1 < s.size() ? static_cast<unsigned char>(s[i + 1]) : 0u;
+        if (c < 0x20 || c == 0x7f) {
+            r += "\\x";
+            r += hex[c >> 4];
+            r += hex[c & 0xf];
+        } else if (c == 0xc2 && next >= 0x80 && next <= 0x9f) {
+            r += "\\u00";
+            r += hex[next >> 4];
+            r += hex[next & 0xf];
+            ++i;
+        } else {
+            r += static_cast<char>(c);
+        }
+    }
+    return r;
+}
+
 // Where an error happened. Every field is optional; what() prints those that are set.
 struct error_context {
     std::string file{};
@@ -101,6 +128,8 @@ public:
           ctx_(std::move(ctx)) {}
 
     [[nodiscard]] errc code() const noexcept { return code_; }
+    // what() is "code: message (file 'f', tensor 't', byte offset n)", control characters
+    // escaped (escape_controls); message(), file() and tensor() are the raw texts.
     // The message without code and context.
     [[nodiscard]] const std::string& message() const noexcept { return message_; }
     [[nodiscard]] const error_context& context() const noexcept { return ctx_; }
@@ -115,20 +144,20 @@ private:
         s.reserve(message.size() + 64);
         s += to_string(code);
         s += ": ";
-        s += message;
+        s += escape_controls(message);
         if (!ctx.file.empty() || !ctx.tensor.empty() || ctx.offset) {
             s += " (";
             const char* sep = "";
             if (!ctx.file.empty()) {
                 s += "file '";
-                s += ctx.file;
+                s += escape_controls(ctx.file);
                 s += '\'';
                 sep = ", ";
             }
             if (!ctx.tensor.empty()) {
                 s += sep;
                 s += "tensor '";
-                s += ctx.tensor;
+                s += escape_controls(ctx.tensor);
                 s += '\'';
                 sep = ", ";
             }

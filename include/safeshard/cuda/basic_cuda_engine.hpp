@@ -13,6 +13,13 @@
 // registered: the mapping page-locked with cudaHostRegister (read-only) and DMA from it.
 // pageable and registered copy what converts, or what has no mapping, the staged way.
 //
+// A file cut short while it is read: every copy this engine makes out of a mapping runs under
+// guard_mapped_read (io/mapping_guard.hpp) and becomes io_error naming the file. The driver's
+// own reads cannot be guarded: pageable touches each piece's pages under the guard just before
+// cudaMemcpy2D, which leaves a window of one call; registered pages are pinned (a cut file
+// fails the registration, io_error, or leaves the DMA reading the pinned old pages, which the
+// loader's check that the file is unchanged reports).
+//
 // Every transport call is checked: a failure throws safeshard::error (errc::cuda_error) with
 // the CUDA function, the error's name, the copy op and its tensor; streams are synchronised
 // and every resource (ring, streams, events, registrations) released before it propagates.
@@ -398,6 +405,13 @@ private:
             // whole pages: a mapping starts on one and covers the last one entirely
             const std::size_t bytes = (m.size() + 4095) / 4096 * 4096;
             const int rc = tr_.host_register_read_only(base, bytes);
+            if (rc != Transport::success && !detail::file_holds(targets_.sources[f], m.size()))
+                throw error(
+                    errc::io_error,
+                    "the file was cut short while its mapping was being registered (" +
+                        std::to_string(m.size()) +
+                        " bytes mapped; cudaHostRegister: " + tr_.error_name(rc) + ")",
+                    error_context{.file = std::string(detail::file_name_of(targets_.sources[f]))});
             if (rc != Transport::success) {
                 std::string file =
                     targets_.sources[f].reader ? targets_.sources[f].reader->path().string() : "";
@@ -479,11 +493,13 @@ private:
         }
 
         void progress(std::uint64_t bytes) {
-            const std::uint64_t d = st.done.fetch_add(bytes) + bytes;
-            if (e.progress_) {
-                const std::lock_guard lock(st.m);
-                e.progress_(d, st.total);
+            if (!e.progress_) {
+                st.done.fetch_add(bytes);
+                return;
             }
+            // Counted under the lock, so the callback sees the count only grow.
+            const std::lock_guard lock(st.m);
+            e.progress_(st.done.fetch_add(bytes) + bytes, st.total);
         }
 
         void zero(const copy_op& op) {
@@ -503,6 +519,12 @@ private:
             const std::uint64_t spitch = b.rows > 1 ? b.src_pitch : b.src_row_bytes;
             const std::uint64_t dpitch = b.rows > 1 ? b.dst_pitch : b.dst_row_bytes;
             if (e.opt_.policy == cuda_policy::pageable) {
+                // The driver reads pageable memory on this thread, where no guard can jump out
+                // of it: the pages are read under the guard first, so that a file cut before
+                // now is io_error. One cut between this and the driver's read still raises
+                // SIGBUS (the window the pageable policy keeps; staged has none).
+                touch_mapping(detail::mapped_span(op, from), detail::file_name_of(src),
+                              op.file_begin());
                 ++st.pageable_copies;
                 e.check(e.tr_.memcpy_2d(dst, dpitch, from, spitch, b.dst_row_bytes, b.rows),
                         "cudaMemcpy2D", &op);
@@ -570,8 +592,8 @@ private:
                                                  : converter(op.src_dtype);
             const read_mode mode = op.contiguous_source() ? e.opt_.mode : e.opt_.strided;
             if (mode == read_mode::mmap && !src.mapping.empty()) {
-                conv(detail::mapped_source(src, op), out, b.rows, row_elems, b.src_pitch,
-                     b.dst_row_bytes);
+                detail::convert_from_mapping(src, op, detail::mapped_source(src, op), conv, out,
+                                             row_elems, b.dst_row_bytes);
                 return;
             }
             if (src.reader == nullptr)

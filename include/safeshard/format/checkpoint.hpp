@@ -20,6 +20,7 @@
 
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/config.hpp"
 #include "safeshard/format/hf_cache.hpp"
 #include "safeshard/format/index.hpp"
@@ -57,7 +58,7 @@ struct checkpoint_file {
 
     // A reader of the file the view mapped: io_error where its path names another file now.
     [[nodiscard]] file_reader open_reader() const {
-        return file_reader(path, read_options{.expect = view.identity()});
+        return file_reader(path, read_options{.expect = view.version()});
     }
 };
 
@@ -196,11 +197,12 @@ public:
         return all;
     }
 
-    // config.json beside the shards, when there is one.
+    // config.json beside the shards, when there is one (anything there but a dangling link:
+    // a FIFO or a folder named config.json is for load_config to refuse, not to skip).
     [[nodiscard]] std::optional<std::filesystem::path> config_path() const {
         std::error_code ec;
         auto p = root_ / "config.json";
-        if (std::filesystem::is_regular_file(p, ec)) return p;
+        if (std::filesystem::exists(p, ec)) return p;
         return std::nullopt;
     }
     [[nodiscard]] std::optional<config_file> load_config() const {
@@ -229,7 +231,9 @@ private:
         }
         if (fs::is_directory(st)) return open_folder(p, options, snap);
         if (!fs::exists(st)) not_found(p, "no file or folder '" + p.string() + "'");
-        if (!fs::is_regular_file(st)) not_found(p, "'" + p.string() + "' is not a regular file");
+        if (!fs::is_regular_file(st))
+            not_found(p, "'" + p.string() + "' is " + detail::describe_path(p) +
+                             ", not a safetensors file or an index");
         const std::string name = p.filename().string();
         if (ends_with(name, ".json")) return open_index(p, options, snap);
         checkpoint c;
@@ -324,21 +328,7 @@ private:
         for (const auto& name : names) {
             fs::path path = root_ / name;
             std::error_code ec;
-            if (!fs::is_regular_file(path, ec)) {
-                std::string msg = "the index names shard '" + name + "', which is ";
-                if (snap != nullptr) {
-                    msg += snap->status(name) == hf_file_status::known_missing
-                               ? "recorded as missing from the repository (.no_exist marker)"
-                               : "not in the cache snapshot (not downloaded, or its blob is gone)";
-                } else {
-                    msg += fs::exists(fs::symlink_status(path, ec))
-                               ? "a dangling link or not a file"
-                               : "not there";
-                }
-                throw error(
-                    errc::invalid_index, msg,
-                    error_context{.file = index_path_ ? index_path_->string() : path.string()});
-            }
+            if (!fs::is_regular_file(path, ec)) not_a_shard(name, path, snap);
             paths.push_back(std::move(path));
         }
         std::vector<file_view> views = open_views(paths, options);
@@ -349,6 +339,27 @@ private:
             total_bytes_ += f.tensor_bytes;
             tensor_count_ += f.view.size();
         }
+    }
+
+    // The error for a file to open that is not a regular file: the index's fault when it names
+    // the file (invalid_index), else no checkpoint there (checkpoint_not_found); the message
+    // says what the file is.
+    [[noreturn]] void not_a_shard(const std::string& name, const std::filesystem::path& path,
+                                  const hf_snapshot* snap) const {
+        std::string what;
+        if (snap != nullptr && !std::filesystem::exists(path)) {
+            what = snap->status(name) == hf_file_status::known_missing
+                       ? "recorded as missing from the repository (.no_exist marker)"
+                       : "not in the cache snapshot (not downloaded, or its blob is gone)";
+        } else {
+            what = detail::describe_path(path);
+            if (what == "nothing") what = "not there";
+        }
+        if (index_path_)
+            throw error(errc::invalid_index,
+                        "the index names shard '" + name + "', which is " + what,
+                        error_context{.file = index_path_->string()});
+        not_found(path, "'" + name + "' is " + what + ", not a safetensors file");
     }
 
     // Maps and validates the files on a few threads (each has its own reused parser). The
@@ -477,7 +488,8 @@ private:
     std::vector<checkpoint_file> files_;
     // Unindexed names a lenient open let through → (file, tensor position in file order).
     // Keys borrow the file_views' names.
-    std::unordered_map<std::string_view, std::pair<std::uint32_t, std::uint32_t>> extras_;
+    std::unordered_map<std::string_view, std::pair<std::uint32_t, std::uint32_t>, detail::name_hash>
+        extras_;
     std::uint64_t total_bytes_ = 0;
     std::size_t tensor_count_ = 0;
     std::vector<checkpoint_warning> warnings_;

@@ -15,6 +15,7 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
+#include "safeshard/format/json_document.hpp"
 #include "safeshard/format/json_text.hpp"
 
 namespace safeshard {
@@ -93,9 +94,7 @@ public:
 
 private:
     config_file(simdjson::padded_string text, std::string source)
-        : text_(std::move(text)),
-          parser_(std::make_unique<simdjson::dom::parser>()),
-          source_(std::move(source)) {
+        : text_(std::move(text)), source_(std::move(source)) {
         parse_fields();
     }
 
@@ -150,9 +149,13 @@ private:
     }
 
     void parse_fields() {
-        if (auto err = parser_->parse(text_).get(root_); err) {
-            fail(std::string("not valid JSON: ") + simdjson::error_message(err));
+        // Python's json module (transformers reads config.json with it) decides what is valid.
+        if (auto err = doc_.parse(std::string_view(text_.data(), text_.size()), true,
+                                  detail::json_reader::python, true);
+            err) {
+            fail("not valid JSON: " + doc_.message(err));
         }
+        root_ = doc_.root();
         if (!root_.is_object()) {
             fail("expected a JSON object at the top level, found " +
                  std::string(detail::json_type_name(root_.type())));
@@ -237,7 +240,7 @@ private:
     }
 
     simdjson::padded_string text_;
-    std::unique_ptr<simdjson::dom::parser> parser_;  // owns the document's tape
+    detail::json_document doc_;  // owns the document's tape
     simdjson::dom::element root_;
     simdjson::dom::element text_section_;
     bool has_text_config_ = false;

@@ -5,9 +5,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -15,6 +13,7 @@
 
 #include "safeshard/core/error.hpp"
 #include "safeshard/format/index.hpp"
+#include "safeshard/format/json_text.hpp"
 
 namespace safeshard {
 
@@ -197,12 +196,10 @@ private:
     }
     const fs::path ref = repo / "refs" / revision;
     std::string commit;
-    if (fs::is_regular_file(ref, ec)) {
-        std::ifstream in(ref);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        if (!in) throw system_error("read", errno, ref.string());
-        commit = ss.str();
+    if (fs::exists(ref, ec)) {
+        // Read as every input file is (a FIFO or a folder there is refused, never waited on).
+        const auto text = detail::json_file(ref, 4096, errc::checkpoint_not_found).read();
+        commit.assign(text.data(), text.size());
         const auto first = commit.find_first_not_of(" \t\r\n");
         const auto last = commit.find_last_not_of(" \t\r\n");
         commit =

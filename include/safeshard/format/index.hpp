@@ -18,6 +18,8 @@
 #include <simdjson.h>
 
 #include "safeshard/core/error.hpp"
+#include "safeshard/core/name_hash.hpp"
+#include "safeshard/format/json_document.hpp"
 #include "safeshard/format/json_text.hpp"
 
 namespace safeshard {
@@ -117,47 +119,9 @@ private:
                     error_context{.file = source, .tensor = std::move(tensor)});
     }
 
-    static std::size_t hash(std::string_view s) noexcept {
-        return std::hash<std::string_view>{}(s);
-    }
-
-    // A slot holds the entry's position + 1 (0 = empty) and its hash's high half, so probes
-    // past other names rarely touch entries_.
-    static constexpr std::uint64_t slot_of(std::uint32_t entry, std::size_t h) noexcept {
-        return (static_cast<std::uint64_t>(h >> 32) << 32) | (entry + 1u);
-    }
-    static constexpr bool same_hash(std::uint64_t slot, std::size_t h) noexcept {
-        return (slot >> 32) == static_cast<std::uint64_t>(h >> 32);
-    }
-
     [[nodiscard]] const index_entry* lookup(std::string_view name) const noexcept {
-        if (table_.empty()) return nullptr;
-        const std::size_t mask = table_.size() - 1;
-        const std::size_t h = hash(name);
-        for (std::size_t i = h & mask;; i = (i + 1) & mask) {
-            const std::uint64_t slot = table_[i];
-            if (slot == 0) return nullptr;
-            if (same_hash(slot, h)) {
-                const index_entry& e = entries_[static_cast<std::uint32_t>(slot) - 1];
-                if (e.name == name) return &e;
-            }
-        }
-    }
-
-    // Open addressing keeps the 92k-entry table to one allocation; false on a duplicate.
-    bool insert(std::uint32_t entry, std::size_t h) noexcept {
-        const std::size_t mask = table_.size() - 1;
-        const std::string_view name = entries_[entry].name;
-        for (std::size_t i = h & mask;; i = (i + 1) & mask) {
-            const std::uint64_t slot = table_[i];
-            if (slot == 0) {
-                table_[i] = slot_of(entry, h);
-                return true;
-            }
-            if (same_hash(slot, h) && entries_[static_cast<std::uint32_t>(slot) - 1].name == name) {
-                return false;
-            }
-        }
+        const auto i = table_.find(name, [this](std::uint32_t e) { return entries_[e].name; });
+        return i ? &entries_[*i] : nullptr;
     }
 
     static safetensors_index parse_view(simdjson::padded_string_view buf, std::string source) {
@@ -168,17 +132,16 @@ private:
         safetensors_index ix;
         ix.source_ = std::move(source);
         if (buf.size() >= UINT32_MAX) fail("index is too large", ix.source_);
-        // The thread's reused parser: fresh parser buffers cost more than the parse itself.
-        std::unique_ptr<simdjson::dom::parser> own;
-        simdjson::dom::parser* parser = &detail::thread_parser();
-        if (buf.size() > detail::shared_parser_limit) {
-            own = std::make_unique<simdjson::dom::parser>();
-            parser = own.get();
+        // Python's json module (which transformers and huggingface_hub read indexes with)
+        // decides what is valid: deep nesting and wide integers in metadata are taken.
+        detail::json_document doc;
+        const bool padded = buf.padding() >= simdjson::SIMDJSON_PADDING;
+        if (auto err = doc.parse(std::string_view(buf.data(), buf.size()), padded,
+                                 detail::json_reader::python);
+            err) {
+            fail("not valid JSON: " + doc.message(err), ix.source_);
         }
-        element root;
-        if (auto err = parser->parse(buf).get(root); err) {
-            fail(std::string("not valid JSON: ") + simdjson::error_message(err), ix.source_);
-        }
+        const element root = doc.root();
         object top;
         if (root.get_object().get(top)) {
             fail(std::string("expected a JSON object at the top level, found ") +
@@ -212,7 +175,7 @@ private:
         char* cursor = ix.arena_.get();
         ix.entries_.reserve(n);  // simdjson's size() saturates at 2^24 - 1: a hint only
 
-        std::unordered_map<std::string_view, std::uint32_t> shard_ids;
+        std::unordered_map<std::string_view, std::uint32_t, detail::name_hash> shard_ids;
         std::string_view last_shard;
         std::uint32_t last_id = 0;
         std::vector<std::string> shards;
@@ -246,23 +209,9 @@ private:
             }
             ix.entries_.push_back(index_entry{name, id});
         }
-        // The table from the real count (twice it, a power of two): sized from the saturated
-        // hint, an index of more than 2^25 names would fill it and the inserts never end.
-        std::size_t table_size = 16;
-        while (table_size < ix.entries_.size() * 2) table_size *= 2;
-        ix.table_.assign(table_size, 0);
-        // Hashes first, then inserts with the slot prefetched a few entries ahead: the table
-        // is bigger than the cache and each insert would otherwise wait on memory.
-        std::vector<std::size_t> hashes(ix.entries_.size());
-        for (std::size_t i = 0; i < hashes.size(); ++i) hashes[i] = hash(ix.entries_[i].name);
-        constexpr std::size_t ahead = 16;
-        const std::size_t mask = table_size - 1;
-        for (std::size_t i = 0; i < hashes.size(); ++i) {
-            if (i + ahead < hashes.size()) __builtin_prefetch(&ix.table_[hashes[i + ahead] & mask]);
-            if (!ix.insert(static_cast<std::uint32_t>(i), hashes[i])) {
-                fail("duplicate key in weight_map", ix.source_, std::string(ix.entries_[i].name));
-            }
-        }
+        // The table from the real count: sized from the saturated hint, an index of more than
+        // 2^25 names would fill it and the inserts never end.
+        ix.build_table();
         // Shards sorted by name; entries renumbered to match.
         std::vector<std::uint32_t> order(shards.size());
         for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -276,6 +225,22 @@ private:
         }
         for (auto& e : ix.entries_) e.shard = renumber[e.shard];
         return ix;
+    }
+
+    // Hashes first, then inserts with the slot prefetched a few entries ahead: the table is
+    // bigger than the cache and each insert would otherwise wait on memory.
+    void build_table() {
+        table_.reset(entries_.size());
+        std::vector<std::uint64_t> hashes(entries_.size());
+        for (std::size_t i = 0; i < hashes.size(); ++i) hashes[i] = table_.hash(entries_[i].name);
+        constexpr std::size_t ahead = 16;
+        const auto name_of = [this](std::uint32_t e) { return entries_[e].name; };
+        for (std::size_t i = 0; i < hashes.size(); ++i) {
+            if (i + ahead < hashes.size()) table_.prefetch(hashes[i + ahead]);
+            const auto pos = static_cast<std::uint32_t>(i);
+            if (table_.insert(entries_[i].name, hashes[i], pos, name_of))
+                fail("duplicate key in weight_map", source_, std::string(entries_[i].name));
+        }
     }
 
     void read_metadata(simdjson::dom::element md) {
@@ -309,7 +274,7 @@ private:
     std::string source_;
     std::unique_ptr<char[]> arena_;  // names; stable across moves
     std::vector<index_entry> entries_;
-    std::vector<std::uint64_t> table_;  // see slot_of()
+    detail::name_index table_;  // names → positions in entries_
     std::vector<std::string> shards_;
     std::optional<std::uint64_t> total_size_;
     std::optional<std::uint64_t> total_parameters_;

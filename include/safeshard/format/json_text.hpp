@@ -2,9 +2,7 @@
 // simdjson can parse in place.
 #pragma once
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,15 +14,19 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include <simdjson.h>
 
 #include "safeshard/core/error.hpp"
+#include "safeshard/io/syscalls.hpp"
 
 namespace safeshard::detail {
 
-// serde_json (the reference's parser) refuses JSON nested deeper than this, counting the
-// top-level object; simdjson is told the same limit so both give the same verdict.
+// The depth simdjson's parsers are prepared for. simdjson counts the document as a level and
+// not an empty innermost array or object, so it takes every text at most 126 arrays and
+// objects deep; a deeper one is measured again against its reader's own limit
+// (json_document.hpp).
 inline constexpr std::size_t json_max_depth = 127;
 
 inline void prepare_parser(simdjson::dom::parser& p, std::size_t capacity) {
@@ -45,40 +47,26 @@ inline simdjson::dom::parser& thread_parser() {
 // Above this header size a parse uses its own parser, so a thread keeps no huge buffers.
 inline constexpr std::size_t shared_parser_limit = 16u << 20;
 
-// An open JSON side file: a regular file of at most `cap` bytes. errc::io_error (with errno)
-// when the system fails, `too_big` when the file is over the cap or not a regular file.
+// An open JSON side file: a regular file of at most `cap` bytes, opened, read and mapped
+// through io/'s system-call seam. errc::io_error (with errno) when the system fails, `too_big`
+// when the file is over the cap or not a regular file (a FIFO or a device is never waited on).
 class json_file {
 public:
     json_file(const std::filesystem::path& p, std::uint64_t cap, errc too_big)
         : name_(p.string()), too_big_(too_big) {
-        do {
-            fd_ = ::open(name_.c_str(), O_RDONLY | O_CLOEXEC);
-        } while (fd_ < 0 && errno == EINTR);
-        if (fd_ < 0) throw system_error("open", errno, name_);
-        struct stat st {};
-        if (::fstat(fd_, &st) != 0) {
-            const int e = errno;
-            ::close(fd_);
-            throw system_error("fstat", e, name_);
-        }
-        if (!S_ISREG(st.st_mode)) {
-            ::close(fd_);
-            throw error(too_big, "not a regular file", error_context{.file = name_});
-        }
-        size_ = static_cast<std::uint64_t>(st.st_size);
-        if (size_ > cap) {
-            ::close(fd_);
+        auto opened = open_regular_file(p, too_big);
+        fd_ = std::move(opened.fd);
+        size_ = static_cast<std::uint64_t>(opened.status.st_size);
+        if (size_ > cap)
             throw error(too_big,
                         "file is " + std::to_string(size_) + " bytes, over the cap of " +
                             std::to_string(cap),
                         error_context{.file = name_});
-        }
     }
     json_file(const json_file&) = delete;
     json_file& operator=(const json_file&) = delete;
     ~json_file() {
         if (map_ != nullptr) ::munmap(map_, map_bytes_);
-        ::close(fd_);
     }
 
     // The whole file read into a padded buffer.
@@ -87,10 +75,11 @@ public:
         std::size_t done = 0;
         while (done < size_) {
             const ssize_t n =
-                ::read(fd_, buf.data() + done, static_cast<std::size_t>(size_) - done);
+                sys::pread(fd_.get(), buf.data() + done, static_cast<std::size_t>(size_) - done,
+                           static_cast<off_t>(done));
             if (n < 0) {
                 if (errno == EINTR) continue;
-                throw system_error("read", errno, name_, done);
+                throw errno_error("read", name_, done);
             }
             if (n == 0) {
                 throw error(too_big_, "file shrank while being read", error_context{.file = name_});
@@ -109,7 +98,7 @@ public:
         const std::uint64_t tail = size_ % page;
         if (size_ == 0 || tail == 0 || page - tail < simdjson::SIMDJSON_PADDING) return {};
         map_bytes_ = static_cast<std::size_t>(size_ + (page - tail));
-        void* m = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, fd_, 0);
+        void* m = sys::mmap(map_bytes_, PROT_READ, MAP_PRIVATE, fd_.get());
         if (m == MAP_FAILED) {
             map_ = nullptr;
             return {};  // reading still works
@@ -124,7 +113,7 @@ public:
 private:
     std::string name_;
     errc too_big_;
-    int fd_ = -1;
+    unique_fd fd_{};
     std::uint64_t size_ = 0;
     void* map_ = nullptr;
     std::size_t map_bytes_ = 0;

@@ -1,5 +1,6 @@
-// A safetensors file read in place: file_view (validated header over a mapping or a borrowed
-// byte span) and tensor_view (one tensor's dtype, shape and bytes, zero-copy).
+// A safetensors file read in place: file_view (validated header, read with pread from a path or
+// out of a borrowed byte span) and tensor_view (one tensor's dtype, shape and bytes, zero-copy
+// out of a mapping made on the first access to the bytes).
 //
 // Validation follows the reference reader (safetensors 0.8) check by check and in its order,
 // and is stricter in a few places, each documented where it happens (duplicate names, rank
@@ -9,6 +10,10 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <charconv>
+#include <cmath>
 #include <complex>
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +22,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <span>
@@ -29,9 +35,13 @@
 #include "safeshard/core/checked.hpp"
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/core/shape.hpp"
-#include "safeshard/format/json_text.hpp"
+#include "safeshard/format/json_document.hpp"
+#include "safeshard/io/file_identity.hpp"
+#include "safeshard/io/file_reader.hpp"
 #include "safeshard/io/mapped_file.hpp"
+#include "safeshard/io/syscalls.hpp"
 
 namespace safeshard {
 
@@ -96,68 +106,61 @@ inline constexpr bool is_element_type_v =
     std::is_same_v<T, std::int32_t> || std::is_same_v<T, std::int64_t> ||
     std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, std::complex<float>>;
 
-// Open addressing over indices into the entry table; keys are the names in the arena, so a
-// lookup allocates nothing.
-class name_index {
+// The bytes of a file_view: a borrowed span, or the file mapped on the first access (from any
+// thread), so that opening thousands of files to read their headers holds no mapping and no
+// descriptor. The file mapped must be the one whose header was validated (a download or an
+// atomic save may have renamed another over its path since) and at least as long.
+class view_bytes {
 public:
-    void reset(std::size_t count) {
-        std::size_t cap = 16;
-        while (cap < count * 2) cap *= 2;
-        slots_.assign(cap, 0);
-    }
+    explicit view_bytes(std::span<const std::byte> borrowed) noexcept
+        : size_(borrowed.size()), data_(borrowed.data()) {}
+    view_bytes(std::filesystem::path path, file_identity identity, std::uint64_t size)
+        : path_(std::move(path)), identity_(identity), size_(size), lazy_(true) {}
+    view_bytes(const view_bytes&) = delete;
+    view_bytes& operator=(const view_bytes&) = delete;
+    ~view_bytes() = default;
 
-    // Returns the index already holding `name`, or nullopt after inserting `idx`.
-    template <class NameOf>
-    std::optional<std::uint32_t> insert(std::string_view name, std::uint32_t idx,
-                                        const NameOf& name_of) {
-        const std::size_t mask = slots_.size() - 1;
-        for (std::size_t i = std::hash<std::string_view>{}(name)&mask;; i = (i + 1) & mask) {
-            const std::uint32_t s = slots_[i];
-            if (s == 0) {
-                slots_[i] = idx + 1;
-                return std::nullopt;
-            }
-            if (name_of(s - 1) == name) return s - 1;
-        }
+    [[nodiscard]] std::uint64_t size() const noexcept { return size_; }
+    // The first byte; maps the file on the first call. io_error where the path names another
+    // file now or the file is shorter than it was.
+    [[nodiscard]] const std::byte* data() const {
+        if (const std::byte* p = data_.load(std::memory_order_acquire); p != nullptr || !lazy_)
+            return p;
+        return map();
     }
-
-    template <class NameOf>
-    [[nodiscard]] std::optional<std::uint32_t> find(std::string_view name,
-                                                    const NameOf& name_of) const {
-        if (slots_.empty()) return std::nullopt;
-        const std::size_t mask = slots_.size() - 1;
-        for (std::size_t i = std::hash<std::string_view>{}(name)&mask;; i = (i + 1) & mask) {
-            const std::uint32_t s = slots_[i];
-            if (s == 0) return std::nullopt;
-            if (name_of(s - 1) == name) return s - 1;
-        }
+    // Whether the mapping exists (a borrowed span counts as mapped).
+    [[nodiscard]] bool mapped() const noexcept {
+        return !lazy_ || data_.load(std::memory_order_acquire) != nullptr;
     }
 
 private:
-    std::vector<std::uint32_t> slots_;  // 0 = empty, else entry index + 1
-};
-
-// Whether valid JSON holds the number token -0 outside strings. simdjson reads it as the
-// integer 0, serde_json (the reference) as the float -0.0, which no size or offset accepts.
-[[nodiscard]] inline bool has_negative_zero(std::string_view json) noexcept {
-    if (json.find('-') == std::string_view::npos) return false;  // the common case, fast
-    bool in_string = false;
-    for (std::size_t i = 0; i < json.size(); ++i) {
-        const char c = json[i];
-        if (in_string) {
-            if (c == '\\')
-                ++i;
-            else if (c == '"')
-                in_string = false;
-        } else if (c == '"') {
-            in_string = true;
-        } else if (c == '-' && i + 1 < json.size() && json[i + 1] == '0') {
-            const char next = i + 2 < json.size() ? json[i + 2] : ' ';
-            if (next != '.' && next != 'e' && next != 'E') return true;
-        }
+    const std::byte* map() const {
+        const std::lock_guard lock(mutex_);
+        if (const std::byte* p = data_.load(std::memory_order_relaxed)) return p;
+        mapped_file m(path_);
+        if (m.identity() != identity_)
+            throw error(errc::io_error,
+                        "the file was replaced after it was opened (its path names another file "
+                        "now); open it again",
+                        {.file = path_.string()});
+        if (m.size() < size_)
+            throw error(errc::io_error,
+                        "the file is shorter (" + std::to_string(m.size()) +
+                            " bytes) than when it was opened (" + std::to_string(size_) + " bytes)",
+                        {.file = path_.string()});
+        mapping_ = std::move(m);
+        data_.store(mapping_.data(), std::memory_order_release);
+        return mapping_.data();
     }
-    return false;
-}
+
+    std::filesystem::path path_{};
+    file_identity identity_{};
+    std::uint64_t size_ = 0;
+    bool lazy_ = false;
+    mutable std::mutex mutex_{};
+    mutable mapped_file mapping_{};
+    mutable std::atomic<const std::byte*> data_{nullptr};
+};
 
 }  // namespace detail
 
@@ -219,9 +222,9 @@ private:
 // One tensor of a file_view: borrows the view's names and bytes (valid while the view lives).
 class tensor_view {
 public:
-    tensor_view(const detail::tensor_entry& e, const char* names, const std::byte* data_buffer,
+    tensor_view(const detail::tensor_entry& e, const char* names, const detail::view_bytes& file,
                 std::uint64_t data_start) noexcept
-        : e_(&e), names_(names), data_(data_buffer), data_start_(data_start) {}
+        : e_(&e), names_(names), file_(&file), data_start_(data_start) {}
 
     [[nodiscard]] std::string_view name() const noexcept {
         return {names_ + e_->name_offset, e_->name_size};
@@ -230,9 +233,11 @@ public:
     [[nodiscard]] const safeshard::shape& shape() const noexcept { return e_->extents; }
     [[nodiscard]] std::uint64_t element_count() const noexcept { return e_->elements; }
     [[nodiscard]] std::uint64_t byte_size() const noexcept { return e_->end - e_->begin; }
-    // The tensor's bytes inside the mapping (or the borrowed span).
-    [[nodiscard]] std::span<const std::byte> bytes() const noexcept {
-        return {data_ + e_->begin, static_cast<std::size_t>(e_->end - e_->begin)};
+    // The tensor's bytes inside the mapping (or the borrowed span). The first access to a
+    // file's bytes maps it: io_error where its path names another file by then (see
+    // file_view::bytes()).
+    [[nodiscard]] std::span<const std::byte> bytes() const {
+        return {data(), static_cast<std::size_t>(e_->end - e_->begin)};
     }
     // Offsets relative to the data buffer, as written in the header's data_offsets.
     [[nodiscard]] std::uint64_t data_begin() const noexcept { return e_->begin; }
@@ -258,31 +263,40 @@ public:
                                       .tensor = std::string(name()),
                                       .offset = file_begin(),
                                       .sys_errno = 0});
-        return typed_elements<T>(data_ + e_->begin, static_cast<std::size_t>(e_->elements));
+        return typed_elements<T>(data(), static_cast<std::size_t>(e_->elements));
     }
 
 private:
+    [[nodiscard]] const std::byte* data() const { return file_->data() + file_begin(); }
+
     const detail::tensor_entry* e_;
     const char* names_;
-    const std::byte* data_;
+    const detail::view_bytes* file_;
     std::uint64_t data_start_;
 };
 
-// A validated safetensors file. Move-only; owns the mapping when opened from a path, borrows
-// the bytes otherwise. Tensor views and spans stay valid while the file_view lives (also
-// across moves: the mapping does not move).
+// A validated safetensors file. Move-only. Opened from a path, it reads and validates the
+// header with pread and keeps no descriptor; the file is mapped on the first access to tensor
+// bytes (and owned from then on). Otherwise it borrows the bytes. Tensor views and spans stay
+// valid while the file_view lives (also across moves: the mapping does not move).
 class file_view {
 public:
-    // Maps the file and validates it.
+    // Reads the header and validates it against the file's size; maps nothing yet (call
+    // bytes() to map the file now, e.g. before a save may rename another file over the path:
+    // a view that maps later refuses a replaced file with io_error).
     explicit file_view(const std::filesystem::path& path, parse_options options = {})
-        : mapping_(std::make_unique<mapped_file>(path)), file_name_(path.string()) {
-        parse(mapping_->bytes(), options);
+        : file_name_(path.string()) {
+        const file_reader r(path);
+        version_ = r.opened_version();
+        read_header(r, options);
+        bytes_ = std::make_unique<detail::view_bytes>(path, version_->id, r.size());
+        parse_header(r.size(), true);
     }
 
     // Validates borrowed bytes (the whole file); `file_name` only labels errors.
     explicit file_view(std::span<const std::byte> bytes, parse_options options = {},
                        std::string file_name = {})
-        : file_name_(std::move(file_name)) {
+        : file_name_(std::move(file_name)), bytes_(std::make_unique<detail::view_bytes>(bytes)) {
         parse(bytes, options);
     }
 
@@ -296,24 +310,32 @@ public:
     file_view& operator=(const file_view&) = delete;
     ~file_view() = default;
 
-    // The file mapped, when the view was opened from a path.
+    // The file whose header was read, when the view was opened from a path.
     [[nodiscard]] std::optional<file_identity> identity() const noexcept {
-        if (!mapping_) return std::nullopt;
-        return mapping_->identity();
+        if (!version_) return std::nullopt;
+        return version_->id;
     }
+    // That file as it was when its header was read (size, times): what a reader opened later
+    // must find (read_options::expect).
+    [[nodiscard]] const std::optional<file_version>& version() const noexcept { return version_; }
     // The header length N (JSON bytes after the 8-byte prefix, padding included).
     [[nodiscard]] std::uint64_t header_size() const noexcept { return header_size_; }
     // Where the data buffer starts in the file: 8 + N.
     [[nodiscard]] std::uint64_t data_offset() const noexcept { return 8 + header_size_; }
     [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
     [[nodiscard]] bool empty() const noexcept { return entries_.empty(); }
-    // The whole file (mapping or borrowed span).
-    [[nodiscard]] std::span<const std::byte> bytes() const& noexcept { return bytes_; }
+    // The whole file (mapping or borrowed span). Opened from a path, the first call maps the
+    // file: io_error where its path names another file now (renamed over since the view was
+    // opened) or the file is shorter than it was.
+    [[nodiscard]] std::span<const std::byte> bytes() const& {
+        return {bytes_->data(), static_cast<std::size_t>(bytes_->size())};
+    }
     [[nodiscard]] std::span<const std::byte> bytes() const&& = delete;
+    // Whether bytes() has mapped the file (a view of borrowed bytes always has them).
+    [[nodiscard]] bool mapped() const noexcept { return bytes_->mapped(); }
     // The header's JSON text (padding included).
     [[nodiscard]] std::string_view header_json() const& noexcept {
-        return {reinterpret_cast<const char*>(bytes_.data()) + 8,
-                static_cast<std::size_t>(header_size_)};
+        return {header_text_, static_cast<std::size_t>(header_size_)};
     }
     [[nodiscard]] std::string_view header_json() const&& = delete;
     // The path given to the constructor, or the label given with borrowed bytes.
@@ -351,8 +373,7 @@ public:
     [[nodiscard]] std::optional<tensor_view> find(std::string_view) const&& = delete;
     // The i-th tensor in file order (sorted by data offset).
     [[nodiscard]] tensor_view at(std::size_t i) const& {
-        return tensor_view(entries_.at(i), names_.data(), bytes_.data() + data_offset(),
-                           data_offset());
+        return tensor_view(entries_.at(i), names_.data(), *bytes_, data_offset());
     }
     [[nodiscard]] tensor_view at(std::size_t) const&& = delete;
     [[nodiscard]] tensor_view operator[](std::size_t i) const& { return at(i); }
@@ -431,6 +452,23 @@ private:
         return "something else";
     }
 
+    // A number with its value, anything else by its type. An integer wider than 64 bits is
+    // read as a float (as the reference reads it), and said so.
+    static std::string describe_number(simdjson::dom::element v) {
+        double d = 0;
+        std::int64_t i = 0;
+        char buf[32];
+        if (v.type() == simdjson::dom::element_type::DOUBLE &&
+            v.get_double().get(d) == simdjson::SUCCESS) {
+            const std::string value(buf, std::to_chars(buf, buf + sizeof buf, d).ptr);
+            if (std::fabs(d) >= 0x1p63 && d == std::trunc(d))
+                return "an integer wider than 64 bits (" + value + ")";
+            return "the number " + value;
+        }
+        if (v.get_int64().get(i) == simdjson::SUCCESS) return "the integer " + std::to_string(i);
+        return std::string(describe(v.type()));
+    }
+
     // Appends a name to the arena (whose capacity was reserved: views into it stay valid).
     std::pair<std::uint32_t, std::uint32_t> store_name(std::string_view s) {
         const auto off = static_cast<std::uint32_t>(names_.size());
@@ -443,7 +481,7 @@ private:
         std::uint64_t x = 0;
         if (v.get_uint64().get(x) != simdjson::SUCCESS)
             fail_schema(std::string(what) + ": expected a non-negative integer, found " +
-                            std::string(describe(v.type())),
+                            describe_number(v),
                         tensor);
         return x;
     }
@@ -468,7 +506,20 @@ private:
         }
     }
 
-    void parse_tensor(std::string_view name, simdjson::dom::element v, std::uint32_t order) {
+    // A field the reference ignores still has its numbers read by serde_json: one simdjson
+    // rounded to a finite f64 at the edge of the range may be out of range there. Cold and
+    // out of line: real headers rarely have such fields, and the field loop stays tight.
+    [[gnu::cold, gnu::noinline]] void check_ignored_field(simdjson::dom::element v,
+                                                          const detail::json_document& doc,
+                                                          std::string_view tensor) const {
+        if (detail::holds_f64_near_limit(v) && doc.reader_refuses_a_number())
+            fail(errc::invalid_header_deserialization,
+                 "header is not valid JSON: a number is beyond the range of a 64-bit float",
+                 std::string(tensor), 8);
+    }
+
+    void parse_tensor(std::string_view name, simdjson::dom::element v, std::uint32_t order,
+                      const detail::json_document& doc) {
         simdjson::dom::object obj;
         // The reference (serde) also takes a tensor written as a 3-element array; we do not.
         if (v.get_object().get(obj) != simdjson::SUCCESS)
@@ -484,8 +535,10 @@ private:
                 slot = &sh;
             else if (field.key == "data_offsets")
                 slot = &off;
-            else
+            else {
+                check_ignored_field(field.value, doc, name);
                 continue;  // other fields are ignored, as the reference does
+            }
             if (*slot) fail_schema("duplicate field '" + std::string(field.key) + "'", name);
             *slot = field.value;
         }
@@ -533,14 +586,15 @@ private:
         entries_.push_back(e);
     }
 
-    void parse(std::span<const std::byte> bytes, const parse_options& options) {
-        bytes_ = bytes;
-        const std::uint64_t file_size = bytes.size();
+    // The header length N from the file's first 8 bytes, checked against the cap and the size.
+    [[nodiscard]] std::uint64_t header_length(std::span<const std::byte> prefix,
+                                              std::uint64_t file_size,
+                                              const parse_options& options) const {
         if (file_size < 8)
             fail(errc::header_too_small, "expected at least 8 bytes (the header length), found " +
                                              std::to_string(file_size));
         std::uint64_t n = 0;
-        std::memcpy(&n, bytes.data(), 8);  // little-endian (config.hpp asserts the host is)
+        std::memcpy(&n, prefix.data(), 8);  // little-endian (config.hpp asserts the host is)
         if (n > options.max_header_size)
             fail(errc::header_too_large,
                  "header length " + std::to_string(n) + " exceeds the limit of " +
@@ -552,31 +606,50 @@ private:
                  "header of " + std::to_string(n) + " bytes ends past the end of the file (" +
                      std::to_string(file_size) + " bytes)",
                  {}, 0);
-        header_size_ = n;
-        const char* json = reinterpret_cast<const char*>(bytes.data()) + 8;
-        const auto len = static_cast<std::size_t>(n);
+        return n;
+    }
+
+    // The length and the header read with pread (one call for headers under 4 KiB) into an
+    // owned buffer with simdjson's padding; N is checked before anything is allocated.
+    void read_header(const file_reader& r, const parse_options& options) {
+        std::array<std::byte, 4096> first;
+        const auto got = static_cast<std::size_t>(std::min<std::uint64_t>(r.size(), first.size()));
+        if (got >= 8) r.read_exact(std::span(first).first(got), 0);
+        header_size_ = header_length(first, r.size(), options);
+        const auto len = static_cast<std::size_t>(header_size_);
+        header_ = std::make_unique_for_overwrite<char[]>(len + simdjson::SIMDJSON_PADDING);
+        const std::size_t have = std::min(len, got - 8);
+        std::memcpy(header_.get(), first.data() + 8, have);
+        if (have < len)
+            r.read_exact(std::as_writable_bytes(std::span(header_.get() + have, len - have)),
+                         8 + have);
+        std::memset(header_.get() + len, 0, simdjson::SIMDJSON_PADDING);
+        header_text_ = header_.get();
+    }
+
+    // Borrowed bytes: the header parsed in place where enough bytes follow it to serve as
+    // simdjson's padding (it reads up to SIMDJSON_PADDING bytes past its input), else copied.
+    void parse(std::span<const std::byte> bytes, const parse_options& options) {
+        header_size_ = header_length(bytes, bytes.size(), options);
+        header_text_ = reinterpret_cast<const char*>(bytes.data()) + 8;
+        parse_header(bytes.size(), bytes.size() - 8 - header_size_ >= simdjson::SIMDJSON_PADDING);
+    }
+
+    // The header at header_text_, parsed and validated against the file's size; `in_place`:
+    // simdjson's padding is readable after it.
+    void parse_header(std::uint64_t file_size, bool in_place) {
+        const char* json = header_text_;
+        const auto len = static_cast<std::size_t>(header_size_);
         if (!simdjson::validate_utf8(json, len))
             fail(errc::invalid_header, "header is not valid UTF-8", {}, 8);
 
-        // simdjson reads up to SIMDJSON_PADDING bytes past its input: parse in place only
-        // when the file has that many bytes after the header, else it copies.
-        const bool in_place = file_size - stop >= simdjson::SIMDJSON_PADDING;
-        std::unique_ptr<simdjson::dom::parser> own;
-        simdjson::dom::parser* parser = &detail::thread_parser();
-        if (len > detail::shared_parser_limit) {
-            own = std::make_unique<simdjson::dom::parser>();
-            detail::prepare_parser(*own, len);
-            parser = own.get();
-        }
-        simdjson::dom::element root;
+        detail::json_document doc;
         const auto err =
-            parser->parse(reinterpret_cast<const std::uint8_t*>(json), len, !in_place).get(root);
+            doc.parse(std::string_view(json, len), in_place, detail::json_reader::serde);
         if (err != simdjson::SUCCESS)
             fail(errc::invalid_header_deserialization,
-                 std::string("header is not valid JSON: ") + simdjson::error_message(err), {}, 8);
-        // Stricter than the reference only for a -0 inside a field it ignores.
-        if (detail::has_negative_zero(std::string_view(json, len)))
-            fail_schema("header: -0 is not a non-negative integer");
+                 "header is not valid JSON: " + doc.message(err), {}, 8);
+        const simdjson::dom::element root = doc.root();
         simdjson::dom::object top;
         if (root.get_object().get(top) != simdjson::SUCCESS)
             fail_schema("header: expected a JSON object, found " +
@@ -596,7 +669,7 @@ private:
                 parse_metadata(field.value);
             } else {
                 if (entries_.size() >= UINT32_MAX - 1) fail_schema("too many tensors");
-                parse_tensor(field.key, field.value, order++);
+                parse_tensor(field.key, field.value, order++, doc);
             }
         }
         // File order; ties (zero-size tensors) keep header order.
@@ -665,9 +738,11 @@ private:
                  {}, overflow ? file_size : std::min(expected, file_size));
     }
 
-    std::unique_ptr<mapped_file> mapping_;
     std::string file_name_;
-    std::span<const std::byte> bytes_{};
+    std::unique_ptr<detail::view_bytes> bytes_;
+    std::optional<file_version> version_{};
+    std::unique_ptr<char[]> header_{};  // the header read from a path (padded)
+    const char* header_text_ = nullptr;
     std::uint64_t header_size_ = 0;
     std::vector<char> names_;
     std::vector<detail::tensor_entry> entries_;

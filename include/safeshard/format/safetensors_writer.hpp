@@ -22,6 +22,7 @@
 #include "safeshard/core/checked.hpp"
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/format/safetensors.hpp"
 #include "safeshard/io/atomic_file.hpp"
@@ -225,7 +226,7 @@ inline std::vector<tensor_info> infos_of(std::span<const tensor_data> tensors) {
 // The caller's tensors in plan order (plan_tensors refused duplicate names).
 inline std::vector<const tensor_data*> in_plan_order(std::span<const tensor_data> tensors,
                                                      std::span<const planned_tensor> plan) {
-    std::unordered_map<std::string_view, const tensor_data*> by_name;
+    std::unordered_map<std::string_view, const tensor_data*, detail::name_hash> by_name;
     by_name.reserve(tensors.size());
     for (const auto& t : tensors) by_name.emplace(t.name, &t);
     std::vector<const tensor_data*> out;

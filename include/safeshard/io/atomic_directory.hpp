@@ -5,6 +5,7 @@
 #include "safeshard/io/atomic_file.hpp"
 #include "safeshard/io/syscalls.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -21,11 +22,12 @@
 
 namespace safeshard {
 
-// The caller fills path(), a hidden sibling folder `.NAME.safeshard.tmp-<pid>`; commit() fsyncs
-// every file and folder in it, renames it to NAME (never over an existing one) and fsyncs the
-// parent. On any error, and in the destructor when not committed, the temporary folder is
-// removed. The constructor first removes temporaries that dead processes left (remove_stale):
-// only folders under that name, which no person picks for a folder of their own.
+// The caller fills path(), a hidden sibling folder `.NAME.safeshard.tmp-<pid>` (missing parent
+// folders are made first, as os.makedirs makes them); commit() fsyncs every file and folder in
+// it, renames it to NAME (never over an existing one) and fsyncs the parent. On any error, and
+// in the destructor when not committed, the temporary folder is removed. The constructor first
+// removes temporaries that dead processes left (remove_stale): only folders under that name,
+// which no person picks for a folder of their own.
 class atomic_directory {
 public:
     explicit atomic_directory(std::filesystem::path target) : target_(std::move(target)) {
@@ -38,14 +40,17 @@ public:
                         {.file = target_.string()});
         parent_ = detail::parent_folder(target_);
         throw_if_target_exists();
+        make_folders(parent_);
         (void)remove_stale(target_);
         temp_ = parent_ / (temp_prefix(name) + std::to_string(::getpid()));
         temp_name_ = temp_.filename().string();
         detail::live_temporaries::add(temp_name_);
+        begun().fetch_add(1);  // before the folder exists: see begun_in_process()
         try {
             make_temp_folder();
         } catch (...) {
             detail::live_temporaries::remove(temp_name_);
+            begun().fetch_sub(1);
             throw;
         }
         state_ = state::open;
@@ -110,7 +115,15 @@ public:
         std::filesystem::remove_all(temp_, ec);
         detail::live_temporaries::remove(temp_name_);
         state_ = state::failed;
+        begun().fetch_sub(1);  // after the folder is gone
     }
+
+    // How many folders this process has begun (temporary made) and not discarded: those being
+    // written and those committed. While it is 0, nothing written through atomic_directory can
+    // be left half-done or has been completed, so a SIGINT handler may end the process at once
+    // (_exit) and report it interrupted; otherwise the writer should stop at a cancel point,
+    // which removes its temporary. Lock-free: safe to read in a signal handler.
+    [[nodiscard]] static int begun_in_process() noexcept { return begun().load(); }
 
     // The name of NAME's temporaries without the pid: `.NAME.safeshard.tmp-` (one dot for a
     // hidden NAME).
@@ -151,6 +164,12 @@ public:
 private:
     enum class state : std::uint8_t { open, committed, failed };
 
+    static std::atomic<int>& begun() noexcept {
+        static_assert(std::atomic<int>::is_always_lock_free);
+        static std::atomic<int> n{0};
+        return n;
+    }
+
     void throw_if_target_exists() const {
         struct stat st {};
         if (::lstat(target_.c_str(), &st) == 0)
@@ -159,6 +178,29 @@ private:
                         "replaces one (remove it first)",
                         {.file = target_.string(), .sys_errno = EEXIST});
         if (errno != ENOENT) throw detail::errno_error("stat", target_);
+    }
+
+    // Creates `folder` and its missing ancestors (as os.makedirs does), each entry fsynced
+    // into its parent; an ancestor that is not a folder is an error naming it.
+    static void make_folders(const std::filesystem::path& folder) {
+        struct stat st {};
+        if (::stat(folder.c_str(), &st) == 0) {
+            if (S_ISDIR(st.st_mode)) return;
+            throw error(errc::io_error,
+                        "cannot create the folder: a parent is " +
+                            std::string(detail::file_type_name(st.st_mode)) + ", not a folder",
+                        {.file = folder.string(), .sys_errno = ENOTDIR});
+        }
+        if (errno != ENOENT) throw detail::errno_error("stat", folder);
+        const auto up = detail::parent_folder(folder);
+        if (up != folder) make_folders(up);
+        if (detail::sys::mkdir(folder.c_str(), 0777) != 0) {
+            const int e = errno;
+            if (e == EEXIST) return;  // made meanwhile by someone else
+            throw system_error("create the missing parent folder", e, folder.string());
+        }
+        if (const int e = detail::fsync_directory(up.c_str()); e != 0)
+            throw system_error("fsync", e, up.string());
     }
 
     void make_temp_folder() {

@@ -96,7 +96,9 @@ private:
 // A replaced target keeps its permission bits; a symlink target is replaced, not followed.
 class atomic_file {
 public:
-    explicit atomic_file(std::filesystem::path target) : target_(std::move(target)) {
+    // `mode`: the new file's permission bits, less the umask (a replaced target keeps its own).
+    explicit atomic_file(std::filesystem::path target, mode_t mode = 0666)
+        : target_(std::move(target)) {
         const auto name = target_.filename();
         if (name.empty() || name == "." || name == "..")
             throw error(errc::invalid_argument,
@@ -110,7 +112,7 @@ public:
         temp_name_ = temp_.filename().string();
         // Registered before it exists, so a concurrent remove_stale never takes it for stale.
         detail::live_temporaries::add(temp_name_);
-        fd_.reset(detail::open_retry(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
+        fd_.reset(detail::open_retry(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
         if (!fd_) {
             const int e = errno;
             detail::live_temporaries::remove(temp_name_);

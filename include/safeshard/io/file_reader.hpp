@@ -29,10 +29,11 @@ namespace safeshard {
 
 struct read_options {
     bool direct = false;  // O_DIRECT (bypass the page cache) if the file system allows
-    // The file the path must still name (the one a checkpoint mapped and validated): where
-    // it names another file now, the reader refuses to open (io_error) rather than read
-    // bytes at offsets that belong to the other file's header.
-    std::optional<file_identity> expect{};
+    // The file the path must still name, as it was when a checkpoint read and validated its
+    // header: where the path names another file now, or the file changed since (size, times),
+    // the reader refuses to open (io_error) rather than read bytes at offsets that belong to
+    // another header. check_unchanged() then compares with this version.
+    std::optional<file_version> expect{};
 };
 
 // RAII fd, move-only. Reads are const and may run from several threads at once (pread keeps
@@ -48,7 +49,7 @@ public:
     file_reader() noexcept = default;
 
     explicit file_reader(const std::filesystem::path& p, read_options o = {}) : path_(p) {
-        constexpr int base_flags = O_RDONLY | O_CLOEXEC;
+        constexpr int base_flags = detail::read_open_flags;
         if (o.direct) {
             fd_.reset(detail::open_retry(path_.c_str(), base_flags | O_DIRECT));
             if (fd_) {
@@ -67,24 +68,17 @@ public:
             fd_.reset(detail::open_retry(path_.c_str(), base_flags));
             if (!fd_) throw detail::errno_error("open", path_);
         }
-        struct stat st {};
-        if (detail::sys::fstat(fd_.get(), &st) != 0) throw detail::errno_error("fstat", path_);
-        if (S_ISDIR(st.st_mode)) throw system_error("open for reading", EISDIR, path_.string());
-        if (!S_ISREG(st.st_mode))
-            throw error(errc::io_error, "not a regular file; file_reader reads regular files only",
-                        {.file = path_.string()});
-        if (o.expect && *o.expect != file_identity::of(st))
-            throw error(errc::io_error,
-                        "the file was replaced after the checkpoint was opened (its path names "
-                        "another file now); open the checkpoint again",
-                        {.file = path_.string()});
+        const struct stat st = detail::regular_file_status(fd_.get(), path_);
+        if (o.expect) check_expected(*o.expect, file_version::of(st));
         size_ = static_cast<std::uint64_t>(st.st_size);
+        opened_ = file_version::of(st);
         if (direct_) direct_align_ = query_direct_align(fd_.get());
     }
 
     file_reader(file_reader&& o) noexcept
         : fd_(std::move(o.fd_)),
           size_(std::exchange(o.size_, 0)),
+          opened_(std::exchange(o.opened_, {})),
           direct_(std::exchange(o.direct_, false)),
           direct_align_(std::exchange(o.direct_align_, direct_alignment)),
           fallback_note_(std::move(o.fallback_note_)),
@@ -96,6 +90,7 @@ public:
         if (this != &o) {
             fd_ = std::move(o.fd_);
             size_ = std::exchange(o.size_, 0);
+            opened_ = std::exchange(o.opened_, {});
             direct_ = std::exchange(o.direct_, false);
             direct_align_ = std::exchange(o.direct_align_, direct_alignment);
             fallback_note_ = std::move(o.fallback_note_);
@@ -120,6 +115,21 @@ public:
     [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
     [[nodiscard]] bool is_open() const noexcept { return static_cast<bool>(fd_); }
+    // The file as it was when opened (identity, size, times).
+    [[nodiscard]] const file_version& opened_version() const noexcept { return opened_; }
+
+    // Called when the reading is done: io_error "changed while being read" where the file is
+    // not what it was when opened (statx: another inode, size, mtime or ctime), so that bytes
+    // of two versions of a file are never taken for one. (Times are as fine as the file
+    // system keeps them: a rewrite within the same clock tick as the last write before the
+    // open can pass unseen where the kernel keeps coarse times.)
+    void check_unchanged() const {
+        if (!fd_) return;
+        const std::string what = version_now().changes_since(opened_);
+        if (!what.empty())
+            throw error(errc::io_error, "the file changed while being read: " + what,
+                        {.file = path_.string()});
+    }
 
     // Fills dst with the bytes at [offset, offset + dst.size()); all of them or an error.
     // Direct reads of unaligned ranges or buffers go through an aligned bounce buffer.
@@ -154,6 +164,32 @@ public:
     }
 
 private:
+    // statx(2); fstat(2) where the kernel has no statx (before Linux 4.11).
+    [[nodiscard]] file_version version_now() const {
+        struct statx sx {};
+        constexpr unsigned mask = STATX_INO | STATX_SIZE | STATX_MTIME | STATX_CTIME;
+        if (detail::sys::fstatx(fd_.get(), mask, &sx) == 0) return file_version::of(sx, opened_);
+        if (errno != ENOSYS) throw detail::errno_error("statx", path_);
+        struct stat st {};
+        if (detail::sys::fstat(fd_.get(), &st) != 0) throw detail::errno_error("fstat", path_);
+        return file_version::of(st);
+    }
+
+    // At open: the file must be the version a checkpoint validated.
+    void check_expected(const file_version& expected, const file_version& now) const {
+        if (now.id != expected.id)
+            throw error(errc::io_error,
+                        "the file was replaced after the checkpoint was opened (its path names "
+                        "another file now); open the checkpoint again",
+                        {.file = path_.string()});
+        const std::string what = now.changes_since(expected);
+        if (!what.empty())
+            throw error(errc::io_error,
+                        "the file changed while being read: " + what +
+                            " since the checkpoint was opened; open the checkpoint again",
+                        {.file = path_.string()});
+    }
+
     [[nodiscard]] static std::size_t query_direct_align(int fd) noexcept {
 #if defined(STATX_DIOALIGN)
         struct statx sx {};
@@ -339,6 +375,7 @@ private:
 
     detail::unique_fd fd_{};
     std::uint64_t size_ = 0;
+    file_version opened_{};
     bool direct_ = false;
     std::size_t direct_align_ = direct_alignment;
     std::string fallback_note_{};

@@ -3,6 +3,7 @@
 
 #include "safeshard/core/error.hpp"
 #include "safeshard/io/file_identity.hpp"
+#include "safeshard/io/file_reader.hpp"
 #include "safeshard/io/syscalls.hpp"
 
 #include <cerrno>
@@ -46,9 +47,10 @@ namespace detail {
 }
 }  // namespace detail
 
-// The bytes stay valid while the object lives. Another process truncating the file while it is
-// mapped makes reads past the new end raise SIGBUS: map only files nobody rewrites in place
-// (atomic_file replaces files by rename, which is safe).
+// Only regular files are mapped: a FIFO, a device or a folder is an io_error naming what it is
+// (opening never blocks on them). The bytes stay valid while the object lives. Another process
+// truncating the file while it is mapped makes reads past the new end raise SIGBUS: map only files
+// nobody rewrites in place (atomic_file replaces files by rename, which is safe).
 class mapped_file {
 public:
     // An empty object: no file, empty span.
@@ -56,30 +58,16 @@ public:
 
     explicit mapped_file(const std::filesystem::path& p, access_advice a = access_advice::normal)
         : path_(p) {
-        detail::unique_fd fd(detail::open_retry(path_.c_str(), O_RDONLY | O_CLOEXEC));
-        if (!fd) throw detail::errno_error("open", path_);
-        struct stat st {};
-        if (detail::sys::fstat(fd.get(), &st) != 0) throw detail::errno_error("fstat", path_);
-        if (S_ISDIR(st.st_mode)) throw system_error("map", EISDIR, path_.string());
-        if (!S_ISREG(st.st_mode))
-            throw error(errc::io_error, "not a regular file; only regular files can be mapped",
-                        {.file = path_.string()});
+        const auto [fd, st] = detail::open_regular_file(path_);
         identity_ = file_identity::of(st);
-        // An empty file maps to an empty span: mmap(2) refuses length 0.
-        if (st.st_size == 0) return;
-        const auto size = static_cast<std::size_t>(st.st_size);
-        void* p_map = detail::sys::mmap(size, PROT_READ, MAP_SHARED, fd.get());
-        if (p_map == MAP_FAILED) throw detail::errno_error("mmap", path_);
-        data_ = static_cast<std::byte*>(p_map);
-        size_ = size;
-        if (a != access_advice::normal) {
-            try {
-                advise(a);
-            } catch (...) {
-                unmap();
-                throw;
-            }
-        }
+        map(fd.get(), static_cast<std::uint64_t>(st.st_size), a);
+    }
+
+    // Maps the file a reader has open, as long as the reader saw it (file_reader::size()): the
+    // very file it reads, whatever its path names now. The reader keeps its descriptor.
+    explicit mapped_file(const file_reader& r, access_advice a = access_advice::normal)
+        : identity_(r.opened_version().id), path_(r.path()) {
+        map(r.fd(), r.size(), a);
     }
 
     mapped_file(mapped_file&& o) noexcept
@@ -132,6 +120,23 @@ public:
     }
 
 private:
+    void map(int fd, std::uint64_t size, access_advice a) {
+        // An empty file maps to an empty span: mmap(2) refuses length 0.
+        if (size == 0) return;
+        void* p_map = detail::sys::mmap(static_cast<std::size_t>(size), PROT_READ, MAP_SHARED, fd);
+        if (p_map == MAP_FAILED) throw detail::errno_error("mmap", path_);
+        data_ = static_cast<std::byte*>(p_map);
+        size_ = static_cast<std::size_t>(size);
+        if (a != access_advice::normal) {
+            try {
+                advise(a);
+            } catch (...) {
+                unmap();
+                throw;
+            }
+        }
+    }
+
     void unmap() noexcept {
         if (data_ != nullptr) ::munmap(data_, size_);
         data_ = nullptr;

@@ -9,9 +9,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <system_error>
+#include <utility>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -184,13 +188,83 @@ private:
     return system_error(operation, e, p.string(), offset);
 }
 
-// open(2), retried on EINTR (possible on slow file systems and FIFOs).
+// open(2), retried on EINTR (possible on slow file systems). Readers open with
+// read_open_flags, so a FIFO or a device never blocks here (a SIGINT that ends the process
+// has nothing to wait for).
 [[nodiscard]] inline int open_retry(const char* path, int flags, mode_t mode = 0) {
     int fd;
     do {
         fd = sys::open(path, flags, mode);
     } while (fd < 0 && errno == EINTR);
     return fd;
+}
+
+// What a file of this mode is, for messages: "a FIFO", "a directory"...
+[[nodiscard]] constexpr std::string_view file_type_name(mode_t mode) noexcept {
+    switch (mode & S_IFMT) {
+        case S_IFREG: return "a regular file";
+        case S_IFDIR: return "a directory";
+        case S_IFIFO: return "a FIFO";
+        case S_IFSOCK: return "a socket";
+        case S_IFCHR: return "a character device";
+        case S_IFBLK: return "a block device";
+        case S_IFLNK: return "a symbolic link";
+    }
+    return "a file of unknown type";
+}
+
+// What is at `p` (links followed), for messages: "a FIFO", "a directory", "a dangling link to
+// 'x'", "nothing"...
+[[nodiscard]] inline std::string describe_path(const std::filesystem::path& p) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) == 0) return std::string(file_type_name(st.st_mode));
+    const int e = errno;
+    if (::lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+        std::error_code ec;
+        const auto to = std::filesystem::read_symlink(p, ec);
+        return "a dangling link" + (ec ? std::string() : " to '" + to.string() + "'");
+    }
+    if (e == ENOENT || e == ENOTDIR) return "nothing";
+    return std::string("unreadable (") + std::strerror(e) + ")";
+}
+
+// The flags every reader of a file opens it with: O_NONBLOCK, so that a FIFO or a device
+// named by a hostile or unlucky input cannot block open(2) (regular_file_status then refuses
+// it, and clears O_NONBLOCK for the regular files it accepts).
+inline constexpr int read_open_flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK;
+
+// The status of `fd` (opened with read_open_flags), which must be a regular file: anything
+// else is an error of code `not_regular` naming the file and what it is ("not a regular file:
+// a FIFO"; a directory also carries EISDIR). A failed call is io_error with its errno.
+[[nodiscard]] inline struct stat regular_file_status(int fd, const std::filesystem::path& p,
+                                                     errc not_regular = errc::io_error) {
+    struct stat st {};
+    if (sys::fstat(fd, &st) != 0) throw errno_error("fstat", p);
+    if (!S_ISREG(st.st_mode))
+        throw error(not_regular, "not a regular file: " + std::string(file_type_name(st.st_mode)),
+                    error_context{.file = p.string(),
+                                  .tensor = {},
+                                  .offset = std::nullopt,
+                                  .sys_errno = S_ISDIR(st.st_mode) ? EISDIR : 0});
+    // Reads of a regular file never block, but some file systems honour O_NONBLOCK anyway.
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) throw errno_error("fcntl", p);
+    return st;
+}
+
+// An open regular file to read and its status: read_open_flags (plus `extra_flags`, e.g.
+// O_NOFOLLOW), then regular_file_status. The one way readers open a file.
+struct opened_file {
+    unique_fd fd;
+    struct stat status;
+};
+[[nodiscard]] inline opened_file open_regular_file(const std::filesystem::path& p,
+                                                   errc not_regular = errc::io_error,
+                                                   int extra_flags = 0) {
+    unique_fd fd(open_retry(p.c_str(), read_open_flags | extra_flags));
+    if (!fd) throw errno_error("open", p);
+    const struct stat st = regular_file_status(fd.get(), p, not_regular);
+    return {std::move(fd), st};
 }
 
 // fsync(2), retried on EINTR.

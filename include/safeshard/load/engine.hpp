@@ -10,13 +10,16 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include <sys/stat.h>
 
 #include "safeshard/core/checked.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/io/file_reader.hpp"
+#include "safeshard/io/mapping_guard.hpp"
 #include "safeshard/io/syscalls.hpp"
+#include "safeshard/load/convert.hpp"
 #include "safeshard/load/copy_op.hpp"
 
 namespace safeshard {
@@ -82,8 +85,9 @@ inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
 }
 
 // Whether the file behind `src` is at least `end` bytes long now. A mapping cannot say that
-// its file shrank, and copying past the file's end dies of SIGBUS: an engine asks before it
-// copies out of a mapping. (A file cut while its bytes are being copied is beyond any check.)
+// its file shrank, and copying past the file's end raises SIGBUS: an engine asks before it
+// copies out of a mapping, and copies under guard_mapped_read (io/mapping_guard.hpp) for a
+// file cut while its bytes are being copied.
 [[nodiscard]] inline std::optional<std::uint64_t> file_size_now(const read_source& src) {
     struct stat st {};
     if (src.reader == nullptr || sys::fstat(src.reader->fd(), &st) != 0) return std::nullopt;
@@ -110,6 +114,29 @@ inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
                                   .offset = op.file_begin()});
     }
     return src.mapping.data() + op.file_begin();
+}
+
+[[nodiscard]] inline std::string_view file_name_of(const read_source& src) noexcept {
+    return src.reader ? std::string_view(src.reader->path().native()) : std::string_view();
+}
+
+// The op's source bytes in the mapping, from its first byte `from` to its last row's end.
+[[nodiscard]] inline std::span<const std::byte> mapped_span(const copy_op& op,
+                                                            const std::byte* from) noexcept {
+    const byte_box& b = op.box;
+    return {from, static_cast<std::size_t>((b.rows - 1) * b.src_pitch + b.src_row_bytes)};
+}
+
+// Converts the op's rows out of the mapping (`from`: its first byte there) into `dst`, rows
+// `dst_pitch` apart, under guard_mapped_read: a page cut from the file meanwhile is io_error
+// naming the file, not SIGBUS.
+inline void convert_from_mapping(const read_source& src, const copy_op& op, const std::byte* from,
+                                 const converter& conv, std::byte* dst, std::size_t row_elems,
+                                 std::uint64_t dst_pitch) {
+    const byte_box& b = op.box;
+    guard_mapped_read(mapped_span(op, from), file_name_of(src), op.file_begin(), [&]() noexcept {
+        conv(from, dst, b.rows, row_elems, b.src_pitch, dst_pitch);
+    });
 }
 }  // namespace detail
 

@@ -184,11 +184,13 @@ public:
             // are in flight, so progress counts finished pieces, not started ones).
             auto finished = [&](std::uint64_t bytes) {
                 if (bytes == 0) return;
-                const std::uint64_t d = done.fetch_add(bytes) + bytes;
-                if (progress_) {
-                    const std::lock_guard lock(m);
-                    progress_(d, total);
+                if (!progress_) {
+                    done.fetch_add(bytes);
+                    return;
                 }
+                // Counted under the lock, so the callback sees the count only grow.
+                const std::lock_guard lock(m);
+                progress_(done.fetch_add(bytes) + bytes, total);
             };
             try {
                 for (;;) {
@@ -372,15 +374,15 @@ private:
                 return;
             }
             if (from_mapping(op, src, end) && prepare_mapping(src, op.file_begin(), end)) {
-                conv(src.mapping.data() + op.file_begin(), dst, b.rows, row_elems, b.src_pitch,
-                     b.dst_pitch);
+                detail::convert_from_mapping(src, op, src.mapping.data() + op.file_begin(), conv,
+                                             dst, row_elems, b.dst_pitch);
                 read_ += b.rows * b.src_row_bytes;
                 written_ += b.rows * b.dst_row_bytes;
                 return;
             }
             if (e.opt_.mode == read_mode::mmap && !src.mapping.empty()) {
-                conv(detail::mapped_source(src, op), dst, b.rows, row_elems, b.src_pitch,
-                     b.dst_pitch);
+                detail::convert_from_mapping(src, op, detail::mapped_source(src, op), conv, dst,
+                                             row_elems, b.dst_pitch);
                 read_ += b.rows * b.src_row_bytes;
                 written_ += b.rows * b.dst_row_bytes;
                 return;

@@ -15,10 +15,12 @@
 #include <vector>
 
 #include "safeshard/core/error.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/engine.hpp"
+#include "safeshard/load/file_cache.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/plan.hpp"
 #include "safeshard/load/report.hpp"
@@ -47,7 +49,8 @@ public:
 
 private:
     template <class U, class E>
-    friend loaded_model<U> load_tensors(const load_plan&, E&, load_report*);
+    friend loaded_model<U> load_tensors(const load_plan&, E&, load_report*,
+                                        const progress_callback&);
 
     [[nodiscard]] std::size_t index_of(std::string_view name) const {
         const auto it = index_.find(std::string(name));
@@ -60,7 +63,7 @@ private:
 
     std::vector<T> tensors_{};
     std::vector<std::string> names_{};
-    std::unordered_map<std::string, std::size_t> index_{};
+    std::unordered_map<std::string, std::size_t, detail::name_hash> index_{};
 };
 
 struct load_options {
@@ -116,11 +119,30 @@ inline void initialise(const plan_destination& d, std::byte* out) {
 }
 }  // namespace detail
 
+// The files of a checkpoint, each expected to be the file whose header it read.
+[[nodiscard]] inline std::vector<cached_file> cached_files(const checkpoint& c) {
+    std::vector<cached_file> out;
+    out.reserve(c.files().size());
+    for (const auto& f : c.files()) out.push_back(cached_file{f.path, f.view.version()});
+    return out;
+}
+// The files of a plan, by the ops' file index.
+[[nodiscard]] inline std::vector<cached_file> cached_files(const load_plan& p) {
+    std::vector<cached_file> out;
+    out.reserve(p.files().size());
+    for (std::size_t i = 0; i < p.files().size(); ++i)
+        out.push_back(cached_file{p.files()[i], p.versions()[i]});
+    return out;
+}
+
 // Runs a plan: allocates the destinations with tensor_factory<T>, reads with `engine`,
-// initialises created parameters. The plan's checkpoint must still be open (its mappings).
+// initialises created parameters. The files are opened (and mapped) a window at a time, as
+// many as the process's limits allow (file_cache). With `progress`, the engine reports
+// progress over the whole plan through it.
 template <class T, class Engine>
 [[nodiscard]] loaded_model<T> load_tensors(const load_plan& plan, Engine& engine,
-                                           load_report* report = nullptr) {
+                                           load_report* report = nullptr,
+                                           const progress_callback& progress = {}) {
     static_assert(check_tensor_factory<T>());
     static_assert(copy_engine<Engine>, "Engine must model safeshard::copy_engine");
     loaded_model<T> out;
@@ -155,26 +177,18 @@ template <class T, class Engine>
     r.allocate_seconds = detail::seconds_since(t0);
 
     t0 = std::chrono::steady_clock::now();
-    std::vector<file_reader> readers;
-    readers.reserve(plan.files().size());
-    read_options ro{};  // an engine may ask for O_DIRECT files (host_engine's direct mode)
-    if constexpr (requires { engine.reader_options(); }) ro = engine.reader_options();
-    for (std::size_t i = 0; i < plan.files().size(); ++i) {
-        ro.expect = plan.identities()[i];  // the file the plan was made from, not a newer one
-        readers.emplace_back(plan.files()[i], ro);
-    }
-    std::vector<read_source> sources(readers.size());
-    for (std::size_t i = 0; i < readers.size(); ++i)
-        sources[i] = read_source{&readers[i], plan.mappings()[i]};
+    file_cache_options fo{};  // an engine may ask for O_DIRECT files (host_engine's direct mode)
+    if constexpr (requires { engine.reader_options(); }) fo.read = engine.reader_options();
+    // Each file must be the one the plan was made from, not a newer one.
+    file_cache files(cached_files(plan), fo);
     const engine_stats before = engine.stats();
     if constexpr (requires(std::span<const std::string> n) { engine.set_names(n); }) {
         std::vector<std::string> names(dests.size());
         for (std::size_t i = 0; i < dests.size(); ++i) names[i] = dests[i].name;
         engine.set_names(names);  // error messages name the tensor
     }
-    engine.bind(copy_targets{sources, addresses, sizes});
-    engine.submit(plan.ops());
-    engine.wait();
+    run_windows(engine, files, plan.ops(), addresses, sizes, progress);
+    files.finish();  // no bytes of two versions of a file
     const engine_stats after = engine.stats();
     r.bytes_read = after.bytes_read - before.bytes_read;
     r.bytes_written = after.bytes_written - before.bytes_written;
@@ -218,9 +232,8 @@ plan_options plan_options_for(const load_options& o) {
 template <class T, class Engine>
 loaded_model<T> run_plan(const load_plan& plan, Engine& engine, const load_options& o,
                          double plan_s) {
-    if (o.progress) engine.set_progress(o.progress);
     load_report r;
-    loaded_model<T> m = load_tensors<T>(plan, engine, &r);
+    loaded_model<T> m = load_tensors<T>(plan, engine, &r, o.progress);
     m.report.plan_seconds = plan_s;
     return m;
 }

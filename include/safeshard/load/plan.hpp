@@ -19,8 +19,10 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/load/config_check.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/copy_op.hpp"
 #include "safeshard/load/export_metadata.hpp"
@@ -95,20 +97,6 @@ inline std::string name_list(const std::vector<std::string>& v, std::size_t max 
     return s;
 }
 
-// The shape config.json implies for the decoder parameters every built-in architecture has;
-// nullopt where it says nothing (or for fused and sharded-on-load names).
-inline std::optional<shape> config_shape(std::string_view name, const model_config& c) {
-    const std::uint64_t h = c.hidden_size, v = c.vocab_size, i = c.intermediate_size;
-    if (h == 0) return std::nullopt;
-    if ((name == "model.embed_tokens.weight" || name == "lm_head.weight") && v) return shape{v, h};
-    if (name == "model.norm.weight" || name.ends_with("input_layernorm.weight") ||
-        name.ends_with("post_attention_layernorm.weight"))
-        return shape{h};
-    if (i && (name.ends_with("mlp.gate_proj.weight") || name.ends_with("mlp.up_proj.weight")))
-        return shape{i, h};
-    if (i && name.ends_with("mlp.down_proj.weight")) return shape{h, i};
-    return std::nullopt;
-}
 }  // namespace detail
 
 class load_plan {
@@ -129,12 +117,13 @@ public:
                         error_context{.file = ckpt.root().string()});
         model_config c = cfg->config();
         if (!o.architecture.empty()) c.model_type = o.architecture;
-        const schema s = make_schema(c, o.schema);
+        const schema s = checked_schema(ckpt, c, o.schema);
         return build(ckpt, s, ctx, o, &c);
     }
 
-    // A given schema; `config` (optional) adds config.json's shape checks. (A rank folder of
-    // an export is already cut: give it schema::replicate_all() or use the overload above.)
+    // A given schema; `config` (optional) adds config.json's checks against the tensors
+    // (check_config). (A rank folder of an export is already cut: give it
+    // schema::replicate_all() or use the overload above.)
     [[nodiscard]] static load_plan build(const checkpoint& ckpt, const schema& s,
                                          parallel_context ctx, const plan_options& o = {},
                                          const model_config* config = nullptr) {
@@ -145,13 +134,13 @@ public:
         // A rank of an export holds that rank's cut already: any other rank is refused.
         if (const auto exported = read_export_metadata(ckpt))
             check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
+        if (config) check_config(ckpt, *config, s.names()).throw_if_mismatch();
         load_plan p;
         p.ctx_ = ctx;
         p.device_ = o.device;
         for (const auto& f : ckpt.files()) {
             p.files_.push_back(f.path);
-            p.mappings_.push_back(f.view.bytes());
-            p.identities_.push_back(f.view.identity());
+            p.versions_.push_back(f.view.version());
         }
         const checkpoint_file* first_file = ckpt.files().data();
 
@@ -168,7 +157,7 @@ public:
                     "--allow-quantized) or dequantize it first",
                 error_context{.file = ckpt.root().string(), .tensor = scales.front()});
 
-        std::unordered_map<std::string_view, std::uint32_t> index;
+        std::unordered_map<std::string_view, std::uint32_t, detail::name_hash> index;
         std::vector<const parameter_meta*> tied;
         std::vector<std::string> missing;
         // Parameters the fallback (replicate_all) creates own their meta here.
@@ -210,13 +199,6 @@ public:
                                 ctx_m);
                 shapes.push_back(l.tensor.shape());
             }
-            if (config && shapes.size() == 1)
-                if (auto want = detail::config_shape(m.name, *config); want && *want != shapes[0])
-                    throw error(errc::shape_mismatch,
-                                "parameter '" + m.name + "': the checkpoint holds " +
-                                    shapes[0].to_string() + " but config.json implies " +
-                                    want->to_string(),
-                                ctx_m);
             const slice_result r = slice_parameter(m, shapes, ctx.world, ctx.rank);
             plan_destination d;
             d.name = m.name;
@@ -396,13 +378,11 @@ public:
     [[nodiscard]] std::span<const copy_op> ops() const noexcept { return ops_; }
     // The checkpoint's files, by the ops' file index.
     [[nodiscard]] std::span<const std::filesystem::path> files() const noexcept { return files_; }
-    // Their mappings, borrowed from the checkpoint (valid while it lives).
-    [[nodiscard]] std::span<const std::span<const std::byte>> mappings() const noexcept {
-        return mappings_;
-    }
-    // The files those mappings show: what a reader opened later must find at each path.
-    [[nodiscard]] std::span<const std::optional<file_identity>> identities() const noexcept {
-        return identities_;
+    // The files whose headers the checkpoint read, as they were then: what a reader opened
+    // later must find at each path (read_options::expect; load_tensors opens them through a
+    // file_cache).
+    [[nodiscard]] std::span<const std::optional<file_version>> versions() const noexcept {
+        return versions_;
     }
     [[nodiscard]] const plan_destination* find(std::string_view name) const noexcept {
         for (const auto& d : destinations_)
@@ -469,12 +449,99 @@ private:
     std::vector<plan_destination> destinations_{};
     std::vector<copy_op> ops_{};
     std::vector<std::filesystem::path> files_{};
-    std::vector<std::span<const std::byte>> mappings_{};
-    std::vector<std::optional<file_identity>> identities_{};
+    std::vector<std::optional<file_version>> versions_{};
     std::vector<std::string> unexpected_{};
     std::vector<std::string> initialised_{};
     std::vector<ignored_tensor> ignored_{};
     std::vector<std::string> notes_{};
 };
+
+namespace detail {
+// A plan's unexpected names: those of layers at or beyond num_hidden_layers say config.json's
+// layer count is wrong (a mismatch when strict); the others are the schema's, not config.json's
+// (a note).
+inline void unexpected_as_mismatches(config_check& r, const load_plan& p, const model_config& c,
+                                     const name_map& names, bool strict) {
+    std::vector<std::string> beyond, other;
+    for (const auto& n : p.unexpected()) {
+        const auto l = std::string_view(n).starts_with(names.checkpoint_prefix)
+                           ? layer_of(n)
+                           : std::optional<layer_ref>();
+        const bool past =
+            l && l->container == r.layers.container && l->index >= c.num_hidden_layers;
+        (past ? beyond : other).push_back(n);
+    }
+    if (!beyond.empty()) {
+        std::string message =
+            "config.json says " + std::to_string(c.num_hidden_layers) +
+            ", but the checkpoint holds " + r.layers.to_string() +
+            "; no parameter of the schema reads the layers beyond: " + name_list(beyond, 5);
+        if (strict)
+            r.add(
+                {"num_hidden_layers", std::move(message), beyond.front(), errc::unexpected_tensor});
+        else
+            r.notes.push_back("num_hidden_layers: " + message);
+    }
+    if (!other.empty())
+        r.notes.push_back(
+            std::to_string(other.size()) + " checkpoint tensor(s) no parameter of the '" +
+            c.model_type +
+            "' schema reads (a plan refuses them unless lenient): " + name_list(other, 5));
+}
+}  // namespace detail
+
+// config.json's model_config against the checkpoint, as `safeshard verify` reports it:
+// check_config (the checks every plan makes first), then, for a registered model_type, the
+// plan of world 1 under `o` (the names the schema expects, the shapes its layouts accept;
+// layers beyond num_hidden_layers are mismatches when o.strict, other names the schema lacks
+// a note: they are not config.json's to explain). For an unregistered model_type only the
+// generic fields are compared, and a note says the rest was not (the model_type itself is no
+// mismatch). A rank of an export is cut already: its config.json describes the whole model,
+// and a note says it is not compared. o.architecture, when set, replaces c.model_type.
+[[nodiscard]] inline config_check verify_config(const checkpoint& ckpt, model_config c,
+                                                plan_options o = {}) {
+    if (!o.architecture.empty()) c.model_type = o.architecture;
+    if (read_export_metadata(ckpt)) {
+        config_check r;
+        r.model_type = c.model_type;
+        r.file = ckpt.config_path().value_or(ckpt.root() / "config.json").string();
+        r.notes.push_back(
+            "a rank of an export: config.json describes the whole model, the "
+            "tensors one rank's cut; they are not compared");
+        return r;
+    }
+    const bool known = architecture_registered(c.model_type);
+    config_check r = check_config(ckpt, c, o.schema.names,
+                                  known ? config_scope::architecture : config_scope::generic);
+    if (!known) {
+        r.notes.push_back("model_type '" + c.model_type +
+                          "' is not registered: only num_hidden_layers, hidden_size and "
+                          "vocab_size were compared with the tensors, not the rest");
+        return r;
+    }
+    if (!r.ok()) return r;  // the schema is expanded only from a layer count the tensors hold
+    const bool strict = o.strict;
+    o.strict = false;  // unexpected names are reported below
+    o.allow_quantized = true;
+    try {
+        const load_plan p = load_plan::build(ckpt, make_schema(c, o.schema), {0, 1}, o, &c);
+        detail::unexpected_as_mismatches(r, p, c, o.schema.names, strict);
+    } catch (const error& e) {
+        if (e.code() == errc::io_error || e.code() == errc::interrupted) throw;
+        r.add({{},
+               e.message(),
+               e.tensor(),
+               e.code() == errc::invalid_argument ? errc::invalid_config : e.code()});
+    }
+    return r;
+}
+
+// The checkpoint's own config.json (nullopt without one).
+[[nodiscard]] inline std::optional<config_check> verify_config(const checkpoint& ckpt,
+                                                               const plan_options& o = {}) {
+    const auto cfg = ckpt.load_config();
+    if (!cfg) return std::nullopt;
+    return verify_config(ckpt, cfg->config(), o);
+}
 
 }  // namespace safeshard

@@ -17,18 +17,23 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
+
+#include <sys/stat.h>
 
 #include "safeshard/core/checked.hpp"
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
 #include "safeshard/io/atomic_file.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/engine.hpp"
 #include "safeshard/load/export_metadata.hpp"
+#include "safeshard/load/file_cache.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/load/plan.hpp"
@@ -57,11 +62,18 @@ struct export_options {
     std::function<void()> cancel_point{};
 };
 
+// A file of a checkpoint folder that copy_side_files left out, and why.
+struct skipped_side_file {
+    std::filesystem::path path;  // as listed in the folder
+    std::string reason;          // "a link to '/etc/passwd', outside the checkpoint folder"
+};
+
 struct export_report {
     std::uint32_t world = 1;
     std::uint64_t tensors = 0;  // written, all ranks together (tied aliases are not written)
     std::uint64_t shard_files = 0;
     std::uint64_t side_files = 0;  // config.json and the folder's other small files, per rank
+    std::vector<skipped_side_file> skipped_side_files{};  // the folder's files not copied
     std::uint64_t bytes_read = 0;
     std::uint64_t bytes_written = 0;
     bool replaced = false;
@@ -136,19 +148,18 @@ namespace detail {
     return out;
 }
 
-inline void copy_whole_file(const std::filesystem::path& from, const std::filesystem::path& to) {
-    const file_reader r(from);
-    atomic_file f(to);
-    std::vector<std::byte> buf(static_cast<std::size_t>(
-        std::min<std::uint64_t>(std::max<std::uint64_t>(r.size(), 1), std::uint64_t{4} << 20)));
-    for (std::uint64_t off = 0; off < r.size();) {
-        const auto n =
-            static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), r.size() - off));
-        r.read_exact(std::span(buf).first(n), off);
-        f.write(std::span(buf).first(n));
-        off += n;
-    }
-    f.commit();
+// The folders a side file may lie in, links resolved: the checkpoint folder, and for a
+// Hugging Face cache snapshot (REPO/snapshots/COMMIT) the repository's blobs/, where the
+// snapshot's links point.
+[[nodiscard]] inline std::vector<std::filesystem::path> side_file_roots(
+    const std::filesystem::path& folder) {
+    std::error_code ec;
+    const auto root = std::filesystem::canonical(folder, ec);
+    if (ec) throw system_error("resolve", ec.value(), folder.string());
+    std::vector<std::filesystem::path> roots{root};
+    if (root.parent_path().filename() == "snapshots")
+        roots.push_back(root.parent_path().parent_path() / "blobs");
+    return roots;
 }
 
 }  // namespace detail
@@ -158,38 +169,84 @@ inline void copy_whole_file(const std::filesystem::path& from, const std::filesy
 // and files over this size.
 inline constexpr std::uint64_t max_side_file = 256ull << 20;
 
-// Copies `from`'s side files into `to`; config.json with its dtype set to `config_dtype` when
-// given (every other byte kept). `skipped` hears of each file left out for its size.
-// Returns how many were copied.
+namespace detail {
+
+// Why the folder entry `entry` is not a side file to copy (nullopt: it is): it must resolve
+// to a regular file inside one of `roots`, of at most max_side_file bytes. `real` and `st`
+// receive the resolved path and its status.
+[[nodiscard]] inline std::optional<std::string> side_file_refusal(
+    const std::filesystem::path& entry, std::span<const std::filesystem::path> roots,
+    std::filesystem::path& real, struct stat& st) {
+    std::error_code ec;
+    real = std::filesystem::canonical(entry, ec);
+    if (ec) return describe_path(entry);
+    if (std::none_of(roots.begin(), roots.end(),
+                     [&](const std::filesystem::path& r) { return path_within(real, r); }))
+        return "a link to '" + real.string() + "', outside the checkpoint folder";
+    if (::stat(real.c_str(), &st) != 0) return describe_path(real);
+    if (!S_ISREG(st.st_mode)) return std::string(file_type_name(st.st_mode)) + ", not a file";
+    if (static_cast<std::uint64_t>(st.st_size) > max_side_file)
+        return std::to_string(st.st_size) + " bytes, over the " + std::to_string(max_side_file) +
+               "-byte limit of a side file";
+    return std::nullopt;
+}
+
+// Copies the regular file `from` whose status was `st` to `to`, with at most its permission
+// bits (the umask applies too); config.json with its dtype set to `config_dtype` when given.
+inline void copy_side_file(const std::filesystem::path& from, const struct stat& st,
+                           const std::filesystem::path& to, std::optional<dtype> config_dtype) {
+    // The file checked, not one swapped in since; never a FIFO waited on.
+    const file_reader r(from, read_options{.direct = false, .expect = file_version::of(st)});
+    if (r.size() > max_side_file)
+        throw error(errc::io_error, "the side file grew past the size limit while being copied",
+                    error_context{.file = from.string()});
+    atomic_file f(to, st.st_mode & 0777);
+    if (config_dtype && to.filename() == "config.json") {
+        std::string text(static_cast<std::size_t>(r.size()), '\0');
+        r.read_exact(std::as_writable_bytes(std::span(text)), 0);
+        const std::string updated = config_with_dtype(text, *config_dtype);
+        f.write(std::as_bytes(std::span(updated)));
+    } else {
+        std::vector<std::byte> buf(static_cast<std::size_t>(
+            std::min<std::uint64_t>(std::max<std::uint64_t>(r.size(), 1), std::uint64_t{4} << 20)));
+        for (std::uint64_t off = 0; off < r.size();) {
+            const auto n =
+                static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), r.size() - off));
+            r.read_exact(std::span(buf).first(n), off);
+            f.write(std::span(buf).first(n));
+            off += n;
+        }
+    }
+    f.commit();
+}
+
+}  // namespace detail
+
+// Copies `from`'s side files into `to`, each with its source's permission bits (never wider);
+// config.json with its dtype set to `config_dtype` when given (every other byte kept). Only
+// regular files that resolve inside `from` (or, for a Hugging Face cache snapshot, inside its
+// repository's blobs/) are copied: `skipped` hears of every other entry (a link out of the
+// folder, a FIFO, a dangling link, a file over max_side_file). Returns how many were copied.
 inline std::uint64_t copy_side_files(
     const std::filesystem::path& from, const std::filesystem::path& to,
     std::optional<dtype> config_dtype = std::nullopt,
-    const std::function<void(const std::filesystem::path&, std::uint64_t)>& skipped = {}) {
+    const std::function<void(const skipped_side_file&)>& skipped = {}) {
     namespace fs = std::filesystem;
-    using detail::config_with_dtype;
-    using detail::copy_whole_file;
+    const std::vector<fs::path> roots = detail::side_file_roots(from);
     std::uint64_t copied = 0;
     std::error_code ec;
     for (fs::directory_iterator it(from, ec), end; !ec && it != end; it.increment(ec)) {
         const std::string name = it->path().filename().string();
-        std::error_code st;
-        if (!it->is_regular_file(st) || detail::is_weights_file(name) || name.starts_with("."))
-            continue;
-        if (const std::uint64_t n = it->file_size(st); n > max_side_file) {
-            if (skipped) skipped(it->path(), n);
+        if (detail::is_weights_file(name) || name.starts_with(".")) continue;
+        std::error_code type_ec;
+        if (it->is_directory(type_ec)) continue;  // a folder is no side file (a link to one too)
+        fs::path real;
+        struct stat st {};
+        if (auto why = detail::side_file_refusal(it->path(), roots, real, st)) {
+            if (skipped) skipped(skipped_side_file{it->path(), std::move(*why)});
             continue;
         }
-        if (name == "config.json" && config_dtype) {
-            const file_reader r(it->path());
-            std::string text(static_cast<std::size_t>(r.size()), '\0');
-            r.read_exact(std::as_writable_bytes(std::span(text)), 0);
-            const std::string updated = config_with_dtype(text, *config_dtype);
-            atomic_file f(to / name);
-            f.write(std::as_bytes(std::span(updated)));
-            f.commit();
-        } else {
-            copy_whole_file(it->path(), to / name);
-        }
+        detail::copy_side_file(real, st, to / name, config_dtype);
         ++copied;
     }
     if (ec) throw system_error("list", ec.value(), from.string());
@@ -248,13 +305,9 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
             }
         }
         const layout& l = d.layout;
-        if (l.kind == layout_kind::padded_split && l.dim < d.global.rank() && l.multiple) {
-            const std::uint64_t n = d.global[l.dim];
-            const std::uint64_t per = d.local[l.dim];
-            const std::uint64_t lo = std::min(n, per * m.rank);
-            t.valid_begin = lo;
-            t.valid_end = std::min(n, lo + per);
-        }
+        if (l.kind == layout_kind::padded_split && l.dim < d.global.rank() && l.multiple)
+            std::tie(t.valid_begin, t.valid_end) =
+                padded_valid_range(d.global[l.dim], d.local[l.dim], m.rank);
         if ((l.kind == layout_kind::gqa_qkv || l.kind == layout_kind::gqa_o) && !m.kv_multiplier &&
             l.kv_heads)
             m.kv_multiplier = l.kv_multiplier ? l.kv_multiplier
@@ -263,6 +316,20 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
     }
     return m;
 }
+
+}  // namespace detail
+
+// The export metadata documents (version 2) of the shards of `plan` (over `tensors`), one a
+// shard, for rank `m`; also for a rank folder sharded again (convert).
+[[nodiscard]] inline std::vector<std::string> export_shard_documents(
+    const export_metadata& m, const shard_plan& plan, std::span<const tensor_info> tensors) {
+    std::vector<std::vector<std::string_view>> names(plan.shards.size());
+    for (std::size_t s = 0; s < plan.shards.size(); ++s)
+        for (const std::size_t i : plan.shards[s].tensors) names[s].push_back(tensors[i].name);
+    return to_json(m, names);
+}
+
+namespace detail {
 
 [[nodiscard]] inline double seconds_from(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -319,12 +386,8 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     rep.world = o.world;
     staged_folder folder(out, o.force);
     rep.replaced = folder.replacing();
-    std::vector<file_reader> readers;
-    readers.reserve(ckpt.files().size());
-    for (const auto& f : ckpt.files()) readers.push_back(f.open_reader());
-    std::vector<read_source> sources(readers.size());
-    for (std::size_t i = 0; i < readers.size(); ++i)
-        sources[i] = read_source{&readers[i], ckpt.files()[i].view.bytes()};
+    // The input's files, opened as the tensors need them (a bounded number at once).
+    file_cache files(cached_files(ckpt));
     // Two buffers of the largest tensor when the next tensor is read while this one is written.
     const auto buffer_bytes = static_cast<std::size_t>(std::max<std::uint64_t>(largest, 4096));
     aligned_buffer buffers[2] = {
@@ -348,13 +411,16 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
             infos.push_back(tensor_info{dests[i].name, dests[i].dtype, dests[i].local});
             dest_of.push_back(i);
         }
+        // Each shard describes its own tensors (export metadata version 2).
+        std::vector<std::string> docs;
         sharded_save_options so;
         so.max_shard_size = o.max_shard_size;
-        so.shard_metadata =
-            metadata_map{{"format", "pt"},
-                         {std::string(export_metadata_key),
-                          to_json(detail::make_export_metadata(p, ckpt, o.plan.schema.kv))}};
+        so.shard_metadata_of = [&](std::size_t shard) {
+            return metadata_map{{"format", "pt"}, {std::string(export_metadata_key), docs[shard]}};
+        };
         sharded_writer w(folder.staging_folder() / export_rank_folder(r), std::move(infos), so);
+        docs = export_shard_documents(detail::make_export_metadata(p, ckpt, o.plan.schema.kv),
+                                      w.plan(), w.tensors());
         std::vector<std::byte*> addresses(dests.size(), nullptr);
         std::vector<std::uint64_t> sizes(dests.size(), 0);
         // Reads tensor i (of the writer's list) into `out`; one at a time.
@@ -367,16 +433,14 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
             }
             addresses[di] = out;
             sizes[di] = d.bytes;
-            engine.bind(copy_targets{sources, addresses, sizes});
-            engine.submit(ops_of[di]);
-            engine.wait();
+            run_windows(engine, files, ops_of[di], addresses, sizes);
             addresses[di] = nullptr;
             sizes[di] = 0;
         };
         // The order write_shards asks for tensors in: shard by shard, each in file order.
         std::vector<std::size_t> order, position(w.tensors().size());
         {
-            std::unordered_map<std::string_view, std::size_t> index_of;
+            std::unordered_map<std::string_view, std::size_t, detail::name_hash> index_of;
             for (std::size_t i = 0; i < w.tensors().size(); ++i)
                 index_of.emplace(w.tensors()[i].name, i);
             for (const auto& shard : w.plan().shards) {
@@ -414,12 +478,16 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
             if (o.progress) o.progress(done, total);
         });
         if (!ckpt.opened_from_file())  // a lone file brings nothing else of its folder
-            rep.side_files += copy_side_files(ckpt.root(), w.staging_folder(), config_dtype);
+            rep.side_files += copy_side_files(ckpt.root(), w.staging_folder(), config_dtype,
+                                              [&](const skipped_side_file& f) {
+                                                  if (r == 0) rep.skipped_side_files.push_back(f);
+                                              });
         rep.shard_files += w.plan().shards.size();
         if (o.cancel_point) o.cancel_point();
         w.commit();
     }
     if (o.cancel_point) o.cancel_point();
+    files.finish();  // no bytes of two versions of a file
     folder.commit();
     rep.bytes_read = engine.stats().bytes_read;
     rep.bytes_written = done;
@@ -438,7 +506,7 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const std::filesy
                     error_context{.file = ckpt.root().string()});
     model_config c = cfg->config();
     if (!o.plan.architecture.empty()) c.model_type = o.plan.architecture;
-    const schema s = make_schema(c, o.plan.schema);
+    const schema s = checked_schema(ckpt, c, o.plan.schema);
     return export_checkpoint(ckpt, s, out, o, &c);
 }
 

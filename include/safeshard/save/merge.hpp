@@ -31,7 +31,10 @@
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/engine.hpp"
 #include "safeshard/load/export_metadata.hpp"
+#include "safeshard/load/file_cache.hpp"
+#include "safeshard/load/loader.hpp"
 #include "safeshard/save/export.hpp"
+#include "safeshard/save/merge_plan.hpp"
 #include "safeshard/save/sharded_writer.hpp"
 #include "safeshard/shard/slice.hpp"
 
@@ -51,6 +54,7 @@ struct merge_report {
     std::uint64_t tensors = 0;  // written
     std::uint64_t shard_files = 0;
     std::uint64_t side_files = 0;
+    std::vector<skipped_side_file> skipped_side_files{};  // rank 0's files not copied
     std::uint64_t bytes_read = 0;
     std::uint64_t bytes_written = 0;
     bool replaced = false;
@@ -120,17 +124,14 @@ private:
 };
 
 struct merge_rank {
+    std::uint32_t number;  // N of the folder's name, rank-0000N
     std::filesystem::path folder;
     checkpoint ckpt;
     export_metadata meta;
 };
 
-[[noreturn]] inline void export_error(const std::string& why, const std::filesystem::path& file,
-                                      const std::string& tensor = {}) {
-    throw error(errc::invalid_export, why, error_context{.file = file.string(), .tensor = tensor});
-}
-
-// The rank folders of an export, in rank order, checked against each other.
+// The rank folders of an export, in folder order, each with its metadata (checked against its
+// files; plan_merge checks the ranks against each other).
 inline std::vector<merge_rank> open_export(const std::filesystem::path& dir) {
     namespace fs = std::filesystem;
     std::error_code ec;
@@ -162,69 +163,7 @@ inline std::vector<merge_rank> open_export(const std::filesystem::path& dir) {
         checkpoint c = checkpoint::open_path(folder);
         auto m = read_export_metadata(c);
         if (!m) export_error("this rank folder holds no export metadata", folder);
-        ranks.push_back(merge_rank{folder, std::move(c), std::move(*m)});
-    }
-    const std::uint32_t world = ranks.front().meta.world;
-    for (const auto& r : ranks)
-        if (r.meta.world != world)
-            export_error("mixed worlds: " + ranks.front().folder.filename().string() +
-                             " was exported for a world of " + std::to_string(world) + ", " +
-                             r.folder.filename().string() + " for " + std::to_string(r.meta.world),
-                         r.folder);
-    for (std::uint32_t k = 0; k < world; ++k)
-        if (!folders.contains(k))
-            export_error(export_rank_folder(k) + " is missing (the export is for a world of " +
-                             std::to_string(world) + ")",
-                         dir / export_rank_folder(k));
-    if (folders.size() != world)
-        export_error("rank folders beyond the world of " + std::to_string(world) + ": " +
-                         folders.rbegin()->second.filename().string(),
-                     folders.rbegin()->second);
-    for (std::uint32_t k = 0; k < world; ++k)
-        if (ranks[k].meta.rank != k)
-            export_error("the folder " + export_rank_folder(k) + " holds the metadata of rank " +
-                             std::to_string(ranks[k].meta.rank),
-                         ranks[k].folder);
-
-    // Every rank describes the same tensors the same way (only local shapes and ranges differ).
-    const export_metadata& m0 = ranks.front().meta;
-    for (const auto& r : ranks) {
-        const export_metadata& m = r.meta;
-        if (m.kv != m0.kv || m.kv_multiplier != m0.kv_multiplier ||
-            m.tensors.size() != m0.tensors.size())
-            export_error(
-                "inconsistent metadata: this rank lists other tensors or another KV "
-                "convention than rank 0",
-                r.folder);
-        for (std::size_t i = 0; i < m.tensors.size(); ++i) {
-            const export_tensor& a = m0.tensors[i];
-            const export_tensor& b = m.tensors[i];
-            if (a.name != b.name || a.dtype != b.dtype || a.global != b.global ||
-                !(a.layout == b.layout) || a.sources != b.sources || a.tied_to != b.tied_to ||
-                a.created != b.created)
-                export_error("inconsistent metadata: tensor '" + b.name +
-                                 "' is described differently than in rank 0",
-                             r.folder, b.name);
-        }
-        // The files hold exactly the untied tensors listed, with their dtypes and shapes.
-        std::size_t listed = 0;
-        for (const export_tensor& t : m.tensors) {
-            if (t.tied()) continue;
-            ++listed;
-            const auto l = r.ckpt.find(t.name);
-            if (!l)
-                export_error("tensor '" + t.name + "' is listed but not stored", r.folder, t.name);
-            if (l->tensor.dtype() != t.dtype || l->tensor.shape() != t.local)
-                export_error("tensor '" + t.name + "' is stored as " +
-                                 std::string(name(l->tensor.dtype())) + " " +
-                                 l->tensor.shape().to_string() + " but the metadata says " +
-                                 std::string(name(t.dtype)) + " " + t.local.to_string(),
-                             l->file->path, t.name);
-        }
-        if (r.ckpt.tensor_count() != listed)
-            export_error("the folder stores " + std::to_string(r.ckpt.tensor_count()) +
-                             " tensors but its metadata lists " + std::to_string(listed),
-                         r.folder);
+        ranks.push_back(merge_rank{n, folder, std::move(c), std::move(*m)});
     }
     return ranks;
 }
@@ -239,7 +178,10 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
                                  const merge_options& o = {}) {
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<detail::merge_rank> ranks = detail::open_export(dir);
-    const auto world = static_cast<std::uint32_t>(ranks.size());
+    std::vector<merge_rank_metadata> found;
+    for (const auto& r : ranks) found.push_back(merge_rank_metadata{r.number, r.folder, &r.meta});
+    const merge_plan plan = plan_merge(found);
+    const std::uint32_t world = plan.world;
     const export_metadata& m0 = ranks.front().meta;
     {
         std::vector<std::filesystem::path> files;
@@ -247,62 +189,9 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
             for (const auto& f : r.ckpt.files()) files.push_back(f.path);
         check_output_location(out, dir, files);
     }
-
-    // One output tensor per source of every untied tensor, with each rank's slice map.
-    struct output {
-        std::size_t tensor;  // index into the metadata's tensors
-        std::uint8_t source;
-    };
-    std::vector<output> outputs;
-    std::vector<tensor_info> infos;
-    std::vector<std::vector<slice_map>> maps(m0.tensors.size());
-    std::set<std::string, std::less<>> names;
-    for (std::size_t ti = 0; ti < m0.tensors.size(); ++ti) {
-        const export_tensor& t = m0.tensors[ti];
-        if (t.tied()) continue;
-        std::vector<shape> shapes;
-        for (const auto& s : t.sources) shapes.push_back(s.global);
-        for (std::uint32_t r = 0; r < world; ++r) {
-            const export_tensor& tr = ranks[r].meta.tensors[ti];
-            const slice_result sl = slice(t.layout, std::span<const shape>(shapes), world, r);
-            if (!sl.ok())
-                detail::export_error("inconsistent metadata: tensor '" + t.name +
-                                         "': " + describe(t.layout, shapes, world, r),
-                                     ranks[r].folder, t.name);
-            if (sl.local != tr.local || sl.global != t.global)
-                detail::export_error("inconsistent metadata: tensor '" + t.name + "' is " +
-                                         tr.local.to_string() + " of " + t.global.to_string() +
-                                         " but its layout " + to_string(t.layout) + " gives " +
-                                         sl.local.to_string() + " of " + sl.global.to_string() +
-                                         " for rank " + std::to_string(r),
-                                     ranks[r].folder, t.name);
-            if (t.layout.kind == layout_kind::padded_split) {
-                const std::uint64_t n = t.global[t.layout.dim], per = tr.local[t.layout.dim];
-                const std::uint64_t lo = std::min(n, per * r), hi = std::min(n, lo + per);
-                if (tr.valid_begin != lo || tr.valid_end != hi)
-                    detail::export_error(
-                        "inconsistent metadata: tensor '" + t.name + "' records the valid range [" +
-                            std::to_string(tr.valid_begin) + ", " + std::to_string(tr.valid_end) +
-                            ") for rank " + std::to_string(r) + ", its layout gives [" +
-                            std::to_string(lo) + ", " + std::to_string(hi) + ")",
-                        ranks[r].folder, t.name);
-            }
-            if (bit_size(t.dtype) % 8 != 0 && t.layout.kind != layout_kind::replicated)
-                detail::export_error("tensor '" + t.name + "' is " + std::string(name(t.dtype)) +
-                                         ": sub-byte tensors merge only when replicated",
-                                     ranks[r].folder, t.name);
-            maps[ti].push_back(sl.map);
-        }
-        for (std::size_t s = 0; s < t.sources.size(); ++s) {
-            const export_source& src = t.sources[s];
-            if (!names.insert(src.name).second)
-                detail::export_error("inconsistent metadata: the source '" + src.name +
-                                         "' is claimed by two tensors",
-                                     ranks.front().folder, t.name);
-            outputs.push_back(output{ti, static_cast<std::uint8_t>(s)});
-            infos.push_back(tensor_info{src.name, t.dtype, src.global});
-        }
-    }
+    using output = merge_output;
+    const std::vector<output>& outputs = plan.outputs;
+    const std::vector<tensor_info>& infos = plan.infos;
 
     merge_report rep;
     rep.world = world;
@@ -314,7 +203,15 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
     std::uint64_t total = 0;
     for (const auto& s : w.plan().shards) total += s.bytes;
 
-    std::vector<std::unordered_map<std::string, file_reader>> readers(world);
+    // Every rank's files in one cache (a bounded number open at once): rank r's file i is
+    // first_file[r] + i.
+    std::vector<cached_file> all_files;
+    std::vector<std::size_t> first_file;
+    for (const auto& rk : ranks) {
+        first_file.push_back(all_files.size());
+        for (auto& f : cached_files(rk.ckpt)) all_files.push_back(std::move(f));
+    }
+    file_cache files(std::move(all_files), {.map = false});
     std::vector<std::byte> local;
     aligned_buffer merged;
     std::uint64_t done = 0;
@@ -328,15 +225,12 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
         detail::coverage cov(bytes);
         const std::uint64_t bits = bit_size(t.dtype);
         for (std::uint32_t r = 0; r < world; ++r) {
+            const slice_map map = detail::merge_slice(t, world, r).map;  // checked by plan_merge
             const located_tensor l = ranks[r].ckpt.tensor(t.name);
-            auto& by_file = readers[r];
-            auto it = by_file.find(l.file->path.string());
-            if (it == by_file.end())
-                it = by_file.emplace(l.file->path.string(), l.file->open_reader()).first;
+            const auto file = static_cast<std::size_t>(l.file - ranks[r].ckpt.files().data());
             local.resize(static_cast<std::size_t>(l.tensor.byte_size()));
-            it->second.read_exact(local, l.tensor.file_begin());
+            files.reader(first_file[r] + file).read_exact(local, l.tensor.file_begin());
             rep.bytes_read += local.size();
-            const slice_map& map = maps[out_t.tensor][r];
             for (std::size_t b = 0; b < map.size(); ++b) {
                 const copy_box& box = map[b];
                 if (box.source != out_t.source) continue;
@@ -370,9 +264,12 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
         ++rep.tensors;
         if (o.progress) o.progress(done, total);
     });
-    rep.side_files = copy_side_files(ranks.front().folder, w.staging_folder());
+    rep.side_files =
+        copy_side_files(ranks.front().folder, w.staging_folder(), std::nullopt,
+                        [&](const skipped_side_file& f) { rep.skipped_side_files.push_back(f); });
     rep.shard_files = w.plan().shards.size();
     if (o.cancel_point) o.cancel_point();
+    files.finish();  // no bytes of two versions of a file
     w.commit();
     rep.bytes_written = done;
     rep.seconds = detail::seconds_from(t0);

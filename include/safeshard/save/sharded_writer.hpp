@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -20,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "safeshard/core/error.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/io/atomic_directory.hpp"
 #include "safeshard/io/atomic_file.hpp"
@@ -33,6 +35,8 @@ struct sharded_save_options {
     bool force = false;
     // Each shard's __metadata__ (huggingface_hub writes {"format": "pt"}).
     metadata_map shard_metadata{{"format", "pt"}};
+    // When set, shard s's __metadata__ instead (s indexes the writer's plan().shards).
+    std::function<metadata_map(std::size_t shard)> shard_metadata_of{};
 };
 
 namespace detail {
@@ -44,22 +48,33 @@ inline std::string replace_prefix(const std::filesystem::path& target, std::stri
     return "." + target.filename().string() + "." + std::string(kind) + "-";
 }
 
+// Whether `.NAME.<kind>-<pid>` exists beside `target` (lstat: a link counts).
+[[nodiscard]] inline bool replacement_exists(const std::filesystem::path& target,
+                                             std::string_view kind, std::string_view pid) {
+    struct stat st {};
+    const auto p = parent_folder(target) / (replace_prefix(target, kind) + std::string(pid));
+    return ::lstat(p.c_str(), &st) == 0;
+}
+
 // Removes what killed forced replacements of `target` left: unfinished staging folders
-// always; finished ones and old folders moved aside only when `target` itself exists (if it
-// does not, a crash fell between the two renames of a swap without RENAME_EXCHANGE, and they
-// are the only copies: they are kept for a person to look at).
+// always, finished ones and old folders moved aside too, except a `.NAME.new-<pid>` and
+// `.NAME.old-<pid>` pair while `target` is absent: a swap without RENAME_EXCHANGE cut between
+// its two renames, whose folders are the only copies (kept for a person to look at). A lone
+// one without `target` was left just before or after a swap, and `target` deleted since.
 inline void remove_stale_replacements(const std::filesystem::path& target) noexcept {
     try {
         struct stat st {};
         const bool target_exists = ::lstat(target.c_str(), &st) == 0;
-        const std::string prefixes[] = {replace_prefix(target, "new"),
-                                        replace_prefix(target, "old")};
+        const std::string_view kinds[] = {"new", "old"};
+        const std::string prefixes[] = {replace_prefix(target, kinds[0]),
+                                        replace_prefix(target, kinds[1])};
         std::error_code ec;
         std::filesystem::directory_iterator it(parent_folder(target), ec), end;
         std::vector<std::filesystem::path> doomed;
         for (; !ec && it != end; it.increment(ec)) {
             const std::string name = it->path().filename().string();
-            for (const auto& prefix : prefixes) {
+            for (std::size_t k = 0; k < 2; ++k) {
+                const std::string& prefix = prefixes[k];
                 if (!std::string_view(name).starts_with(prefix)) continue;
                 // ".NAME.new-<pid>" or its atomic_directory temp
                 // ".NAME.new-<pid>.safeshard.tmp-<pid2>"
@@ -67,7 +82,9 @@ inline void remove_stale_replacements(const std::filesystem::path& target) noexc
                 const auto cut = rest.find('.');
                 const auto pid = parse_pid(rest.substr(0, cut));
                 if (!pid || *pid == ::getpid() || !process_is_gone(*pid)) continue;
-                if (!target_exists && cut == std::string_view::npos) continue;
+                if (!target_exists && cut == std::string_view::npos &&
+                    replacement_exists(target, kinds[1 - k], rest))
+                    continue;
                 doomed.push_back(it->path());
             }
         }
@@ -212,15 +229,18 @@ public:
             throw error(errc::invalid_argument, "write_shards was already called",
                         {.file = target_.string()});
         written_ = true;
-        std::unordered_map<std::string_view, std::size_t> index_of;
+        std::unordered_map<std::string_view, std::size_t, detail::name_hash> index_of;
         index_of.reserve(tensors_.size());
         for (std::size_t i = 0; i < tensors_.size(); ++i) index_of.emplace(tensors_[i].name, i);
-        for (const auto& shard : plan_.shards) {
+        for (std::size_t s = 0; s < plan_.shards.size(); ++s) {
+            const shard_file& shard = plan_.shards[s];
             std::vector<tensor_info> infos;
             infos.reserve(shard.tensors.size());
             for (const std::size_t i : shard.tensors) infos.push_back(tensors_[i]);
             const auto file = staging_folder() / shard.file_name;
-            safetensors_writer w(file, std::move(infos), options_.shard_metadata);
+            safetensors_writer w(file, std::move(infos),
+                                 options_.shard_metadata_of ? options_.shard_metadata_of(s)
+                                                            : options_.shard_metadata);
             for (const auto& t : w.plan()) {
                 const std::uint64_t before = w.data_written();
                 produce(index_of.at(t.name), w);
@@ -265,6 +285,20 @@ private:
     bool written_ = false;
 };
 
+namespace detail {
+// Whether `child` is `parent` or lies inside it, component by component (both absolute and
+// resolved: no links, no `..`).
+[[nodiscard]] inline bool path_within(const std::filesystem::path& child,
+                                      const std::filesystem::path& parent) {
+    auto c = child.begin();
+    for (auto p = parent.begin(); p != parent.end(); ++p, ++c) {
+        if (p->empty()) continue;  // trailing separator
+        if (c == child.end() || *c != *p) return false;
+    }
+    return true;
+}
+}  // namespace detail
+
 // Refuses (invalid_argument) an output folder that is the input folder or lies inside it, and
 // an input inside the output (a forced replacement would delete it), also an input file that
 // is a link into the output (Hugging Face cache snapshots link into blobs/). Paths are compared
@@ -279,14 +313,7 @@ inline void check_output_location(const std::filesystem::path& output,
     if (ec) throw system_error("resolve output path", ec.value(), output.string());
     const auto in = std::filesystem::weakly_canonical(std::filesystem::absolute(input, ec), ec);
     if (ec) throw system_error("resolve input path", ec.value(), input.string());
-    auto inside = [](const std::filesystem::path& child, const std::filesystem::path& parent) {
-        auto c = child.begin();
-        for (auto p = parent.begin(); p != parent.end(); ++p, ++c) {
-            if (p->empty()) continue;  // trailing separator
-            if (c == child.end() || *c != *p) return false;
-        }
-        return true;
-    };
+    const auto inside = detail::path_within;
     if (inside(out, in))
         throw error(errc::invalid_argument,
                     "the output folder '" + out.string() + "' is the input folder or inside it",

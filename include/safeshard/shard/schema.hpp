@@ -4,6 +4,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "safeshard/core/checked.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/shard/layout.hpp"
 #include "safeshard/shard/parameter.hpp"
@@ -261,10 +263,15 @@ inline bool stage_keeps(const parameter_spec& p, const schema_options& o) {
         throw error(errc::invalid_argument,
                     "layer range [" + std::to_string(o.layer_begin) + ", " + std::to_string(end) +
                         ") is not within the model's " + std::to_string(layers) + " layers");
+    std::uint64_t expected = 0;
+    for (const auto& p : specs)
+        if (add_overflows(expected, p.per_layer() ? end - o.layer_begin : 1, expected) ||
+            expected > std::numeric_limits<std::size_t>::max())
+            throw error(errc::validation_overflow,
+                        std::to_string(layers) + " layers of " + std::to_string(specs.size()) +
+                            " parameter templates overflow the size of a schema");
     schema s;
-    std::size_t expected = 0;
-    for (const auto& p : specs) expected += p.per_layer() ? end - o.layer_begin : 1;
-    s.reserve(expected);
+    s.reserve(static_cast<std::size_t>(expected));
     s.set_names(o.names);
     s.ignore("*rotary_emb.inv_freq", "a legacy rotary buffer, not a parameter");
     for (const auto& pattern : o.ignore) s.ignore(pattern, "ignored by request");

@@ -114,7 +114,14 @@ inline void register_architecture(std::string model_type, architecture_builder b
     return detail::registry_instance().known();
 }
 
-// The schema for a config.json, from the process-wide registry.
+[[nodiscard]] inline bool architecture_registered(std::string_view model_type) {
+    const std::lock_guard lock(detail::registry_mutex());
+    return detail::registry_instance().contains(model_type);
+}
+
+// The schema for a config.json, from the process-wide registry. It expands
+// num_hidden_layers as given: check the config against the checkpoint first (check_config,
+// load/config_check.hpp), as load_plan::build does.
 [[nodiscard]] inline schema make_schema(const model_config& c, const schema_options& o = {}) {
     architecture_registry one;  // the builder alone, called outside the lock
     {

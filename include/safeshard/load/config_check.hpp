@@ -1,0 +1,330 @@
+// config.json's sizes against the checkpoint's tensors, checked before a schema is expanded
+// from them: a number in config.json never sizes memory or a loop by itself, only as far as
+// the tensors confirm it. load_plan::build, export and `safeshard verify` share this check.
+#pragma once
+
+#include <algorithm>
+#include <charconv>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "safeshard/core/checked.hpp"
+#include "safeshard/core/error.hpp"
+#include "safeshard/core/model_config.hpp"
+#include "safeshard/core/shape.hpp"
+#include "safeshard/format/checkpoint.hpp"
+#include "safeshard/load/export_metadata.hpp"
+#include "safeshard/shard/architectures/registry.hpp"
+#include "safeshard/shard/schema.hpp"
+
+namespace safeshard {
+
+// How much of config.json a check can compare: the fields every decoder shares (layer count,
+// hidden size and vocabulary against the embeddings), or also the decoder's own tensors
+// (norms, attention projections against the head counts, MLP against intermediate_size).
+enum class config_scope : std::uint8_t { generic, architecture };
+
+// The numbered layers a checkpoint holds: the container (checkpoint spelling, "model.layers")
+// with the most distinct indices, and those indices' count and range.
+struct layer_census {
+    std::string container{};
+    std::uint64_t count = 0;
+    std::uint64_t lowest = 0;
+    std::uint64_t highest = 0;
+
+    // "2 layers (model.layers.0 ... model.layers.1)"
+    [[nodiscard]] std::string to_string() const {
+        if (count == 0) return "no numbered layers (no tensor named like model.layers.0.*)";
+        const std::string p = container.empty() ? "" : container + ".";
+        return std::to_string(count) + (count == 1 ? " layer (" : " layers (") + p +
+               std::to_string(lowest) + (count == 1 ? "" : " ... " + p + std::to_string(highest)) +
+               ")";
+    }
+};
+
+// One field of config.json that the tensors contradict.
+struct config_mismatch {
+    std::string field;    // "hidden_size", "num_hidden_layers", "num_key_value_heads × head_dim"
+    std::string message;  // what config.json says and what the checkpoint holds
+    std::string tensor{};
+    errc code = errc::invalid_config;
+    std::uint64_t more = 0;  // further tensors that contradict the same field
+};
+
+struct config_check {
+    std::string model_type{};
+    std::vector<config_mismatch> mismatches{};
+    // Said, not wrong: layers beyond num_hidden_layers, fields left unchecked.
+    std::vector<std::string> notes{};
+    layer_census layers{};
+    // The architecture's own tensors were compared too, not only the generic fields.
+    bool architecture_checked = false;
+    std::string file{};  // config.json, for the error's context
+
+    [[nodiscard]] bool ok() const noexcept { return mismatches.empty(); }
+
+    // Every mismatch, one clause each.
+    [[nodiscard]] std::string summary() const {
+        std::string s;
+        for (const auto& m : mismatches) {
+            s += s.empty() ? "" : "; ";
+            s += m.field.empty() ? m.message : m.field + ": " + m.message;
+            if (m.more)
+                s += " (and " + std::to_string(m.more) + " more tensor" + (m.more == 1 ? "" : "s") +
+                     ")";
+        }
+        return s;
+    }
+
+    // The first mismatch's code, every mismatch in the message.
+    void throw_if_mismatch() const {
+        if (ok()) return;
+        throw error(mismatches.front().code,
+                    "config.json (model_type '" + model_type +
+                        "') disagrees with the checkpoint's tensors: " + summary(),
+                    error_context{.file = file, .tensor = mismatches.front().tensor});
+    }
+
+    // Adds a mismatch, or counts it under the first one of the same field.
+    void add(config_mismatch m) {
+        for (auto& have : mismatches)
+            if (have.field == m.field && !m.field.empty()) {
+                ++have.more;
+                return;
+            }
+        mismatches.push_back(std::move(m));
+    }
+};
+
+namespace detail {
+
+// A checkpoint name's first all-digit component: "model.layers.3.mlp.experts.5.w" ->
+// {"model.layers", 3}; nullopt for a name without one (or an index beyond 64 bits).
+struct layer_ref {
+    std::string_view container;
+    std::uint64_t index = 0;
+};
+[[nodiscard]] inline std::optional<layer_ref> layer_of(std::string_view name) noexcept {
+    std::size_t begin = 0;
+    while (begin <= name.size()) {
+        std::size_t end = name.find('.', begin);
+        if (end == std::string_view::npos) end = name.size();
+        const std::string_view part = name.substr(begin, end - begin);
+        if (!part.empty() &&
+            std::all_of(part.begin(), part.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+            std::uint64_t v = 0;
+            const auto [ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
+            if (ec != std::errc() || ptr != part.data() + part.size()) return std::nullopt;
+            return layer_ref{name.substr(0, begin == 0 ? 0 : begin - 1), v};
+        }
+        begin = end + 1;
+    }
+    return std::nullopt;
+}
+
+// The layers under the name map's checkpoint prefix. Memory and time follow the tensors.
+[[nodiscard]] inline layer_census count_layers(const checkpoint& ckpt, const name_map& names) {
+    std::vector<layer_ref> refs;
+    for (const auto& f : ckpt.files())
+        for (const tensor_view t : f.view) {
+            const std::string_view n = t.name();
+            if (!n.starts_with(names.checkpoint_prefix)) continue;
+            if (const auto r = layer_of(n)) refs.push_back(*r);
+        }
+    auto key = [](const layer_ref& r) { return std::pair(r.container, r.index); };
+    std::sort(refs.begin(), refs.end(),
+              [&](const layer_ref& a, const layer_ref& b) { return key(a) < key(b); });
+    refs.erase(
+        std::unique(refs.begin(), refs.end(),
+                    [&](const layer_ref& a, const layer_ref& b) { return key(a) == key(b); }),
+        refs.end());
+    layer_census best;
+    for (std::size_t i = 0; i < refs.size();) {
+        std::size_t j = i;
+        while (j < refs.size() && refs[j].container == refs[i].container) ++j;
+        if (j - i > best.count) {
+            best.container = std::string(refs[i].container);
+            best.count = j - i;
+            best.lowest = refs[i].index;
+            best.highest = refs[j - 1].index;
+        }
+        i = j;
+    }
+    return best;
+}
+
+// One dimension config.json implies: a size, or "overflows" (a product beyond 64 bits); 0 is
+// a size config.json does not give (that dimension is not compared).
+struct implied_dim {
+    std::uint64_t size = 0;
+    std::string_view fields;
+    bool overflows = false;
+};
+
+[[nodiscard]] inline implied_dim product(std::uint64_t a, std::uint64_t b,
+                                         std::string_view fields) {
+    implied_dim d{0, fields, false};
+    if (a && b) d.overflows = mul_overflows(a, b, d.size);
+    return d;
+}
+
+// What config.json implies for a tensor of the Hugging Face decoder naming (name without
+// the checkpoint prefix); empty where it implies nothing. `scope` generic: the embeddings
+// and lm_head only.
+[[nodiscard]] inline std::vector<implied_dim> implied_shape(std::string_view name,
+                                                            const model_config& c,
+                                                            config_scope scope) {
+    const std::uint64_t h = c.hidden_size, v = c.vocab_size, i = c.intermediate_size,
+                        d = c.head_dim, heads = c.num_attention_heads, kv = c.num_key_value_heads;
+    const implied_dim hid{h, "hidden_size"};
+    if (name == "model.embed_tokens.weight" || name == "lm_head.weight")
+        return {{v, "vocab_size"}, hid};
+    if (scope == config_scope::generic) return {};
+    if (name == "model.norm.weight") return {hid};
+    // The rest: model.layers.<N>.<what>
+    constexpr std::string_view layers = "model.layers.";
+    if (!name.starts_with(layers)) return {};
+    name.remove_prefix(layers.size());
+    const std::size_t dot = name.find('.');
+    if (dot == 0 || dot == std::string_view::npos ||
+        !std::all_of(name.begin(), name.begin() + static_cast<std::ptrdiff_t>(dot),
+                     [](char ch) { return ch >= '0' && ch <= '9'; }))
+        return {};
+    name.remove_prefix(dot + 1);
+    const implied_dim q = product(heads, d, "num_attention_heads × head_dim");
+    const implied_dim k = product(kv, d, "num_key_value_heads × head_dim");
+    if (name == "input_layernorm.weight" || name == "post_attention_layernorm.weight" ||
+        name == "pre_feedforward_layernorm.weight" || name == "post_feedforward_layernorm.weight")
+        return {hid};
+    if (name == "self_attn.q_proj.weight") return {q, hid};
+    if (name == "self_attn.k_proj.weight" || name == "self_attn.v_proj.weight") return {k, hid};
+    if (name == "self_attn.o_proj.weight") return {hid, q};
+    if (name == "self_attn.q_proj.bias") return {q};
+    if (name == "self_attn.k_proj.bias" || name == "self_attn.v_proj.bias") return {k};
+    if (name == "self_attn.qkv_proj.weight") {
+        implied_dim all{0, "(num_attention_heads + 2 × num_key_value_heads) × head_dim"};
+        std::uint64_t kv2 = 0;
+        if (heads && kv && d)
+            all.overflows = mul_overflows(kv, std::uint64_t{2}, kv2) ||
+                            add_overflows(kv2, heads, kv2) || mul_overflows(kv2, d, all.size);
+        return {all, hid};
+    }
+    const implied_dim inter{i, "intermediate_size"};
+    if (name == "mlp.gate_proj.weight" || name == "mlp.up_proj.weight") return {inter, hid};
+    if (name == "mlp.down_proj.weight") return {hid, inter};
+    if (name == "mlp.gate_up_proj.weight") return {product(i, 2, "2 × intermediate_size"), hid};
+    return {};
+}
+
+// The value of each field in "a × b" form, for a message: "hidden_size 96".
+[[nodiscard]] inline std::string field_values(std::string_view fields, const model_config& c) {
+    const std::pair<std::string_view, std::uint64_t> known[] = {
+        {"hidden_size", c.hidden_size},
+        {"vocab_size", c.vocab_size},
+        {"intermediate_size", c.intermediate_size},
+        {"num_attention_heads", c.num_attention_heads},
+        {"num_key_value_heads", c.num_key_value_heads},
+        {"head_dim", c.head_dim},
+    };
+    std::string s;
+    for (const auto& [name, value] : known)
+        if (fields.find(name) != std::string_view::npos)
+            s += (s.empty() ? "" : ", ") + std::string(name) + " " + std::to_string(value);
+    return s;
+}
+
+inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std::string_view name,
+                               const shape& held, const model_config& c, config_scope scope) {
+    const std::vector<implied_dim> want = implied_shape(name, c, scope);
+    if (want.empty()) return;
+    for (const auto& w : want)
+        if (w.overflows) {
+            r.add({std::string(w.fields),
+                   "(" + field_values(w.fields, c) + ") overflows 64 bits, the size of " +
+                       std::string(ckpt_name) + " " + held.to_string(),
+                   std::string(ckpt_name), errc::invalid_config});
+            return;
+        }
+    // Grouped under the first field that disagrees; the message gives every one's value.
+    std::string first, fields;
+    for (std::size_t k = 0; k < want.size(); ++k) {
+        const bool off =
+            held.rank() != want.size() || (want[k].size != 0 && held[k] != want[k].size);
+        if (!off) continue;
+        if (first.empty()) first = std::string(want[k].fields);
+        fields += (fields.empty() ? "" : ", ") + std::string(want[k].fields);
+    }
+    if (first.empty()) return;
+    shape implied;
+    for (const auto& w : want) implied.push_back(w.size);
+    std::string implied_text = implied.to_string();
+    if (std::any_of(want.begin(), want.end(), [](const implied_dim& w) { return w.size == 0; }))
+        implied_text += " (0: not given)";
+    r.add({first,
+           std::string(ckpt_name) + ": the checkpoint holds " + held.to_string() +
+               " but config.json implies " + implied_text + " (" + field_values(fields, c) + ")",
+           std::string(ckpt_name), errc::shape_mismatch});
+}
+
+}  // namespace detail
+
+// config.json's fields against the tensors, before anything is expanded from them:
+// - num_hidden_layers against the layers present (a config claiming more is a mismatch;
+//   layers beyond it are a note: they are the schema's, expected or unexpected names);
+// - vocab_size and hidden_size against the embeddings and lm_head;
+// - scope architecture: the decoder's norms, attention projections (head counts × head_dim)
+//   and MLP (intermediate_size), by their Hugging Face names.
+// Time and memory follow the checkpoint's tensor count, whatever the numbers in config.json.
+[[nodiscard]] inline config_check check_config(const checkpoint& ckpt, const model_config& c,
+                                               const name_map& names = {},
+                                               config_scope scope = config_scope::architecture) {
+    config_check r;
+    r.model_type = c.model_type;
+    r.architecture_checked = scope == config_scope::architecture;
+    r.file = ckpt.config_path().value_or(ckpt.root() / "config.json").string();
+    r.layers = detail::count_layers(ckpt, names);
+    const std::uint64_t claimed = c.num_hidden_layers;
+    if (claimed > r.layers.count) {
+        r.add({"num_hidden_layers",
+               "config.json says " + std::to_string(claimed) + ", but the checkpoint holds " +
+                   r.layers.to_string(),
+               {},
+               errc::invalid_config});
+    } else if (claimed && claimed < r.layers.count) {
+        r.notes.push_back("config.json's num_hidden_layers is " + std::to_string(claimed) +
+                          " and the checkpoint holds " + r.layers.to_string() +
+                          ": the schema decides on the layers beyond (an extra module, or "
+                          "unexpected names)");
+    }
+    for (const auto& f : ckpt.files())
+        for (const tensor_view t : f.view) {
+            std::string_view n = t.name();
+            if (!n.starts_with(names.checkpoint_prefix)) continue;
+            n.remove_prefix(names.checkpoint_prefix.size());
+            detail::check_tensor_shape(r, t.name(), n, t.shape(), c, scope);
+        }
+    return r;
+}
+
+// The schema of config.json's architecture (c.model_type), once check_config finds the
+// checkpoint agrees with it: the layer count it expands is one the tensors hold. A rank of a
+// per-rank export is refused (invalid_export): its config.json describes the whole model.
+[[nodiscard]] inline schema checked_schema(const checkpoint& ckpt, const model_config& c,
+                                           const schema_options& o = {}) {
+    if (read_export_metadata(ckpt))
+        throw error(errc::invalid_export,
+                    "the checkpoint is a rank of an export: its config.json describes the whole "
+                    "model, not the rank's tensors (merge the export first: safeshard merge)",
+                    error_context{.file = ckpt.root().string()});
+    const config_scope scope =
+        architecture_registered(c.model_type) ? config_scope::architecture : config_scope::generic;
+    check_config(ckpt, c, o.names, scope).throw_if_mismatch();
+    return make_schema(c, o);
+}
+
+}  // namespace safeshard
