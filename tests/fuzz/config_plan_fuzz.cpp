@@ -125,7 +125,8 @@ bool fits(std::uint64_t a, std::uint64_t b, std::uint64_t limit) {
 }
 
 // Every copy reads inside its file and writes inside its destination.
-void check_plan(const load_plan& p, std::size_t tensors) {
+void check_plan(const load_plan& p, const checkpoint& ckpt) {
+    const std::size_t tensors = ckpt.tensor_count();
     const auto dests = p.destinations();
     if (dests.size() > 4 * tensors + 8) std::abort();  // memory follows the tensors
     for (const copy_op& op : p.ops()) {
@@ -139,8 +140,8 @@ void check_plan(const load_plan& p, std::size_t tensors) {
             !fits(b.dst_offset + last, b.dst_row_bytes, d.bytes))
             std::abort();
         if (op.kind != copy_kind::copy) continue;
-        if (op.file >= p.mappings().size()) std::abort();
-        const std::uint64_t size = p.mappings()[op.file].size();
+        if (op.file >= p.files().size() || op.file >= ckpt.files().size()) std::abort();
+        const std::uint64_t size = ckpt.files()[op.file].view.bytes().size();
         if (__builtin_mul_overflow(b.rows - 1, b.src_pitch, &last)) std::abort();
         if (!fits(op.file_begin(), last, size) ||
             !fits(op.file_begin() + last, b.src_row_bytes, size))
@@ -178,7 +179,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             const schema s = checked_schema(ckpt, c, o.schema);
             for (const parallel_context ctx : contexts) {
                 try {
-                    check_plan(load_plan::build(ckpt, s, ctx, o, &c), ckpt.tensor_count());
+                    check_plan(load_plan::build(ckpt, s, ctx, o, &c), ckpt);
                 } catch (const error& e) {
                     if (!input_error(e.code())) std::abort();
                 }
