@@ -22,6 +22,16 @@ enum exit_code : int {
     }
 }
 
+// What the tool's options can do about an error the library reports in its own words: appended
+// to the message.
+[[nodiscard]] constexpr const char* option_hint(errc e) noexcept {
+    switch (e) {
+        case errc::quantized_checkpoint: return " (--allow-quantized loads the raw tensors)";
+        case errc::unexpected_tensor: return " (--lenient reports them instead)";
+        default: return "";
+    }
+}
+
 // The text of `--help` and the README.
 inline constexpr const char* exit_code_help =
     "Exit codes:\n"

@@ -17,6 +17,7 @@
 #include "exit_code.hpp"
 #include "safeshard/config.hpp"
 #include "safeshard/io/atomic_directory.hpp"
+#include "safeshard/shard/architectures/registry.hpp"
 
 namespace {
 
@@ -83,6 +84,10 @@ int main(int argc, char** argv) {
     using namespace safeshard::cli;
     install_signal_handlers();
     raise_open_file_limit();
+    // The architectures the registry knows, as it lists them.
+    std::string arch_help = "Architecture (model_type) instead of config.json's:";
+    for (const std::string& t : safeshard::known_architectures())
+        arch_help += (arch_help.back() == ':' ? " " : ", ") + t;
 
     CLI::App app{
         "safeshard: look inside, check, convert, export per rank and merge safetensors "
@@ -142,9 +147,7 @@ int main(int argc, char** argv) {
     add_checkpoint_options(plan_cmd, plan.ckpt);
     plan_cmd->add_option("--tp", plan.world, "Tensor-parallel world size")->required();
     plan_cmd->add_option("--rank", plan.rank, "Show this rank only");
-    plan_cmd->add_option("--arch", plan.arch,
-                         "Architecture (model_type) instead of config.json's: llama, mistral, "
-                         "qwen2, qwen3, gemma, gemma2, phi3");
+    plan_cmd->add_option("--arch", plan.arch, arch_help);
     plan_cmd->add_option("--kv-convention", plan.kv_convention,
                          "How KV heads spread when world > KV: contiguous (vLLM, default) or "
                          "interleaved (optimum-neuron)");
@@ -173,9 +176,7 @@ int main(int argc, char** argv) {
     export_cmd->add_option("--dtype", exp.dtype,
                            "F16, BF16, F32 or F64 (any case): the dtype of every floating-point "
                            "tensor; others keep theirs (default: keep)");
-    export_cmd->add_option("--arch", exp.arch,
-                           "Architecture (model_type) instead of config.json's: llama, mistral, "
-                           "qwen2, qwen3, gemma, gemma2, phi3");
+    export_cmd->add_option("--arch", exp.arch, arch_help);
     export_cmd->add_option("--kv-convention", exp.kv_convention,
                            "How KV heads spread when world > KV: contiguous (vLLM, default) or "
                            "interleaved (optimum-neuron)");
@@ -232,7 +233,7 @@ int main(int argc, char** argv) {
         if (e.code() == safeshard::errc::interrupted) {
             fmt::print(stderr, "safeshard: interrupted\n");
         } else {
-            fmt::print(stderr, "safeshard: error: {}\n", e.what());
+            fmt::print(stderr, "safeshard: error: {}{}\n", e.what(), option_hint(e.code()));
         }
         return exit_code_for(e.code());
     } catch (const std::filesystem::filesystem_error& e) {

@@ -140,9 +140,13 @@ TEST_CASE("safeshard plan: errors and exit codes" *
     r = run("plan " + q.path().string() + " --tp 2");
     CHECK(r.code == 1);
     CHECK(r.out.find("quantized") != std::string::npos);
+    // The library names its option; the tool adds its own flag.
+    CHECK(r.out.find("plan_options::allow_quantized") != std::string::npos);
+    CHECK(r.out.find("(--allow-quantized loads the raw tensors)") != std::string::npos);
     r = run("plan " + q.path().string() + " --tp 2 --allow-quantized");
     CHECK(r.code == 1);
     CHECK(r.out.find("model.extra.weight") != std::string::npos);
+    CHECK(r.out.find("(--lenient reports them instead)") != std::string::npos);
     r = run("plan " + q.path().string() + " --tp 2 --allow-quantized --lenient");
     CHECK(r.code == 0);
     CHECK(r.out.find("unexpected (not loaded): model.extra.weight") != std::string::npos);

@@ -153,8 +153,8 @@ public:
             throw error(
                 errc::quantized_checkpoint,
                 "the checkpoint is quantized (scale tensors: " + detail::name_list(scales, 5) +
-                    "); load the raw tensors explicitly (allow_quantized, "
-                    "--allow-quantized) or dequantize it first",
+                    "); load the raw tensors explicitly (plan_options::allow_quantized) or "
+                    "dequantize it first",
                 error_context{.file = ckpt.root().string(), .tensor = scales.front()});
 
         std::unordered_map<std::string_view, std::uint32_t, detail::name_hash> index;
@@ -359,7 +359,7 @@ public:
                 std::to_string(p.unexpected_.size()) +
                     " checkpoint tensor(s) no parameter of the schema reads: " +
                     detail::name_list(p.unexpected_) +
-                    " (a lenient plan, --lenient, reports them instead)",
+                    " (a lenient plan, plan_options::strict = false, reports them instead)",
                 error_context{.file = ckpt.root().string(), .tensor = p.unexpected_.front()});
         for (const auto& n : s.notes()) p.notes_.push_back(n);
 

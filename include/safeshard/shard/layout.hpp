@@ -144,12 +144,7 @@ inline constexpr std::uint64_t default_vocab_multiple = 64;
     return c == kv_contiguous ? "kv_contiguous" : "kv_interleaved";
 }
 
-// The command-line spelling: `contiguous` / `interleaved`.
-[[nodiscard]] constexpr std::string_view cli_name(kv_convention c) noexcept {
-    return c == kv_contiguous ? "contiguous" : "interleaved";
-}
-
-// Accepts the command-line spellings (and the enumerator names); nullopt otherwise.
+// Accepts `contiguous` / `interleaved` (and the enumerator names); nullopt otherwise.
 [[nodiscard]] constexpr std::optional<kv_convention> parse_kv_convention(
     std::string_view s) noexcept {
     if (s == "contiguous" || s == "kv_contiguous") return kv_contiguous;
