@@ -11,6 +11,7 @@
 
 #include "commands.hpp"
 #include "progress_bar.hpp"
+#include "safeshard/core/clock.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/file_cache.hpp"
@@ -161,8 +162,7 @@ int run_convert(const convert_args& a, output& out) {
     mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
     bar.finish();
 
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double seconds = seconds_since(started);
     out.print("converted {} tensors ({}) from {} files into {} at {}\n", sources.size(),
               to ? fmt::format("{} to {}, {} unchanged", n_converted, name(*to),
                                sources.size() - n_converted)

@@ -10,6 +10,7 @@
 
 #include "commands.hpp"
 #include "progress_bar.hpp"
+#include "safeshard/core/clock.hpp"
 #include "safeshard/save/export.hpp"
 
 namespace safeshard::cli {
@@ -47,8 +48,7 @@ int run_export(const export_args& a, output& out) {
     mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
     if (bar) bar->finish();
     for (const auto& f : r.skipped_side_files) note_not_copied(f.path, f.reason);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double seconds = seconds_since(started);
     out.print(
         "exported {} tensors for a world of {} ({}) into {}: {} rank folders, {} shard files\n",
         r.tensors, r.world,

@@ -9,6 +9,7 @@
 
 #include "commands.hpp"
 #include "progress_bar.hpp"
+#include "safeshard/core/clock.hpp"
 #include "safeshard/save/merge.hpp"
 
 namespace safeshard::cli {
@@ -30,8 +31,7 @@ int run_merge(const merge_args& a, output& out) {
     mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
     if (bar) bar->finish();
     for (const auto& f : r.skipped_side_files) note_not_copied(f.path, f.reason);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double seconds = seconds_since(started);
     out.print("merged {} rank folders into {} tensors at {} ({})\n", r.world, r.tensors, a.out,
               r.shard_files == 1 ? std::string("model.safetensors")
                                  : fmt::format("{} shards + index", r.shard_files));

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "safeshard/core/clock.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/load/convert.hpp"
 
@@ -28,9 +29,7 @@ namespace {
 namespace fs = std::filesystem;
 using clock_type = std::chrono::steady_clock;
 
-double seconds_since(clock_type::time_point t0) {
-    return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
+using safeshard::seconds_since;
 
 // Realistic BF16 weights: N(0, 0.02), in 8 files of `mib`/8 MiB, 16 tensors each.
 void make_input(const fs::path& dir, std::size_t mib) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../../tests/load/model_gen.hpp"
+#include "safeshard/core/clock.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/save/export.hpp"
@@ -26,9 +27,7 @@ namespace {
 namespace fs = std::filesystem;
 using clock_type = std::chrono::steady_clock;
 
-double seconds_since(clock_type::time_point t0) {
-    return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
+using safeshard::seconds_since;
 
 constexpr std::uint32_t world = 4;
 constexpr std::uint32_t rank = 1;

@@ -6,6 +6,7 @@
 #include "safeshard/fwd.hpp"
 
 #include "safeshard/core/checked.hpp"
+#include "safeshard/core/clock.hpp"
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"

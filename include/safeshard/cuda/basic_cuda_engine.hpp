@@ -42,6 +42,7 @@
 #include <utility>
 #include <vector>
 
+#include "safeshard/core/clock.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/cuda/transport.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
@@ -75,11 +76,11 @@ struct cuda_engine_options {
     // ... when their rows have gaps (a rank's columns): one pread per row, or copies out of
     // the mapping (no system call per row; page faults where the mapping is fresh)
     read_mode strided = read_mode::mmap;
-    // The defaults come from the sweep over buffers x buffer size x streams x threads on an
-    // H200 (PCIe Gen5, 2 GiB from the page cache, BENCHMARKS.md): the page cache gives each
-    // reader thread ~6-7 GB/s, so it takes about 8 of them to fill the link; 16 x 4 MiB ran
-    // as fast as 16 x 8 MiB (0.938 and 0.940 of pinned cudaMemcpy) and pins half the memory,
-    // which a load pays for once (cudaHostAlloc) before its first byte moves.
+    // The defaults come from the sweep over buffers x buffer size x streams x threads
+    // (BENCHMARKS.md, section "cuda: page cache", for the figures): a reader thread alone cannot
+    // fill the link from the page cache, so several read at once; 4 MiB buffers ran as fast as
+    // 8 MiB ones and pin half the memory, which a load pays for once (cudaHostAlloc) before its
+    // first byte moves.
     unsigned buffers = 16;  // pinned staging buffers in the ring (16 x 4 MiB = 64 MiB)
     std::size_t buffer_bytes = std::size_t{4} << 20;
     unsigned streams = 2;
@@ -138,8 +139,7 @@ public:
         finish(st);
         stats_.bytes_read += st.read;
         stats_.bytes_written += st.written;
-        stats_.seconds +=
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        stats_.seconds += seconds_since(t0);
         if (st.first) {
             release();  // a failed load leaves nothing behind; the next wait() starts afresh
             std::rethrow_exception(st.first);

@@ -35,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "safeshard/core/clock.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
 #include "safeshard/io/file_reader.hpp"
@@ -90,9 +91,9 @@ struct host_engine_options {
     bool huge_pages = false;
     // madvise(MADV_POPULATE_WRITE) on each piece's destination before it is written: the kernel
     // allocates fresh pages in one call instead of taking a fault per 4 KiB page during the copy
-    // (BENCHMARKS.md, P2 on one thread: the column split 36 ms instead of 50, the contiguous
-    // load 27 instead of 34). Ranges under 64 KiB are left to fault. Pages already there are
-    // only looked up; memory that refuses the advice (old kernels, device mappings) faults.
+    // (faster on fresh destinations: BENCHMARKS.md, "prefault"). Ranges under 64 KiB are left to
+    // fault. Pages already there are only looked up; memory that refuses the advice (old
+    // kernels, device mappings) faults.
     bool prefault = true;
 };
 
@@ -228,8 +229,7 @@ public:
                 "madvise(MADV_POPULATE_READ) is not supported by this kernel (Linux 5.14 has it): "
                 "strided rows and conversions were copied out of the mapping after MADV_WILLNEED");
         }
-        stats_.seconds +=
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        stats_.seconds += seconds_since(t0);
         if (first) std::rethrow_exception(first);
     }
 

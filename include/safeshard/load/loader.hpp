@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "safeshard/core/clock.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/checkpoint.hpp"
@@ -76,9 +77,6 @@ struct load_options {
 };
 
 namespace detail {
-inline double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 template <class T>
 T allocate_one(const plan_destination& d) {
@@ -174,7 +172,7 @@ template <class T, class Engine>
         out.names_.push_back(dests[i].name);
         out.index_.emplace(dests[i].name, s);
     }
-    r.allocate_seconds = detail::seconds_since(t0);
+    r.allocate_seconds = seconds_since(t0);
 
     t0 = std::chrono::steady_clock::now();
     file_cache_options fo{};  // an engine may ask for O_DIRECT files (host_engine's direct mode)
@@ -194,7 +192,7 @@ template <class T, class Engine>
     r.bytes_written = after.bytes_written - before.bytes_written;
     if constexpr (requires { engine.take_notes(); })  // fallbacks the engine chose
         for (auto& n : engine.take_notes()) r.notes.push_back(std::move(n));
-    r.copy_seconds = detail::seconds_since(t0);
+    r.copy_seconds = seconds_since(t0);
 
     t0 = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < dests.size(); ++i)
@@ -211,7 +209,7 @@ template <class T, class Engine>
             }
             r.bytes_written += dests[i].bytes;
         }
-    r.init_seconds = detail::seconds_since(t0);
+    r.init_seconds = seconds_since(t0);
     if (report) out.report = r;
     return out;
 }
@@ -258,7 +256,7 @@ template <class T = host_tensor>
     const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
     const plan_options po = detail::plan_options_for<T>(o);
     const load_plan plan = load_plan::build(ckpt, {o.rank, o.world}, po);
-    return detail::run_plan<T>(plan, o, po.device, detail::seconds_since(t0));
+    return detail::run_plan<T>(plan, o, po.device, seconds_since(t0));
 }
 
 // With the user's own schema.
@@ -269,7 +267,7 @@ template <class T = host_tensor>
     const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
     const plan_options po = detail::plan_options_for<T>(o);
     const load_plan plan = load_plan::build(ckpt, s, {o.rank, o.world}, po);
-    return detail::run_plan<T>(plan, o, po.device, detail::seconds_since(t0));
+    return detail::run_plan<T>(plan, o, po.device, seconds_since(t0));
 }
 
 // With an engine of the caller's (a cuda_engine with its own options, one per device).
@@ -281,7 +279,7 @@ requires copy_engine<Engine>
     const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
     const load_plan plan =
         load_plan::build(ckpt, {o.rank, o.world}, detail::plan_options_for<T>(o));
-    return detail::run_plan<T>(plan, engine, o, detail::seconds_since(t0));
+    return detail::run_plan<T>(plan, engine, o, seconds_since(t0));
 }
 
 }  // namespace safeshard

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 
 #include "safeshard/core/checked.hpp"
+#include "safeshard/core/clock.hpp"
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/name_hash.hpp"
@@ -329,14 +330,6 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
     return to_json(m, names);
 }
 
-namespace detail {
-
-[[nodiscard]] inline double seconds_from(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace detail
-
 // check_output_location for a checkpoint being written again: its folder (its one file, when
 // opened from a file: the folder is not the input then) and every file it reads.
 inline void check_output_location(const std::filesystem::path& output, const checkpoint& input) {
@@ -491,7 +484,7 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     folder.commit();
     rep.bytes_read = engine.stats().bytes_read;
     rep.bytes_written = done;
-    rep.seconds = detail::seconds_from(t0);
+    rep.seconds = seconds_since(t0);
     return rep;
 }
 

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "safeshard/core/checked.hpp"
+#include "safeshard/core/clock.hpp"
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/format/checkpoint.hpp"
@@ -272,7 +273,7 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
     files.finish();  // no bytes of two versions of a file
     w.commit();
     rep.bytes_written = done;
-    rep.seconds = detail::seconds_from(t0);
+    rep.seconds = seconds_since(t0);
     return rep;
 }
 
