@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -28,6 +29,16 @@ static_assert(!can_convert(dtype::i32, dtype::f32) && !can_convert(dtype::f32, d
 static_assert(!can_convert(dtype::i8, dtype::u8) && !can_convert(dtype::bf16, dtype::f8_e4m3));
 static_assert(!can_convert(dtype::f64, dtype::bf16) && !can_convert(dtype::f8_e8m0, dtype::f32));
 static_assert(!can_convert(dtype::f8_e4m3fnuz, dtype::f32) && !can_convert(dtype::c64, dtype::f64));
+// The table: every entry reads its values alone today (room for companions later), has its loops,
+// and converts between two different dtypes; the dtypes a policy converts are the ones it writes.
+static_assert(conversions.size() == 14);
+static_assert(std::all_of(conversions.begin(), conversions.end(), [](const conversion& c) {
+    return c.input_count() == 1 && c.inputs[0].role == convert_role::values &&
+           c.kernel.portable != nullptr && c.kernel.avx2 != nullptr && c.from() != c.to;
+}));
+static_assert(converted_by_policy(dtype::f16) && converted_by_policy(dtype::bf16));
+static_assert(converted_by_policy(dtype::f32) && converted_by_policy(dtype::f64));
+static_assert(!converted_by_policy(dtype::f8_e4m3) && !converted_by_policy(dtype::i32));
 static_assert(by_device_dtype(true) == dtype::bf16 && by_device_dtype(false) == dtype::f32);
 static_assert(parse_dtype_policy("by_device") == dtype_policy::by_device());
 static_assert(parse_dtype_policy("bf16") == dtype_policy::fixed(dtype::bf16));
@@ -514,6 +525,31 @@ TEST_CASE("every pair: can_convert agrees with find_converter; refusals name bot
         }
     // 22 same-dtype copies + 8 between f16/bf16/f32/f64 + 6 from f8.
     CHECK(supported == 22 + 8 + 6);
+}
+
+TEST_CASE("the refusal lists the table as it always read") {
+    CHECK(detail::supported_conversions_text() ==
+          "BF16<->F32, F16<->F32, BF16<->F16, F64<->F32, F8_E4M3/F8_E5M2->F16/BF16/F32");
+    CHECK(detail::unsupported_conversion_message(dtype::i32, dtype::f32) ==
+          "cannot convert I32 to F32 (supported: BF16<->F32, F16<->F32, BF16<->F16, F64<->F32, "
+          "F8_E4M3/F8_E5M2->F16/BF16/F32; other dtypes copy only to themselves)");
+    CHECK(policy_dtypes_text() == "F16, BF16, F32, F64");
+}
+
+TEST_CASE("every table entry is what find_converter returns for its pair") {
+    for (const conversion& c : conversions) {
+        CAPTURE(c.from());
+        CAPTURE(c.to);
+        CHECK(can_convert(c.from(), c.to));
+        const bool portable =
+            detail::find_converter_for(c.from(), c.to, detail::convert_isa::portable).kernel() ==
+            c.kernel.portable;
+        const bool avx2 =
+            detail::find_converter_for(c.from(), c.to, detail::convert_isa::avx2).kernel() ==
+            c.kernel.avx2;
+        CHECK(portable);
+        CHECK(avx2);
+    }
 }
 
 TEST_CASE("find_converter picks the loops this CPU runs best") {

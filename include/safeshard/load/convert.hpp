@@ -2,9 +2,9 @@
 //
 // A loader asks `can_convert` (a constant expression) or `find_converter` (which throws
 // unsupported_conversion naming both dtypes) while planning, before any byte is read; the copy
-// then calls the converter once per copied row or 2-D box. Supported, beside same-dtype copies:
-//   BF16 <-> F32, F16 <-> F32, BF16 <-> F16, F64 <-> F32,
-//   F8_E4M3 / F8_E5M2 -> F16, BF16, F32.
+// then calls the converter once per copied row or 2-D box. What converts, beside same-dtype
+// copies, is the table `conversions` below (one place: can_convert, find_converter, the refusal
+// message and the dtypes a policy converts all read it).
 // Narrowing rounds to nearest, ties to even; Inf, NaN, -0 and subnormals follow numpy (F16 <-> F32)
 // and ml_dtypes (the rest) bit for bit; see detail/convert_elements.hpp for the NaN rules.
 // Integer, bool, complex and the other narrow float dtypes copy only to themselves.
@@ -20,6 +20,7 @@
 // Only core/ is included: the CUDA engine compiles this under nvcc for its staging pass.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -35,43 +36,102 @@ namespace safeshard {
 
 class converter;
 
+// What an input of a conversion is: the values themselves, or a companion tensor that a
+// dequantizing conversion reads beside them.
+enum class convert_role : std::uint8_t { none, values, scales, zeros, group_index };
+
+// One input of a conversion: its role and the dtype it must have.
+struct convert_input {
+    convert_role role = convert_role::none;
+    dtype type = dtype::bool_;
+};
+
+// The most inputs one conversion reads (values, scales, zeros, group indices).
+inline constexpr std::size_t max_convert_inputs = 4;
+
+// An entry of the conversion table: the inputs it reads (inputs[0] the values; unused ones
+// have role none), the dtype it writes and its loops. The element-wise conversions of today
+// read one input.
+struct conversion {
+    std::array<convert_input, max_convert_inputs> inputs{};
+    dtype to = dtype::bool_;
+    detail::convert_kernels kernel{};
+
+    [[nodiscard]] constexpr std::size_t input_count() const noexcept {
+        std::size_t n = 0;
+        while (n < inputs.size() && inputs[n].role != convert_role::none) ++n;
+        return n;
+    }
+    // The dtype of the values read.
+    [[nodiscard]] constexpr dtype from() const noexcept { return inputs[0].type; }
+    // Whether the entry converts elements of `from` alone (no companion tensors) into `to`.
+    [[nodiscard]] constexpr bool is_elementwise() const noexcept { return input_count() == 1; }
+};
+
 namespace detail {
 
 struct converter_access;
 
+template <class Op>
+[[nodiscard]] constexpr conversion elementwise(dtype from, dtype to) noexcept {
+    conversion c;
+    c.inputs[0] = {convert_role::values, from};
+    c.to = to;
+    c.kernel = kernels_of<Op>();
+    return c;
+}
+
+}  // namespace detail
+
+// Every conversion the copy does, beside same-dtype copies. The order is the order the
+// refusal message lists them in (a pair converting both ways reads "A<->B", in the order of
+// its first entry).
+inline constexpr std::array conversions{
+    detail::elementwise<detail::op_bf16_f32>(dtype::bf16, dtype::f32),
+    detail::elementwise<detail::op_f32_bf16>(dtype::f32, dtype::bf16),
+    detail::elementwise<detail::op_f16_f32>(dtype::f16, dtype::f32),
+    detail::elementwise<detail::op_f32_f16>(dtype::f32, dtype::f16),
+    detail::elementwise<detail::op_bf16_f16>(dtype::bf16, dtype::f16),
+    detail::elementwise<detail::op_f16_bf16>(dtype::f16, dtype::bf16),
+    detail::elementwise<detail::op_f64_f32>(dtype::f64, dtype::f32),
+    detail::elementwise<detail::op_f32_f64>(dtype::f32, dtype::f64),
+    detail::elementwise<detail::op_e4m3_f16>(dtype::f8_e4m3, dtype::f16),
+    detail::elementwise<detail::op_e4m3_bf16>(dtype::f8_e4m3, dtype::bf16),
+    detail::elementwise<detail::op_e4m3_f32>(dtype::f8_e4m3, dtype::f32),
+    detail::elementwise<detail::op_e5m2_f16>(dtype::f8_e5m2, dtype::f16),
+    detail::elementwise<detail::op_e5m2_bf16>(dtype::f8_e5m2, dtype::bf16),
+    detail::elementwise<detail::op_e5m2_f32>(dtype::f8_e5m2, dtype::f32),
+};
+
+namespace detail {
+
+// The table without its kernels: what device code may read (the kernels are host functions).
+struct dtype_pair {
+    dtype from;
+    dtype to;
+};
+
+[[nodiscard]] constexpr auto elementwise_pairs() noexcept {
+    std::array<dtype_pair, conversions.size()> out{};
+    std::size_t n = 0;
+    for (const conversion& c : conversions)
+        if (c.is_elementwise()) out[n++] = {c.from(), c.to};
+    for (; n < out.size(); ++n) out[n] = {dtype::bool_, dtype::bool_};  // same dtype: inert
+    return out;
+}
+
+// The table entry converting `from` alone into `to`, or nullptr.
+[[nodiscard]] constexpr const conversion* find_elementwise(dtype from, dtype to) noexcept {
+    for (const conversion& c : conversions)
+        if (c.is_elementwise() && c.from() == from && c.to == to) return &c;
+    return nullptr;
+}
+
 // The conversion kernel for a pair other than a same-dtype copy, or nullptr.
 [[nodiscard]] inline convert_fn find_convert_kernel(dtype from, dtype to,
                                                     convert_isa isa) noexcept {
-    switch (from) {
-        case dtype::f16:
-            if (to == dtype::f32) return pick_kernel<op_f16_f32>(isa);
-            if (to == dtype::bf16) return pick_kernel<op_f16_bf16>(isa);
-            break;
-        case dtype::bf16:
-            if (to == dtype::f32) return pick_kernel<op_bf16_f32>(isa);
-            if (to == dtype::f16) return pick_kernel<op_bf16_f16>(isa);
-            break;
-        case dtype::f32:
-            if (to == dtype::f16) return pick_kernel<op_f32_f16>(isa);
-            if (to == dtype::bf16) return pick_kernel<op_f32_bf16>(isa);
-            if (to == dtype::f64) return pick_kernel<op_f32_f64>(isa);
-            break;
-        case dtype::f64:
-            if (to == dtype::f32) return pick_kernel<op_f64_f32>(isa);
-            break;
-        case dtype::f8_e4m3:
-            if (to == dtype::f32) return pick_kernel<op_e4m3_f32>(isa);
-            if (to == dtype::f16) return pick_kernel<op_e4m3_f16>(isa);
-            if (to == dtype::bf16) return pick_kernel<op_e4m3_bf16>(isa);
-            break;
-        case dtype::f8_e5m2:
-            if (to == dtype::f32) return pick_kernel<op_e5m2_f32>(isa);
-            if (to == dtype::f16) return pick_kernel<op_e5m2_f16>(isa);
-            if (to == dtype::bf16) return pick_kernel<op_e5m2_bf16>(isa);
-            break;
-        default: break;
-    }
-    return nullptr;
+    const conversion* c = find_elementwise(from, to);
+    return c != nullptr ? c->kernel.pick(isa) : nullptr;
 }
 
 }  // namespace detail
@@ -79,15 +139,11 @@ struct converter_access;
 // Whether elements of `from` can be copied into elements of `to` (same dtype: always).
 [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr bool can_convert(dtype from, dtype to) noexcept {
     if (from == to) return true;
-    switch (from) {
-        case dtype::f16: return to == dtype::f32 || to == dtype::bf16;
-        case dtype::bf16: return to == dtype::f32 || to == dtype::f16;
-        case dtype::f32: return to == dtype::f16 || to == dtype::bf16 || to == dtype::f64;
-        case dtype::f64: return to == dtype::f32;
-        case dtype::f8_e4m3:
-        case dtype::f8_e5m2: return to == dtype::f16 || to == dtype::bf16 || to == dtype::f32;
-        default: return false;
-    }
+    // A constant copy of the pairs: device code can read it where it cannot read the table.
+    constexpr auto pairs = detail::elementwise_pairs();
+    for (const detail::dtype_pair& p : pairs)
+        if (p.from == from && p.to == to && p.from != p.to) return true;
+    return false;
 }
 
 // A conversion from one dtype to another, chosen once while planning and called per row or box.
@@ -163,13 +219,65 @@ private:
 
 namespace detail {
 
+// The element-wise conversions as a person reads them: "BF16<->F32, ..., F8_E4M3/F8_E5M2->
+// F16/BF16/F32". A pair converting both ways is "A<->B"; the other entries are grouped by
+// source, and sources with the same targets share one "S1/S2->T1/T2".
+[[nodiscard]] inline std::string supported_conversions_text() {
+    constexpr std::size_t n = conversions.size();
+    std::array<bool, n> done{};
+    auto reverse_of = [](const conversion& c) { return find_elementwise(c.to, c.from()); };
+    // The one-way targets of a source, in table order.
+    auto one_way_targets = [&](dtype from) {
+        std::string t;
+        for (const conversion& c : conversions) {
+            if (!c.is_elementwise() || c.from() != from || reverse_of(c) != nullptr) continue;
+            if (!t.empty()) t += '/';
+            t += name(c.to);
+        }
+        return t;
+    };
+    std::string out;
+    auto add = [&](std::string_view part) {
+        if (!out.empty()) out += ", ";
+        out += part;
+    };
+    for (std::size_t i = 0; i < n; ++i) {
+        const conversion& c = conversions[i];
+        if (done[i] || !c.is_elementwise()) continue;
+        if (const conversion* r = reverse_of(c)) {
+            done[i] = true;
+            done[static_cast<std::size_t>(r - conversions.data())] = true;
+            add(std::string(name(c.from())) + "<->" + std::string(name(c.to)));
+            continue;
+        }
+        const std::string targets = one_way_targets(c.from());
+        std::string sources;
+        for (std::size_t j = i; j < n; ++j) {
+            const conversion& d = conversions[j];
+            if (done[j] || !d.is_elementwise() || reverse_of(d) != nullptr ||
+                one_way_targets(d.from()) != targets)
+                continue;
+            if (!sources.empty()) sources += '/';
+            sources += name(d.from());
+            for (std::size_t k = j; k < n; ++k) {  // the source's one-way entries are listed now
+                const conversion& e = conversions[k];
+                if (e.is_elementwise() && e.from() == d.from() && reverse_of(e) == nullptr)
+                    done[k] = true;
+            }
+        }
+        add(sources + "->" + targets);
+    }
+    return out;
+}
+
 [[nodiscard]] inline std::string unsupported_conversion_message(dtype from, dtype to) {
     std::string s = "cannot convert ";
     s += name(from);
     s += " to ";
     s += name(to);
-    s += " (supported: BF16<->F32, F16<->F32, BF16<->F16, F64<->F32, "
-         "F8_E4M3/F8_E5M2->F16/BF16/F32; other dtypes copy only to themselves)";
+    s += " (supported: ";
+    s += supported_conversions_text();
+    s += "; other dtypes copy only to themselves)";
     return s;
 }
 
@@ -206,8 +314,23 @@ struct converter_access {
 // Integer, bool and complex tensors (token ids, masks) and 8-bit and narrower floats (quantized
 // weights, with scales beside them) keep their dtype, as torch's module.to(dtype) keeps
 // integer buffers; dtype_per_parameter still converts anything it names.
+// They are the dtypes the conversion table writes.
 [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr bool converted_by_policy(dtype t) noexcept {
-    return t == dtype::f16 || t == dtype::bf16 || t == dtype::f32 || t == dtype::f64;
+    constexpr auto pairs = detail::elementwise_pairs();
+    for (const detail::dtype_pair& p : pairs)
+        if (p.to == t && p.from != p.to) return true;
+    return false;
+}
+
+// The dtypes converted_by_policy names, in dtype order: "F16, BF16, F32, F64".
+[[nodiscard]] inline std::string policy_dtypes_text() {
+    std::string out;
+    for (const auto& info : detail::dtype_table) {
+        if (!converted_by_policy(info.type)) continue;
+        if (!out.empty()) out += ", ";
+        out += info.name;
+    }
+    return out;
 }
 
 // What dtype a loaded tensor gets: the checkpoint's own, one fixed dtype, or by device (for

@@ -150,14 +150,29 @@ enum class convert_isa : std::uint8_t { portable, avx2 };
     return cpu_has_avx2() ? convert_isa::avx2 : convert_isa::portable;
 }
 
+// Every compiled copy of one conversion's loops: what an entry of the conversion table holds.
+struct convert_kernels {
+    convert_fn portable = nullptr;
+    convert_fn avx2 = nullptr;  // the portable copy where no AVX2 copy is compiled
+
+    [[nodiscard]] constexpr convert_fn pick(convert_isa isa) const noexcept {
+        return isa == convert_isa::avx2 ? avx2 : portable;
+    }
+};
+
+template <class Op>
+[[nodiscard]] constexpr convert_kernels kernels_of() noexcept {
+#if SAFESHARD_CONVERT_X86_DISPATCH
+    return {&convert_portable<Op>, &convert_avx2<Op>};
+#else
+    return {&convert_portable<Op>, &convert_portable<Op>};
+#endif
+}
+
+// The copy of Op's loops for `isa`.
 template <class Op>
 [[nodiscard]] inline convert_fn pick_kernel(convert_isa isa) noexcept {
-#if SAFESHARD_CONVERT_X86_DISPATCH
-    if (isa == convert_isa::avx2) return &convert_avx2<Op>;
-#else
-    (void)isa;
-#endif
-    return &convert_portable<Op>;
+    return kernels_of<Op>().pick(isa);
 }
 
 }  // namespace safeshard::detail
