@@ -1,4 +1,4 @@
-// Buffered standard output that notices a closed pipe, and a JSON string escaper.
+// Buffered standard output that notices a closed pipe.
 #pragma once
 
 #include <unistd.h>
@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "safeshard/core/error.hpp"
+#include "safeshard/format/json_string.hpp"
 
 namespace safeshard::cli {
 
@@ -80,67 +81,10 @@ private:
     fmt::memory_buffer buf_;
 };
 
-// Escapes for JSON: quotes, backslashes and control characters; bytes that are not UTF-8
-// (file names can hold anything) become U+FFFD, so the output is always valid JSON.
-inline void append_json_string(fmt::memory_buffer& out, std::string_view s) {
-    auto put = [&](std::string_view t) { out.append(t.data(), t.data() + t.size()); };
-    put("\"");
-    const auto* u = reinterpret_cast<const unsigned char*>(s.data());
-    const std::size_t n = s.size();
-    for (std::size_t i = 0; i < n;) {
-        const unsigned char c = u[i];
-        if (c < 0x80) {
-            switch (c) {
-                case '"': put("\\\""); break;
-                case '\\': put("\\\\"); break;
-                case '\n': put("\\n"); break;
-                case '\r': put("\\r"); break;
-                case '\t': put("\\t"); break;
-                case '\b': put("\\b"); break;
-                case '\f': put("\\f"); break;
-                default:
-                    if (c < 0x20) {
-                        fmt::format_to(std::back_inserter(out), "\\u{:04x}", c);
-                    } else {
-                        out.push_back(static_cast<char>(c));
-                    }
-            }
-            ++i;
-            continue;
-        }
-        // Length and minimum code point of a well-formed sequence starting with c.
-        std::size_t len = 0;
-        std::uint32_t cp = 0;
-        std::uint32_t min = 0;
-        if ((c & 0xe0) == 0xc0) {
-            len = 2, cp = c & 0x1fu, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            len = 3, cp = c & 0x0fu, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            len = 4, cp = c & 0x07u, min = 0x10000;
-        }
-        bool ok = len != 0 && i + len <= n;
-        for (std::size_t k = 1; ok && k < len; ++k) {
-            if ((u[i + k] & 0xc0) != 0x80) {
-                ok = false;
-            } else {
-                cp = (cp << 6) | (u[i + k] & 0x3fu);
-            }
-        }
-        ok = ok && cp >= min && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff);
-        if (ok) {
-            out.append(s.data() + i, s.data() + i + len);
-            i += len;
-        } else {
-            put("\\ufffd");
-            ++i;
-        }
-    }
-    put("\"");
-}
-
 inline void output::json_string(std::string_view s) {
-    append_json_string(buf_, s);
+    // Quotes, backslashes and control characters escaped; bytes that are not UTF-8 (file names
+    // can hold anything) become U+FFFD, so the output is always valid JSON.
+    append_json_string(buf_, s, json_string_style::lossy());
     if (buf_.size() >= 1 << 16) flush();
 }
 

@@ -27,6 +27,7 @@
 #include "safeshard/format/hf_cache.hpp"
 #include "safeshard/format/index.hpp"
 #include "safeshard/format/json_document.hpp"
+#include "safeshard/format/json_string.hpp"
 #include "safeshard/format/json_text.hpp"
 #include "safeshard/format/safetensors.hpp"
 #include "safeshard/format/safetensors_writer.hpp"

@@ -36,7 +36,7 @@ std::string hex(std::span<const std::byte> b) {
 
 std::string json_string(std::string_view s) {
     std::string out;
-    detail::append_json_string(out, s);
+    append_json_string(out, s, json_string_style::serde());
     return out;
 }
 

@@ -24,6 +24,7 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/name_hash.hpp"
 #include "safeshard/core/shape.hpp"
+#include "safeshard/format/json_string.hpp"
 #include "safeshard/format/safetensors.hpp"
 #include "safeshard/io/atomic_file.hpp"
 
@@ -55,34 +56,6 @@ struct tensor_data {
 };
 
 namespace detail {
-
-inline void append_json_string(std::string& out, std::string_view s) {
-    // serde_json's escaping: the two mandatory escapes, short forms for \b \t \n \f \r, \u00xx
-    // (lowercase hex) for the other control characters, everything else (DEL, UTF-8) raw.
-    static constexpr char hex[] = "0123456789abcdef";
-    out += '"';
-    for (const char c : s) {
-        const auto u = static_cast<unsigned char>(c);
-        switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\b': out += "\\b"; break;
-            case '\t': out += "\\t"; break;
-            case '\n': out += "\\n"; break;
-            case '\f': out += "\\f"; break;
-            case '\r': out += "\\r"; break;
-            default:
-                if (u < 0x20) {
-                    out += "\\u00";
-                    out += hex[u >> 4];
-                    out += hex[u & 0xf];
-                } else {
-                    out += c;
-                }
-        }
-    }
-    out += '"';
-}
 
 inline void append_u64(std::string& out, std::uint64_t v) {
     char buf[24];
@@ -170,9 +143,9 @@ inline void require_utf8(std::string_view s, std::string_view what) {
             detail::require_utf8(v, "metadata value");
             if (!first_key) out += ',';
             first_key = false;
-            detail::append_json_string(out, k);
+            append_json_string(out, k, json_string_style::serde());
             out += ':';
-            detail::append_json_string(out, v);
+            append_json_string(out, v, json_string_style::serde());
         }
         out += '}';
         first = false;
@@ -180,7 +153,7 @@ inline void require_utf8(std::string_view s, std::string_view what) {
     for (const auto& t : plan) {
         if (!first) out += ',';
         first = false;
-        detail::append_json_string(out, t.name);
+        append_json_string(out, t.name, json_string_style::serde());
         out += ":{\"dtype\":\"";
         out += name(t.dtype);
         out += "\",\"shape\":[";

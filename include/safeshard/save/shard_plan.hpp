@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "safeshard/core/error.hpp"
+#include "safeshard/format/json_string.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 
 namespace safeshard {
@@ -157,57 +158,6 @@ struct shard_plan {
     return plan;
 }
 
-namespace detail {
-
-// A JSON string as Python's json.dumps writes it (ensure_ascii): non-ASCII as \uXXXX
-// (surrogate pairs above U+FFFF). The input must be valid UTF-8 (names are checked).
-inline void append_python_json_string(std::string& out, std::string_view s) {
-    static constexpr char hex[] = "0123456789abcdef";
-    auto u16 = [&](std::uint32_t v) {
-        out += "\\u";
-        for (int shift = 12; shift >= 0; shift -= 4) out += hex[(v >> shift) & 0xf];
-    };
-    out += '"';
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-    for (std::size_t i = 0; i < s.size();) {
-        const unsigned char c = p[i];
-        if (c < 0x80) {
-            switch (c) {
-                case '"': out += "\\\""; break;
-                case '\\': out += "\\\\"; break;
-                case '\n': out += "\\n"; break;
-                case '\r': out += "\\r"; break;
-                case '\t': out += "\\t"; break;
-                case '\b': out += "\\b"; break;
-                case '\f': out += "\\f"; break;
-                default:
-                    if (c < 0x20 || c == 0x7f) {  // Python escapes all but ' '..'~'
-                        u16(c);
-                    } else {
-                        out += static_cast<char>(c);
-                    }
-            }
-            ++i;
-            continue;
-        }
-        std::size_t len = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : 4;
-        std::uint32_t cp = c & (len == 2 ? 0x1fu : len == 3 ? 0x0fu : 0x07u);
-        for (std::size_t k = 1; k < len && i + k < s.size(); ++k)
-            cp = (cp << 6) | (p[i + k] & 0x3fu);
-        i += len;
-        if (cp >= 0x10000) {
-            cp -= 0x10000;
-            u16(0xd800 + (cp >> 10));
-            u16(0xdc00 + (cp & 0x3ff));
-        } else {
-            u16(cp);
-        }
-    }
-    out += '"';
-}
-
-}  // namespace detail
-
 // model.safetensors.index.json as transformers writes it (json.dumps(indent=2, sort_keys=True)
 // plus a newline): {"metadata": {"total_size": N}, "weight_map": {name: file, ...}} with the
 // names sorted (bytewise on UTF-8, which is code point order like Python's sort).
@@ -227,9 +177,9 @@ inline void append_python_json_string(std::string& out, std::string_view s) {
     out += "\n  },\n  \"weight_map\": {";
     for (std::size_t i = 0; i < entries.size(); ++i) {
         out += i ? ",\n    " : "\n    ";
-        detail::append_python_json_string(out, entries[i].first);
+        append_json_string(out, entries[i].first, json_string_style::python_ascii());
         out += ": ";
-        detail::append_python_json_string(out, *entries[i].second);
+        append_json_string(out, *entries[i].second, json_string_style::python_ascii());
     }
     out += entries.empty() ? "}\n}\n" : "\n  }\n}\n";
     return out;
