@@ -2,7 +2,6 @@
 // simdjson can parse in place.
 #pragma once
 
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include <simdjson.h>
 
 #include "safeshard/core/error.hpp"
+#include "safeshard/io/mapped_file.hpp"
 #include "safeshard/io/syscalls.hpp"
 
 namespace safeshard::detail {
@@ -47,16 +47,16 @@ inline simdjson::dom::parser& thread_parser() {
 // Above this header size a parse uses its own parser, so a thread keeps no huge buffers.
 inline constexpr std::size_t shared_parser_limit = 16u << 20;
 
-// An open JSON side file: a regular file of at most `cap` bytes, opened, read and mapped
-// through io/'s system-call seam. errc::io_error (with errno) when the system fails, `too_big`
-// when the file is over the cap or not a regular file (a FIFO or a device is never waited on).
+// An open JSON side file: a regular file of at most `cap` bytes, opened and read through io/'s
+// system-call seam and mapped by io/mapped_file. errc::io_error (with errno) when the system fails,
+// `too_big` when the file is over the cap or not a regular file (a FIFO or a device is never waited
+// on).
 class json_file {
 public:
     json_file(const std::filesystem::path& p, std::uint64_t cap, errc too_big)
         : name_(p.string()), too_big_(too_big) {
-        auto opened = open_regular_file(p, too_big);
-        fd_ = std::move(opened.fd);
-        size_ = static_cast<std::uint64_t>(opened.status.st_size);
+        file_ = open_regular_file(p, too_big);
+        size_ = static_cast<std::uint64_t>(file_.status.st_size);
         if (size_ > cap)
             throw error(too_big,
                         "file is " + std::to_string(size_) + " bytes, over the cap of " +
@@ -65,9 +65,7 @@ public:
     }
     json_file(const json_file&) = delete;
     json_file& operator=(const json_file&) = delete;
-    ~json_file() {
-        if (map_ != nullptr) ::munmap(map_, map_bytes_);
-    }
+    ~json_file() = default;
 
     // The whole file read into a padded buffer.
     [[nodiscard]] simdjson::padded_string read() const {
@@ -75,8 +73,8 @@ public:
         std::size_t done = 0;
         while (done < size_) {
             const ssize_t n =
-                sys::pread(fd_.get(), buf.data() + done, static_cast<std::size_t>(size_) - done,
-                           static_cast<off_t>(done));
+                sys::pread(file_.fd.get(), buf.data() + done,
+                           static_cast<std::size_t>(size_) - done, static_cast<off_t>(done));
             if (n < 0) {
                 if (errno == EINTR) continue;
                 throw errno_error("read", name_, done);
@@ -97,15 +95,13 @@ public:
         const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
         const std::uint64_t tail = size_ % page;
         if (size_ == 0 || tail == 0 || page - tail < simdjson::SIMDJSON_PADDING) return {};
-        map_bytes_ = static_cast<std::size_t>(size_ + (page - tail));
-        void* m = sys::mmap(map_bytes_, PROT_READ, MAP_PRIVATE, fd_.get());
-        if (m == MAP_FAILED) {
-            map_ = nullptr;
+        try {
+            map_ = mapped_file(file_, name_);
+        } catch (const error&) {
             return {};  // reading still works
         }
-        map_ = m;
-        return simdjson::padded_string_view(static_cast<const char*>(m),
-                                            static_cast<std::size_t>(size_), map_bytes_);
+        return simdjson::padded_string_view(reinterpret_cast<const char*>(map_.data()), map_.size(),
+                                            static_cast<std::size_t>(size_ + (page - tail)));
     }
 
     [[nodiscard]] std::uint64_t size() const noexcept { return size_; }
@@ -113,10 +109,9 @@ public:
 private:
     std::string name_;
     errc too_big_;
-    unique_fd fd_{};
+    opened_file file_{};
     std::uint64_t size_ = 0;
-    void* map_ = nullptr;
-    std::size_t map_bytes_ = 0;
+    mapped_file map_{};
 };
 
 // Reads a regular file of at most `cap` bytes (see json_file for the errors).

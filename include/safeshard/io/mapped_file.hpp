@@ -70,6 +70,14 @@ public:
         map(r.fd(), r.size(), a);
     }
 
+    // Maps a file opened by detail::open_regular_file, as large as it was then (named `p` in
+    // errors); the caller keeps the descriptor.
+    mapped_file(const detail::opened_file& f, const std::filesystem::path& p,
+                access_advice a = access_advice::normal)
+        : identity_(file_identity::of(f.status)), path_(p) {
+        map(f.fd.get(), static_cast<std::uint64_t>(f.status.st_size), a);
+    }
+
     mapped_file(mapped_file&& o) noexcept
         : data_(std::exchange(o.data_, nullptr)),
           size_(std::exchange(o.size_, 0)),
