@@ -1,6 +1,8 @@
 // The exit codes of every safeshard command, decided here and nowhere else.
 #pragma once
 
+#include <cerrno>
+
 #include "safeshard/core/error.hpp"
 
 namespace safeshard::cli {
@@ -30,6 +32,13 @@ enum exit_code : int {
         case errc::unexpected_tensor: return " (--lenient reports them instead)";
         default: return "";
     }
+}
+
+// The same for an error with its context: an output folder that exists (EEXIST) is what
+// --force is for.
+[[nodiscard]] inline const char* option_hint(const error& e) noexcept {
+    if (e.code() == errc::io_error && e.sys_errno() == EEXIST) return " (--force replaces it)";
+    return option_hint(e.code());
 }
 
 // The text of `--help` and the README.

@@ -233,7 +233,7 @@ int main(int argc, char** argv) {
         if (e.code() == safeshard::errc::interrupted) {
             fmt::print(stderr, "safeshard: interrupted\n");
         } else {
-            fmt::print(stderr, "safeshard: error: {}{}\n", e.what(), option_hint(e.code()));
+            fmt::print(stderr, "safeshard: error: {}{}\n", e.what(), option_hint(e));
         }
         return exit_code_for(e.code());
     } catch (const std::filesystem::filesystem_error& e) {

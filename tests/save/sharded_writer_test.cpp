@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -232,6 +233,15 @@ TEST_SUITE("save") {
         io_test::write_file(d / "out" / "old.txt", io_test::pattern(3));
         CHECK(code_of([&] { save_sharded(d / "out", s.infos, producer_of(s)); }) == errc::io_error);
         CHECK(fs::exists(d / "out" / "old.txt"));
+        try {
+            save_sharded(d / "out", s.infos, producer_of(s));
+            FAIL_CHECK("an existing output folder was not refused");
+        } catch (const error& e) {
+            // The library's own words: the option, not a command-line flag.
+            CHECK(e.message() ==
+                  "the output folder already exists (the options' force = true replaces it)");
+            CHECK(e.sys_errno() == EEXIST);
+        }
 
         sharded_save_options o;
         o.force = true;

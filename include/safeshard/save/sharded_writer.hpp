@@ -173,7 +173,7 @@ private:
         }
         if (!force_)
             throw error(errc::io_error,
-                        "the output folder already exists (pass force, --force, to replace it)",
+                        "the output folder already exists (the options' force = true replaces it)",
                         {.file = target_.string(), .sys_errno = EEXIST});
         if (!S_ISDIR(st.st_mode))
             throw error(errc::io_error, "the output exists and is not a folder; not replaced",
