@@ -12,6 +12,7 @@
 #include "exit_code.hpp"
 #include "output.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/load/convert.hpp"
 #include "safeshard/shard/layout.hpp"
 
 namespace safeshard::cli {
@@ -63,6 +64,17 @@ inline void note_not_copied(const std::filesystem::path& file, std::string_view 
         throw error(errc::invalid_argument,
                     "--kv-convention must be contiguous or interleaved, not '" + s + "'");
     return *kv;
+}
+
+// The value of --dtype for convert and export: a dtype a policy converts to (empty: keep each
+// tensor's); an error naming the option for anything else.
+[[nodiscard]] inline std::optional<dtype> policy_dtype_arg(const std::string& s) {
+    if (s.empty()) return std::nullopt;
+    const std::optional<dtype> to = parse_dtype_ignore_case(s);
+    if (!to || !converted_by_policy(*to))
+        throw error(errc::invalid_argument,
+                    "--dtype must be one of " + policy_dtypes_text() + "; got '" + s + "'");
+    return to;
 }
 
 // "1.50 GiB"

@@ -26,15 +26,8 @@ int run_export(const export_args& a, output& out) {
     o.plan.architecture = a.arch;
     o.plan.allow_quantized = a.allow_quantized;
     if (!a.kv_convention.empty()) o.plan.schema.kv = kv_convention_arg(a.kv_convention);
-    std::optional<dtype> to;
-    if (!a.dtype.empty()) {
-        to = parse_dtype_ignore_case(a.dtype);
-        if (!to ||
-            !(*to == dtype::f16 || *to == dtype::bf16 || *to == dtype::f32 || *to == dtype::f64))
-            throw error(errc::invalid_argument,
-                        "--dtype must be one of F16, BF16, F32, F64; got '" + a.dtype + "'");
-        o.plan.dtype = dtype_policy::fixed(*to);
-    }
+    const std::optional<dtype> to = policy_dtype_arg(a.dtype);
+    if (to) o.plan.dtype = dtype_policy::fixed(*to);
     // The policy converts floating-point tensors only; integer and 8-bit ones keep their dtype.
     const checkpoint c = open_checkpoint(a.ckpt);
     std::optional<progress_bar> bar;

@@ -1,11 +1,10 @@
-// `safeshard convert` throughput against the bytes' physical cost on the same file system, in
-// one run: reading the input with pread plus writing the same number of bytes with write (and
-// one fsync per file, as convert does), per mode (BF16 -> F16, and a plain re-shard).
+// convert_checkpoint (what `safeshard convert` runs) throughput against the bytes' physical
+// cost on the same file system, in one run: reading the input with pread plus writing the same
+// number of bytes with write (and one fsync per file, as convert does), per mode (BF16 -> F16,
+// and a plain re-shard).
 //
-// Usage: convert_bench SAFESHARD_EXE [WORK_DIR=/tmp] [MIB=512] [REPS=5]
+// Usage: convert_bench [WORK_DIR=/tmp] [MIB=512] [REPS=5]
 #include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,8 +20,7 @@
 #include "safeshard/core/clock.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/load/convert.hpp"
-
-extern char** environ;
+#include "safeshard/save/convert.hpp"
 
 namespace {
 
@@ -118,30 +116,11 @@ double read_plus_write(const fs::path& in, const fs::path& out, int shards) {
     return s;
 }
 
-double run_convert(const std::string& exe, const fs::path& in, const fs::path& out,
-                   std::vector<std::string> extra) {
-    std::vector<std::string> args{exe, "convert", in.string(), "--out", out.string()};
-    args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+double run_convert(const fs::path& in, const fs::path& out, safeshard::convert_options o) {
     const auto t0 = clock_type::now();
-    pid_t pid = 0;
-    if (posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), environ) != 0) {
-        std::perror("posix_spawn");
-        std::exit(1);
-    }
-    int status = 0;
-    ::waitpid(pid, &status, 0);
+    const auto c = safeshard::checkpoint::open(in.string());
+    (void)safeshard::convert_checkpoint(c, out, o);
     const double s = seconds_since(t0);
-    posix_spawn_file_actions_destroy(&fa);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        std::fprintf(stderr, "convert failed\n");
-        std::exit(1);
-    }
     fs::remove_all(out);
     return s;
 }
@@ -154,26 +133,22 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 2) {
-        std::fprintf(stderr, "usage: convert_bench SAFESHARD_EXE [WORK_DIR] [MIB] [REPS]\n");
-        return 2;
-    }
-    const std::string exe = argv[1];
-    const fs::path work = fs::path(argc > 2 ? argv[2] : "/tmp") /
+    const fs::path work = fs::path(argc > 1 ? argv[1] : "/tmp") /
                           ("safeshard-convert-bench-" + std::to_string(::getpid()));
-    const std::size_t mib = argc > 3 ? std::strtoul(argv[3], nullptr, 10) : 512;
-    const int reps = argc > 4 ? std::atoi(argv[4]) : 5;
+    const std::size_t mib = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 512;
+    const int reps = argc > 3 ? std::atoi(argv[3]) : 5;
     make_input(work / "in", mib);
     std::uint64_t bytes = 0;
     for (const auto& e : fs::directory_iterator(work / "in")) bytes += fs::file_size(e.path());
-    const std::string shard = std::to_string((mib << 20) / 3);  // 3 output shards of ~mib/3
+    safeshard::convert_options to_f16, reshard_only;  // 3 output shards of ~mib/3
+    to_f16.to = safeshard::dtype::f16;
+    to_f16.max_shard_size = reshard_only.max_shard_size = (mib << 20) / 3;
     std::vector<double> base, f16, reshard;
     for (int r = 0; r < reps; ++r) {
         // Interleaved so that load changes on a shared machine hit every column alike.
         base.push_back(read_plus_write(work / "in", work / "base", 3));
-        f16.push_back(run_convert(exe, work / "in", work / "f16",
-                                  {"--dtype", "f16", "--max-shard-size", shard}));
-        reshard.push_back(run_convert(exe, work / "in", work / "re", {"--max-shard-size", shard}));
+        f16.push_back(run_convert(work / "in", work / "f16", to_f16));
+        reshard.push_back(run_convert(work / "in", work / "re", reshard_only));
     }
     fs::remove_all(work);
     const double gb = static_cast<double>(bytes) / 1e9;

@@ -65,6 +65,7 @@
 #include "safeshard/load/report.hpp"
 #include "safeshard/load/tensor_factory.hpp"
 
+#include "safeshard/save/convert.hpp"
 #include "safeshard/save/export.hpp"
 #include "safeshard/save/merge.hpp"
 #include "safeshard/save/merge_plan.hpp"
