@@ -1,6 +1,9 @@
 // Differential-test helper: converts a raw little-endian array with safeshard's converter.
 //   convert_table FROM TO INPUT OUTPUT [best|portable|avx2]
 // FROM/TO are safetensors dtype names (BF16); INPUT holds whole elements of FROM.
+//   convert_table --list
+// prints the element-wise entries of the conversion table, "FROM TO" a line: the pairs the
+// test checks.
 #include "safeshard/load/convert.hpp"
 
 #include <cerrno>
@@ -24,6 +27,13 @@ safeshard::dtype dtype_arg(std::string_view s) {
 
 int main(int argc, char** argv) {
     using namespace safeshard;
+    if (argc == 2 && std::string_view(argv[1]) == "--list") {
+        for (const conversion& c : conversions)
+            if (c.is_elementwise())
+                std::printf("%s %s\n", std::string(name(c.from())).c_str(),
+                            std::string(name(c.to)).c_str());
+        return 0;
+    }
     if (argc != 5 && argc != 6) {
         std::fprintf(stderr, "usage: %s FROM TO INPUT OUTPUT [best|portable|avx2]\n", argv[0]);
         return 2;
