@@ -327,4 +327,30 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
     return make_schema(c, o);
 }
 
+// config.json's model_config (its model_type replaced by `architecture` when given) and the
+// checked schema of that architecture.
+struct configured_schema {
+    model_config config;
+    safeshard::schema schema;
+};
+
+// The "config.json -> schema" sequence of a load and an export: the checkpoint's config.json
+// (invalid_config without one; `verb` says what the caller does: "load", "export"), then
+// checked_schema.
+[[nodiscard]] inline configured_schema schema_from_config(const checkpoint& ckpt,
+                                                          std::string_view architecture,
+                                                          const schema_options& o,
+                                                          std::string_view verb) {
+    const auto cfg = ckpt.load_config();
+    if (!cfg)
+        throw error(errc::invalid_config,
+                    "no config.json beside the checkpoint: name an architecture's schema, or " +
+                        std::string(verb) + " with schema::replicate_all()",
+                    error_context{.file = ckpt.root().string()});
+    model_config c = cfg->config();
+    if (!architecture.empty()) c.model_type = architecture;
+    schema s = checked_schema(ckpt, c, o);
+    return {std::move(c), std::move(s)};
+}
+
 }  // namespace safeshard
