@@ -40,6 +40,8 @@ struct parameter_meta;
 struct parameter_spec;
 class schema;
 class architecture_registry;
+struct architecture_entry;
+struct architecture_table;
 
 // load/
 class converter;

@@ -39,6 +39,7 @@
 #include "safeshard/shard/architectures/phi3.hpp"
 #include "safeshard/shard/architectures/qwen.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
+#include "safeshard/shard/architectures/table.hpp"
 #include "safeshard/shard/init.hpp"
 #include "safeshard/shard/layout.hpp"
 #include "safeshard/shard/layouts/fused.hpp"

@@ -20,6 +20,7 @@
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/load/export_metadata.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
+#include "safeshard/shard/architectures/table.hpp"
 #include "safeshard/shard/schema.hpp"
 
 namespace safeshard {
@@ -158,69 +159,6 @@ struct layer_ref {
     return best;
 }
 
-// One dimension config.json implies: a size, or "overflows" (a product beyond 64 bits); 0 is
-// a size config.json does not give (that dimension is not compared).
-struct implied_dim {
-    std::uint64_t size = 0;
-    std::string_view fields;
-    bool overflows = false;
-};
-
-[[nodiscard]] inline implied_dim product(std::uint64_t a, std::uint64_t b,
-                                         std::string_view fields) {
-    implied_dim d{0, fields, false};
-    if (a && b) d.overflows = mul_overflows(a, b, d.size);
-    return d;
-}
-
-// What config.json implies for a tensor of the Hugging Face decoder naming (name without
-// the checkpoint prefix); empty where it implies nothing. `scope` generic: the embeddings
-// and lm_head only.
-[[nodiscard]] inline std::vector<implied_dim> implied_shape(std::string_view name,
-                                                            const model_config& c,
-                                                            config_scope scope) {
-    const std::uint64_t h = c.hidden_size, v = c.vocab_size, i = c.intermediate_size,
-                        d = c.head_dim, heads = c.num_attention_heads, kv = c.num_key_value_heads;
-    const implied_dim hid{h, "hidden_size"};
-    if (name == "model.embed_tokens.weight" || name == "lm_head.weight")
-        return {{v, "vocab_size"}, hid};
-    if (scope == config_scope::generic) return {};
-    if (name == "model.norm.weight") return {hid};
-    // The rest: model.layers.<N>.<what>
-    constexpr std::string_view layers = "model.layers.";
-    if (!name.starts_with(layers)) return {};
-    name.remove_prefix(layers.size());
-    const std::size_t dot = name.find('.');
-    if (dot == 0 || dot == std::string_view::npos ||
-        !std::all_of(name.begin(), name.begin() + static_cast<std::ptrdiff_t>(dot),
-                     [](char ch) { return ch >= '0' && ch <= '9'; }))
-        return {};
-    name.remove_prefix(dot + 1);
-    const implied_dim q = product(heads, d, "num_attention_heads × head_dim");
-    const implied_dim k = product(kv, d, "num_key_value_heads × head_dim");
-    if (name == "input_layernorm.weight" || name == "post_attention_layernorm.weight" ||
-        name == "pre_feedforward_layernorm.weight" || name == "post_feedforward_layernorm.weight")
-        return {hid};
-    if (name == "self_attn.q_proj.weight") return {q, hid};
-    if (name == "self_attn.k_proj.weight" || name == "self_attn.v_proj.weight") return {k, hid};
-    if (name == "self_attn.o_proj.weight") return {hid, q};
-    if (name == "self_attn.q_proj.bias") return {q};
-    if (name == "self_attn.k_proj.bias" || name == "self_attn.v_proj.bias") return {k};
-    if (name == "self_attn.qkv_proj.weight") {
-        implied_dim all{0, "(num_attention_heads + 2 × num_key_value_heads) × head_dim"};
-        std::uint64_t kv2 = 0;
-        if (heads && kv && d)
-            all.overflows = mul_overflows(kv, std::uint64_t{2}, kv2) ||
-                            add_overflows(kv2, heads, kv2) || mul_overflows(kv2, d, all.size);
-        return {all, hid};
-    }
-    const implied_dim inter{i, "intermediate_size"};
-    if (name == "mlp.gate_proj.weight" || name == "mlp.up_proj.weight") return {inter, hid};
-    if (name == "mlp.down_proj.weight") return {hid, inter};
-    if (name == "mlp.gate_up_proj.weight") return {product(i, 2, "2 × intermediate_size"), hid};
-    return {};
-}
-
 // The value of each field in "a × b" form, for a message: "hidden_size 96".
 [[nodiscard]] inline std::string field_values(std::string_view fields, const model_config& c) {
     const std::pair<std::string_view, std::uint64_t> known[] = {
@@ -238,9 +176,13 @@ struct implied_dim {
     return s;
 }
 
+// A tensor (name without the checkpoint prefix) against the shape the architecture says
+// config.json implies for it.
 inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std::string_view name,
-                               const shape& held, const model_config& c, config_scope scope) {
-    const std::vector<implied_dim> want = implied_shape(name, c, scope);
+                               const shape& held, const model_config& c,
+                               const architecture_table& shapes, config_scope scope) {
+    const std::vector<implied_dim> want =
+        shapes.implied_shape(name, sizes_of(c), scope == config_scope::generic);
     if (want.empty()) return;
     for (const auto& w : want)
         if (w.overflows) {
@@ -277,8 +219,9 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
 // - num_hidden_layers against the layers present (a config claiming more is a mismatch;
 //   layers beyond it are a note: they are the schema's, expected or unexpected names);
 // - vocab_size and hidden_size against the embeddings and lm_head;
-// - scope architecture: the decoder's norms, attention projections (head counts × head_dim)
-//   and MLP (intermediate_size), by their Hugging Face names.
+// - scope architecture: the shapes the architecture's table implies (architecture_shapes: for
+//   the decoders, the norms, attention projections against head counts × head_dim and MLP
+//   against intermediate_size, by their Hugging Face names).
 // Time and memory follow the checkpoint's tensor count, whatever the numbers in config.json.
 [[nodiscard]] inline config_check check_config(const checkpoint& ckpt, const model_config& c,
                                                const name_map& names = {},
@@ -301,12 +244,13 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
                           ": the schema decides on the layers beyond (an extra module, or "
                           "unexpected names)");
     }
+    const architecture_table& shapes = architecture_shapes(c.model_type);
     for (const auto& f : ckpt.files())
         for (const tensor_view t : f.view) {
             std::string_view n = t.name();
             if (!n.starts_with(names.checkpoint_prefix)) continue;
             n.remove_prefix(names.checkpoint_prefix.size());
-            detail::check_tensor_shape(r, t.name(), n, t.shape(), c, scope);
+            detail::check_tensor_shape(r, t.name(), n, t.shape(), c, shapes, scope);
         }
     return r;
 }
@@ -325,6 +269,32 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
         architecture_registered(c.model_type) ? config_scope::architecture : config_scope::generic;
     check_config(ckpt, c, o.names, scope).throw_if_mismatch();
     return make_schema(c, o);
+}
+
+// config.json's model_config (its model_type replaced by `architecture` when given) and the
+// checked schema of that architecture.
+struct configured_schema {
+    model_config config;
+    safeshard::schema schema;
+};
+
+// The "config.json -> schema" sequence of a load and an export: the checkpoint's config.json
+// (invalid_config without one; `verb` says what the caller does: "load", "export"), then
+// checked_schema.
+[[nodiscard]] inline configured_schema schema_from_config(const checkpoint& ckpt,
+                                                          std::string_view architecture,
+                                                          const schema_options& o,
+                                                          std::string_view verb) {
+    const auto cfg = ckpt.load_config();
+    if (!cfg)
+        throw error(errc::invalid_config,
+                    "no config.json beside the checkpoint: name an architecture's schema, or " +
+                        std::string(verb) + " with schema::replicate_all()",
+                    error_context{.file = ckpt.root().string()});
+    model_config c = cfg->config();
+    if (!architecture.empty()) c.model_type = architecture;
+    schema s = checked_schema(ckpt, c, o);
+    return {std::move(c), std::move(s)};
 }
 
 }  // namespace safeshard

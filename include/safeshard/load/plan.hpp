@@ -109,16 +109,8 @@ public:
             check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
             return build(ckpt, identity_schema(*exported), ctx, o);
         }
-        const auto cfg = ckpt.load_config();
-        if (!cfg)
-            throw error(errc::invalid_config,
-                        "no config.json beside the checkpoint: name an architecture's schema, "
-                        "or load with schema::replicate_all()",
-                        error_context{.file = ckpt.root().string()});
-        model_config c = cfg->config();
-        if (!o.architecture.empty()) c.model_type = o.architecture;
-        const schema s = checked_schema(ckpt, c, o.schema);
-        return build(ckpt, s, ctx, o, &c);
+        const configured_schema cs = schema_from_config(ckpt, o.architecture, o.schema, "load");
+        return build(ckpt, cs.schema, ctx, o, &cs.config);
     }
 
     // A given schema; `config` (optional) adds config.json's checks against the tensors
@@ -126,249 +118,7 @@ public:
     // schema::replicate_all() or use the overload above.)
     [[nodiscard]] static load_plan build(const checkpoint& ckpt, const schema& s,
                                          parallel_context ctx, const plan_options& o = {},
-                                         const model_config* config = nullptr) {
-        if (ctx.world == 0 || ctx.rank >= ctx.world)
-            throw error(errc::invalid_argument, "rank " + std::to_string(ctx.rank) + " of world " +
-                                                    std::to_string(ctx.world) +
-                                                    ": the rank must be below the world size");
-        // A rank of an export holds that rank's cut already: any other rank is refused.
-        if (const auto exported = read_export_metadata(ckpt))
-            check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
-        if (config) check_config(ckpt, *config, s.names()).throw_if_mismatch();
-        load_plan p;
-        p.ctx_ = ctx;
-        p.device_ = o.device;
-        for (const auto& f : ckpt.files()) {
-            p.files_.push_back(f.path);
-            p.versions_.push_back(f.view.version());
-        }
-        const checkpoint_file* first_file = ckpt.files().data();
-
-        // A quantized checkpoint is refused before anything else is decided.
-        std::vector<std::string> scales;
-        for (const auto& f : ckpt.files())
-            for (const tensor_view t : f.view)
-                if (detail::is_quantization_scale(t.name())) scales.emplace_back(t.name());
-        if (!scales.empty() && !o.allow_quantized)
-            throw error(
-                errc::quantized_checkpoint,
-                "the checkpoint is quantized (scale tensors: " + detail::name_list(scales, 5) +
-                    "); load the raw tensors explicitly (plan_options::allow_quantized) or "
-                    "dequantize it first",
-                error_context{.file = ckpt.root().string(), .tensor = scales.front()});
-
-        std::unordered_map<std::string_view, std::uint32_t, detail::name_hash> index;
-        std::vector<const parameter_meta*> tied;
-        std::vector<std::string> missing;
-        // Parameters the fallback (replicate_all) creates own their meta here.
-        std::vector<parameter_meta> fallback_params;
-
-        auto target_dtype = [&](const std::string& name, const std::optional<dtype>& meta_override,
-                                dtype source) {
-            for (const auto& [pattern, t] : o.dtype_per_parameter)
-                if (glob_match(pattern, name)) return t;
-            if (meta_override) return *meta_override;
-            return o.dtype.resolve(source, o.device.kind == device_kind::cuda);
-        };
-
-        auto add_loaded = [&](const parameter_meta& m) {
-            if (m.sources.empty())
-                throw error(errc::invalid_argument,
-                            "parameter '" + m.name + "' is neither loaded, tied nor created",
-                            error_context{.file = {}, .tensor = m.name});
-            std::vector<located_tensor> located;
-            bool absent = false;
-            for (const auto& src : m.sources) {
-                if (auto t = ckpt.find(src))
-                    located.push_back(*t);
-                else {
-                    missing.push_back(src);
-                    absent = true;
-                }
-            }
-            if (absent) return;
-            const error_context ctx_m{.file = {}, .tensor = m.name};
-            const dtype src_dtype = located.front().tensor.dtype();
-            std::vector<shape> shapes;
-            for (const auto& l : located) {
-                if (l.tensor.dtype() != src_dtype)
-                    throw error(errc::invalid_argument,
-                                "parameter '" + m.name + "': its sources have different dtypes (" +
-                                    std::string(name(src_dtype)) + " and " +
-                                    std::string(name(l.tensor.dtype())) + ")",
-                                ctx_m);
-                shapes.push_back(l.tensor.shape());
-            }
-            const slice_result r = slice_parameter(m, shapes, ctx.world, ctx.rank);
-            plan_destination d;
-            d.name = m.name;
-            d.source_dtype = src_dtype;
-            d.dtype = target_dtype(m.name, m.dtype_override, src_dtype);
-            if (!can_convert(src_dtype, d.dtype))
-                throw error(errc::unsupported_conversion,
-                            "parameter '" + m.name +
-                                "': " + detail::unsupported_conversion_message(src_dtype, d.dtype),
-                            ctx_m);
-            d.local = r.local;
-            d.global = r.global;
-            d.layout = m.layout;
-            d.sources = m.sources;
-            d.device = o.device;
-            d.bytes = p.tensor_bytes(d.dtype, d.local, m.name);
-            const auto di = static_cast<std::uint32_t>(p.destinations_.size());
-            const std::uint64_t sbits = bit_size(src_dtype), dbits = bit_size(d.dtype);
-            for (const copy_box& b : r.map) {
-                copy_op op;
-                op.kind = copy_kind::copy;
-                const located_tensor& l = located[b.source];
-                op.file = static_cast<std::uint32_t>(l.file - first_file);
-                op.file_offset = l.tensor.file_begin();
-                op.src_dtype = src_dtype;
-                op.dst_dtype = d.dtype;
-                op.destination = di;
-                if (!to_bytes(b, sbits, dbits, op.box))
-                    throw error(errc::invalid_layout,
-                                "parameter '" + m.name + "': the slice " + to_string(b) +
-                                    " does not fall on byte boundaries for " +
-                                    std::string(name(src_dtype)),
-                                ctx_m);
-                p.ops_.push_back(op);
-            }
-            for (std::size_t z = 0; z < r.map.zero_count(); ++z) {
-                const zero_box& zb = r.map.zero(z);
-                copy_op op;
-                op.kind = copy_kind::zero;
-                op.src_dtype = op.dst_dtype = d.dtype;
-                op.destination = di;
-                const copy_box as_box{
-                    0, 0, zb.rows, zb.row_elems, zb.row_elems, zb.dst_offset, zb.dst_row_stride};
-                if (!to_bytes(as_box, dbits, dbits, op.box))
-                    throw error(errc::invalid_layout,
-                                "parameter '" + m.name + "': its padding does not fall on bytes",
-                                ctx_m);
-                p.ops_.push_back(op);
-            }
-            index.emplace(m.name, di);
-            p.destinations_.push_back(std::move(d));
-        };
-
-        auto add_created = [&](const parameter_meta& m) {
-            const error_context ctx_m{.file = {}, .tensor = m.name};
-            std::optional<shape> global;
-            for (const auto& [n, sh] : o.created_shapes)
-                if (n == m.name) global = sh;
-            if (!global)
-                if (auto t = ckpt.find(s.names().to_checkpoint(m.name))) global = t->tensor.shape();
-            if (!global)
-                throw error(errc::invalid_argument,
-                            "parameter '" + m.name + "' is created (init " +
-                                std::string(to_string(m.init.kind)) +
-                                ") but has no shape: give it in plan_options::created_shapes",
-                            ctx_m);
-            const slice_result r = slice_or_throw(m.name, m.layout, *global, ctx.world, ctx.rank);
-            plan_destination d;
-            d.name = m.name;
-            d.source_dtype = dtype::f32;  // init values are computed in f32
-            d.dtype = target_dtype(
-                m.name, m.dtype_override,
-                config && config->checkpoint_dtype ? *config->checkpoint_dtype : dtype::f32);
-            if (!can_convert(dtype::f32, d.dtype))
-                throw error(errc::unsupported_conversion,
-                            "parameter '" + m.name + "' (initialised in F32): " +
-                                detail::unsupported_conversion_message(dtype::f32, d.dtype),
-                            ctx_m);
-            d.local = r.local;
-            d.global = r.global;
-            d.layout = m.layout;
-            d.device = o.device;
-            d.init = m.init;
-            d.init_map = r.map;
-            d.bytes = p.tensor_bytes(d.dtype, d.local, m.name);
-            index.emplace(m.name, static_cast<std::uint32_t>(p.destinations_.size()));
-            p.destinations_.push_back(std::move(d));
-            p.initialised_.push_back(m.name);
-        };
-
-        for (const parameter_meta& m : s.parameters()) {
-            if (m.tied())
-                tied.push_back(&m);
-            else if (m.created())
-                add_created(m);
-            else
-                add_loaded(m);
-        }
-
-        // Checkpoint names no parameter reads: ignored, a fallback parameter, or unexpected.
-        const bool lenient = !ckpt.warnings().empty();
-        for (const auto& f : ckpt.files())
-            for (const tensor_view t : f.view) {
-                const std::string_view n = t.name();
-                // A name a lenient open let through twice (it warned): the copy the checkpoint
-                // finds is the one read (once); this one is said.
-                if (const auto found = lenient ? ckpt.find(n) : std::nullopt;
-                    found && found->file != &f) {
-                    p.ignored_.push_back({std::string(n), "stored twice: the copy in " +
-                                                              found->file->name + " is read"});
-                    continue;
-                }
-                if (s.find_by_source(n)) continue;
-                const auto as_schema = s.names().from_checkpoint(n);
-                if (!as_schema) {
-                    p.ignored_.push_back({std::string(n), "outside the name map's prefix"});
-                } else if (const auto* cm = s.find(*as_schema); cm && cm->created()) {
-                    p.ignored_.push_back({std::string(n), "initialised, not read"});
-                } else if (auto why = s.ignored(n)) {
-                    p.ignored_.push_back({std::string(n), std::string(*why)});
-                } else if (detail::is_quantization_scale(n)) {
-                    p.ignored_.push_back({std::string(n), "a quantization scale (raw load)"});
-                } else if (s.fallback()) {
-                    parameter_meta fm;
-                    fm.name = *as_schema;
-                    fm.layout = *s.fallback();
-                    fm.sources = {std::string(n)};
-                    fallback_params.push_back(std::move(fm));
-                } else {
-                    p.unexpected_.emplace_back(n);
-                }
-            }
-        for (const auto& fm : fallback_params) add_loaded(fm);
-
-        for (const parameter_meta* m : tied) {
-            const auto it = index.find(m->tied_to);
-            if (it == index.end())  // its target is missing (reported below) or not in the schema
-                continue;
-            plan_destination d = p.destinations_[it->second];
-            d.name = m->name;
-            d.tied_to = it->second;
-            d.sources.clear();
-            d.init = {};
-            p.destinations_.push_back(std::move(d));
-        }
-
-        std::sort(missing.begin(), missing.end());
-        if (!missing.empty())
-            throw error(errc::missing_tensor,
-                        std::to_string(missing.size()) +
-                            " tensor(s) the schema expects are not in the checkpoint: " +
-                            detail::name_list(missing),
-                        error_context{.file = ckpt.root().string(), .tensor = missing.front()});
-        std::sort(p.unexpected_.begin(), p.unexpected_.end());
-        if (!p.unexpected_.empty() && o.strict)
-            throw error(
-                errc::unexpected_tensor,
-                std::to_string(p.unexpected_.size()) +
-                    " checkpoint tensor(s) no parameter of the schema reads: " +
-                    detail::name_list(p.unexpected_) +
-                    " (a lenient plan, plan_options::strict = false, reports them instead)",
-                error_context{.file = ckpt.root().string(), .tensor = p.unexpected_.front()});
-        for (const auto& n : s.notes()) p.notes_.push_back(n);
-
-        std::stable_sort(p.ops_.begin(), p.ops_.end(), [](const copy_op& a, const copy_op& b) {
-            if (a.file != b.file) return a.file < b.file;  // zero ops (no_file) last
-            return a.file_begin() < b.file_begin();
-        });
-        return p;
-    }
+                                         const model_config* config = nullptr);
 
     [[nodiscard]] parallel_context context() const noexcept { return ctx_; }
     [[nodiscard]] std::span<const plan_destination> destinations() const noexcept {
@@ -432,6 +182,7 @@ public:
     }
 
 private:
+    class builder;
     load_plan() = default;
 
     std::uint64_t tensor_bytes(dtype t, const shape& s, const std::string& n) const {
@@ -455,6 +206,312 @@ private:
     std::vector<ignored_tensor> ignored_{};
     std::vector<std::string> notes_{};
 };
+
+// The steps of load_plan::build, over one plan under construction.
+class load_plan::builder {
+public:
+    builder(load_plan& p, const checkpoint& ckpt, const schema& s, parallel_context ctx,
+            const plan_options& o, const model_config* config)
+        : p_(p), ckpt_(ckpt), s_(s), ctx_(ctx), o_(o), config_(config) {}
+
+    // A quantized checkpoint is refused before anything else is decided.
+    void refuse_quantized() const {
+        std::vector<std::string> scales;
+        for (const auto& f : ckpt_.files())
+            for (const tensor_view t : f.view)
+                if (detail::is_quantization_scale(t.name())) scales.emplace_back(t.name());
+        if (!scales.empty() && !o_.allow_quantized)
+            throw error(
+                errc::quantized_checkpoint,
+                "the checkpoint is quantized (scale tensors: " + detail::name_list(scales, 5) +
+                    "); load the raw tensors explicitly (plan_options::allow_quantized) or "
+                    "dequantize it first",
+                error_context{.file = ckpt_.root().string(), .tensor = scales.front()});
+    }
+
+    // The schema's parameters: loaded and created ones now, tied ones once their targets are.
+    void add_parameters() {
+        for (const parameter_meta& m : s_.parameters()) {
+            if (m.tied())
+                tied_.push_back(&m);
+            else if (m.created())
+                add_created(m);
+            else
+                add_loaded(m);
+        }
+    }
+
+    // Checkpoint names no parameter reads: ignored, a fallback parameter, or unexpected.
+    void add_unread_names() {
+        const bool lenient = !ckpt_.warnings().empty();
+        for (const auto& f : ckpt_.files())
+            for (const tensor_view t : f.view) {
+                const std::string_view n = t.name();
+                // A name a lenient open let through twice (it warned): the copy the checkpoint
+                // finds is the one read (once); this one is said.
+                if (const auto found = lenient ? ckpt_.find(n) : std::nullopt;
+                    found && found->file != &f) {
+                    p_.ignored_.push_back({std::string(n), "stored twice: the copy in " +
+                                                               found->file->name + " is read"});
+                    continue;
+                }
+                if (s_.find_by_source(n)) continue;
+                if (auto fm = unread_name(n)) fallback_.push_back(std::move(*fm));
+            }
+        for (const auto& fm : fallback_) add_loaded(fm);
+    }
+
+    // Tied parameters alias their target's destination.
+    void add_ties() {
+        for (const parameter_meta* m : tied_) {
+            const auto it = index_.find(m->tied_to);
+            if (it == index_.end())  // its target is missing (reported below) or not in the schema
+                continue;
+            plan_destination d = p_.destinations_[it->second];
+            d.name = m->name;
+            d.tied_to = it->second;
+            d.sources.clear();
+            d.init = {};
+            p_.destinations_.push_back(std::move(d));
+        }
+    }
+
+    // Missing tensors always, unexpected ones when strict: one error listing them.
+    void throw_if_incomplete() {
+        std::sort(missing_.begin(), missing_.end());
+        if (!missing_.empty())
+            throw error(errc::missing_tensor,
+                        std::to_string(missing_.size()) +
+                            " tensor(s) the schema expects are not in the checkpoint: " +
+                            detail::name_list(missing_),
+                        error_context{.file = ckpt_.root().string(), .tensor = missing_.front()});
+        std::sort(p_.unexpected_.begin(), p_.unexpected_.end());
+        if (!p_.unexpected_.empty() && o_.strict)
+            throw error(
+                errc::unexpected_tensor,
+                std::to_string(p_.unexpected_.size()) +
+                    " checkpoint tensor(s) no parameter of the schema reads: " +
+                    detail::name_list(p_.unexpected_) +
+                    " (a lenient plan, plan_options::strict = false, reports them instead)",
+                error_context{.file = ckpt_.root().string(), .tensor = p_.unexpected_.front()});
+    }
+
+private:
+    // A checkpoint name no parameter reads: said ignored, made a fallback parameter (returned),
+    // or unexpected.
+    std::optional<parameter_meta> unread_name(std::string_view n) {
+        const auto as_schema = s_.names().from_checkpoint(n);
+        if (!as_schema) {
+            p_.ignored_.push_back({std::string(n), "outside the name map's prefix"});
+        } else if (const auto* cm = s_.find(*as_schema); cm && cm->created()) {
+            p_.ignored_.push_back({std::string(n), "initialised, not read"});
+        } else if (auto why = s_.ignored(n)) {
+            p_.ignored_.push_back({std::string(n), std::string(*why)});
+        } else if (detail::is_quantization_scale(n)) {
+            p_.ignored_.push_back({std::string(n), "a quantization scale (raw load)"});
+        } else if (s_.fallback()) {
+            parameter_meta fm;
+            fm.name = *as_schema;
+            fm.layout = *s_.fallback();
+            fm.sources = {std::string(n)};
+            return fm;
+        } else {
+            p_.unexpected_.emplace_back(n);
+        }
+        return std::nullopt;
+    }
+
+    [[nodiscard]] dtype target_dtype(const std::string& name,
+                                     const std::optional<dtype>& meta_override,
+                                     dtype source) const {
+        for (const auto& [pattern, t] : o_.dtype_per_parameter)
+            if (glob_match(pattern, name)) return t;
+        if (meta_override) return *meta_override;
+        return o_.dtype.resolve(source, o_.device.kind == device_kind::cuda);
+    }
+
+    // Source lookup: the parameter's tensors, or nullopt with the absent ones noted missing.
+    std::optional<std::vector<located_tensor>> locate_sources(const parameter_meta& m) {
+        if (m.sources.empty())
+            throw error(errc::invalid_argument,
+                        "parameter '" + m.name + "' is neither loaded, tied nor created",
+                        error_context{.file = {}, .tensor = m.name});
+        std::vector<located_tensor> located;
+        bool absent = false;
+        for (const auto& src : m.sources) {
+            if (auto t = ckpt_.find(src))
+                located.push_back(*t);
+            else {
+                missing_.push_back(src);
+                absent = true;
+            }
+        }
+        if (absent) return std::nullopt;
+        return located;
+    }
+
+    // Shape checks: the sources agree on a dtype, and the layout accepts their shapes.
+    [[nodiscard]] slice_result slice_sources(const parameter_meta& m,
+                                             std::span<const located_tensor> located) const {
+        const dtype src_dtype = located.front().tensor.dtype();
+        std::vector<shape> shapes;
+        for (const auto& l : located) {
+            if (l.tensor.dtype() != src_dtype)
+                throw error(errc::invalid_argument,
+                            "parameter '" + m.name + "': its sources have different dtypes (" +
+                                std::string(name(src_dtype)) + " and " +
+                                std::string(name(l.tensor.dtype())) + ")",
+                            error_context{.file = {}, .tensor = m.name});
+            shapes.push_back(l.tensor.shape());
+        }
+        return slice_parameter(m, shapes, ctx_.world, ctx_.rank);
+    }
+
+    // The destination a parameter's slice fills (dtype chosen and checked, bytes counted).
+    [[nodiscard]] plan_destination destination(const parameter_meta& m, const slice_result& r,
+                                               dtype source, dtype target,
+                                               std::string_view source_note) const {
+        if (!can_convert(source, target))
+            throw error(errc::unsupported_conversion,
+                        "parameter '" + m.name + "'" + std::string(source_note) + ": " +
+                            detail::unsupported_conversion_message(source, target),
+                        error_context{.file = {}, .tensor = m.name});
+        plan_destination d;
+        d.name = m.name;
+        d.source_dtype = source;
+        d.dtype = target;
+        d.local = r.local;
+        d.global = r.global;
+        d.layout = m.layout;
+        d.device = o_.device;
+        d.bytes = p_.tensor_bytes(d.dtype, d.local, m.name);
+        return d;
+    }
+
+    // Op emission: a copy op per box of the slice map, a zero op per padding region.
+    void emit_ops(const parameter_meta& m, const slice_result& r,
+                  std::span<const located_tensor> located, const plan_destination& d,
+                  std::uint32_t di) {
+        const error_context ctx_m{.file = {}, .tensor = m.name};
+        const checkpoint_file* first_file = ckpt_.files().data();
+        const std::uint64_t sbits = bit_size(d.source_dtype), dbits = bit_size(d.dtype);
+        for (const copy_box& b : r.map) {
+            copy_op op;
+            op.kind = copy_kind::copy;
+            const located_tensor& l = located[b.source];
+            op.file = static_cast<std::uint32_t>(l.file - first_file);
+            op.file_offset = l.tensor.file_begin();
+            op.src_dtype = d.source_dtype;
+            op.dst_dtype = d.dtype;
+            op.destination = di;
+            if (!to_bytes(b, sbits, dbits, op.box))
+                throw error(errc::invalid_layout,
+                            "parameter '" + m.name + "': the slice " + to_string(b) +
+                                " does not fall on byte boundaries for " +
+                                std::string(name(d.source_dtype)),
+                            ctx_m);
+            p_.ops_.push_back(op);
+        }
+        for (std::size_t z = 0; z < r.map.zero_count(); ++z) {
+            const zero_box& zb = r.map.zero(z);
+            copy_op op;
+            op.kind = copy_kind::zero;
+            op.src_dtype = op.dst_dtype = d.dtype;
+            op.destination = di;
+            const copy_box as_box{
+                0, 0, zb.rows, zb.row_elems, zb.row_elems, zb.dst_offset, zb.dst_row_stride};
+            if (!to_bytes(as_box, dbits, dbits, op.box))
+                throw error(errc::invalid_layout,
+                            "parameter '" + m.name + "': its padding does not fall on bytes",
+                            ctx_m);
+            p_.ops_.push_back(op);
+        }
+    }
+
+    void add_loaded(const parameter_meta& m) {
+        const auto located = locate_sources(m);
+        if (!located) return;
+        const slice_result r = slice_sources(m, *located);
+        const dtype source = located->front().tensor.dtype();
+        plan_destination d =
+            destination(m, r, source, target_dtype(m.name, m.dtype_override, source), "");
+        d.sources = m.sources;
+        const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
+        emit_ops(m, r, *located, d, di);
+        index_.emplace(m.name, di);
+        p_.destinations_.push_back(std::move(d));
+    }
+
+    // The global shape of a created parameter: given, or its checkpoint tensor's (unread).
+    [[nodiscard]] shape created_shape(const parameter_meta& m) const {
+        for (const auto& [n, sh] : o_.created_shapes)
+            if (n == m.name) return sh;
+        if (auto t = ckpt_.find(s_.names().to_checkpoint(m.name))) return t->tensor.shape();
+        throw error(errc::invalid_argument,
+                    "parameter '" + m.name + "' is created (init " +
+                        std::string(to_string(m.init.kind)) +
+                        ") but has no shape: give it in plan_options::created_shapes",
+                    error_context{.file = {}, .tensor = m.name});
+    }
+
+    void add_created(const parameter_meta& m) {
+        const shape global = created_shape(m);
+        const slice_result r = slice_or_throw(m.name, m.layout, global, ctx_.world, ctx_.rank);
+        const dtype as =
+            config_ && config_->checkpoint_dtype ? *config_->checkpoint_dtype : dtype::f32;
+        // init values are computed in f32
+        plan_destination d = destination(
+            m, r, dtype::f32, target_dtype(m.name, m.dtype_override, as), " (initialised in F32)");
+        d.init = m.init;
+        d.init_map = r.map;
+        index_.emplace(m.name, static_cast<std::uint32_t>(p_.destinations_.size()));
+        p_.destinations_.push_back(std::move(d));
+        p_.initialised_.push_back(m.name);
+    }
+
+    load_plan& p_;
+    const checkpoint& ckpt_;
+    const schema& s_;
+    parallel_context ctx_;
+    const plan_options& o_;
+    const model_config* config_;
+    std::unordered_map<std::string_view, std::uint32_t, detail::name_hash> index_{};
+    std::vector<const parameter_meta*> tied_{};
+    std::vector<std::string> missing_{};
+    // replicate_all's parameters own their meta here (index_ holds views of their names).
+    std::vector<parameter_meta> fallback_{};
+};
+
+inline load_plan load_plan::build(const checkpoint& ckpt, const schema& s, parallel_context ctx,
+                                  const plan_options& o, const model_config* config) {
+    if (ctx.world == 0 || ctx.rank >= ctx.world)
+        throw error(errc::invalid_argument, "rank " + std::to_string(ctx.rank) + " of world " +
+                                                std::to_string(ctx.world) +
+                                                ": the rank must be below the world size");
+    // A rank of an export holds that rank's cut already: any other rank is refused.
+    if (const auto exported = read_export_metadata(ckpt))
+        check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
+    if (config) check_config(ckpt, *config, s.names()).throw_if_mismatch();
+    load_plan p;
+    p.ctx_ = ctx;
+    p.device_ = o.device;
+    for (const auto& f : ckpt.files()) {
+        p.files_.push_back(f.path);
+        p.versions_.push_back(f.view.version());
+    }
+    builder b(p, ckpt, s, ctx, o, config);
+    b.refuse_quantized();
+    b.add_parameters();
+    b.add_unread_names();
+    b.add_ties();
+    b.throw_if_incomplete();
+    for (const auto& n : s.notes()) p.notes_.push_back(n);
+    std::stable_sort(p.ops_.begin(), p.ops_.end(), [](const copy_op& a, const copy_op& b) {
+        if (a.file != b.file) return a.file < b.file;  // zero ops (no_file) last
+        return a.file_begin() < b.file_begin();
+    });
+    return p;
+}
 
 namespace detail {
 // A plan's unexpected names: those of layers at or beyond num_hidden_layers say config.json's

@@ -491,16 +491,9 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
 // The architecture named by options.plan.architecture or config.json's model_type.
 inline export_report export_checkpoint(const checkpoint& ckpt, const std::filesystem::path& out,
                                        const export_options& o = {}) {
-    const auto cfg = ckpt.load_config();
-    if (!cfg)
-        throw error(errc::invalid_config,
-                    "no config.json beside the checkpoint: name an architecture's schema, or "
-                    "export with schema::replicate_all()",
-                    error_context{.file = ckpt.root().string()});
-    model_config c = cfg->config();
-    if (!o.plan.architecture.empty()) c.model_type = o.plan.architecture;
-    const schema s = checked_schema(ckpt, c, o.plan.schema);
-    return export_checkpoint(ckpt, s, out, o, &c);
+    const configured_schema cs =
+        schema_from_config(ckpt, o.plan.architecture, o.plan.schema, "export");
+    return export_checkpoint(ckpt, cs.schema, out, o, &cs.config);
 }
 
 }  // namespace safeshard

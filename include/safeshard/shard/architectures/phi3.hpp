@@ -6,8 +6,10 @@
 
 namespace safeshard {
 
+inline constexpr architecture_table phi3_table = decoder_table("phi3", {.fused_on_disk = true});
+
 [[nodiscard]] inline schema phi3_schema(const model_config& c, const schema_options& o = {}) {
-    return build_decoder(c, o, decoder_traits{.fused_on_disk = true});
+    return schema_of(phi3_table, c, o);
 }
 
 }  // namespace safeshard

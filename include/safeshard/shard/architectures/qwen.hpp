@@ -5,12 +5,15 @@
 
 namespace safeshard {
 
+inline constexpr architecture_table qwen2_table = decoder_table("qwen2", {.qkv_bias = true});
+inline constexpr architecture_table qwen3_table = decoder_table("qwen3", {.qk_norm = true});
+
 [[nodiscard]] inline schema qwen2_schema(const model_config& c, const schema_options& o = {}) {
-    return build_decoder(c, o, decoder_traits{.qkv_bias = true});
+    return schema_of(qwen2_table, c, o);
 }
 
 [[nodiscard]] inline schema qwen3_schema(const model_config& c, const schema_options& o = {}) {
-    return build_decoder(c, o, decoder_traits{.qk_norm = true});
+    return schema_of(qwen3_table, c, o);
 }
 
 }  // namespace safeshard

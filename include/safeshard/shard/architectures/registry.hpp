@@ -1,6 +1,7 @@
 // The model factory: schemas by config.json's model_type; users register their own.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -20,28 +21,30 @@ namespace safeshard {
 
 using architecture_builder = std::function<schema(const model_config&, const schema_options&)>;
 
+// The built-in architectures' tables.
+inline constexpr std::array builtin_architectures = {
+    llama_table, mistral_table, qwen2_table, qwen3_table, gemma_table, gemma2_table, phi3_table,
+};
+
 // A plain value (not synchronised); the process-wide one is reached through the locked
 // free functions below.
 class architecture_registry {
 public:
-    // llama, mistral, qwen2, qwen3, gemma, gemma2, phi3.
+    // llama, mistral, qwen2, qwen3, gemma, gemma2, phi3: builtin_architectures.
     [[nodiscard]] static architecture_registry with_builtins() {
         architecture_registry r;
-        r.add("llama",
-              [](const model_config& c, const schema_options& o) { return llama_schema(c, o); });
-        r.add("mistral",
-              [](const model_config& c, const schema_options& o) { return mistral_schema(c, o); });
-        r.add("qwen2",
-              [](const model_config& c, const schema_options& o) { return qwen2_schema(c, o); });
-        r.add("qwen3",
-              [](const model_config& c, const schema_options& o) { return qwen3_schema(c, o); });
-        r.add("gemma",
-              [](const model_config& c, const schema_options& o) { return gemma_schema(c, o); });
-        r.add("gemma2",
-              [](const model_config& c, const schema_options& o) { return gemma2_schema(c, o); });
-        r.add("phi3",
-              [](const model_config& c, const schema_options& o) { return phi3_schema(c, o); });
+        for (const architecture_table& t : builtin_architectures) r.add(t);
         return r;
+    }
+
+    // A table: its schema is generated from it, and it says the shapes config.json implies.
+    // The table must outlive the registry (a constexpr one does).
+    void add(const architecture_table& t, bool replace = false) {
+        add(
+            std::string(t.model_type),
+            [&t](const model_config& c, const schema_options& o) { return schema_of(t, c, o); },
+            replace);
+        tables_[std::string(t.model_type)] = &t;
     }
 
     // duplicate_name when model_type is taken, unless `replace`.
@@ -51,6 +54,7 @@ public:
         if (!replace && builders_.contains(model_type))
             throw error(errc::duplicate_name,
                         "model_type '" + model_type + "' is already registered");
+        tables_.erase(model_type);
         builders_[std::move(model_type)] = std::move(builder);
     }
 
@@ -87,8 +91,15 @@ public:
         return it->second(c, o);
     }
 
+    // The table of a model_type registered as one (nullptr otherwise).
+    [[nodiscard]] const architecture_table* table(std::string_view model_type) const {
+        const auto it = tables_.find(model_type);
+        return it == tables_.end() ? nullptr : it->second;
+    }
+
 private:
     std::map<std::string, architecture_builder, std::less<>> builders_{};
+    std::map<std::string, const architecture_table*, std::less<>> tables_{};
 };
 
 namespace detail {
@@ -131,6 +142,14 @@ inline void register_architecture(std::string model_type, architecture_builder b
         one.add(c.model_type, r.builder(c.model_type));
     }
     return one.build(c, o);
+}
+
+// The table that says which shapes config.json implies for model_type's tensors: its own when
+// registered as a table, otherwise the Hugging Face decoder naming (llama's table).
+[[nodiscard]] inline const architecture_table& architecture_shapes(std::string_view model_type) {
+    const std::lock_guard lock(detail::registry_mutex());
+    const auto* t = detail::registry_instance().table(model_type);
+    return t ? *t : llama_table;
 }
 
 }  // namespace safeshard
