@@ -45,7 +45,9 @@ class architecture_registry;
 class converter;
 struct dtype_policy;
 struct copy_op;
+enum class device_kind : std::uint8_t;
 struct device;
+enum class read_mode : std::uint8_t;
 struct tensor_request;
 template <class T>
 struct tensor_factory;
