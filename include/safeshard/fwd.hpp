@@ -47,7 +47,9 @@ struct architecture_table;
 class converter;
 struct dtype_policy;
 struct copy_op;
+enum class device_kind : std::uint8_t;
 struct device;
+enum class read_mode : std::uint8_t;
 struct tensor_request;
 template <class T>
 struct tensor_factory;

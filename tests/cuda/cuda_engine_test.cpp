@@ -612,6 +612,43 @@ TEST_CASE("load<T>() with a device factory plans for its device and runs its eng
     current_fake = nullptr;
 }
 
+TEST_CASE("an engine fills the device its plan names, or the load is refused") {
+    static_assert(device_copy_engine<fake_engine> && !host_copy_engine<fake_engine>);
+    static_assert(device_tensor<fake_tensor> && device_tensor<cuda_tensor>);
+    model_spec m;
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    fake_device dev;
+    current_fake = &dev;
+    {
+        fake_engine e({.device = 0}, fake_transport{&dev});
+        CHECK(e.target_device() == device{device_kind::cuda, 0});
+        CHECK_FALSE(e.reader_options().direct);
+        CHECK(e.take_notes().empty());
+        // the options name device 1, the engine fills device 0: refused before any allocation
+        load_options o{.rank = 1, .world = 4};
+        o.plan.device = {device_kind::cuda, 1};
+        CHECK_THROWS_WITH_AS((void)load<fake_tensor>(dir.path().string(), o, e),
+                             doctest::Contains("planned for a cuda device (cuda:1); the engine "
+                                               "fills cuda:0 (one engine per device"),
+                             error);
+        CHECK(dev.live_device() == 0);
+        // a plan built for device 1 run by hand with the same engine: the same check
+        const checkpoint ckpt = checkpoint::open(dir.path().string());
+        const load_plan plan = load_plan::build(ckpt, {1, 4}, o.plan);
+        CHECK_THROWS_WITH_AS((void)load_tensors<fake_tensor>(plan, e),
+                             doctest::Contains("one engine per device"), error);
+        // the options name no device: the plan is for the engine's
+        fake_engine e1({.device = 1, .buffer_bytes = 4096}, fake_transport{&dev});
+        dev.expected_device = 1;
+        const auto on1 = load<fake_tensor>(dir.path().string(), {.rank = 1, .world = 4}, e1);
+        CHECK(on1.size() > 0);
+    }
+    CHECK(violations_of(dev) == "");
+    CHECK(dev.clean());
+    current_fake = nullptr;
+}
+
 TEST_CASE("cuda_tensor and the allocator refuse bad input without touching a GPU") {
     CHECK_THROWS_WITH_AS(
         set_cuda_allocator({.allocate = [](std::size_t, int) -> void* { return nullptr; }}),

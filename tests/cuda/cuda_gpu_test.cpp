@@ -194,8 +194,20 @@ TEST_CASE("CUDA errors name the call and the error") {
     const checkpoint ckpt = checkpoint::open(dir.path().string());
     const plan_pair p = make_plans(ckpt, nullptr, 0, 2, {});
     cuda_engine e({.device = device_count + 7});
+    // the loader refuses a plan for another device than the engine's before any allocation
+    CHECK_THROWS_WITH_AS((void)load_tensors<cuda_tensor>(p.cuda, e),
+                         doctest::Contains("one engine per device"), error);
+    // the engine on a device that does not exist: its first CUDA call fails
+    std::vector<std::byte> host(16);
+    std::byte* const dests[] = {host.data()};
+    const std::uint64_t sizes[] = {16};
+    e.bind(copy_targets{{}, dests, sizes});
+    copy_op zero;
+    zero.kind = copy_kind::zero;
+    zero.box = byte_box{.dst_row_bytes = 16, .dst_pitch = 16, .rows = 1};
+    e.submit(std::span(&zero, 1));
     try {
-        (void)load_tensors<cuda_tensor>(p.cuda, e);
+        e.wait();
         FAIL("no error");
     } catch (const error& x) {
         CHECK(x.code() == errc::cuda_error);

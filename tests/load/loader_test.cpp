@@ -239,6 +239,45 @@ TEST_CASE("a tensor stored in two shards (a lenient open): one destination, the 
     CHECK(said);
 }
 
+TEST_CASE("the host engine refuses a plan for a device; submit errors name the tensor") {
+    model_spec m;
+    temp_folder dir;
+    write_checkpoint(dir.path(), m, make_tensors(m));
+    const checkpoint ckpt = checkpoint::open(dir.path().string());
+    plan_options po;
+    po.device = {device_kind::cuda, 1};
+    const load_plan plan = load_plan::build(ckpt, {0, 2}, po);
+    host_engine engine({.threads = 1});
+    CHECK(engine.target_device() == device{});
+    CHECK_THROWS_WITH_AS((void)load_tensors<host_tensor>(plan, engine),
+                         doctest::Contains("planned for a cuda device (cuda:1); the host engine "
+                                           "fills host memory only"),
+                         error);
+    // load<host_tensor>() with the options naming a device: the same check
+    load_options o{.rank = 0, .world = 2};
+    o.plan.device = {device_kind::cuda, 0};
+    CHECK_THROWS_WITH_AS((void)load<host_tensor>(dir.path().string(), o),
+                         doctest::Contains("host memory only"), error);
+
+    std::vector<std::byte> out(16);
+    std::byte* const dests[] = {out.data()};
+    const std::uint64_t sizes[] = {16};
+    const std::string names[] = {"model.norm.weight"};
+    engine.bind(copy_targets{{}, dests, sizes});
+    engine.set_names(names);
+    copy_op zero;
+    zero.kind = copy_kind::zero;
+    zero.box = byte_box{.dst_offset = 8, .dst_row_bytes = 16, .dst_pitch = 16, .rows = 1};
+    try {
+        engine.submit(std::span(&zero, 1));
+        FAIL("an op beyond its destination was queued");
+    } catch (const error& e) {
+        CHECK(e.code() == errc::invalid_argument);
+        CHECK(e.tensor() == "model.norm.weight");
+        CHECK(std::string(e.message()).find("beyond its destination") != std::string::npos);
+    }
+}
+
 TEST_CASE("an unsupported conversion is refused while planning") {
     model_spec m;
     temp_folder dir;

@@ -49,8 +49,9 @@
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/copy_op.hpp"
+#include "safeshard/load/device.hpp"
 #include "safeshard/load/engine.hpp"
-#include "safeshard/load/host_engine.hpp"  // read_mode
+#include "safeshard/load/read_mode.hpp"
 
 namespace safeshard {
 
@@ -101,12 +102,22 @@ public:
     basic_cuda_engine& operator=(const basic_cuda_engine&) = delete;
     ~basic_cuda_engine() { release(); }
 
+    // It fills the memory of one CUDA device, cuda_engine_options::device.
+    static constexpr device_kind memory = device_kind::cuda;
+    [[nodiscard]] safeshard::device target_device() const noexcept {
+        return {device_kind::cuda, opt_.device};
+    }
+    // The files are read through the page cache (or their mappings): no O_DIRECT.
+    [[nodiscard]] read_options reader_options() const noexcept { return {}; }
+    // Nothing is chosen differently from what was asked: no notes.
+    [[nodiscard]] std::vector<std::string> take_notes() { return {}; }
+
     [[nodiscard]] const cuda_engine_options& options() const noexcept { return opt_; }
     [[nodiscard]] Transport& transport() noexcept { return tr_; }
 
     void bind(const copy_targets& t) { targets_ = t; }
     void set_progress(progress_callback cb) { progress_ = std::move(cb); }
-    // Destination names by destination index, for error messages (optional).
+    // Destination names by destination index, for error messages.
     void set_names(std::span<const std::string> names) {
         names_.assign(names.begin(), names.end());
     }
@@ -115,11 +126,7 @@ public:
     // staging buffer.
     void submit(std::span<const copy_op> ops) {
         for (const copy_op& op : ops) {
-            detail::check_op_bounds(op, targets_);
-            if (op.kind == copy_kind::copy && op.converts() &&
-                !can_convert(op.src_dtype, op.dst_dtype))
-                throw error(errc::unsupported_conversion,
-                            detail::unsupported_conversion_message(op.src_dtype, op.dst_dtype));
+            detail::check_submitted_op(op, targets_, names_);
             split(op);
         }
     }

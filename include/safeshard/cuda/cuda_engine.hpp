@@ -13,6 +13,6 @@ namespace safeshard {
 
 using cuda_engine = basic_cuda_engine<cudart_transport>;
 
-static_assert(copy_engine<cuda_engine>);
+static_assert(device_copy_engine<cuda_engine>);
 
 }  // namespace safeshard

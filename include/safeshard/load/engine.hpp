@@ -11,6 +11,8 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <sys/stat.h>
 
@@ -21,6 +23,7 @@
 #include "safeshard/io/syscalls.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/copy_op.hpp"
+#include "safeshard/load/device.hpp"
 
 namespace safeshard {
 
@@ -51,16 +54,78 @@ struct engine_stats {
 
 // An engine binds targets, takes ops (any number of submits), and wait() finishes them,
 // rethrowing the first error. Ops of one submit may run in any order and concurrently:
-// their destinations do not overlap.
+// their destinations do not overlap. Besides, every engine says
+//   - `static constexpr device_kind memory`: the kind of memory its destinations are;
+//   - `device target_device() const`: the one device it fills (one engine per device: the
+//     loader checks that every destination of a plan is planned for it);
+//   - `read_options reader_options() const`: how the caller opens the files (O_DIRECT);
+//   - `set_names(span<const string>)`: destination names by index, for its error messages;
+//   - `vector<string> take_notes()`: what it chose differently from what it was asked (a file
+//     system that refused O_DIRECT), one line each, handed over once (into the load_report).
 template <class E>
-concept copy_engine = requires(E& e, const copy_targets& t, std::span<const copy_op> ops,
-                               progress_callback cb) {
+concept copy_engine_core = requires(E& e, const copy_targets& t, std::span<const copy_op> ops,
+                                    progress_callback cb) {
     e.bind(t);
     e.submit(ops);
     e.wait();
     e.set_progress(std::move(cb));
-    { e.stats() } -> std::convertible_to<engine_stats>;
+    { std::as_const(e).stats() } -> std::convertible_to<engine_stats>;
 };
+
+template <class E>
+concept copy_engine_names_memory = requires(const E& e) {
+    { E::memory } -> std::convertible_to<device_kind>;
+    { e.target_device() } -> std::same_as<device>;
+};
+
+template <class E>
+concept copy_engine_opens_files = requires(const E& e) {
+    { e.reader_options() } -> std::convertible_to<read_options>;
+};
+
+template <class E>
+concept copy_engine_reports = requires(E& e, std::span<const std::string> names) {
+    e.set_names(names);
+    { e.take_notes() } -> std::convertible_to<std::vector<std::string>>;
+};
+
+template <class E>
+concept copy_engine = copy_engine_core<E> && copy_engine_names_memory<E> &&
+    copy_engine_opens_files<E> && copy_engine_reports<E>;
+
+// An engine that fills host memory: the loader writes created parameters in place.
+template <class E>
+concept host_copy_engine = copy_engine<E> &&(E::memory == device_kind::host);
+
+// An engine that fills device memory: created parameters are initialised on the host and
+// handed to `upload(device pointer, host bytes)`, which copies them before it returns.
+template <class E>
+concept device_copy_engine = copy_engine<E> &&(E::memory != device_kind::host) &&
+                             requires(E& e, std::byte* dst, std::span<const std::byte> src) {
+    e.upload(dst, src);
+};
+
+// Readable messages, one per missing piece (use in a function templated on E).
+template <class E>
+consteval bool check_copy_engine() {
+    static_assert(copy_engine_core<E>,
+                  "a copy engine needs bind(const copy_targets&), submit(span<const copy_op>), "
+                  "wait(), set_progress(progress_callback) and `engine_stats stats() const` "
+                  "(see load/engine.hpp)");
+    static_assert(copy_engine_names_memory<E>,
+                  "a copy engine needs `static constexpr device_kind memory` (the memory it "
+                  "fills) and `device target_device() const` (the device it fills)");
+    static_assert(copy_engine_opens_files<E>,
+                  "a copy engine needs `read_options reader_options() const` (how the loader "
+                  "opens the files)");
+    static_assert(copy_engine_reports<E>,
+                  "a copy engine needs set_names(span<const string>) and "
+                  "`vector<string> take_notes()`");
+    static_assert(!copy_engine<E> || host_copy_engine<E> || device_copy_engine<E>,
+                  "a copy engine that fills device memory needs upload(std::byte* device, "
+                  "span<const std::byte> host) for the parameters the loader creates");
+    return true;
+}
 
 namespace detail {
 // Throws invalid_argument when an op reaches outside its destination or names a missing
@@ -82,6 +147,24 @@ inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
     if (mul_overflows(b.rows - 1, b.src_pitch, end) || add_overflows(end, op.file_begin(), end) ||
         add_overflows(end, b.src_row_bytes, end))
         fail("source overflows");
+}
+
+// What every engine checks of an op before it queues it: its bounds (check_op_bounds) and,
+// for a converting copy, that the conversion exists (unsupported_conversion). The error names
+// the op's destination where `names` (by destination index, from set_names) has it.
+inline void check_submitted_op(const copy_op& op, const copy_targets& t,
+                               std::span<const std::string> names = {}) {
+    try {
+        check_op_bounds(op, t);
+        if (op.kind == copy_kind::copy && op.converts() && !can_convert(op.src_dtype, op.dst_dtype))
+            throw error(errc::unsupported_conversion,
+                        unsupported_conversion_message(op.src_dtype, op.dst_dtype));
+    } catch (const error& e) {
+        if (op.destination >= names.size() || !e.tensor().empty()) throw;
+        error_context ctx = e.context();
+        ctx.tensor = names[op.destination];
+        throw error(e.code(), e.message(), std::move(ctx));
+    }
 }
 
 // Whether the file behind `src` is at least `end` bytes long now. A mapping cannot say that

@@ -42,22 +42,11 @@
 #include "safeshard/io/syscalls.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/copy_op.hpp"
+#include "safeshard/load/device.hpp"
 #include "safeshard/load/engine.hpp"
+#include "safeshard/load/read_mode.hpp"
 
 namespace safeshard {
-
-// How bytes leave the files. pread is the default: copying out of a fresh mapping faults once
-// per 4 KiB page and ran 4-10x slower on our machines (DESIGN.md, BENCHMARKS.md); where the
-// mapping is faster (short strided rows, conversions) strided_read::automatic uses it.
-enum class read_mode : std::uint8_t {
-    pread,   // pread/preadv through the page cache (and the mapping, per strided_read::automatic)
-    mmap,    // every copy out of the file's mapping, page faults and all
-    direct,  // O_DIRECT into aligned staging buffers, in file order, several reads in flight
-             // (io_uring where compiled in, else at least 4 threads). Where the file system
-             // refuses O_DIRECT, or keeps files in memory anyway (tmpfs, ramfs: Linux 6.6
-             // accepts O_DIRECT on tmpfs), the files are copied out of their mappings (pread
-             // without one) and the load_report says so
-};
 
 // Reading a box whose source rows have gaps (a rank's columns of a row-major matrix).
 enum class strided_read : std::uint8_t {
@@ -118,6 +107,10 @@ public:
         if (opt_.staging_bytes < 4096) opt_.staging_bytes = 4096;
     }
 
+    // It fills host memory: every destination of a plan it runs is planned for the host.
+    static constexpr device_kind memory = device_kind::host;
+    [[nodiscard]] static constexpr safeshard::device target_device() noexcept { return {}; }
+
     [[nodiscard]] const host_engine_options& options() const noexcept { return opt_; }
 
     // Rows shorter than this are copied out of the mapping by strided_read::automatic.
@@ -144,15 +137,15 @@ public:
         if (opt_.huge_pages) advise_huge_pages();
     }
     void set_progress(progress_callback cb) { progress_ = std::move(cb); }
+    // Destination names by destination index: submit's errors name the tensor.
+    void set_names(std::span<const std::string> names) {
+        names_.assign(names.begin(), names.end());
+    }
 
     // Checks every op against the bound targets and queues it, cut into pieces.
     void submit(std::span<const copy_op> ops) {
         for (const copy_op& op : ops) {
-            detail::check_op_bounds(op, targets_);
-            if (op.kind == copy_kind::copy && op.converts() &&
-                !can_convert(op.src_dtype, op.dst_dtype))
-                throw error(errc::unsupported_conversion,
-                            detail::unsupported_conversion_message(op.src_dtype, op.dst_dtype));
+            detail::check_submitted_op(op, targets_, names_);
             if (op.kind == copy_kind::copy && opt_.mode == read_mode::pread &&
                 targets_.sources[op.file].reader == nullptr)
                 throw error(errc::invalid_argument, "copy op without an open file");
@@ -839,10 +832,11 @@ private:
     engine_stats stats_{};
     std::uint64_t direct_bytes_ = 0;
     std::vector<std::string> notes_{};
+    std::vector<std::string> names_{};
     std::vector<std::uint8_t> direct_files_{};  // by file: 0 unknown, 1 O_DIRECT, 2 buffered
     bool populate_noted_ = false;
 };
 
-static_assert(copy_engine<host_engine>);
+static_assert(host_copy_engine<host_engine>);
 
 }  // namespace safeshard

@@ -106,6 +106,25 @@ T allocate_one(const plan_destination& d) {
     return t;
 }
 
+// One engine fills one device: a destination planned for another is refused before anything
+// is allocated.
+inline void check_engine_device(const plan_destination& d, const device& engine_device) {
+    if (d.device == engine_device) return;
+    std::string what = engine_device.kind == device_kind::host
+                           ? "the host engine fills host memory only"
+                           : "the engine fills " + to_string(engine_device) +
+                                 " (one engine per device: make one for " + to_string(d.device) +
+                                 ", or plan for " + to_string(engine_device) + ")";
+    throw error(
+        errc::invalid_argument,
+        "parameter '" + d.name + "' is planned for " +
+            (d.device.kind == device_kind::host ? std::string("host memory")
+                                                : "a " + std::string(to_string(d.device.kind)) +
+                                                      " device (" + to_string(d.device) + ")") +
+            "; " + what,
+        error_context{.file = {}, .tensor = d.name});
+}
+
 // A created parameter: its init values in f32, converted to the tensor's dtype.
 inline void initialise(const plan_destination& d, std::byte* out) {
     const auto elems = static_cast<std::size_t>(*d.local.element_count());
@@ -142,7 +161,7 @@ template <class T, class Engine>
                                            load_report* report = nullptr,
                                            const progress_callback& progress = {}) {
     static_assert(check_tensor_factory<T>());
-    static_assert(copy_engine<Engine>, "Engine must model safeshard::copy_engine");
+    static_assert(check_copy_engine<Engine>());
     loaded_model<T> out;
     load_report& r = report ? *report : out.report;
     plan.fill_report(r);
@@ -156,12 +175,7 @@ template <class T, class Engine>
     for (std::size_t i = 0; i < dests.size(); ++i) {
         const plan_destination& d = dests[i];
         if (d.tied()) continue;
-        if (d.device.kind != device_kind::host && std::is_same_v<Engine, host_engine>)
-            throw error(errc::invalid_argument,
-                        "parameter '" + d.name + "' is planned for a " +
-                            std::string(to_string(d.device.kind)) +
-                            " device; the host engine fills host memory only",
-                        error_context{.file = {}, .tensor = d.name});
+        detail::check_engine_device(d, engine.target_device());
         out.tensors_.push_back(detail::allocate_one<T>(d));
         slot[i] = out.tensors_.size() - 1;
         addresses[i] = tensor_factory<T>::data(out.tensors_.back());
@@ -175,12 +189,12 @@ template <class T, class Engine>
     r.allocate_seconds = seconds_since(t0);
 
     t0 = std::chrono::steady_clock::now();
-    file_cache_options fo{};  // an engine may ask for O_DIRECT files (host_engine's direct mode)
-    if constexpr (requires { engine.reader_options(); }) fo.read = engine.reader_options();
+    file_cache_options fo{};
+    fo.read = engine.reader_options();  // O_DIRECT files for host_engine's direct mode
     // Each file must be the one the plan was made from, not a newer one.
     file_cache files(cached_files(plan), fo);
     const engine_stats before = engine.stats();
-    if constexpr (requires(std::span<const std::string> n) { engine.set_names(n); }) {
+    {
         std::vector<std::string> names(dests.size());
         for (std::size_t i = 0; i < dests.size(); ++i) names[i] = dests[i].name;
         engine.set_names(names);  // error messages name the tensor
@@ -190,17 +204,14 @@ template <class T, class Engine>
     const engine_stats after = engine.stats();
     r.bytes_read = after.bytes_read - before.bytes_read;
     r.bytes_written = after.bytes_written - before.bytes_written;
-    if constexpr (requires { engine.take_notes(); })  // fallbacks the engine chose
-        for (auto& n : engine.take_notes()) r.notes.push_back(std::move(n));
+    for (auto& n : engine.take_notes()) r.notes.push_back(std::move(n));  // its fallbacks
     r.copy_seconds = seconds_since(t0);
 
     t0 = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < dests.size(); ++i)
         if (dests[i].created()) {
-            // Device memory (an engine with upload()): initialised on the host, then copied.
-            if constexpr (requires(std::byte * p, std::span<const std::byte> b) {
-                              engine.upload(p, b);
-                          }) {
+            // Device memory: initialised on the host, then uploaded.
+            if constexpr (device_copy_engine<Engine>) {
                 std::vector<std::byte> host(dests[i].bytes);
                 detail::initialise(dests[i], host.data());
                 engine.upload(addresses[i], host);
@@ -215,15 +226,24 @@ template <class T, class Engine>
 }
 
 namespace detail {
-// A factory for device memory may name the device load<T>() plans for when the options name
-// the host (`static device default_device()`), and the engine that fills it
-// (`static Engine make_engine(const device&)`, e.g. cuda_tensor's cuda_engine); otherwise
-// load<T>() plans for o.plan.device and copies with a host_engine.
+// A device_tensor's factory names the device load<T>() plans for when the options name the
+// host, and makes the engine that fills a device (e.g. cuda_tensor's cuda_engine); other
+// tensors are planned for o.plan.device and copied with a host_engine.
 template <class T>
 plan_options plan_options_for(const load_options& o) {
+    static_assert(check_device_factory<T>());
     plan_options p = o.plan;
-    if constexpr (requires { tensor_factory<T>::default_device(); })
+    if constexpr (device_tensor<T>)
         if (p.device.kind == device_kind::host) p.device = tensor_factory<T>::default_device();
+    return p;
+}
+
+// With an engine of the caller's: the options' device, or the engine's where they name the
+// host (one engine per device: the engine says which).
+template <class Engine>
+plan_options plan_options_for(const load_options& o, const Engine& engine) {
+    plan_options p = o.plan;
+    if (p.device.kind == device_kind::host) p.device = engine.target_device();
     return p;
 }
 
@@ -239,7 +259,7 @@ loaded_model<T> run_plan(const load_plan& plan, Engine& engine, const load_optio
 template <class T>
 loaded_model<T> run_plan(const load_plan& plan, const load_options& o, const device& d,
                          double plan_s) {
-    if constexpr (requires { tensor_factory<T>::make_engine(d); }) {
+    if constexpr (device_tensor<T>) {
         auto engine = tensor_factory<T>::make_engine(d);
         return run_plan<T>(plan, engine, o, plan_s);
     } else {
@@ -270,15 +290,17 @@ template <class T = host_tensor>
     return detail::run_plan<T>(plan, o, po.device, seconds_since(t0));
 }
 
-// With an engine of the caller's (a cuda_engine with its own options, one per device).
+// With an engine of the caller's (a cuda_engine with its own options, one per device). The
+// plan is for the engine's device unless the options name a device, which must be the same.
 template <class T = host_tensor, class Engine>
 requires copy_engine<Engine>
 [[nodiscard]] loaded_model<T> load(std::string_view path_or_repo, const load_options& o,
                                    Engine& engine) {
     const auto t0 = std::chrono::steady_clock::now();
     const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
+    static_assert(check_device_factory<T>());
     const load_plan plan =
-        load_plan::build(ckpt, {o.rank, o.world}, detail::plan_options_for<T>(o));
+        load_plan::build(ckpt, {o.rank, o.world}, detail::plan_options_for(o, engine));
     return detail::run_plan<T>(plan, engine, o, seconds_since(t0));
 }
 

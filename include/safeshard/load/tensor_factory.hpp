@@ -14,21 +14,10 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
+#include "safeshard/load/device.hpp"
+#include "safeshard/load/engine.hpp"
 
 namespace safeshard {
-
-enum class device_kind : std::uint8_t { host, cuda };
-
-[[nodiscard]] constexpr std::string_view to_string(device_kind d) noexcept {
-    return d == device_kind::host ? "host" : "cuda";
-}
-
-// Where a tensor lives: host memory, or CUDA device `index`.
-struct device {
-    device_kind kind = device_kind::host;
-    int index = 0;
-    friend constexpr bool operator==(const device&, const device&) = default;
-};
 
 // What the loader asks a factory for: a tensor of `bytes` bytes (the dtype's size times the
 // shape's elements). `name` is the parameter's name, for the factory's own messages.
@@ -86,6 +75,38 @@ consteval bool check_tensor_factory() {
                   "std::size_t size_bytes(const T&)`");
     static_assert(std::is_nothrow_move_constructible_v<T>,
                   "the tensor type must be nothrow move constructible");
+    return true;
+}
+
+// A tensor that lives on a device: its factory names the device load<T>() plans for when the
+// options name the host (`static device default_device()`) and makes the engine that fills a
+// given device (`static Engine make_engine(const device&)`, a device_copy_engine), as
+// cuda_tensor's does. Other tensors are host memory, filled by a host_engine.
+template <class T>
+concept tensor_factory_names_device = requires {
+    { tensor_factory<T>::default_device() } -> std::same_as<device>;
+};
+
+template <class T>
+concept tensor_factory_makes_engine = requires(const device& d) {
+    tensor_factory<T>::make_engine(d);
+};
+
+template <class T>
+concept device_tensor = loadable_tensor<T> && tensor_factory_names_device<T> &&
+    tensor_factory_makes_engine<T> && requires(const device& d) {
+    { tensor_factory<T>::make_engine(d) } -> device_copy_engine;
+};
+
+// Readable messages for a factory that names half of what a device tensor needs.
+template <class T>
+consteval bool check_device_factory() {
+    static_assert(tensor_factory_names_device<T> == tensor_factory_makes_engine<T>,
+                  "a tensor_factory for device memory needs both `static device "
+                  "default_device()` and `static Engine make_engine(const device&)`");
+    static_assert(!tensor_factory_makes_engine<T> || device_tensor<T>,
+                  "tensor_factory<T>::make_engine(const device&) must return an engine that "
+                  "models device_copy_engine (load/engine.hpp)");
     return true;
 }
 
