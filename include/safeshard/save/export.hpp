@@ -29,11 +29,12 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
+#include "safeshard/format/export_metadata_writer.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
 #include "safeshard/io/atomic_file.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/engine.hpp"
-#include "safeshard/load/export_metadata.hpp"
 #include "safeshard/load/file_cache.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
@@ -305,14 +306,9 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
                 t.sources.push_back(export_source{src, l.tensor.shape(), l.tensor.dtype()});
             }
         }
-        const layout& l = d.layout;
-        if (l.kind == layout_kind::padded_split && l.dim < d.global.rank() && l.multiple)
-            std::tie(t.valid_begin, t.valid_end) =
-                padded_valid_range(d.global[l.dim], d.local[l.dim], m.rank);
-        if ((l.kind == layout_kind::gqa_qkv || l.kind == layout_kind::gqa_o) && !m.kv_multiplier &&
-            l.kv_heads)
-            m.kv_multiplier = l.kv_multiplier ? l.kv_multiplier
-                                              : std::max<std::uint64_t>(1, m.world / l.kv_heads);
+        if (const auto v = valid_rows(d.layout, d.global, d.local, m.rank))
+            std::tie(t.valid_begin, t.valid_end) = *v;
+        if (!m.kv_multiplier) m.kv_multiplier = rank_kv_multiplier(d.layout, m.world);
         m.tensors.push_back(std::move(t));
     }
     return m;

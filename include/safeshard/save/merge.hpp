@@ -28,15 +28,16 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/engine.hpp"
-#include "safeshard/load/export_metadata.hpp"
 #include "safeshard/load/file_cache.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/save/export.hpp"
 #include "safeshard/save/merge_plan.hpp"
 #include "safeshard/save/sharded_writer.hpp"
+#include "safeshard/shard/apply.hpp"
 #include "safeshard/shard/slice.hpp"
 
 namespace safeshard {
@@ -232,16 +233,10 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
             local.resize(static_cast<std::size_t>(l.tensor.byte_size()));
             files.reader(first_file[r] + file).read_exact(local, l.tensor.file_begin());
             rep.bytes_read += local.size();
-            for (std::size_t b = 0; b < map.size(); ++b) {
-                const copy_box& box = map[b];
-                if (box.source != out_t.source) continue;
-                for (std::uint64_t row = 0; row < box.rows; ++row) {
-                    // Element offsets to bytes (whole bytes: checked above for sub-byte dtypes,
-                    // which are replicated, one box of the whole tensor).
-                    const std::uint64_t at = (box.src_offset + row * box.src_row_stride) * bits / 8;
-                    const std::uint64_t from =
-                        (box.dst_offset + row * box.dst_row_stride) * bits / 8;
-                    const std::uint64_t n = (box.row_elems * bits + 7) / 8;
+            for_each_inverse_row(
+                map, bits,
+                [&](const copy_box& box, std::uint64_t at, std::uint64_t from, std::uint64_t n) {
+                    if (box.source != out_t.source) return;
                     if (at + n > bytes || from + n > local.size())
                         detail::export_error("inconsistent metadata: tensor '" + t.name +
                                                  "' reaches outside its source '" + src.name + "'",
@@ -252,8 +247,7 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
                                                  std::to_string(r) + " holds other bytes at byte " +
                                                  std::to_string(at) + " than a rank before it",
                                              ranks[r].folder, t.name);
-                }
-            }
+                });
         }
         if (const auto gap = cov.first_gap())
             detail::export_error("inconsistent metadata: the ranks' slices of tensor '" + t.name +
