@@ -8,7 +8,8 @@
 #include "../load/model_gen.hpp"
 #include "cli_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
-#include "safeshard/load/export_metadata.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
+#include "safeshard/format/export_metadata_writer.hpp"
 
 using namespace safeshard;
 using namespace safeshard::test::cli;

@@ -3,7 +3,8 @@
 #  - every header under include/safeshard/ (but cuda/) is in tests/consumers/public_headers.txt
 #    (compiled on its own) and, but detail/ headers, included by the umbrella safeshard.hpp
 #    (the ODR test includes it);
-#  - every cuda/ header is in tests/cuda/cuda_headers.txt (compiled by nvcc in a .cu file);
+#  - every shard/ and cuda/ header is in tests/cuda/cuda_headers.txt (compiled by nvcc in a
+#    .cu file);
 #  - every tests/static/*_static.cpp is named in tests/static/meson.build.
 # Usage: header_lists.sh SOURCE_ROOT
 set -eu
@@ -16,10 +17,13 @@ listed() { grep -v '^[[:space:]]*#' "$1" | sed '/^[[:space:]]*$/d'; }
 
 for h in $(cd include && find safeshard -name '*.hpp' -o -name '*.cuh' | LC_ALL=C sort); do
     case "$h" in
-    safeshard/cuda/*)
+    safeshard/cuda/* | safeshard/shard/*)
         listed tests/cuda/cuda_headers.txt | grep -qxF "$h" \
             || fail "$h is not in tests/cuda/cuda_headers.txt"
         ;;
+    esac
+    case "$h" in
+    safeshard/cuda/*) ;;
     *)
         listed tests/consumers/public_headers.txt | grep -qxF "$h" \
             || fail "$h is not in tests/consumers/public_headers.txt"

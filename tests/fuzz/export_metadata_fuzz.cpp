@@ -23,7 +23,7 @@
 
 #include <simdjson.h>
 
-#include "safeshard/load/export_metadata.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
 #include "safeshard/save/merge_plan.hpp"
 #include "safeshard/save/shard_plan.hpp"
 

@@ -1,4 +1,4 @@
-// The export metadata, version 2 (load/export_metadata.hpp, save/merge_plan.hpp): every record
+// The export metadata, version 2 (format/export_metadata*.hpp, save/merge_plan.hpp): every record
 // form survives the JSON; malformed and tampered documents are refused, naming the file and
 // what is wrong; each rank's header bytes stay within 1.5 x the input's plus a constant per
 // shard; an export written before version 2 (tests/save/fixtures/export-v1) still loads as its
@@ -18,7 +18,8 @@
 #include "../load/model_gen.hpp"
 #include "export_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
-#include "safeshard/load/export_metadata.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
+#include "safeshard/format/export_metadata_writer.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/save/export.hpp"
 #include "safeshard/save/merge.hpp"

@@ -19,8 +19,9 @@
 
 #include "../load/model_gen.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
+#include "safeshard/format/export_metadata_writer.hpp"
 #include "safeshard/load/convert.hpp"
-#include "safeshard/load/export_metadata.hpp"
 #include "safeshard/save/export.hpp"
 
 namespace safeshard::test::exports {

@@ -25,14 +25,15 @@ public:
 
     constexpr shape() noexcept = default;
 
-    // Throws rank_too_large beyond `capacity` (a compile error in a constant expression).
-    constexpr shape(std::initializer_list<value_type> dims) {
-        if (dims.size() > capacity) throw_too_deep(dims.size());
+    // Throws rank_too_large beyond `capacity` (a compile error in a constant expression; a
+    // trap on the device, which has no exceptions).
+    SAFESHARD_HOST_DEVICE constexpr shape(std::initializer_list<value_type> dims) {
+        if (dims.size() > capacity) too_deep(dims.size());
         for (auto d : dims) dims_[rank_++] = d;
     }
 
-    static constexpr shape from(std::span<const value_type> dims) {
-        if (dims.size() > capacity) throw_too_deep(dims.size());
+    SAFESHARD_HOST_DEVICE static constexpr shape from(std::span<const value_type> dims) {
+        if (dims.size() > capacity) too_deep(dims.size());
         shape s;
         for (auto d : dims) s.dims_[s.rank_++] = d;
         return s;
@@ -115,6 +116,15 @@ public:
     }
 
 private:
+    // Not constexpr: reached, it ends constant evaluation with a compile error.
+    SAFESHARD_HOST_DEVICE static void too_deep([[maybe_unused]] std::size_t rank) {
+#if defined(__CUDA_ARCH__)
+        __trap();
+#else
+        throw_too_deep(rank);
+#endif
+    }
+
     [[noreturn]] static void throw_too_deep(std::size_t rank) {
         throw error(errc::rank_too_large, "a shape of rank " + std::to_string(rank) +
                                               " exceeds safeshard's limit of " +

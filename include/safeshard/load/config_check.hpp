@@ -18,7 +18,7 @@
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/format/checkpoint.hpp"
-#include "safeshard/load/export_metadata.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
 #include "safeshard/shard/architectures/table.hpp"
 #include "safeshard/shard/schema.hpp"

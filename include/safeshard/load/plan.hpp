@@ -22,10 +22,10 @@
 #include "safeshard/core/name_hash.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
 #include "safeshard/load/config_check.hpp"
 #include "safeshard/load/convert.hpp"
 #include "safeshard/load/copy_op.hpp"
-#include "safeshard/load/export_metadata.hpp"
 #include "safeshard/load/report.hpp"
 #include "safeshard/load/tensor_factory.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
@@ -107,7 +107,7 @@ public:
                                          const plan_options& o = {}) {
         if (const auto exported = read_export_metadata(ckpt)) {
             check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
-            return build(ckpt, identity_schema(*exported), ctx, o);
+            return build(ckpt, identity_schema(exported->tensors), ctx, o);
         }
         const configured_schema cs = schema_from_config(ckpt, o.architecture, o.schema, "load");
         return build(ckpt, cs.schema, ctx, o, &cs.config);

@@ -29,11 +29,12 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
+#include "safeshard/format/export_metadata_writer.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
 #include "safeshard/io/atomic_file.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/engine.hpp"
-#include "safeshard/load/export_metadata.hpp"
 #include "safeshard/load/file_cache.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
@@ -305,14 +306,9 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
                 t.sources.push_back(export_source{src, l.tensor.shape(), l.tensor.dtype()});
             }
         }
-        const layout& l = d.layout;
-        if (l.kind == layout_kind::padded_split && l.dim < d.global.rank() && l.multiple)
-            std::tie(t.valid_begin, t.valid_end) =
-                padded_valid_range(d.global[l.dim], d.local[l.dim], m.rank);
-        if ((l.kind == layout_kind::gqa_qkv || l.kind == layout_kind::gqa_o) && !m.kv_multiplier &&
-            l.kv_heads)
-            m.kv_multiplier = l.kv_multiplier ? l.kv_multiplier
-                                              : std::max<std::uint64_t>(1, m.world / l.kv_heads);
+        if (const auto v = valid_rows(d.layout, d.global, d.local, m.rank))
+            std::tie(t.valid_begin, t.valid_end) = *v;
+        if (!m.kv_multiplier) m.kv_multiplier = rank_kv_multiplier(d.layout, m.world);
         m.tensors.push_back(std::move(t));
     }
     return m;
@@ -341,13 +337,12 @@ inline void check_output_location(const std::filesystem::path& output, const che
 // The most ranks an export writes (a folder each); far beyond any tensor-parallel world.
 inline constexpr std::uint32_t max_export_world = 65536;
 
-// Exports `ckpt` cut by schema `s` for every rank of options.world into `out`.
-// `config` (optional) adds config.json's shape checks, as load_plan::build does.
-inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
-                                       const std::filesystem::path& out,
-                                       const export_options& o = {},
-                                       const model_config* config = nullptr) {
-    const auto t0 = std::chrono::steady_clock::now();
+namespace detail {
+
+// The world is one an export can write, the input is no rank of an export already, and OUT is
+// no folder the input lives in.
+inline void check_export_request(const checkpoint& ckpt, const std::filesystem::path& out,
+                                 const export_options& o) {
     if (o.world == 0)
         throw error(errc::invalid_argument, "the world size of an export must be at least 1");
     if (o.world > max_export_world)
@@ -360,130 +355,218 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
                     "(safeshard merge), then export that",
                     error_context{.file = ckpt.root().string()});
     check_output_location(out, ckpt);
-    schema cut = s;
-    detail::pass_through_unread(cut, ckpt);
+}
 
-    // Every rank's plan first: an impossible cut fails before a byte is written.
-    std::vector<load_plan> plans;
-    std::uint64_t total = 0, largest = 0;
+// Every rank's plan, made before a byte is written (an impossible cut fails first), with the
+// bytes all ranks write and the largest tensor (which sizes the buffers).
+struct export_plans {
+    std::vector<load_plan> ranks;
+    std::uint64_t total = 0;
+    std::uint64_t largest = 0;
+};
+
+[[nodiscard]] inline export_plans plan_export(const checkpoint& ckpt, const schema& cut,
+                                              const export_options& o, const model_config* config) {
+    export_plans p;
     for (std::uint32_t r = 0; r < o.world; ++r) {
-        plans.push_back(load_plan::build(ckpt, cut, {r, o.world}, o.plan, config));
-        for (const auto& d : plans.back().destinations())
+        p.ranks.push_back(load_plan::build(ckpt, cut, {r, o.world}, o.plan, config));
+        for (const auto& d : p.ranks.back().destinations())
             if (!d.tied()) {
-                total += d.bytes;
-                largest = std::max(largest, d.bytes);
+                p.total += d.bytes;
+                p.largest = std::max(p.largest, d.bytes);
             }
     }
+    return p;
+}
 
-    export_report rep;
-    rep.world = o.world;
-    staged_folder folder(out, o.force);
-    rep.replaced = folder.replacing();
-    // The input's files, opened as the tensors need them (a bounded number at once).
-    file_cache files(cached_files(ckpt));
-    // Two buffers of the largest tensor when the next tensor is read while this one is written.
-    const auto buffer_bytes = static_cast<std::size_t>(std::max<std::uint64_t>(largest, 4096));
-    aligned_buffer buffers[2] = {
-        aligned_buffer(buffer_bytes, host_tensor::alignment),
-        o.overlap_io ? aligned_buffer(buffer_bytes, host_tensor::alignment) : aligned_buffer()};
-    host_engine engine(o.engine);
-    const std::optional<dtype> config_dtype = o.plan.dtype.how == dtype_policy::kind::fixed
-                                                  ? std::optional(o.plan.dtype.fixed_dtype)
-                                                  : std::nullopt;
-    std::uint64_t done = 0;
+// The tensors a rank's writer stores (the untied destinations), each with its destination.
+struct export_rank_tensors {
+    std::vector<tensor_info> infos;
+    std::vector<std::size_t> destination;  // of infos[i]
+};
 
-    for (std::uint32_t r = 0; r < o.world; ++r) {
-        const load_plan& p = plans[r];
+[[nodiscard]] inline export_rank_tensors rank_tensors(std::span<const plan_destination> dests) {
+    export_rank_tensors t;
+    for (std::size_t i = 0; i < dests.size(); ++i) {
+        if (dests[i].tied()) continue;
+        t.infos.push_back(tensor_info{dests[i].name, dests[i].dtype, dests[i].local});
+        t.destination.push_back(i);
+    }
+    return t;
+}
+
+// The order write_shards asks for the writer's tensors in (shard by shard, each in file
+// order), and each tensor's position in it.
+struct export_write_order {
+    std::vector<std::size_t> order;
+    std::vector<std::size_t> position;
+};
+
+[[nodiscard]] inline export_write_order write_order(const sharded_writer& w) {
+    export_write_order o;
+    o.position.resize(w.tensors().size());
+    std::unordered_map<std::string_view, std::size_t, name_hash> index_of;
+    for (std::size_t i = 0; i < w.tensors().size(); ++i) index_of.emplace(w.tensors()[i].name, i);
+    for (const auto& shard : w.plan().shards) {
+        std::vector<tensor_info> in_shard;
+        for (const std::size_t k : shard.tensors) in_shard.push_back(w.tensors()[k]);
+        for (const auto& t : plan_tensors(std::move(in_shard)))
+            o.order.push_back(index_of.at(t.name));
+    }
+    for (std::size_t k = 0; k < o.order.size(); ++k) o.position[o.order[k]] = k;
+    return o;
+}
+
+// One export being written: what every rank shares (the input's files, the engine, the
+// buffers, the report), and the writing of one rank folder.
+class export_run {
+public:
+    export_run(const checkpoint& ckpt, const export_options& o, const export_plans& plans,
+               staged_folder& folder, export_report& rep)
+        : ckpt_(ckpt),
+          o_(o),
+          plans_(plans),
+          folder_(folder),
+          rep_(rep),
+          files_(cached_files(ckpt)),
+          engine_(o.engine) {
+        // Two buffers of the largest tensor when the next tensor is read while this one is
+        // written.
+        const auto bytes = static_cast<std::size_t>(std::max<std::uint64_t>(plans.largest, 4096));
+        buffers_[0] = aligned_buffer(bytes, host_tensor::alignment);
+        if (o.overlap_io) buffers_[1] = aligned_buffer(bytes, host_tensor::alignment);
+        if (o.plan.dtype.how == dtype_policy::kind::fixed) config_dtype_ = o.plan.dtype.fixed_dtype;
+    }
+
+    // Writes rank r's folder in the staging folder: its shards (each with its own export
+    // metadata document) and the input's side files.
+    void write_rank(std::uint32_t r) {
+        const load_plan& p = plans_.ranks[r];
         const auto dests = p.destinations();
-        std::vector<std::vector<copy_op>> ops_of(dests.size());
-        for (const copy_op& op : p.ops()) ops_of[op.destination].push_back(op);
-        std::vector<tensor_info> infos;
-        std::vector<std::size_t> dest_of;
-        for (std::size_t i = 0; i < dests.size(); ++i) {
-            if (dests[i].tied()) continue;
-            infos.push_back(tensor_info{dests[i].name, dests[i].dtype, dests[i].local});
-            dest_of.push_back(i);
-        }
+        ops_of_.assign(dests.size(), {});
+        for (const copy_op& op : p.ops()) ops_of_[op.destination].push_back(op);
+        addresses_.assign(dests.size(), nullptr);
+        sizes_.assign(dests.size(), 0);
+        export_rank_tensors tensors = rank_tensors(dests);
         // Each shard describes its own tensors (export metadata version 2).
         std::vector<std::string> docs;
         sharded_save_options so;
-        so.max_shard_size = o.max_shard_size;
+        so.max_shard_size = o_.max_shard_size;
         so.shard_metadata_of = [&](std::size_t shard) {
             return metadata_map{{"format", "pt"}, {std::string(export_metadata_key), docs[shard]}};
         };
-        sharded_writer w(folder.staging_folder() / export_rank_folder(r), std::move(infos), so);
-        docs = export_shard_documents(detail::make_export_metadata(p, ckpt, o.plan.schema.kv),
-                                      w.plan(), w.tensors());
-        std::vector<std::byte*> addresses(dests.size(), nullptr);
-        std::vector<std::uint64_t> sizes(dests.size(), 0);
-        // Reads tensor i (of the writer's list) into `out`; one at a time.
-        auto fill = [&](std::size_t i, std::byte* out) {
-            const std::size_t di = dest_of[i];
-            const plan_destination& d = dests[di];
-            if (d.created()) {
-                detail::initialise(d, out);
-                return;
-            }
-            addresses[di] = out;
-            sizes[di] = d.bytes;
-            run_windows(engine, files, ops_of[di], addresses, sizes);
-            addresses[di] = nullptr;
-            sizes[di] = 0;
-        };
-        // The order write_shards asks for tensors in: shard by shard, each in file order.
-        std::vector<std::size_t> order, position(w.tensors().size());
-        {
-            std::unordered_map<std::string_view, std::size_t, detail::name_hash> index_of;
-            for (std::size_t i = 0; i < w.tensors().size(); ++i)
-                index_of.emplace(w.tensors()[i].name, i);
-            for (const auto& shard : w.plan().shards) {
-                std::vector<tensor_info> in_shard;
-                for (const std::size_t k : shard.tensors) in_shard.push_back(w.tensors()[k]);
-                for (const auto& t : plan_tensors(std::move(in_shard)))
-                    order.push_back(index_of.at(t.name));
-            }
-            for (std::size_t k = 0; k < order.size(); ++k) position[order[k]] = k;
+        sharded_writer w(folder_.staging_folder() / export_rank_folder(r), std::move(tensors.infos),
+                         so);
+        docs = export_shard_documents(make_export_metadata(p, ckpt_, o_.plan.schema.kv), w.plan(),
+                                      w.tensors());
+        write_tensors(w, dests, tensors.destination);
+        if (!ckpt_.opened_from_file())  // a lone file brings nothing else of its folder
+            rep_.side_files += copy_side_files(ckpt_.root(), w.staging_folder(), config_dtype_,
+                                               [&](const skipped_side_file& f) {
+                                                   if (r == 0) rep_.skipped_side_files.push_back(f);
+                                               });
+        rep_.shard_files += w.plan().shards.size();
+        if (o_.cancel_point) o_.cancel_point();
+        w.commit();
+    }
+
+    // After the last rank: no bytes of two versions of a file were read.
+    void finish() {
+        files_.finish();
+        rep_.bytes_read = engine_.stats().bytes_read;
+        rep_.bytes_written = done_;
+    }
+
+private:
+    // Reads destination `di` of the rank into `out`, or initialises it when it is created.
+    void fill(const plan_destination& d, std::size_t di, std::byte* out) {
+        if (d.created()) {
+            initialise(d, out);
+            return;
         }
+        addresses_[di] = out;
+        sizes_[di] = d.bytes;
+        run_windows(engine_, files_, ops_of_[di], addresses_, sizes_);
+        addresses_[di] = nullptr;
+        sizes_[di] = 0;
+    }
+
+    // The shards' tensors, in the writer's order; with overlap_io the next one is read while
+    // this one is written.
+    void write_tensors(sharded_writer& w, std::span<const plan_destination> dests,
+                       std::span<const std::size_t> dest_of) {
+        const export_write_order wo = write_order(w);
+        auto fill_tensor = [&](std::size_t i, std::byte* out) {
+            fill(dests[dest_of[i]], dest_of[i], out);
+        };
         // Declared last: destroyed (waited for) before what the read uses.
         std::future<void> next;
         std::size_t next_index = 0;
         int next_slot = 0;
         w.write_shards([&](std::size_t i, safetensors_writer& sw) {
-            if (o.cancel_point) o.cancel_point();
+            if (o_.cancel_point) o_.cancel_point();
             int slot = 0;
             if (next.valid() && next_index == i) {
                 next.get();
                 slot = next_slot;
             } else {
                 if (next.valid()) next.get();
-                fill(i, buffers[0].data());
+                fill_tensor(i, buffers_[0].data());
             }
-            if (o.overlap_io && position[i] + 1 < order.size()) {
-                next_index = order[position[i] + 1];
+            if (o_.overlap_io && wo.position[i] + 1 < wo.order.size()) {
+                next_index = wo.order[wo.position[i] + 1];
                 next_slot = 1 - slot;
-                next = std::async(std::launch::async, fill, next_index, buffers[next_slot].data());
+                next = std::async(std::launch::async, fill_tensor, next_index,
+                                  buffers_[next_slot].data());
             }
             const plan_destination& d = dests[dest_of[i]];
-            sw.write(std::span<const std::byte>(buffers[slot].data(),
+            sw.write(std::span<const std::byte>(buffers_[slot].data(),
                                                 static_cast<std::size_t>(d.bytes)));
-            done += d.bytes;
-            ++rep.tensors;
-            if (o.progress) o.progress(done, total);
+            done_ += d.bytes;
+            ++rep_.tensors;
+            if (o_.progress) o_.progress(done_, plans_.total);
         });
-        if (!ckpt.opened_from_file())  // a lone file brings nothing else of its folder
-            rep.side_files += copy_side_files(ckpt.root(), w.staging_folder(), config_dtype,
-                                              [&](const skipped_side_file& f) {
-                                                  if (r == 0) rep.skipped_side_files.push_back(f);
-                                              });
-        rep.shard_files += w.plan().shards.size();
-        if (o.cancel_point) o.cancel_point();
-        w.commit();
     }
+
+    const checkpoint& ckpt_;
+    const export_options& o_;
+    const export_plans& plans_;
+    staged_folder& folder_;
+    export_report& rep_;
+    file_cache files_;  // the input's files, opened as the tensors need them
+    aligned_buffer buffers_[2];
+    host_engine engine_;
+    std::optional<dtype> config_dtype_;
+    std::uint64_t done_ = 0;
+    // Of the rank being written, per destination: its copy ops, and the buffer being filled.
+    std::vector<std::vector<copy_op>> ops_of_;
+    std::vector<std::byte*> addresses_;
+    std::vector<std::uint64_t> sizes_;
+};
+
+}  // namespace detail
+
+// Exports `ckpt` cut by schema `s` for every rank of options.world into `out`.
+// `config` (optional) adds config.json's shape checks, as load_plan::build does.
+inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
+                                       const std::filesystem::path& out,
+                                       const export_options& o = {},
+                                       const model_config* config = nullptr) {
+    const auto t0 = std::chrono::steady_clock::now();
+    detail::check_export_request(ckpt, out, o);
+    schema cut = s;
+    detail::pass_through_unread(cut, ckpt);
+    const detail::export_plans plans = detail::plan_export(ckpt, cut, o, config);
+
+    export_report rep;
+    rep.world = o.world;
+    staged_folder folder(out, o.force);
+    rep.replaced = folder.replacing();
+    detail::export_run run(ckpt, o, plans, folder, rep);
+    for (std::uint32_t r = 0; r < o.world; ++r) run.write_rank(r);
     if (o.cancel_point) o.cancel_point();
-    files.finish();  // no bytes of two versions of a file
+    run.finish();
     folder.commit();
-    rep.bytes_read = engine.stats().bytes_read;
-    rep.bytes_written = done;
     rep.seconds = seconds_since(t0);
     return rep;
 }

@@ -28,15 +28,16 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/export_metadata_reader.hpp"
 #include "safeshard/io/aligned_buffer.hpp"
 #include "safeshard/io/file_reader.hpp"
 #include "safeshard/load/engine.hpp"
-#include "safeshard/load/export_metadata.hpp"
 #include "safeshard/load/file_cache.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/save/export.hpp"
 #include "safeshard/save/merge_plan.hpp"
 #include "safeshard/save/sharded_writer.hpp"
+#include "safeshard/shard/apply.hpp"
 #include "safeshard/shard/slice.hpp"
 
 namespace safeshard {
@@ -171,6 +172,79 @@ inline std::vector<merge_rank> open_export(const std::filesystem::path& dir) {
 
 }  // namespace detail
 
+namespace detail {
+
+// The output may be written: not inside the export, nor over a file the merge reads.
+inline void check_merge_output(const std::vector<merge_rank>& ranks,
+                               const std::filesystem::path& dir, const std::filesystem::path& out) {
+    std::vector<std::filesystem::path> files;
+    for (const auto& r : ranks)
+        for (const auto& f : r.ckpt.files()) files.push_back(f.path);
+    check_output_location(out, dir, files);
+}
+
+// Every rank's files in one cache (a bounded number open at once): rank r's file i is
+// first[r] + i.
+struct merge_files {
+    file_cache cache;
+    std::vector<std::size_t> first;
+};
+
+[[nodiscard]] inline merge_files open_merge_files(const std::vector<merge_rank>& ranks) {
+    std::vector<cached_file> all;
+    std::vector<std::size_t> first;
+    for (const auto& rk : ranks) {
+        first.push_back(all.size());
+        for (auto& f : cached_files(rk.ckpt)) all.push_back(std::move(f));
+    }
+    return merge_files{file_cache(std::move(all), {.map = false}), std::move(first)};
+}
+
+// Output `out_t` of the merge (one source of a rank tensor) rebuilt into `merged` (at least
+// `bytes`): each rank's piece read into `local` and copied back through its slice map run
+// backwards; bytes several ranks hold are compared, and every byte must be filled once.
+inline void merge_tensor(const std::vector<merge_rank>& ranks, merge_files& files,
+                         const merge_output& out_t, std::uint64_t bytes, std::byte* merged,
+                         std::vector<std::byte>& local, merge_report& rep) {
+    const std::uint32_t world = static_cast<std::uint32_t>(ranks.size());
+    const export_tensor& t = ranks.front().meta.tensors[out_t.tensor];
+    const export_source& src = t.sources[out_t.source];
+    coverage cov(bytes);
+    const std::uint64_t bits = bit_size(t.dtype);
+    for (std::uint32_t r = 0; r < world; ++r) {
+        const slice_map map = merge_slice(t, world, r).map;  // checked by plan_merge
+        const located_tensor l = ranks[r].ckpt.tensor(t.name);
+        const auto file = static_cast<std::size_t>(l.file - ranks[r].ckpt.files().data());
+        local.resize(static_cast<std::size_t>(l.tensor.byte_size()));
+        files.cache.reader(files.first[r] + file).read_exact(local, l.tensor.file_begin());
+        rep.bytes_read += local.size();
+        // Element offsets to bytes (whole bytes: checked by plan_merge for sub-byte dtypes,
+        // which are replicated, one box of the whole tensor).
+        for_each_inverse_row(
+            map, bits,
+            [&](const copy_box& box, std::uint64_t at, std::uint64_t from, std::uint64_t n) {
+                if (box.source != out_t.source) return;
+                if (at + n > bytes || from + n > local.size())
+                    export_error("inconsistent metadata: tensor '" + t.name +
+                                     "' reaches outside its source '" + src.name + "'",
+                                 ranks[r].folder, t.name);
+                if (!cov.place(merged, at, local.data() + from, n))
+                    export_error("the copies of tensor '" + t.name + "' (source '" + src.name +
+                                     "') differ between ranks: rank " + std::to_string(r) +
+                                     " holds other bytes at byte " + std::to_string(at) +
+                                     " than a rank before it",
+                                 ranks[r].folder, t.name);
+            });
+    }
+    if (const auto gap = cov.first_gap())
+        export_error("inconsistent metadata: the ranks' slices of tensor '" + t.name +
+                         "' leave byte " + std::to_string(*gap) + " of source '" + src.name +
+                         "' unfilled",
+                     ranks.front().folder, t.name);
+}
+
+}  // namespace detail
+
 // Merges the export at `dir` (rank-00000, ... of one world) into a checkpoint at `out` in the
 // original layout, config.json and rank 0's other small files beside it. errc::invalid_export
 // for missing or extra rank folders, mixed worlds, an unknown metadata version, inconsistent
@@ -182,84 +256,27 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
     std::vector<merge_rank_metadata> found;
     for (const auto& r : ranks) found.push_back(merge_rank_metadata{r.number, r.folder, &r.meta});
     const merge_plan plan = plan_merge(found);
-    const std::uint32_t world = plan.world;
-    const export_metadata& m0 = ranks.front().meta;
-    {
-        std::vector<std::filesystem::path> files;
-        for (const auto& r : ranks)
-            for (const auto& f : r.ckpt.files()) files.push_back(f.path);
-        check_output_location(out, dir, files);
-    }
-    using output = merge_output;
-    const std::vector<output>& outputs = plan.outputs;
-    const std::vector<tensor_info>& infos = plan.infos;
+    detail::check_merge_output(ranks, dir, out);
 
     merge_report rep;
-    rep.world = world;
+    rep.world = plan.world;
     sharded_save_options so;
     so.max_shard_size = o.max_shard_size;
     so.force = o.force;
-    sharded_writer w(out, infos, so);
+    sharded_writer w(out, plan.infos, so);
     rep.replaced = w.replacing();
     std::uint64_t total = 0;
     for (const auto& s : w.plan().shards) total += s.bytes;
 
-    // Every rank's files in one cache (a bounded number open at once): rank r's file i is
-    // first_file[r] + i.
-    std::vector<cached_file> all_files;
-    std::vector<std::size_t> first_file;
-    for (const auto& rk : ranks) {
-        first_file.push_back(all_files.size());
-        for (auto& f : cached_files(rk.ckpt)) all_files.push_back(std::move(f));
-    }
-    file_cache files(std::move(all_files), {.map = false});
+    detail::merge_files files = detail::open_merge_files(ranks);
     std::vector<std::byte> local;
     aligned_buffer merged;
     std::uint64_t done = 0;
     w.write_shards([&](std::size_t i, safetensors_writer& sw) {
         if (o.cancel_point) o.cancel_point();
-        const output& out_t = outputs[i];
-        const export_tensor& t = m0.tensors[out_t.tensor];
-        const export_source& src = t.sources[out_t.source];
-        const std::uint64_t bytes = tensor_byte_size(infos[i]);
+        const std::uint64_t bytes = tensor_byte_size(plan.infos[i]);
         if (merged.size() < bytes) merged = aligned_buffer(static_cast<std::size_t>(bytes));
-        detail::coverage cov(bytes);
-        const std::uint64_t bits = bit_size(t.dtype);
-        for (std::uint32_t r = 0; r < world; ++r) {
-            const slice_map map = detail::merge_slice(t, world, r).map;  // checked by plan_merge
-            const located_tensor l = ranks[r].ckpt.tensor(t.name);
-            const auto file = static_cast<std::size_t>(l.file - ranks[r].ckpt.files().data());
-            local.resize(static_cast<std::size_t>(l.tensor.byte_size()));
-            files.reader(first_file[r] + file).read_exact(local, l.tensor.file_begin());
-            rep.bytes_read += local.size();
-            for (std::size_t b = 0; b < map.size(); ++b) {
-                const copy_box& box = map[b];
-                if (box.source != out_t.source) continue;
-                for (std::uint64_t row = 0; row < box.rows; ++row) {
-                    // Element offsets to bytes (whole bytes: checked above for sub-byte dtypes,
-                    // which are replicated, one box of the whole tensor).
-                    const std::uint64_t at = (box.src_offset + row * box.src_row_stride) * bits / 8;
-                    const std::uint64_t from =
-                        (box.dst_offset + row * box.dst_row_stride) * bits / 8;
-                    const std::uint64_t n = (box.row_elems * bits + 7) / 8;
-                    if (at + n > bytes || from + n > local.size())
-                        detail::export_error("inconsistent metadata: tensor '" + t.name +
-                                                 "' reaches outside its source '" + src.name + "'",
-                                             ranks[r].folder, t.name);
-                    if (!cov.place(merged.data(), at, local.data() + from, n))
-                        detail::export_error("the copies of tensor '" + t.name + "' (source '" +
-                                                 src.name + "') differ between ranks: rank " +
-                                                 std::to_string(r) + " holds other bytes at byte " +
-                                                 std::to_string(at) + " than a rank before it",
-                                             ranks[r].folder, t.name);
-                }
-            }
-        }
-        if (const auto gap = cov.first_gap())
-            detail::export_error("inconsistent metadata: the ranks' slices of tensor '" + t.name +
-                                     "' leave byte " + std::to_string(*gap) + " of source '" +
-                                     src.name + "' unfilled",
-                                 ranks.front().folder, t.name);
+        detail::merge_tensor(ranks, files, plan.outputs[i], bytes, merged.data(), local, rep);
         sw.write(std::span<const std::byte>(merged.data(), static_cast<std::size_t>(bytes)));
         done += bytes;
         ++rep.tensors;
@@ -270,7 +287,7 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
                         [&](const skipped_side_file& f) { rep.skipped_side_files.push_back(f); });
     rep.shard_files = w.plan().shards.size();
     if (o.cancel_point) o.cancel_point();
-    files.finish();  // no bytes of two versions of a file
+    files.cache.finish();  // no bytes of two versions of a file
     w.commit();
     rep.bytes_written = done;
     rep.seconds = seconds_since(t0);

@@ -18,8 +18,8 @@
 #include "safeshard/core/checked.hpp"
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
+#include "safeshard/format/export_metadata.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
-#include "safeshard/load/export_metadata.hpp"
 #include "safeshard/shard/slice.hpp"
 
 namespace safeshard {
@@ -140,8 +140,9 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                          " gives " + sl.local.to_string() + " of " + sl.global.to_string() +
                          " for rank " + std::to_string(r),
                      rank.folder, t.name);
-    if (t.layout.kind == layout_kind::padded_split) {
-        const auto [lo, hi] = padded_valid_range(t.global[t.layout.dim], tr.local[t.layout.dim], r);
+    if (records_valid_rows(t.layout.kind)) {
+        const auto [lo, hi] =
+            valid_rows(t.layout, t.global, tr.local, r).value_or(valid_rows_range{0, 0});
         if (tr.valid_begin != lo || tr.valid_end != hi)
             export_error("inconsistent metadata: tensor '" + t.name +
                              "' records the valid range [" + std::to_string(tr.valid_begin) + ", " +
@@ -150,7 +151,7 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                              std::to_string(hi) + ")",
                          rank.folder, t.name);
     }
-    if (bit_size(t.dtype) % 8 != 0 && t.layout.kind != layout_kind::replicated)
+    if (bit_size(t.dtype) % 8 != 0 && cuts_along_dim(t.layout.kind))
         export_error("tensor '" + t.name + "' is " + std::string(name(t.dtype)) +
                          ": sub-byte tensors merge only when replicated",
                      rank.folder, t.name);

@@ -86,6 +86,11 @@ SAFESHARD_DETAIL_NOINLINE inline void copy_rows(std::byte* dst, std::uint64_t ds
                     src + (src_offset + r * src_stride) * es, row_elems * es);
 }
 
+SAFESHARD_DETAIL_NOINLINE inline void copy_bytes(std::byte* dst, const std::byte* src,
+                                                 std::uint64_t n) {
+    std::memcpy(dst, src, n);
+}
+
 SAFESHARD_DETAIL_NOINLINE inline void zero_rows(std::byte* dst, const zero_box& z, std::size_t es) {
     for (std::uint64_t r = 0; r < z.rows; ++r)
         std::memset(dst + (z.dst_offset + r * z.dst_row_stride) * es, 0, z.row_elems * es);
@@ -114,6 +119,21 @@ inline void apply(const slice_map& m, std::span<const std::byte> source, std::sp
     apply(m, std::span<const std::span<const std::byte>>(&source, 1), dst, element_size);
 }
 
+// The inverse copy, row by row, for elements of `bits` bits: f(box, at, from, n) for every
+// row of every box, where n bytes at byte `from` of the local tensor came from byte `at` of
+// source box.source (whole bytes: see check_byte_granular for sub-byte elements). apply_inverse
+// and consolidation (save/merge.hpp) run it.
+template <class F>
+void for_each_inverse_row(const slice_map& m, std::uint64_t bits, F&& f) {
+    const auto bytes = [bits](std::uint64_t elements) {
+        return bits % 8 == 0 ? elements * (bits / 8) : elements * bits / 8;
+    };
+    for (const copy_box& b : m)
+        for (std::uint64_t row = 0; row < b.rows; ++row)
+            f(b, bytes(b.src_offset + row * b.src_row_stride),
+              bytes(b.dst_offset + row * b.dst_row_stride), (b.row_elems * bits + 7) / 8);
+}
+
 // The inverse copy (consolidation): writes the local tensor back to where each box came
 // from in the sources. Zero-filled padding has no source and is dropped. Applied for every
 // rank, it rebuilds the sources (replicated data is written once per rank, identically).
@@ -124,9 +144,11 @@ inline void apply_inverse(const slice_map& m, std::span<const std::byte> local,
         sources.size() < slice_map::box_capacity ? sources.size() : slice_map::box_capacity;
     for (std::size_t i = 0; i < n; ++i) sizes[i] = sources[i].size();
     detail::check_map(m, n, std::span<const std::size_t>(sizes, n), local.size(), element_size);
-    for (const auto& b : m)
-        detail::copy_rows(sources[b.source].data(), b.src_offset, b.src_row_stride, local.data(),
-                          b.dst_offset, b.dst_row_stride, b.rows, b.row_elems, element_size);
+    for_each_inverse_row(
+        m, std::uint64_t{element_size} * 8,
+        [&](const copy_box& b, std::uint64_t at, std::uint64_t from, std::uint64_t bytes) {
+            detail::copy_bytes(sources[b.source].data() + at, local.data() + from, bytes);
+        });
 }
 
 inline void apply_inverse(const slice_map& m, std::span<const std::byte> local,

@@ -2,10 +2,12 @@
 #pragma once
 
 #include <array>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <ranges>
 #include <span>
 #include <string>
 #include <string_view>
@@ -202,6 +204,35 @@ private:
     std::optional<safeshard::layout> fallback_{};
     name_map names_{};
 };
+
+// What identity_schema reads of each tensor: its name, and the tensor it is tied to (empty
+// when it is not tied).
+template <class T>
+concept identity_tensor = requires(const T& t) {
+    { t.name } -> std::convertible_to<std::string_view>;
+    { t.tied_to } -> std::convertible_to<std::string_view>;
+};
+
+// The schema of tensors that are already cut (a rank folder of an export loads through it):
+// each replicated under its own name (an identity cut), tied tensors aliased again.
+template <std::ranges::sized_range Tensors>
+requires identity_tensor<std::ranges::range_value_t<Tensors>>
+[[nodiscard]] schema identity_schema(const Tensors& tensors) {
+    schema s;
+    s.reserve(std::ranges::size(tensors));
+    for (const auto& t : tensors) {
+        parameter_meta p;
+        p.name = std::string(std::string_view(t.name));
+        const std::string_view tied = t.tied_to;
+        if (!tied.empty())
+            p.tied_to = std::string(tied);
+        else
+            p.sources = {p.name};
+        s.add(std::move(p));
+    }
+    s.validate();
+    return s;
+}
 
 // ---- compile-time tables ----
 

@@ -1,14 +1,44 @@
 // gqa_qkv / gqa_o: attention q, k, v rows and o_proj's input dim, cut by whole heads.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <string_view>
 
+#include "safeshard/config.hpp"
 #include "safeshard/core/checked.hpp"
-#include "safeshard/shard/layout.hpp"
+#include "safeshard/core/shape.hpp"
+#include "safeshard/shard/layout_value.hpp"
+#include "safeshard/shard/layouts/kind.hpp"
 #include "safeshard/shard/segment.hpp"
 
 namespace safeshard {
+
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr layout make_gqa_qkv(
+    kv_convention c, std::uint64_t heads, std::uint64_t kv_heads, std::uint64_t head_dim,
+    gqa_part part = gqa_part::qkv, std::uint64_t kv_multiplier = 0) noexcept {
+    layout l;
+    l.kind = layout_kind::gqa_qkv;
+    l.dim = 0;
+    l.convention = c;
+    l.part = part;
+    l.heads = heads;
+    l.kv_heads = kv_heads;
+    l.head_dim = head_dim;
+    l.kv_multiplier = kv_multiplier;
+    return l;
+}
+
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr layout make_gqa_o(
+    kv_convention c, std::uint64_t heads, std::uint64_t kv_heads, std::uint64_t head_dim,
+    std::uint64_t kv_multiplier = 0) noexcept {
+    layout l = make_gqa_qkv(c, heads, kv_heads, head_dim, gqa_part::q, kv_multiplier);
+    l.kind = layout_kind::gqa_o;
+    l.dim = 1;
+    return l;
+}
 
 // Tags: head counts usually come from config.json, so they are arguments of make();
 // with constants the result is a constant expression.
@@ -133,5 +163,126 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_gqa(const layout& l,
     return layout_status::ok;
 }
 }  // namespace detail
+
+// The KV multiplier m of the interleaved convention: as given, else max(1, world / KV).
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint64_t resolved_kv_multiplier(
+    const layout& l, std::uint32_t world) noexcept {
+    if (l.kv_multiplier) return l.kv_multiplier;
+    return l.kv_heads && world / l.kv_heads > 1 ? world / l.kv_heads : 1;
+}
+
+namespace detail {
+// What gqa_qkv and gqa_o share: the heads' arithmetic, texts and fields.
+template <class Kind>
+struct gqa_kind_base : layout_kind_defaults {
+    SAFESHARD_HOST_DEVICE static constexpr layout_status cut(const layout& l,
+                                                             const std::uint64_t* extents,
+                                                             std::size_t n, std::uint32_t world,
+                                                             std::uint32_t rank, segment_list& runs,
+                                                             std::uint64_t& local_extent) noexcept {
+        return plan_gqa(l, extents, n, world, rank, runs, local_extent);
+    }
+    SAFESHARD_HOST_DEVICE static constexpr void slice(const layout& l, const shape* sources,
+                                                      std::size_t n, std::uint32_t world,
+                                                      std::uint32_t rank,
+                                                      slice_result& r) noexcept {
+        slice_along_dim<Kind>(l, sources, n, world, rank, r);
+    }
+
+    static std::string parameters(const layout& l) {
+        return "<" + std::string(to_string(l.convention)) + ">";
+    }
+    static std::string details(const layout& l) {
+        std::string s = " H=" + std::to_string(l.heads) + " KV=" + std::to_string(l.kv_heads) +
+                        " d=" + std::to_string(l.head_dim);
+        if (l.kv_multiplier) s += " m=" + std::to_string(l.kv_multiplier);
+        if (l.kind == layout_kind::gqa_qkv) s += " part=" + std::string(to_string(l.part));
+        return s;
+    }
+    static std::string reason(const layout& l, const slice_failure& f, layout_status st) {
+        const std::string w = std::to_string(f.world), d = f.dim(l);
+        switch (st) {
+            case layout_status::source_count:
+                if (l.kind != layout_kind::gqa_qkv || l.part != gqa_part::qkv) return {};
+                return "takes three sources (q, k, v) or one fused source, not " +
+                       std::to_string(f.sources.size());
+            case layout_status::shape_mismatch: {
+                const std::uint64_t q = l.heads * l.head_dim, kv = l.kv_heads * l.head_dim;
+                return "the sources' " + d + " does not match the heads: expected " +
+                       (l.kind == layout_kind::gqa_o || l.part == gqa_part::q
+                            ? std::to_string(q) + " (H*d)"
+                        : l.part == gqa_part::qkv
+                            ? std::to_string(q) + "+" + std::to_string(kv) + "+" +
+                                  std::to_string(kv) + " (H*d, KV*d, KV*d) or " +
+                                  std::to_string(q + 2 * kv) + " fused"
+                            : std::to_string(kv) + " (KV*d)");
+            }
+            case layout_status::heads_indivisible:
+                return "query heads H=" + std::to_string(l.heads) +
+                       " must be a multiple of KV=" + std::to_string(l.kv_heads) +
+                       " and split into whole heads (and KV groups) " + "over world " + w + " (" +
+                       d + ")";
+            case layout_status::kv_heads_mismatch:
+                if (l.convention == kv_interleaved)
+                    return "KV=" + std::to_string(l.kv_heads) + " times kv_size_multiplier " +
+                           std::to_string(resolved_kv_multiplier(l, f.world)) +
+                           " must be a positive multiple of world " + w + " (" + d + ")";
+                return "world " + w + " must be a multiple of KV=" + std::to_string(l.kv_heads) +
+                       " or KV a multiple of world (" + d + ")";
+            default: return {};
+        }
+    }
+
+    static constexpr std::array<std::string_view, 6> json_fields = {
+        "convention", "part", "heads", "kv_heads", "head_dim", "kv_multiplier"};
+    template <class W>
+    static void write_fields(const layout& l, W& w) {
+        w.text("convention", to_string(l.convention));
+        w.text("part", to_string(l.part));
+        w.number("heads", l.heads);
+        w.number("kv_heads", l.kv_heads);
+        w.number("head_dim", l.head_dim);
+        w.number("kv_multiplier", l.kv_multiplier);
+    }
+    template <class R>
+    static void read_fields(R& r, layout& l) {
+        l.heads = r.number_or_zero("heads");
+        l.kv_heads = r.number_or_zero("kv_heads");
+        l.head_dim = r.number_or_zero("head_dim");
+        l.kv_multiplier = r.number_or_zero("kv_multiplier");
+        if (const auto text = r.text("convention")) {
+            const auto c = parse_kv_convention(*text);
+            if (!c) r.fail("unknown convention '" + std::string(*text) + "'");
+            l.convention = *c;
+        }
+        if (const auto text = r.text("part")) {
+            bool found = false;
+            for (const gqa_part p : {gqa_part::qkv, gqa_part::q, gqa_part::k, gqa_part::v})
+                if (to_string(p) == *text) {
+                    l.part = p;
+                    found = true;
+                }
+            if (!found) r.fail("unknown part '" + std::string(*text) + "'");
+        }
+    }
+
+    // The rank record's KV multiplier (resolved), from the first GQA tensor with KV heads.
+    static std::uint64_t kv_multiplier(const layout& l, std::uint32_t world) {
+        return l.kv_heads ? resolved_kv_multiplier(l, world) : 0;
+    }
+};
+}  // namespace detail
+
+struct gqa_qkv_kind : detail::gqa_kind_base<gqa_qkv_kind> {
+    static constexpr layout_kind id = layout_kind::gqa_qkv;
+    static constexpr std::string_view name = "gqa_qkv";
+};
+static_assert(layout_kind_traits<gqa_qkv_kind>);
+
+struct gqa_o_kind : detail::gqa_kind_base<gqa_o_kind> {
+    static constexpr layout_kind id = layout_kind::gqa_o;
+    static constexpr std::string_view name = "gqa_o";
+};
+static_assert(layout_kind_traits<gqa_o_kind>);
 
 }  // namespace safeshard

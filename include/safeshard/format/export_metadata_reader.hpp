@@ -1,30 +1,13 @@
-// The metadata of a per-rank export: a versioned JSON document stored under the "safeshard" key
-// of each shard's __metadata__, saying what each tensor of the rank is and every parameter
-// needed to undo its cut (the format is in README.md, "The export metadata"). A rank folder
-// loads back through identity layouts; consolidation reads nothing else.
-//
-// Version 2 (written): each shard's document describes the tensors that shard stores (and the
-// tied aliases of those) and carries a small rank-level record (version, world, rank, KV
-// convention, the rank's tensor count); what the shard's header already says (dtype, local
-// shape) is not repeated, and each distinct cut is written once per shard ("cuts"), so a
-// rank's headers grow with its tensors, not with tensors x shards. Version 1 (read only): every
-// shard carries the same description of the whole rank.
-//
-// What the next records add are optional fields of version 2, not a version 3 (a version-2
-// reader refuses a field it does not know, naming it, rather than merging wrongly):
-//  - expert parallelism: rank-level "ep", "expert_placement" and "experts" (count); per cut
-//    the expert group whose ranks hold the tensor and its TP ways within the group;
-//  - quantization companions (scales, zeros, group indices): per tensor "companion_of" (the
-//    weight whose cut it follows), per cut the companion's "unit" (weight elements per
-//    companion element along dim) and any padding.
+// The export metadata's reader: the documents of a rank folder's shards (versions 1 and 2),
+// checked against what the shards store (format/export_metadata.hpp has the format).
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <initializer_list>
-#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -40,369 +23,14 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/format/checkpoint.hpp"
+#include "safeshard/format/export_metadata.hpp"
 #include "safeshard/format/json_text.hpp"
 #include "safeshard/shard/layout.hpp"
-#include "safeshard/shard/parameter.hpp"
-#include "safeshard/shard/schema.hpp"
-#include "safeshard/shard/slice.hpp"
+#include "safeshard/shard/layouts/kind.hpp"
+#include "safeshard/shard/layouts/kinds.hpp"
+#include "safeshard/shard/slice_result.hpp"
 
 namespace safeshard {
-
-// The __metadata__ key; the version this library writes, and the oldest it reads.
-inline constexpr std::string_view export_metadata_key = "safeshard";
-inline constexpr std::uint64_t export_metadata_version = 2;
-inline constexpr std::uint64_t export_metadata_oldest_version = 1;
-
-// A checkpoint tensor a rank tensor was cut from (global shape, dtype as stored there).
-struct export_source {
-    std::string name;
-    shape global{};
-    safeshard::dtype dtype = safeshard::dtype::u8;
-    friend bool operator==(const export_source&, const export_source&) = default;
-};
-
-// One tensor of a rank: as stored in the rank's files, and how to undo its cut.
-struct export_tensor {
-    std::string name;
-    safeshard::dtype dtype = safeshard::dtype::u8;  // as stored (after any conversion)
-    shape local{};                                  // this rank's shape, padding included
-    shape global{};                                 // the sources concatenated along dim
-    safeshard::layout layout{};
-    std::vector<export_source> sources{};  // in the layout's order; empty when tied
-    std::string tied_to{};                 // non-empty: no bytes of its own, aliases that tensor
-    bool created = false;                  // initialised by the loader, not read
-    // padded_split: the global indices along dim this rank holds real rows of, [begin, end).
-    std::uint64_t valid_begin = 0;
-    std::uint64_t valid_end = 0;
-
-    [[nodiscard]] bool tied() const noexcept { return !tied_to.empty(); }
-    friend bool operator==(const export_tensor&, const export_tensor&) = default;
-};
-
-// A rank's description, all its shards together (tensors in the order the shards list them:
-// version 2, each shard's by name, then the tensors tied to them).
-struct export_metadata {
-    std::uint64_t version = export_metadata_version;  // as read (1 or 2)
-    std::uint32_t world = 1;
-    std::uint32_t rank = 0;
-    kv_convention kv = kv_contiguous;
-    std::uint64_t kv_multiplier = 0;  // resolved (max(1, world / KV) unless given); 0 = no GQA
-    std::vector<export_tensor> tensors{};
-
-    // A linear search (for a few look-ups; readers of many build an index).
-    [[nodiscard]] const export_tensor* find(std::string_view name) const noexcept {
-        for (const auto& t : tensors)
-            if (t.name == name) return &t;
-        return nullptr;
-    }
-    friend bool operator==(const export_metadata&, const export_metadata&) = default;
-};
-
-// A tensor as a shard's header stores it.
-struct export_stored_tensor {
-    std::string_view name;
-    safeshard::dtype dtype = safeshard::dtype::u8;
-    shape local{};
-};
-
-// One shard file of a rank folder, as the metadata reader sees it.
-struct export_shard_file {
-    std::string path;                          // named in errors
-    std::optional<std::string_view> document;  // its __metadata__["safeshard"], if any
-    std::vector<export_stored_tensor> stored;  // every tensor its header holds
-};
-
-// A rank's folder inside an export: "rank-00003" (five digits at least).
-[[nodiscard]] inline std::string export_rank_folder(std::uint32_t rank) {
-    std::string n = std::to_string(rank);
-    if (n.size() < 5) n.insert(0, 5 - n.size(), '0');
-    return "rank-" + n;
-}
-
-namespace detail {
-
-// The rows [begin, end) along dim of a padded_split tensor of global extent n that rank
-// `rank` holds real data for, `per` rows a rank (saturating: no overflow on hostile input).
-[[nodiscard]] inline std::pair<std::uint64_t, std::uint64_t> padded_valid_range(
-    std::uint64_t n, std::uint64_t per, std::uint32_t rank) noexcept {
-    std::uint64_t lo = 0, hi = 0;
-    if (mul_overflows(per, std::uint64_t{rank}, lo) || lo > n) lo = n;
-    if (add_overflows(lo, per, hi) || hi > n) hi = n;
-    return {lo, hi};
-}
-
-// The global extent of `global` that differs from `local`, when it is only along `dim`.
-[[nodiscard]] inline std::optional<std::uint64_t> extent_along(const shape& local,
-                                                               const shape& global,
-                                                               std::size_t dim) noexcept {
-    if (local.rank() != global.rank() || dim >= local.rank()) return std::nullopt;
-    for (std::size_t i = 0; i < local.rank(); ++i)
-        if (i != dim && local[i] != global[i]) return std::nullopt;
-    return global[dim];
-}
-
-// "names_hash" of a version-2 document: FNV-1a (64 bits) over the names of the tensors the
-// shard stores, in byte order, each followed by a NUL byte; 16 lowercase hex digits. It ties the
-// positional records to the shard they were written for.
-template <class Names>
-[[nodiscard]] std::string export_names_hash(const Names& sorted_names) {
-    std::uint64_t h = 0xcbf29ce484222325ull;
-    auto mix = [&](unsigned char c) {
-        h ^= c;
-        h *= 0x100000001b3ull;
-    };
-    for (const std::string_view n : sorted_names) {
-        for (const char c : n) mix(static_cast<unsigned char>(c));
-        mix(0);
-    }
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out(16, '0');
-    for (int i = 15; i >= 0; --i, h >>= 4) out[static_cast<std::size_t>(i)] = hex[h & 0xf];
-    return out;
-}
-
-inline void json_escape_into(std::string& out, std::string_view s) {
-    static constexpr char hex[] = "0123456789abcdef";
-    out += '"';
-    for (const char ch : s) {
-        const auto c = static_cast<unsigned char>(ch);
-        switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                if (c < 0x20) {
-                    out += "\\u00";
-                    out += hex[c >> 4];
-                    out += hex[c & 0xf];
-                } else {
-                    out += ch;  // UTF-8 passes through (names are checked UTF-8)
-                }
-        }
-    }
-    out += '"';
-}
-
-inline void json_u64s_into(std::string& out, const std::uint64_t* v, std::size_t n) {
-    out += '[';
-    for (std::size_t i = 0; i < n; ++i) {
-        if (i) out += ',';
-        out += std::to_string(v[i]);
-    }
-    out += ']';
-}
-
-inline void json_shape_into(std::string& out, const shape& s) {
-    json_u64s_into(out, s.begin(), s.rank());
-}
-
-// A cut of the "cuts" table: the layout's kind and the fields its kind uses, and the dtype the
-// sources had when it differs from the stored one.
-inline void json_cut_into(std::string& out, const layout& l, std::optional<dtype> source_dtype) {
-    auto field = [&](std::string_view k, std::uint64_t v) {
-        out += ",\"";
-        out += k;
-        out += "\":";
-        out += std::to_string(v);
-    };
-    out += "{\"kind\":";
-    json_escape_into(out, to_string(l.kind));
-    if (l.kind != layout_kind::replicated) field("dim", l.dim);
-    switch (l.kind) {
-        case layout_kind::replicated:
-        case layout_kind::split: break;
-        case layout_kind::padded_split: field("multiple", l.multiple); break;
-        case layout_kind::strided_split: field("stride", l.stride); break;
-        case layout_kind::fused:
-            if (l.part_count != 0 && l.part_count <= layout::max_parts) {
-                out += ",\"parts\":";
-                json_u64s_into(out, l.parts, l.part_count);
-                out += ",\"units\":";
-                json_u64s_into(out, l.units, l.part_count);
-            }
-            break;
-        case layout_kind::gqa_qkv:
-        case layout_kind::gqa_o:
-            out += ",\"convention\":";
-            json_escape_into(out, to_string(l.convention));
-            out += ",\"part\":";
-            json_escape_into(out, to_string(l.part));
-            field("heads", l.heads);
-            field("kv_heads", l.kv_heads);
-            field("head_dim", l.head_dim);
-            field("kv_multiplier", l.kv_multiplier);
-            break;
-    }
-    if (source_dtype) {
-        out += ",\"source_dtype\":";
-        json_escape_into(out, name(*source_dtype));
-    }
-    out += '}';
-}
-
-// A shard's "cuts": each distinct cut once, in order of first use.
-class cut_table {
-public:
-    [[nodiscard]] std::size_t index_of(std::string cut) {
-        const auto [it, added] = index_.emplace(std::move(cut), order_.size());
-        if (added) order_.push_back(&it->first);
-        return it->second;
-    }
-    void json_into(std::string& out) const {
-        out += '[';
-        for (std::size_t c = 0; c < order_.size(); ++c) {
-            if (c) out += ',';
-            out += *order_[c];
-        }
-        out += ']';
-    }
-
-private:
-    std::map<std::string, std::size_t> index_;
-    std::vector<const std::string*> order_;
-};
-
-// Writes the version-2 documents of one rank, a shard at a time.
-class export_writer {
-public:
-    explicit export_writer(const export_metadata& m) : m_(m), ties_(m.tensors.size()) {
-        for (std::size_t i = 0; i < m.tensors.size(); ++i)
-            if (!m.tensors[i].tied()) untied_.push_back(i);
-        std::sort(untied_.begin(), untied_.end(), [&](std::size_t a, std::size_t b) {
-            return m.tensors[a].name < m.tensors[b].name;
-        });
-        for (std::size_t i = 0; i < m.tensors.size(); ++i)
-            if (m.tensors[i].tied()) ties_[untied_index(m.tensors[i].tied_to, true)].push_back(i);
-    }
-
-    // The untied tensor named `n` (invalid_argument when there is none).
-    [[nodiscard]] std::size_t untied_index(std::string_view n, bool tie = false) const {
-        const auto it = std::lower_bound(
-            untied_.begin(), untied_.end(), n,
-            [&](std::size_t i, std::string_view key) { return m_.tensors[i].name < key; });
-        if (it == untied_.end() || m_.tensors[*it].name != n)
-            throw error(errc::invalid_argument,
-                        std::string(tie ? "a tensor is tied to '" : "a shard stores '") +
-                            std::string(n) + "', which is not an untied tensor of the rank",
-                        error_context{.tensor = std::string(n)});
-        return *it;
-    }
-
-    // The document of a shard storing the tensors `stored` (by index into m.tensors).
-    [[nodiscard]] std::string shard(std::vector<std::size_t> stored) const {
-        std::sort(stored.begin(), stored.end(), [&](std::size_t a, std::size_t b) {
-            return m_.tensors[a].name < m_.tensors[b].name;
-        });
-        cut_table cuts;
-        std::vector<std::string_view> names;
-        std::string records, ties;
-        for (const std::size_t i : stored) {
-            names.push_back(m_.tensors[i].name);
-            if (!records.empty()) records += ',';
-            record_into(records, m_.tensors[i], cuts);
-            for (const std::size_t k : ties_[i]) {
-                ties += ties.empty() ? "" : ",";
-                json_escape_into(ties, m_.tensors[k].name);
-                ties += ':';
-                json_escape_into(ties, m_.tensors[i].name);
-            }
-        }
-        std::string out = "{\"version\":" + std::to_string(export_metadata_version) +
-                          ",\"world\":" + std::to_string(m_.world) +
-                          ",\"rank\":" + std::to_string(m_.rank) + ",\"kv_convention\":";
-        json_escape_into(out, to_string(m_.kv));
-        out += ",\"kv_multiplier\":" + std::to_string(m_.kv_multiplier) +
-               ",\"rank_tensors\":" + std::to_string(m_.tensors.size()) + ",\"cuts\":";
-        cuts.json_into(out);
-        out += ",\"tensors\":[" + records + ']';
-        if (!ties.empty()) out += ",\"tied\":{" + ties + '}';
-        out += ",\"names_hash\":\"" + export_names_hash(names) + "\"}";
-        return out;
-    }
-
-private:
-    // One stored tensor's record, in the shortest form that says it: the cut's index (one
-    // source of the tensor's own name, global shape = local shape), [cut, extent] (the same
-    // with the global extent along the cut's dim), or an object.
-    static void record_into(std::string& out, const export_tensor& t, cut_table& cuts) {
-        const dtype source_dtype = t.sources.empty() ? t.dtype : t.sources.front().dtype;
-        std::string cut;
-        json_cut_into(cut, t.layout,
-                      source_dtype != t.dtype ? std::optional(source_dtype) : std::nullopt);
-        const auto c = std::to_string(cuts.index_of(std::move(cut)));
-        const bool own = t.sources.size() == 1 && t.sources[0].name == t.name &&
-                         t.sources[0].global == t.global && t.sources[0].dtype == source_dtype;
-        const auto extent = extent_along(t.local, t.global, t.layout.dim);
-        const bool whole = t.global == t.local;
-        if (own && !t.created && (whole || extent)) {
-            out += whole ? c : '[' + c + ',' + std::to_string(*extent) + ']';
-            return;
-        }
-        out += "{\"cut\":" + c;
-        if (!own || (!whole && !extent)) {
-            out += ",\"sources\":[";
-            for (std::size_t k = 0; k < t.sources.size(); ++k) {
-                if (k) out += ',';
-                out += "{\"name\":";
-                json_escape_into(out, t.sources[k].name);
-                out += ",\"shape\":";
-                json_shape_into(out, t.sources[k].global);
-                if (t.sources[k].dtype != source_dtype) {
-                    out += ",\"dtype\":";
-                    json_escape_into(out, name(t.sources[k].dtype));
-                }
-                out += '}';
-            }
-            out += ']';
-        } else if (!whole) {
-            out += ",\"extent\":" + std::to_string(*extent);
-        }
-        if (t.created) out += ",\"created\":true";
-        out += '}';
-    }
-
-    const export_metadata& m_;
-    std::vector<std::size_t> untied_;             // untied tensors, by name
-    std::vector<std::vector<std::size_t>> ties_;  // per tensor: the tensors tied to it
-};
-
-}  // namespace detail
-
-// The version-2 documents of a rank whose untied tensors are stored in several shards:
-// `shards[s]` names the tensors shard s stores. Each document describes its shard's tensors
-// and the tensors tied to them. invalid_argument when a name is not an untied tensor of `m`,
-// or an untied tensor is in no shard or in two.
-[[nodiscard]] inline std::vector<std::string> to_json(
-    const export_metadata& m, std::span<const std::vector<std::string_view>> shards) {
-    const detail::export_writer w(m);
-    std::vector<std::uint8_t> placed(m.tensors.size(), 0);
-    std::vector<std::vector<std::size_t>> indices(shards.size());
-    for (std::size_t s = 0; s < shards.size(); ++s)
-        for (const std::string_view n : shards[s]) {
-            const std::size_t i = w.untied_index(n);
-            if (placed[i]++)
-                throw error(errc::invalid_argument, "a tensor is in two shards",
-                            error_context{.tensor = std::string(n)});
-            indices[s].push_back(i);
-        }
-    for (std::size_t i = 0; i < m.tensors.size(); ++i)
-        if (!m.tensors[i].tied() && !placed[i])
-            throw error(errc::invalid_argument, "a tensor of the rank is in no shard",
-                        error_context{.tensor = m.tensors[i].name});
-    std::vector<std::string> docs;
-    docs.reserve(shards.size());
-    for (auto& s : indices) docs.push_back(w.shard(std::move(s)));
-    return docs;
-}
-
-// The document of a rank stored in one shard.
-[[nodiscard]] inline std::string to_json(const export_metadata& m) {
-    std::vector<std::string_view> names;
-    for (const auto& t : m.tensors)
-        if (!t.tied()) names.push_back(t.name);
-    return to_json(m, std::span(&names, 1)).front();
-}
 
 namespace detail {
 
@@ -483,12 +111,14 @@ public:
             t.layout = layout_of(lo, where, false);
             bool created = false;
             if (to["created"].get_bool().get(created) == simdjson::SUCCESS) t.created = created;
-            if (t.layout.kind == layout_kind::padded_split) {
+            if (records_valid_rows(t.layout.kind)) {
                 simdjson::dom::array v;
                 std::uint64_t range[2] = {0, 0};
                 std::size_t n = 0;
                 if (to["valid"].get_array().get(v) != simdjson::SUCCESS)
-                    fail(where + ": a padded_split tensor needs \"valid\"", t.name);
+                    fail(where + ": a " + std::string(to_string(t.layout.kind)) +
+                             " tensor needs \"valid\"",
+                         t.name);
                 for (const simdjson::dom::element e : v) {
                     if (n == 2 || !json_to_uint64(e, range[n]))
                         fail(where + ": \"valid\" must be [begin, end]", t.name);
@@ -630,16 +260,15 @@ private:
             }
             t.sources = {export_source{t.name, t.global, source_dtype}};
         }
-        if (t.layout.kind == layout_kind::padded_split && dim < t.global.rank())
-            std::tie(t.valid_begin, t.valid_end) =
-                padded_valid_range(t.global[dim], t.local[dim], rank_);
+        if (const auto v = valid_rows(t.layout, t.global, t.local, rank_))
+            std::tie(t.valid_begin, t.valid_end) = *v;
     }
 
     // The sources concatenated along the layout's dim (the first source when replicated).
     shape concatenated(const std::vector<export_source>& sources, const layout& l,
                        const std::string& where, const std::string& tensor) const {
         shape g = sources.front().global;
-        if (l.kind == layout_kind::replicated) return g;
+        if (!cuts_along_dim(l.kind)) return g;
         if (l.dim >= g.rank())
             fail(where + ": layout dim " + std::to_string(l.dim) + " of sources of " +
                      std::to_string(g.rank()) + " dimensions",
@@ -782,89 +411,72 @@ private:
     }
 
     // A layout object (version 1's "layout", or a version-2 cut, which names only the fields
-    // its kind uses: `strict`).
+    // its kind uses: `strict`). Version 1 reads every kind's fields, as it always did.
     layout layout_of(simdjson::dom::object o, const std::string& where, bool strict) const {
         const std::string_view kind = str(o, "kind", where + "'s layout");
         layout l;
         bool known = false;
-        for (const layout_kind k : {layout_kind::replicated, layout_kind::split,
-                                    layout_kind::padded_split, layout_kind::strided_split,
-                                    layout_kind::fused, layout_kind::gqa_qkv, layout_kind::gqa_o})
-            if (to_string(k) == kind) {
-                l.kind = k;
-                known = true;
-            }
+        std::array<std::string_view, 32> keys{};
+        std::size_t key_count = 0;
+        for_each_layout_kind([&]<class K>(K) {
+            if (K::name != kind) return;
+            l.kind = K::id;
+            known = true;
+            keys[key_count++] = "kind";
+            if (K::cuts_along_dim) keys[key_count++] = "dim";
+            for (const std::string_view k : K::json_fields) keys[key_count++] = k;
+            keys[key_count++] = "source_dtype";
+        });
         if (!known) fail(where + ": unknown layout kind '" + std::string(kind) + "'");
-        if (strict) known_keys(o, where + " (" + std::string(kind) + ")", cut_keys(l.kind));
-        if (!strict || l.kind != layout_kind::replicated) {
+        if (strict)
+            known_keys(o, where + " (" + std::string(kind) + ")",
+                       std::span<const std::string_view>(keys.data(), key_count));
+        if (!strict || cuts_along_dim(l.kind)) {
             const std::uint64_t dim = u64(o, "dim", where + "'s layout");
             if (dim >= shape::capacity) fail(where + ": layout dim " + std::to_string(dim));
             l.dim = static_cast<std::uint8_t>(dim);
         }
-        l.multiple = u64_or_zero(o, "multiple", where);
-        l.stride = u64_or_zero(o, "stride", where);
-        l.heads = u64_or_zero(o, "heads", where);
-        l.kv_heads = u64_or_zero(o, "kv_heads", where);
-        l.head_dim = u64_or_zero(o, "head_dim", where);
-        l.kv_multiplier = u64_or_zero(o, "kv_multiplier", where);
-        std::string_view text;
-        if (o["convention"].get_string().get(text) == simdjson::SUCCESS) {
-            const auto c = parse_kv_convention(text);
-            if (!c) fail(where + ": unknown convention '" + std::string(text) + "'");
-            l.convention = *c;
-        }
-        if (o["part"].get_string().get(text) == simdjson::SUCCESS) {
-            bool found = false;
-            for (const gqa_part p : {gqa_part::qkv, gqa_part::q, gqa_part::k, gqa_part::v})
-                if (to_string(p) == text) {
-                    l.part = p;
-                    found = true;
-                }
-            if (!found) fail(where + ": unknown part '" + std::string(text) + "'");
-        }
-        simdjson::dom::array parts, units;
-        if (o["parts"].get_array().get(parts) == simdjson::SUCCESS) {
-            std::size_t n = 0;
-            for (const simdjson::dom::element e : parts) {
-                if (n == layout::max_parts || !json_to_uint64(e, l.parts[n]))
-                    fail(where + ": bad fused \"parts\"");
-                ++n;
-            }
-            std::size_t u = 0;
-            if (o["units"].get_array().get(units) == simdjson::SUCCESS)
-                for (const simdjson::dom::element e : units) {
-                    if (u == layout::max_parts || !json_to_uint64(e, l.units[u]))
-                        fail(where + ": bad fused \"units\"");
-                    ++u;
-                }
-            if (u != n) fail(where + ": fused \"parts\" and \"units\" differ in length");
-            l.part_count = static_cast<std::uint8_t>(n);
-        }
+        cut_fields_json_reader r(*this, o, where);
+        if (strict)
+            visit_layout_kind(l.kind, [&]<class K>(K) { K::read_fields(r, l); });
+        else
+            for_each_layout_kind([&]<class K>(K) { K::read_fields(r, l); });
         return l;
     }
 
-    // The fields a version-2 cut of `kind` may have.
-    static std::span<const std::string_view> cut_keys(layout_kind kind) noexcept {
-        static constexpr std::string_view replicated[] = {"kind", "source_dtype"};
-        static constexpr std::string_view split[] = {"kind", "dim", "source_dtype"};
-        static constexpr std::string_view padded[] = {"kind", "dim", "multiple", "source_dtype"};
-        static constexpr std::string_view strided[] = {"kind", "dim", "stride", "source_dtype"};
-        static constexpr std::string_view fused[] = {"kind", "dim", "parts", "units",
-                                                     "source_dtype"};
-        static constexpr std::string_view gqa[] = {"kind",     "dim",           "convention",
-                                                   "part",     "heads",         "kv_heads",
-                                                   "head_dim", "kv_multiplier", "source_dtype"};
-        switch (kind) {
-            case layout_kind::replicated: return replicated;
-            case layout_kind::split: return split;
-            case layout_kind::padded_split: return padded;
-            case layout_kind::strided_split: return strided;
-            case layout_kind::fused: return fused;
-            case layout_kind::gqa_qkv:
-            case layout_kind::gqa_o: return gqa;
+    // Reads a kind's fields of a cut (layout_kind_fields); errors name `where`.
+    class cut_fields_json_reader {
+    public:
+        cut_fields_json_reader(const export_parser& p, simdjson::dom::object o,
+                               const std::string& where)
+            : p_(p), o_(o), where_(where) {}
+        std::uint64_t number_or_zero(std::string_view key) {
+            return p_.u64_or_zero(o_, key, where_);
         }
-        return {};
-    }
+        std::optional<std::string_view> text(std::string_view key) {
+            std::string_view s;
+            if (o_[key].get_string().get(s) != simdjson::SUCCESS) return std::nullopt;
+            return s;
+        }
+        std::optional<std::size_t> numbers(std::string_view key, std::uint64_t* out,
+                                           std::size_t capacity, std::string_view bad) {
+            simdjson::dom::array a;
+            if (o_[key].get_array().get(a) != simdjson::SUCCESS) return std::nullopt;
+            std::size_t n = 0;
+            for (const simdjson::dom::element e : a) {
+                if (n == capacity || !json_to_uint64(e, out[n])) fail(std::string(bad));
+                ++n;
+            }
+            return n;
+        }
+        [[noreturn]] void fail(const std::string& why) { p_.fail(where_ + ": " + why); }
+
+    private:
+        const export_parser& p_;
+        simdjson::dom::object o_;
+        const std::string& where_;
+    };
+    static_assert(cut_fields_reader<cut_fields_json_reader>);
 
     std::string file_;
     std::uint32_t rank_ = 0;  // the document's rank (padded_split valid ranges)
@@ -883,25 +495,6 @@ namespace detail {
 
 [[nodiscard]] inline std::string file_name_of(const std::string& path) {
     return std::filesystem::path(path).filename().string();
-}
-
-// Indices of m.tensors sorted by name.
-[[nodiscard]] inline std::vector<std::size_t> export_name_order(const export_metadata& m) {
-    std::vector<std::size_t> order(m.tensors.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(),
-              [&](std::size_t a, std::size_t b) { return m.tensors[a].name < m.tensors[b].name; });
-    return order;
-}
-
-// The tensor of m named `name`, through `order` (export_name_order), or nullptr.
-[[nodiscard]] inline const export_tensor* export_find(const export_metadata& m,
-                                                      std::span<const std::size_t> order,
-                                                      std::string_view name) {
-    const auto it =
-        std::lower_bound(order.begin(), order.end(), name,
-                         [&](std::size_t i, std::string_view n) { return m.tensors[i].name < n; });
-    return it != order.end() && m.tensors[*it].name == name ? &m.tensors[*it] : nullptr;
 }
 
 // Each name once; every tie aims at an untied tensor of the rank.
@@ -1046,37 +639,6 @@ inline void read_export_v2(export_metadata& m, const export_rank_record& first,
             in[i].stored.push_back(export_stored_tensor{t.name(), t.dtype(), t.shape()});
     }
     return read_export_metadata(in);
-}
-
-// The schema a rank folder loads through: each stored tensor replicated under its own name
-// (an identity cut), tied tensors aliased again.
-[[nodiscard]] inline schema identity_schema(const export_metadata& m) {
-    schema s;
-    s.reserve(m.tensors.size());
-    for (const auto& t : m.tensors) {
-        parameter_meta p;
-        p.name = t.name;
-        if (t.tied())
-            p.tied_to = t.tied_to;
-        else
-            p.sources = {t.name};
-        s.add(std::move(p));
-    }
-    s.validate();
-    return s;
-}
-
-// Throws invalid_export unless (rank, world) is the one the export was cut for.
-inline void check_export_rank(const export_metadata& m, std::uint32_t rank, std::uint32_t world,
-                              const std::string& file = {}) {
-    if (m.rank == rank && m.world == world) return;
-    throw error(
-        errc::invalid_export,
-        "this folder is rank " + std::to_string(m.rank) + " of a world of " +
-            std::to_string(m.world) + " exported by safeshard; it loads only as that rank (" +
-            "asked for rank " + std::to_string(rank) + " of " + std::to_string(world) + "): load " +
-            export_rank_folder(rank) + " of an export for that world, or the original checkpoint",
-        error_context{.file = file});
 }
 
 }  // namespace safeshard

@@ -1,0 +1,169 @@
+// The export metadata, a file format: the metadata of a per-rank export, a versioned JSON document
+// stored under the "safeshard" key of each shard's __metadata__, saying what each tensor of the
+// rank is and every parameter needed to undo its cut (the format is in README.md, "The export
+// metadata"). A rank folder loads back through identity layouts; consolidation reads nothing else.
+//
+// Version 2 (written): each shard's document describes the tensors that shard stores (and the
+// tied aliases of those) and carries a small rank-level record (version, world, rank, KV
+// convention, the rank's tensor count); what the shard's header already says (dtype, local
+// shape) is not repeated, and each distinct cut is written once per shard ("cuts"), so a
+// rank's headers grow with its tensors, not with tensors x shards. Version 1 (read only): every
+// shard carries the same description of the whole rank.
+//
+// What the next records add are optional fields of version 2, not a version 3 (a version-2
+// reader refuses a field it does not know, naming it, rather than merging wrongly):
+//  - expert parallelism: rank-level "ep", "expert_placement" and "experts" (count); per cut
+//    the expert group whose ranks hold the tensor and its TP ways within the group;
+//  - quantization companions (scales, zeros, group indices): per tensor "companion_of" (the
+//    weight whose cut it follows), per cut the companion's "unit" (weight elements per
+//    companion element along dim) and any padding.
+//
+// This header holds its types; format/export_metadata_writer.hpp writes its documents and
+// format/export_metadata_reader.hpp reads them back. The fields of a cut come from the layout
+// kinds (shard/layouts/kinds.hpp).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "safeshard/core/dtype.hpp"
+#include "safeshard/core/error.hpp"
+#include "safeshard/core/shape.hpp"
+#include "safeshard/shard/layout.hpp"
+
+namespace safeshard {
+
+// The __metadata__ key; the version this library writes, and the oldest it reads.
+inline constexpr std::string_view export_metadata_key = "safeshard";
+inline constexpr std::uint64_t export_metadata_version = 2;
+inline constexpr std::uint64_t export_metadata_oldest_version = 1;
+
+// A checkpoint tensor a rank tensor was cut from (global shape, dtype as stored there).
+struct export_source {
+    std::string name;
+    shape global{};
+    safeshard::dtype dtype = safeshard::dtype::u8;
+    friend bool operator==(const export_source&, const export_source&) = default;
+};
+
+// One tensor of a rank: as stored in the rank's files, and how to undo its cut.
+struct export_tensor {
+    std::string name;
+    safeshard::dtype dtype = safeshard::dtype::u8;  // as stored (after any conversion)
+    shape local{};                                  // this rank's shape, padding included
+    shape global{};                                 // the sources concatenated along dim
+    safeshard::layout layout{};
+    std::vector<export_source> sources{};  // in the layout's order; empty when tied
+    std::string tied_to{};                 // non-empty: no bytes of its own, aliases that tensor
+    bool created = false;                  // initialised by the loader, not read
+    // padded_split: the global indices along dim this rank holds real rows of, [begin, end).
+    std::uint64_t valid_begin = 0;
+    std::uint64_t valid_end = 0;
+
+    [[nodiscard]] bool tied() const noexcept { return !tied_to.empty(); }
+    friend bool operator==(const export_tensor&, const export_tensor&) = default;
+};
+
+// A rank's description, all its shards together (tensors in the order the shards list them:
+// version 2, each shard's by name, then the tensors tied to them).
+struct export_metadata {
+    std::uint64_t version = export_metadata_version;  // as read (1 or 2)
+    std::uint32_t world = 1;
+    std::uint32_t rank = 0;
+    kv_convention kv = kv_contiguous;
+    std::uint64_t kv_multiplier = 0;  // resolved (max(1, world / KV) unless given); 0 = no GQA
+    std::vector<export_tensor> tensors{};
+
+    // A linear search (for a few look-ups; readers of many build an index).
+    [[nodiscard]] const export_tensor* find(std::string_view name) const noexcept {
+        for (const auto& t : tensors)
+            if (t.name == name) return &t;
+        return nullptr;
+    }
+    friend bool operator==(const export_metadata&, const export_metadata&) = default;
+};
+
+// A tensor as a shard's header stores it.
+struct export_stored_tensor {
+    std::string_view name;
+    safeshard::dtype dtype = safeshard::dtype::u8;
+    shape local{};
+};
+
+// One shard file of a rank folder, as the metadata reader sees it.
+struct export_shard_file {
+    std::string path;                          // named in errors
+    std::optional<std::string_view> document;  // its __metadata__["safeshard"], if any
+    std::vector<export_stored_tensor> stored;  // every tensor its header holds
+};
+
+// A rank's folder inside an export: "rank-00003" (five digits at least).
+[[nodiscard]] inline std::string export_rank_folder(std::uint32_t rank) {
+    std::string n = std::to_string(rank);
+    if (n.size() < 5) n.insert(0, 5 - n.size(), '0');
+    return "rank-" + n;
+}
+
+namespace detail {
+
+// "names_hash" of a version-2 document: FNV-1a (64 bits) over the names of the tensors the
+// shard stores, in byte order, each followed by a NUL byte; 16 lowercase hex digits. It ties the
+// positional records to the shard they were written for.
+template <class Names>
+[[nodiscard]] std::string export_names_hash(const Names& sorted_names) {
+    std::uint64_t h = 0xcbf29ce484222325ull;
+    auto mix = [&](unsigned char c) {
+        h ^= c;
+        h *= 0x100000001b3ull;
+    };
+    for (const std::string_view n : sorted_names) {
+        for (const char c : n) mix(static_cast<unsigned char>(c));
+        mix(0);
+    }
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out(16, '0');
+    for (int i = 15; i >= 0; --i, h >>= 4) out[static_cast<std::size_t>(i)] = hex[h & 0xf];
+    return out;
+}
+
+// Indices of m.tensors sorted by name.
+[[nodiscard]] inline std::vector<std::size_t> export_name_order(const export_metadata& m) {
+    std::vector<std::size_t> order(m.tensors.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](std::size_t a, std::size_t b) { return m.tensors[a].name < m.tensors[b].name; });
+    return order;
+}
+
+// The tensor of m named `name`, through `order` (export_name_order), or nullptr.
+[[nodiscard]] inline const export_tensor* export_find(const export_metadata& m,
+                                                      std::span<const std::size_t> order,
+                                                      std::string_view name) {
+    const auto it =
+        std::lower_bound(order.begin(), order.end(), name,
+                         [&](std::size_t i, std::string_view n) { return m.tensors[i].name < n; });
+    return it != order.end() && m.tensors[*it].name == name ? &m.tensors[*it] : nullptr;
+}
+
+}  // namespace detail
+
+// Throws invalid_export unless (rank, world) is the one the export was cut for.
+inline void check_export_rank(const export_metadata& m, std::uint32_t rank, std::uint32_t world,
+                              const std::string& file = {}) {
+    if (m.rank == rank && m.world == world) return;
+    throw error(
+        errc::invalid_export,
+        "this folder is rank " + std::to_string(m.rank) + " of a world of " +
+            std::to_string(m.world) + " exported by safeshard; it loads only as that rank (" +
+            "asked for rank " + std::to_string(rank) + " of " + std::to_string(world) + "): load " +
+            export_rank_folder(rank) + " of an export for that world, or the original checkpoint",
+        error_context{.file = file});
+}
+
+}  // namespace safeshard
