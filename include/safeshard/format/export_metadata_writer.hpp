@@ -17,6 +17,7 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/format/export_metadata.hpp"
+#include "safeshard/format/json_string.hpp"
 #include "safeshard/shard/layout.hpp"
 #include "safeshard/shard/layouts/kind.hpp"
 #include "safeshard/shard/layouts/kinds.hpp"
@@ -35,27 +36,10 @@ namespace detail {
     return global[dim];
 }
 
+// The export metadata's strings: short forms for \n and \t only, UTF-8 as it is (names are
+// checked UTF-8).
 inline void json_escape_into(std::string& out, std::string_view s) {
-    static constexpr char hex[] = "0123456789abcdef";
-    out += '"';
-    for (const char ch : s) {
-        const auto c = static_cast<unsigned char>(ch);
-        switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                if (c < 0x20) {
-                    out += "\\u00";
-                    out += hex[c >> 4];
-                    out += hex[c & 0xf];
-                } else {
-                    out += ch;  // UTF-8 passes through (names are checked UTF-8)
-                }
-        }
-    }
-    out += '"';
+    append_json_string(out, s, json_string_style::newline_tab());
 }
 
 inline void json_u64s_into(std::string& out, const std::uint64_t* v, std::size_t n) {
