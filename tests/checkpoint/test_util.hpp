@@ -13,33 +13,12 @@
 
 #include <doctest/doctest.h>
 
+#include "../support/temp_dir.hpp"
 #include "safeshard/core/error.hpp"
 
 namespace safeshard::test {
 
-class temp_dir {
-public:
-    temp_dir() {
-        static std::atomic<int> counter{0};
-        path_ = std::filesystem::temp_directory_path() /
-                ("safeshard-ckpt-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-        std::filesystem::remove_all(path_);
-        std::filesystem::create_directories(path_);
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    temp_dir(const temp_dir&) = delete;
-    temp_dir& operator=(const temp_dir&) = delete;
-    [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
-    [[nodiscard]] std::filesystem::path operator/(std::string_view rel) const {
-        return path_ / rel;
-    }
-
-private:
-    std::filesystem::path path_;
-};
+// temp_dir (a fresh folder, removed at scope exit): tests/support/temp_dir.hpp.
 
 inline void write_file(const std::filesystem::path& p, std::string_view bytes) {
     std::filesystem::create_directories(p.parent_path());

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Builds and runs tests/consumers/consumer.cpp the way a user of safeshard would:
 #   consumer.sh pkgconfig|cmake|subproject SOURCE_ROOT CXX
-# pkgconfig and cmake install safeshard (headers-only configure, nothing compiled) into a
-# temporary prefix first; subproject links the source tree into a meson project's subprojects/.
+# pkgconfig and cmake install safeshard (headers-only configure, nothing compiled: no tests,
+# benchmarks, examples or command-line tool) into a temporary prefix first; subproject links
+# the source tree into a meson project's subprojects/.
 set -eu
 mode=$1 src=$(cd "$2" && pwd) cxx=$3
 here="$src/tests/consumers"
@@ -12,7 +13,7 @@ export CXX="$cxx"
 
 install_safeshard() {
     meson setup "$tmp/build" "$src" --prefix="$tmp/prefix" --libdir=lib \
-        -Dtests=false -Dbenchmarks=false -Dexamples=false >"$tmp/setup.log" 2>&1 \
+        -Dtests=false -Dbenchmarks=false -Dexamples=false -Dtools=false >"$tmp/setup.log" 2>&1 \
         || { cat "$tmp/setup.log"; exit 1; }
     meson install -C "$tmp/build" --quiet >"$tmp/install.log" 2>&1 \
         || { cat "$tmp/install.log"; exit 1; }

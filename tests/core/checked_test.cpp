@@ -1,4 +1,5 @@
 #include "safeshard/core/checked.hpp"
+#include "../support/expect_error.hpp"
 
 #include <doctest/doctest.h>
 
@@ -6,6 +7,7 @@
 #include <limits>
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 
 constexpr std::uint64_t max64 = std::numeric_limits<std::uint64_t>::max();
 
@@ -28,11 +30,10 @@ static_assert(checked_cast<std::size_t>(-1) == std::nullopt);
 
 TEST_CASE("add_or_throw reports overflow with both operands") {
     CHECK(add_or_throw(2, 3, "x") == 5u);
-    try {
-        (void)add_or_throw(max64, 2, "data offset + length", {.tensor = "w"});
-        FAIL("no throw");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::validation_overflow);
+    {
+        const auto e = expect_error(errc::validation_overflow, [&] {
+            (void)add_or_throw(max64, 2, "data offset + length", {.tensor = "w"});
+        });
         CHECK(e.tensor() == "w");
         CHECK(e.message().find("data offset + length") != std::string::npos);
         CHECK(e.message().find("18446744073709551615 + 2") != std::string::npos);
@@ -49,18 +50,9 @@ TEST_CASE("mul_or_throw catches products that wrap to exactly zero") {
 TEST_CASE("align_up_or_throw") {
     CHECK(align_up_or_throw(1, 8, "header") == 8u);
     CHECK(align_up_or_throw(8, 8, "header") == 8u);
-    try {
-        (void)align_up_or_throw(max64 - 1, 8, "header");
-        FAIL("no throw");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::validation_overflow);
-    }
-    try {
-        (void)align_up_or_throw(1, 0, "header");
-        FAIL("no throw");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::invalid_argument);
-    }
+    (void)expect_error(errc::validation_overflow,
+                       [&] { (void)align_up_or_throw(max64 - 1, 8, "header"); });
+    (void)expect_error(errc::invalid_argument, [&] { (void)align_up_or_throw(1, 0, "header"); });
 }
 
 TEST_CASE("overflow forms leave the output untouched on overflow") {

@@ -13,9 +13,11 @@
 #include "safeshard/io/syscalls.hpp"
 
 #include "../core/name_flood.hpp"
+#include "../support/expect_error.hpp"
 #include "test_files.hpp"
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 using safeshard::test::make_file;
 using safeshard::test::make_file_n;
 
@@ -81,11 +83,8 @@ TEST_SUITE("format") {
         std::size_t n = 0;
         for (const tensor_view t : v) CHECK(t.name() == (n++ == 0 ? "a" : "b"));
         CHECK(n == 2);
-        try {
-            (void)v.tensor("c");
-            FAIL("expected tensor_not_found");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::tensor_not_found);
+        {
+            const auto e = expect_error(errc::tensor_not_found, [&] { (void)v.tensor("c"); });
             CHECK(e.tensor() == "c");
             CHECK(e.file() == "mem.safetensors");
         }
@@ -136,11 +135,12 @@ TEST_SUITE("format") {
         const auto f = make_file("{\"a\":" + u8x4 + "}", "abcd");
         CHECK(verdict(f, parse_options{.max_header_size = 16}) == errc::header_too_large);
         CHECK(verdict(f, parse_options{.max_header_size = f.size()}) == accepted);
-        try {
-            (void)verdict(f);
-            file_view v(std::span<const std::byte>(f), parse_options{.max_header_size = 10}, "x");
-            FAIL("expected header_too_large");
-        } catch (const error& e) {
+        {
+            const auto e = expect_error([&] {
+                (void)verdict(f);
+                file_view v(std::span<const std::byte>(f), parse_options{.max_header_size = 10},
+                            "x");
+            });
             CHECK(std::string(e.what()).find("exceeds the limit of 10") != std::string::npos);
         }
     }
@@ -233,11 +233,11 @@ TEST_SUITE("format") {
         CHECK(bad(nested(126, R"({"k":)", "{}", "}")) == accepted);
         CHECK(bad(nested(5000, "[", "", "]")) == E);
         // The error says how deep, and the limit.
-        try {
-            const auto f = make_file(nested(130, "[", "", "]"), "abcd");
-            file_view v{std::span<const std::byte>(f)};
-            FAIL("expected an error");
-        } catch (const error& e) {
+        {
+            const auto e = expect_error([&] {
+                const auto f = make_file(nested(130, "[", "", "]"), "abcd");
+                file_view v{std::span<const std::byte>(f)};
+            });
             CHECK(e.message() ==
                   "header is not valid JSON: arrays and objects nested 130 deep, over the limit "
                   "of 127");
@@ -348,11 +348,10 @@ TEST_SUITE("format") {
     TEST_CASE("schema errors name the tensor and say what was expected") {
         const auto f =
             make_file(R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[0,"4"]}})", "abcd");
-        try {
-            file_view v(std::span<const std::byte>(f), {}, "m.safetensors");
-            FAIL("expected an error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::invalid_header_deserialization);
+        {
+            const auto e = expect_error(errc::invalid_header_deserialization, [&] {
+                file_view v(std::span<const std::byte>(f), {}, "m.safetensors");
+            });
             CHECK(e.tensor() == "w");
             CHECK(e.file() == "m.safetensors");
             CHECK(e.message() == "data_offsets: expected a non-negative integer, found a string");
@@ -393,13 +392,12 @@ TEST_SUITE("format") {
         CHECK(t("[0,2]", "[1,3]", "abc") == errc::invalid_offset);    // overlap
         CHECK(verdict(make_file(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[2,0]}})",
                                 "ab")) == errc::invalid_offset);
-        try {
-            (void)t("[0,2]", "[3,5]", "abcde");
-            file_view v(std::span<const std::byte>(
-                make_file(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}})", "abc")));
-            FAIL("expected invalid_offset");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::invalid_offset);
+        {
+            const auto e = expect_error(errc::invalid_offset, [&] {
+                (void)t("[0,2]", "[3,5]", "abcde");
+                file_view v(std::span<const std::byte>(
+                    make_file(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}})", "abc")));
+            });
             CHECK(e.tensor() == "a");
             CHECK(e.message().find("expected data_offsets to start at 0") != std::string::npos);
         }
@@ -435,11 +433,9 @@ TEST_SUITE("format") {
         const auto f = make_file(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
                                  R"("b":{"dtype":"F32","shape":[2],"data_offsets":[1,5]}})",
                                  "abcde");
-        try {
-            file_view v{std::span<const std::byte>(f)};
-            FAIL("expected tensor_invalid_info");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::tensor_invalid_info);
+        {
+            const auto e = expect_error(errc::tensor_invalid_info,
+                                        [&] { file_view v{std::span<const std::byte>(f)}; });
             CHECK(e.tensor() == "b");
             REQUIRE(e.offset());
             CHECK(*e.offset() == f.size() - 5 + 1);
@@ -549,11 +545,9 @@ TEST_SUITE("format") {
         CHECK(v.tensor("u").as<std::uint8_t>().span()[0] == 7);
         CHECK(v.tensor("h").as<std::uint16_t>()[0] == 0x3f80);
         CHECK(v.tensor("f").as<std::uint32_t>().size() == 2);
-        try {
-            (void)v.tensor("h").as<float>();
-            FAIL("expected invalid_dtype");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::invalid_dtype);
+        {
+            const auto e =
+                expect_error(errc::invalid_dtype, [&] { (void)v.tensor("h").as<float>(); });
             CHECK(e.tensor() == "h");
         }
         CHECK_THROWS_AS((void)v.tensor("f").as<std::int32_t>(), error);
@@ -568,19 +562,14 @@ TEST_SUITE("format") {
         file_view v(d / "m.safetensors");
         CHECK(v.file_name() == (d / "m.safetensors").string());
         CHECK(std::memcmp(v.tensor("a").bytes().data(), "abcd", 4) == 0);
-        try {
-            file_view w(d / "missing.safetensors");
-            FAIL("expected io_error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::io_error);
+        {
+            const auto e =
+                expect_error(errc::io_error, [&] { file_view w(d / "missing.safetensors"); });
             CHECK(e.file() == (d / "missing.safetensors").string());
         }
         safeshard::test::write_bytes(d / "empty", {});
-        try {
-            file_view w(d / "empty");
-            FAIL("expected header_too_small");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::header_too_small);
+        {
+            const auto e = expect_error(errc::header_too_small, [&] { file_view w(d / "empty"); });
             CHECK(e.file() == (d / "empty").string());
         }
     }
@@ -667,11 +656,8 @@ TEST_SUITE("format") {
         safeshard::test::write_bytes(path, make_file("{\"a\":" + u8x4 + "}", std::string(4, 'x')));
         const file_view v(path);
         std::filesystem::resize_file(path, std::filesystem::file_size(path) - 2);
-        try {
-            (void)v.tensor("a").bytes();
-            FAIL("expected io_error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::io_error);
+        {
+            const auto e = expect_error(errc::io_error, [&] { (void)v.tensor("a").bytes(); });
             CHECK(std::string(e.what()).find("shorter") != std::string::npos);
             CHECK(e.file() == path.string());
         }

@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "../support/temp_dir.hpp"
+
 namespace safeshard::test {
 
 // 8-byte little-endian length + header + data.
@@ -34,27 +36,7 @@ inline std::string str(const std::vector<std::byte>& b) {
     return {reinterpret_cast<const char*>(b.data()), b.size()};
 }
 
-// A fresh folder under the system temp folder, removed at scope exit.
-class temp_dir {
-public:
-    explicit temp_dir(std::string_view tag) {
-        path_ = std::filesystem::temp_directory_path() /
-                ("safeshard-format-" + std::string(tag) + "-" + std::to_string(::getpid()));
-        std::filesystem::remove_all(path_);
-        std::filesystem::create_directories(path_);
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    temp_dir(const temp_dir&) = delete;
-    temp_dir& operator=(const temp_dir&) = delete;
-    [[nodiscard]] const std::filesystem::path& path() const { return path_; }
-    [[nodiscard]] std::filesystem::path operator/(std::string_view n) const { return path_ / n; }
-
-private:
-    std::filesystem::path path_;
-};
+// temp_dir (a fresh folder, removed at scope exit): tests/support/temp_dir.hpp.
 
 inline void write_bytes(const std::filesystem::path& p, const std::vector<std::byte>& b) {
     std::ofstream f(p, std::ios::binary | std::ios::trunc);

@@ -33,19 +33,18 @@ constexpr int crash_runs = 100;
 // else the scratch folder on disk.
 class crash_area {
 public:
-    crash_area() {
-        if (tmpfs_mount::try_mount(scratch_ / "tmpfs", "size=16m", mnt_)) {
-            mnt_.reset();
-            fs::remove(scratch_ / "tmpfs");
-        }
+    crash_area() : mnt_(scratch_ / "tmpfs", "size=16m") {
+        if (!mnt_.mounted()) fs::remove(scratch_ / "tmpfs");
     }
-    [[nodiscard]] const fs::path& path() const { return mnt_ ? mnt_->path() : scratch_.path(); }
+    [[nodiscard]] const fs::path& path() const {
+        return mnt_.mounted() ? mnt_.path() : scratch_.path();
+    }
     [[nodiscard]] fs::path operator/(const std::string& name) const { return path() / name; }
-    [[nodiscard]] std::string kind() const { return mnt_ ? "tmpfs" : "disk"; }
+    [[nodiscard]] std::string kind() const { return mnt_.mounted() ? "tmpfs" : "disk"; }
 
 private:
     scratch_dir scratch_;
-    std::optional<tmpfs_mount> mnt_;
+    tmpfs_mount mnt_;
 };
 
 // Written in small pieces so that a kill often lands between two writes.

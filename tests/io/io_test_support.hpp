@@ -1,6 +1,11 @@
-// Shared pieces of the io tests: scratch folders, byte patterns, fault hooks, tmpfs mounts.
+// Shared pieces of the io tests: byte patterns, fault hooks, and the names they use from
+// tests/support/ (scratch folders, expected errors, tmpfs mounts, permissions).
 #pragma once
 
+#include "../support/expect_error.hpp"
+#include "../support/permissions.hpp"
+#include "../support/temp_dir.hpp"
+#include "../support/tmpfs_mount.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/io/syscalls.hpp"
 
@@ -30,27 +35,7 @@ namespace io_test {
 namespace fs = std::filesystem;
 
 // A fresh folder under the system temp folder, removed with everything in it.
-class scratch_dir {
-public:
-    scratch_dir() {
-        static std::atomic<int> counter{0};
-        path_ = fs::temp_directory_path() / ("safeshard-io-test-" + std::to_string(::getpid()) +
-                                             "-" + std::to_string(counter.fetch_add(1)));
-        fs::remove_all(path_);
-        fs::create_directories(path_);
-    }
-    scratch_dir(const scratch_dir&) = delete;
-    scratch_dir& operator=(const scratch_dir&) = delete;
-    ~scratch_dir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    [[nodiscard]] const fs::path& path() const noexcept { return path_; }
-    [[nodiscard]] fs::path operator/(const std::string& name) const { return path_ / name; }
-
-private:
-    fs::path path_;
-};
+using scratch_dir = safeshard::test::temp_dir;
 
 // Deterministic bytes that differ per position and per seed, so a misplaced or stale byte shows.
 [[nodiscard]] inline std::vector<std::byte> pattern(std::size_t n, std::uint32_t seed = 1) {
@@ -81,17 +66,7 @@ inline void write_file(const fs::path& p, const std::vector<std::byte>& bytes) {
     return v;
 }
 
-// Runs `f`, expecting a safeshard::error; returns it for further checks.
-template <class F>
-[[nodiscard]] safeshard::error expect_error(F&& f) {
-    try {
-        std::forward<F>(f)();
-    } catch (const safeshard::error& e) {
-        return e;
-    }
-    FAIL("expected a safeshard::error");
-    return safeshard::error(safeshard::errc::invalid_argument, "unreachable");
-}
+using safeshard::test::expect_error;
 
 // Names under `dir` (not recursive), sorted.
 [[nodiscard]] inline std::vector<std::string> list_names(const fs::path& dir) {
@@ -218,74 +193,9 @@ private:
     }
 };
 
-// A small tmpfs mounted on a fresh folder (root only); empty optional when mount(2) refuses.
-class tmpfs_mount {
-public:
-    static std::optional<std::string> try_mount(const fs::path& dir, const std::string& options,
-                                                std::optional<tmpfs_mount>& out) {
-        fs::create_directories(dir);
-        if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, options.c_str()) != 0)
-            return "mount -t tmpfs -o " + options + " failed: " + std::strerror(errno);
-        out.emplace(dir);
-        return std::nullopt;
-    }
-    explicit tmpfs_mount(fs::path dir) : dir_(std::move(dir)) {}
-    tmpfs_mount(tmpfs_mount&& o) noexcept : dir_(std::exchange(o.dir_, {})) {}
-    tmpfs_mount(const tmpfs_mount&) = delete;
-    tmpfs_mount& operator=(const tmpfs_mount&) = delete;
-    tmpfs_mount& operator=(tmpfs_mount&&) = delete;
-    ~tmpfs_mount() {
-        if (!dir_.empty()) (void)::umount2(dir_.c_str(), MNT_DETACH);
-    }
-    // Remounts read-only (EROFS for every write); false when refused.
-    [[nodiscard]] bool remount_read_only(const std::string& options) const {
-        return ::mount("tmpfs", dir_.c_str(), "tmpfs", MS_REMOUNT | MS_RDONLY, options.c_str()) ==
-               0;
-    }
-    [[nodiscard]] const fs::path& path() const noexcept { return dir_; }
-
-private:
-    fs::path dir_;
-};
-
-// Makes a folder r-x for everyone for a scope (so no one but root may add entries).
-class read_only_folder {
-public:
-    explicit read_only_folder(fs::path dir) : dir_(std::move(dir)) {
-        fs::permissions(dir_, fs::perms::owner_read | fs::perms::owner_exec |
-                                  fs::perms::group_read | fs::perms::group_exec |
-                                  fs::perms::others_read | fs::perms::others_exec);
-    }
-    read_only_folder(const read_only_folder&) = delete;
-    read_only_folder& operator=(const read_only_folder&) = delete;
-    ~read_only_folder() {
-        std::error_code ec;
-        fs::permissions(dir_, fs::perms::owner_all, fs::perm_options::add, ec);
-    }
-
-private:
-    fs::path dir_;
-};
-
-// Runs `f` in a child process that has dropped root (uid/gid 65534, so permission bits
-// apply); returns the child's exit status, or nullopt when it cannot drop privileges.
-[[nodiscard]] inline std::optional<int> run_as_nobody(const std::function<int()>& f) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        if (::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) ::_exit(100);
-        int code = 99;
-        try {
-            code = f();
-        } catch (...) {
-            code = 98;
-        }
-        ::_exit(code);
-    }
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) == 100) return std::nullopt;
-    return WEXITSTATUS(status);
-}
+using safeshard::test::expect_permission_denied;
+using safeshard::test::read_only_folder;
+using safeshard::test::run_as_nobody;
+using safeshard::test::tmpfs_mount;
 
 }  // namespace io_test

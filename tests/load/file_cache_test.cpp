@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/expect_error.hpp"
 #include "model_gen.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/load/host_engine.hpp"
@@ -22,6 +23,7 @@
 #include "safeshard/load/plan.hpp"
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 using namespace safeshard::test;
 namespace fs = std::filesystem;
 
@@ -141,11 +143,8 @@ TEST_CASE("file_cache: a file renamed over since its header was read is refused"
     fs::rename(dir.path() / "new.tmp", files[1].path);
     file_cache c(files, {.capacity = 1});
     CHECK(c.reader(0).size() == 1);
-    try {
-        (void)c.reader(1);
-        FAIL("no error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::io_error);
+    {
+        const auto e = expect_error(errc::io_error, [&] { (void)c.reader(1); });
         CHECK(std::string(e.what()).find("replaced") != std::string::npos);
         CHECK(e.file() == files[1].path.string());
     }

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "../io/file_change.hpp"
+#include "../support/expect_error.hpp"
 #include "model_gen.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
@@ -17,6 +18,7 @@
 #include "safeshard/load/tensor_factory.hpp"
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 using namespace safeshard::test;
 
 namespace {
@@ -284,11 +286,9 @@ TEST_CASE("an unsupported conversion is refused while planning") {
     write_checkpoint(dir.path(), m, make_tensors(m));
     load_options o;
     o.plan.dtype = dtype_policy::fixed(dtype::i32);
-    try {
-        (void)load(dir.path().string(), o);
-        FAIL("no error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::unsupported_conversion);
+    {
+        const auto e =
+            expect_error(errc::unsupported_conversion, [&] { (void)load(dir.path().string(), o); });
         CHECK(std::string(e.what()).find("BF16") != std::string::npos);
     }
 }
@@ -366,11 +366,9 @@ TEST_CASE("quantized checkpoints are refused unless raw tensors are asked for") 
         t[scale] = random_tensor({1}, rng);
         temp_folder dir;
         write_checkpoint(dir.path(), m, t);
-        try {
-            (void)load(dir.path().string());
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::quantized_checkpoint);
+        {
+            const auto e =
+                expect_error(errc::quantized_checkpoint, [&] { (void)load(dir.path().string()); });
             CHECK(std::string(e.what()).find(scale) != std::string::npos);
         }
         load_options o;
@@ -389,11 +387,9 @@ TEST_CASE("missing and unexpected names, shape disagreements: errors before any 
         t.erase("model.norm.weight");
         temp_folder dir;
         write_checkpoint(dir.path(), m, t);
-        try {
-            (void)load(dir.path().string());
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::missing_tensor);
+        {
+            const auto e =
+                expect_error(errc::missing_tensor, [&] { (void)load(dir.path().string()); });
             const std::string w = e.what();
             CHECK(w.find("model.layers.1.mlp.up_proj.weight") != std::string::npos);
             CHECK(w.find("model.norm.weight") != std::string::npos);
@@ -406,11 +402,9 @@ TEST_CASE("missing and unexpected names, shape disagreements: errors before any 
         t["model.layers.0.self_attn.rotary_emb.inv_freq"] = random_tensor({4}, rng);
         temp_folder dir;
         write_checkpoint(dir.path(), m, t);
-        try {
-            (void)load(dir.path().string());
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::unexpected_tensor);
+        {
+            const auto e =
+                expect_error(errc::unexpected_tensor, [&] { (void)load(dir.path().string()); });
             CHECK(std::string(e.what()).find("model.extra.weight") != std::string::npos);
             CHECK(std::string(e.what()).find("inv_freq") == std::string::npos);
         }
@@ -428,11 +422,10 @@ TEST_CASE("missing and unexpected names, shape disagreements: errors before any 
         t["model.layers.0.mlp.gate_proj.weight"] = random_tensor({120, m.hidden}, rng);
         temp_folder dir;
         write_checkpoint(dir.path(), m, t);
-        try {
-            (void)load(dir.path().string(), {.rank = 0, .world = 2});
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::shape_mismatch);
+        {
+            const auto e = expect_error(errc::shape_mismatch, [&] {
+                (void)load(dir.path().string(), {.rank = 0, .world = 2});
+            });
             CHECK(std::string(e.what()).find("[120, 64]") != std::string::npos);
             CHECK(std::string(e.what()).find("[128, 64]") != std::string::npos);
         }
@@ -443,11 +436,10 @@ TEST_CASE("missing and unexpected names, shape disagreements: errors before any 
         t["model.layers.0.self_attn.k_proj.weight"] = random_tensor({24, m.hidden}, rng);
         temp_folder dir;
         write_checkpoint(dir.path(), m, t);
-        try {
-            (void)load(dir.path().string(), {.rank = 0, .world = 2});
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::shape_mismatch);
+        {
+            const auto e = expect_error(errc::shape_mismatch, [&] {
+                (void)load(dir.path().string(), {.rank = 0, .world = 2});
+            });
             CHECK(std::string(e.what()).find("k_proj") != std::string::npos);
             CHECK(std::string(e.what()).find("[24, 64]") != std::string::npos);
             CHECK(std::string(e.what()).find("num_key_value_heads 2") != std::string::npos);
@@ -520,11 +512,10 @@ TEST_CASE("a parameter without sources, tie or init: an error naming it, before 
     p.name = "adapter.weight";
     p.layout = make_split(1);
     s.add(p);  // no sources
-    try {
-        (void)load(dir.path().string(), s, load_options{.rank = 0, .world = 2});
-        FAIL("no error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::invalid_argument);
+    {
+        const auto e = expect_error(errc::invalid_argument, [&] {
+            (void)load(dir.path().string(), s, load_options{.rank = 0, .world = 2});
+        });
         CHECK(std::string(e.what()).find("adapter.weight") != std::string::npos);
     }
 }
@@ -603,11 +594,10 @@ TEST_CASE(
         CAPTURE(k);
         allocations = 0;
         fail_at = k;
-        try {
-            (void)load<counted_tensor>(dir.path().string(), {.rank = 0, .world = 2});
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::tensor_factory_failed);
+        {
+            const auto e = expect_error(errc::tensor_factory_failed, [&] {
+                (void)load<counted_tensor>(dir.path().string(), {.rank = 0, .world = 2});
+            });
             CHECK(std::string(e.what()).find("device out of memory") != std::string::npos);
             CHECK_FALSE(e.tensor().empty());
         }
@@ -615,11 +605,10 @@ TEST_CASE(
         fail_at = -1;
         allocations = 0;
         short_at = k;
-        try {
-            (void)load<counted_tensor>(dir.path().string(), {.rank = 0, .world = 2});
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::tensor_factory_failed);
+        {
+            const auto e = expect_error(errc::tensor_factory_failed, [&] {
+                (void)load<counted_tensor>(dir.path().string(), {.rank = 0, .world = 2});
+            });
             CHECK(std::string(e.what()).find("bytes for") != std::string::npos);
         }
         short_at = -1;
@@ -637,11 +626,9 @@ TEST_CASE("a shard truncated after planning: an I/O error at load, no leak") {
     std::filesystem::resize_file(f, std::filesystem::file_size(f) / 2);
     for (unsigned threads : {1u, 2u}) {
         host_engine engine({.threads = threads});
-        try {
-            (void)load_tensors<counted_tensor>(plan, engine);
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::io_error);
+        {
+            const auto e = expect_error(errc::io_error,
+                                        [&] { (void)load_tensors<counted_tensor>(plan, engine); });
             CHECK(std::string(e.what()).find("model-00002-of-00003") != std::string::npos);
         }
         CHECK(live_tensors == 0);
@@ -663,11 +650,9 @@ TEST_CASE("a shard replaced by rename after planning: an I/O error, not the new 
     for (const auto& eo : {host_engine_options{.threads = 2},
                            host_engine_options{.threads = 1, .mode = read_mode::direct}}) {
         host_engine engine(eo);
-        try {
-            (void)load_tensors<counted_tensor>(plan, engine);
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::io_error);
+        {
+            const auto e = expect_error(errc::io_error,
+                                        [&] { (void)load_tensors<counted_tensor>(plan, engine); });
             CHECK(std::string(e.what()).find("replaced") != std::string::npos);
             CHECK(e.file().find("model-00002-of-00003") != std::string::npos);
         }
@@ -719,10 +704,8 @@ TEST_CASE("a shard rewritten in place (same size) while it is loaded: changed wh
         rewrite_before_first_read rewrite(f, data, flipped_bytes(f, data, 256));
         const detail::scoped_syscall_hooks scope(rewrite);
         host_engine engine({.threads = threads});
-        try {
-            (void)load_tensors<counted_tensor>(plan, engine);
-            FAIL("no error");
-        } catch (const error& e) {
+        {
+            const auto e = expect_error([&] { (void)load_tensors<counted_tensor>(plan, engine); });
             CHECK(rewrite.done.load());
             CHECK(e.code() == errc::io_error);
             CHECK(e.file() == f.string());
@@ -734,11 +717,9 @@ TEST_CASE("a shard rewritten in place (same size) while it is loaded: changed wh
     // Nobody writing now, but the shard is not the version the first plan's headers were read
     // from: that plan is refused before a byte is copied; the checkpoint opened again loads.
     host_engine engine({.threads = 2});
-    try {
-        (void)load_tensors<counted_tensor>(old_plan, engine);
-        FAIL("no error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::io_error);
+    {
+        const auto e = expect_error(errc::io_error,
+                                    [&] { (void)load_tensors<counted_tensor>(old_plan, engine); });
         CHECK(e.file() == f.string());
         CHECK(std::string(e.what()).find("since the checkpoint was opened") != std::string::npos);
     }

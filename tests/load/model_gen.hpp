@@ -16,30 +16,13 @@
 #include <string>
 #include <vector>
 
+#include "../support/temp_dir.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 
 namespace safeshard::test {
 
-class temp_folder {
-public:
-    temp_folder() {
-        static std::atomic<int> counter{0};
-        path_ = std::filesystem::temp_directory_path() /
-                ("safeshard-load-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-        std::filesystem::remove_all(path_);
-        std::filesystem::create_directories(path_);
-    }
-    ~temp_folder() {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    temp_folder(const temp_folder&) = delete;
-    temp_folder& operator=(const temp_folder&) = delete;
-    [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
-
-private:
-    std::filesystem::path path_;
-};
+// A fresh folder under the system temp folder (tests/support/temp_dir.hpp).
+using temp_folder = temp_dir;
 
 // A BF16 tensor of the source checkpoint, held as 16-bit codes; 1-D tensors are [n] (one column).
 struct source_tensor {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../io/file_change.hpp"
+#include "../support/expect_error.hpp"
 #include "model_gen.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/io/syscalls.hpp"
@@ -30,6 +31,7 @@
 #include "safeshard/load/plan.hpp"
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 using namespace safeshard::test;
 namespace fs = std::filesystem;
 
@@ -416,11 +418,9 @@ TEST_CASE(
           host_engine_options{.threads = 2, .populate = true}, host_engine_options{.threads = 1},
           host_engine_options{.threads = 2, .mode = read_mode::mmap}}) {
         host_engine engine(eo);
-        try {
-            (void)load_tensors<host_tensor>(plan, engine);
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::io_error);
+        {
+            const auto e = expect_error(errc::io_error,
+                                        [&] { (void)load_tensors<host_tensor>(plan, engine); });
             CHECK(std::string(e.what()).find("model-00002-of-00003") != std::string::npos);
         }
     }
@@ -634,10 +634,9 @@ TEST_CASE("a shard cut short between the size check and the copy out of its mapp
         host_engine engine(c.eo);
         cut_after_size_check cut(f, ckpt.tensor(down).file->view.bytes());
         const detail::scoped_syscall_hooks scope(cut);
-        try {
-            (void)load_tensors<host_tensor>(plan, engine);
-            FAIL("no error; the file was cut: " << cut.done.load());
-        } catch (const error& e) {
+        {
+            INFO("the file was cut: " << cut.done.load());
+            const auto e = expect_error([&] { (void)load_tensors<host_tensor>(plan, engine); });
             CHECK(cut.done.load());
             CHECK(e.code() == errc::io_error);
             CHECK(e.file() == f.string());

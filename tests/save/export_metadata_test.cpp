@@ -536,7 +536,8 @@ TEST_SUITE("export metadata") {
         round_trip_many(333);
     }
 
-    // Run by the "slow" suite (meson test --suite slow): the size of the report.
+    // Run with the benchmarks (meson test --benchmark --suite slow): the size of the issue's
+    // report.
     TEST_CASE("300k tiny tensors: exported at world 8, loaded per rank, merged bit-exact" *
               doctest::skip()) {
         round_trip_many(33'333);

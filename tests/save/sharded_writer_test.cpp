@@ -3,6 +3,7 @@
 #include "safeshard/format/checkpoint.hpp"
 
 #include "../io/io_test_support.hpp"
+#include "../support/expect_error.hpp"
 
 #include <doctest/doctest.h>
 
@@ -21,6 +22,8 @@
 
 using namespace safeshard;
 using io_test::scratch_dir;
+using io_test::tmpfs_mount;
+using safeshard::test::expect_error;
 namespace fs = std::filesystem;
 
 namespace {
@@ -377,9 +380,9 @@ TEST_SUITE("save") {
 
     TEST_CASE("sharded_writer: ENOSPC on a small tmpfs leaves nothing behind") {
         scratch_dir d;
-        std::optional<io_test::tmpfs_mount> mnt;
-        if (const auto why = io_test::tmpfs_mount::try_mount(d / "mnt", "size=64k", mnt)) {
-            MESSAGE("skipped: " << *why);
+        const tmpfs_mount mnt(d / "mnt", "size=64k");
+        if (!mnt.mounted()) {
+            MESSAGE("skipped: " << mnt.why());
             return;
         }
         tensor_set s;
@@ -387,16 +390,14 @@ TEST_SUITE("save") {
             s.infos.push_back(tensor_info{"t" + std::to_string(i), dtype::u8, shape{40000}});
             s.bytes.push_back(io_test::pattern(40000, static_cast<std::uint32_t>(i)));
         }
-        try {
-            save_sharded(d / "mnt" / "out", s.infos, producer_of(s));
-            FAIL("no error");
-        } catch (const error& e) {
-            CHECK(e.code() == errc::io_error);
+        {
+            const auto e = expect_error(
+                errc::io_error, [&] { save_sharded(d / "mnt" / "out", s.infos, producer_of(s)); });
             CHECK(e.sys_errno() == ENOSPC);
         }
         CHECK(entries(d / "mnt") == 0);
         // Read-only file system: the folder cannot even be made.
-        REQUIRE(mnt->remount_read_only("size=64k"));
+        REQUIRE(mnt.remount_read_only());
         CHECK(code_of([&] { save_sharded(d / "mnt" / "out", s.infos, producer_of(s)); }) ==
               errc::io_error);
     }

@@ -6,9 +6,11 @@
 #include <numeric>
 #include <vector>
 
+#include "../support/expect_error.hpp"
 #include "safeshard/shard/slice.hpp"
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 
 TEST_CASE("apply copies a rank's rows; apply_inverse puts them back") {
     std::vector<std::uint16_t> src(6 * 4);
@@ -30,11 +32,8 @@ TEST_CASE("apply refuses maps that reach beyond the buffers") {
     CHECK_NOTHROW(apply(r.map, src, dst, 4));
     std::vector<std::byte> small(8 * 4 * 4 - 1), small_dst(4 * 4 * 4 - 4);
     CHECK_THROWS_AS(apply(r.map, small, dst, 4), error);
-    try {
-        apply(r.map, src, small_dst, 4);
-        FAIL("expected an error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::shape_mismatch);
+    {
+        const auto e = expect_error(errc::shape_mismatch, [&] { apply(r.map, src, small_dst, 4); });
         CHECK(e.message().find("local") != std::string::npos);
     }
     CHECK_THROWS_AS(apply(r.map, src, dst, 0), error);
@@ -43,12 +42,7 @@ TEST_CASE("apply refuses maps that reach beyond the buffers") {
     const std::array<shape, 2> gu{shape{4, 2}, shape{4, 2}};
     const auto f = slice(fused<0>::value, gu, 2, 0);
     std::vector<std::byte> one(8 * 4), out(8 * 4);
-    try {
-        apply(f.map, one, out, 4);
-        FAIL("expected an error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::invalid_argument);
-    }
+    (void)expect_error(errc::invalid_argument, [&] { apply(f.map, one, out, 4); });
 }
 
 TEST_CASE("zero regions are filled with zeros") {
@@ -68,11 +62,10 @@ TEST_CASE("sub-byte dtypes: slices must start and end on whole bytes") {
     const auto odd = slice(split<1>::value, shape{4, 6}, 2, 1);
     CHECK_FALSE(is_byte_granular(odd.map, 4));
     CHECK(is_byte_granular(odd.map, 8));
-    try {
-        check_byte_granular(odd.map, 4, "model.embed_tokens.weight");
-        FAIL("expected an error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::misaligned_slice);
+    {
+        const auto e = expect_error(errc::misaligned_slice, [&] {
+            check_byte_granular(odd.map, 4, "model.embed_tokens.weight");
+        });
         CHECK(e.tensor() == "model.embed_tokens.weight");
     }
     const auto even = slice(split<1>::value, shape{4, 8}, 2, 1);

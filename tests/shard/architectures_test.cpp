@@ -1,3 +1,4 @@
+#include "../support/expect_error.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
 
 #include <doctest/doctest.h>
@@ -6,6 +7,7 @@
 #include <vector>
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 
 namespace {
 
@@ -188,10 +190,9 @@ TEST_CASE("phi3 keeps its fused qkv_proj and gate_up_proj") {
     CHECK(g.runs[1] == segment{0, 96 + 48, 48});  // up rows of rank 1
     (void)cut(s, c, 2);
     // World 3 does not divide the heads: the error names the parameter.
-    try {
-        (void)slice_parameter(qkv, std::array{hf_shape(c, qkv.name)}, 3, 0);
-        FAIL("expected an error");
-    } catch (const error& e) {
+    {
+        const auto e = expect_error(
+            [&] { (void)slice_parameter(qkv, std::array{hf_shape(c, qkv.name)}, 3, 0); });
         CHECK(e.tensor() == "model.layers.0.self_attn.qkv_proj.weight");
     }
 }
@@ -222,11 +223,8 @@ TEST_CASE("options: fused gate_up, interleaved KV, vocab multiple, stages") {
 
 TEST_CASE("the registry: unknown types, bad configs, user architectures") {
     model_config c = config("falcon");
-    try {
-        (void)make_schema(c);
-        FAIL("expected an error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::invalid_config);
+    {
+        const auto e = expect_error(errc::invalid_config, [&] { (void)make_schema(c); });
         CHECK(e.message().find("falcon") != std::string::npos);
         CHECK(e.message().find("llama, mistral, phi3, qwen2, qwen3") != std::string::npos);
         CHECK(e.message().find("gemma, gemma2") != std::string::npos);

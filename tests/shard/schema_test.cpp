@@ -1,10 +1,12 @@
 #include "safeshard/shard/schema.hpp"
+#include "../support/expect_error.hpp"
 
 #include <doctest/doctest.h>
 
 #include <array>
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 
 namespace {
 constexpr auto tiny = make_static_schema(
@@ -126,11 +128,10 @@ TEST_CASE("pipeline stages and name maps") {
 
 TEST_CASE("expand: a layer count whose parameters overflow is refused, never wrapped") {
     // 3 layer templates × 2^63 layers: the count of parameters does not fit 64 bits.
-    try {
-        (void)expand(std::span<const parameter_spec>(tiny.parameters), std::uint64_t{1} << 63);
-        FAIL("no error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::validation_overflow);
+    {
+        const auto e = expect_error(errc::validation_overflow, [&] {
+            (void)expand(std::span<const parameter_spec>(tiny.parameters), std::uint64_t{1} << 63);
+        });
         CHECK(std::string(e.what()).find("9223372036854775808 layers") != std::string::npos);
     }
 }
@@ -138,12 +139,9 @@ TEST_CASE("expand: a layer count whose parameters overflow is refused, never wra
 TEST_CASE("run-time schemas: add, duplicates, validation, replicate_all") {
     schema s;
     s.add(parameter_meta{.name = "w", .layout = split<0>::value, .sources = {"w"}});
-    try {
+    (void)expect_error(errc::duplicate_name, [&] {
         s.add(parameter_meta{.name = "w", .layout = replicated::value, .sources = {"w"}});
-        FAIL("expected an error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::duplicate_name);
-    }
+    });
     CHECK_THROWS_AS(
         s.add(parameter_meta{
             .name = "many", .layout = fused<0>::value, .sources = {"a", "b", "c", "d", "e"}}),
@@ -173,11 +171,11 @@ TEST_CASE("slice_parameter checks the shapes against the sources") {
     const auto r = slice_parameter(gu, two, 2, 1);
     CHECK(r.local == shape{8, 4});
     CHECK_THROWS_AS((void)slice_parameter(gu, std::span<const shape>(two.data(), 1), 2, 1), error);
-    try {
-        (void)slice_parameter(s.at("model.layers.0.mlp.up_proj.weight"),
-                              std::span<const shape>(two.data(), 1), 3, 1);
-        FAIL("expected an error");
-    } catch (const error& e) {
+    {
+        const auto e = expect_error([&] {
+            (void)slice_parameter(s.at("model.layers.0.mlp.up_proj.weight"),
+                                  std::span<const shape>(two.data(), 1), 3, 1);
+        });
         CHECK(e.tensor() == "model.layers.0.mlp.up_proj.weight");
         CHECK(e.message().find("world 3") != std::string::npos);
     }

@@ -1,4 +1,5 @@
 #include "safeshard/shard/slice.hpp"
+#include "../support/expect_error.hpp"
 
 #include <doctest/doctest.h>
 
@@ -7,6 +8,7 @@
 #include <vector>
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 
 namespace {
 // The q heads and KV heads a rank holds, flattened.
@@ -101,12 +103,11 @@ TEST_CASE("failures are statuses, and errors naming parameter, dim and world on 
     CHECK(slice(fused<0>::value, ranks, 2, 0).status == layout_status::shape_mismatch);
     CHECK(slice(split<0>::value, nullptr, 0, 1, 0).status == layout_status::source_count);
 
-    try {
-        (void)slice_or_throw("model.layers.0.mlp.gate_proj.weight", split<0>::value,
-                             shape{11008, 4096}, 3, 0);
-        FAIL("expected an error");
-    } catch (const error& e) {
-        CHECK(e.code() == errc::invalid_layout);
+    {
+        const auto e = expect_error(errc::invalid_layout, [&] {
+            (void)slice_or_throw("model.layers.0.mlp.gate_proj.weight", split<0>::value,
+                                 shape{11008, 4096}, 3, 0);
+        });
         CHECK(e.tensor() == "model.layers.0.mlp.gate_proj.weight");
         const std::string m = e.message();
         CHECK(m.find("model.layers.0.mlp.gate_proj.weight") != std::string::npos);
