@@ -17,12 +17,14 @@
 #include <string>
 #include <vector>
 
+#include "../support/expect_error.hpp"
 #include "cuda_test_support.hpp"
 #include "safeshard/cuda/cuda_engine.hpp"
 #include "safeshard/cuda/cuda_tensor.hpp"
 #include "safeshard/format/safetensors.hpp"
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 using namespace safeshard::test;
 
 namespace {
@@ -194,11 +196,9 @@ TEST_CASE("CUDA errors name the call and the error") {
     const checkpoint ckpt = checkpoint::open(dir.path().string());
     const plan_pair p = make_plans(ckpt, nullptr, 0, 2, {});
     cuda_engine e({.device = device_count + 7});
-    try {
-        (void)load_tensors<cuda_tensor>(p.cuda, e);
-        FAIL("no error");
-    } catch (const error& x) {
-        CHECK(x.code() == errc::cuda_error);
+    {
+        const auto x =
+            expect_error(errc::cuda_error, [&] { (void)load_tensors<cuda_tensor>(p.cuda, e); });
         CHECK(std::string(x.what()).find("cudaSetDevice") != std::string::npos);
         CHECK(std::string(x.what()).find("cudaErrorInvalidDevice") != std::string::npos);
     }
