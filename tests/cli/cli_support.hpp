@@ -26,6 +26,7 @@
 
 #include <doctest/doctest.h>
 
+#include "../support/tmpfs_mount.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/load/convert.hpp"
 
@@ -100,33 +101,8 @@ inline void check_same(const fs::path& a_path, const fs::path& b_path,
     }
 }
 
-// A private tmpfs mounted at `at` while this lives (where the test may mount one).
-class tmpfs_mount {
-public:
-    tmpfs_mount(fs::path at, std::string options)
-        : at_(std::move(at)), options_(std::move(options)) {
-        fs::create_directories(at_);
-        mounted_ = ::mount("tmpfs", at_.c_str(), "tmpfs", 0, options_.c_str()) == 0;
-        if (!mounted_) why_ = std::string("mount -t tmpfs failed: ") + std::strerror(errno);
-    }
-    tmpfs_mount(const tmpfs_mount&) = delete;
-    tmpfs_mount& operator=(const tmpfs_mount&) = delete;
-    ~tmpfs_mount() {
-        if (mounted_) (void)::umount2(at_.c_str(), MNT_DETACH);
-    }
-    [[nodiscard]] bool mounted() const noexcept { return mounted_; }
-    [[nodiscard]] const std::string& why() const noexcept { return why_; }
-    bool remount_read_only() {
-        return ::mount("tmpfs", at_.c_str(), "tmpfs", MS_REMOUNT | MS_RDONLY, options_.c_str()) ==
-               0;
-    }
-
-private:
-    fs::path at_;
-    std::string options_;
-    std::string why_;
-    bool mounted_ = false;
-};
+// A private tmpfs mounted while it lives (where the test may mount one).
+using safeshard::test::tmpfs_mount;
 
 // The tool with `args` (argv without the program), stdout and stderr to /dev/null. A SIGINT
 // that reaches the child before exec kills it by the default action (it must not run the test

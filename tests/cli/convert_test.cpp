@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/temp_dir.hpp"
 #include "cli_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
@@ -32,28 +33,7 @@ constexpr const char* config_json = R"({
 }
 )";
 
-class scratch {
-public:
-    scratch() {
-        static int counter = 0;
-        path_ =
-            fs::temp_directory_path() / ("safeshard-convert-test-" + std::to_string(::getpid()) +
-                                         "-" + std::to_string(counter++));
-        fs::remove_all(path_);
-        fs::create_directories(path_);
-    }
-    scratch(const scratch&) = delete;
-    scratch& operator=(const scratch&) = delete;
-    ~scratch() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    [[nodiscard]] fs::path operator/(const std::string& s) const { return path_ / s; }
-    [[nodiscard]] const fs::path& path() const { return path_; }
-
-private:
-    fs::path path_;
-};
+using scratch = safeshard::test::temp_dir;
 
 void write_text(const fs::path& p, std::string_view s) {
     std::ofstream f(p, std::ios::binary);

@@ -17,12 +17,14 @@
 #include <string>
 #include <vector>
 
+#include "../support/expect_error.hpp"
 #include "cuda_test_support.hpp"
 #include "safeshard/cuda/cuda_engine.hpp"
 #include "safeshard/cuda/cuda_tensor.hpp"
 #include "safeshard/format/safetensors.hpp"
 
 using namespace safeshard;
+using safeshard::test::expect_error;
 using namespace safeshard::test;
 
 namespace {
@@ -206,11 +208,8 @@ TEST_CASE("CUDA errors name the call and the error") {
     zero.kind = copy_kind::zero;
     zero.box = byte_box{.dst_row_bytes = 16, .dst_pitch = 16, .rows = 1};
     e.submit(std::span(&zero, 1));
-    try {
-        e.wait();
-        FAIL("no error");
-    } catch (const error& x) {
-        CHECK(x.code() == errc::cuda_error);
+    {
+        const auto x = expect_error(errc::cuda_error, [&] { e.wait(); });
         CHECK(std::string(x.what()).find("cudaSetDevice") != std::string::npos);
         CHECK(std::string(x.what()).find("cudaErrorInvalidDevice") != std::string::npos);
     }

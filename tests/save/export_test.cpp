@@ -16,6 +16,7 @@
 #include "../checkpoint/test_util.hpp"
 #include "../io/file_change.hpp"
 #include "../load/model_gen.hpp"
+#include "../support/expect_error.hpp"
 #include "export_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/export_metadata_reader.hpp"
@@ -27,6 +28,7 @@
 
 using namespace safeshard;
 using safeshard::test::code_of;
+using safeshard::test::expect_error;
 using safeshard::test::model_spec;
 using safeshard::test::temp_folder;
 using namespace safeshard::test::exports;
@@ -425,11 +427,11 @@ TEST_SUITE("export") {
             const auto opened = checkpoint::open((dir.path() / "in").string());
             fs::copy_file(shard, dir.path() / "new.tmp");
             fs::rename(dir.path() / "new.tmp", shard);
-            try {
-                (void)export_checkpoint(opened, dir.path() / "ex2", options_for(2, kv_contiguous));
-                FAIL("no error");
-            } catch (const error& e) {
-                CHECK(e.code() == errc::io_error);
+            {
+                const auto e = expect_error(errc::io_error, [&] {
+                    (void)export_checkpoint(opened, dir.path() / "ex2",
+                                            options_for(2, kv_contiguous));
+                });
                 CHECK(std::string(e.what()).find("replaced") != std::string::npos);
             }
             CHECK_FALSE(fs::exists(dir.path() / "ex2"));
@@ -555,10 +557,8 @@ TEST_SUITE("export") {
         o.engine.threads = 1;
         test::cut_after_size_check cut(f, in.files()[1].view.bytes());
         const detail::scoped_syscall_hooks scope(cut);
-        try {
-            (void)export_checkpoint(in, dir.path() / "ex", o);
-            FAIL("no error");
-        } catch (const error& e) {
+        {
+            const auto e = expect_error([&] { (void)export_checkpoint(in, dir.path() / "ex", o); });
             CHECK(cut.done.load());
             CHECK(e.code() == errc::io_error);
             CHECK(e.file() == f.string());
@@ -579,10 +579,10 @@ TEST_SUITE("export") {
         {
             test::rewrite_before_first_read rewrite(f, data, test::flipped_bytes(f, data, 128));
             const detail::scoped_syscall_hooks scope(rewrite);
-            try {
-                (void)export_checkpoint(in, dir.path() / "ex", options_for(2, kv_contiguous));
-                FAIL("no error");
-            } catch (const error& e) {
+            {
+                const auto e = expect_error([&] {
+                    (void)export_checkpoint(in, dir.path() / "ex", options_for(2, kv_contiguous));
+                });
                 CHECK(rewrite.done.load());
                 CHECK(e.code() == errc::io_error);
                 CHECK(e.file() == f.string());
@@ -603,10 +603,9 @@ TEST_SUITE("export") {
         test::rewrite_before_first_read rewrite(g, q.tensor.file_begin(),
                                                 test::flipped_bytes(g, q.tensor.file_begin(), 64));
         const detail::scoped_syscall_hooks scope(rewrite);
-        try {
-            (void)merge_export(dir.path() / "ex", dir.path() / "merged");
-            FAIL("no error");
-        } catch (const error& e) {
+        {
+            const auto e =
+                expect_error([&] { (void)merge_export(dir.path() / "ex", dir.path() / "merged"); });
             CHECK(rewrite.done.load());
             CHECK(e.code() == errc::io_error);
             CHECK(e.file() == g.string());
