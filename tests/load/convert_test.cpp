@@ -33,8 +33,7 @@ static_assert(!can_convert(dtype::f8_e4m3fnuz, dtype::f32) && !can_convert(dtype
 // and converts between two different dtypes; the dtypes a policy converts are the ones it writes.
 static_assert(conversions.size() == 14);
 static_assert(std::all_of(conversions.begin(), conversions.end(), [](const conversion& c) {
-    return c.input_count() == 1 && c.inputs[0].role == convert_role::values &&
-           c.kernel.portable != nullptr && c.kernel.avx2 != nullptr && c.from() != c.to;
+    return c.input_count() == 1 && c.inputs[0].role == convert_role::values && c.from() != c.to;
 }));
 static_assert(converted_by_policy(dtype::f16) && converted_by_policy(dtype::bf16));
 static_assert(converted_by_policy(dtype::f32) && converted_by_policy(dtype::f64));
@@ -304,6 +303,18 @@ std::vector<std::uint64_t> f64_sample() {
 }
 
 }  // namespace
+
+// Function addresses are not constant expressions under the sanitizers: checked at run time.
+TEST_CASE("every entry of the conversion table has its loops") {
+    for (const conversion& c : conversions) {
+        CAPTURE(name(c.from()));
+        CAPTURE(name(c.to));
+        const bool has_portable = c.kernel.portable != nullptr;
+        CHECK(has_portable);
+        const bool has_avx2 = c.kernel.avx2 != nullptr;
+        CHECK(has_avx2);
+    }
+}
 
 TEST_CASE("16-bit sources: all 65,536 patterns against the reference") {
     const auto all16 = all_patterns(16);
