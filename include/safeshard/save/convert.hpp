@@ -117,7 +117,8 @@ inline convert_report convert_checkpoint(const checkpoint& c, const std::filesys
     if (rank && rep.converted > 0)
         throw error(errc::invalid_export,
                     "the input is a rank of an export, whose metadata names its dtypes: convert "
-                    "the merged checkpoint (safeshard merge), or export again with --dtype",
+                    "the merged checkpoint (merge_export), or export again with the wanted "
+                    "dtype (export_options::plan.dtype)",
                     error_context{.file = c.root().string()});
     const bool per_shard = rank && rank->version >= 2;
     sharded_save_options so;
