@@ -28,6 +28,24 @@ struct model_config {
     // From `torch_dtype` or `dtype`, when present and a known dtype.
     std::optional<dtype> checkpoint_dtype;
 
+    // Mixtures of experts (0 and empty for a dense model).
+    std::uint64_t num_experts = 0;            // num_local_experts, num_experts or n_routed_experts
+    std::uint64_t moe_intermediate_size = 0;  // an expert's (0: intermediate_size)
+    std::uint64_t shared_expert_intermediate_size = 0;  // qwen2_moe's shared expert
+    std::uint64_t n_shared_experts = 0;                 // deepseek: shared experts, fused
+    std::uint64_t first_k_dense_replace = 0;            // the first k layers are dense
+    std::uint64_t decoder_sparse_step = 1;  // qwen: layer l has experts when (l + 1) % step == 0
+    std::uint64_t moe_layer_freq = 1;       // deepseek: ... when l % freq == 0
+    std::vector<std::uint64_t> mlp_only_layers;  // dense whatever the rest says
+    std::uint64_t num_nextn_predict_layers = 0;  // multi-token prediction layers
+    // Multi-head latent attention (deepseek_v2, deepseek_v3): absent q_lora_rank (null) means
+    // q_proj instead of q_a_proj / q_b_proj.
+    std::optional<std::uint64_t> q_lora_rank;
+    std::uint64_t kv_lora_rank = 0;
+    std::uint64_t qk_nope_head_dim = 0;
+    std::uint64_t qk_rope_head_dim = 0;
+    std::uint64_t v_head_dim = 0;
+
     friend bool operator==(const model_config&, const model_config&) = default;
 };
 

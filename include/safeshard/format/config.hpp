@@ -226,6 +226,8 @@ private:
             }
             c.tie_word_embeddings = b;
         }
+        parse_experts();
+        parse_latent_attention();
         // Newer transformers write `dtype`, older `torch_dtype`; an unknown name is no error.
         for (std::string_view key : {"dtype", "torch_dtype"}) {
             auto e = find(key);
@@ -237,6 +239,51 @@ private:
             }
             if (!c.checkpoint_dtype) c.checkpoint_dtype = dtype_from_torch_name(s);
         }
+    }
+
+    // A mixture of experts' fields, under each family's names.
+    void parse_experts() {
+        model_config& c = config_;
+        for (std::string_view key : {"num_local_experts", "num_experts", "n_routed_experts"})
+            if (auto v = get_size(key)) {
+                c.num_experts = *v;
+                break;
+            }
+        c.moe_intermediate_size = get_size("moe_intermediate_size").value_or(0);
+        c.shared_expert_intermediate_size = get_size("shared_expert_intermediate_size").value_or(0);
+        c.n_shared_experts = get_size("n_shared_experts").value_or(0);
+        c.first_k_dense_replace = get_size("first_k_dense_replace").value_or(0);
+        c.decoder_sparse_step = get_size("decoder_sparse_step").value_or(1);
+        if (c.decoder_sparse_step == 0) fail("'decoder_sparse_step' must be positive");
+        c.moe_layer_freq = get_size("moe_layer_freq").value_or(1);
+        if (c.moe_layer_freq == 0) fail("'moe_layer_freq' must be positive");
+        c.num_nextn_predict_layers = get_size("num_nextn_predict_layers").value_or(0);
+        if (auto e = find("mlp_only_layers")) {
+            simdjson::dom::array a;
+            if (e->get_array().get(a))
+                fail("'mlp_only_layers' must be an array of layer indices, found " +
+                     std::string(detail::json_type_name(e->type())));
+            for (auto item : a) {
+                std::uint64_t v = 0;
+                if (!detail::json_to_uint64(item, v))
+                    fail(
+                        "'mlp_only_layers' must be an array of layer indices, found an item "
+                        "that is " +
+                        std::string(detail::json_type_name(item.type())));
+                c.mlp_only_layers.push_back(v);
+            }
+        }
+    }
+
+    // Multi-head latent attention's ranks and head sizes (deepseek_v2, deepseek_v3).
+    void parse_latent_attention() {
+        model_config& c = config_;
+        c.q_lora_rank = get_size("q_lora_rank");
+        if (c.q_lora_rank && *c.q_lora_rank == 0) fail("'q_lora_rank' must be positive or null");
+        c.kv_lora_rank = get_size("kv_lora_rank").value_or(0);
+        c.qk_nope_head_dim = get_size("qk_nope_head_dim").value_or(0);
+        c.qk_rope_head_dim = get_size("qk_rope_head_dim").value_or(0);
+        c.v_head_dim = get_size("v_head_dim").value_or(0);
     }
 
     simdjson::padded_string text_;

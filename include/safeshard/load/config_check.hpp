@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cstddef>
 #include <cstdint>
@@ -159,6 +160,43 @@ struct layer_ref {
     return best;
 }
 
+// The expert index of a per-expert tensor name ("...experts.5.w1.weight" -> 5).
+[[nodiscard]] inline std::optional<std::uint64_t> expert_of(std::string_view name) noexcept {
+    constexpr std::string_view key = ".experts.";
+    const std::size_t at = name.find(key);
+    if (at == std::string_view::npos) return std::nullopt;
+    const std::string_view rest = name.substr(at + key.size());
+    std::uint64_t v = 0;
+    const auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), v);
+    if (ec != std::errc() || ptr == rest.data() || ptr == rest.data() + rest.size() || *ptr != '.')
+        return std::nullopt;
+    return v;
+}
+
+// config.json's expert count against the experts the tensors name (those stored one tensor
+// per expert): the highest index must be the count less one.
+inline void check_expert_count(config_check& r, const checkpoint& ckpt, const model_config& c,
+                               const name_map& names) {
+    std::optional<std::uint64_t> highest;
+    std::string_view at;
+    for (const auto& f : ckpt.files())
+        for (const tensor_view t : f.view) {
+            if (!t.name().starts_with(names.checkpoint_prefix)) continue;
+            const auto e = expert_of(t.name());
+            if (e && (!highest || *e > *highest)) {
+                highest = e;
+                at = t.name();
+            }
+        }
+    if (!highest || *highest + 1 == c.num_experts) return;
+    r.add({"num_experts",
+           "config.json says " + std::to_string(c.num_experts) +
+               " experts (num_local_experts, num_experts or n_routed_experts), but the "
+               "checkpoint holds expert " +
+               std::to_string(*highest) + " (" + std::string(at) + ")",
+           std::string(at), errc::invalid_config});
+}
+
 // The value of each field in "a × b" form, for a message: "hidden_size 96".
 [[nodiscard]] inline std::string field_values(std::string_view fields, const model_config& c) {
     const std::pair<std::string_view, std::uint64_t> known[] = {
@@ -168,10 +206,34 @@ struct layer_ref {
         {"num_attention_heads", c.num_attention_heads},
         {"num_key_value_heads", c.num_key_value_heads},
         {"head_dim", c.head_dim},
+        {"num_experts", c.num_experts},
+        {"moe_intermediate_size", c.moe_intermediate_size},
+        {"shared_expert_intermediate_size", c.shared_expert_intermediate_size},
+        {"n_shared_experts", c.n_shared_experts},
+        {"q_lora_rank", c.q_lora_rank.value_or(0)},
+        {"kv_lora_rank", c.kv_lora_rank},
+        {"qk_nope_head_dim", c.qk_nope_head_dim},
+        {"qk_rope_head_dim", c.qk_rope_head_dim},
+        {"v_head_dim", c.v_head_dim},
+    };
+    // Whole words only: "intermediate_size" is not a part of "moe_intermediate_size".
+    auto names_field = [&](std::string_view name) {
+        for (std::size_t at = fields.find(name); at != std::string_view::npos;
+             at = fields.find(name, at + 1)) {
+            const bool starts =
+                at == 0 || !(std::isalnum(static_cast<unsigned char>(fields[at - 1])) ||
+                             fields[at - 1] == '_');
+            const std::size_t end = at + name.size();
+            const bool ends =
+                end == fields.size() ||
+                !(std::isalnum(static_cast<unsigned char>(fields[end])) || fields[end] == '_');
+            if (starts && ends) return true;
+        }
+        return false;
     };
     std::string s;
     for (const auto& [name, value] : known)
-        if (fields.find(name) != std::string_view::npos)
+        if (names_field(name))
             s += (s.empty() ? "" : ", ") + std::string(name) + " " + std::to_string(value);
     return s;
 }
@@ -244,6 +306,8 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
                           ": the schema decides on the layers beyond (an extra module, or "
                           "unexpected names)");
     }
+    if (scope == config_scope::architecture && c.num_experts != 0)
+        detail::check_expert_count(r, ckpt, c, names);
     const architecture_table& shapes = architecture_shapes(c.model_type);
     for (const auto& f : ckpt.files())
         for (const tensor_view t : f.view) {

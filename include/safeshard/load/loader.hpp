@@ -45,6 +45,12 @@ public:
     [[nodiscard]] std::span<T> tensors() noexcept { return tensors_; }
     [[nodiscard]] std::span<const T> tensors() const noexcept { return tensors_; }
     [[nodiscard]] std::size_t size() const noexcept { return names_.size(); }
+    // A mixture of experts: the experts of each layer with experts (0: a dense model), and
+    // those this rank holds, ascending (their tensors are the only experts' it has).
+    [[nodiscard]] std::uint64_t experts() const noexcept { return experts_; }
+    [[nodiscard]] std::span<const std::uint64_t> held_experts() const noexcept {
+        return held_experts_;
+    }
 
     load_report report{};
 
@@ -64,12 +70,15 @@ private:
 
     std::vector<T> tensors_{};
     std::vector<std::string> names_{};
+    std::uint64_t experts_ = 0;
+    std::vector<std::uint64_t> held_experts_{};
     std::unordered_map<std::string, std::size_t, detail::name_hash> index_{};
 };
 
 struct load_options {
     std::uint32_t rank = 0;
     std::uint32_t world = 1;
+    expert_parallel experts{};  // a mixture of experts: expert groups and placement
     plan_options plan{};
     host_engine_options engine{};
     checkpoint_options checkpoint{};
@@ -165,6 +174,8 @@ template <class T, class Engine>
     loaded_model<T> out;
     load_report& r = report ? *report : out.report;
     plan.fill_report(r);
+    out.experts_ = plan.experts();
+    out.held_experts_.assign(plan.held_experts().begin(), plan.held_experts().end());
 
     auto t0 = std::chrono::steady_clock::now();
     const auto dests = plan.destinations();
@@ -275,7 +286,7 @@ template <class T = host_tensor>
     const auto t0 = std::chrono::steady_clock::now();
     const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
     const plan_options po = detail::plan_options_for<T>(o);
-    const load_plan plan = load_plan::build(ckpt, {o.rank, o.world}, po);
+    const load_plan plan = load_plan::build(ckpt, {o.rank, o.world, o.experts}, po);
     return detail::run_plan<T>(plan, o, po.device, seconds_since(t0));
 }
 
@@ -286,7 +297,7 @@ template <class T = host_tensor>
     const auto t0 = std::chrono::steady_clock::now();
     const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
     const plan_options po = detail::plan_options_for<T>(o);
-    const load_plan plan = load_plan::build(ckpt, s, {o.rank, o.world}, po);
+    const load_plan plan = load_plan::build(ckpt, s, {o.rank, o.world, o.experts}, po);
     return detail::run_plan<T>(plan, o, po.device, seconds_since(t0));
 }
 
@@ -300,7 +311,7 @@ requires copy_engine<Engine>
     const checkpoint ckpt = checkpoint::open(path_or_repo, o.checkpoint);
     static_assert(check_device_factory<T>());
     const load_plan plan =
-        load_plan::build(ckpt, {o.rank, o.world}, detail::plan_options_for(o, engine));
+        load_plan::build(ckpt, {o.rank, o.world, o.experts}, detail::plan_options_for(o, engine));
     return detail::run_plan<T>(plan, engine, o, seconds_since(t0));
 }
 

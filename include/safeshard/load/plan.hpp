@@ -29,16 +29,19 @@
 #include "safeshard/load/report.hpp"
 #include "safeshard/load/tensor_factory.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
+#include "safeshard/shard/expert_parallel.hpp"
 #include "safeshard/shard/parameter.hpp"
 #include "safeshard/shard/schema.hpp"
 #include "safeshard/shard/slice.hpp"
 
 namespace safeshard {
 
-// Which rank of how many this process loads.
+// Which rank of how many this process loads, and how the experts of a mixture spread over
+// the ranks (shard/expert_parallel.hpp; a dense model ignores it).
 struct parallel_context {
     std::uint32_t rank = 0;
     std::uint32_t world = 1;
+    expert_parallel experts{};
 };
 
 struct plan_options {
@@ -121,6 +124,12 @@ public:
                                          const model_config* config = nullptr);
 
     [[nodiscard]] parallel_context context() const noexcept { return ctx_; }
+    // The experts of each layer with experts (0: a dense model), and those this rank holds
+    // (ascending; a rank reads and allocates no other expert's tensors).
+    [[nodiscard]] std::uint64_t experts() const noexcept { return experts_; }
+    [[nodiscard]] std::span<const std::uint64_t> held_experts() const noexcept {
+        return held_experts_;
+    }
     [[nodiscard]] std::span<const plan_destination> destinations() const noexcept {
         return destinations_;
     }
@@ -196,6 +205,8 @@ private:
     }
 
     parallel_context ctx_{};
+    std::uint64_t experts_ = 0;
+    std::vector<std::uint64_t> held_experts_{};
     safeshard::device device_{};
     std::vector<plan_destination> destinations_{};
     std::vector<copy_op> ops_{};
@@ -212,7 +223,13 @@ class load_plan::builder {
 public:
     builder(load_plan& p, const checkpoint& ckpt, const schema& s, parallel_context ctx,
             const plan_options& o, const model_config* config)
-        : p_(p), ckpt_(ckpt), s_(s), ctx_(ctx), o_(o), config_(config) {}
+        : p_(p),
+          ckpt_(ckpt),
+          s_(s),
+          ctx_(ctx),
+          o_(o),
+          config_(config),
+          expert_rank_(expert_rank_of(ctx.rank, ctx.world, ctx.experts.ep)) {}
 
     // A quantized checkpoint is refused before anything else is decided.
     void refuse_quantized() const {
@@ -232,6 +249,8 @@ public:
     // The schema's parameters: loaded and created ones now, tied ones once their targets are.
     void add_parameters() {
         for (const parameter_meta& m : s_.parameters()) {
+            if (m.expert && !holds_expert(expert_rank_, *m.expert, s_.experts(), ctx_.experts))
+                continue;  // another expert group's: not read, not allocated
             if (m.tied())
                 tied_.push_back(&m);
             else if (m.created())
@@ -364,7 +383,25 @@ private:
                             error_context{.file = {}, .tensor = m.name});
             shapes.push_back(l.tensor.shape());
         }
-        return slice_parameter(m, shapes, ctx_.world, ctx_.rank);
+        return slice_parameter_at(m, shapes);
+    }
+
+    // An expert's parameter is cut by its expert group's ways at the rank's place in the
+    // group; every other parameter by the world at the rank.
+    [[nodiscard]] slice_result slice_parameter_at(const parameter_meta& m,
+                                                  std::span<const shape> shapes) const {
+        if (!m.expert) return slice_parameter(m, shapes, ctx_.world, ctx_.rank);
+        try {
+            return slice_parameter(m, shapes, expert_rank_.ways, expert_rank_.position);
+        } catch (const error& e) {
+            throw error(e.code(),
+                        e.message() + " (expert " + std::to_string(*m.expert) + " is cut the " +
+                            std::to_string(expert_rank_.ways) +
+                            " tensor-parallel ways of its expert group: world " +
+                            std::to_string(ctx_.world) + " over " +
+                            std::to_string(ctx_.experts.ep) + " expert groups)",
+                        error_context{.file = {}, .tensor = m.name});
+        }
     }
 
     // The destination a parameter's slice fills (dtype chosen and checked, bytes counted).
@@ -456,7 +493,7 @@ private:
 
     void add_created(const parameter_meta& m) {
         const shape global = created_shape(m);
-        const slice_result r = slice_or_throw(m.name, m.layout, global, ctx_.world, ctx_.rank);
+        const slice_result r = slice_parameter_at(m, std::span<const shape>(&global, 1));
         const dtype as =
             config_ && config_->checkpoint_dtype ? *config_->checkpoint_dtype : dtype::f32;
         // init values are computed in f32
@@ -475,6 +512,7 @@ private:
     parallel_context ctx_;
     const plan_options& o_;
     const model_config* config_;
+    expert_rank expert_rank_;
     std::unordered_map<std::string_view, std::uint32_t, detail::name_hash> index_{};
     std::vector<const parameter_meta*> tied_{};
     std::vector<std::string> missing_{};
@@ -491,9 +529,14 @@ inline load_plan load_plan::build(const checkpoint& ckpt, const schema& s, paral
     // A rank of an export holds that rank's cut already: any other rank is refused.
     if (const auto exported = read_export_metadata(ckpt))
         check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
+    check_expert_parallel(ctx.world, ctx.experts);
+    check_expert_count(s.experts(), ctx.experts);
     if (config) check_config(ckpt, *config, s.names()).throw_if_mismatch();
     load_plan p;
     p.ctx_ = ctx;
+    p.experts_ = s.experts();
+    p.held_experts_ = experts_of_group(expert_rank_of(ctx.rank, ctx.world, ctx.experts.ep).group,
+                                       s.experts(), ctx.experts);
     p.device_ = o.device;
     for (const auto& f : ckpt.files()) {
         p.files_.push_back(f.path);

@@ -14,6 +14,7 @@
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/shard/init.hpp"
+#include "safeshard/shard/layer_plan.hpp"
 #include "safeshard/shard/layout.hpp"
 #include "safeshard/shard/slice.hpp"
 
@@ -45,6 +46,7 @@ struct parameter_spec {
     init_spec init{};                            // created instead of loaded
     std::optional<dtype> dtype_override{};
     parameter_role role = parameter_role::other;  // "{i}" in the name makes it a layer
+    layer_rule layers = layer_rule::every;        // which layers a "{i}" entry applies to
 
     // Sources named (0 means "its own name").
     [[nodiscard]] constexpr std::size_t source_count() const noexcept {
@@ -54,6 +56,10 @@ struct parameter_spec {
     }
     [[nodiscard]] constexpr bool per_layer() const noexcept {
         return name.find("{i}") != std::string_view::npos;
+    }
+    // "{e}" in the name (and its sources): one parameter per expert of the layer.
+    [[nodiscard]] constexpr bool per_expert() const noexcept {
+        return name.find("{e}") != std::string_view::npos;
     }
 };
 
@@ -67,6 +73,7 @@ struct parameter_meta {
     std::optional<dtype> dtype_override{};
     parameter_role role = parameter_role::other;
     std::optional<std::uint64_t> layer{};
+    std::optional<std::uint64_t> expert{};  // an expert's parameter: which expert of its layer
 
     [[nodiscard]] bool tied() const noexcept { return !tied_to.empty(); }
     [[nodiscard]] bool created() const noexcept { return init.kind != init_kind::none; }

@@ -85,6 +85,9 @@ struct schema_options {
     bool lm_head = true;
     // Checkpoint names to ignore, besides the legacy "*rotary_emb.inv_freq" buffers.
     std::vector<std::string> ignore{};
+    // The multi-token prediction layers after num_hidden_layers (DeepSeek-V3's layer 61): loaded
+    // when set (by the last pipeline stage), else ignored with a note.
+    bool multi_token_prediction = false;
 };
 
 class schema {
@@ -163,6 +166,11 @@ public:
     [[nodiscard]] const name_map& names() const noexcept { return names_; }
     void set_names(name_map m) { names_ = std::move(m); }
 
+    // The experts of each layer that has them (0: a dense model); parameters with `expert`
+    // set name one of [0, experts()).
+    [[nodiscard]] std::uint64_t experts() const noexcept { return experts_; }
+    void set_experts(std::uint64_t n) noexcept { experts_ = n; }
+
     // Every checkpoint tensor is a replicated parameter of its own name.
     [[nodiscard]] static schema replicate_all(name_map names = {}) {
         schema s;
@@ -203,6 +211,7 @@ private:
     std::vector<std::string> notes_{};
     std::optional<safeshard::layout> fallback_{};
     name_map names_{};
+    std::uint64_t experts_ = 0;
 };
 
 // What identity_schema reads of each tensor: its name, and the tensor it is tied to (empty
@@ -261,12 +270,21 @@ template <class... Specs>
 }
 
 namespace detail {
-inline std::string expand_layer(std::string_view templ, std::uint64_t layer) {
+// The name with "{i}" replaced by the layer and "{e}" by the expert (when given).
+inline std::string expand_name(std::string_view templ, std::optional<std::uint64_t> layer,
+                               std::optional<std::uint64_t> expert = std::nullopt) {
     std::string s(templ);
-    const std::string idx = std::to_string(layer);
-    for (std::size_t pos = s.find("{i}"); pos != std::string::npos; pos = s.find("{i}", pos))
-        s.replace(pos, 3, idx);
+    auto put = [&](std::string_view key, std::uint64_t v) {
+        const std::string idx = std::to_string(v);
+        for (std::size_t pos = s.find(key); pos != std::string::npos; pos = s.find(key, pos))
+            s.replace(pos, key.size(), idx);
+    };
+    if (layer) put("{i}", *layer);
+    if (expert) put("{e}", *expert);
     return s;
+}
+inline std::string expand_layer(std::string_view templ, std::uint64_t layer) {
+    return expand_name(templ, layer);
 }
 
 inline bool stage_keeps(const parameter_spec& p, const schema_options& o) {
@@ -280,65 +298,82 @@ inline bool stage_keeps(const parameter_spec& p, const schema_options& o) {
     }
     return true;
 }
+
+// How many parameters a table expands to (overflow: validation_overflow). Layers are counted
+// one by one up to a million; beyond, every per-layer entry counts every layer (a bound).
+inline std::size_t expanded_count(std::span<const parameter_spec> specs, const layer_plan& plan) {
+    constexpr std::uint64_t counted = std::uint64_t{1} << 20;
+    auto layers_of = [&](layer_rule r) {
+        if (plan.total() > counted) return plan.total();
+        std::uint64_t n = 0;
+        for (std::uint64_t l = 0; l < plan.total(); ++l) n += plan.applies(r, l) ? 1 : 0;
+        return n;
+    };
+    std::uint64_t n = 0;
+    for (const auto& p : specs) {
+        std::uint64_t each = p.per_layer() ? layers_of(p.layers) : 1;
+        if ((p.per_expert() && mul_overflows(each, plan.experts, each)) ||
+            add_overflows(n, each, n) || n > std::numeric_limits<std::size_t>::max())
+            throw error(errc::validation_overflow,
+                        std::to_string(plan.layers) + " layers of " + std::to_string(specs.size()) +
+                            " parameter templates overflow the size of a schema");
+    }
+    return static_cast<std::size_t>(n);
+}
 }  // namespace detail
 
-// Expands a table for `layers` layers under the options: layer templates repeated for the
+// Expands a table for a model's layers under the options: layer templates repeated for the
 // stage's layers in order (embeddings first, then the layers, then what follows them in the
-// table), sources mapped to checkpoint names, ignore rules added. A tied parameter whose
+// table), each entry on the layers its layer_rule names, expert templates ("{e}") once per
+// expert, sources mapped to checkpoint names, ignore rules added. A tied parameter whose
 // target is outside the stage reads the target's sources instead (vLLM's last stage loads
-// the embedding into lm_head).
-[[nodiscard]] inline schema expand(std::span<const parameter_spec> specs, std::uint64_t layers,
+// the embedding into lm_head). The trailing layers (multi-token prediction) belong to the last
+// stage, and only with schema_options::multi_token_prediction; otherwise their tensors are
+// ignored with a note.
+[[nodiscard]] inline schema expand(std::span<const parameter_spec> specs, const layer_plan& plan,
                                    const schema_options& o = {}) {
+    const std::uint64_t layers = plan.layers;
     const std::uint64_t end = o.layer_end.value_or(layers);
     if (o.layer_begin > end || end > layers)
         throw error(errc::invalid_argument,
                     "layer range [" + std::to_string(o.layer_begin) + ", " + std::to_string(end) +
                         ") is not within the model's " + std::to_string(layers) + " layers");
-    std::uint64_t expected = 0;
-    for (const auto& p : specs)
-        if (add_overflows(expected, p.per_layer() ? end - o.layer_begin : 1, expected) ||
-            expected > std::numeric_limits<std::size_t>::max())
-            throw error(errc::validation_overflow,
-                        std::to_string(layers) + " layers of " + std::to_string(specs.size()) +
-                            " parameter templates overflow the size of a schema");
     schema s;
-    s.reserve(static_cast<std::size_t>(expected));
+    s.reserve(detail::expanded_count(specs, plan));
     s.set_names(o.names);
     s.ignore("*rotary_emb.inv_freq", "a legacy rotary buffer, not a parameter");
     for (const auto& pattern : o.ignore) s.ignore(pattern, "ignored by request");
 
-    const parameter_spec* by_name_begin = specs.data();
     auto spec_of = [&](std::string_view name) -> const parameter_spec* {
-        for (std::size_t i = 0; i < specs.size(); ++i)
-            if (by_name_begin[i].name == name) return &by_name_begin[i];
+        for (const auto& p : specs)
+            if (p.name == name) return &p;
         return nullptr;
     };
-    auto sources_of = [&](const parameter_spec& p, std::optional<std::uint64_t> layer) {
+    using index = std::optional<std::uint64_t>;
+    auto sources_of = [&](const parameter_spec& p, index layer, index expert) {
         std::vector<std::string> out;
         const std::size_t n = p.source_count();
-        if (n == 0) {
-            out.push_back(o.names.to_checkpoint(layer ? detail::expand_layer(p.name, *layer)
-                                                      : std::string(p.name)));
-        }
+        if (n == 0)
+            out.push_back(o.names.to_checkpoint(detail::expand_name(p.name, layer, expert)));
         for (std::size_t i = 0; i < n; ++i)
-            out.push_back(o.names.to_checkpoint(layer ? detail::expand_layer(p.sources[i], *layer)
-                                                      : std::string(p.sources[i])));
+            out.push_back(o.names.to_checkpoint(detail::expand_name(p.sources[i], layer, expert)));
         return out;
     };
-    auto emit = [&](const parameter_spec& p, std::optional<std::uint64_t> layer) {
+    auto emit = [&](const parameter_spec& p, index layer, index expert) {
         parameter_meta m;
-        m.name = layer ? detail::expand_layer(p.name, *layer) : std::string(p.name);
+        m.name = detail::expand_name(p.name, layer, expert);
         m.layout = p.layout;
         m.init = p.init;
         m.dtype_override = p.dtype_override;
         m.role = layer ? parameter_role::layer : p.role;
         m.layer = layer;
+        m.expert = expert;
         if (!p.tied_to.empty()) {
             const parameter_spec* target = spec_of(p.tied_to);
             if (target && detail::stage_keeps(*target, o)) {
                 m.tied_to = std::string(p.tied_to);
             } else if (target) {  // the target is not in this stage: read its tensor here
-                m.sources = sources_of(*target, std::nullopt);
+                m.sources = sources_of(*target, std::nullopt, std::nullopt);
                 s.note(m.name + " is tied to " + std::string(p.tied_to) +
                        ", which this stage does not load: it reads " + m.sources.front());
                 s.ignore(o.names.to_checkpoint(m.name), "tied to " + std::string(p.tied_to) +
@@ -351,16 +386,24 @@ inline bool stage_keeps(const parameter_spec& p, const schema_options& o) {
                 s.ignore(o.names.to_checkpoint(m.name),
                          "tied to " + m.tied_to + ": the stored copy is ignored");
         } else if (p.init.kind == init_kind::none) {
-            m.sources = sources_of(p, layer);
+            m.sources = sources_of(p, layer, expert);
         }
         s.add(std::move(m));
     };
-    auto skip = [&](const parameter_spec& p, std::optional<std::uint64_t> layer) {
+    auto skip = [&](const parameter_spec& p, index layer, index expert) {
         if (!p.tied_to.empty())  // a stored copy of a tied tensor is no error either
-            s.skip(o.names.to_checkpoint(layer ? detail::expand_layer(p.name, *layer)
-                                               : std::string(p.name)));
+            s.skip(o.names.to_checkpoint(detail::expand_name(p.name, layer, expert)));
         else if (p.init.kind == init_kind::none)
-            for (auto& name : sources_of(p, layer)) s.skip(std::move(name));
+            for (auto& name : sources_of(p, layer, expert)) s.skip(std::move(name));
+    };
+    // Each expert of a per-expert spec, or the spec once.
+    auto each_expert = [&](const parameter_spec& p, index layer, auto&& f) {
+        if (!p.per_expert()) return f(p, layer, std::nullopt);
+        for (std::uint64_t e = 0; e < plan.experts; ++e) f(p, layer, e);
+    };
+    auto whole = [&](const parameter_spec& p) {
+        detail::stage_keeps(p, o) ? emit(p, std::nullopt, std::nullopt)
+                                  : skip(p, std::nullopt, std::nullopt);
     };
 
     std::size_t first_layer = specs.size(), last_layer = 0;
@@ -369,28 +412,44 @@ inline bool stage_keeps(const parameter_spec& p, const schema_options& o) {
             first_layer = std::min(first_layer, i);
             last_layer = i;
         }
-    for (std::size_t i = 0; i < specs.size() && i < first_layer; ++i)
-        detail::stage_keeps(specs[i], o) ? emit(specs[i], std::nullopt)
-                                         : skip(specs[i], std::nullopt);
-    if (first_layer < specs.size()) {
-        for (std::uint64_t layer = 0; layer < layers; ++layer)
-            for (std::size_t i = first_layer; i <= last_layer; ++i) {
-                if (!specs[i].per_layer()) continue;
-                if (layer >= o.layer_begin && layer < end)
-                    emit(specs[i], layer);
-                else
-                    skip(specs[i], layer);
-            }
-        for (std::size_t i = first_layer; i <= last_layer; ++i)
-            if (!specs[i].per_layer())
-                detail::stage_keeps(specs[i], o) ? emit(specs[i], std::nullopt)
-                                                 : skip(specs[i], std::nullopt);
-        for (std::size_t i = last_layer + 1; i < specs.size(); ++i)
-            detail::stage_keeps(specs[i], o) ? emit(specs[i], std::nullopt)
-                                             : skip(specs[i], std::nullopt);
+    for (std::size_t i = 0; i < specs.size() && i < first_layer; ++i) whole(specs[i]);
+    if (first_layer == specs.size()) {
+        s.validate();
+        return s;
     }
+    const bool last_stage = end == layers;
+    for (std::uint64_t layer = 0; layer < plan.total(); ++layer) {
+        const bool trailing = plan.trailing(layer);
+        if (trailing && !o.multi_token_prediction) continue;  // ignored below
+        const bool in_stage = trailing ? last_stage : layer >= o.layer_begin && layer < end;
+        for (std::size_t i = first_layer; i <= last_layer; ++i) {
+            const parameter_spec& p = specs[i];
+            if (!p.per_layer() || !plan.applies(p.layers, layer)) continue;
+            if (in_stage)
+                each_expert(p, layer, emit);
+            else
+                each_expert(p, layer, skip);
+        }
+    }
+    if (plan.trailing_layers != 0 && !o.multi_token_prediction) {
+        const std::string_view first = specs[first_layer].name;
+        const std::string container(first.substr(0, first.find("{i}")));
+        for (std::uint64_t layer = layers; layer < plan.total(); ++layer)
+            s.ignore(o.names.to_checkpoint(container + std::to_string(layer) + ".*"),
+                     "a multi-token prediction layer (after num_hidden_layers): loaded with "
+                     "schema_options::multi_token_prediction");
+    }
+    for (std::size_t i = first_layer; i <= last_layer; ++i)
+        if (!specs[i].per_layer()) whole(specs[i]);
+    for (std::size_t i = last_layer + 1; i < specs.size(); ++i) whole(specs[i]);
     s.validate();
     return s;
+}
+
+// A table without layer rules or experts, for `layers` layers.
+[[nodiscard]] inline schema expand(std::span<const parameter_spec> specs, std::uint64_t layers,
+                                   const schema_options& o = {}) {
+    return expand(specs, layer_plan{.layers = layers}, o);
 }
 
 template <std::size_t N>

@@ -23,13 +23,30 @@ struct decoder_traits {
     bool sandwich_norms = false;  // gemma2: pre/post feed-forward norms
     bool fused_on_disk = false;   // phi3: qkv_proj and gate_up_proj stored fused
     bool tied_default = false;    // tie_word_embeddings when config.json does not say
+    // Mixtures of experts (the layers layer_plan::sparse names hold them).
+    bool experts = false;           // mlp.gate, mlp.experts.{e}.{gate,up,down}_proj
+    bool mixtral_experts = false;   // block_sparse_moe.gate, block_sparse_moe.experts.{e}.w1/w3/w2
+    bool shared_expert = false;     // qwen2_moe: mlp.shared_expert.*, mlp.shared_expert_gate
+    bool shared_experts = false;    // deepseek: mlp.shared_experts.*
+    bool score_correction = false;  // deepseek_v3: mlp.gate.e_score_correction_bias
+    bool latent_attention = false;  // deepseek: multi-head latent attention
+    bool multi_token_prediction = false;  // deepseek_v3: layers after num_hidden_layers
 
     [[nodiscard]] constexpr std::uint32_t features() const noexcept {
         return (qkv_bias ? feature_qkv_bias : 0u) | (qk_norm ? feature_qk_norm : 0u) |
                (sandwich_norms ? feature_sandwich_norms : 0u) |
-               (fused_on_disk ? feature_fused_on_disk : 0u);
+               (fused_on_disk ? feature_fused_on_disk : 0u) | (experts ? feature_experts : 0u) |
+               (mixtral_experts ? feature_mixtral_experts : 0u) |
+               (shared_expert ? feature_shared_expert : 0u) |
+               (shared_experts ? feature_shared_experts : 0u) |
+               (score_correction ? feature_score_correction : 0u) |
+               (latent_attention ? feature_latent_attention : 0u) |
+               (multi_token_prediction ? feature_multi_token_prediction : 0u);
     }
 };
+
+// The features that need experts in config.json.
+inline constexpr std::uint32_t expert_features = feature_experts | feature_mixtral_experts;
 
 namespace detail {
 inline constexpr layout decoder_gqa_template(gqa_part p) noexcept {
@@ -47,8 +64,50 @@ inline constexpr architecture_entry decoder_attention_entry(std::string_view nam
             .layout = decoder_gqa_template(p),
             .shape = s,
             .requires_features = requires_features,
-            .excludes_features = feature_fused_on_disk,
+            .excludes_features = feature_fused_on_disk | feature_latent_attention,
             .option = option_rule::separate_qkv};
+}
+// An expert's projection: split within its expert group (gate and up on dim 0, down on dim 1).
+inline constexpr architecture_entry expert_entry(std::string_view name, std::uint8_t dim,
+                                                 config_shape s, std::uint32_t requires_features) {
+    return {.name = name,
+            .layout = make_split(dim),
+            .shape = s,
+            .requires_features = requires_features,
+            .layers = layer_rule::sparse};
+}
+// A router or another replicated tensor of the layers with experts.
+inline constexpr architecture_entry sparse_replicated_entry(std::string_view name, config_shape s,
+                                                            std::uint32_t requires_features) {
+    return {.name = name,
+            .shape = s,
+            .requires_features = requires_features,
+            .layers = layer_rule::sparse};
+}
+// A latent-attention projection split in whole heads.
+inline constexpr architecture_entry mla_heads_entry(std::string_view name, std::uint8_t dim,
+                                                    config_shape s, std::uint32_t requires_features,
+                                                    std::uint32_t excludes_features = 0) {
+    return {.name = name,
+            .rule = layout_rule::heads,
+            .layout = make_split(dim),
+            .shape = s,
+            .requires_features = feature_latent_attention | requires_features,
+            .excludes_features = excludes_features};
+}
+inline constexpr architecture_entry mla_replicated_entry(std::string_view name, config_shape s,
+                                                         std::uint32_t requires_features = 0) {
+    return {.name = name,
+            .shape = s,
+            .requires_features = feature_latent_attention | requires_features};
+}
+inline constexpr architecture_entry trailing_entry(std::string_view name, layout_rule rule,
+                                                   config_shape s) {
+    return {.name = name,
+            .rule = rule,
+            .shape = s,
+            .requires_features = feature_multi_token_prediction,
+            .layers = layer_rule::trailing};
 }
 }  // namespace detail
 
@@ -73,7 +132,7 @@ inline constexpr std::array decoder_entries = {
                        .sources = {"model.layers.{i}.self_attn.q_proj.weight",
                                    "model.layers.{i}.self_attn.k_proj.weight",
                                    "model.layers.{i}.self_attn.v_proj.weight"},
-                       .excludes_features = feature_fused_on_disk,
+                       .excludes_features = feature_fused_on_disk | feature_latent_attention,
                        .option = option_rule::fuse_qkv},
     architecture_entry{.name = "model.layers.{i}.self_attn.qkv_proj.bias",
                        .rule = layout_rule::gqa_qkv,
@@ -83,7 +142,7 @@ inline constexpr std::array decoder_entries = {
                                    "model.layers.{i}.self_attn.k_proj.bias",
                                    "model.layers.{i}.self_attn.v_proj.bias"},
                        .requires_features = feature_qkv_bias,
-                       .excludes_features = feature_fused_on_disk,
+                       .excludes_features = feature_fused_on_disk | feature_latent_attention,
                        .option = option_rule::fuse_qkv},
     detail::decoder_attention_entry("model.layers.{i}.self_attn.q_proj.weight", gqa_part::q,
                                     dims(config_dim::q_rows, config_dim::hidden)),
@@ -99,7 +158,27 @@ inline constexpr std::array decoder_entries = {
                                     dims(config_dim::kv_rows), feature_qkv_bias),
     architecture_entry{.name = "model.layers.{i}.self_attn.o_proj.weight",
                        .rule = layout_rule::gqa_o,
-                       .shape = dims(config_dim::hidden, config_dim::q_rows)},
+                       .shape = dims(config_dim::hidden, config_dim::q_rows),
+                       .excludes_features = feature_latent_attention},
+    // Multi-head latent attention (DeepSeek-V2/V3): the low-rank projections and their norms
+    // replicated; q_b_proj (q_proj without q_lora_rank), kv_b_proj and o_proj in whole heads
+    // (vLLM's deepseek_v2.py: ReplicatedLinear, ColumnParallelLinear, RowParallelLinear).
+    detail::mla_replicated_entry("model.layers.{i}.self_attn.q_a_proj.weight",
+                                 dims(config_dim::q_lora, config_dim::hidden), feature_q_lora),
+    detail::mla_replicated_entry("model.layers.{i}.self_attn.q_a_layernorm.weight",
+                                 dims(config_dim::q_lora), feature_q_lora),
+    detail::mla_heads_entry("model.layers.{i}.self_attn.q_b_proj.weight", 0,
+                            dims(config_dim::mla_q_rows, config_dim::q_lora), feature_q_lora),
+    detail::mla_heads_entry("model.layers.{i}.self_attn.q_proj.weight", 0,
+                            dims(config_dim::mla_q_rows, config_dim::hidden), 0, feature_q_lora),
+    detail::mla_replicated_entry("model.layers.{i}.self_attn.kv_a_proj_with_mqa.weight",
+                                 dims(config_dim::kv_a_rows, config_dim::hidden)),
+    detail::mla_replicated_entry("model.layers.{i}.self_attn.kv_a_layernorm.weight",
+                                 dims(config_dim::kv_lora)),
+    detail::mla_heads_entry("model.layers.{i}.self_attn.kv_b_proj.weight", 0,
+                            dims(config_dim::mla_kv_b_rows, config_dim::kv_lora), 0),
+    detail::mla_heads_entry("model.layers.{i}.self_attn.o_proj.weight", 1,
+                            dims(config_dim::hidden, config_dim::mla_o_cols), 0),
     architecture_entry{.name = "model.layers.{i}.self_attn.q_norm.weight",
                        .requires_features = feature_qk_norm},
     architecture_entry{.name = "model.layers.{i}.self_attn.k_norm.weight",
@@ -115,7 +194,8 @@ inline constexpr std::array decoder_entries = {
     architecture_entry{.name = "model.layers.{i}.mlp.gate_up_proj.weight",
                        .rule = layout_rule::gate_up,
                        .shape = dims(config_dim::gate_up_rows, config_dim::hidden),
-                       .requires_features = feature_fused_on_disk},
+                       .requires_features = feature_fused_on_disk,
+                       .layers = layer_rule::dense},
     architecture_entry{
         .name = "model.layers.{i}.mlp.gate_up_proj.weight",
         .rule = layout_rule::gate_up,
@@ -123,19 +203,97 @@ inline constexpr std::array decoder_entries = {
         .role = parameter_role::layer,
         .sources = {"model.layers.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.up_proj.weight"},
         .excludes_features = feature_fused_on_disk,
-        .option = option_rule::fuse_gate_up},
+        .option = option_rule::fuse_gate_up,
+        .layers = layer_rule::dense},
     architecture_entry{.name = "model.layers.{i}.mlp.gate_proj.weight",
                        .layout = make_split(0),
                        .shape = dims(config_dim::intermediate, config_dim::hidden),
                        .excludes_features = feature_fused_on_disk,
-                       .option = option_rule::separate_gate_up},
+                       .option = option_rule::separate_gate_up,
+                       .layers = layer_rule::dense},
     architecture_entry{.name = "model.layers.{i}.mlp.up_proj.weight",
                        .layout = make_split(0),
                        .shape = dims(config_dim::intermediate, config_dim::hidden),
                        .excludes_features = feature_fused_on_disk,
-                       .option = option_rule::separate_gate_up},
-    detail::decoder_layer_entry("model.layers.{i}.mlp.down_proj.weight", make_split(1),
-                                dims(config_dim::hidden, config_dim::intermediate)),
+                       .option = option_rule::separate_gate_up,
+                       .layers = layer_rule::dense},
+    architecture_entry{.name = "model.layers.{i}.mlp.down_proj.weight",
+                       .layout = make_split(1),
+                       .shape = dims(config_dim::hidden, config_dim::intermediate),
+                       .layers = layer_rule::dense},
+    // Mixtures of experts, on the layers with experts: the router replicated, each expert's
+    // projections split within its expert group (shard/expert_parallel.hpp), shared experts
+    // split over the whole world as a dense MLP.
+    detail::sparse_replicated_entry("model.layers.{i}.mlp.gate.weight",
+                                    dims(config_dim::experts, config_dim::hidden), feature_experts),
+    detail::sparse_replicated_entry("model.layers.{i}.mlp.gate.e_score_correction_bias",
+                                    dims(config_dim::experts),
+                                    feature_experts | feature_score_correction),
+    detail::expert_entry("model.layers.{i}.mlp.experts.{e}.gate_proj.weight", 0,
+                         dims(config_dim::moe_intermediate, config_dim::hidden), feature_experts),
+    detail::expert_entry("model.layers.{i}.mlp.experts.{e}.up_proj.weight", 0,
+                         dims(config_dim::moe_intermediate, config_dim::hidden), feature_experts),
+    detail::expert_entry("model.layers.{i}.mlp.experts.{e}.down_proj.weight", 1,
+                         dims(config_dim::hidden, config_dim::moe_intermediate), feature_experts),
+    architecture_entry{.name = "model.layers.{i}.mlp.shared_expert.gate_proj.weight",
+                       .layout = make_split(0),
+                       .shape = dims(config_dim::shared_intermediate, config_dim::hidden),
+                       .requires_features = feature_shared_expert,
+                       .layers = layer_rule::sparse},
+    architecture_entry{.name = "model.layers.{i}.mlp.shared_expert.up_proj.weight",
+                       .layout = make_split(0),
+                       .shape = dims(config_dim::shared_intermediate, config_dim::hidden),
+                       .requires_features = feature_shared_expert,
+                       .layers = layer_rule::sparse},
+    architecture_entry{.name = "model.layers.{i}.mlp.shared_expert.down_proj.weight",
+                       .layout = make_split(1),
+                       .shape = dims(config_dim::hidden, config_dim::shared_intermediate),
+                       .requires_features = feature_shared_expert,
+                       .layers = layer_rule::sparse},
+    detail::sparse_replicated_entry("model.layers.{i}.mlp.shared_expert_gate.weight",
+                                    dims(config_dim::one, config_dim::hidden),
+                                    feature_shared_expert),
+    architecture_entry{.name = "model.layers.{i}.mlp.shared_experts.gate_proj.weight",
+                       .layout = make_split(0),
+                       .shape = dims(config_dim::shared_intermediate, config_dim::hidden),
+                       .requires_features = feature_shared_experts,
+                       .layers = layer_rule::sparse},
+    architecture_entry{.name = "model.layers.{i}.mlp.shared_experts.up_proj.weight",
+                       .layout = make_split(0),
+                       .shape = dims(config_dim::shared_intermediate, config_dim::hidden),
+                       .requires_features = feature_shared_experts,
+                       .layers = layer_rule::sparse},
+    architecture_entry{.name = "model.layers.{i}.mlp.shared_experts.down_proj.weight",
+                       .layout = make_split(1),
+                       .shape = dims(config_dim::hidden, config_dim::shared_intermediate),
+                       .requires_features = feature_shared_experts,
+                       .layers = layer_rule::sparse},
+    detail::sparse_replicated_entry("model.layers.{i}.block_sparse_moe.gate.weight",
+                                    dims(config_dim::experts, config_dim::hidden),
+                                    feature_mixtral_experts),
+    detail::expert_entry("model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight", 0,
+                         dims(config_dim::moe_intermediate, config_dim::hidden),
+                         feature_mixtral_experts),
+    detail::expert_entry("model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight", 0,
+                         dims(config_dim::moe_intermediate, config_dim::hidden),
+                         feature_mixtral_experts),
+    detail::expert_entry("model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight", 1,
+                         dims(config_dim::hidden, config_dim::moe_intermediate),
+                         feature_mixtral_experts),
+    // A multi-token prediction layer's own tensors (DeepSeek-V3's layer 61; vLLM's
+    // deepseek_mtp.py): its norms and input projection replicated, its embedding and head
+    // split on the vocabulary like the model's.
+    detail::trailing_entry("model.layers.{i}.enorm.weight", layout_rule::fixed,
+                           dims(config_dim::hidden)),
+    detail::trailing_entry("model.layers.{i}.hnorm.weight", layout_rule::fixed,
+                           dims(config_dim::hidden)),
+    detail::trailing_entry("model.layers.{i}.eh_proj.weight", layout_rule::fixed, {}),
+    detail::trailing_entry("model.layers.{i}.embed_tokens.weight", layout_rule::vocab,
+                           dims(config_dim::vocab, config_dim::hidden)),
+    detail::trailing_entry("model.layers.{i}.shared_head.norm.weight", layout_rule::fixed,
+                           dims(config_dim::hidden)),
+    detail::trailing_entry("model.layers.{i}.shared_head.head.weight", layout_rule::vocab,
+                           dims(config_dim::vocab, config_dim::hidden)),
     architecture_entry{.name = "model.norm.weight",
                        .shape = dims(config_dim::hidden),
                        .role = parameter_role::final_norm},
@@ -152,15 +310,17 @@ inline constexpr std::array decoder_entries = {
     return {model_type, decoder_entries, t.features(), t.tied_default};
 }
 
-// config.json's sizes, defaults applied and checked.
-[[nodiscard]] inline decoder_dims resolve_dims(const model_config& c, bool tied_default) {
+// config.json's sizes, defaults applied and checked; `features`: what the architecture has
+// (the expert and latent-attention fields are required where it has them).
+[[nodiscard]] inline decoder_dims resolve_dims(const model_config& c, bool tied_default,
+                                               std::uint32_t features = 0) {
     auto need = [&](std::uint64_t v, const char* field) {
         if (v == 0)
             throw error(errc::invalid_config, "config.json of model_type '" + c.model_type +
                                                   "' lacks " + field + " (or it is 0)");
         return v;
     };
-    decoder_dims d;
+    decoder_dims d = sizes_of(c);
     d.layers = need(c.num_hidden_layers, "num_hidden_layers");
     d.hidden = need(c.hidden_size, "hidden_size");
     d.intermediate = need(c.intermediate_size, "intermediate_size");
@@ -181,15 +341,50 @@ inline constexpr std::array decoder_entries = {
         d.head_dim = d.hidden / d.heads;
     }
     d.tied = c.tie_word_embeddings.value_or(tied_default);
+    if ((features & expert_features) != 0)
+        d.experts = need(c.num_experts,
+                         "the expert count (num_local_experts, num_experts or "
+                         "n_routed_experts)");
+    else
+        d.experts = 0;
+    if ((features & (feature_shared_expert | feature_shared_experts)) != 0 &&
+        d.shared_intermediate == 0)
+        need(0, (features & feature_shared_expert) != 0
+                    ? "shared_expert_intermediate_size"
+                    : "n_shared_experts (or n_shared_experts × moe_intermediate_size overflows)");
+    if ((features & feature_latent_attention) != 0) {
+        need(c.kv_lora_rank, "kv_lora_rank");
+        need(c.qk_nope_head_dim, "qk_nope_head_dim");
+        need(c.qk_rope_head_dim, "qk_rope_head_dim");
+        need(c.v_head_dim, "v_head_dim");
+    }
     return d;
+}
+
+// config.json's layer structure for a table: which layers hold experts, how many
+// multi-token prediction layers follow.
+[[nodiscard]] inline layer_plan layer_plan_of(const architecture_table& t, const decoder_dims& d,
+                                              const model_config& c) {
+    layer_plan p;
+    p.layers = d.layers;
+    p.experts = d.experts;
+    p.first_k_dense_replace = c.first_k_dense_replace;
+    p.decoder_sparse_step = c.decoder_sparse_step;
+    p.moe_layer_freq = c.moe_layer_freq;
+    p.mlp_only_layers = c.mlp_only_layers;
+    p.trailing_layers =
+        (t.features & feature_multi_token_prediction) != 0 ? c.num_nextn_predict_layers : 0;
+    return p;
 }
 
 // The run-time schema of an architecture's table for config.json.
 [[nodiscard]] inline schema schema_of(const architecture_table& t, const model_config& c,
                                       const schema_options& o) {
-    const decoder_dims d = resolve_dims(c, t.tied_default);
+    const decoder_dims d = resolve_dims(c, t.tied_default, t.features);
     const std::vector<parameter_spec> specs = specs_of(t, d, layout_options_of(o));
-    return expand(specs, d.layers, o);
+    schema s = expand(specs, layer_plan_of(t, d, c), o);
+    s.set_experts(d.experts);
+    return s;
 }
 
 // The parameter table of a decoder under the options (names as Hugging Face writes them).

@@ -11,8 +11,10 @@
 
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
+#include "safeshard/shard/architectures/deepseek.hpp"
 #include "safeshard/shard/architectures/gemma.hpp"
 #include "safeshard/shard/architectures/llama.hpp"
+#include "safeshard/shard/architectures/mixtral.hpp"
 #include "safeshard/shard/architectures/phi3.hpp"
 #include "safeshard/shard/architectures/qwen.hpp"
 #include "safeshard/shard/schema.hpp"
@@ -23,14 +25,18 @@ using architecture_builder = std::function<schema(const model_config&, const sch
 
 // The built-in architectures' tables.
 inline constexpr std::array builtin_architectures = {
-    llama_table, mistral_table, qwen2_table, qwen3_table, gemma_table, gemma2_table, phi3_table,
+    llama_table,       mistral_table,     qwen2_table,   qwen3_table,     gemma_table,
+    gemma2_table,      phi3_table,        mixtral_table, qwen2_moe_table, qwen3_moe_table,
+    deepseek_v2_table, deepseek_v3_table, kimi_k2_table,
 };
 
 // A plain value (not synchronised); the process-wide one is reached through the locked
 // free functions below.
 class architecture_registry {
 public:
-    // llama, mistral, qwen2, qwen3, gemma, gemma2, phi3: builtin_architectures.
+    // builtin_architectures: the dense decoders (llama, mistral, qwen2, qwen3, gemma, gemma2,
+    // phi3) and the mixtures of experts (mixtral, qwen2_moe, qwen3_moe, deepseek_v2,
+    // deepseek_v3, kimi_k2).
     [[nodiscard]] static architecture_registry with_builtins() {
         architecture_registry r;
         for (const architecture_table& t : builtin_architectures) r.add(t);

@@ -23,30 +23,73 @@
 
 namespace safeshard {
 
-// config.json's sizes as plain numbers, 0 where config.json does not give one.
-struct config_sizes {
+// config.json's sizes as plain numbers (defaults applied by resolve_dims), 0 where config.json
+// does not give one.
+struct decoder_dims {
+    std::uint64_t layers = 0;
     std::uint64_t hidden = 0;
     std::uint64_t intermediate = 0;
     std::uint64_t heads = 0;
     std::uint64_t kv_heads = 0;
     std::uint64_t head_dim = 0;
     std::uint64_t vocab = 0;
+    bool tied = false;
+    // A mixture of experts.
+    std::uint64_t experts = 0;
+    std::uint64_t moe_intermediate = 0;     // an expert's intermediate size
+    std::uint64_t shared_intermediate = 0;  // the shared expert's (all shared experts fused)
+    // Multi-head latent attention.
+    std::uint64_t q_lora_rank = 0;  // 0: q_proj, no q_a_proj / q_b_proj
+    std::uint64_t kv_lora_rank = 0;
+    std::uint64_t qk_nope_head_dim = 0;
+    std::uint64_t qk_rope_head_dim = 0;
+    std::uint64_t v_head_dim = 0;
 };
 
-[[nodiscard]] inline config_sizes sizes_of(const model_config& c) noexcept {
-    return {c.hidden_size,         c.intermediate_size, c.num_attention_heads,
-            c.num_key_value_heads, c.head_dim,          c.vocab_size};
+// config.json's numbers as they are (no defaults): the shapes they imply are checked before a
+// schema is built.
+[[nodiscard]] inline decoder_dims sizes_of(const model_config& c) noexcept {
+    decoder_dims d;
+    d.layers = c.num_hidden_layers;
+    d.hidden = c.hidden_size;
+    d.intermediate = c.intermediate_size;
+    d.heads = c.num_attention_heads;
+    d.kv_heads = c.num_key_value_heads;
+    d.head_dim = c.head_dim;
+    d.vocab = c.vocab_size;
+    d.experts = c.num_experts;
+    d.moe_intermediate = c.moe_intermediate_size ? c.moe_intermediate_size : c.intermediate_size;
+    d.shared_intermediate = c.shared_expert_intermediate_size;
+    if (d.shared_intermediate == 0 && c.n_shared_experts != 0 &&
+        mul_overflows(c.n_shared_experts, d.moe_intermediate, d.shared_intermediate))
+        d.shared_intermediate = 0;
+    d.q_lora_rank = c.q_lora_rank.value_or(0);
+    d.kv_lora_rank = c.kv_lora_rank;
+    d.qk_nope_head_dim = c.qk_nope_head_dim;
+    d.qk_rope_head_dim = c.qk_rope_head_dim;
+    d.v_head_dim = c.v_head_dim;
+    return d;
 }
 
 // One dimension of a parameter's global shape, in config.json's terms.
 enum class config_dim : std::uint8_t {
-    hidden,        // hidden_size
-    vocab,         // vocab_size
-    intermediate,  // intermediate_size
-    q_rows,        // num_attention_heads × head_dim
-    kv_rows,       // num_key_value_heads × head_dim
-    qkv_rows,      // (num_attention_heads + 2 × num_key_value_heads) × head_dim
-    gate_up_rows,  // 2 × intermediate_size
+    hidden,               // hidden_size
+    vocab,                // vocab_size
+    intermediate,         // intermediate_size
+    q_rows,               // num_attention_heads × head_dim
+    kv_rows,              // num_key_value_heads × head_dim
+    qkv_rows,             // (num_attention_heads + 2 × num_key_value_heads) × head_dim
+    gate_up_rows,         // 2 × intermediate_size
+    experts,              // the experts (a router's rows)
+    moe_intermediate,     // an expert's intermediate size
+    shared_intermediate,  // the shared expert's
+    one,                  // 1 (a gate of one output)
+    q_lora,               // q_lora_rank
+    kv_lora,              // kv_lora_rank
+    kv_a_rows,            // kv_lora_rank + qk_rope_head_dim
+    mla_q_rows,           // num_attention_heads × (qk_nope_head_dim + qk_rope_head_dim)
+    mla_kv_b_rows,        // num_attention_heads × (qk_nope_head_dim + v_head_dim)
+    mla_o_cols,           // num_attention_heads × v_head_dim
 };
 
 // The config.json fields a dimension follows from, as a message names them.
@@ -60,6 +103,19 @@ enum class config_dim : std::uint8_t {
         case config_dim::qkv_rows:
             return "(num_attention_heads + 2 × num_key_value_heads) × head_dim";
         case config_dim::gate_up_rows: return "2 × intermediate_size";
+        case config_dim::experts: return "num_experts";
+        case config_dim::moe_intermediate: return "moe_intermediate_size";
+        case config_dim::shared_intermediate:
+            return "shared_expert_intermediate_size (n_shared_experts × moe_intermediate_size)";
+        case config_dim::one: return "1";
+        case config_dim::q_lora: return "q_lora_rank";
+        case config_dim::kv_lora: return "kv_lora_rank";
+        case config_dim::kv_a_rows: return "kv_lora_rank + qk_rope_head_dim";
+        case config_dim::mla_q_rows:
+            return "num_attention_heads × (qk_nope_head_dim + qk_rope_head_dim)";
+        case config_dim::mla_kv_b_rows:
+            return "num_attention_heads × (qk_nope_head_dim + v_head_dim)";
+        case config_dim::mla_o_cols: return "num_attention_heads × v_head_dim";
     }
     return "?";
 }
@@ -74,10 +130,18 @@ struct implied_dim {
     friend constexpr bool operator==(const implied_dim&, const implied_dim&) = default;
 };
 
-[[nodiscard]] constexpr implied_dim implied(config_dim d, const config_sizes& c) noexcept {
+[[nodiscard]] constexpr implied_dim implied(config_dim d, const decoder_dims& c) noexcept {
     implied_dim r{0, fields_of(d), false};
     auto product = [&](std::uint64_t a, std::uint64_t b) {
         if (a && b) r.overflows = mul_overflows(a, b, r.size);
+    };
+    auto sum = [&](std::uint64_t a, std::uint64_t b) {
+        if (a && b) r.overflows = add_overflows(a, b, r.size);
+    };
+    auto heads_times_sum = [&](std::uint64_t a, std::uint64_t b) {
+        std::uint64_t per = 0;
+        if (c.heads && a && b)
+            r.overflows = add_overflows(a, b, per) || mul_overflows(c.heads, per, r.size);
     };
     switch (d) {
         case config_dim::hidden: r.size = c.hidden; break;
@@ -94,6 +158,16 @@ struct implied_dim {
             break;
         }
         case config_dim::gate_up_rows: product(c.intermediate, 2); break;
+        case config_dim::experts: r.size = c.experts; break;
+        case config_dim::moe_intermediate: r.size = c.moe_intermediate; break;
+        case config_dim::shared_intermediate: r.size = c.shared_intermediate; break;
+        case config_dim::one: r.size = 1; break;
+        case config_dim::q_lora: r.size = c.q_lora_rank; break;
+        case config_dim::kv_lora: r.size = c.kv_lora_rank; break;
+        case config_dim::kv_a_rows: sum(c.kv_lora_rank, c.qk_rope_head_dim); break;
+        case config_dim::mla_q_rows: heads_times_sum(c.qk_nope_head_dim, c.qk_rope_head_dim); break;
+        case config_dim::mla_kv_b_rows: heads_times_sum(c.qk_nope_head_dim, c.v_head_dim); break;
+        case config_dim::mla_o_cols: product(c.heads, c.v_head_dim); break;
     }
     return r;
 }
@@ -121,6 +195,7 @@ enum class layout_rule : std::uint8_t {
     gqa_qkv,  // gqa_qkv of the entry's part: heads, KV heads, head_dim, KV convention
     gqa_o,    // o_proj's input dim over the same heads
     gate_up,  // fused<0> of two intermediate_size parts
+    heads,    // split<d> in whole attention heads: a unit of extent(d) / num_attention_heads
 };
 
 // What of the architecture an entry requires or excludes (decoder_traits' flags).
@@ -129,7 +204,20 @@ enum feature : std::uint32_t {
     feature_qk_norm = 1u << 1,
     feature_sandwich_norms = 1u << 2,
     feature_fused_on_disk = 1u << 3,
+    feature_experts = 1u << 4,           // mlp.gate and mlp.experts.{e}.{gate,up,down}_proj
+    feature_mixtral_experts = 1u << 5,   // block_sparse_moe.gate and .experts.{e}.w1/w3/w2
+    feature_shared_expert = 1u << 6,     // qwen2_moe: mlp.shared_expert.*, shared_expert_gate
+    feature_shared_experts = 1u << 7,    // deepseek: mlp.shared_experts.*
+    feature_score_correction = 1u << 8,  // deepseek_v3: mlp.gate.e_score_correction_bias
+    feature_latent_attention = 1u << 9,  // deepseek: MLA instead of q/k/v/o
+    feature_q_lora = 1u << 10,           // config.json: q_lora_rank given (q_a_proj, q_b_proj)
+    feature_multi_token_prediction = 1u << 11,  // deepseek: enorm, hnorm, eh_proj, shared_head
 };
+
+// The features config.json switches on beside the table's: feature_q_lora.
+[[nodiscard]] constexpr std::uint32_t config_features(const decoder_dims& d) noexcept {
+    return d.q_lora_rank != 0 ? feature_q_lora : 0u;
+}
 
 // Which schema options an entry applies under.
 enum class option_rule : std::uint8_t {
@@ -138,41 +226,6 @@ enum class option_rule : std::uint8_t {
     separate_qkv,      // not fuse_qkv
     fuse_gate_up,      // schema_options::fuse_gate_up
     separate_gate_up,  // not fuse_gate_up
-};
-
-// Which layers a per-layer entry ("{i}") applies to.
-enum class layer_rule : std::uint8_t {
-    every,     // every decoder layer
-    dense,     // the layers with a dense MLP (see layer_plan::sparse)
-    sparse,    // the layers with experts
-    trailing,  // extra layers after num_hidden_layers (multi-token prediction modules)
-};
-
-// config.json's layer structure: which layers are dense, which have experts, how many extra
-// layers follow the decoder's.
-struct layer_plan {
-    std::uint64_t layers = 0;                          // num_hidden_layers
-    std::uint64_t experts = 0;                         // 0: a dense model
-    std::uint64_t first_k_dense_replace = 0;           // the first k layers are dense
-    std::uint64_t decoder_sparse_step = 1;             // every step-th layer has experts
-    std::span<const std::uint64_t> mlp_only_layers{};  // dense whatever the rest says
-    std::uint64_t trailing_layers = 0;                 // after num_hidden_layers
-
-    [[nodiscard]] constexpr bool sparse(std::uint64_t layer) const noexcept {
-        if (experts == 0 || layer < first_k_dense_replace || layer >= layers) return false;
-        for (const std::uint64_t l : mlp_only_layers)
-            if (l == layer) return false;
-        return decoder_sparse_step <= 1 || (layer + 1) % decoder_sparse_step == 0;
-    }
-    [[nodiscard]] constexpr bool applies(layer_rule r, std::uint64_t layer) const noexcept {
-        switch (r) {
-            case layer_rule::every: return layer < layers;
-            case layer_rule::dense: return layer < layers && !sparse(layer);
-            case layer_rule::sparse: return sparse(layer);
-            case layer_rule::trailing: return layer >= layers && layer - layers < trailing_layers;
-        }
-        return false;
-    }
 };
 
 // One entry of an architecture's table.
@@ -210,22 +263,6 @@ struct layout_options {
     return {o.kv, o.kv_multiplier, o.vocab_multiple, o.fuse_qkv, o.fuse_gate_up};
 }
 
-// config.json's sizes, defaults applied and checked.
-struct decoder_dims {
-    std::uint64_t layers = 0;
-    std::uint64_t hidden = 0;
-    std::uint64_t intermediate = 0;
-    std::uint64_t heads = 0;
-    std::uint64_t kv_heads = 0;
-    std::uint64_t head_dim = 0;
-    std::uint64_t vocab = 0;
-    bool tied = false;
-};
-
-[[nodiscard]] constexpr config_sizes sizes_of(const decoder_dims& d) noexcept {
-    return {d.hidden, d.intermediate, d.heads, d.kv_heads, d.head_dim, d.vocab};
-}
-
 // The entry's layout for these sizes and options.
 [[nodiscard]] constexpr layout layout_of(const architecture_entry& e, const decoder_dims& d,
                                          const layout_options& o) noexcept {
@@ -241,6 +278,12 @@ struct decoder_dims {
             const std::uint64_t parts[] = {d.intermediate, d.intermediate};
             return make_fused(0, parts, 2);
         }
+        case layout_rule::heads: {
+            const std::uint64_t extent =
+                e.layout.dim < e.shape.rank ? implied(e.shape.dims[e.layout.dim], d).size : 0;
+            return make_split(e.layout.dim,
+                              d.heads && extent % d.heads == 0 ? extent / d.heads : 0);
+        }
     }
     return e.layout;
 }
@@ -248,7 +291,7 @@ struct decoder_dims {
 // The entry's global shape for these sizes (dimensions config.json does not give are 0);
 // nullopt when it implies none or a product overflows.
 [[nodiscard]] constexpr std::optional<shape> global_shape(const architecture_entry& e,
-                                                          const config_sizes& c) noexcept {
+                                                          const decoder_dims& c) noexcept {
     if (e.shape.rank == 0) return std::nullopt;
     shape s;
     for (std::size_t k = 0; k < e.shape.rank; ++k) {
@@ -290,11 +333,13 @@ struct architecture_table {
         return nullptr;
     }
 
-    // Whether an entry is one of this architecture's parameters under the options.
-    [[nodiscard]] constexpr bool selects(const architecture_entry& e,
-                                         const layout_options& o) const noexcept {
-        if ((e.requires_features & features) != e.requires_features) return false;
-        if ((e.excludes_features & features) != 0) return false;
+    // Whether an entry is one of this architecture's parameters under the options, with the
+    // features config.json switches on (`more`: feature_q_lora) beside the table's own.
+    [[nodiscard]] constexpr bool selects(const architecture_entry& e, const layout_options& o,
+                                         std::uint32_t more = 0) const noexcept {
+        const std::uint32_t have = features | more;
+        if ((e.requires_features & have) != e.requires_features) return false;
+        if ((e.excludes_features & have) != 0) return false;
         switch (e.option) {
             case option_rule::always: return true;
             case option_rule::fuse_qkv: return o.fuse_qkv;
@@ -306,43 +351,48 @@ struct architecture_table {
     }
 
     // The shape config.json implies for a checkpoint tensor (name without the checkpoint
-    // prefix): the first entry of the table whose pattern matches, whatever the features and
-    // options (a tensor of any variant of the family is checked); empty where it implies none.
-    // `generic`: the embeddings and lm_head only.
+    // prefix): the first entry whose pattern matches among those the table's features (and
+    // config.json's, see config_features) select, else among all (a tensor of any variant of
+    // the family is checked); empty where it implies none. `generic`: the embeddings and
+    // lm_head only.
     [[nodiscard]] std::vector<implied_dim> implied_shape(std::string_view name,
-                                                         const config_sizes& c,
+                                                         const decoder_dims& c,
                                                          bool generic = false) const {
+        const std::uint32_t have = features | config_features(c);
+        const architecture_entry* found = nullptr;
         for (const auto& e : entries) {
             if (generic && e.role != parameter_role::embedding && e.role != parameter_role::lm_head)
                 continue;
             if (!matches(e.name, name)) continue;
-            std::vector<implied_dim> v;
-            for (std::size_t k = 0; k < e.shape.rank; ++k) v.push_back(implied(e.shape.dims[k], c));
-            return v;
+            const bool own = (e.requires_features & have) == e.requires_features &&
+                             (e.excludes_features & have) == 0;
+            if (own) {
+                found = &e;
+                break;
+            }
+            if (found == nullptr) found = &e;
         }
-        return {};
+        if (found == nullptr) return {};
+        std::vector<implied_dim> v;
+        for (std::size_t k = 0; k < found->shape.rank; ++k)
+            v.push_back(implied(found->shape.dims[k], c));
+        return v;
     }
 };
 
 // The parameter table of an architecture for these sizes and options (names are views of the
-// table's literals). Layer-dependent and per-expert entries wait for the issues that expand
-// them: an architecture using one is refused here.
+// table's literals; "{i}" and "{e}" left for the schema's expansion).
 [[nodiscard]] inline std::vector<parameter_spec> specs_of(const architecture_table& t,
                                                           const decoder_dims& d,
                                                           const layout_options& o) {
     std::vector<parameter_spec> v;
     for (const architecture_entry& e : t.entries) {
-        if (!t.selects(e, o)) continue;
-        if (e.layers != layer_rule::every || e.per_expert())
-            throw error(errc::invalid_argument,
-                        "architecture '" + std::string(t.model_type) + "': parameter '" +
-                            std::string(e.name) +
-                            "' applies to some layers or experts only, which no schema expands "
-                            "yet");
+        if (!t.selects(e, o, config_features(d))) continue;
         parameter_spec p;
         p.name = e.name;
         p.layout = layout_of(e, d, o);
         p.role = e.role;
+        p.layers = e.layers;
         for (std::size_t i = 0; i < max_sources; ++i) p.sources[i] = e.sources[i];
         if (d.tied) p.tied_to = e.tied_to;
         v.push_back(p);
