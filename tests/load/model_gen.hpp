@@ -107,22 +107,21 @@ inline std::string config_json(const model_spec& m) {
            ",\"torch_dtype\":\"bfloat16\"}";
 }
 
-// Writes config.json, `m.shards` shards (names spread round-robin) and the index; extra
-// tensors (name -> tensor) join the last shard.
-inline void write_checkpoint(const std::filesystem::path& dir, const model_spec& m,
+// Writes `config` as config.json, `shards` shards (names spread round-robin, each with
+// `prefix`) and the index.
+inline void write_checkpoint(const std::filesystem::path& dir, const std::string& config,
+                             std::uint32_t shards, const std::string& prefix,
                              const std::map<std::string, source_tensor>& tensors) {
-    write_text(dir / "config.json", config_json(m));
-    std::vector<std::vector<const std::pair<const std::string, source_tensor>*>> per(m.shards);
+    write_text(dir / "config.json", config);
+    std::vector<std::vector<const std::pair<const std::string, source_tensor>*>> per(shards);
     std::size_t i = 0;
-    for (const auto& kv : tensors) per[i++ % m.shards].push_back(&kv);
+    for (const auto& kv : tensors) per[i++ % shards].push_back(&kv);
     std::string weight_map;
-    const auto nn = std::to_string(m.shards);
-    std::vector<std::string> names;  // tensor_data borrows names
-    for (std::uint32_t s = 0; s < m.shards; ++s) {
+    for (std::uint32_t s = 0; s < shards; ++s) {
         char file[64];
-        std::snprintf(file, sizeof file, "model-%05u-of-%05u.safetensors", s + 1, m.shards);
+        std::snprintf(file, sizeof file, "model-%05u-of-%05u.safetensors", s + 1, shards);
         std::vector<std::string> full;
-        for (const auto* kv : per[s]) full.push_back(m.prefix + kv->first);
+        for (const auto* kv : per[s]) full.push_back(prefix + kv->first);
         std::vector<tensor_data> data;
         for (std::size_t k = 0; k < per[s].size(); ++k) {
             const source_tensor& t = per[s][k]->second;
@@ -135,6 +134,12 @@ inline void write_checkpoint(const std::filesystem::path& dir, const model_spec&
     }
     write_text(dir / "model.safetensors.index.json",
                "{\"metadata\":{},\"weight_map\":{" + weight_map + "}}");
+}
+
+// Writes config.json, `m.shards` shards (names spread round-robin) and the index.
+inline void write_checkpoint(const std::filesystem::path& dir, const model_spec& m,
+                             const std::map<std::string, source_tensor>& tensors) {
+    write_checkpoint(dir, config_json(m), m.shards, m.prefix, tensors);
 }
 
 // ---- expected slices, from the definitions ----

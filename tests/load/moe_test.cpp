@@ -1,0 +1,404 @@
+// Mixtures of experts: plan and load of small random checkpoints with the real names of each
+// family (mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3), every rank of worlds 1-8
+// under ep 1, 2 and world, both placements, compared with slices computed here from the
+// definitions (issue text and vLLM's determine_expert_map), not with the library's algebra.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "../support/expect_error.hpp"
+#include "model_gen.hpp"
+#include "safeshard/load/host_engine.hpp"
+#include "safeshard/load/loader.hpp"
+#include "safeshard/load/plan.hpp"
+
+using namespace safeshard;
+using namespace safeshard::test;
+
+namespace {
+
+// The sizes of a small mixture; every split below divides among 8 ranks.
+struct moe_model {
+    std::string type;
+    std::uint64_t layers = 3, hidden = 16, heads = 8, kv_heads = 2, head_dim = 4, vocab = 40;
+    std::uint64_t intermediate = 32;      // dense layers
+    std::uint64_t experts = 6;            // not a multiple of 4: linear placement is uneven
+    std::uint64_t moe_intermediate = 16;  // per expert
+    std::uint64_t shared = 16;            // the shared expert(s)
+    // deepseek: MLA and the layer rules
+    std::uint64_t q_lora = 12, kv_lora = 8, nope = 4, rope = 2, v = 4;
+    std::uint64_t first_k_dense = 1, mtp = 1;
+    bool q_lora_given = true;
+    std::vector<std::uint64_t> mlp_only{};  // qwen: dense layers
+
+    [[nodiscard]] bool deepseek() const { return type.starts_with("deepseek"); }
+    [[nodiscard]] bool qwen() const { return type.starts_with("qwen"); }
+    [[nodiscard]] bool sparse(std::uint64_t l) const {
+        if (l >= layers) return true;  // a multi-token prediction layer
+        if (deepseek()) return l >= first_k_dense;
+        return std::find(mlp_only.begin(), mlp_only.end(), l) == mlp_only.end();
+    }
+};
+
+std::string config_of(const moe_model& m) {
+    std::string c = "{\"model_type\":\"" + m.type +
+                    "\",\"hidden_size\":" + std::to_string(m.hidden) +
+                    ",\"intermediate_size\":" + std::to_string(m.intermediate) +
+                    ",\"num_hidden_layers\":" + std::to_string(m.layers) +
+                    ",\"num_attention_heads\":" + std::to_string(m.heads) +
+                    ",\"vocab_size\":" + std::to_string(m.vocab) +
+                    ",\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\"";
+    if (m.type == "mixtral") {
+        c += ",\"num_key_value_heads\":" + std::to_string(m.kv_heads) +
+             ",\"head_dim\":" + std::to_string(m.head_dim) +
+             ",\"num_local_experts\":" + std::to_string(m.experts);
+        // Mixtral's experts are intermediate_size wide.
+        c.replace(c.find("\"intermediate_size\":" + std::to_string(m.intermediate)),
+                  std::string("\"intermediate_size\":" + std::to_string(m.intermediate)).size(),
+                  "\"intermediate_size\":" + std::to_string(m.moe_intermediate));
+    } else if (m.qwen()) {
+        c += ",\"num_key_value_heads\":" + std::to_string(m.kv_heads) +
+             ",\"head_dim\":" + std::to_string(m.head_dim) +
+             ",\"num_experts\":" + std::to_string(m.experts) +
+             ",\"moe_intermediate_size\":" + std::to_string(m.moe_intermediate) +
+             ",\"decoder_sparse_step\":1,\"mlp_only_layers\":[";
+        for (std::size_t i = 0; i < m.mlp_only.size(); ++i)
+            c += (i ? "," : "") + std::to_string(m.mlp_only[i]);
+        c += "]";
+        if (m.type == "qwen2_moe")
+            c += ",\"shared_expert_intermediate_size\":" + std::to_string(m.shared);
+    } else {
+        c += ",\"num_key_value_heads\":" + std::to_string(m.heads) +
+             ",\"n_routed_experts\":" + std::to_string(m.experts) +
+             ",\"moe_intermediate_size\":" + std::to_string(m.moe_intermediate) +
+             ",\"n_shared_experts\":" + std::to_string(m.shared / m.moe_intermediate) +
+             ",\"first_k_dense_replace\":" + std::to_string(m.first_k_dense) +
+             ",\"moe_layer_freq\":1,\"q_lora_rank\":" +
+             (m.q_lora_given ? std::to_string(m.q_lora) : std::string("null")) +
+             ",\"kv_lora_rank\":" + std::to_string(m.kv_lora) +
+             ",\"qk_nope_head_dim\":" + std::to_string(m.nope) +
+             ",\"qk_rope_head_dim\":" + std::to_string(m.rope) +
+             ",\"v_head_dim\":" + std::to_string(m.v) +
+             ",\"num_nextn_predict_layers\":" + std::to_string(m.type == "deepseek_v3" ? m.mtp : 0);
+    }
+    return c + "}";
+}
+
+// The tensors by the names of the published checkpoints (tests/data/moe/README.md).
+std::map<std::string, source_tensor> tensors_of(const moe_model& m) {
+    std::mt19937_64 rng(7);
+    std::map<std::string, source_tensor> t;
+    const std::uint64_t h = m.hidden, E = m.experts, I = m.moe_intermediate;
+    t["model.embed_tokens.weight"] = random_tensor({m.vocab, h}, rng);
+    t["model.norm.weight"] = random_tensor({h}, rng);
+    t["lm_head.weight"] = random_tensor({m.vocab, h}, rng);
+    const std::uint64_t total = m.layers + (m.type == "deepseek_v3" ? m.mtp : 0);
+    for (std::uint64_t l = 0; l < total; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        t[p + "input_layernorm.weight"] = random_tensor({h}, rng);
+        t[p + "post_attention_layernorm.weight"] = random_tensor({h}, rng);
+        if (m.deepseek()) {
+            const std::uint64_t H = m.heads;
+            if (m.q_lora_given) {
+                t[p + "self_attn.q_a_proj.weight"] = random_tensor({m.q_lora, h}, rng);
+                t[p + "self_attn.q_a_layernorm.weight"] = random_tensor({m.q_lora}, rng);
+                t[p + "self_attn.q_b_proj.weight"] =
+                    random_tensor({H * (m.nope + m.rope), m.q_lora}, rng);
+            } else {
+                t[p + "self_attn.q_proj.weight"] = random_tensor({H * (m.nope + m.rope), h}, rng);
+            }
+            t[p + "self_attn.kv_a_proj_with_mqa.weight"] =
+                random_tensor({m.kv_lora + m.rope, h}, rng);
+            t[p + "self_attn.kv_a_layernorm.weight"] = random_tensor({m.kv_lora}, rng);
+            t[p + "self_attn.kv_b_proj.weight"] =
+                random_tensor({H * (m.nope + m.v), m.kv_lora}, rng);
+            t[p + "self_attn.o_proj.weight"] = random_tensor({h, H * m.v}, rng);
+        } else {
+            const std::uint64_t q = m.heads * m.head_dim, kv = m.kv_heads * m.head_dim;
+            t[p + "self_attn.q_proj.weight"] = random_tensor({q, h}, rng);
+            t[p + "self_attn.k_proj.weight"] = random_tensor({kv, h}, rng);
+            t[p + "self_attn.v_proj.weight"] = random_tensor({kv, h}, rng);
+            t[p + "self_attn.o_proj.weight"] = random_tensor({h, q}, rng);
+            if (m.type == "qwen2_moe") {
+                t[p + "self_attn.q_proj.bias"] = random_tensor({q}, rng);
+                t[p + "self_attn.k_proj.bias"] = random_tensor({kv}, rng);
+                t[p + "self_attn.v_proj.bias"] = random_tensor({kv}, rng);
+            }
+            if (m.type == "qwen3_moe") {
+                t[p + "self_attn.q_norm.weight"] = random_tensor({m.head_dim}, rng);
+                t[p + "self_attn.k_norm.weight"] = random_tensor({m.head_dim}, rng);
+            }
+        }
+        if (!m.sparse(l)) {
+            t[p + "mlp.gate_proj.weight"] = random_tensor({m.intermediate, h}, rng);
+            t[p + "mlp.up_proj.weight"] = random_tensor({m.intermediate, h}, rng);
+            t[p + "mlp.down_proj.weight"] = random_tensor({h, m.intermediate}, rng);
+        } else if (m.type == "mixtral") {
+            t[p + "block_sparse_moe.gate.weight"] = random_tensor({E, h}, rng);
+            for (std::uint64_t e = 0; e < E; ++e) {
+                const std::string x = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+                t[x + "w1.weight"] = random_tensor({I, h}, rng);
+                t[x + "w3.weight"] = random_tensor({I, h}, rng);
+                t[x + "w2.weight"] = random_tensor({h, I}, rng);
+            }
+        } else {
+            t[p + "mlp.gate.weight"] = random_tensor({E, h}, rng);
+            if (m.type == "deepseek_v3")
+                t[p + "mlp.gate.e_score_correction_bias"] = random_tensor({E}, rng);
+            for (std::uint64_t e = 0; e < E; ++e) {
+                const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+                t[x + "gate_proj.weight"] = random_tensor({I, h}, rng);
+                t[x + "up_proj.weight"] = random_tensor({I, h}, rng);
+                t[x + "down_proj.weight"] = random_tensor({h, I}, rng);
+            }
+            const std::string shared = m.deepseek() ? "mlp.shared_experts." : "mlp.shared_expert.";
+            if (m.deepseek() || m.type == "qwen2_moe") {
+                t[p + shared + "gate_proj.weight"] = random_tensor({m.shared, h}, rng);
+                t[p + shared + "up_proj.weight"] = random_tensor({m.shared, h}, rng);
+                t[p + shared + "down_proj.weight"] = random_tensor({h, m.shared}, rng);
+            }
+            if (m.type == "qwen2_moe")
+                t[p + "mlp.shared_expert_gate.weight"] = random_tensor({1, h}, rng);
+        }
+        if (l >= m.layers) {  // DeepSeek-V3's multi-token prediction layer
+            t[p + "enorm.weight"] = random_tensor({h}, rng);
+            t[p + "hnorm.weight"] = random_tensor({h}, rng);
+            t[p + "eh_proj.weight"] = random_tensor({h, 2 * h}, rng);
+            t[p + "embed_tokens.weight"] = random_tensor({m.vocab, h}, rng);
+            t[p + "shared_head.norm.weight"] = random_tensor({h}, rng);
+            t[p + "shared_head.head.weight"] = random_tensor({m.vocab, h}, rng);
+        }
+    }
+    return t;
+}
+
+// The expert group that holds expert e: linear gives base + 1 experts to each of the first
+// E % ep groups, then base each (vLLM's determine_expert_map); round robin e % ep.
+std::uint32_t owner(std::uint64_t e, std::uint64_t E, std::uint32_t ep, bool round_robin) {
+    if (round_robin) return static_cast<std::uint32_t>(e % ep);
+    std::uint64_t start = 0;
+    for (std::uint32_t g = 0; g < ep; ++g) {
+        const std::uint64_t count = E / ep + (g < E % ep ? 1 : 0);
+        if (e < start + count) return g;
+        start += count;
+    }
+    FAIL("expert beyond the count");
+    return 0;
+}
+
+// The expert index in a name ("...experts.5.w1.weight" -> 5), if any.
+std::optional<std::uint64_t> expert_in(const std::string& name) {
+    const auto at = name.find(".experts.");
+    if (at == std::string::npos) return std::nullopt;
+    return std::stoull(name.substr(at + 9));
+}
+
+struct rank_of {
+    std::uint32_t r, w, ep;
+    bool round_robin;
+    [[nodiscard]] std::uint32_t ways() const { return w / ep; }
+    [[nodiscard]] std::uint32_t group() const { return r / ways(); }
+    [[nodiscard]] std::uint32_t position() const { return r % ways(); }
+};
+
+// Rows and columns of `name` on the rank, from the definitions.
+expected_cut cut_of(const std::string& name, const moe_model& m, const source_tensor& t,
+                    const rank_of& k) {
+    const index_list rows = range(0, t.rows()), cols = range(0, t.cols());
+    auto ends = [&](const char* s) { return name.ends_with(s); };
+    if (expert_in(name)) {  // within the expert group
+        if (ends("w2.weight") || ends("down_proj.weight"))
+            return {rows, even_split(t.cols(), k.ways(), k.position())};
+        return {even_split(t.rows(), k.ways(), k.position()), cols};
+    }
+    if (ends("embed_tokens.weight") || ends("lm_head.weight") || ends("shared_head.head.weight"))
+        return {test::padded_split(t.rows(), 64, k.w, k.r), cols};
+    if (m.deepseek()) {  // whole heads: heads / w per rank
+        const std::uint64_t hr = m.heads / k.w;
+        std::vector<std::uint64_t> hs;
+        for (auto hh = k.r * hr; hh < (k.r + 1) * hr; ++hh) hs.push_back(hh);
+        if (ends("q_b_proj.weight") || ends("self_attn.q_proj.weight"))
+            return {head_rows(hs, m.nope + m.rope), cols};
+        if (ends("kv_b_proj.weight")) return {head_rows(hs, m.nope + m.v), cols};
+        if (ends("o_proj.weight")) return {rows, head_rows(hs, m.v)};
+    } else {
+        model_spec s;
+        s.heads = m.heads;
+        s.kv_heads = m.kv_heads;
+        s.head_dim = m.head_dim;
+        s.hidden = m.hidden;
+        if (ends("q_proj.weight") || ends("k_proj.weight") || ends("v_proj.weight") ||
+            ends("o_proj.weight") || ends("proj.bias"))
+            return expected_for(name, s, t, false, k.w, k.r);
+    }
+    if (ends("gate_proj.weight") || ends("up_proj.weight"))  // dense and shared MLPs
+        return {even_split(t.rows(), k.w, k.r), cols};
+    if (ends("down_proj.weight")) return {rows, even_split(t.cols(), k.w, k.r)};
+    return {rows, cols};  // norms, routers, the score bias, eh_proj, shared_expert_gate
+}
+
+std::vector<std::uint16_t> codes_of(const host_tensor& t) {
+    std::vector<std::uint16_t> v(t.size_bytes() / 2);
+    std::memcpy(v.data(), t.data(), t.size_bytes());
+    return v;
+}
+
+// Every rank of `w` under `ep`: the names it holds (its experts only), their bytes, and what
+// it reads.
+void check_world(const std::filesystem::path& dir, const moe_model& m,
+                 const std::map<std::string, source_tensor>& src, std::uint32_t w, std::uint32_t ep,
+                 bool round_robin, bool mtp = false) {
+    std::set<std::uint64_t> held_by_someone;
+    for (std::uint32_t r = 0; r < w; ++r) {
+        const rank_of k{r, w, ep, round_robin};
+        CAPTURE(m.type);
+        CAPTURE(w);
+        CAPTURE(ep);
+        CAPTURE(round_robin);
+        CAPTURE(r);
+        load_options o{.rank = r,
+                       .world = w,
+                       .experts = {.ep = ep,
+                                   .placement = round_robin ? expert_placement::round_robin
+                                                            : expert_placement::linear}};
+        o.plan.schema.multi_token_prediction = mtp;
+        auto model = load<host_tensor>(dir.string(), o);
+        std::set<std::string> want;
+        for (const auto& [name, t] : src) {
+            const auto e = expert_in(name);
+            if (e && owner(*e, m.experts, ep, round_robin) != k.group()) continue;
+            if (!mtp && name.starts_with("model.layers." + std::to_string(m.layers) + "."))
+                continue;
+            want.insert(name);
+        }
+        const std::set<std::string> got(model.names().begin(), model.names().end());
+        CHECK(got == want);
+        std::vector<std::uint64_t> held;
+        for (std::uint64_t e = 0; e < m.experts; ++e)
+            if (owner(e, m.experts, ep, round_robin) == k.group()) held.push_back(e);
+        CHECK(std::vector<std::uint64_t>(model.held_experts().begin(),
+                                         model.held_experts().end()) == held);
+        CHECK(model.experts() == m.experts);
+        held_by_someone.insert(held.begin(), held.end());
+        std::uint64_t padding = 0;
+        for (const auto& name : model.names()) {
+            CAPTURE(name);
+            const source_tensor& t = src.at(name);
+            const expected_cut cut = cut_of(name, m, t, k);
+            const host_tensor& x = model.at(name);
+            REQUIRE(x.size_bytes() == cut.rows.size() * cut.cols.size() * 2);
+            CHECK(codes_of(x) == take(t, cut.rows, cut.cols));
+            for (const auto& row : cut.rows) padding += row ? 0 : cut.cols.size() * 2;
+        }
+        // The rank reads its own bytes only: no other group's expert is touched.
+        CHECK(model.report.bytes_read + padding == model.report.rank_bytes);
+    }
+    CHECK(held_by_someone.size() == m.experts);
+}
+
+std::vector<moe_model> families() {
+    std::vector<moe_model> v;
+    v.push_back({.type = "mixtral"});
+    v.push_back({.type = "qwen2_moe", .mlp_only = {1}});
+    v.push_back({.type = "qwen3_moe", .mlp_only = {0}});
+    v.push_back({.type = "deepseek_v2", .q_lora_given = false});
+    v.push_back({.type = "deepseek_v3"});
+    return v;
+}
+
+}  // namespace
+
+TEST_CASE("mixtures of experts: every rank of worlds 1-8, ep 1, 2 and world, both placements") {
+    for (const moe_model& m : families()) {
+        temp_folder dir;
+        const auto src = tensors_of(m);
+        write_checkpoint(dir.path(), config_of(m), 3, "", src);
+        for (std::uint32_t w : {1u, 2u, 4u, 6u, 8u})
+            for (std::uint32_t ep : {1u, 2u, w}) {
+                if (w % ep != 0 || ep > m.experts) continue;
+                if (m.deepseek() && m.heads % w != 0) continue;  // whole heads
+                if (!m.deepseek() && (w == 6)) continue;         // 8 query heads over 6 ranks
+                if (m.moe_intermediate % (w / ep) != 0 || m.intermediate % w != 0 ||
+                    m.shared % w != 0)
+                    continue;
+                for (bool rr : {false, true}) check_world(dir.path(), m, src, w, ep, rr);
+            }
+    }
+}
+
+TEST_CASE("mixtures of experts: the multi-token prediction layer, skipped or loaded") {
+    const moe_model m{.type = "deepseek_v3"};
+    temp_folder dir;
+    const auto src = tensors_of(m);
+    write_checkpoint(dir.path(), config_of(m), 2, "", src);
+    // Skipped by default: reported as ignored, not unexpected.
+    const checkpoint c = checkpoint::open(dir.path().string());
+    const load_plan p = load_plan::build(c, {0, 2});
+    CHECK(p.unexpected().empty());
+    std::size_t mtp_ignored = 0;
+    for (const auto& ig : p.ignored())
+        if (ig.name.starts_with("model.layers.3.")) {
+            ++mtp_ignored;
+            CHECK(ig.note.find("multi-token prediction") != std::string::npos);
+        }
+    std::size_t mtp_tensors = 0;
+    for (const auto& [name, t] : src) mtp_tensors += name.starts_with("model.layers.3.") ? 1 : 0;
+    CHECK(mtp_ignored == mtp_tensors);
+    CHECK(p.find("model.layers.3.enorm.weight") == nullptr);
+    // Loaded with the option, cut like the rest (ep 2 of world 2).
+    check_world(dir.path(), m, src, 2, 2, false, true);
+}
+
+TEST_CASE("mixtures of experts: bad expert parallel sizes and counts are refused, naming them") {
+    // Six heads (attention cuts 6 ways), a vocabulary padded to 384 (6 × 64), no dense layer:
+    // the experts are what fails at world 6.
+    const moe_model m{.type = "qwen3_moe", .heads = 6, .kv_heads = 6, .vocab = 384};
+    temp_folder dir;
+    write_checkpoint(dir.path(), config_of(m), 2, "", tensors_of(m));
+    const checkpoint c = checkpoint::open(dir.path().string());
+    auto build = [&](std::uint32_t world, std::uint32_t ep) {
+        return load_plan::build(c, {0, world, {.ep = ep}});
+    };
+    // ep must divide the world.
+    for (auto [w, ep] : {std::pair{4u, 3u}, std::pair{4u, 0u}, std::pair{2u, 4u}}) {
+        const auto e = expect_error(errc::invalid_argument, [&] { (void)build(w, ep); });
+        CHECK(e.message().find("expert parallel size " + std::to_string(ep)) != std::string::npos);
+        CHECK(e.message().find(std::to_string(w) + " ranks") != std::string::npos);
+    }
+    // More expert groups than experts (6 experts, 8 groups).
+    {
+        const auto e = expect_error(errc::invalid_argument, [&] { (void)build(8, 8); });
+        CHECK(e.message().find("8 expert groups for 6 experts") != std::string::npos);
+    }
+    // An expert's intermediate size not divisible by its group's ways (16 over 3 of world 6).
+    {
+        const auto e = expect_error(errc::invalid_layout, [&] { (void)build(6, 2); });
+        CHECK(e.message().find("mlp.experts.") != std::string::npos);
+        CHECK(e.message().find("extent 16") != std::string::npos);
+        CHECK(e.message().find("3 tensor-parallel ways of its expert group") != std::string::npos);
+    }
+}
+
+TEST_CASE("mixtures of experts: config.json's expert count must match the tensors") {
+    moe_model m{.type = "mixtral"};
+    const auto src = tensors_of(m);
+    for (std::uint64_t claimed : {4u, 8u}) {
+        CAPTURE(claimed);
+        moe_model said = m;
+        said.experts = claimed;
+        temp_folder dir;
+        write_checkpoint(dir.path(), config_of(said), 2, "", src);
+        const checkpoint c = checkpoint::open(dir.path().string());
+        const auto e = expect_error(errc::invalid_config, [&] {
+            (void)load_plan::build(c, {0, 1});
+        });
+        CHECK(e.message().find("config.json says " + std::to_string(claimed) + " experts") !=
+              std::string::npos);
+        CHECK(e.message().find("expert 5") != std::string::npos);
+    }
+}
