@@ -331,13 +331,13 @@ TEST_CASE("cli: verify checks config.json against the tensors as plan does, nami
     CHECK(has(v.out, "note: num_hidden_layers: config.json says 1"));
     // A model_type the registry does not know: the generic fields, and a note; never exit 1
     // for the type itself.
-    write_model(d, "model_type", "\"deepseek_v3\"");
+    write_model(d, "model_type", "\"falcon_mamba\"");
     v = run(d, "verify " + (d / "m").string());
     CHECK(v.rc == 0);
-    CHECK(has(v.out, "config.json deepseek_v3 (generic fields only)"));
-    CHECK(has(v.out, "note: model_type 'deepseek_v3' is not registered"));
+    CHECK(has(v.out, "config.json falcon_mamba (generic fields only)"));
+    CHECK(has(v.out, "note: model_type 'falcon_mamba' is not registered"));
     write_file(d / "m" / "config.json",
-               R"({"model_type": "deepseek_v3", "hidden_size": 96, "num_hidden_layers": 2,
+               R"({"model_type": "falcon_mamba", "hidden_size": 96, "num_hidden_layers": 2,
                    "num_attention_heads": 8, "vocab_size": 100})");
     v = run(d, "verify " + (d / "m").string());
     CHECK(v.rc == 1);

@@ -291,22 +291,22 @@ TEST_CASE("verify_config: what the plan refuses, named; the fields it could not 
         CHECK(has(r->notes.back(), "num_hidden_layers: config.json says 1"));
     }
     SUBCASE("an unregistered model_type: the generic fields only, never refused for its type") {
-        crafted ck(m, "model_type", "\"deepseek_v3\"");
+        crafted ck(m, "model_type", "\"falcon_mamba\"");
         const auto r = verify_config(checkpoint::open(ck.dir.path().string()));
         REQUIRE(r);
         CHECK(r->ok());
         CHECK_FALSE(r->architecture_checked);
         REQUIRE(r->notes.size() == 1);
-        CHECK(has(r->notes[0], "'deepseek_v3' is not registered"));
+        CHECK(has(r->notes[0], "'falcon_mamba' is not registered"));
         // Its generic fields are still compared.
-        const std::string deepseek = config_with(m, "model_type", "\"deepseek_v3\"");
-        write_text(ck.dir.path() / "config.json", set_field(deepseek, "hidden_size", "96"));
+        const std::string other = config_with(m, "model_type", "\"falcon_mamba\"");
+        write_text(ck.dir.path() / "config.json", set_field(other, "hidden_size", "96"));
         const auto bad = verify_config(checkpoint::open(ck.dir.path().string()));
         REQUIRE(bad);
         CHECK_MESSAGE(has(bad->summary(), "hidden_size: "), bad->summary());
         CHECK(has(bad->summary(), "[100, 64] but config.json implies [100, 96]"));
         // Layers beyond num_hidden_layers (DeepSeek's multi-token prediction layer): a note.
-        write_text(ck.dir.path() / "config.json", set_field(deepseek, "num_hidden_layers", "1"));
+        write_text(ck.dir.path() / "config.json", set_field(other, "num_hidden_layers", "1"));
         const auto mtp = verify_config(checkpoint::open(ck.dir.path().string()));
         REQUIRE(mtp);
         CHECK(mtp->ok());

@@ -372,7 +372,7 @@ TEST_CASE("mixtures of experts: bad expert parallel sizes and counts are refused
     }
     // More expert groups than experts (6 experts, 8 groups).
     {
-        const auto e = expect_error(errc::invalid_argument, [&] { (void)build(8, 8); });
+        const auto e = expect_error(errc::invalid_config, [&] { (void)build(8, 8); });
         CHECK(e.message().find("8 expert groups for 6 experts") != std::string::npos);
     }
     // An expert's intermediate size not divisible by its group's ways (16 over 3 of world 6).

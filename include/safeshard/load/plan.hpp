@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -76,7 +77,11 @@ struct plan_destination {
     safeshard::layout layout{};
     std::vector<std::string> sources{};
     std::optional<std::uint32_t> tied_to{};  // aliases that destination; no bytes of its own
-    init_spec init{};                        // kind != none: created by `init_map`, not read
+    std::optional<std::uint64_t> expert{};   // an expert's tensor: which expert of its layer
+    // The parameter's place in the schema: orders the destinations of one rank's plan against
+    // another's (a rank holds its own experts only).
+    std::size_t schema_index = 0;
+    init_spec init{};  // kind != none: created by `init_map`, not read
     slice_map init_map{};
 
     [[nodiscard]] bool tied() const noexcept { return tied_to.has_value(); }
@@ -289,6 +294,7 @@ public:
             plan_destination d = p_.destinations_[it->second];
             d.name = m->name;
             d.tied_to = it->second;
+            d.schema_index = schema_index_of(*m);
             d.sources.clear();
             d.init = {};
             p_.destinations_.push_back(std::move(d));
@@ -316,6 +322,21 @@ public:
     }
 
 private:
+    // The parameter's place in the schema; replicate_all's fallback parameters follow the
+    // schema's own, in checkpoint order.
+    [[nodiscard]] std::size_t schema_index_of(const parameter_meta& m) const noexcept {
+        // std::less: a total order over pointers into different arrays
+        auto within = [&](std::span<const parameter_meta> v) {
+            const std::less<const parameter_meta*> before;
+            return !v.empty() && !before(&m, v.data()) && before(&m, v.data() + v.size());
+        };
+        const auto params = s_.parameters();
+        if (within(params)) return static_cast<std::size_t>(&m - params.data());
+        if (within(fallback_))
+            return params.size() + static_cast<std::size_t>(&m - fallback_.data());
+        return params.size() + fallback_.size();
+    }
+
     // A checkpoint name no parameter reads: said ignored, made a fallback parameter (returned),
     // or unexpected.
     std::optional<parameter_meta> unread_name(std::string_view n) {
@@ -415,6 +436,7 @@ private:
                         error_context{.file = {}, .tensor = m.name});
         plan_destination d;
         d.name = m.name;
+        d.expert = m.expert;
         d.source_dtype = source;
         d.dtype = target;
         d.local = r.local;
@@ -473,6 +495,7 @@ private:
         plan_destination d =
             destination(m, r, source, target_dtype(m.name, m.dtype_override, source), "");
         d.sources = m.sources;
+        d.schema_index = schema_index_of(m);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
         emit_ops(m, r, *located, d, di);
         index_.emplace(m.name, di);
@@ -501,6 +524,7 @@ private:
             m, r, dtype::f32, target_dtype(m.name, m.dtype_override, as), " (initialised in F32)");
         d.init = m.init;
         d.init_map = r.map;
+        d.schema_index = schema_index_of(m);
         index_.emplace(m.name, static_cast<std::uint32_t>(p_.destinations_.size()));
         p_.destinations_.push_back(std::move(d));
         p_.initialised_.push_back(m.name);

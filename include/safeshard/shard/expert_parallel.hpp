@@ -98,10 +98,11 @@ inline void check_expert_parallel(std::uint32_t world, expert_parallel p) {
                         " ranks (it must be between 1 and the world, and divide it)");
 }
 
-// invalid_argument when there are fewer experts than expert groups (a group would hold none).
+// invalid_config when the model has fewer experts than expert groups (a group would hold
+// none).
 inline void check_expert_count(std::uint64_t experts, expert_parallel p) {
     if (experts > 0 && experts < p.ep)
-        throw error(errc::invalid_argument,
+        throw error(errc::invalid_config,
                     std::to_string(p.ep) + " expert groups for " + std::to_string(experts) +
                         " experts: a group would hold none (the expert parallel size must be "
                         "at most the expert count)");
