@@ -72,7 +72,7 @@ struct fault_hooks : safeshard::detail::syscall_hooks {
     std::atomic<int> rename_flags_seen{-1};
     std::atomic<int> direct_opens{0};      // opens with O_DIRECT that succeeded (emulated)
     std::atomic<int> misaligned_reads{0};  // reads of an emulated O_DIRECT file refused
-    std::atomic<int> fstatfs_calls{0};
+    std::atomic<int> fstatx_calls{0}, fstatfs_calls{0};
     // Bytes read by pread/preadv from files opened with emulated O_DIRECT, and from others.
     std::atomic<std::uint64_t> direct_read_bytes{0}, buffered_read_bytes{0};
 
@@ -115,6 +115,7 @@ struct fault_hooks : safeshard::detail::syscall_hooks {
         return r;
     }
     int fstatx(int fd, unsigned mask, struct statx* st) override {
+        ++fstatx_calls;
         if (fstatx_errno != 0) return fail(fstatx_errno);
         const int r = syscall_hooks::fstatx(fd, mask, st);
 #if defined(STATX_DIOALIGN)
