@@ -283,39 +283,58 @@ TEST_SUITE("io") {
         const std::size_t size = 3 * 1024 * 1024 + 1234;
         const auto content = pattern(size, 15);
         write_file(dir / "a.bin", content);
-        file_reader r(dir / "a.bin", {.direct = true});
-        if (!r.direct()) {
-            MESSAGE("O_DIRECT not available here (" << r.fallback_note()
-                                                    << "): buffered reads checked");
-            CHECK_FALSE(r.fallback_note().empty());
-        } else {
-            CHECK(r.fallback_note().empty());
-        }
-        const std::vector<std::size_t> offsets = {0,           1,           511,      4095,
-                                                  4096,        4097,        1 << 20,  (1 << 20) + 3,
-                                                  size - 4096, size - 1234, size - 5, size};
-        const std::vector<std::size_t> lengths = {
-            0, 1, 5, 4095, 4096, 4097, 8192, 3 * 4096 + 17, (1 << 20) + 4096, 2 * (1 << 20) + 99};
-        int reads = 0;
-        for (std::size_t misalign : {std::size_t{0}, std::size_t{1}, std::size_t{512}}) {
-            for (auto off : offsets) {
-                for (auto len : lengths) {
-                    if (off + len > size) continue;
-                    CAPTURE(misalign);
-                    CAPTURE(off);
-                    CAPTURE(len);
-                    placed_buffer buf(len, misalign);
-                    r.read_exact(buf.span, off);
-                    REQUIRE(same(buf.span, content, off));
-                    ++reads;
+        // O_DIRECT emulated (its alignment rules enforced on every read), then the real one
+        // where the temp folder takes it (else buffered reads).
+        for (const bool emulated : {true, false}) {
+            CAPTURE(emulated);
+            fault_hooks hooks;
+            hooks.emulate_direct = emulated ? file_reader::direct_alignment : 0;
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            file_reader r(dir / "a.bin", {.direct = true});
+            if (emulated) REQUIRE(r.direct());
+            if (!r.direct()) {
+                MESSAGE("O_DIRECT not available here (" << r.fallback_note()
+                                                        << "): buffered reads checked");
+                CHECK_FALSE(r.fallback_note().empty());
+            } else {
+                CHECK(r.fallback_note().empty());
+            }
+            const std::vector<std::size_t> offsets = {
+                0,           1,           511,      4095, 4096, 4097, 1 << 20, (1 << 20) + 3,
+                size - 4096, size - 1234, size - 5, size};
+            const std::vector<std::size_t> lengths = {0,
+                                                      1,
+                                                      5,
+                                                      4095,
+                                                      4096,
+                                                      4097,
+                                                      8192,
+                                                      3 * 4096 + 17,
+                                                      (1 << 20) + 4096,
+                                                      2 * (1 << 20) + 99};
+            int reads = 0;
+            for (std::size_t misalign : {std::size_t{0}, std::size_t{1}, std::size_t{512}}) {
+                for (auto off : offsets) {
+                    for (auto len : lengths) {
+                        if (off + len > size) continue;
+                        CAPTURE(misalign);
+                        CAPTURE(off);
+                        CAPTURE(len);
+                        placed_buffer buf(len, misalign);
+                        r.read_exact(buf.span, off);
+                        REQUIRE(same(buf.span, content, off));
+                        ++reads;
+                    }
                 }
             }
+            // To the end of the file, from an aligned offset with an aligned buffer.
+            placed_buffer tail(size - 2 * 4096, 0);
+            r.read_exact(tail.span, 2 * 4096);
+            CHECK(same(tail.span, content, 2 * 4096));
+            CHECK(reads > 200);
+            CHECK(hooks.misaligned_reads == 0);
+            if (emulated) CHECK(hooks.buffered_read_bytes == 0);
         }
-        // To the end of the file, from an aligned offset with an aligned buffer.
-        placed_buffer tail(size - 2 * 4096, 0);
-        r.read_exact(tail.span, 2 * 4096);
-        CHECK(same(tail.span, content, 2 * 4096));
-        CHECK(reads > 200);
     }
 
     TEST_CASE("file_reader direct scatter reads, aligned and not") {
@@ -323,24 +342,34 @@ TEST_SUITE("io") {
         const std::size_t size = 64 * 4096 + 100;
         const auto content = pattern(size, 16);
         write_file(dir / "a.bin", content);
-        file_reader r(dir / "a.bin", {.direct = true});
-        // All aligned: one preadv.
-        aligned_buffer a(4096 * 3), b(4096);
-        iovec v[2] = {{a.data(), a.size()}, {b.data(), b.size()}};
-        r.read_exact_v(v, 4096 * 5);
-        CHECK(same(a.bytes(), content, 4096 * 5));
-        CHECK(same(b.bytes(), content, 4096 * 8));
-        // Unaligned lengths and offset: piece by piece through the bounce buffer.
-        placed_buffer c(1000, 3), d(5000, 0);
-        iovec w[2] = {{c.span.data(), c.span.size()}, {d.span.data(), d.span.size()}};
-        r.read_exact_v(w, 77);
-        CHECK(same(c.span, content, 77));
-        CHECK(same(d.span, content, 1077));
-        // Up to the unaligned end of the file.
-        placed_buffer e(size - 4096 * 60, 0);
-        iovec x{e.span.data(), e.span.size()};
-        r.read_exact_v({&x, 1}, 4096 * 60);
-        CHECK(same(e.span, content, 4096 * 60));
+        // O_DIRECT emulated (its alignment rules enforced), then the real one where taken.
+        for (const bool emulated : {true, false}) {
+            CAPTURE(emulated);
+            fault_hooks hooks;
+            hooks.emulate_direct = emulated ? file_reader::direct_alignment : 0;
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            file_reader r(dir / "a.bin", {.direct = true});
+            if (emulated) REQUIRE(r.direct());
+            // All aligned: one preadv.
+            aligned_buffer a(4096 * 3), b(4096);
+            iovec v[2] = {{a.data(), a.size()}, {b.data(), b.size()}};
+            r.read_exact_v(v, 4096 * 5);
+            CHECK(same(a.bytes(), content, 4096 * 5));
+            CHECK(same(b.bytes(), content, 4096 * 8));
+            // Unaligned lengths and offset: piece by piece through the bounce buffer.
+            placed_buffer c(1000, 3), d(5000, 0);
+            iovec w[2] = {{c.span.data(), c.span.size()}, {d.span.data(), d.span.size()}};
+            r.read_exact_v(w, 77);
+            CHECK(same(c.span, content, 77));
+            CHECK(same(d.span, content, 1077));
+            // Up to the unaligned end of the file.
+            placed_buffer e(size - 4096 * 60, 0);
+            iovec x{e.span.data(), e.span.size()};
+            r.read_exact_v({&x, 1}, 4096 * 60);
+            CHECK(same(e.span, content, 4096 * 60));
+            CHECK(hooks.misaligned_reads == 0);
+            if (emulated) CHECK(hooks.buffered_read_bytes == 0);
+        }
     }
 
     TEST_CASE("file_reader direct: short reads and EINTR keep offsets aligned") {
