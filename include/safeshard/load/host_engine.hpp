@@ -186,8 +186,9 @@ private:
         }
         struct statfs fs {};
         constexpr long tmpfs_magic = 0x01021994, ramfs_magic = 0x858458f6;
-        if (::fstatfs(f->fd(), &fs) == 0 && (static_cast<long>(fs.f_type) == tmpfs_magic ||
-                                             static_cast<long>(fs.f_type) == ramfs_magic)) {
+        if (detail::sys::fstatfs(f->fd(), &fs) == 0 &&
+            (static_cast<long>(fs.f_type) == tmpfs_magic ||
+             static_cast<long>(fs.f_type) == ramfs_magic)) {
             notes_.push_back(f->path().string() +
                              ": on tmpfs (files in memory, O_DIRECT bypasses nothing); read "
                              "through the page cache instead");
