@@ -195,6 +195,8 @@ struct fault_hooks : safeshard::detail::syscall_hooks {
         }
         return syscall_hooks::mmap(length, prot, flags, fd);
     }
+    // Emulated O_DIRECT checks every read's alignment: none may bypass the seam.
+    bool io_uring_allowed() override { return emulate_direct == 0; }
     int madvise(void* addr, std::size_t length, int what) override {
         {
             const std::lock_guard lock(m_);

@@ -67,6 +67,9 @@ public:
     virtual int madvise(void* addr, std::size_t length, int advice) {
         return ::madvise(addr, length, advice);
     }
+    // Whether reads may go through io_uring: a ring's reads bypass this seam, so hooks that
+    // must see every read (or fail them) refuse it, and the engines read with pread instead.
+    virtual bool io_uring_allowed() { return true; }
 };
 
 // Process-wide so that worker threads see the same faults as the test that installed them.
@@ -168,6 +171,11 @@ inline int close(int fd) {
     if (auto* h = hooks()) [[unlikely]]
         return h->madvise(addr, length, advice);
     return ::madvise(addr, length, advice);
+}
+[[nodiscard]] inline bool io_uring_allowed() {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->io_uring_allowed();
+    return true;
 }
 
 }  // namespace sys

@@ -1,8 +1,9 @@
 // A worker's io_uring, created on first use: batches of reads submitted with one system call
 // (strided_read::batched rows, read_mode::direct spans), and the ring itself for the direct
 // pipeline. Compiled in where SAFESHARD_HAVE_LIBURING is defined and liburing linked (Debian:
-// liburing-dev; meson: dependency('liburing')); without it, or where the kernel refuses a ring,
-// ready() is false and the strategies read with pread.
+// liburing-dev; meson: dependency('liburing')); without it, where the kernel refuses a ring, or
+// where the system-call seam's hooks refuse it (they must see every read), ready() is false and
+// the strategies read with pread.
 #pragma once
 
 #if defined(SAFESHARD_HAVE_LIBURING)
@@ -20,6 +21,7 @@
 
 #include "safeshard/core/error.hpp"
 #include "safeshard/io/file_reader.hpp"
+#include "safeshard/io/syscalls.hpp"
 
 namespace safeshard::host {
 
@@ -51,7 +53,10 @@ public:
 
     // Whether the ring is there (created on the first call; false where the kernel refuses).
     [[nodiscard]] bool ready() {
-        if (state_ == 0) state_ = io_uring_queue_init(depth, &ring_, 0) == 0 ? 1 : -1;
+        if (state_ == 0)
+            state_ = detail::sys::io_uring_allowed() && io_uring_queue_init(depth, &ring_, 0) == 0
+                         ? 1
+                         : -1;
         return state_ == 1;
     }
     [[nodiscard]] io_uring& ring() noexcept { return ring_; }
