@@ -22,16 +22,13 @@ int run_convert(const convert_args& a, output& out) {
     o.max_shard_size = parse_shard_size(a.max_shard_size);
     o.force = a.force;
     const checkpoint c = open_checkpoint(a.ckpt);
-    std::optional<progress_bar> bar;
-    o.progress = [&](std::uint64_t done, std::uint64_t total) {
-        if (!bar) bar.emplace(total);
-        bar->update(done);
-    };
+    progress_bar bar;
+    o.progress = bar.callback();
     o.cancel_point = [] { check_interrupted(); };
 
     const convert_report r = convert_checkpoint(c, a.out, o);
     mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
-    if (bar) bar->finish();
+    bar.finish();
     if (r.kept_without_conversion > 0)
         fmt::print(stderr,
                    "safeshard: note: {} tensors kept in their dtype: no direct conversion to {} "

@@ -30,16 +30,13 @@ int run_export(const export_args& a, output& out) {
     if (to) o.plan.dtype = dtype_policy::fixed(*to);
     // The policy converts floating-point tensors only; integer and 8-bit ones keep their dtype.
     const checkpoint c = open_checkpoint(a.ckpt);
-    std::optional<progress_bar> bar;
-    o.progress = [&](std::uint64_t done, std::uint64_t total) {
-        if (!bar) bar.emplace(total);
-        bar->update(done);
-    };
+    progress_bar bar;
+    o.progress = bar.callback();
     o.cancel_point = [] { check_interrupted(); };
 
     const export_report r = export_checkpoint(c, a.out, o);
     mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
-    if (bar) bar->finish();
+    bar.finish();
     for (const auto& f : r.skipped_side_files) note_not_copied(f.path, f.reason);
     const double seconds = seconds_since(started);
     out.print(

@@ -2,7 +2,6 @@
 // original layout, from the export metadata alone; OUT appears complete or not at all.
 #include <algorithm>
 #include <chrono>
-#include <optional>
 #include <string>
 
 #include <fmt/core.h>
@@ -20,16 +19,13 @@ int run_merge(const merge_args& a, output& out) {
     merge_options o;
     o.force = a.force;
     o.max_shard_size = parse_shard_size(a.max_shard_size);
-    std::optional<progress_bar> bar;
-    o.progress = [&](std::uint64_t done, std::uint64_t total) {
-        if (!bar) bar.emplace(total);
-        bar->update(done);
-    };
+    progress_bar bar;
+    o.progress = bar.callback();
     o.cancel_point = [] { check_interrupted(); };
 
     const merge_report r = merge_export(a.dir, a.out, o);
     mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
-    if (bar) bar->finish();
+    bar.finish();
     for (const auto& f : r.skipped_side_files) note_not_copied(f.path, f.reason);
     const double seconds = seconds_since(started);
     out.print("merged {} rank folders into {} tensors at {} ({})\n", r.world, r.tensors, a.out,

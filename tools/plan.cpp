@@ -2,6 +2,7 @@
 // bytes, from the headers and config.json alone (no tensor data read, nothing allocated).
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -20,13 +21,22 @@ void shape_json(output& out, const shape& s) {
     out.write("]");
 }
 
-}  // namespace
+// The plans of the ranks shown: one rank, or every rank of the world.
+struct rank_plans {
+    std::vector<std::uint32_t> ranks;
+    std::vector<load_plan> plans;
 
-int run_plan(const plan_args& a, output& out) {
-    if (a.world == 0) throw error(errc::invalid_argument, "--tp must be at least 1");
-    if (a.rank && *a.rank >= a.world)
-        throw error(errc::invalid_argument,
-                    fmt::format("--rank {} is not below --tp {}", *a.rank, a.world));
+    [[nodiscard]] std::span<const plan_destination> parameters() const {
+        return plans.front().destinations();
+    }
+    [[nodiscard]] const plan_destination& local(std::size_t k, std::size_t i) const {
+        return plans[k].destinations()[i];
+    }
+};
+
+[[nodiscard]] std::uint64_t bytes_of(const plan_destination& d) { return d.tied() ? 0 : d.bytes; }
+
+[[nodiscard]] plan_options options_of(const plan_args& a) {
     plan_options o;
     o.strict = !a.ckpt.lenient;
     o.allow_quantized = a.allow_quantized;
@@ -37,59 +47,46 @@ int run_plan(const plan_args& a, output& out) {
         if (!p)
             throw error(errc::invalid_argument,
                         "--dtype: '" + a.dtype +
-                            "' is neither a dtype (BF16, F32, ...), keep nor "
-                            "by-device");
+                            "' is neither a dtype (BF16, F32, ...), keep nor by-device");
         o.dtype = *p;
     }
-    const checkpoint ckpt = open_checkpoint(a.ckpt);
+    return o;
+}
 
-    std::vector<std::uint32_t> ranks;
-    if (a.rank)
-        ranks.push_back(*a.rank);
-    else
-        for (std::uint32_t r = 0; r < a.world; ++r) ranks.push_back(r);
-    std::vector<load_plan> plans;
-    for (const auto r : ranks) {
-        check_interrupted();
-        plans.push_back(load_plan::build(ckpt, {r, a.world}, o));
-    }
-    const auto params = plans.front().destinations();
-    auto bytes_of = [](const plan_destination& d) { return d.tied() ? 0 : d.bytes; };
-
-    if (a.json) {
-        out.print("{{\"world\":{},\"parameters\":[", a.world);
-        for (std::size_t i = 0; i < params.size(); ++i) {
-            const plan_destination& d = params[i];
-            out.write(i ? ",{\"name\":" : "{\"name\":");
-            out.json_string(d.name);
-            out.write(",\"layout\":");
-            out.json_string(name(d.layout));
-            out.write(",\"global_shape\":");
-            shape_json(out, d.global);
-            out.write(",\"dtype\":");
-            out.json_string(safeshard::name(d.dtype));
-            out.write(",\"tied_to\":");
-            if (d.tied())
-                out.json_string(params[*d.tied_to].name);
-            else
-                out.write("null");
-            out.write(",\"ranks\":[");
-            for (std::size_t k = 0; k < plans.size(); ++k) {
-                const plan_destination& l = plans[k].destinations()[i];
-                out.print("{}{{\"rank\":{},\"shape\":", k ? "," : "", ranks[k]);
-                shape_json(out, l.local);
-                out.print(",\"nbytes\":{}}}", bytes_of(l));
-            }
-            out.write("]}");
+void print_json(output& out, std::uint32_t world, const rank_plans& rp) {
+    const auto params = rp.parameters();
+    out.print("{{\"world\":{},\"parameters\":[", world);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        const plan_destination& d = params[i];
+        out.write(i ? ",{\"name\":" : "{\"name\":");
+        out.json_string(d.name);
+        out.write(",\"layout\":");
+        out.json_string(name(d.layout));
+        out.write(",\"global_shape\":");
+        shape_json(out, d.global);
+        out.write(",\"dtype\":");
+        out.json_string(safeshard::name(d.dtype));
+        out.write(",\"tied_to\":");
+        if (d.tied())
+            out.json_string(params[*d.tied_to].name);
+        else
+            out.write("null");
+        out.write(",\"ranks\":[");
+        for (std::size_t k = 0; k < rp.plans.size(); ++k) {
+            out.print("{}{{\"rank\":{},\"shape\":", k ? "," : "", rp.ranks[k]);
+            shape_json(out, rp.local(k, i).local);
+            out.print(",\"nbytes\":{}}}", bytes_of(rp.local(k, i)));
         }
-        out.write("],\"rank_bytes\":[");
-        for (std::size_t k = 0; k < plans.size(); ++k)
-            out.print("{}{}", k ? "," : "", plans[k].total_bytes());
-        out.write("]}\n");
-        out.flush();
-        return exit_ok;
+        out.write("]}");
     }
+    out.write("],\"rank_bytes\":[");
+    for (std::size_t k = 0; k < rp.plans.size(); ++k)
+        out.print("{}{}", k ? "," : "", rp.plans[k].total_bytes());
+    out.write("]}\n");
+}
 
+void print_text(output& out, const plan_args& a, const rank_plans& rp) {
+    const auto params = rp.parameters();
     out.print("{} parameters, tensor parallel over {} rank(s){}\n\n", params.size(), a.world,
               a.rank ? fmt::format(", rank {} shown", *a.rank) : std::string());
     for (std::size_t i = 0; i < params.size(); ++i) {
@@ -99,20 +96,39 @@ int run_plan(const plan_args& a, output& out) {
         if (d.tied()) out.print("  tied to {}", params[*d.tied_to].name);
         if (d.created()) out.print("  initialised ({})", to_string(d.init.kind));
         out.write("\n");
-        for (std::size_t k = 0; k < plans.size(); ++k) {
-            const plan_destination& l = plans[k].destinations()[i];
-            out.print("    rank {}: {}  {}\n", ranks[k], l.local.to_string(),
-                      human_bytes(bytes_of(l)));
-        }
+        for (std::size_t k = 0; k < rp.plans.size(); ++k)
+            out.print("    rank {}: {}  {}\n", rp.ranks[k], rp.local(k, i).local.to_string(),
+                      human_bytes(bytes_of(rp.local(k, i))));
     }
     out.write("\nbytes per rank:\n");
-    for (std::size_t k = 0; k < plans.size(); ++k)
-        out.print("  rank {}: {} ({} bytes)\n", ranks[k], human_bytes(plans[k].total_bytes()),
-                  plans[k].total_bytes());
-    for (const auto& n : plans.front().unexpected())
+    for (std::size_t k = 0; k < rp.plans.size(); ++k)
+        out.print("  rank {}: {} ({} bytes)\n", rp.ranks[k], human_bytes(rp.plans[k].total_bytes()),
+                  rp.plans[k].total_bytes());
+    for (const auto& n : rp.plans.front().unexpected())
         out.print("unexpected (not loaded): {}\n", escape_controls(n));
-    for (const auto& ig : plans.front().ignored())
+    for (const auto& ig : rp.plans.front().ignored())
         out.print("ignored: {} ({})\n", escape_controls(ig.name), ig.note);
+}
+
+}  // namespace
+
+int run_plan(const plan_args& a, output& out) {
+    if (a.world == 0) throw error(errc::invalid_argument, "--tp must be at least 1");
+    if (a.rank && *a.rank >= a.world)
+        throw error(errc::invalid_argument,
+                    fmt::format("--rank {} is not below --tp {}", *a.rank, a.world));
+    const plan_options o = options_of(a);
+    const checkpoint ckpt = open_checkpoint(a.ckpt);
+    rank_plans rp;
+    for (std::uint32_t r = a.rank.value_or(0); r < (a.rank ? *a.rank + 1 : a.world); ++r) {
+        check_interrupted();
+        rp.ranks.push_back(r);
+        rp.plans.push_back(load_plan::build(ckpt, {r, a.world}, o));
+    }
+    if (a.json)
+        print_json(out, a.world, rp);
+    else
+        print_text(out, a, rp);
     out.flush();
     return exit_ok;
 }

@@ -17,15 +17,20 @@ namespace safeshard::cli {
 // A progress bar on a terminal, redrawn at most ten times a second.
 class progress_bar {
 public:
-    explicit progress_bar(std::uint64_t total) : total_(total), on_(::isatty(STDOUT_FILENO) == 1) {}
+    progress_bar() : on_(::isatty(STDOUT_FILENO) == 1) {}
     progress_bar(const progress_bar&) = delete;
     progress_bar& operator=(const progress_bar&) = delete;
     // Stopped by an error: end the bar's line so the message starts on its own.
     ~progress_bar() {
         if (drawn_) std::fputc('\n', stdout);
     }
-    void update(std::uint64_t done) {
+    // The library's progress callback (done and total bytes) drawing this bar.
+    [[nodiscard]] auto callback() {
+        return [this](std::uint64_t done, std::uint64_t total) { update(done, total); };
+    }
+    void update(std::uint64_t done, std::uint64_t total) {
         if (!on_) return;
+        total_ = total;
         const auto now = std::chrono::steady_clock::now();
         if (done < total_ && now - last_ < std::chrono::milliseconds(100)) return;
         last_ = now;
@@ -47,7 +52,7 @@ public:
     }
 
 private:
-    std::uint64_t total_;
+    std::uint64_t total_ = 0;
     bool on_;
     bool drawn_ = false;
     std::chrono::steady_clock::time_point last_{};

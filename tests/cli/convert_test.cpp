@@ -1,18 +1,24 @@
 // `safeshard convert` end to end: the built binary on generated checkpoints, re-read with the
-// library; exit codes, out of space, SIGINT, and SIGKILL at random moments.
+// library; exit codes, out of space (injected in the library's convert_checkpoint, and real where
+// a tmpfs may be mounted), SIGINT, and SIGKILL at random moments.
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "../../tools/exit_code.hpp"
+#include "../support/expect_error.hpp"
+#include "../support/fault_hooks.hpp"
 #include "../support/temp_dir.hpp"
 #include "cli_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/load/convert.hpp"
+#include "safeshard/save/convert.hpp"
 
 using namespace safeshard;
 using namespace safeshard::test::cli;
@@ -217,12 +223,54 @@ TEST_SUITE("cli") {
     TEST_CASE("convert: out of space and a read-only folder exit 3 and leave nothing") {
         scratch d;
         make_checkpoint(d / "in", 8);
-        tmpfs_mount small(d / "small", "size=128k");
-        if (!small.mounted()) {
-            MESSAGE("skipped: " << small.why());
-            return;
+        fs::create_directory(d / "disk");
+        // The library path the command runs, with the faults injected (the seam is in-process):
+        // io_error with the system's words, which the tool turns into exit 3.
+        const checkpoint c = checkpoint::open((d / "in").string());
+        const convert_options o{.to = dtype::f32, .max_shard_size = 200000};
+        for (const std::uint64_t room : {0u, 4096u, 300000u}) {
+            for (const int full : {ENOSPC, EDQUOT}) {
+                CAPTURE(room);
+                CAPTURE(full);
+                safeshard::test::fault_hooks hooks;
+                hooks.enospc_after = room;
+                hooks.full_errno = full;
+                {
+                    const detail::scoped_syscall_hooks scope(hooks);
+                    const auto e = safeshard::test::expect_error(errc::io_error, [&] {
+                        (void)convert_checkpoint(c, d / "disk" / "out", o);
+                    });
+                    CHECK(e.sys_errno() == full);
+                    CHECK(std::string(e.what()).find(std::strerror(full)) != std::string::npos);
+                    CHECK(std::string(e.what()).find("io_error") == 0);
+                    CHECK(cli::exit_code_for(e.code()) == cli::exit_system);
+                }
+                CHECK(hooks.bytes_in == room);
+                CHECK(count_entries(d / "disk") == 0);
+            }
         }
-        auto r = run(d.path(), "convert " + q(d / "in") + " --out " + q(d / "small" / "out"));
+        {
+            safeshard::test::fault_hooks hooks;
+            hooks.read_only = true;
+            const detail::scoped_syscall_hooks scope(hooks);
+            const auto e = safeshard::test::expect_error(
+                errc::io_error, [&] { (void)convert_checkpoint(c, d / "disk" / "out", o); });
+            CHECK(e.sys_errno() == EROFS);
+            CHECK(std::string(e.what()).find("Read-only file system") != std::string::npos);
+            CHECK(cli::exit_code_for(e.code()) == cli::exit_system);
+        }
+        CHECK(count_entries(d / "disk") == 0);
+        // The tool itself: an output folder the system refuses to make is exit 3, in its words.
+        write_text(d / "file", "x");
+        auto r = run(d.path(), "convert " + q(d / "in") + " --out " + q(d / "file" / "out"));
+        CHECK(r.rc == 3);
+        CHECK(r.err.find("io_error") != std::string::npos);
+        CHECK(r.err.find("Not a directory") != std::string::npos);
+        CHECK(slurp(d / "file") == "x");
+        // And on a real full and read-only tmpfs, where this process may mount one.
+        tmpfs_mount small(d / "small", "size=128k");
+        if (!small.mounted()) return;
+        r = run(d.path(), "convert " + q(d / "in") + " --out " + q(d / "small" / "out"));
         CHECK(r.rc == 3);
         CHECK(r.err.find("No space left on device") != std::string::npos);
         CHECK(r.err.find("io_error") != std::string::npos);

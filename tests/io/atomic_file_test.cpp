@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cerrno>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -311,40 +312,84 @@ TEST_SUITE("io") {
         CHECK(list_names(dir.path()) == std::vector<std::string>{"a.bin"});
     }
 
-    TEST_CASE("atomic_file: real ENOSPC on a 64 KiB tmpfs") {
+    TEST_CASE("atomic_file: a disk full midway (ENOSPC, EDQUOT) leaves no partial file") {
         scratch_dir dir;
-        const tmpfs_mount mnt(dir / "small", "size=64k");
-        if (!mnt.mounted()) {
-            MESSAGE("skipped: " << mnt.why());
-            return;
+        const auto target = dir / "big.bin";
+        for (const int full : {ENOSPC, EDQUOT}) {
+            CAPTURE(full);
+            fault_hooks hooks;
+            hooks.enospc_after = 64 * 1024;
+            hooks.full_errno = full;
+            fs::path temp;
+            {
+                safeshard::detail::scoped_syscall_hooks scope(hooks);
+                atomic_file f(target);
+                temp = f.temp_path();
+                auto e = expect_error([&] { f.write(pattern(256 * 1024)); });
+                CHECK(e.code() == errc::io_error);
+                CHECK(e.sys_errno() == full);
+                CHECK(e.offset() == 64u * 1024);  // the write that crossed the limit got in
+                CHECK(e.file() == temp.string());
+                CHECK(std::string(e.what()).find(std::strerror(full)) != std::string::npos);
+                CHECK_FALSE(fs::exists(temp));  // the partial temporary went at once
+            }
+            CHECK(hooks.bytes_in == 64u * 1024);
+            CHECK(list_names(dir.path()).empty());
         }
-        const auto target = mnt.path() / "big.bin";
+        atomic_file g(target);
+        g.write(pattern(8 * 1024));
+        g.commit();
+        CHECK(read_file(target) == pattern(8 * 1024));
+        // The same on a real full disk, where this process may mount a 64 KiB tmpfs.
+        const tmpfs_mount mnt(dir / "small", "size=64k");
+        if (!mnt.mounted()) return;
         {
-            atomic_file f(target);
+            atomic_file f(mnt.path() / "big.bin");
             auto e = expect_error([&] { f.write(pattern(256 * 1024)); });
             CHECK(e.code() == errc::io_error);
             CHECK(e.sys_errno() == ENOSPC);
             CHECK(e.offset().value_or(0) <= 64 * 1024);
         }
-        CHECK(list_names(mnt.path()).empty());  // the partial temporary is gone, space is back
-        atomic_file g(target);
-        g.write(pattern(8 * 1024));
-        g.commit();
-        CHECK(read_file(target) == pattern(8 * 1024));
+        CHECK(list_names(mnt.path()).empty());
     }
 
-    TEST_CASE("atomic_file: real EROFS on a read-only tmpfs") {
+    TEST_CASE("atomic_file: a read-only file system (EROFS) leaves the old file as it was") {
         scratch_dir dir;
+        const auto target = dir / "x.bin";
+        write_file(target, pattern(10));
+        fault_hooks hooks;
+        hooks.read_only = true;
+        {
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            auto e = expect_error([&] { atomic_file f(target); });
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.sys_errno() == EROFS);
+            CHECK(std::string(e.what()).find("Read-only file system") != std::string::npos);
+            CHECK(e.file().find(dir.path().string()) == 0);
+        }
+        CHECK(read_file(target) == pattern(10));
+        CHECK(list_names(dir.path()) == std::vector<std::string>{"x.bin"});
+        // Made read-only after the temporary was written: the rename says EROFS, the
+        // temporary is removed and the old file stays.
+        {
+            atomic_file f(target);
+            f.write(pattern(20, 2));
+            fault_hooks late;
+            late.read_only = true;
+            safeshard::detail::scoped_syscall_hooks scope(late);
+            auto e = expect_error([&] { f.commit(); });
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.sys_errno() == EROFS);
+            CHECK(e.message().find("rename") == 0);
+            CHECK(late.rename_calls == 1);
+        }
+        CHECK(read_file(target) == pattern(10));
+        CHECK(list_names(dir.path()) == std::vector<std::string>{"x.bin"});
+        // The same on a real read-only mount, where this process may mount and remount.
         const tmpfs_mount mnt(dir / "ro", "size=64k");
-        if (!mnt.mounted()) {
-            MESSAGE("skipped: " << mnt.why());
-            return;
-        }
+        if (!mnt.mounted()) return;
         write_file(mnt.path() / "x.bin", pattern(10));
-        if (!mnt.remount_read_only()) {
-            MESSAGE("skipped: remount read-only refused");
-            return;
-        }
+        if (!mnt.remount_read_only()) return;
         auto e = expect_error([&] { atomic_file f(mnt.path() / "x.bin"); });
         CHECK(e.code() == errc::io_error);
         CHECK(e.sys_errno() == EROFS);

@@ -283,39 +283,58 @@ TEST_SUITE("io") {
         const std::size_t size = 3 * 1024 * 1024 + 1234;
         const auto content = pattern(size, 15);
         write_file(dir / "a.bin", content);
-        file_reader r(dir / "a.bin", {.direct = true});
-        if (!r.direct()) {
-            MESSAGE("O_DIRECT not available here (" << r.fallback_note()
-                                                    << "): buffered reads checked");
-            CHECK_FALSE(r.fallback_note().empty());
-        } else {
-            CHECK(r.fallback_note().empty());
-        }
-        const std::vector<std::size_t> offsets = {0,           1,           511,      4095,
-                                                  4096,        4097,        1 << 20,  (1 << 20) + 3,
-                                                  size - 4096, size - 1234, size - 5, size};
-        const std::vector<std::size_t> lengths = {
-            0, 1, 5, 4095, 4096, 4097, 8192, 3 * 4096 + 17, (1 << 20) + 4096, 2 * (1 << 20) + 99};
-        int reads = 0;
-        for (std::size_t misalign : {std::size_t{0}, std::size_t{1}, std::size_t{512}}) {
-            for (auto off : offsets) {
-                for (auto len : lengths) {
-                    if (off + len > size) continue;
-                    CAPTURE(misalign);
-                    CAPTURE(off);
-                    CAPTURE(len);
-                    placed_buffer buf(len, misalign);
-                    r.read_exact(buf.span, off);
-                    REQUIRE(same(buf.span, content, off));
-                    ++reads;
+        // O_DIRECT emulated (its alignment rules enforced on every read), then the real one
+        // where the temp folder takes it (else buffered reads).
+        for (const bool emulated : {true, false}) {
+            CAPTURE(emulated);
+            fault_hooks hooks;
+            hooks.emulate_direct = emulated ? file_reader::direct_alignment : 0;
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            file_reader r(dir / "a.bin", {.direct = true});
+            if (emulated) REQUIRE(r.direct());
+            if (!r.direct()) {
+                MESSAGE("O_DIRECT not available here (" << r.fallback_note()
+                                                        << "): buffered reads checked");
+                CHECK_FALSE(r.fallback_note().empty());
+            } else {
+                CHECK(r.fallback_note().empty());
+            }
+            const std::vector<std::size_t> offsets = {
+                0,           1,           511,      4095, 4096, 4097, 1 << 20, (1 << 20) + 3,
+                size - 4096, size - 1234, size - 5, size};
+            const std::vector<std::size_t> lengths = {0,
+                                                      1,
+                                                      5,
+                                                      4095,
+                                                      4096,
+                                                      4097,
+                                                      8192,
+                                                      3 * 4096 + 17,
+                                                      (1 << 20) + 4096,
+                                                      2 * (1 << 20) + 99};
+            int reads = 0;
+            for (std::size_t misalign : {std::size_t{0}, std::size_t{1}, std::size_t{512}}) {
+                for (auto off : offsets) {
+                    for (auto len : lengths) {
+                        if (off + len > size) continue;
+                        CAPTURE(misalign);
+                        CAPTURE(off);
+                        CAPTURE(len);
+                        placed_buffer buf(len, misalign);
+                        r.read_exact(buf.span, off);
+                        REQUIRE(same(buf.span, content, off));
+                        ++reads;
+                    }
                 }
             }
+            // To the end of the file, from an aligned offset with an aligned buffer.
+            placed_buffer tail(size - 2 * 4096, 0);
+            r.read_exact(tail.span, 2 * 4096);
+            CHECK(same(tail.span, content, 2 * 4096));
+            CHECK(reads > 200);
+            CHECK(hooks.misaligned_reads == 0);
+            if (emulated) CHECK(hooks.buffered_read_bytes == 0);
         }
-        // To the end of the file, from an aligned offset with an aligned buffer.
-        placed_buffer tail(size - 2 * 4096, 0);
-        r.read_exact(tail.span, 2 * 4096);
-        CHECK(same(tail.span, content, 2 * 4096));
-        CHECK(reads > 200);
     }
 
     TEST_CASE("file_reader direct scatter reads, aligned and not") {
@@ -323,24 +342,34 @@ TEST_SUITE("io") {
         const std::size_t size = 64 * 4096 + 100;
         const auto content = pattern(size, 16);
         write_file(dir / "a.bin", content);
-        file_reader r(dir / "a.bin", {.direct = true});
-        // All aligned: one preadv.
-        aligned_buffer a(4096 * 3), b(4096);
-        iovec v[2] = {{a.data(), a.size()}, {b.data(), b.size()}};
-        r.read_exact_v(v, 4096 * 5);
-        CHECK(same(a.bytes(), content, 4096 * 5));
-        CHECK(same(b.bytes(), content, 4096 * 8));
-        // Unaligned lengths and offset: piece by piece through the bounce buffer.
-        placed_buffer c(1000, 3), d(5000, 0);
-        iovec w[2] = {{c.span.data(), c.span.size()}, {d.span.data(), d.span.size()}};
-        r.read_exact_v(w, 77);
-        CHECK(same(c.span, content, 77));
-        CHECK(same(d.span, content, 1077));
-        // Up to the unaligned end of the file.
-        placed_buffer e(size - 4096 * 60, 0);
-        iovec x{e.span.data(), e.span.size()};
-        r.read_exact_v({&x, 1}, 4096 * 60);
-        CHECK(same(e.span, content, 4096 * 60));
+        // O_DIRECT emulated (its alignment rules enforced), then the real one where taken.
+        for (const bool emulated : {true, false}) {
+            CAPTURE(emulated);
+            fault_hooks hooks;
+            hooks.emulate_direct = emulated ? file_reader::direct_alignment : 0;
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            file_reader r(dir / "a.bin", {.direct = true});
+            if (emulated) REQUIRE(r.direct());
+            // All aligned: one preadv.
+            aligned_buffer a(4096 * 3), b(4096);
+            iovec v[2] = {{a.data(), a.size()}, {b.data(), b.size()}};
+            r.read_exact_v(v, 4096 * 5);
+            CHECK(same(a.bytes(), content, 4096 * 5));
+            CHECK(same(b.bytes(), content, 4096 * 8));
+            // Unaligned lengths and offset: piece by piece through the bounce buffer.
+            placed_buffer c(1000, 3), d(5000, 0);
+            iovec w[2] = {{c.span.data(), c.span.size()}, {d.span.data(), d.span.size()}};
+            r.read_exact_v(w, 77);
+            CHECK(same(c.span, content, 77));
+            CHECK(same(d.span, content, 1077));
+            // Up to the unaligned end of the file.
+            placed_buffer e(size - 4096 * 60, 0);
+            iovec x{e.span.data(), e.span.size()};
+            r.read_exact_v({&x, 1}, 4096 * 60);
+            CHECK(same(e.span, content, 4096 * 60));
+            CHECK(hooks.misaligned_reads == 0);
+            if (emulated) CHECK(hooks.buffered_read_bytes == 0);
+        }
     }
 
     TEST_CASE("file_reader direct: short reads and EINTR keep offsets aligned") {
@@ -348,42 +377,60 @@ TEST_SUITE("io") {
         const std::size_t size = 40 * 4096 + 555;
         const auto content = pattern(size, 17);
         write_file(dir / "a.bin", content);
-        file_reader r(dir / "a.bin", {.direct = true});
-        if (!r.direct()) {
-            MESSAGE("skipped: O_DIRECT not available here: " << r.fallback_note());
-            return;
+        // The checks, on `r` (opened with O_DIRECT) with `hooks` installed.
+        const auto check_reads = [&](fault_hooks& hooks, const file_reader& r) {
+            hooks.read_eintr_every = 3;
+            SUBCASE("short by a partial block") {
+                hooks.read_cap = 5000;  // 1 block + 904 bytes: must re-read from the block boundary
+                placed_buffer a(30000, 7);
+                r.read_exact(a.span, 4090);
+                CHECK(same(a.span, content, 4090));
+                placed_buffer b(8 * 4096, 0);
+                r.read_exact(b.span, 4096);  // aligned fast path, continued through the bounce
+                CHECK(same(b.span, content, 4096));
+                aligned_buffer c(4096 * 4), d(4096 * 4);
+                iovec v[2] = {{c.data(), c.size()}, {d.data(), d.size()}};
+                r.read_exact_v(v, 4096);  // preadv short by a partial block: piece by piece
+                CHECK(same(c.bytes(), content, 4096));
+                CHECK(same(d.bytes(), content, 4096 * 5));
+                CHECK(hooks.eintr_count > 0);
+            }
+            SUBCASE("less than a block before the end is an error, not a loop") {
+                hooks.read_cap = 100;
+                placed_buffer a(300, 1);
+                auto e = expect_error([&] { r.read_exact(a.span, 10); });
+                CHECK(e.code() == errc::io_error);
+                CHECK(e.message().find("less than one block") != std::string::npos);
+            }
+            SUBCASE("EINVAL from a direct read explains the alignment") {
+                hooks.read_errno = EINVAL;
+                placed_buffer a(300, 1);
+                auto e = expect_error([&] { r.read_exact(a.span, 10); });
+                CHECK(e.sys_errno() == EINVAL);
+                CHECK(e.message().find("O_DIRECT") != std::string::npos);
+            }
+        };
+        SUBCASE("O_DIRECT emulated, its alignment enforced on every read") {
+            fault_hooks hooks;
+            hooks.emulate_direct = 4096;
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            file_reader r(dir / "a.bin", {.direct = true});
+            REQUIRE(r.direct());
+            CHECK(r.fallback_note().empty());
+            CHECK(hooks.direct_opens == 1);
+            check_reads(hooks, r);
+            CHECK(hooks.misaligned_reads == 0);  // every read kept to O_DIRECT's rules
+            CHECK(hooks.buffered_read_bytes == 0);
         }
-        fault_hooks hooks;
-        safeshard::detail::scoped_syscall_hooks scope(hooks);
-        hooks.read_eintr_every = 3;
-        SUBCASE("short by a partial block") {
-            hooks.read_cap = 5000;  // 1 block + 904 bytes: must re-read from the block boundary
-            placed_buffer a(30000, 7);
-            r.read_exact(a.span, 4090);
-            CHECK(same(a.span, content, 4090));
-            placed_buffer b(8 * 4096, 0);
-            r.read_exact(b.span, 4096);  // aligned fast path, continued through the bounce
-            CHECK(same(b.span, content, 4096));
-            aligned_buffer c(4096 * 4), d(4096 * 4);
-            iovec v[2] = {{c.data(), c.size()}, {d.data(), d.size()}};
-            r.read_exact_v(v, 4096);  // preadv short by a partial block: finished piece by piece
-            CHECK(same(c.bytes(), content, 4096));
-            CHECK(same(d.bytes(), content, 4096 * 5));
-            CHECK(hooks.eintr_count > 0);
-        }
-        SUBCASE("less than a block before the end is an error, not a loop") {
-            hooks.read_cap = 100;
-            placed_buffer a(300, 1);
-            auto e = expect_error([&] { r.read_exact(a.span, 10); });
-            CHECK(e.code() == errc::io_error);
-            CHECK(e.message().find("less than one block") != std::string::npos);
-        }
-        SUBCASE("EINVAL from a direct read explains the alignment") {
-            hooks.read_errno = EINVAL;
-            placed_buffer a(300, 1);
-            auto e = expect_error([&] { r.read_exact(a.span, 10); });
-            CHECK(e.sys_errno() == EINVAL);
-            CHECK(e.message().find("O_DIRECT") != std::string::npos);
+        SUBCASE("real O_DIRECT, where the file system takes it") {
+            file_reader r(dir / "a.bin", {.direct = true});
+            if (!r.direct()) {
+                MESSAGE("real O_DIRECT variant not run: " << r.fallback_note());
+                return;
+            }
+            fault_hooks hooks;
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            check_reads(hooks, r);
         }
     }
 
@@ -404,14 +451,45 @@ TEST_SUITE("io") {
         CHECK(plain.fallback_note().empty());
     }
 
-    TEST_CASE("file_reader on a tmpfs: direct or a stated fallback, same bytes either way") {
+    TEST_CASE("file_reader where O_DIRECT is taken or refused (tmpfs since or before Linux 6.6)") {
         scratch_dir dir;
-        const tmpfs_mount mnt(dir / "t", "size=1m");
-        if (!mnt.mounted()) {
-            MESSAGE("skipped: " << mnt.why());
-            return;
-        }
         const auto content = pattern(20000, 19);
+        write_file(dir / "a.bin", content);
+        for (const bool taken : {true, false}) {
+            CAPTURE(taken);
+            fault_hooks hooks;
+            if (taken)
+                hooks.emulate_direct = 4096;
+            else
+                hooks.open_direct_errno = EINVAL;  // tmpfs before Linux 6.6, some FUSE
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            file_reader r(dir / "a.bin", {.direct = true});
+            CHECK(r.direct() == taken);
+            CHECK(r.fallback_note() ==
+                  (taken ? ""
+                         : "O_DIRECT refused by the file system (open: Invalid argument); using "
+                           "buffered reads"));
+            placed_buffer buf(9000, 5);
+            r.read_exact(buf.span, 1001);
+            CHECK(same(buf.span, content, 1001));
+            CHECK((taken ? hooks.direct_read_bytes : hooks.buffered_read_bytes) > 0);
+            CHECK((taken ? hooks.buffered_read_bytes : hooks.direct_read_bytes) == 0);
+            CHECK(hooks.misaligned_reads == 0);
+        }
+        // Any other refusal of the O_DIRECT open is an error, not a fallback.
+        {
+            fault_hooks hooks;
+            hooks.open_direct_errno = EACCES;
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            auto e = expect_error([&] { file_reader r(dir / "a.bin", {.direct = true}); });
+            CHECK(e.code() == errc::io_error);
+            CHECK(e.sys_errno() == EACCES);
+            CHECK(e.message().find("O_DIRECT") != std::string::npos);
+            CHECK(e.file() == (dir / "a.bin").string());
+        }
+        // A real tmpfs, where this process may mount one: either, and the same bytes.
+        const tmpfs_mount mnt(dir / "t", "size=1m");
+        if (!mnt.mounted()) return;
         write_file(mnt.path() / "a.bin", content);
         file_reader r(mnt.path() / "a.bin", {.direct = true});
         CHECK(r.direct() == r.fallback_note().empty());

@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <filesystem>
 
+#include <fcntl.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 using namespace safeshard;
@@ -52,6 +54,30 @@ TEST_SUITE("io") {
         CHECK(d::active_syscall_hooks.load() == nullptr);
         CHECK(d::sys::fsync(-1) == -1);
         CHECK(errno == EBADF);
+    }
+
+    TEST_CASE("fstatfs goes through the seam: hooks see it and may say another file system") {
+        scratch_dir dir;
+        write_file(dir / "a.bin", pattern(10));
+        const safeshard::detail::unique_fd fd(::open((dir / "a.bin").c_str(), O_RDONLY));
+        REQUIRE(fd);
+        struct statfs real {};
+        REQUIRE(safeshard::detail::sys::fstatfs(fd.get(), &real) == 0);
+        fault_hooks hooks;
+        hooks.fstatfs_type = safeshard::test::tmpfs_magic;
+        {
+            safeshard::detail::scoped_syscall_hooks scope(hooks);
+            struct statfs st {};
+            CHECK(safeshard::detail::sys::fstatfs(fd.get(), &st) == 0);
+            CHECK(static_cast<long>(st.f_type) == safeshard::test::tmpfs_magic);
+            CHECK(st.f_bsize == real.f_bsize);  // the rest is the real answer
+            CHECK(safeshard::detail::sys::fstatfs(-1, &st) == -1);
+            CHECK(errno == EBADF);
+        }
+        CHECK(hooks.fstatfs_calls == 2);
+        struct statfs after {};
+        REQUIRE(safeshard::detail::sys::fstatfs(fd.get(), &after) == 0);
+        CHECK(after.f_type == real.f_type);
     }
 
     TEST_CASE("errno_error reads errno first and names the path") {

@@ -378,25 +378,60 @@ TEST_SUITE("save") {
               errc::invalid_argument);
     }
 
-    TEST_CASE("sharded_writer: ENOSPC on a small tmpfs leaves nothing behind") {
+    TEST_CASE("sharded_writer: a disk full midway leaves nothing behind; a read-only one too") {
         scratch_dir d;
-        const tmpfs_mount mnt(d / "mnt", "size=64k");
-        if (!mnt.mounted()) {
-            MESSAGE("skipped: " << mnt.why());
-            return;
-        }
+        fs::create_directory(d / "disk");
         tensor_set s;
         for (int i = 0; i < 4; ++i) {
             s.infos.push_back(tensor_info{"t" + std::to_string(i), dtype::u8, shape{40000}});
             s.bytes.push_back(io_test::pattern(40000, static_cast<std::uint32_t>(i)));
         }
+        sharded_save_options o;
+        o.max_shard_size = 50000;  // four shards and an index
+        // Full at once, in the first shard, between shards' files, in the last one.
+        for (const std::uint64_t room : {0u, 1000u, 40100u, 100000u, 150000u}) {
+            for (const int full : {ENOSPC, EDQUOT}) {
+                CAPTURE(room);
+                CAPTURE(full);
+                io_test::fault_hooks hooks;
+                hooks.enospc_after = room;
+                hooks.full_errno = full;
+                {
+                    const detail::scoped_syscall_hooks scope(hooks);
+                    const auto e = expect_error(errc::io_error, [&] {
+                        save_sharded(d / "disk" / "out", s.infos, producer_of(s), o);
+                    });
+                    CHECK(e.sys_errno() == full);
+                    CHECK(std::string(e.what()).find(std::strerror(full)) != std::string::npos);
+                    CHECK(e.file().find((d / "disk").string()) == 0);
+                }
+                CHECK(hooks.bytes_in == room);  // it wrote until the disk was full
+                CHECK(entries(d / "disk") == 0);
+            }
+        }
+        // Read-only file system: the folder cannot even be made.
+        {
+            io_test::fault_hooks hooks;
+            hooks.read_only = true;
+            const detail::scoped_syscall_hooks scope(hooks);
+            const auto e = expect_error(errc::io_error, [&] {
+                save_sharded(d / "disk" / "out", s.infos, producer_of(s), o);
+            });
+            CHECK(e.sys_errno() == EROFS);
+            CHECK(std::string(e.what()).find("Read-only file system") != std::string::npos);
+        }
+        CHECK(entries(d / "disk") == 0);
+        save_sharded(d / "disk" / "out", s.infos, producer_of(s), o);  // and once there is room
+        check_equal(checkpoint::open((d / "disk" / "out").string()), s);
+        // The same on a real 64 KiB tmpfs, where this process may mount one.
+        const tmpfs_mount mnt(d / "mnt", "size=64k");
+        if (!mnt.mounted()) return;
         {
             const auto e = expect_error(
                 errc::io_error, [&] { save_sharded(d / "mnt" / "out", s.infos, producer_of(s)); });
             CHECK(e.sys_errno() == ENOSPC);
         }
         CHECK(entries(d / "mnt") == 0);
-        // Read-only file system: the folder cannot even be made.
         REQUIRE(mnt.remount_read_only());
         CHECK(code_of([&] { save_sharded(d / "mnt" / "out", s.infos, producer_of(s)); }) ==
               errc::io_error);

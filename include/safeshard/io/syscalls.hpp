@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 namespace safeshard::detail {
@@ -45,6 +46,8 @@ public:
     virtual int fstatx(int fd, unsigned mask, struct statx* st) {
         return ::statx(fd, "", AT_EMPTY_PATH, mask, st);
     }
+    // statfs(2) of an open file: what file system holds it (f_type).
+    virtual int fstatfs(int fd, struct statfs* st) { return ::fstatfs(fd, st); }
     virtual ssize_t pread(int fd, void* buf, std::size_t n, off_t offset) {
         return ::pread(fd, buf, n, offset);
     }
@@ -64,6 +67,9 @@ public:
     virtual int madvise(void* addr, std::size_t length, int advice) {
         return ::madvise(addr, length, advice);
     }
+    // Whether reads may go through io_uring: a ring's reads bypass this seam, so hooks that
+    // must see every read (or fail them) refuse it, and the engines read with pread instead.
+    virtual bool io_uring_allowed() { return true; }
 };
 
 // Process-wide so that worker threads see the same faults as the test that installed them.
@@ -107,6 +113,11 @@ inline int close(int fd) {
     if (auto* h = hooks()) [[unlikely]]
         return h->fstatx(fd, mask, st);
     return ::statx(fd, "", AT_EMPTY_PATH, mask, st);
+}
+[[nodiscard]] inline int fstatfs(int fd, struct statfs* st) {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->fstatfs(fd, st);
+    return ::fstatfs(fd, st);
 }
 [[nodiscard]] inline ssize_t pread(int fd, void* buf, std::size_t n, off_t offset) {
     if (auto* h = hooks()) [[unlikely]]
@@ -160,6 +171,11 @@ inline int close(int fd) {
     if (auto* h = hooks()) [[unlikely]]
         return h->madvise(addr, length, advice);
     return ::madvise(addr, length, advice);
+}
+[[nodiscard]] inline bool io_uring_allowed() {
+    if (auto* h = hooks()) [[unlikely]]
+        return h->io_uring_allowed();
+    return true;
 }
 
 }  // namespace sys
