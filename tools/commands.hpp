@@ -13,6 +13,7 @@
 #include "output.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/load/convert.hpp"
+#include "safeshard/shard/expert_parallel.hpp"
 #include "safeshard/shard/layout.hpp"
 
 namespace safeshard::cli {
@@ -77,6 +78,22 @@ inline void note_not_copied(const std::filesystem::path& file, std::string_view 
     return to;
 }
 
+// --ep and --expert-placement; usage errors naming the options (the library checks the world
+// again, in its own words).
+template <class Args>
+[[nodiscard]] expert_parallel expert_parallel_arg(const Args& a) {
+    const auto placement = parse_expert_placement(a.expert_placement);
+    if (!placement)
+        throw error(
+            errc::invalid_argument,
+            "--expert-placement must be linear or round_robin, not '" + a.expert_placement + "'");
+    if (a.ep == 0 || a.ep > a.world || a.world % a.ep != 0)
+        throw error(errc::invalid_argument, "--ep " + std::to_string(a.ep) +
+                                                " does not divide --tp " + std::to_string(a.world) +
+                                                " (it must be between 1 and --tp, and divide it)");
+    return {.ep = a.ep, .placement = *placement};
+}
+
 // "1.50 GiB"
 [[nodiscard]] inline std::string human_bytes(std::uint64_t n) {
     constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -113,6 +130,9 @@ int run_convert(const convert_args& a, output& out);
 struct plan_args {
     checkpoint_args ckpt;
     std::uint32_t world = 0;
+    std::uint32_t ep = 1;                     // expert groups
+    std::string expert_placement = "linear";  // or round_robin
+    bool include_mtp = false;                 // the multi-token prediction layers
     std::optional<std::uint32_t> rank{};
     std::string arch{};           // empty: config.json's model_type
     std::string kv_convention{};  // empty: contiguous

@@ -1,9 +1,11 @@
 // safeshard plan: each parameter's layout, global shape, and every rank's local shape and
 // bytes, from the headers and config.json alone (no tensor data read, nothing allocated).
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fmt/core.h>
@@ -21,16 +23,39 @@ void shape_json(output& out, const shape& s) {
     out.write("]");
 }
 
-// The plans of the ranks shown: one rank, or every rank of the world.
+// One parameter across the ranks shown: each rank that holds it (an expert's tensor is held
+// by its expert group only), in rank order.
+struct parameter_row {
+    struct held {
+        std::uint32_t rank;
+        const load_plan* plan;
+        const plan_destination* local;
+    };
+    std::vector<held> holders;
+
+    [[nodiscard]] const plan_destination& first() const { return *holders.front().local; }
+    // The name of the parameter this one is tied to (on the first rank holding it).
+    [[nodiscard]] std::string_view tied_to() const {
+        const held& h = holders.front();
+        return h.plan->destinations()[*h.local->tied_to].name;
+    }
+};
+
+// The plans of the ranks shown (one rank, or every rank of the world) and their parameters
+// in the schema's order.
 struct rank_plans {
     std::vector<std::uint32_t> ranks;
     std::vector<load_plan> plans;
 
-    [[nodiscard]] std::span<const plan_destination> parameters() const {
-        return plans.front().destinations();
-    }
-    [[nodiscard]] const plan_destination& local(std::size_t k, std::size_t i) const {
-        return plans[k].destinations()[i];
+    [[nodiscard]] std::vector<parameter_row> parameters() const {
+        std::map<std::size_t, parameter_row> by_place;
+        for (std::size_t k = 0; k < plans.size(); ++k)
+            for (const plan_destination& d : plans[k].destinations())
+                by_place[d.schema_index].holders.push_back({ranks[k], &plans[k], &d});
+        std::vector<parameter_row> rows;
+        rows.reserve(by_place.size());
+        for (auto& [place, row] : by_place) rows.push_back(std::move(row));
+        return rows;
     }
 };
 
@@ -41,6 +66,7 @@ struct rank_plans {
     o.strict = !a.ckpt.lenient;
     o.allow_quantized = a.allow_quantized;
     o.architecture = a.arch;
+    o.schema.multi_token_prediction = a.include_mtp;
     if (!a.kv_convention.empty()) o.schema.kv = kv_convention_arg(a.kv_convention);
     if (!a.dtype.empty()) {
         const auto p = parse_dtype_policy(a.dtype);
@@ -54,10 +80,10 @@ struct rank_plans {
 }
 
 void print_json(output& out, std::uint32_t world, const rank_plans& rp) {
-    const auto params = rp.parameters();
+    const std::vector<parameter_row> params = rp.parameters();
     out.print("{{\"world\":{},\"parameters\":[", world);
     for (std::size_t i = 0; i < params.size(); ++i) {
-        const plan_destination& d = params[i];
+        const plan_destination& d = params[i].first();
         out.write(i ? ",{\"name\":" : "{\"name\":");
         out.json_string(d.name);
         out.write(",\"layout\":");
@@ -68,14 +94,15 @@ void print_json(output& out, std::uint32_t world, const rank_plans& rp) {
         out.json_string(safeshard::name(d.dtype));
         out.write(",\"tied_to\":");
         if (d.tied())
-            out.json_string(params[*d.tied_to].name);
+            out.json_string(params[i].tied_to());
         else
             out.write("null");
         out.write(",\"ranks\":[");
-        for (std::size_t k = 0; k < rp.plans.size(); ++k) {
-            out.print("{}{{\"rank\":{},\"shape\":", k ? "," : "", rp.ranks[k]);
-            shape_json(out, rp.local(k, i).local);
-            out.print(",\"nbytes\":{}}}", bytes_of(rp.local(k, i)));
+        for (std::size_t k = 0; k < params[i].holders.size(); ++k) {
+            const auto& h = params[i].holders[k];
+            out.print("{}{{\"rank\":{},\"shape\":", k ? "," : "", h.rank);
+            shape_json(out, h.local->local);
+            out.print(",\"nbytes\":{}}}", bytes_of(*h.local));
         }
         out.write("]}");
     }
@@ -86,24 +113,30 @@ void print_json(output& out, std::uint32_t world, const rank_plans& rp) {
 }
 
 void print_text(output& out, const plan_args& a, const rank_plans& rp) {
-    const auto params = rp.parameters();
-    out.print("{} parameters, tensor parallel over {} rank(s){}\n\n", params.size(), a.world,
+    const std::vector<parameter_row> params = rp.parameters();
+    out.print("{} parameters, tensor parallel over {} rank(s){}{}\n\n", params.size(), a.world,
+              a.ep > 1 ? fmt::format(", experts over {} groups ({})", a.ep, a.expert_placement)
+                       : std::string(),
               a.rank ? fmt::format(", rank {} shown", *a.rank) : std::string());
-    for (std::size_t i = 0; i < params.size(); ++i) {
-        const plan_destination& d = params[i];
+    for (const parameter_row& row : params) {
+        const plan_destination& d = row.first();
         out.print("{}  {}  {}  {}", escape_controls(d.name), name(d.layout), d.global.to_string(),
                   safeshard::name(d.dtype));
-        if (d.tied()) out.print("  tied to {}", params[*d.tied_to].name);
+        if (d.tied()) out.print("  tied to {}", row.tied_to());
         if (d.created()) out.print("  initialised ({})", to_string(d.init.kind));
         out.write("\n");
-        for (std::size_t k = 0; k < rp.plans.size(); ++k)
-            out.print("    rank {}: {}  {}\n", rp.ranks[k], rp.local(k, i).local.to_string(),
-                      human_bytes(bytes_of(rp.local(k, i))));
+        for (const auto& h : row.holders)
+            out.print("    rank {}: {}  {}\n", h.rank, h.local->local.to_string(),
+                      human_bytes(bytes_of(*h.local)));
     }
     out.write("\nbytes per rank:\n");
     for (std::size_t k = 0; k < rp.plans.size(); ++k)
-        out.print("  rank {}: {} ({} bytes)\n", rp.ranks[k], human_bytes(rp.plans[k].total_bytes()),
-                  rp.plans[k].total_bytes());
+        out.print("  rank {}: {} ({} bytes){}\n", rp.ranks[k],
+                  human_bytes(rp.plans[k].total_bytes()), rp.plans[k].total_bytes(),
+                  rp.plans[k].experts() == 0 || a.ep <= 1
+                      ? std::string()
+                      : fmt::format(", {} of {} experts", rp.plans[k].held_experts().size(),
+                                    rp.plans[k].experts()));
     for (const auto& n : rp.plans.front().unexpected())
         out.print("unexpected (not loaded): {}\n", escape_controls(n));
     for (const auto& ig : rp.plans.front().ignored())
@@ -117,13 +150,16 @@ int run_plan(const plan_args& a, output& out) {
     if (a.rank && *a.rank >= a.world)
         throw error(errc::invalid_argument,
                     fmt::format("--rank {} is not below --tp {}", *a.rank, a.world));
+    const parallel_context base{.world = a.world, .experts = expert_parallel_arg(a)};
     const plan_options o = options_of(a);
     const checkpoint ckpt = open_checkpoint(a.ckpt);
     rank_plans rp;
     for (std::uint32_t r = a.rank.value_or(0); r < (a.rank ? *a.rank + 1 : a.world); ++r) {
         check_interrupted();
+        parallel_context ctx = base;
+        ctx.rank = r;
         rp.ranks.push_back(r);
-        rp.plans.push_back(load_plan::build(ckpt, {r, a.world}, o));
+        rp.plans.push_back(load_plan::build(ckpt, ctx, o));
     }
     if (a.json)
         print_json(out, a.world, rp);

@@ -146,6 +146,15 @@ int main(int argc, char** argv) {
         "only; no tensor data is read)");
     add_checkpoint_options(plan_cmd, plan.ckpt);
     plan_cmd->add_option("--tp", plan.world, "Tensor-parallel world size")->required();
+    plan_cmd->add_option("--ep", plan.ep,
+                         "Expert-parallel size: expert groups of --tp/--ep ranks each hold their "
+                         "own experts, cut --tp/--ep ways (default 1: every rank every expert)");
+    plan_cmd->add_option("--expert-placement", plan.expert_placement,
+                         "How experts spread over the groups: linear (default, contiguous "
+                         "ranges, the extra ones to the first groups) or round_robin");
+    plan_cmd->add_flag("--include-mtp", plan.include_mtp,
+                       "Plan the multi-token prediction layers after num_hidden_layers too "
+                       "(DeepSeek-V3; skipped by default)");
     plan_cmd->add_option("--rank", plan.rank, "Show this rank only");
     plan_cmd->add_option("--arch", plan.arch, arch_help);
     plan_cmd->add_option("--kv-convention", plan.kv_convention,

@@ -3,6 +3,7 @@
 // under ep 1, 2 and world, both placements, compared with slices computed here from the
 // definitions (issue text and vLLM's determine_expert_map), not with the library's algebra.
 #include <doctest/doctest.h>
+#include <simdjson.h>
 
 #include <algorithm>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "../support/expect_error.hpp"
+#include "../support/run_tool.hpp"
 #include "model_gen.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
@@ -401,4 +403,122 @@ TEST_CASE("mixtures of experts: config.json's expert count must match the tensor
               std::string::npos);
         CHECK(e.message().find("expert 5") != std::string::npos);
     }
+}
+
+namespace {
+
+std::vector<std::uint64_t> ints(simdjson::dom::array a) {
+    std::vector<std::uint64_t> v;
+    for (auto x : a) v.push_back(x.get_uint64().value());
+    return v;
+}
+
+// `safeshard plan --json` of every rank (or one): a parameter lists the ranks that hold it,
+// in rank order, with their shapes and bytes; rank_bytes add them up.
+void check_plan_json(const std::filesystem::path& dir, const moe_model& m,
+                     const std::map<std::string, source_tensor>& src, std::uint32_t w,
+                     std::uint32_t ep, bool rr, std::optional<std::uint32_t> only) {
+    CAPTURE(m.type);
+    CAPTURE(w);
+    CAPTURE(ep);
+    CAPTURE(rr);
+    const auto r =
+        run_tool("plan " + dir.string() + " --tp " + std::to_string(w) + " --ep " +
+                 std::to_string(ep) + (rr ? " --expert-placement round_robin" : std::string()) +
+                 (only ? " --rank " + std::to_string(*only) : std::string()) + " --json");
+    REQUIRE_MESSAGE(r.code == 0, r.out);
+    simdjson::dom::parser parser;
+    const simdjson::dom::element doc = parser.parse(r.out);
+    std::vector<std::uint64_t> totals(w, 0);
+    std::set<std::string> seen;
+    for (auto p : doc["parameters"].get_array()) {
+        const std::string name(p["name"].get_string().value());
+        CAPTURE(name);
+        seen.insert(name);
+        const source_tensor& t = src.at(name);
+        CHECK(ints(p["global_shape"].get_array()) == t.dims);
+        const auto e = expert_in(name);
+        if (e)  // the within-group layout, spelled as today
+            CHECK(std::string(p["layout"].get_string().value()) ==
+                  (name.ends_with("down_proj.weight") || name.ends_with("w2.weight") ? "split<1>"
+                                                                                     : "split<0>"));
+        std::vector<std::uint64_t> ranks, want_ranks;
+        for (std::uint32_t k = 0; k < w; ++k)
+            if ((!only || k == *only) && (!e || owner(*e, m.experts, ep, rr) == k / (w / ep)))
+                want_ranks.push_back(k);
+        for (auto rk : p["ranks"].get_array()) {
+            const auto k = static_cast<std::uint32_t>(rk["rank"].get_uint64().value());
+            ranks.push_back(k);
+            const expected_cut cut = cut_of(name, m, t, rank_of{k, w, ep, rr});
+            std::vector<std::uint64_t> shape{cut.rows.size()};
+            if (t.dims.size() > 1) shape.push_back(cut.cols.size());
+            CHECK(ints(rk["shape"].get_array()) == shape);
+            const std::uint64_t nbytes = rk["nbytes"].get_uint64().value();
+            CHECK(nbytes == cut.rows.size() * cut.cols.size() * 2);
+            totals[k] += nbytes;
+        }
+        CHECK(ranks == want_ranks);
+    }
+    // Every tensor some shown rank holds, and no other (the MTP layer is skipped).
+    std::set<std::string> want;
+    for (const auto& [name, t] : src) {
+        if (name.starts_with("model.layers." + std::to_string(m.layers) + ".")) continue;
+        const auto e = expert_in(name);
+        if (only && e && owner(*e, m.experts, ep, rr) != *only / (w / ep)) continue;
+        want.insert(name);
+    }
+    CHECK(seen == want);
+    const auto rank_bytes = ints(doc["rank_bytes"].get_array());
+    if (only) {
+        REQUIRE(rank_bytes.size() == 1);
+        CHECK(rank_bytes[0] == totals[*only]);
+    } else {
+        CHECK(rank_bytes == totals);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("safeshard plan --json: mixtures of experts under --ep and --expert-placement" *
+          doctest::skip(!have_tool())) {
+    for (const moe_model& m : families()) {
+        temp_folder dir;
+        const auto src = tensors_of(m);
+        write_checkpoint(dir.path(), config_of(m), 2, "", src);
+        for (std::uint32_t w : {2u, 4u})
+            for (std::uint32_t ep : {1u, 2u, w})
+                for (bool rr : {false, true}) check_plan_json(dir.path(), m, src, w, ep, rr, {});
+        check_plan_json(dir.path(), m, src, 4, 4, false, 3u);
+        check_plan_json(dir.path(), m, src, 4, 2, true, 1u);
+    }
+}
+
+TEST_CASE("safeshard plan: mixtures of experts' errors, exit codes and the MTP layer" *
+          doctest::skip(!have_tool())) {
+    const moe_model m{.type = "deepseek_v3"};
+    temp_folder dir;
+    write_checkpoint(dir.path(), config_of(m), 2, "", tensors_of(m));
+    const std::string d = dir.path().string();
+    auto r = run_tool("plan " + d + " --tp 4 --ep 3");
+    CHECK(r.code == 2);
+    CHECK(r.out.find("--ep 3 does not divide --tp 4") != std::string::npos);
+    r = run_tool("plan " + d + " --tp 2 --ep 4");
+    CHECK(r.code == 2);
+    r = run_tool("plan " + d + " --tp 2 --ep 0");
+    CHECK(r.code == 2);
+    r = run_tool("plan " + d + " --tp 2 --expert-placement sideways");
+    CHECK(r.code == 2);
+    CHECK(r.out.find("linear or round_robin") != std::string::npos);
+    r = run_tool("plan " + d + " --tp 8 --ep 8");  // 6 experts, 8 groups
+    CHECK(r.code == 1);
+    CHECK(r.out.find("8 expert groups for 6 experts") != std::string::npos);
+    // The multi-token prediction layer (layer 3 here): ignored, or planned with --include-mtp.
+    r = run_tool("plan " + d + " --tp 2");
+    CHECK(r.code == 0);
+    CHECK(r.out.find("ignored: model.layers.3.enorm.weight (a multi-token prediction layer") !=
+          std::string::npos);
+    r = run_tool("plan " + d + " --tp 2 --include-mtp --json");
+    CHECK(r.code == 0);
+    CHECK(r.out.find("\"model.layers.3.eh_proj.weight\"") != std::string::npos);
+    CHECK(r.out.find("\"model.layers.3.mlp.experts.5.down_proj.weight\"") != std::string::npos);
 }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "../support/run_tool.hpp"
 #include "model_gen.hpp"
 
 using namespace safeshard;
@@ -15,24 +16,7 @@ using namespace safeshard::test;
 
 namespace {
 
-struct run_result {
-    int code = -1;
-    std::string out;
-};
-
-run_result run(const std::string& args) {
-    const char* exe = std::getenv("SAFESHARD_EXE");
-    REQUIRE(exe != nullptr);
-    run_result r;
-    FILE* p = ::popen((std::string(exe) + " " + args + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[4096];
-    std::size_t n = 0;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    const int st = ::pclose(p);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
+tool_result run(const std::string& args) { return run_tool(args); }
 
 std::vector<std::uint64_t> ints(simdjson::dom::array a) {
     std::vector<std::uint64_t> v;
@@ -94,7 +78,7 @@ void check_plan_json(const model_spec& m, std::uint32_t world, std::optional<std
 }  // namespace
 
 TEST_CASE("safeshard plan --json: layouts, shapes and bytes of every rank" *
-          doctest::skip(std::getenv("SAFESHARD_EXE") == nullptr)) {
+          doctest::skip(!have_tool())) {
     model_spec llama;
     for (std::uint32_t w : {1u, 2u, 4u, 8u}) check_plan_json(llama, w, std::nullopt);
     check_plan_json(llama, 8, 5u);
@@ -104,8 +88,7 @@ TEST_CASE("safeshard plan --json: layouts, shapes and bytes of every rank" *
     check_plan_json(gemma, 2, std::nullopt);
 }
 
-TEST_CASE("safeshard plan: errors and exit codes" *
-          doctest::skip(std::getenv("SAFESHARD_EXE") == nullptr)) {
+TEST_CASE("safeshard plan: errors and exit codes" * doctest::skip(!have_tool())) {
     model_spec m;
     temp_folder dir;
     auto t = make_tensors(m);
