@@ -242,10 +242,10 @@ inline void check_expert_count(config_check& r, const checkpoint& ckpt, const mo
 // config.json implies for it.
 inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std::string_view name,
                                const shape& held, const model_config& c,
-                               const architecture_table& shapes, config_scope scope) {
-    const std::vector<implied_dim> want =
-        shapes.implied_shape(name, sizes_of(c), scope == config_scope::generic);
-    if (want.empty()) return;
+                               const implied_shape_index& shapes) {
+    const std::vector<implied_dim>* found = shapes.find(name);
+    if (found == nullptr || found->empty()) return;
+    const std::vector<implied_dim>& want = *found;
     for (const auto& w : want)
         if (w.overflows) {
             r.add({std::string(w.fields),
@@ -308,13 +308,14 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
     }
     if (scope == config_scope::architecture && c.num_experts != 0)
         detail::check_expert_count(r, ckpt, c, names);
-    const architecture_table& shapes = architecture_shapes(c.model_type);
+    const implied_shape_index shapes(architecture_shapes(c.model_type), sizes_of(c),
+                                     scope == config_scope::generic);
     for (const auto& f : ckpt.files())
         for (const tensor_view t : f.view) {
             std::string_view n = t.name();
             if (!n.starts_with(names.checkpoint_prefix)) continue;
             n.remove_prefix(names.checkpoint_prefix.size());
-            detail::check_tensor_shape(r, t.name(), n, t.shape(), c, shapes, scope);
+            detail::check_tensor_shape(r, t.name(), n, t.shape(), c, shapes);
         }
     return r;
 }

@@ -5,6 +5,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <ranges>
@@ -18,6 +19,7 @@
 
 #include "safeshard/core/checked.hpp"
 #include "safeshard/core/error.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/shard/layout.hpp"
 #include "safeshard/shard/parameter.hpp"
 
@@ -96,24 +98,31 @@ public:
 
     // Adds a parameter; duplicate_name when one of that name exists.
     void add(parameter_meta p) {
-        if (index_.contains(p.name))
-            throw error(errc::duplicate_name, "the schema already has a parameter '" + p.name + "'",
-                        error_context{.file = {}, .tensor = p.name});
         if (p.sources.size() > max_sources)
             throw error(errc::invalid_argument,
                         "parameter '" + p.name + "' has " + std::to_string(p.sources.size()) +
                             " sources; at most " + std::to_string(max_sources),
                         error_context{.file = {}, .tensor = p.name});
-        index_.emplace(p.name, params_.size());
-        for (const auto& s : p.sources) by_source_.emplace(s, params_.size());
+        if (find(p.name) != nullptr)
+            throw error(errc::duplicate_name, "the schema already has a parameter '" + p.name + "'",
+                        error_context{.file = {}, .tensor = p.name});
+        make_room(params_.size() + 1, sources_.size() + p.sources.size());
+        const auto at = static_cast<std::uint32_t>(params_.size());
         params_.push_back(std::move(p));
+        (void)index_.insert(params_.back().name, at, param_name());
+        for (std::uint32_t k = 0; k < params_.back().sources.size(); ++k) {
+            sources_.push_back({at, k});
+            // The first parameter to name a source keeps it.
+            (void)by_source_.insert(params_.back().sources[k],
+                                    static_cast<std::uint32_t>(sources_.size() - 1), source_name());
+        }
     }
 
-    // Room for n parameters (and as many sources) without rehashing.
+    // Room for n parameters (and as many sources) without rebuilding the indexes.
     void reserve(std::size_t n) {
         params_.reserve(n);
-        index_.reserve(n);
-        by_source_.reserve(n);
+        sources_.reserve(n);
+        make_room(n, n);
     }
 
     void ignore(std::string pattern, std::string note) {
@@ -130,8 +139,8 @@ public:
     [[nodiscard]] bool empty() const noexcept { return params_.empty(); }
 
     [[nodiscard]] const parameter_meta* find(std::string_view name) const {
-        const auto it = index_.find(std::string(name));
-        return it == index_.end() ? nullptr : &params_[it->second];
+        const auto at = index_.find(name, param_name());
+        return at ? &params_[*at] : nullptr;
     }
     // tensor_not_found when absent.
     [[nodiscard]] const parameter_meta& at(std::string_view name) const {
@@ -142,13 +151,13 @@ public:
     }
     // The parameter that reads this checkpoint tensor, if any.
     [[nodiscard]] const parameter_meta* find_by_source(std::string_view checkpoint_name) const {
-        const auto it = by_source_.find(std::string(checkpoint_name));
-        return it == by_source_.end() ? nullptr : &params_[it->second];
+        const auto at = by_source_.find(checkpoint_name, source_name());
+        return at ? &params_[sources_[*at].param] : nullptr;
     }
 
     // Why a checkpoint tensor that no parameter reads is fine, or nullopt (unexpected).
     [[nodiscard]] std::optional<std::string_view> ignored(std::string_view checkpoint_name) const {
-        if (skipped_.contains(std::string(checkpoint_name)))
+        if (skipped_.contains(checkpoint_name))
             return std::string_view("outside this pipeline stage");
         for (const auto& r : ignore_)
             if (glob_match(r.pattern, checkpoint_name)) return std::string_view(r.note);
@@ -203,11 +212,49 @@ public:
     }
 
 private:
+    // A source name: parameter params_[param]'s sources[k].
+    struct source_ref {
+        std::uint32_t param;
+        std::uint32_t k;
+    };
+    // The names at positions of each index.
+    struct param_names {
+        const schema* s;
+        std::string_view operator()(std::uint32_t i) const { return s->params_[i].name; }
+    };
+    struct source_names {
+        const schema* s;
+        std::string_view operator()(std::uint32_t i) const {
+            return s->params_[s->sources_[i].param].sources[s->sources_[i].k];
+        }
+    };
+    [[nodiscard]] param_names param_name() const noexcept { return {this}; }
+    [[nodiscard]] source_names source_name() const noexcept { return {this}; }
+    // Rebuilds an index at twice its size when it would hold more names than it has room for.
+    void make_room(std::size_t params, std::size_t sources) {
+        if (params > params_room_) {
+            params_room_ = std::max(params, 2 * params_room_);
+            index_.reset(params_room_);
+            for (std::uint32_t i = 0; i < params_.size(); ++i)
+                (void)index_.insert(params_[i].name, i, param_name());
+        }
+        if (sources > sources_room_) {
+            sources_room_ = std::max(sources, 2 * sources_room_);
+            by_source_.reset(sources_room_);
+            for (std::uint32_t i = 0; i < sources_.size(); ++i)
+                (void)by_source_.insert(source_name()(i), i, source_name());
+        }
+    }
+
     std::vector<parameter_meta> params_{};
-    std::unordered_map<std::string, std::size_t> index_{};
-    std::unordered_map<std::string, std::size_t> by_source_{};
+    std::vector<source_ref> sources_{};
+    // Keyed open addressing (names come from files): lookups allocate nothing.
+    detail::name_index index_{};
+    detail::name_index by_source_{};
+    std::size_t params_room_ = 0;
+    std::size_t sources_room_ = 0;
     std::vector<ignore_rule> ignore_{};
-    std::unordered_set<std::string> skipped_{};
+    std::unordered_set<std::string, detail::name_hash, std::equal_to<>> skipped_{};
     std::vector<std::string> notes_{};
     std::optional<safeshard::layout> fallback_{};
     name_map names_{};

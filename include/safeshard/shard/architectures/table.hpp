@@ -7,15 +7,18 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "safeshard/core/checked.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/model_config.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/shard/layout.hpp"
 #include "safeshard/shard/parameter.hpp"
@@ -378,6 +381,60 @@ struct architecture_table {
             v.push_back(implied(found->shape.dims[k], c));
         return v;
     }
+};
+
+// The shapes config.json implies, found by name in one look-up: a name's whole dot-separated
+// digit runs read as one placeholder, as the entries' "{i}" and "{e}" do. Chooses the entry
+// implied_shape chooses (the table's own variant first); check_config asks it once per tensor.
+class implied_shape_index {
+public:
+    implied_shape_index(const architecture_table& t, const decoder_dims& c, bool generic = false) {
+        const std::uint32_t have = t.features | config_features(c);
+        std::unordered_map<std::string, bool> own_of;
+        for (const auto& e : t.entries) {
+            if (generic && e.role != parameter_role::embedding && e.role != parameter_role::lm_head)
+                continue;
+            const bool own = (e.requires_features & have) == e.requires_features &&
+                             (e.excludes_features & have) == 0;
+            const std::string key = normalized(e.name, true);
+            const auto [it, fresh] = own_of.try_emplace(key, own);
+            if (!fresh && (it->second || !own)) continue;  // an earlier entry wins
+            it->second = own;
+            std::vector<implied_dim> v;
+            for (std::size_t k = 0; k < e.shape.rank; ++k) v.push_back(implied(e.shape.dims[k], c));
+            by_pattern_[key] = std::move(v);
+        }
+    }
+
+    // The implied dimensions (empty: none implied), or nullptr for a name no entry matches.
+    [[nodiscard]] const std::vector<implied_dim>* find(std::string_view name) const {
+        key_ = normalized(name, false);
+        const auto it = by_pattern_.find(key_);
+        return it == by_pattern_.end() ? nullptr : &it->second;
+    }
+
+private:
+    // Each dot-separated part that is all digits (a name) or "{i}" / "{e}" (a pattern) as "{}".
+    static std::string normalized(std::string_view s, bool pattern) {
+        std::string out;
+        out.reserve(s.size());
+        while (true) {
+            const std::size_t dot = s.find('.');
+            const std::string_view part = s.substr(0, dot);
+            const bool index = pattern ? (part == "{i}" || part == "{e}")
+                                       : !part.empty() && part.find_first_not_of("0123456789") ==
+                                                              std::string_view::npos;
+            out += index ? std::string_view("{}") : part;
+            if (dot == std::string_view::npos) break;
+            out += '.';
+            s.remove_prefix(dot + 1);
+        }
+        return out;
+    }
+
+    std::unordered_map<std::string, std::vector<implied_dim>, detail::name_hash, std::equal_to<>>
+        by_pattern_{};
+    mutable std::string key_{};
 };
 
 // The parameter table of an architecture for these sizes and options (names are views of the
