@@ -118,7 +118,7 @@ public:
             return build(ckpt, identity_schema(exported->tensors), ctx, o);
         }
         const configured_schema cs = schema_from_config(ckpt, o.architecture, o.schema, "load");
-        return build(ckpt, cs.schema, ctx, o, &cs.config);
+        return build_from(ckpt, cs.schema, ctx, o, &cs.config, /*config_checked=*/true);
     }
 
     // A given schema; `config` (optional) adds config.json's checks against the tensors
@@ -198,6 +198,11 @@ public:
 private:
     class builder;
     load_plan() = default;
+
+    // build() once config.json was checked against the checkpoint (or is to be checked here).
+    [[nodiscard]] static load_plan build_from(const checkpoint& ckpt, const schema& s,
+                                              parallel_context ctx, const plan_options& o,
+                                              const model_config* config, bool config_checked);
 
     std::uint64_t tensor_bytes(dtype t, const shape& s, const std::string& n) const {
         const auto elems = s.element_count();
@@ -546,6 +551,12 @@ private:
 
 inline load_plan load_plan::build(const checkpoint& ckpt, const schema& s, parallel_context ctx,
                                   const plan_options& o, const model_config* config) {
+    return build_from(ckpt, s, ctx, o, config, false);
+}
+
+inline load_plan load_plan::build_from(const checkpoint& ckpt, const schema& s,
+                                       parallel_context ctx, const plan_options& o,
+                                       const model_config* config, bool config_checked) {
     if (ctx.world == 0 || ctx.rank >= ctx.world)
         throw error(errc::invalid_argument, "rank " + std::to_string(ctx.rank) + " of world " +
                                                 std::to_string(ctx.world) +
@@ -555,7 +566,7 @@ inline load_plan load_plan::build(const checkpoint& ckpt, const schema& s, paral
         check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
     check_expert_parallel(ctx.world, ctx.experts);
     check_expert_count(s.experts(), ctx.experts);
-    if (config) check_config(ckpt, *config, s.names()).throw_if_mismatch();
+    if (config && !config_checked) check_config(ckpt, *config, s.names()).throw_if_mismatch();
     load_plan p;
     p.ctx_ = ctx;
     p.experts_ = s.experts();

@@ -103,13 +103,12 @@ public:
                         "parameter '" + p.name + "' has " + std::to_string(p.sources.size()) +
                             " sources; at most " + std::to_string(max_sources),
                         error_context{.file = {}, .tensor = p.name});
-        if (find(p.name) != nullptr)
-            throw error(errc::duplicate_name, "the schema already has a parameter '" + p.name + "'",
-                        error_context{.file = {}, .tensor = p.name});
         make_room(params_.size() + 1, sources_.size() + p.sources.size());
         const auto at = static_cast<std::uint32_t>(params_.size());
+        if (index_.insert(p.name, at, param_name()))  // the position of the one already there
+            throw error(errc::duplicate_name, "the schema already has a parameter '" + p.name + "'",
+                        error_context{.file = {}, .tensor = p.name});
         params_.push_back(std::move(p));
-        (void)index_.insert(params_.back().name, at, param_name());
         for (std::uint32_t k = 0; k < params_.back().sources.size(); ++k) {
             sources_.push_back({at, k});
             // The first parameter to name a source keeps it.
@@ -409,6 +408,8 @@ inline std::size_t expanded_count(std::span<const parameter_spec> specs, const l
     auto emit = [&](const parameter_spec& p, index layer, index expert) {
         parameter_meta m;
         m.name = detail::expand_name(p.name, layer, expert);
+        const bool own_source =
+            p.tied_to.empty() && p.init.kind == init_kind::none && p.source_count() == 0;
         m.layout = p.layout;
         m.init = p.init;
         m.dtype_override = p.dtype_override;
@@ -432,6 +433,8 @@ inline std::size_t expanded_count(std::span<const parameter_spec> specs, const l
             if (!m.tied_to.empty())
                 s.ignore(o.names.to_checkpoint(m.name),
                          "tied to " + m.tied_to + ": the stored copy is ignored");
+        } else if (own_source) {  // its own name: expanded once
+            m.sources.push_back(o.names.to_checkpoint(m.name));
         } else if (p.init.kind == init_kind::none) {
             m.sources = sources_of(p, layer, expert);
         }
