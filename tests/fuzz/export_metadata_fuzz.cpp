@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -118,7 +119,8 @@ void expect_invalid_export(const error& e) {
 // the way merge does: every copy stays inside the rank's tensor and the merged source, no two
 // bytes of a source land on one byte of a rank's tensor (an export that merge could not undo),
 // and every byte comes back.
-void merge_generated(const merge_plan& plan, const export_metadata& m0) {
+void merge_generated(const merge_plan& plan, std::span<const merge_rank_metadata> ranks) {
+    const export_metadata& m0 = *ranks.front().meta;
     std::uint64_t total = 0;
     for (const auto& info : plan.infos) {
         const auto n = info.shape.element_count();
@@ -128,7 +130,7 @@ void merge_generated(const merge_plan& plan, const export_metadata& m0) {
     if (total > max_merged_bytes) return;
     for (std::size_t i = 0; i < plan.outputs.size(); ++i) {
         const merge_output& out = plan.outputs[i];
-        const export_tensor& t = m0.tensors[out.tensor];
+        const export_tensor& t = ranks[out.rank].meta->tensors[out.tensor];
         const std::uint64_t bits = bit_size(t.dtype);
         const std::uint64_t bytes = tensor_byte_size(plan.infos[i]);
         auto source_byte = [&](std::uint64_t at) {
@@ -136,7 +138,8 @@ void merge_generated(const merge_plan& plan, const export_metadata& m0) {
         };
         std::vector<std::uint8_t> merged(bytes, 0), filled(bytes, 0);
         for (std::uint32_t r = 0; r < plan.world; ++r) {
-            const slice_result sl = detail::merge_slice(t, plan.world, r);
+            if (!holds_tensor(m0, t, r)) continue;  // another expert group's
+            const slice_result sl = detail::merge_slice(t, cut_place(m0, t, r));
             if (!sl.ok()) std::abort();  // plan_merge checked every rank's cut
             const auto local_elements = sl.local.element_count();
             if (!local_elements || *local_elements > max_merged_bytes) return;
@@ -210,7 +213,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         ranks.push_back(merge_rank_metadata{n, "ex/" + export_rank_folder(n), &metas.back()});
     }
     try {
-        merge_generated(plan_merge(ranks), *ranks.front().meta);
+        merge_generated(plan_merge(ranks), ranks);
     } catch (const error& e) {
         expect_invalid_export(e);
     }

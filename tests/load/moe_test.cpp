@@ -18,6 +18,8 @@
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/load/plan.hpp"
+#include "safeshard/save/export.hpp"
+#include "safeshard/save/merge.hpp"
 
 using namespace safeshard;
 using namespace safeshard::test;
@@ -251,10 +253,11 @@ std::vector<std::uint16_t> codes_of(const host_tensor& t) {
 }
 
 // Every rank of `w` under `ep`: the names it holds (its experts only), their bytes, and what
-// it reads.
+// it reads. With `exported`, `dir` is an export for that world and each rank loads its own
+// rank folder (whose padding rows are stored, and read).
 void check_world(const std::filesystem::path& dir, const moe_model& m,
                  const std::map<std::string, source_tensor>& src, std::uint32_t w, std::uint32_t ep,
-                 bool round_robin, bool mtp = false) {
+                 bool round_robin, bool mtp = false, bool exported = false) {
     std::set<std::uint64_t> held_by_someone;
     for (std::uint32_t r = 0; r < w; ++r) {
         const rank_of k{r, w, ep, round_robin};
@@ -269,7 +272,7 @@ void check_world(const std::filesystem::path& dir, const moe_model& m,
                                    .placement = round_robin ? expert_placement::round_robin
                                                             : expert_placement::linear}};
         o.plan.schema.multi_token_prediction = mtp;
-        auto model = load<host_tensor>(dir.string(), o);
+        auto model = load<host_tensor>((exported ? dir / export_rank_folder(r) : dir).string(), o);
         std::set<std::string> want;
         for (const auto& [name, t] : src) {
             const auto e = expert_in(name);
@@ -298,7 +301,7 @@ void check_world(const std::filesystem::path& dir, const moe_model& m,
             for (const auto& row : cut.rows) padding += row ? 0 : cut.cols.size() * 2;
         }
         // The rank reads its own bytes only: no other group's expert is touched.
-        CHECK(model.report.bytes_read + padding == model.report.rank_bytes);
+        CHECK(model.report.bytes_read + (exported ? 0 : padding) == model.report.rank_bytes);
     }
     CHECK(held_by_someone.size() == m.experts);
 }
@@ -354,6 +357,73 @@ TEST_CASE("mixtures of experts: the multi-token prediction layer, skipped or loa
     CHECK(p.find("model.layers.3.enorm.weight") == nullptr);
     // Loaded with the option, cut like the rest (ep 2 of world 2).
     check_world(dir.path(), m, src, 2, 2, false, true);
+}
+
+TEST_CASE("mixtures of experts: exported per rank under ep, loaded per rank, merged bit-exact") {
+    for (const moe_model& m : families()) {
+        temp_folder dir;
+        const auto src = tensors_of(m);
+        std::filesystem::create_directories(dir.path() / "in");
+        write_checkpoint(dir.path() / "in", config_of(m), 3, "", src);
+        const checkpoint in = checkpoint::open((dir.path() / "in").string());
+        for (std::uint32_t ep : {2u, 4u})
+            for (bool rr : {false, true}) {
+                CAPTURE(m.type);
+                CAPTURE(ep);
+                CAPTURE(rr);
+                export_options o;
+                o.world = 4;
+                o.experts = {
+                    .ep = ep,
+                    .placement = rr ? expert_placement::round_robin : expert_placement::linear};
+                const auto ex = dir.path() / ("ex" + std::to_string(ep) + (rr ? "rr" : ""));
+                const export_report rep = export_checkpoint(in, ex, o);
+                // The multi-token prediction layer is left out, as a load leaves it out.
+                std::size_t mtp = 0;
+                for (const auto& [name, t] : src)
+                    mtp += name.starts_with("model.layers." + std::to_string(m.layers) + ".");
+                CHECK(rep.left_out == mtp);
+                // Each rank folder holds its rank's tensors: its own experts, cut in its group.
+                check_world(ex, m, src, 4, ep, rr, false, true);
+                // And loads only as the export's rank, experts spread the export's way.
+                const auto e = expect_error(errc::invalid_export, [&] {
+                    (void)load<host_tensor>((ex / export_rank_folder(1)).string(),
+                                            {.rank = 1, .world = 4});
+                });
+                CHECK(e.message().find("expert parallel size of " + std::to_string(ep)) !=
+                      std::string::npos);
+                // Merged: every tensor but the left-out layer, bit for bit.
+                const auto merged = ex.string() + "-merged";
+                (void)merge_export(ex, merged);
+                const checkpoint back = checkpoint::open(merged);
+                CHECK(back.tensor_count() == src.size() - mtp);
+                for (const auto& [name, t] : src) {
+                    if (name.starts_with("model.layers." + std::to_string(m.layers) + "."))
+                        continue;
+                    CAPTURE(name);
+                    const located_tensor l = back.tensor(name);
+                    std::vector<std::uint16_t> got(l.tensor.byte_size() / 2);
+                    std::memcpy(got.data(), l.tensor.bytes().data(), l.tensor.byte_size());
+                    CHECK(got == take(t, range(0, t.rows()), range(0, t.cols())));
+                }
+            }
+    }
+}
+
+TEST_CASE("mixtures of experts: an export's expert parallel size must divide its world") {
+    const moe_model m{.type = "mixtral"};
+    temp_folder dir;
+    std::filesystem::create_directories(dir.path() / "in");
+    write_checkpoint(dir.path() / "in", config_of(m), 2, "", tensors_of(m));
+    const checkpoint in = checkpoint::open((dir.path() / "in").string());
+    export_options o;
+    o.world = 4;
+    o.experts.ep = 3;
+    const auto e = expect_error(errc::invalid_argument,
+                                [&] { (void)export_checkpoint(in, dir.path() / "ex", o); });
+    CHECK(e.message().find("expert parallel size 3 does not divide the world of 4") !=
+          std::string::npos);
+    CHECK(!std::filesystem::exists(dir.path() / "ex"));
 }
 
 TEST_CASE("mixtures of experts: bad expert parallel sizes and counts are refused, naming them") {

@@ -258,7 +258,8 @@ TEST_SUITE("export metadata") {
                  edit{"\"alias\":\"rep\"", "\"alias\":\"rep\",\"alias\":\"rep\"",
                       "'alias' is described twice"},
                  edit{"\"tied\":{\"alias\":\"rep\"}", "\"tied\":[]", "must be a JSON object"},
-                 edit{"{\"version\":2,", "{\"version\":2,\"experts\":8,", "\"experts\""},
+                 edit{"{\"version\":2,", "{\"version\":2,\"experts\":8,", "\"ep\""},
+                 edit{"{\"version\":2,", "{\"version\":2,\"shards\":8,", "\"shards\""},
                  edit{"{\"version\":2,", "{\"version\":2,\"version\":2,", "twice"},
                  edit{"{\"kind\":\"split\",\"dim\":1}",
                       "{\"kind\":\"split\",\"dim\":1,\"stride\":2}", "\"stride\""},
@@ -404,11 +405,132 @@ TEST_SUITE("export metadata") {
         auto other = rank_of(1, 2, ok);
         other.tensors[0].name = "v";
         CHECK(plan_code({rank_of(0, 2, ok), other}) == errc::invalid_export);
-        CHECK(what.find("'w' of rank 0 is not described by this rank") != std::string::npos);
+        CHECK(what.find("'w' of rank-00000 is not described by this rank") != std::string::npos);
         auto moved = rank_of(1, 2, ok);
         moved.tensors[0].layout = make_split(1);
         CHECK(plan_code({rank_of(0, 2, ok), moved}) == errc::invalid_export);
-        CHECK(what.find("described differently than in rank 0") != std::string::npos);
+        CHECK(what.find("described differently than in rank-00000") != std::string::npos);
+    }
+
+    TEST_CASE("expert parallelism: the rank record's experts and each expert's record") {
+        // Rank 1 of 4, two expert groups of two ranks over 4 experts (linear): group 0 holds
+        // experts 0 and 1, each cut 2 ways, rank 1 holding the second half.
+        export_metadata m;
+        m.world = 4;
+        m.rank = 1;
+        m.experts = 4;
+        m.expert_groups = {.ep = 2, .placement = expert_placement::linear};
+        const dtype h = dtype::f16;
+        for (std::uint64_t e : {0u, 1u}) {
+            auto t = stored("e" + std::to_string(e), h, {2, 3}, {4, 3}, make_split(0), h);
+            t.expert = e;
+            m.tensors.push_back(t);
+        }
+        m.tensors.push_back(stored("router", h, {4, 3}, {4, 3}, make_replicated(), h));
+        const std::string good = to_json(m);
+        CHECK(good.find("\"experts\":4,\"ep\":2,\"expert_placement\":\"linear\"") !=
+              std::string::npos);
+        const auto back = read_one(good, stored_of(m));
+        REQUIRE(back);
+        CHECK(*back == by_name(m));
+        CHECK(cut_place(*back, back->tensors[1], 1).ways == 2);
+        CHECK(cut_place(*back, back->tensors[1], 1).position == 1);
+        CHECK(cut_place(*back, back->tensors[2], 1).ways == 4);
+        // Without experts the rank record says nothing of them.
+        export_metadata dense = m;
+        dense.experts = 0;
+        for (auto& t : dense.tensors) t.expert.reset();
+        CHECK(to_json(dense).find("\"ep\"") == std::string::npos);
+
+        std::string what;
+        struct edit {
+            const char* from;
+            const char* to;
+            const char* says;
+        };
+        for (const edit& e : {
+                 edit{"\"ep\":2", "\"ep\":3",
+                      "expert parallel size of 3 does not divide the world of 4"},
+                 edit{"\"ep\":2", "\"ep\":0", "expert parallel size of 0"},
+                 edit{"\"experts\":4", "\"experts\":0", "\"experts\" must be at least 1"},
+                 edit{"\"experts\":4", "\"experts\":1", "2 expert groups for 1 experts"},
+                 edit{"\"experts\":4,", "", "\"experts\" must be a non-negative integer"},
+                 edit{"\"expert_placement\":\"linear\"", "\"expert_placement\":\"sideways\"",
+                      "unknown expert_placement 'sideways'"},
+                 edit{"\"expert\":1", "\"expert\":9", "tensor 'e1': expert 9 of 4"},
+                 edit{"\"expert\":1", "\"expert\":2", "expert 2 is not one of rank 1's"},
+                 edit{"\"expert\":1", "\"expert\":\"one\"", "\"expert\" must be a non-negative"},
+                 edit{"\"experts\":4,\"ep\":2,\"expert_placement\":\"linear\",", "",
+                      "names expert 0 but the rank record has no \"experts\""},
+             }) {
+            CAPTURE(e.to);
+            std::string doc = good;
+            replace_in(doc, e.from, e.to);
+            CHECK(code_of([&] { (void)read_one(doc, stored_of(m)); }, &what) ==
+                  errc::invalid_export);
+            CHECK(what.find(e.says) != std::string::npos);
+        }
+    }
+
+    TEST_CASE("expert parallelism: plan_merge takes each expert from its group's ranks only") {
+        // 4 ranks, 2 groups of 2 over 2 experts (round robin): expert 0 on ranks 0 and 1,
+        // expert 1 on ranks 2 and 3, each split in 2; a router on every rank.
+        const dtype u = dtype::u8;
+        auto expert = [&](std::uint64_t e) {
+            auto t = stored("x" + std::to_string(e), u, {2, 4}, {4, 4}, make_split(0), u);
+            t.expert = e;
+            return t;
+        };
+        auto rank = [&](std::uint32_t r) {
+            export_metadata m;
+            m.world = 4;
+            m.rank = r;
+            m.experts = 2;
+            m.expert_groups = {.ep = 2, .placement = expert_placement::round_robin};
+            m.tensors.push_back(stored("router", u, {2, 4}, {2, 4}, make_replicated(), u));
+            m.tensors.push_back(expert(r / 2));
+            return m;
+        };
+        std::vector<export_metadata> ms = {rank(0), rank(1), rank(2), rank(3)};
+        std::string what;
+        auto plan_of = [&](const std::vector<export_metadata>& v) {
+            std::vector<merge_rank_metadata> ranks;
+            for (std::uint32_t r = 0; r < v.size(); ++r)
+                ranks.push_back(merge_rank_metadata{r, "ex/" + export_rank_folder(r), &v[r]});
+            return plan_merge(ranks);
+        };
+        auto plan_code = [&](const std::vector<export_metadata>& v) {
+            return code_of([&] { (void)plan_of(v); }, &what);
+        };
+        const merge_plan p = plan_of(ms);
+        REQUIRE(p.infos.size() == 3);
+        CHECK(p.infos[0].name == "router");
+        CHECK(p.infos[1].name == "x0");
+        CHECK(p.infos[1].shape == shape{4, 4});
+        CHECK(p.infos[2].name == "x1");
+        CHECK(p.outputs[2].rank == 2);  // described first by rank 2
+
+        auto bad = ms;  // rank 1 lacks its group's expert
+        bad[1].tensors.pop_back();
+        CHECK(plan_code(bad) == errc::invalid_export);
+        CHECK(what.find("'x0' of rank-00000 is not described by this rank") != std::string::npos);
+        CHECK(what.find("rank-00001") != std::string::npos);
+        bad = ms;  // rank 3 holds another group's expert too
+        bad[3].tensors.push_back(expert(0));
+        CHECK(plan_code(bad) == errc::invalid_export);
+        CHECK(what.find("'x0' of expert 0 is not one of this rank's experts") != std::string::npos);
+        bad = ms;  // rank 2 spreads the experts otherwise
+        bad[2].expert_groups.placement = expert_placement::linear;
+        CHECK(plan_code(bad) == errc::invalid_export);
+        CHECK(what.find("spreads the experts otherwise than rank 0") != std::string::npos);
+        bad = ms;  // rank 3 cuts its expert another way than rank 2
+        bad[3].tensors[1].layout = make_split(1);
+        CHECK(plan_code(bad) == errc::invalid_export);
+        CHECK(what.find("'x1' is described differently than in rank-00002") != std::string::npos);
+        bad = ms;  // a piece that is not the group's cut
+        bad[1].tensors[1].local = shape{1, 4};
+        CHECK(plan_code(bad) == errc::invalid_export);
+        CHECK(what.find("gives [2, 4] of [4, 4] for rank 1") != std::string::npos);
     }
 
     TEST_CASE("each rank's header bytes stay within 1.5 x the input's plus a constant a shard") {

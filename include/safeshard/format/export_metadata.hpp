@@ -12,8 +12,11 @@
 //
 // What the next records add are optional fields of version 2, not a version 3 (a version-2
 // reader refuses a field it does not know, naming it, rather than merging wrongly):
-//  - expert parallelism: rank-level "ep", "expert_placement" and "experts" (count); per cut
-//    the expert group whose ranks hold the tensor and its TP ways within the group;
+//  - expert parallelism (written when the model has experts): rank-level "experts" (the
+//    experts of each layer with experts), "ep" and "expert_placement" (how they spread over
+//    the ranks, shard/expert_parallel.hpp), and per expert's tensor its record's "expert"
+//    (which expert of its layer): the tensor is held by the ranks of that expert's group
+//    only, cut world/ep ways at the rank's place in its group;
 //  - quantization companions (scales, zeros, group indices): per tensor "companion_of" (the
 //    weight whose cut it follows), per cut the companion's "unit" (weight elements per
 //    companion element along dim) and any padding.
@@ -35,6 +38,7 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
+#include "safeshard/shard/expert_parallel.hpp"
 #include "safeshard/shard/layout.hpp"
 
 namespace safeshard {
@@ -59,9 +63,10 @@ struct export_tensor {
     shape local{};                                  // this rank's shape, padding included
     shape global{};                                 // the sources concatenated along dim
     safeshard::layout layout{};
-    std::vector<export_source> sources{};  // in the layout's order; empty when tied
-    std::string tied_to{};                 // non-empty: no bytes of its own, aliases that tensor
-    bool created = false;                  // initialised by the loader, not read
+    std::vector<export_source> sources{};   // in the layout's order; empty when tied
+    std::string tied_to{};                  // non-empty: no bytes of its own, aliases that tensor
+    bool created = false;                   // initialised by the loader, not read
+    std::optional<std::uint64_t> expert{};  // an expert's tensor: which expert of its layer
     // padded_split: the global indices along dim this rank holds real rows of, [begin, end).
     std::uint64_t valid_begin = 0;
     std::uint64_t valid_end = 0;
@@ -78,6 +83,10 @@ struct export_metadata {
     std::uint32_t rank = 0;
     kv_convention kv = kv_contiguous;
     std::uint64_t kv_multiplier = 0;  // resolved (max(1, world / KV) unless given); 0 = no GQA
+    // A mixture of experts: the experts of each layer with experts (0: none recorded), and how
+    // they spread over the ranks.
+    std::uint64_t experts = 0;
+    expert_parallel expert_groups{};
     std::vector<export_tensor> tensors{};
 
     // A linear search (for a few look-ups; readers of many build an index).
@@ -153,17 +162,49 @@ template <class Names>
 
 }  // namespace detail
 
-// Throws invalid_export unless (rank, world) is the one the export was cut for.
+// How a tensor of an export is cut for one rank: `ways` ways, the rank's piece being
+// `position`. An expert's tensor is cut within its expert group (world/ep ways, the rank's
+// place in its group), any other over the world.
+struct export_cut_place {
+    std::uint32_t ways = 1;
+    std::uint32_t position = 0;
+};
+
+[[nodiscard]] inline export_cut_place cut_place(const export_metadata& m, const export_tensor& t,
+                                                std::uint32_t rank) noexcept {
+    if (!t.expert) return {m.world, rank};
+    const expert_rank r = expert_rank_of(rank, m.world, m.expert_groups.ep);
+    return {r.ways, r.position};
+}
+
+// Whether `rank` holds t: an expert's tensor is held by the ranks of its expert group only.
+[[nodiscard]] inline bool holds_tensor(const export_metadata& m, const export_tensor& t,
+                                       std::uint32_t rank) noexcept {
+    return !t.expert || holds_expert(expert_rank_of(rank, m.world, m.expert_groups.ep), *t.expert,
+                                     m.experts, m.expert_groups);
+}
+
+// Throws invalid_export unless (rank, world) is the one the export was cut for, and, when it
+// records experts, `experts` the way they spread over the ranks.
 inline void check_export_rank(const export_metadata& m, std::uint32_t rank, std::uint32_t world,
-                              const std::string& file = {}) {
-    if (m.rank == rank && m.world == world) return;
-    throw error(
-        errc::invalid_export,
-        "this folder is rank " + std::to_string(m.rank) + " of a world of " +
-            std::to_string(m.world) + " exported by safeshard; it loads only as that rank (" +
-            "asked for rank " + std::to_string(rank) + " of " + std::to_string(world) + "): load " +
-            export_rank_folder(rank) + " of an export for that world, or the original checkpoint",
-        error_context{.file = file});
+                              const std::string& file = {}, expert_parallel experts = {}) {
+    if (m.rank != rank || m.world != world)
+        throw error(errc::invalid_export,
+                    "this folder is rank " + std::to_string(m.rank) + " of a world of " +
+                        std::to_string(m.world) + " exported by safeshard; it loads only as that " +
+                        "rank (asked for rank " + std::to_string(rank) + " of " +
+                        std::to_string(world) + "): load " + export_rank_folder(rank) +
+                        " of an export for that world, or the original checkpoint",
+                    error_context{.file = file});
+    if (m.experts != 0 && !(m.expert_groups == experts))
+        throw error(errc::invalid_export,
+                    "this folder holds the experts of rank " + std::to_string(m.rank) +
+                        " with an expert parallel size of " + std::to_string(m.expert_groups.ep) +
+                        " (" + std::string(to_string(m.expert_groups.placement)) +
+                        " placement); it loads only with those (asked for " +
+                        std::to_string(experts.ep) + ", " +
+                        std::string(to_string(experts.placement)) + ")",
+                    error_context{.file = file});
 }
 
 }  // namespace safeshard

@@ -42,6 +42,8 @@ struct export_rank_record {
     kv_convention kv = kv_contiguous;
     std::uint64_t kv_multiplier = 0;
     std::uint64_t rank_tensors = 0;  // version 2: records in all the rank's shards
+    std::uint64_t experts = 0;       // version 2, a mixture of experts: its expert count
+    expert_parallel expert_groups{};
     friend bool operator==(const export_rank_record&, const export_rank_record&) = default;
 };
 
@@ -81,8 +83,10 @@ public:
         if (!c) fail("unknown kv_convention '" + std::string(kv) + "'");
         r.kv = *c;
         r.kv_multiplier = u64(doc_, "kv_multiplier", "the document");
-        if (r.version >= 2) r.rank_tensors = u64(doc_, "rank_tensors", "the document");
-        rank_ = r.rank;
+        if (r.version >= 2) {
+            r.rank_tensors = u64(doc_, "rank_tensors", "the document");
+            experts_of(r);
+        }
         return r;
     }
 
@@ -142,7 +146,7 @@ public:
     void tensors_v2(export_metadata& m, std::span<const export_stored_tensor> stored) const {
         known_keys(doc_, "the document",
                    {"version", "world", "rank", "kv_convention", "kv_multiplier", "rank_tensors",
-                    "cuts", "tensors", "tied", "names_hash"});
+                    "experts", "ep", "expert_placement", "cuts", "tensors", "tied", "names_hash"});
         const std::string_view hash = str(doc_, "names_hash", "the document");
         std::vector<std::string_view> names;
         for (const auto& st : stored) names.push_back(st.name);
@@ -166,7 +170,7 @@ public:
             t.name = std::string(stored[k].name);
             t.dtype = stored[k].dtype;
             t.local = stored[k++].local;
-            tensor_v2(t, v, cuts);
+            tensor_v2(m, t, v, cuts);
             m.tensors.push_back(std::move(t));
         }
         if (k != stored.size())
@@ -178,6 +182,48 @@ public:
 private:
     [[noreturn]] void fail(const std::string& why, const std::string& tensor = {}) const {
         throw error(errc::invalid_export, why, error_context{.file = file_, .tensor = tensor});
+    }
+
+    // The rank record's experts (all three fields, or none): a count, an expert parallel size
+    // that divides the world and leaves no group empty, a known placement.
+    void experts_of(export_rank_record& r) const {
+        simdjson::dom::element e;
+        const bool any = doc_["experts"].get(e) == simdjson::SUCCESS ||
+                         doc_["ep"].get(e) == simdjson::SUCCESS ||
+                         doc_["expert_placement"].get(e) == simdjson::SUCCESS;
+        if (!any) return;
+        r.experts = u64(doc_, "experts", "the document");
+        r.expert_groups.ep = u32(doc_, "ep", "the document");
+        const std::string_view p = str(doc_, "expert_placement", "the document");
+        const auto placement = parse_expert_placement(p);
+        if (!placement) fail("unknown expert_placement '" + std::string(p) + "'");
+        r.expert_groups.placement = *placement;
+        const std::uint32_t ep = r.expert_groups.ep;
+        if (r.experts == 0) fail("\"experts\" must be at least 1");
+        if (ep == 0 || ep > r.world || r.world % ep != 0)
+            fail("an expert parallel size of " + std::to_string(ep) +
+                 " does not divide the world of " + std::to_string(r.world));
+        if (ep > r.experts)
+            fail(std::to_string(ep) + " expert groups for " + std::to_string(r.experts) +
+                 " experts: a group would hold none");
+    }
+
+    // A record's "expert": one of the rank record's experts, held by this rank's group.
+    void expert_of(const export_metadata& m, export_tensor& t, simdjson::dom::object o,
+                   const std::string& where) const {
+        const std::uint64_t e = u64(o, "expert", where);
+        if (m.experts == 0)
+            fail(where + " names expert " + std::to_string(e) +
+                     " but the rank record has no \"experts\"",
+                 t.name);
+        if (e >= m.experts)
+            fail(where + ": expert " + std::to_string(e) + " of " + std::to_string(m.experts),
+                 t.name);
+        t.expert = e;
+        if (!holds_tensor(m, t, m.rank))
+            fail(where + ": expert " + std::to_string(e) + " is not one of rank " +
+                     std::to_string(m.rank) + "'s (its expert group holds others)",
+                 t.name);
     }
 
     // "tied": {alias: target} for targets this shard stores.
@@ -201,7 +247,7 @@ private:
     }
 
     // Fills t (named, with its stored dtype and local shape) from its version-2 record.
-    void tensor_v2(export_tensor& t, simdjson::dom::element v,
+    void tensor_v2(const export_metadata& m, export_tensor& t, simdjson::dom::element v,
                    std::span<const export_cut> cuts) const {
         const std::string where = "tensor '" + t.name + "'";
         std::uint64_t cut = 0;
@@ -222,7 +268,7 @@ private:
             cut = pair[0];
             extent = pair[1];
         } else if (v.get_object().get(o) == simdjson::SUCCESS) {
-            known_keys(o, where, {"cut", "extent", "sources", "created"});
+            known_keys(o, where, {"cut", "extent", "sources", "created", "expert"});
             simdjson::dom::element field;
             cut = u64(o, "cut", where);
             if (o["extent"].get(field) == simdjson::SUCCESS) extent = u64(o, "extent", where);
@@ -235,6 +281,7 @@ private:
             if (o["created"].get(field) == simdjson::SUCCESS &&
                 field.get_bool().get(t.created) != simdjson::SUCCESS)
                 fail(where + ": \"created\" must be true or false", t.name);
+            if (o["expert"].get(field) == simdjson::SUCCESS) expert_of(m, t, o, where);
         } else {
             fail(where + ": a record must be a cut index, [cut, extent] or an object, found " +
                      std::string(json_type_name(v.type())),
@@ -260,7 +307,8 @@ private:
             }
             t.sources = {export_source{t.name, t.global, source_dtype}};
         }
-        if (const auto v = valid_rows(t.layout, t.global, t.local, rank_))
+        if (const auto v =
+                valid_rows(t.layout, t.global, t.local, cut_place(m, t, m.rank).position))
             std::tie(t.valid_begin, t.valid_end) = *v;
     }
 
@@ -479,7 +527,6 @@ private:
     static_assert(cut_fields_reader<cut_fields_json_reader>);
 
     std::string file_;
-    std::uint32_t rank_ = 0;  // the document's rank (padded_split valid ranges)
     simdjson::padded_string text_;
     simdjson::dom::object doc_;
 };
@@ -609,6 +656,8 @@ inline void read_export_v2(export_metadata& m, const export_rank_record& first,
     m.rank = r.rank;
     m.kv = r.kv;
     m.kv_multiplier = r.kv_multiplier;
+    m.experts = r.experts;
+    m.expert_groups = r.expert_groups;
     if (r.version == 1)
         detail::read_export_v1(m, first, files);
     else

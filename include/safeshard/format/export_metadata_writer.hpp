@@ -165,8 +165,13 @@ public:
                           ",\"world\":" + std::to_string(m_.world) +
                           ",\"rank\":" + std::to_string(m_.rank) + ",\"kv_convention\":";
         json_escape_into(out, to_string(m_.kv));
-        out += ",\"kv_multiplier\":" + std::to_string(m_.kv_multiplier) +
-               ",\"rank_tensors\":" + std::to_string(m_.tensors.size()) + ",\"cuts\":";
+        out += ",\"kv_multiplier\":" + std::to_string(m_.kv_multiplier);
+        if (m_.experts != 0) {
+            out += ",\"experts\":" + std::to_string(m_.experts) +
+                   ",\"ep\":" + std::to_string(m_.expert_groups.ep) + ",\"expert_placement\":";
+            json_escape_into(out, to_string(m_.expert_groups.placement));
+        }
+        out += ",\"rank_tensors\":" + std::to_string(m_.tensors.size()) + ",\"cuts\":";
         cuts.json_into(out);
         out += ",\"tensors\":[" + records + ']';
         if (!ties.empty()) out += ",\"tied\":{" + ties + '}';
@@ -177,7 +182,8 @@ public:
 private:
     // One stored tensor's record, in the shortest form that says it: the cut's index (one
     // source of the tensor's own name, global shape = local shape), [cut, extent] (the same
-    // with the global extent along the cut's dim), or an object.
+    // with the global extent along the cut's dim), or an object (always for an expert's
+    // tensor, which names its expert).
     static void record_into(std::string& out, const export_tensor& t, cut_table& cuts) {
         const dtype source_dtype = t.sources.empty() ? t.dtype : t.sources.front().dtype;
         std::string cut;
@@ -188,7 +194,7 @@ private:
                          t.sources[0].global == t.global && t.sources[0].dtype == source_dtype;
         const auto extent = extent_along(t.local, t.global, t.layout.dim);
         const bool whole = t.global == t.local;
-        if (own && !t.created && (whole || extent)) {
+        if (own && !t.created && !t.expert && (whole || extent)) {
             out += whole ? c : '[' + c + ',' + std::to_string(*extent) + ']';
             return;
         }
@@ -212,6 +218,7 @@ private:
             out += ",\"extent\":" + std::to_string(*extent);
         }
         if (t.created) out += ",\"created\":true";
+        if (t.expert) out += ",\"expert\":" + std::to_string(*t.expert);
         out += '}';
     }
 

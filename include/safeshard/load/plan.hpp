@@ -114,11 +114,12 @@ public:
     [[nodiscard]] static load_plan build(const checkpoint& ckpt, parallel_context ctx,
                                          const plan_options& o = {}) {
         if (const auto exported = read_export_metadata(ckpt)) {
-            check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
-            return build(ckpt, identity_schema(exported->tensors), ctx, o);
+            check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string(), ctx.experts);
+            return build_from(ckpt, identity_schema(exported->tensors, exported->experts), ctx, o,
+                              nullptr, {.config = true, .export_rank = true});
         }
         const configured_schema cs = schema_from_config(ckpt, o.architecture, o.schema, "load");
-        return build_from(ckpt, cs.schema, ctx, o, &cs.config, /*config_checked=*/true);
+        return build_from(ckpt, cs.schema, ctx, o, &cs.config, {.config = true});
     }
 
     // A given schema; `config` (optional) adds config.json's checks against the tensors
@@ -199,10 +200,15 @@ private:
     class builder;
     load_plan() = default;
 
-    // build() once config.json was checked against the checkpoint (or is to be checked here).
+    // What build() has checked already: config.json against the checkpoint, and that the
+    // checkpoint is no rank of an export other than ctx.
+    struct checked {
+        bool config = false;
+        bool export_rank = false;
+    };
     [[nodiscard]] static load_plan build_from(const checkpoint& ckpt, const schema& s,
                                               parallel_context ctx, const plan_options& o,
-                                              const model_config* config, bool config_checked);
+                                              const model_config* config, checked done);
 
     std::uint64_t tensor_bytes(dtype t, const shape& s, const std::string& n) const {
         const auto elems = s.element_count();
@@ -551,22 +557,23 @@ private:
 
 inline load_plan load_plan::build(const checkpoint& ckpt, const schema& s, parallel_context ctx,
                                   const plan_options& o, const model_config* config) {
-    return build_from(ckpt, s, ctx, o, config, false);
+    return build_from(ckpt, s, ctx, o, config, {});
 }
 
 inline load_plan load_plan::build_from(const checkpoint& ckpt, const schema& s,
                                        parallel_context ctx, const plan_options& o,
-                                       const model_config* config, bool config_checked) {
+                                       const model_config* config, checked done) {
     if (ctx.world == 0 || ctx.rank >= ctx.world)
         throw error(errc::invalid_argument, "rank " + std::to_string(ctx.rank) + " of world " +
                                                 std::to_string(ctx.world) +
                                                 ": the rank must be below the world size");
     // A rank of an export holds that rank's cut already: any other rank is refused.
-    if (const auto exported = read_export_metadata(ckpt))
-        check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string());
+    if (!done.export_rank)
+        if (const auto exported = read_export_metadata(ckpt))
+            check_export_rank(*exported, ctx.rank, ctx.world, ckpt.root().string(), ctx.experts);
     check_expert_parallel(ctx.world, ctx.experts);
     check_expert_count(s.experts(), ctx.experts);
-    if (config && !config_checked) check_config(ckpt, *config, s.names()).throw_if_mismatch();
+    if (config && !done.config) check_config(ckpt, *config, s.names()).throw_if_mismatch();
     load_plan p;
     p.ctx_ = ctx;
     p.experts_ = s.experts();

@@ -47,6 +47,9 @@ namespace safeshard {
 
 struct export_options {
     std::uint32_t world = 1;
+    // A mixture of experts: each rank folder holds its expert group's experts only, cut
+    // within the group (shard/expert_parallel.hpp); merge puts each back whole.
+    expert_parallel experts{};
     // The plan of every rank: dtype (policy, per parameter), KV convention and other schema
     // options (plan.schema), architecture. strict does not apply: checkpoint tensors outside
     // the schema pass through, replicated.
@@ -76,6 +79,9 @@ struct export_report {
     std::uint64_t shard_files = 0;
     std::uint64_t side_files = 0;  // config.json and the folder's other small files, per rank
     std::vector<skipped_side_file> skipped_side_files{};  // the folder's files not copied
+    // Checkpoint tensors left out on request (ignore_rule::left_out: the multi-token
+    // prediction layers unless schema_options::multi_token_prediction), in no rank folder.
+    std::uint64_t left_out = 0;
     std::uint64_t bytes_read = 0;
     std::uint64_t bytes_written = 0;
     bool replaced = false;
@@ -259,8 +265,9 @@ namespace detail {
 
 // The schema an export cuts by: checkpoint tensors no parameter reads become replicated
 // parameters of their own (so nothing is lost: ignored buffers and quantization scales too),
-// except stored copies of tied tensors.
-inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
+// except stored copies of tied tensors and tensors left out on request (the multi-token
+// prediction layers unless asked for: `left_out` counts them).
+inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t& left_out) {
     if (!s.fallback()) s.set_fallback(make_replicated());
     for (const auto& f : ckpt.files())
         for (const tensor_view t : f.view) {
@@ -269,6 +276,10 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
             const auto as_schema = s.names().from_checkpoint(n);
             if (!as_schema || s.find(*as_schema)) continue;
             if (!s.ignored(n) && !is_quantization_scale(n)) continue;  // the fallback's
+            if (s.left_out(n)) {
+                ++left_out;
+                continue;
+            }
             parameter_meta p;
             p.name = *as_schema;
             p.sources = {std::string(n)};
@@ -284,6 +295,8 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
     m.world = p.context().world;
     m.rank = p.context().rank;
     m.kv = kv;
+    m.experts = p.experts();
+    m.expert_groups = p.context().experts;
     const auto dests = p.destinations();
     for (const plan_destination& d : dests) {
         export_tensor t;
@@ -297,6 +310,7 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
         t.local = d.local;
         t.global = d.global;
         t.layout = d.layout;
+        t.expert = d.expert;
         if (d.created()) {
             t.created = true;
             t.sources.push_back(export_source{d.name, d.global, d.dtype});
@@ -306,7 +320,8 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt) {
                 t.sources.push_back(export_source{src, l.tensor.shape(), l.tensor.dtype()});
             }
         }
-        if (const auto v = valid_rows(d.layout, d.global, d.local, m.rank))
+        if (const auto v =
+                valid_rows(d.layout, d.global, d.local, cut_place(m, t, m.rank).position))
             std::tie(t.valid_begin, t.valid_end) = *v;
         if (!m.kv_multiplier) m.kv_multiplier = rank_kv_multiplier(d.layout, m.world);
         m.tensors.push_back(std::move(t));
@@ -349,6 +364,7 @@ inline void check_export_request(const checkpoint& ckpt, const std::filesystem::
         throw error(errc::invalid_argument, "an export for " + std::to_string(o.world) +
                                                 " ranks writes as many folders: at most " +
                                                 std::to_string(max_export_world) + " are written");
+    check_expert_parallel(o.world, o.experts);
     if (read_export_metadata(ckpt))
         throw error(errc::invalid_export,
                     "the input is already a rank of an export: merge the export first "
@@ -369,7 +385,7 @@ struct export_plans {
                                               const export_options& o, const model_config* config) {
     export_plans p;
     for (std::uint32_t r = 0; r < o.world; ++r) {
-        p.ranks.push_back(load_plan::build(ckpt, cut, {r, o.world}, o.plan, config));
+        p.ranks.push_back(load_plan::build(ckpt, cut, {r, o.world, o.experts}, o.plan, config));
         for (const auto& d : p.ranks.back().destinations())
             if (!d.tied()) {
                 p.total += d.bytes;
@@ -555,10 +571,10 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     const auto t0 = std::chrono::steady_clock::now();
     detail::check_export_request(ckpt, out, o);
     schema cut = s;
-    detail::pass_through_unread(cut, ckpt);
+    export_report rep;
+    detail::pass_through_unread(cut, ckpt, rep.left_out);
     const detail::export_plans plans = detail::plan_export(ckpt, cut, o, config);
 
-    export_report rep;
     rep.world = o.world;
     staged_folder folder(out, o.force);
     rep.replaced = folder.replacing();

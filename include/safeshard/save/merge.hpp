@@ -201,18 +201,21 @@ struct merge_files {
 }
 
 // Output `out_t` of the merge (one source of a rank tensor) rebuilt into `merged` (at least
-// `bytes`): each rank's piece read into `local` and copied back through its slice map run
-// backwards; bytes several ranks hold are compared, and every byte must be filled once.
+// `bytes`): the piece of each rank that holds it (every rank, or an expert's group) read into
+// `local` and copied back through its slice map run backwards; bytes several ranks hold are
+// compared, and every byte must be filled once.
 inline void merge_tensor(const std::vector<merge_rank>& ranks, merge_files& files,
                          const merge_output& out_t, std::uint64_t bytes, std::byte* merged,
                          std::vector<std::byte>& local, merge_report& rep) {
     const std::uint32_t world = static_cast<std::uint32_t>(ranks.size());
-    const export_tensor& t = ranks.front().meta.tensors[out_t.tensor];
+    const export_metadata& m0 = ranks.front().meta;
+    const export_tensor& t = ranks[out_t.rank].meta.tensors[out_t.tensor];
     const export_source& src = t.sources[out_t.source];
     coverage cov(bytes);
     const std::uint64_t bits = bit_size(t.dtype);
     for (std::uint32_t r = 0; r < world; ++r) {
-        const slice_map map = merge_slice(t, world, r).map;  // checked by plan_merge
+        if (!holds_tensor(m0, t, r)) continue;
+        const slice_map map = merge_slice(t, cut_place(m0, t, r)).map;  // checked by plan_merge
         const located_tensor l = ranks[r].ckpt.tensor(t.name);
         const auto file = static_cast<std::size_t>(l.file - ranks[r].ckpt.files().data());
         local.resize(static_cast<std::size_t>(l.tensor.byte_size()));

@@ -1,6 +1,7 @@
 // What a merge writes, decided from the rank folders' export metadata alone: the ranks checked
-// against each other (one version, one world, every rank once, the same tensors described the
-// same way), each tensor's cut checked for every rank, and the tensors of the merged
+// against each other (one version, one world, every rank once, each tensor held by the ranks
+// that should hold it — every rank, or an expert's group — and described the same way by
+// each), each tensor's cut checked for every rank that holds it, and the tensors of the merged
 // checkpoint. Every field comes from files: each is checked before it sizes or indexes
 // anything, and each refusal is errc::invalid_export naming the rank folder and the tensor.
 // Reads no file (save/merge.hpp does; tests/fuzz/export_metadata_fuzz.cpp feeds this).
@@ -13,11 +14,14 @@
 #include <set>
 #include <span>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "safeshard/core/checked.hpp"
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
+#include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/export_metadata.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/shard/slice.hpp"
@@ -32,8 +36,9 @@ struct merge_rank_metadata {
 };
 
 // A tensor of the merged checkpoint: source `source` of the rank tensor `tensor` (an index
-// into rank 0's metadata).
+// into the metadata of `rank`, the first rank that holds it).
 struct merge_output {
+    std::uint32_t rank = 0;
     std::size_t tensor = 0;
     std::uint8_t source = 0;
 };
@@ -51,13 +56,14 @@ namespace detail {
     throw error(errc::invalid_export, why, error_context{.file = file.string(), .tensor = tensor});
 }
 
-// Rank r's cut of t, computed again from the recorded layout and source shapes.
-[[nodiscard]] inline slice_result merge_slice(const export_tensor& t, std::uint32_t world,
-                                              std::uint32_t r) {
+// A rank's cut of t (at its place among the ways t is cut), computed again from the recorded
+// layout and source shapes.
+[[nodiscard]] inline slice_result merge_slice(const export_tensor& t, export_cut_place at) {
     shape shapes[max_sources];
     const std::size_t n = std::min(t.sources.size(), max_sources);
     for (std::size_t s = 0; s < n; ++s) shapes[s] = t.sources[s].global;
-    return slice(t.layout, shapes, t.sources.size() > max_sources ? max_sources + 1 : n, world, r);
+    return slice(t.layout, shapes, t.sources.size() > max_sources ? max_sources + 1 : n, at.ways,
+                 at.position);
 }
 
 // One version, one world, each rank 0..world-1 exactly once, in its own folder.
@@ -94,44 +100,108 @@ inline void check_merge_ranks(std::span<const merge_rank_metadata> ranks) {
                          ranks[k].folder);
 }
 
-// Every rank describes the same tensors the same way as rank 0 (only local shapes and valid
-// ranges differ), in any order.
-inline void check_merge_tensors(std::span<const merge_rank_metadata> ranks) {
+// A tensor of the export: the first rank that holds it, and its index in that rank's metadata.
+struct merge_tensor_ref {
+    std::uint32_t rank = 0;
+    std::size_t index = 0;
+};
+
+// Every rank has rank 0's KV convention and spread of experts.
+inline void check_merge_conventions(std::span<const merge_rank_metadata> ranks) {
     const export_metadata& m0 = *ranks.front().meta;
     for (const auto& r : ranks) {
         const export_metadata& m = *r.meta;
-        if (m.kv != m0.kv || m.kv_multiplier != m0.kv_multiplier ||
-            m.tensors.size() != m0.tensors.size())
+        if (m.kv != m0.kv || m.kv_multiplier != m0.kv_multiplier)
+            export_error("inconsistent metadata: this rank has another KV convention than rank 0",
+                         r.folder);
+        if (m.experts != m0.experts || !(m.expert_groups == m0.expert_groups))
             export_error(
-                "inconsistent metadata: this rank lists other tensors or another KV "
-                "convention than rank 0",
+                "inconsistent metadata: this rank spreads the experts otherwise than rank 0 (" +
+                    std::to_string(m.experts) + " experts over " +
+                    std::to_string(m.expert_groups.ep) + " groups, rank 0 " +
+                    std::to_string(m0.experts) + " over " + std::to_string(m0.expert_groups.ep) +
+                    ")",
                 r.folder);
-        const auto order = export_name_order(m);
-        for (const export_tensor& a : m0.tensors) {
-            const export_tensor* b = export_find(m, order, a.name);
-            if (!b)
-                export_error("inconsistent metadata: tensor '" + a.name +
-                                 "' of rank 0 is not described by this rank",
-                             r.folder, a.name);
-            if (a.dtype != b->dtype || a.global != b->global || !(a.layout == b->layout) ||
-                a.sources != b->sources || a.tied_to != b->tied_to || a.created != b->created)
-                export_error("inconsistent metadata: tensor '" + b->name +
-                                 "' is described differently than in rank 0",
-                             r.folder, b->name);
-        }
     }
 }
 
-// Rank r's recorded local shape and valid range of t agree with its layout's cut.
+[[nodiscard]] inline bool described_alike(const export_tensor& a, const export_tensor& b) {
+    return a.dtype == b.dtype && a.global == b.global && a.layout == b.layout &&
+           a.sources == b.sources && a.tied_to == b.tied_to && a.created == b.created &&
+           a.expert == b.expert;
+}
+
+// The rank that should hold `t` (every rank, or the ranks of its expert group) but does not
+// describe it, or nullopt.
+[[nodiscard]] inline std::optional<std::uint32_t> rank_lacking(
+    std::span<const merge_rank_metadata> ranks, std::span<const std::vector<std::size_t>> orders,
+    const export_tensor& t) {
+    const export_metadata& m0 = *ranks.front().meta;
+    for (std::uint32_t r = 0; r < ranks.size(); ++r)
+        if (holds_tensor(m0, t, r) && !export_find(*ranks[r].meta, orders[r], t.name)) return r;
+    return std::nullopt;
+}
+
+// The export's tensors, each once, in the order first met rank by rank; each held by exactly
+// the ranks that should hold it (a tensor of no expert by every rank, an expert's by the
+// ranks of its expert group) and described by each as by the first (only local shapes and
+// valid ranges differ).
+[[nodiscard]] inline std::vector<merge_tensor_ref> merge_tensors(
+    std::span<const merge_rank_metadata> ranks, std::span<const std::vector<std::size_t>> orders) {
+    check_merge_conventions(ranks);
+    const export_metadata& m0 = *ranks.front().meta;
+    std::vector<merge_tensor_ref> refs;
+    std::vector<std::uint32_t> holders;  // of refs[k]
+    std::unordered_map<std::string_view, std::size_t, name_hash, std::equal_to<>> index;
+    for (std::uint32_t r = 0; r < ranks.size(); ++r) {
+        const export_metadata& m = *ranks[r].meta;
+        for (std::size_t i = 0; i < m.tensors.size(); ++i) {
+            const export_tensor& b = m.tensors[i];
+            if (!holds_tensor(m0, b, r))
+                export_error("inconsistent metadata: tensor '" + b.name + "' of expert " +
+                                 std::to_string(*b.expert) + " is not one of this rank's experts",
+                             ranks[r].folder, b.name);
+            const auto [it, added] = index.emplace(b.name, refs.size());
+            if (added) {
+                refs.push_back(merge_tensor_ref{r, i});
+                holders.push_back(1);
+                continue;
+            }
+            const merge_tensor_ref& ref = refs[it->second];
+            if (!described_alike(ranks[ref.rank].meta->tensors[ref.index], b))
+                export_error("inconsistent metadata: tensor '" + b.name +
+                                 "' is described differently than in " +
+                                 export_rank_folder(ref.rank),
+                             ranks[r].folder, b.name);
+            ++holders[it->second];
+        }
+    }
+    for (std::size_t k = 0; k < refs.size(); ++k) {
+        const export_tensor& t = ranks[refs[k].rank].meta->tensors[refs[k].index];
+        std::uint32_t should = 0;
+        for (std::uint32_t r = 0; r < ranks.size(); ++r) should += holds_tensor(m0, t, r) ? 1 : 0;
+        if (holders[k] == should) continue;
+        if (const auto r = rank_lacking(ranks, orders, t))
+            export_error("inconsistent metadata: tensor '" + t.name + "' of " +
+                             export_rank_folder(refs[k].rank) + " is not described by this rank",
+                         ranks[*r].folder, t.name);
+        export_error("inconsistent metadata: tensor '" + t.name + "' is described twice",
+                     ranks[refs[k].rank].folder, t.name);
+    }
+    return refs;
+}
+
+// Rank r's recorded local shape and valid range of t agree with its layout's cut at the
+// rank's place `at`.
 inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
-                            const merge_rank_metadata& rank, std::uint32_t world) {
+                            const merge_rank_metadata& rank, export_cut_place at) {
     const std::uint32_t r = rank.number;
-    const slice_result sl = merge_slice(t, world, r);
+    const slice_result sl = merge_slice(t, at);
     if (!sl.ok()) {
         std::vector<shape> shapes;
         for (const auto& s : t.sources) shapes.push_back(s.global);
         export_error("inconsistent metadata: tensor '" + t.name +
-                         "': " + describe(t.layout, shapes, world, r),
+                         "': " + describe(t.layout, shapes, at.ways, at.position),
                      rank.folder, t.name);
     }
     if (sl.local != tr.local || sl.global != t.global)
@@ -142,7 +212,7 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                      rank.folder, t.name);
     if (records_valid_rows(t.layout.kind)) {
         const auto [lo, hi] =
-            valid_rows(t.layout, t.global, tr.local, r).value_or(valid_rows_range{0, 0});
+            valid_rows(t.layout, t.global, tr.local, at.position).value_or(valid_rows_range{0, 0});
         if (tr.valid_begin != lo || tr.valid_end != hi)
             export_error("inconsistent metadata: tensor '" + t.name +
                              "' records the valid range [" + std::to_string(tr.valid_begin) + ", " +
@@ -175,40 +245,43 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
 
 // The merge of the ranks `ranks` (in folder order, each with its metadata), or
 // errc::invalid_export naming what is wrong: mixed versions or worlds, a missing, extra or
-// misplaced rank, tensors described differently, a cut that does not give the recorded local
+// misplaced rank, a tensor missing from a rank that should hold it (or held by one that
+// should not), tensors described differently, a cut that does not give the recorded local
 // shape, a source claimed twice, sizes beyond 64 bits.
 [[nodiscard]] inline merge_plan plan_merge(std::span<const merge_rank_metadata> ranks) {
     if (ranks.empty()) throw error(errc::invalid_export, "no rank folders");
     detail::check_merge_ranks(ranks);
-    detail::check_merge_tensors(ranks);
+    std::vector<std::vector<std::size_t>> orders;
+    for (const auto& r : ranks) orders.push_back(detail::export_name_order(*r.meta));
+    const std::vector<detail::merge_tensor_ref> refs = detail::merge_tensors(ranks, orders);
     merge_plan plan;
     plan.world = static_cast<std::uint32_t>(ranks.size());
     const export_metadata& m0 = *ranks.front().meta;
-    std::vector<std::vector<std::size_t>> orders;
-    for (const auto& r : ranks) orders.push_back(detail::export_name_order(*r.meta));
     std::set<std::string, std::less<>> names;
     std::uint64_t total = 0;
-    for (std::size_t ti = 0; ti < m0.tensors.size(); ++ti) {
-        const export_tensor& t = m0.tensors[ti];
+    for (const detail::merge_tensor_ref& ref : refs) {
+        const export_tensor& t = ranks[ref.rank].meta->tensors[ref.index];
         if (t.tied()) continue;
         for (std::uint32_t r = 0; r < plan.world; ++r) {
+            if (!holds_tensor(m0, t, r)) continue;
             const export_tensor& tr = *detail::export_find(*ranks[r].meta, orders[r], t.name);
-            detail::check_merge_cut(t, tr, ranks[r], plan.world);
+            detail::check_merge_cut(t, tr, ranks[r], cut_place(m0, t, r));
         }
         // Each rank's cut gave its stored shape: the tensor is no larger than the ranks' pieces
         // of it together (which is what bounds the merge's buffer).
+        const merge_rank_metadata& holder = ranks[ref.rank];
         for (std::size_t s = 0; s < t.sources.size(); ++s) {
             const export_source& src = t.sources[s];
             if (!names.insert(src.name).second)
                 detail::export_error("inconsistent metadata: the source '" + src.name +
                                          "' is claimed by two tensors",
-                                     ranks.front().folder, t.name);
+                                     holder.folder, t.name);
             const std::uint64_t b = detail::merge_bytes(
-                src.global, t.dtype, "its source '" + src.name + "'", ranks.front(), t.name);
+                src.global, t.dtype, "its source '" + src.name + "'", holder, t.name);
             if (add_overflows(total, b, total))
                 detail::export_error("the merged checkpoint would be over 2^64 bytes",
-                                     ranks.front().folder, t.name);
-            plan.outputs.push_back(merge_output{ti, static_cast<std::uint8_t>(s)});
+                                     holder.folder, t.name);
+            plan.outputs.push_back(merge_output{ref.rank, ref.index, static_cast<std::uint8_t>(s)});
             plan.infos.push_back(tensor_info{src.name, t.dtype, src.global});
         }
     }

@@ -70,6 +70,9 @@ struct name_map {
 struct ignore_rule {
     std::string pattern;  // glob over checkpoint names
     std::string note;
+    // Left out on request (the multi-token prediction layers unless asked for): an export
+    // leaves these out too, where it passes other ignored tensors through.
+    bool left_out = false;
 };
 
 struct schema_options {
@@ -124,8 +127,8 @@ public:
         make_room(n, n);
     }
 
-    void ignore(std::string pattern, std::string note) {
-        ignore_.push_back(ignore_rule{std::move(pattern), std::move(note)});
+    void ignore(std::string pattern, std::string note, bool left_out = false) {
+        ignore_.push_back(ignore_rule{std::move(pattern), std::move(note), left_out});
     }
 
     // Checkpoint names that belong to parameters outside this pipeline stage.
@@ -162,6 +165,12 @@ public:
             if (glob_match(r.pattern, checkpoint_name)) return std::string_view(r.note);
         return std::nullopt;
     }
+    // Whether a checkpoint tensor is left out on request (ignore_rule::left_out).
+    [[nodiscard]] bool left_out(std::string_view checkpoint_name) const {
+        for (const auto& r : ignore_)
+            if (glob_match(r.pattern, checkpoint_name)) return r.left_out;
+        return false;
+    }
     [[nodiscard]] std::span<const ignore_rule> ignore_rules() const noexcept { return ignore_; }
     [[nodiscard]] std::span<const std::string> notes() const noexcept { return notes_; }
 
@@ -187,7 +196,8 @@ public:
         return s;
     }
 
-    // Consistency: tied_to names a loaded parameter; loaded parameters have sources.
+    // Consistency: tied_to names a loaded parameter; loaded parameters have sources; an
+    // expert's parameter names one of the schema's experts.
     void validate() const {
         for (const auto& p : params_) {
             const error_context ctx{.file = {}, .tensor = p.name};
@@ -207,6 +217,12 @@ public:
                 throw error(errc::invalid_argument,
                             "parameter '" + p.name + "' is neither loaded, tied nor created", ctx);
             }
+            if (p.expert && *p.expert >= experts_)
+                throw error(errc::invalid_argument,
+                            "parameter '" + p.name + "' belongs to expert " +
+                                std::to_string(*p.expert) + " of a schema of " +
+                                std::to_string(experts_) + " experts",
+                            ctx);
         }
     }
 
@@ -260,24 +276,28 @@ private:
     std::uint64_t experts_ = 0;
 };
 
-// What identity_schema reads of each tensor: its name, and the tensor it is tied to (empty
-// when it is not tied).
+// What identity_schema reads of each tensor: its name, the tensor it is tied to (empty when
+// it is not tied), and the expert it belongs to (none for a tensor of no expert).
 template <class T>
 concept identity_tensor = requires(const T& t) {
     { t.name } -> std::convertible_to<std::string_view>;
     { t.tied_to } -> std::convertible_to<std::string_view>;
+    { t.expert } -> std::convertible_to<std::optional<std::uint64_t>>;
 };
 
 // The schema of tensors that are already cut (a rank folder of an export loads through it):
-// each replicated under its own name (an identity cut), tied tensors aliased again.
+// each replicated under its own name (an identity cut), tied tensors aliased again, experts'
+// tensors naming their expert of `experts`.
 template <std::ranges::sized_range Tensors>
 requires identity_tensor<std::ranges::range_value_t<Tensors>>
-[[nodiscard]] schema identity_schema(const Tensors& tensors) {
+[[nodiscard]] schema identity_schema(const Tensors& tensors, std::uint64_t experts = 0) {
     schema s;
     s.reserve(std::ranges::size(tensors));
+    s.set_experts(experts);
     for (const auto& t : tensors) {
         parameter_meta p;
         p.name = std::string(std::string_view(t.name));
+        p.expert = t.expert;
         const std::string_view tied = t.tied_to;
         if (!tied.empty())
             p.tied_to = std::string(tied);
@@ -386,6 +406,7 @@ inline std::size_t expanded_count(std::span<const parameter_spec> specs, const l
                         ") is not within the model's " + std::to_string(layers) + " layers");
     schema s;
     s.reserve(detail::expanded_count(specs, plan));
+    s.set_experts(plan.experts);
     s.set_names(o.names);
     s.ignore("*rotary_emb.inv_freq", "a legacy rotary buffer, not a parameter");
     for (const auto& pattern : o.ignore) s.ignore(pattern, "ignored by request");
@@ -487,7 +508,8 @@ inline std::size_t expanded_count(std::span<const parameter_spec> specs, const l
         for (std::uint64_t layer = layers; layer < plan.total(); ++layer)
             s.ignore(o.names.to_checkpoint(container + std::to_string(layer) + ".*"),
                      "a multi-token prediction layer (after num_hidden_layers): loaded with "
-                     "schema_options::multi_token_prediction");
+                     "schema_options::multi_token_prediction",
+                     /*left_out=*/true);
     }
     for (std::size_t i = first_layer; i <= last_layer; ++i)
         if (!specs[i].per_layer()) whole(specs[i]);

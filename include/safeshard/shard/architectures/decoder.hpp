@@ -371,9 +371,7 @@ inline constexpr std::array decoder_entries = {
                                       const schema_options& o) {
     const decoder_dims d = resolve_dims(c, t.tied_default, t.features);
     const std::vector<parameter_spec> specs = specs_of(t, d, layout_options_of(o));
-    schema s = expand(specs, layer_plan_of(t, d, c), o);
-    s.set_experts(d.experts);
-    return s;
+    return expand(specs, layer_plan_of(t, d, c), o);
 }
 
 // The parameter table of a decoder under the options (names as Hugging Face writes them).
