@@ -78,18 +78,24 @@ inline void note_not_copied(const std::filesystem::path& file, std::string_view 
     return to;
 }
 
-// --ep and --expert-placement; usage errors naming the options (the library checks the world
-// again, in its own words).
-template <class Args>
-[[nodiscard]] expert_parallel expert_parallel_arg(const Args& a) {
-    const auto placement = parse_expert_placement(a.expert_placement);
+// The options of a mixture of experts that plan and export share.
+struct experts_args {
+    std::uint32_t ep = 1;              // expert groups
+    std::string placement = "linear";  // or round_robin
+    bool include_mtp = false;          // the multi-token prediction layers
+};
+
+// --ep and --expert-placement for a world of --tp ranks; usage errors naming the options (the
+// library checks the world again, in its own words).
+[[nodiscard]] inline expert_parallel expert_parallel_arg(const experts_args& a,
+                                                         std::uint32_t world) {
+    const auto placement = parse_expert_placement(a.placement);
     if (!placement)
-        throw error(
-            errc::invalid_argument,
-            "--expert-placement must be linear or round_robin, not '" + a.expert_placement + "'");
-    if (a.ep == 0 || a.ep > a.world || a.world % a.ep != 0)
+        throw error(errc::invalid_argument,
+                    "--expert-placement must be linear or round_robin, not '" + a.placement + "'");
+    if (a.ep == 0 || a.ep > world || world % a.ep != 0)
         throw error(errc::invalid_argument, "--ep " + std::to_string(a.ep) +
-                                                " does not divide --tp " + std::to_string(a.world) +
+                                                " does not divide --tp " + std::to_string(world) +
                                                 " (it must be between 1 and --tp, and divide it)");
     return {.ep = a.ep, .placement = *placement};
 }
@@ -130,9 +136,7 @@ int run_convert(const convert_args& a, output& out);
 struct plan_args {
     checkpoint_args ckpt;
     std::uint32_t world = 0;
-    std::uint32_t ep = 1;                     // expert groups
-    std::string expert_placement = "linear";  // or round_robin
-    bool include_mtp = false;                 // the multi-token prediction layers
+    experts_args experts{};
     std::optional<std::uint32_t> rank{};
     std::string arch{};           // empty: config.json's model_type
     std::string kv_convention{};  // empty: contiguous
@@ -145,6 +149,7 @@ int run_plan(const plan_args& a, output& out);
 struct export_args {
     checkpoint_args ckpt;
     std::uint32_t world = 0;
+    experts_args experts{};
     std::string out;
     std::string dtype{};          // empty: keep each tensor's
     std::string arch{};           // empty: config.json's model_type

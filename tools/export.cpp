@@ -21,6 +21,8 @@ int run_export(const export_args& a, output& out) {
     check_out_is_new(a.out, a.force);
     export_options o;
     o.world = a.world;
+    o.experts = expert_parallel_arg(a.experts, a.world);
+    o.plan.schema.multi_token_prediction = a.experts.include_mtp;
     o.force = a.force;
     o.max_shard_size = parse_shard_size(a.max_shard_size);
     o.plan.architecture = a.arch;
@@ -40,10 +42,18 @@ int run_export(const export_args& a, output& out) {
     for (const auto& f : r.skipped_side_files) note_not_copied(f.path, f.reason);
     const double seconds = seconds_since(started);
     out.print(
-        "exported {} tensors for a world of {} ({}) into {}: {} rank folders, {} shard files\n",
+        "exported {} tensors for a world of {}{} ({}) into {}: {} rank folders, {} shard files\n",
         r.tensors, r.world,
+        a.experts.ep > 1
+            ? fmt::format(", experts over {} groups ({})", a.experts.ep, a.experts.placement)
+            : "",
         to ? fmt::format("floating-point tensors as {}", name(*to)) : "dtypes kept", a.out, r.world,
         r.shard_files);
+    if (r.left_out != 0)
+        out.print(
+            "left out {} tensors of the multi-token prediction layers (--include-mtp exports "
+            "them)\n",
+            r.left_out);
     print_transfer_summary(out, r, seconds);
     out.flush();
     return exit_ok;

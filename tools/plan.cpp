@@ -66,7 +66,7 @@ struct rank_plans {
     o.strict = !a.ckpt.lenient;
     o.allow_quantized = a.allow_quantized;
     o.architecture = a.arch;
-    o.schema.multi_token_prediction = a.include_mtp;
+    o.schema.multi_token_prediction = a.experts.include_mtp;
     if (!a.kv_convention.empty()) o.schema.kv = kv_convention_arg(a.kv_convention);
     if (!a.dtype.empty()) {
         const auto p = parse_dtype_policy(a.dtype);
@@ -115,8 +115,9 @@ void print_json(output& out, std::uint32_t world, const rank_plans& rp) {
 void print_text(output& out, const plan_args& a, const rank_plans& rp) {
     const std::vector<parameter_row> params = rp.parameters();
     out.print("{} parameters, tensor parallel over {} rank(s){}{}\n\n", params.size(), a.world,
-              a.ep > 1 ? fmt::format(", experts over {} groups ({})", a.ep, a.expert_placement)
-                       : std::string(),
+              a.experts.ep > 1
+                  ? fmt::format(", experts over {} groups ({})", a.experts.ep, a.experts.placement)
+                  : std::string(),
               a.rank ? fmt::format(", rank {} shown", *a.rank) : std::string());
     for (const parameter_row& row : params) {
         const plan_destination& d = row.first();
@@ -133,7 +134,7 @@ void print_text(output& out, const plan_args& a, const rank_plans& rp) {
     for (std::size_t k = 0; k < rp.plans.size(); ++k)
         out.print("  rank {}: {} ({} bytes){}\n", rp.ranks[k],
                   human_bytes(rp.plans[k].total_bytes()), rp.plans[k].total_bytes(),
-                  rp.plans[k].experts() == 0 || a.ep <= 1
+                  rp.plans[k].experts() == 0 || a.experts.ep <= 1
                       ? std::string()
                       : fmt::format(", {} of {} experts", rp.plans[k].held_experts().size(),
                                     rp.plans[k].experts()));
@@ -150,7 +151,8 @@ int run_plan(const plan_args& a, output& out) {
     if (a.rank && *a.rank >= a.world)
         throw error(errc::invalid_argument,
                     fmt::format("--rank {} is not below --tp {}", *a.rank, a.world));
-    const parallel_context base{.world = a.world, .experts = expert_parallel_arg(a)};
+    const parallel_context base{.world = a.world,
+                                .experts = expert_parallel_arg(a.experts, a.world)};
     const plan_options o = options_of(a);
     const checkpoint ckpt = open_checkpoint(a.ckpt);
     rank_plans rp;

@@ -63,6 +63,20 @@ void raise_open_file_limit() {
     (void)::setrlimit(RLIMIT_NOFILE, &l);
 }
 
+// --ep, --expert-placement and --include-mtp; `verb` is "Plan" or "Export".
+void add_experts_options(CLI::App* cmd, safeshard::cli::experts_args& a, const std::string& verb) {
+    cmd->add_option("--ep", a.ep,
+                    "Expert-parallel size: expert groups of --tp/--ep ranks each hold their "
+                    "own experts, cut --tp/--ep ways (default 1: every rank every expert)");
+    cmd->add_option("--expert-placement", a.placement,
+                    "How experts spread over the groups: linear (default, contiguous ranges, "
+                    "the extra ones to the first groups) or round_robin");
+    cmd->add_flag("--include-mtp", a.include_mtp,
+                  verb +
+                      " the multi-token prediction layers after num_hidden_layers too "
+                      "(DeepSeek-V3; skipped by default)");
+}
+
 void add_checkpoint_options(CLI::App* cmd, safeshard::cli::checkpoint_args& a) {
     cmd->add_option("checkpoint", a.target,
                     "A .safetensors file, an index .json, a folder, or org/name in the Hugging "
@@ -146,15 +160,7 @@ int main(int argc, char** argv) {
         "only; no tensor data is read)");
     add_checkpoint_options(plan_cmd, plan.ckpt);
     plan_cmd->add_option("--tp", plan.world, "Tensor-parallel world size")->required();
-    plan_cmd->add_option("--ep", plan.ep,
-                         "Expert-parallel size: expert groups of --tp/--ep ranks each hold their "
-                         "own experts, cut --tp/--ep ways (default 1: every rank every expert)");
-    plan_cmd->add_option("--expert-placement", plan.expert_placement,
-                         "How experts spread over the groups: linear (default, contiguous "
-                         "ranges, the extra ones to the first groups) or round_robin");
-    plan_cmd->add_flag("--include-mtp", plan.include_mtp,
-                       "Plan the multi-token prediction layers after num_hidden_layers too "
-                       "(DeepSeek-V3; skipped by default)");
+    add_experts_options(plan_cmd, plan.experts, "Plan");
     plan_cmd->add_option("--rank", plan.rank, "Show this rank only");
     plan_cmd->add_option("--arch", plan.arch, arch_help);
     plan_cmd->add_option("--kv-convention", plan.kv_convention,
@@ -177,6 +183,7 @@ int main(int argc, char** argv) {
         "as a checkpoint per rank (OUT/rank-00000, ...) whose metadata undoes the cut");
     add_checkpoint_options(export_cmd, exp.ckpt);
     export_cmd->add_option("--tp", exp.world, "Tensor-parallel world size")->required();
+    add_experts_options(export_cmd, exp.experts, "Export");
     export_cmd
         ->add_option("--out", exp.out,
                      "The export folder; it must not exist (see --force) and must not lie "

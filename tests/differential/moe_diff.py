@@ -1,0 +1,398 @@
+"""Differential test of `safeshard export` / `safeshard merge` on mixtures of experts, with
+numpy slicing as the oracle: for every architecture below and every world of 1 to 8 ranks, a
+tiny random BF16 checkpoint written by the reference safetensors library is exported with each
+expert-parallel size ep in {1, 2, world} that divides the world (both expert placements when
+ep > 1); every rank's tensors, read back with the reference library, must be exactly the ones
+the rules below name (no tensor missing, none extra), each equal to the slice numpy cuts from
+the original (dtype, shape and bytes); the merge must give the original tensors bit for bit.
+
+Architectures (model_type), with the names and config.json fields of the published
+checkpoints (tests/data/moe/README.md, and each folder's config.json and tensors.txt there;
+the modeling code: transformers' modeling_mixtral.py, modeling_qwen2_moe.py,
+modeling_qwen3_moe.py, modeling_deepseek_v3.py, DeepSeek's modeling_deepseek.py for V2):
+mixtral, qwen2_moe, qwen3_moe, deepseek_v2 (q_lora_rank null on odd worlds, as in
+DeepSeek-V2-Lite), deepseek_v3 (with one multi-token prediction layer) and kimi_k2.
+
+The rules, for rank r of a world of N ranks with ep expert groups of W = N / ep consecutive
+ranks (group g = r // W, position p = r % W):
+- experts: E experts spread over the groups; linear: base = E // ep, rem = E % ep, group g
+  owns [g * base + min(g, rem), that + base + (1 if g < rem else 0)); round_robin: the
+  experts e with e % ep == g. A rank holds its group's experts only; of each, gate and up
+  (mixtral's w1, w3) split on dim 0 in W parts, down (w2) on dim 1, part p;
+- routers (mlp.gate.weight, block_sparse_moe.gate.weight), DeepSeek's
+  mlp.gate.e_score_correction_bias and Qwen2-MoE's mlp.shared_expert_gate.weight whole;
+- shared experts (qwen2_moe's mlp.shared_expert.*, DeepSeek's mlp.shared_experts.*) and the
+  dense layers' MLPs split over the N ranks: gate / up rows, down columns;
+- attention as vLLM cuts it: q_proj rows (and bias) of the rank's query heads, contiguous;
+  k_proj / v_proj rows (and biases) of its KV heads, KV head r // (N // KV) when N > KV
+  (replicated); o_proj columns of its query heads;
+- multi-head latent attention (DeepSeek, Kimi): q_a_proj, kv_a_proj_with_mqa and their
+  layernorms whole; q_b_proj (q_proj without q_lora_rank) and kv_b_proj rows of the rank's
+  heads (qk_nope_head_dim + qk_rope_head_dim, and qk_nope_head_dim + v_head_dim rows a head),
+  o_proj columns of its heads (v_head_dim a head);
+- every norm (q_norm / k_norm too) whole; the embeddings and heads (embed_tokens, lm_head,
+  the prediction layer's embed_tokens and shared_head.head) split on rows, the vocabulary
+  padded to a multiple of 64 with zero rows; the prediction layer's eh_proj whole;
+- which layers hold experts: mixtral every layer; qwen2_moe / qwen3_moe the layers l not in
+  mlp_only_layers with (l + 1) % decoder_sparse_step == 0; DeepSeek the layers
+  l >= first_k_dense_replace with l % moe_layer_freq == 0; the others have a dense MLP;
+- DeepSeek-V3's multi-token prediction layer (index num_hidden_layers, a layer with experts)
+  is left out of the export unless --include-mtp is given.
+
+Usage: moe_diff.py SAFESHARD_EXE
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import ml_dtypes
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+EXE = sys.argv[1]
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "kimi_k2"]
+WORLDS = range(1, 9)
+EXPERTS = 10  # not a multiple of 4 or 8: linear placement leaves a remainder
+VOCAB_MULTIPLE = 64
+BF16 = ml_dtypes.bfloat16
+rng = np.random.default_rng(19)
+
+
+def weight(*shape, dtype=BF16):
+    return rng.normal(0, 0.02, size=shape).astype(dtype)
+
+
+def build(arch, world):
+    """A tiny checkpoint of `arch` whose sizes suit a world of `world` ranks: its config.json,
+    its tensors, and the sizes the oracle cuts by."""
+    mla = arch in ("deepseek_v2", "deepseek_v3", "kimi_k2")
+    heads = world if arch == "kimi_k2" else 2 * world
+    # Query heads 2 x world (Kimi: world); KV heads below the world (replicated), equal to
+    # it, or above it.
+    kv = {"mixtral": 2 if world % 2 == 0 else 1, "qwen2_moe": heads, "qwen3_moe": world}.get(
+        arch, heads)
+    hidden = 32 if arch == "qwen3_moe" else 16 * world
+    head_dim = 8 if arch == "qwen3_moe" else hidden // heads
+    vocab = VOCAB_MULTIPLE * world - 11  # padded to 64 x world: 11 zero rows on the last rank
+    cfg = {"model_type": arch, "hidden_size": hidden, "intermediate_size": 8 * world,
+           "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab,
+           "hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+           "torch_dtype": "bfloat16"}
+    layers, mtp = 2, 0
+    if arch == "mixtral":
+        cfg.update(architectures=["MixtralForCausalLM"], num_local_experts=EXPERTS,
+                   num_experts_per_tok=2, intermediate_size=4 * world, sliding_window=None)
+        sparse = lambda l: True
+    elif arch in ("qwen2_moe", "qwen3_moe"):
+        layers = 4
+        cfg.update(num_experts=EXPERTS, num_experts_per_tok=4, moe_intermediate_size=4 * world,
+                   norm_topk_prob=arch == "qwen3_moe")
+        if arch == "qwen2_moe":
+            cfg.update(architectures=["Qwen2MoeForCausalLM"], decoder_sparse_step=2,
+                       shared_expert_intermediate_size=6 * world)
+        else:
+            cfg.update(architectures=["Qwen3MoeForCausalLM"], decoder_sparse_step=1,
+                       mlp_only_layers=[2], head_dim=head_dim, attention_bias=False)
+        step, only = cfg["decoder_sparse_step"], cfg.get("mlp_only_layers", [])
+        sparse = lambda l: l not in only and (l + 1) % step == 0
+    else:
+        layers = {"deepseek_v2": 3, "deepseek_v3": 3, "kimi_k2": 2}[arch]
+        mtp = 1 if arch == "deepseek_v3" else 0
+        cfg.update(architectures=["DeepseekV2ForCausalLM" if arch == "deepseek_v2"
+                                  else "DeepseekV3ForCausalLM"],
+                   n_routed_experts=EXPERTS, n_shared_experts=2 if arch == "deepseek_v2" else 1,
+                   num_experts_per_tok=4, moe_intermediate_size=4 * world, moe_layer_freq=1,
+                   first_k_dense_replace=2 if arch == "deepseek_v3" else 1,
+                   q_lora_rank=None if arch == "deepseek_v2" and world % 2 else 24,
+                   kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+                   n_group=1, topk_group=1, attention_bias=False,
+                   topk_method="greedy" if arch == "deepseek_v2" else "noaux_tc")
+        if arch != "deepseek_v2":
+            cfg.update(num_nextn_predict_layers=mtp, scoring_func="sigmoid")
+        k, freq = cfg["first_k_dense_replace"], cfg["moe_layer_freq"]
+        sparse = lambda l: l >= layers or (l >= k and l % freq == 0)
+    cfg["num_hidden_layers"] = layers
+
+    m = {"arch": arch, "mla": mla, "heads": heads, "kv": kv, "head_dim": head_dim,
+         "layers": layers, "mtp": mtp, "experts": EXPERTS, "q_rows": 0, "kv_b_rows": 0,
+         "o_cols": 0}
+    if mla:
+        m.update(q_rows=cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"],
+                 kv_b_rows=cfg["qk_nope_head_dim"] + cfg["v_head_dim"], o_cols=cfg["v_head_dim"])
+
+    t = {"model.embed_tokens.weight": weight(vocab, hidden)}
+    for l in range(layers + mtp):
+        p = f"model.layers.{l}."
+        t[p + "input_layernorm.weight"] = weight(hidden)
+        t[p + "post_attention_layernorm.weight"] = weight(hidden)
+        a = p + "self_attn."
+        if mla:
+            q_lora, kv_lora = cfg["q_lora_rank"], cfg["kv_lora_rank"]
+            if q_lora is None:
+                t[a + "q_proj.weight"] = weight(heads * m["q_rows"], hidden)
+            else:
+                t[a + "q_a_proj.weight"] = weight(q_lora, hidden)
+                t[a + "q_a_layernorm.weight"] = weight(q_lora)
+                t[a + "q_b_proj.weight"] = weight(heads * m["q_rows"], q_lora)
+            t[a + "kv_a_proj_with_mqa.weight"] = weight(kv_lora + cfg["qk_rope_head_dim"],
+                                                        hidden)
+            t[a + "kv_a_layernorm.weight"] = weight(kv_lora)
+            t[a + "kv_b_proj.weight"] = weight(heads * m["kv_b_rows"], kv_lora)
+            t[a + "o_proj.weight"] = weight(hidden, heads * m["o_cols"])
+        else:
+            t[a + "q_proj.weight"] = weight(heads * head_dim, hidden)
+            t[a + "k_proj.weight"] = weight(kv * head_dim, hidden)
+            t[a + "v_proj.weight"] = weight(kv * head_dim, hidden)
+            t[a + "o_proj.weight"] = weight(hidden, heads * head_dim)
+            if arch == "qwen2_moe":
+                t[a + "q_proj.bias"] = weight(heads * head_dim)
+                t[a + "k_proj.bias"] = weight(kv * head_dim)
+                t[a + "v_proj.bias"] = weight(kv * head_dim)
+            if arch == "qwen3_moe":
+                t[a + "q_norm.weight"] = weight(head_dim)
+                t[a + "k_norm.weight"] = weight(head_dim)
+        if not sparse(l):
+            inter = cfg["intermediate_size"]
+            t[p + "mlp.gate_proj.weight"] = weight(inter, hidden)
+            t[p + "mlp.up_proj.weight"] = weight(inter, hidden)
+            t[p + "mlp.down_proj.weight"] = weight(hidden, inter)
+        elif arch == "mixtral":
+            inter = cfg["intermediate_size"]
+            t[p + "block_sparse_moe.gate.weight"] = weight(EXPERTS, hidden)
+            for e in range(EXPERTS):
+                x = p + f"block_sparse_moe.experts.{e}."
+                t[x + "w1.weight"] = weight(inter, hidden)
+                t[x + "w2.weight"] = weight(hidden, inter)
+                t[x + "w3.weight"] = weight(inter, hidden)
+        else:
+            inter = cfg["moe_intermediate_size"]
+            t[p + "mlp.gate.weight"] = weight(EXPERTS, hidden)
+            if arch in ("deepseek_v3", "kimi_k2"):  # float32 in the published checkpoints
+                t[p + "mlp.gate.e_score_correction_bias"] = weight(EXPERTS, dtype=np.float32)
+            for e in range(EXPERTS):
+                x = p + f"mlp.experts.{e}."
+                t[x + "gate_proj.weight"] = weight(inter, hidden)
+                t[x + "up_proj.weight"] = weight(inter, hidden)
+                t[x + "down_proj.weight"] = weight(hidden, inter)
+            if arch == "qwen2_moe":
+                shared = cfg["shared_expert_intermediate_size"]
+            else:  # DeepSeek's n_shared_experts fused in one MLP; qwen3_moe has none
+                shared = cfg.get("n_shared_experts", 0) * inter
+            if shared:
+                x = p + ("mlp.shared_expert." if arch == "qwen2_moe" else "mlp.shared_experts.")
+                t[x + "gate_proj.weight"] = weight(shared, hidden)
+                t[x + "up_proj.weight"] = weight(shared, hidden)
+                t[x + "down_proj.weight"] = weight(hidden, shared)
+            if arch == "qwen2_moe":
+                t[p + "mlp.shared_expert_gate.weight"] = weight(1, hidden)
+        if l >= layers:  # the multi-token prediction layer's own tensors
+            t[p + "enorm.weight"] = weight(hidden)
+            t[p + "hnorm.weight"] = weight(hidden)
+            t[p + "eh_proj.weight"] = weight(hidden, 2 * hidden)
+            t[p + "embed_tokens.weight"] = weight(vocab, hidden)
+            t[p + "shared_head.norm.weight"] = weight(hidden)
+            t[p + "shared_head.head.weight"] = weight(vocab, hidden)
+    t["model.norm.weight"] = weight(hidden)
+    t["lm_head.weight"] = weight(vocab, hidden)
+    return cfg, t, m
+
+
+def owns(group, e, ep, placement):
+    """Whether expert group `group` of `ep` owns expert e."""
+    if placement == "round_robin":
+        return e % ep == group
+    base, rem = divmod(EXPERTS, ep)
+    start = group * base + min(group, rem)
+    return start <= e < start + base + (1 if group < rem else 0)
+
+
+def part(t, dim, parts, i):
+    """Part i of `parts` equal parts of t along dim."""
+    n = t.shape[dim] // parts
+    return t[i * n:(i + 1) * n] if dim == 0 else t[:, i * n:(i + 1) * n]
+
+
+def rows_of(heads, per_head):
+    return np.concatenate([np.arange(h * per_head, (h + 1) * per_head) for h in heads])
+
+
+EXPERT = re.compile(r"\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+REPLICATED = ("norm.weight", ".mlp.gate.weight", "block_sparse_moe.gate.weight",
+              ".e_score_correction_bias", "shared_expert_gate.weight", "q_a_proj.weight",
+              "kv_a_proj_with_mqa.weight", "eh_proj.weight")
+VOCAB = ("embed_tokens.weight", "lm_head.weight", "shared_head.head.weight")
+
+
+def expected(name, t, m, world, ep, placement, r):
+    """The slice of rank r, or None where the rank does not hold the tensor."""
+    w = world // ep
+    group, pos = divmod(r, w)
+    x = EXPERT.search(name)
+    if x:
+        if not owns(group, int(x.group(1)), ep, placement):
+            return None
+        return part(t, 1 if x.group(2) in ("w2", "down_proj") else 0, w, pos)
+    if name.endswith(VOCAB):
+        padded = -(-t.shape[0] // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        per = padded // world
+        out = np.zeros((per,) + t.shape[1:], dtype=t.dtype)
+        real = t[r * per:min((r + 1) * per, t.shape[0])]
+        out[:real.shape[0]] = real
+        return out
+    if name.endswith(REPLICATED):
+        return t
+    if name.endswith(("gate_proj.weight", "up_proj.weight")):  # dense and shared MLPs
+        return part(t, 0, world, r)
+    if name.endswith("down_proj.weight"):
+        return part(t, 1, world, r)
+    heads = range(r * m["heads"] // world, (r + 1) * m["heads"] // world)
+    if m["mla"]:
+        if name.endswith(("q_proj.weight", "q_b_proj.weight")):
+            return t[rows_of(heads, m["q_rows"])]
+        if name.endswith("kv_b_proj.weight"):
+            return t[rows_of(heads, m["kv_b_rows"])]
+        if name.endswith("o_proj.weight"):
+            return t[:, rows_of(heads, m["o_cols"])]
+        raise ValueError(f"no rule for {name}")
+    kv, d = m["kv"], m["head_dim"]
+    kv_heads = [r // (world // kv)] if world >= kv else range(r * kv // world,
+                                                              (r + 1) * kv // world)
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return t[rows_of(heads, d)]
+    if name.endswith(("k_proj.weight", "k_proj.bias", "v_proj.weight", "v_proj.bias")):
+        return t[rows_of(kv_heads, d)]
+    if name.endswith("o_proj.weight"):
+        return t[:, rows_of(heads, d)]
+    raise ValueError(f"no rule for {name}")
+
+
+def read_folder(folder):
+    """Tensors, and each shard's __metadata__."""
+    out, metas = {}, []
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(folder, f), "np") as h:
+                metas.append(h.metadata())
+                for k in h.keys():
+                    out[k] = h.get_tensor(k)
+    return out, metas
+
+
+def safeshard(label, args):
+    """Runs the tool; False (and a failure) where it fails."""
+    p = subprocess.run([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
+    check(p.returncode == 0, f"{label}: safeshard {args[0]} exited {p.returncode}: "
+                             + " | ".join(p.stderr.split("\n")).strip(" |")[:300])
+    return p.returncode == 0
+
+
+def describe(a):
+    return "absent" if a is None else f"{a.dtype} {list(a.shape)}"
+
+
+def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp):
+    """One export of the checkpoint at src against the oracle, and its merge."""
+    label = f"{m['arch']} tp={world} ep={ep}" + (f" {placement}" if ep > 1 else "") + (
+        " --include-mtp" if mtp else "")
+    ex, merged = os.path.join(tmp, "ex"), os.path.join(tmp, "merged")
+    args = ["export", src, "--tp", str(world), "--out", ex, "--max-shard-size", "30KB"]
+    if ep > 1:
+        args += ["--ep", str(ep), "--expert-placement", placement]
+    if mtp:
+        args.append("--include-mtp")
+    if not safeshard(label, args):
+        return 0
+    # The multi-token prediction layer only with --include-mtp.
+    trailing = f"model.layers.{m['layers']}."
+    kept = {n: t for n, t in tensors.items() if mtp or not n.startswith(trailing)}
+    check(sorted(os.listdir(ex)) == [f"rank-{r:05d}" for r in range(world)],
+          f"{label}: rank folders {sorted(os.listdir(ex))}")
+    compared = 0
+    for r in range(world):
+        folder = os.path.join(ex, f"rank-{r:05d}")
+        if not os.path.isdir(folder):
+            continue
+        got, metas = read_folder(folder)
+        for md in metas:
+            doc = json.loads(md["safeshard"])
+            check(md.get("format") == "pt" and doc["world"] == world and doc["rank"] == r,
+                  f"{label} rank {r}: metadata {md.get('format')}, world {doc['world']}, "
+                  f"rank {doc['rank']}")
+        want = {}
+        for n, t in kept.items():
+            e = expected(n, t, m, world, ep, placement, r)
+            if e is not None:
+                want[n] = e
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        check(not missing and not extra, f"{label} rank {r}: {len(missing)} missing "
+                                         f"{missing[:4]}, {len(extra)} extra {extra[:4]}")
+        if m["mtp"] and not mtp:
+            check(not any(n.startswith(trailing) for n in got),
+                  f"{label} rank {r}: holds the multi-token prediction layer")
+        for n, w in want.items():
+            g = got.get(n)
+            if g is None:
+                continue  # reported as missing
+            same = g.dtype == w.dtype and g.shape == w.shape
+            check(same and g.tobytes() == w.tobytes(),
+                  f"{label} rank {r}: {n}: expected {describe(w)}, got {describe(g)}"
+                  + (", other bytes" if same else ""))
+            compared += 1
+    if safeshard(label, ["merge", ex, "--out", merged]):
+        got, _ = read_folder(merged)
+        missing, extra = sorted(set(kept) - set(got)), sorted(set(got) - set(kept))
+        check(not missing and not extra, f"{label} merged: {len(missing)} missing "
+                                         f"{missing[:4]}, {len(extra)} extra {extra[:4]}")
+        for n, t in kept.items():
+            g = got.get(n)
+            check(g is None or (g.dtype == t.dtype and g.shape == t.shape
+                                and g.tobytes() == t.tobytes()), f"{label} merged: {n}")
+    shutil.rmtree(ex, ignore_errors=True)
+    shutil.rmtree(merged, ignore_errors=True)
+    return compared
+
+
+started = time.monotonic()
+runs = compared = 0
+with tempfile.TemporaryDirectory() as tmp:
+    for arch in ARCHS:
+        for world in WORLDS:
+            cfg, tensors, m = build(arch, world)
+            src = os.path.join(tmp, "in")
+            os.makedirs(src)
+            save_file(tensors, os.path.join(src, "model.safetensors"),
+                      metadata={"format": "pt"})
+            with open(os.path.join(src, "config.json"), "w") as f:
+                json.dump(cfg, f, indent=2)
+            for ep in sorted({e for e in (1, 2, world) if world % e == 0}):
+                for placement in ["linear"] if ep == 1 else ["linear", "round_robin"]:
+                    for mtp in [False, True] if m["mtp"] else [False]:
+                        compared += export_and_merge(src, tmp, m, tensors, world, ep,
+                                                     placement, mtp)
+                        runs += 1
+            shutil.rmtree(src)
+
+seconds = time.monotonic() - started
+if failures:
+    print(f"{len(failures)} failures ({runs} exports, {seconds:.1f} s)")
+    sys.exit(1)
+print(f"export/merge of mixtures of experts agree with numpy's slices: {len(ARCHS)} "
+      f"architectures, worlds {WORLDS[0]}-{WORLDS[-1]}, {runs} exports, {compared} rank "
+      f"tensors, {seconds:.1f} s")
