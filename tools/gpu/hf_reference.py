@@ -1,35 +1,103 @@
 #!/usr/bin/env python3
 """Checkpoints written by transformers, and the tensors each tensor-parallel rank should get,
-sliced by torch: the reference for safeshard's `cuda_gpu` test (SAFESHARD_HF_DIR=OUT).
+sliced by torch: the reference for safeshard's `cuda_gpu` and `hf_reference` tests
+(SAFESHARD_HF_DIR=OUT).
 
-For each architecture (llama, qwen2 with q/k/v biases), small random models are built with
-AutoModelForCausalLM.from_config, saved in BF16 with save_pretrained(OUT/<arch>,
-max_shard_size="20MB") (two shards or more), and for world 1, 2 and 4 every rank's tensors are
-written to OUT/refs/<arch>/ref-w<W>-r<R>.safetensors, cut the way safeshard's default schema cuts them
+For each architecture (llama; qwen2 with q/k/v biases; the mixtures of experts mixtral,
+qwen2_moe, qwen3_moe and deepseek_v3), small random models are built with
+AutoModelForCausalLM.from_config, saved in BF16 with save_pretrained(OUT/<arch>, max_shard_size)
+(two shards or more), and for world 1, 2 and 4 every rank's tensors are written to
+OUT/refs/<arch>/ref-w<W>-r<R>.safetensors, cut the way safeshard's default schema cuts them
 (vLLM / Megatron conventions):
   embed_tokens, lm_head      rows, vocabulary padded with zero rows to a multiple of 64, split
   q_proj (weight, bias)      the rank's query heads (contiguous)
   k_proj, v_proj             the rank's KV heads; KV head r // (W / KV) when W > KV
   o_proj                     columns of the rank's query heads
   gate_proj, up_proj         rows split evenly;  down_proj: columns split evenly
-  norms                      whole
-Usage: hf_reference.py OUT
+  norms (qwen3 q_norm, k_norm too)  whole
+Mixtures of experts, also with expert parallelism: for every ep in {2, W} that divides W (ep > 1)
+and both placements, OUT/refs/<arch>/ref-w<W>-ep<M>-<placement>-r<R>.safetensors (ep = 1 is the
+plain ref-w<W>-r<R> file). Expert groups are W' = W / ep consecutive ranks: rank r is in group
+g = r // W' at place p = r % W'.
+  experts of E               linear: group g holds [g*base + min(g, rem), + base + (g < rem)),
+                             base = E // ep, rem = E % ep;  round_robin: the e with e % ep == g.
+                             A rank has its group's experts only; of each, gate/up (mixtral
+                             w1/w3) rows and down (w2) columns split W' ways, part p
+  routers                    mlp.gate.weight, block_sparse_moe.gate.weight, deepseek's
+                             mlp.gate.e_score_correction_bias, qwen2_moe's
+                             mlp.shared_expert_gate.weight: whole
+  shared experts             qwen2_moe mlp.shared_expert.*, deepseek mlp.shared_experts.*: a
+                             dense MLP over the world (rows / columns split W ways)
+  deepseek latent attention  q_a_proj, kv_a_proj_with_mqa and their norms whole; q_b_proj
+                             (q_proj without q_lora_rank) and kv_b_proj rows of the rank's heads
+                             (qk_nope + qk_rope rows a head for q, qk_nope + v_head for kv_b);
+                             o_proj columns of its heads (v_head each); layers from
+                             num_hidden_layers on (multi-token prediction) left out
+The dense layers of the mixtures (deepseek's first_k_dense_replace, qwen's mlp_only_layers)
+are cut like llama's MLP.
+
+transformers 5 keeps a layer's experts stacked in memory (mlp.experts.gate_up_proj [E, 2I, H],
+mlp.experts.down_proj [E, H, I]) and save_pretrained writes them back one tensor per expert, in
+the names of transformers 4. A checkpoint that holds stacked experts all the same (another
+version, or --stacked: save_original_format=False) is rewritten here one tensor per expert, in
+those names, and the output says so. Usage: hf_reference.py OUT [--stacked]
 """
+import json
 import os
+import re
 import sys
 
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import (AutoModelForCausalLM, DeepseekV3Config, LlamaConfig, MixtralConfig,
+                          Qwen2Config, Qwen2MoeConfig, Qwen3MoeConfig)
 
 VOCAB_MULTIPLE = 64
+EXPERT = re.compile(r"\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
+STACKED = re.compile(r"^(model\.layers\.\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
 
 
 def configs():
+    """{arch: (config, max_shard_size)}"""
     common = dict(vocab_size=4000, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
                   tie_word_embeddings=False)
-    return {"llama": LlamaConfig(**common), "qwen2": Qwen2Config(**common)}
+    # 6 experts: linear placement over 4 groups has a remainder; layer 0 dense where the
+    # architecture has dense layers.
+    moe = dict(vocab_size=1000, hidden_size=256, num_hidden_layers=3, num_attention_heads=8,
+               num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+               num_experts_per_tok=2)
+    qwen_moe = dict(moe, intermediate_size=512, moe_intermediate_size=128, num_experts=6,
+                    mlp_only_layers=[0])
+    deepseek = dict(moe, num_key_value_heads=8, intermediate_size=512, moe_intermediate_size=128,
+                    n_routed_experts=6, n_shared_experts=2, n_group=2, topk_group=1,
+                    first_k_dense_replace=1, q_lora_rank=64, kv_lora_rank=32,
+                    qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16)
+    return {
+        "llama": (LlamaConfig(**common), "20MB"),
+        "qwen2": (Qwen2Config(**common), "20MB"),
+        "mixtral": (MixtralConfig(**moe, intermediate_size=128, num_local_experts=6), "2MB"),
+        "qwen2_moe": (Qwen2MoeConfig(**qwen_moe, shared_expert_intermediate_size=256), "2MB"),
+        "qwen3_moe": (Qwen3MoeConfig(**qwen_moe, head_dim=32), "2MB"),
+        "deepseek_v3": (DeepseekV3Config(**deepseek), "2MB"),
+    }
+
+
+def experts_of(cfg):
+    for key in ("num_local_experts", "num_experts", "n_routed_experts"):
+        n = getattr(cfg, key, None)
+        if n:
+            return n
+    return 0
+
+
+def group_experts(g, n, ep, placement):
+    if placement == "round_robin":
+        return [e for e in range(n) if e % ep == g]
+    base, rem = n // ep, n % ep
+    first = g * base + min(g, rem)
+    return list(range(first, first + base + (1 if g < rem else 0)))
 
 
 def rows(t, idx):
@@ -40,11 +108,24 @@ def head_rows(heads, d):
     return [h * d + i for h in heads for i in range(d)]
 
 
-def cut(name, t, cfg, w, r):
-    H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
-    d = cfg.hidden_size // H
+def part(t, dim, ways, p):
+    n = t.shape[dim]
+    return t.narrow(dim, p * n // ways, n // ways)
+
+
+def cut(name, t, cfg, w, r, ep=1, placement="linear"):
+    """Rank r's slice of tensor `name` (None: not the rank's)."""
+    H = cfg.num_attention_heads
+    KV = getattr(cfg, "num_key_value_heads", None) or H
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     q_heads = list(range(r * H // w, (r + 1) * H // w))
     kv_heads = [r // (w // KV)] if w >= KV else list(range(r * KV // w, (r + 1) * KV // w))
+    m = EXPERT.search(name)
+    if m:
+        ways = w // ep
+        if int(m.group(1)) not in group_experts(r // ways, experts_of(cfg), ep, placement):
+            return None
+        return part(t, 1 if m.group(2) in ("down_proj", "w2") else 0, ways, r % ways)
     if name.endswith("embed_tokens.weight") or name == "lm_head.weight":
         n = t.shape[0]
         padded = (n + VOCAB_MULTIPLE - 1) // VOCAB_MULTIPLE * VOCAB_MULTIPLE
@@ -52,40 +133,130 @@ def cut(name, t, cfg, w, r):
         full[:n] = t
         per = padded // w
         return full[r * per:(r + 1) * per]
+    if getattr(cfg, "kv_lora_rank", None):  # latent attention
+        nope, rope, v = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        if ".q_b_proj." in name or ".q_proj." in name:
+            return rows(t, head_rows(q_heads, nope + rope))
+        if ".kv_b_proj." in name:
+            return rows(t, head_rows(q_heads, nope + v))
+        if ".o_proj." in name:
+            return t[:, head_rows(q_heads, v)]
+        if ".q_a_" in name or ".kv_a_" in name:
+            return t
     if ".q_proj." in name:
         return rows(t, head_rows(q_heads, d))
     if ".k_proj." in name or ".v_proj." in name:
         return rows(t, head_rows(kv_heads, d))
     if ".o_proj." in name:
         return t[:, head_rows(q_heads, d)]
-    if ".gate_proj." in name or ".up_proj." in name:
-        n = t.shape[0]
-        return t[r * n // w:(r + 1) * n // w]
+    if ".gate_proj." in name or ".up_proj." in name:  # dense MLPs and shared experts
+        return part(t, 0, w, r)
     if ".down_proj." in name:
-        n = t.shape[1]
-        return t[:, r * n // w:(r + 1) * n // w]
-    return t
+        return part(t, 1, w, r)
+    return t  # norms, routers, score correction bias, shared expert gate
+
+
+def load_folder(folder):
+    tensors = {}
+    for f in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        tensors.update(load_file(os.path.join(folder, f)))
+    return tensors
+
+
+def per_expert(arch, tensors):
+    """Stacked experts as one tensor per expert, in transformers 4's names (0: none stacked)."""
+    out, stacked = {}, 0
+    prefix = "block_sparse_moe" if arch == "mixtral" else "mlp"
+    names = ("w1", "w3", "w2") if arch == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    for n, t in tensors.items():
+        m = STACKED.match(n)
+        if m is None:
+            if arch == "mixtral" and re.search(r"\.mlp\.gate\.weight$", n):
+                n = n.replace(".mlp.gate.", ".block_sparse_moe.gate.")
+            out[n] = t
+            continue
+        stacked += 1
+        layer = m.group(1)
+        for e in range(t.shape[0]):
+            base = f"{layer}.{prefix}.experts.{e}."
+            if m.group(2) == "down_proj":
+                out[base + names[2] + ".weight"] = t[e].contiguous()
+            else:
+                half = t.shape[1] // 2
+                out[base + names[0] + ".weight"] = t[e, :half].contiguous()
+                out[base + names[1] + ".weight"] = t[e, half:].contiguous()
+    return out, stacked
+
+
+def rewrite(folder, tensors, max_bytes):
+    """The checkpoint in `folder` replaced by `tensors`, in shards of about max_bytes."""
+    for f in os.listdir(folder):
+        if f.endswith(".safetensors") or f.endswith(".safetensors.index.json"):
+            os.remove(os.path.join(folder, f))
+    shards, size = [[]], 0
+    for n in sorted(tensors):
+        b = tensors[n].numel() * tensors[n].element_size()
+        if shards[-1] and size + b > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(n)
+        size += b
+    weight_map = {}
+    for i, names in enumerate(shards):
+        f = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: tensors[n] for n in names}, os.path.join(folder, f), {"format": "pt"})
+        weight_map.update({n: f for n in names})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as fh:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)
+
+
+def layouts(cfg):
+    """(world, ep, placement, file prefix) of every reference set for the model."""
+    for w in (1, 2, 4):
+        yield w, 1, "linear", f"ref-w{w}"
+        if not experts_of(cfg):
+            continue
+        for ep in sorted({2, w}):
+            if 1 < ep <= w and w % ep == 0:
+                for placement in ("linear", "round_robin"):
+                    yield w, ep, placement, f"ref-w{w}-ep{ep}-{placement}"
 
 
 def main():
     out = sys.argv[1]
+    stacked_save = "--stacked" in sys.argv[2:]
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
     torch.manual_seed(0)
-    for arch, cfg in configs().items():
+    for arch, (cfg, shard_size) in configs().items():
         folder = os.path.join(out, arch)
         os.makedirs(folder, exist_ok=True)
         model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
-        model.save_pretrained(folder, max_shard_size="20MB", safe_serialization=True)
+        kwargs = dict(max_shard_size=shard_size, safe_serialization=True)
+        if stacked_save:
+            kwargs["save_original_format"] = False
+        model.save_pretrained(folder, **kwargs)
+        tensors = load_folder(folder)
+        tensors, stacked = per_expert(arch, tensors)
+        note = ""
+        if stacked:
+            rewrite(folder, tensors, int(shard_size.rstrip("MB")) * 1000 * 1000)
+            note = f", {stacked} stacked expert tensors rewritten one tensor per expert"
         shards = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-        tensors = {}
-        for f in shards:
-            tensors.update(load_file(os.path.join(folder, f)))
         refs = os.path.join(out, "refs", arch)
         os.makedirs(refs, exist_ok=True)
-        for w in (1, 2, 4):
+        sets = []
+        for w, ep, placement, prefix in layouts(cfg):
             for r in range(w):
-                ref = {n: cut(n, t, cfg, w, r).contiguous() for n, t in tensors.items()}
-                save_file(ref, os.path.join(refs, f"ref-w{w}-r{r}.safetensors"))
-        print(f"{arch}: {len(shards)} shards, {len(tensors)} tensors, references for world 1, 2, 4")
+                ref = {}
+                for n, t in tensors.items():
+                    s = cut(n, t, cfg, w, r, ep, placement)
+                    if s is not None:
+                        ref[n] = s.contiguous()
+                save_file(ref, os.path.join(refs, f"{prefix}-r{r}.safetensors"))
+            sets.append(f"w{w}" + (f" ep{ep} {placement}" if ep > 1 else ""))
+        print(f"{arch} ({type(model).__name__}): {len(shards)} shards, {len(tensors)} tensors"
+              f"{note}; references for {', '.join(sets)}")
 
 
 if __name__ == "__main__":
