@@ -2,7 +2,9 @@
 // plan, for world 1, 2, 4, 8, both GQA conventions, padded vocabulary, every conversion pair
 // and all three policies; errors name the CUDA call. Exits 77 (SKIP) where no GPU is found.
 // SAFESHARD_HF_DIR=DIR: also the checkpoints tools/gpu/hf_reference.py wrote with transformers,
-// compared with the torch slices it saved (DIR/refs/<model>/ref-w<W>-r<R>.safetensors).
+// compared with the torch slices it saved (DIR/refs/<model>/ref-w<W>-r<R>.safetensors; for the
+// mixtures of experts also ref-w<W>-ep<M>-<placement>-r<R>.safetensors), loaded on the host and
+// by the GPU.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
@@ -15,6 +17,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../support/expect_error.hpp"
@@ -219,7 +222,8 @@ TEST_CASE("CUDA errors name the call and the error") {
 }
 
 // Checkpoints written by transformers (save_pretrained, small shards), each rank compared with
-// the slices torch took of the same tensors.
+// the slices torch took of the same tensors: the dense models for world 1, 2, 4, the mixtures
+// of experts also with expert parallelism (ep 2 and the world, linear and round_robin).
 TEST_CASE("transformers checkpoints against torch slices (SAFESHARD_HF_DIR)") {
     const char* env = std::getenv("SAFESHARD_HF_DIR");
     if (env == nullptr || *env == 0) {
@@ -227,6 +231,25 @@ TEST_CASE("transformers checkpoints against torch slices (SAFESHARD_HF_DIR)") {
         return;
     }
     namespace fs = std::filesystem;
+    struct layout {
+        std::uint32_t world;
+        expert_parallel experts;
+        std::string prefix;  // of the reference files, "-r<R>.safetensors" follows
+    };
+    std::vector<layout> layouts;
+    for (std::uint32_t w : {1u, 2u, 4u}) {
+        layouts.push_back({w, {}, "ref-w" + std::to_string(w)});
+        for (const std::uint32_t ep : {2u, 4u})  // 2, and the world of 4
+            if (ep <= w && w % ep == 0)
+                for (const auto p : {expert_placement::linear, expert_placement::round_robin})
+                    layouts.push_back({w,
+                                       {ep, p},
+                                       "ref-w" + std::to_string(w) + "-ep" + std::to_string(ep) +
+                                           "-" + std::string(to_string(p))});
+    }
+    // one engine per policy, kept across the loads
+    cuda_engine gpu_engines[] = {cuda_engine({.policy = cuda_policy::staged}),
+                                 cuda_engine({.policy = cuda_policy::registered})};
     int models = 0;
     for (const auto& entry : fs::directory_iterator(env)) {
         if (!entry.is_directory() || !fs::exists(entry.path() / "config.json")) continue;
@@ -234,35 +257,45 @@ TEST_CASE("transformers checkpoints against torch slices (SAFESHARD_HF_DIR)") {
         const fs::path model = entry.path();
         CAPTURE(model.string());
         int refs = 0;
-        for (std::uint32_t w : {1u, 2u, 4u})
-            for (std::uint32_t r = 0; r < w; ++r) {
-                const fs::path ref =
-                    fs::path(env) / "refs" / model.filename() /
-                    ("ref-w" + std::to_string(w) + "-r" + std::to_string(r) + ".safetensors");
+        for (const auto& l : layouts)
+            for (std::uint32_t r = 0; r < l.world; ++r) {
+                const fs::path ref = fs::path(env) / "refs" / model.filename() /
+                                     (l.prefix + "-r" + std::to_string(r) + ".safetensors");
                 if (!fs::exists(ref)) continue;
                 ++refs;
-                CAPTURE(w);
+                CAPTURE(l.prefix);
                 CAPTURE(r);
-                for (const auto policy : {cuda_policy::staged, cuda_policy::registered}) {
-                    cuda_engine e({.policy = policy});
-                    load_options o{.rank = r, .world = w};
-                    o.plan.device = {device_kind::cuda, 0};
-                    const auto gpu = load<cuda_tensor>(model.string(), o, e);
-                    const file_view want(ref);
+                const file_view want(ref);
+                // every tensor of the reference, and no other, with torch's bytes
+                auto compare = [&](const auto& got, auto bytes_of, std::string_view path) {
                     std::size_t compared = 0;
                     for (const auto& t : want) {
                         const std::string name(t.name());
                         CAPTURE(name);
-                        REQUIRE(gpu.contains(name));
+                        REQUIRE(got.contains(name));
                         const auto b = t.bytes();
-                        CHECK(host_copy(gpu.at(name)) ==
-                              std::vector<std::byte>(b.begin(), b.end()));
+                        CHECK(bytes_of(got.at(name)) == std::vector<std::byte>(b.begin(), b.end()));
                         ++compared;
                     }
                     CHECK(compared > 0);
+                    CHECK(compared == got.tensors().size());
                     MESSAGE(model.filename().string()
-                            << " world " << w << " rank " << r << " " << to_string(policy) << ": "
-                            << compared << " tensors equal torch's slices");
+                            << " " << l.prefix << " rank " << r << " " << path << ": " << compared
+                            << " tensors equal torch's slices");
+                };
+                const load_options o{.rank = r, .world = l.world, .experts = l.experts};
+                compare(
+                    load<host_tensor>(model.string(), o),
+                    [](const host_tensor& t) {
+                        const auto b = t.bytes();
+                        return std::vector<std::byte>(b.begin(), b.end());
+                    },
+                    "host");
+                for (cuda_engine& e : gpu_engines) {
+                    load_options go = o;
+                    go.plan.device = {device_kind::cuda, 0};
+                    compare(load<cuda_tensor>(model.string(), go, e), host_copy,
+                            to_string(e.options().policy));
                 }
             }
         CHECK(refs > 0);
