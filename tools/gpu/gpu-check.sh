@@ -4,7 +4,9 @@
 #   1. configure build-gpu (-Dcuda=enabled -Dwerror=true; the default debugoptimized build,
 #      as proven with -Werror on g++ 12; the benchmark's hot path is pread and cudaMemcpy)
 #      and build only the CUDA targets
-#   2. transformers checkpoints and torch's per-rank slices (tools/gpu/hf_reference.py)
+#   2. transformers checkpoints and torch's per-rank slices (tools/gpu/hf_reference.py: llama,
+#      qwen2 and the mixtures of experts mixtral, qwen2_moe, qwen3_moe, deepseek_v3), checked
+#      on the host first with the safeshard tool's plan and export (tools/gpu/compare_refs.py)
 #   3. meson test --suite cuda (the GPU test compares them too: SAFESHARD_HF_DIR)
 #   4. the GPU test once under compute-sanitizer memcheck (a subset, for time)
 #   5. peer figures (.device/peer_bench.py --make, when present) and cuda_bench on the same
@@ -90,10 +92,19 @@ if ! step build 240 ninja -C "$BUILD" $TARGETS; then
     step build-nowerror 240 ninja -C "$BUILD" $TARGETS
 fi
 
-# 2. transformers checkpoints and torch's slices
+# 2. transformers checkpoints and torch's slices; the safeshard tool (when the build has it:
+#    CLI11 and fmt found) checks them on the host
 rm -rf "$HF_DIR"
 if HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 step hf_reference 120 python3 tools/gpu/hf_reference.py "$HF_DIR"; then
     export SAFESHARD_HF_DIR="$HF_DIR"
+    sed 's/^/     /' "$OUT/hf_reference.log" | grep -v "Writing model" >> "$SUMMARY"
+    if ninja -C "$BUILD" -t targets all 2>/dev/null | grep -q '^tools/safeshard:' &&
+        step build_cli 120 ninja -C "$BUILD" tools/safeshard; then
+        step compare_refs 90 python3 tools/gpu/compare_refs.py "$BUILD/tools/safeshard" "$HF_DIR"
+        grep -v "^ok " "$OUT/compare_refs.log" | head -30 | sed 's/^/     /' | tee -a "$SUMMARY"
+    else
+        log "SKIP compare_refs: no tools/safeshard target in $BUILD"
+    fi
 fi
 
 # 3. the CUDA suite (fake transport, nvcc compile test, GPU test with the transformers check)
@@ -101,7 +112,8 @@ step meson_test_cuda 240 "${MESON[@]}" test -C "$BUILD" --suite cuda --no-rebuil
 cp "$BUILD/meson-logs/testlog.txt" "$OUT/meson-testlog.txt" 2>/dev/null
 echo "     $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$OUT/meson_test_cuda.log" | tr -s ' \n' ' ')" | tee -a "$SUMMARY"
 grep -E '^ *[0-9]+/[0-9]+ ' "$OUT/meson_test_cuda.log" | sed 's/^/     /' | tee -a "$SUMMARY"
-grep -h "equal torch" "$BUILD/meson-logs/testlog.txt" 2>/dev/null | sort -u | head -20 >> "$SUMMARY"
+echo "     $(grep -h "equal torch" "$BUILD/meson-logs/testlog.txt" 2>/dev/null | sort -u | wc -l) loads equal torch's slices (host, staged, registered)" >> "$SUMMARY"
+grep -h "equal torch" "$BUILD/meson-logs/testlog.txt" 2>/dev/null | sort -u | grep " rank 0 " | head -12 >> "$SUMMARY"
 
 # 4. memcheck (the intentional-error test case is left out: its API error is expected)
 SAN=/usr/local/cuda/bin/compute-sanitizer
