@@ -10,14 +10,14 @@
 // rank's headers grow with its tensors, not with tensors x shards. Version 1 (read only): every
 // shard carries the same description of the whole rank.
 //
-// What the next records add are optional fields of version 2, not a version 3 (a version-2
-// reader refuses a field it does not know, naming it, rather than merging wrongly):
+// Later records are optional fields of version 2, not a version 3 (a version-2 reader
+// refuses a field it does not know, naming it, rather than merging wrongly):
 //  - expert parallelism (written when the model has experts): rank-level "experts" (the
 //    experts of each layer with experts), "ep" and "expert_placement" (how they spread over
 //    the ranks, shard/expert_parallel.hpp), and per expert's tensor its record's "expert"
 //    (which expert of its layer): the tensor is held by the ranks of that expert's group
 //    only, cut world/ep ways at the rank's place in its group;
-//  - quantization companions (scales, zeros, group indices): per tensor "companion_of" (the
+//  - next, quantization companions (scales, zeros, group indices): per tensor "companion_of" (the
 //    weight whose cut it follows), per cut the companion's "unit" (weight elements per
 //    companion element along dim) and any padding.
 //
