@@ -87,7 +87,7 @@ void print_json(output& out, std::uint32_t world, const rank_plans& rp) {
         out.write(i ? ",{\"name\":" : "{\"name\":");
         out.json_string(d.name);
         out.write(",\"layout\":");
-        out.json_string(name(d.layout));
+        out.json_string(layout_name(d));
         out.write(",\"global_shape\":");
         shape_json(out, d.global);
         out.write(",\"dtype\":");
@@ -121,7 +121,7 @@ void print_text(output& out, const plan_args& a, const rank_plans& rp) {
               a.rank ? fmt::format(", rank {} shown", *a.rank) : std::string());
     for (const parameter_row& row : params) {
         const plan_destination& d = row.first();
-        out.print("{}  {}  {}  {}", escape_controls(d.name), name(d.layout), d.global.to_string(),
+        out.print("{}  {}  {}  {}", escape_controls(d.name), layout_name(d), d.global.to_string(),
                   safeshard::name(d.dtype));
         if (d.tied()) out.print("  tied to {}", row.tied_to());
         if (d.created()) out.print("  initialised ({})", to_string(d.init.kind));

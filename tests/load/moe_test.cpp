@@ -6,6 +6,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <map>
 #include <set>
@@ -316,6 +317,118 @@ std::vector<moe_model> families() {
     return v;
 }
 
+// The names of expert e's gate, up and down projections in layer l (one tensor per expert).
+std::array<std::string, 3> expert_names(const moe_model& m, std::uint64_t l, std::uint64_t e) {
+    const std::string p = "model.layers." + std::to_string(l) +
+                          (m.type == "mixtral" ? ".block_sparse_moe.experts." : ".mlp.experts.") +
+                          std::to_string(e) + ".";
+    if (m.type == "mixtral") return {p + "w1.weight", p + "w3.weight", p + "w2.weight"};
+    return {p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight"};
+}
+
+// The same model with each layer's experts stacked as transformers v5 saves them
+// (transformers' MoE "fused experts" conversion, vLLM #36997): mlp.experts.gate_up_proj
+// [E, 2I, H] (each expert's gate rows, then its up rows) and mlp.experts.down_proj [E, H, I];
+// Mixtral's router moves to mlp.gate.
+std::map<std::string, source_tensor> stacked_form(const moe_model& m,
+                                                  const std::map<std::string, source_tensor>& src) {
+    std::map<std::string, source_tensor> out;
+    for (const auto& [name, t] : src) {
+        if (expert_in(name)) continue;
+        std::string n = name;
+        if (const auto at = n.find(".block_sparse_moe.gate."); at != std::string::npos)
+            n.replace(at, std::string_view(".block_sparse_moe.gate").size(), ".mlp.gate");
+        out[n] = t;
+    }
+    for (std::uint64_t l = 0; l <= m.layers; ++l) {
+        if (!src.contains(expert_names(m, l, 0)[0])) continue;
+        const std::string p = "model.layers." + std::to_string(l) + ".mlp.experts.";
+        source_tensor gate_up{{m.experts, 2 * m.moe_intermediate, m.hidden}, {}};
+        source_tensor down{{m.experts, m.hidden, m.moe_intermediate}, {}};
+        for (std::uint64_t e = 0; e < m.experts; ++e) {
+            const auto n = expert_names(m, l, e);
+            for (int k : {0, 1})
+                gate_up.codes.insert(gate_up.codes.end(), src.at(n[k]).codes.begin(),
+                                     src.at(n[k]).codes.end());
+            down.codes.insert(down.codes.end(), src.at(n[2]).codes.begin(),
+                              src.at(n[2]).codes.end());
+        }
+        out[p + "gate_up_proj"] = gate_up;
+        out[p + "down_proj"] = down;
+    }
+    return out;
+}
+
+// Every rank of `w` under `ep` loading the stacked form: each stacked tensor holds the rank's
+// experts in order, each expert's slab the rows and columns the per-expert rules give its
+// tensors (gate's then up's for gate_up_proj); everything else as in the per-expert form.
+void check_stacked_world(const std::filesystem::path& dir, const moe_model& m,
+                         const std::map<std::string, source_tensor>& src, std::uint32_t w,
+                         std::uint32_t ep, bool round_robin) {
+    const auto stacked = stacked_form(m, src);
+    for (std::uint32_t r = 0; r < w; ++r) {
+        const rank_of k{r, w, ep, round_robin};
+        CAPTURE(m.type);
+        CAPTURE(w);
+        CAPTURE(ep);
+        CAPTURE(round_robin);
+        CAPTURE(r);
+        const load_options o{.rank = r,
+                             .world = w,
+                             .experts = {.ep = ep,
+                                         .placement = round_robin ? expert_placement::round_robin
+                                                                  : expert_placement::linear}};
+        auto model = load<host_tensor>(dir.string(), o);
+        std::vector<std::uint64_t> held;
+        for (std::uint64_t e = 0; e < m.experts; ++e)
+            if (owner(e, m.experts, ep, round_robin) == k.group()) held.push_back(e);
+        std::set<std::string> want;
+        for (const auto& [name, t] : stacked)
+            if (!name.starts_with("model.layers." + std::to_string(m.layers) + "."))
+                want.insert(name);
+        CHECK(std::set<std::string>(model.names().begin(), model.names().end()) == want);
+        std::uint64_t padding = 0;
+        for (const auto& name : model.names()) {
+            CAPTURE(name);
+            const host_tensor& x = model.at(name);
+            std::vector<std::uint16_t> expect;
+            auto piece = [&](const std::string& n) {
+                const source_tensor& t = src.at(n);
+                const expected_cut cut = cut_of(n, m, t, k);
+                const auto v = take(t, cut.rows, cut.cols);
+                expect.insert(expect.end(), v.begin(), v.end());
+            };
+            const bool gate_up = name.ends_with(".experts.gate_up_proj");
+            if (gate_up || name.ends_with(".experts.down_proj")) {
+                const std::uint64_t l = std::stoull(name.substr(13));
+                for (const std::uint64_t e : held) {
+                    const auto n = expert_names(m, l, e);
+                    if (gate_up) {
+                        piece(n[0]);
+                        piece(n[1]);
+                    } else {
+                        piece(n[2]);
+                    }
+                }
+                CHECK(x.shape()[0] == held.size());
+            } else {
+                std::string n = name;
+                if (m.type == "mixtral" && n.ends_with(".mlp.gate.weight"))
+                    n.replace(n.find(".mlp.gate."), 10, ".block_sparse_moe.gate.");
+                const source_tensor& t = src.at(n);
+                const expected_cut cut = cut_of(n, m, t, k);
+                expect = take(t, cut.rows, cut.cols);
+                for (const auto& row : cut.rows) padding += row ? 0 : cut.cols.size() * 2;
+            }
+            CHECK(codes_of(x) == expect);
+        }
+        // Only the rank's experts are read.
+        CHECK(model.report.bytes_read + padding == model.report.rank_bytes);
+        CHECK(std::vector<std::uint64_t>(model.held_experts().begin(),
+                                         model.held_experts().end()) == held);
+    }
+}
+
 }  // namespace
 
 TEST_CASE("mixtures of experts: every rank of worlds 1-8, ep 1, 2 and world, both placements") {
@@ -334,6 +447,59 @@ TEST_CASE("mixtures of experts: every rank of worlds 1-8, ep 1, 2 and world, bot
                 for (bool rr : {false, true}) check_world(dir.path(), m, src, w, ep, rr);
             }
     }
+}
+
+TEST_CASE("stacked experts (transformers v5): every rank of worlds 1-8, ep 1, 2 and world") {
+    for (const moe_model& m : families()) {
+        temp_folder dir;
+        const auto src = tensors_of(m);
+        write_checkpoint(dir.path(), config_of(m), 3, "", stacked_form(m, src));
+        for (std::uint32_t w : {1u, 2u, 4u, 6u, 8u})
+            for (std::uint32_t ep : {1u, 2u, w}) {
+                if (w % ep != 0 || ep > m.experts) continue;
+                if (m.deepseek() && m.heads % w != 0) continue;
+                if (!m.deepseek() && (w == 6)) continue;
+                if (m.moe_intermediate % (w / ep) != 0 || m.intermediate % w != 0 ||
+                    m.shared % w != 0)
+                    continue;
+                for (bool rr : {false, true}) check_stacked_world(dir.path(), m, src, w, ep, rr);
+            }
+    }
+}
+
+TEST_CASE("stacked experts: a stack of other than the layer's experts is refused, naming it") {
+    const moe_model m{.type = "qwen3_moe", .mlp_only = {0}};
+    auto st = stacked_form(m, tensors_of(m));
+    auto& down = st.at("model.layers.1.mlp.experts.down_proj");
+    down.dims[0] = m.experts - 1;
+    down.codes.resize(down.codes.size() / m.experts * (m.experts - 1));
+    temp_folder dir;
+    write_checkpoint(dir.path(), config_of(m), 2, "", st);
+    const checkpoint c = checkpoint::open(dir.path().string());
+    const error e = expect_error([&] { (void)load_plan::build(c, {0, 1}); });
+    CHECK(e.message().find("model.layers.1.mlp.experts.down_proj") != std::string::npos);
+    // config.json's shapes say it first; the plan's own check says it for a given schema.
+    schema_options so;
+    so.experts_stored = schema_options::expert_storage::stacked;
+    model_config cfg = checkpoint::open(dir.path().string()).load_config()->config();
+    const auto e2 = expect_error(errc::shape_mismatch, [&] {
+        (void)load_plan::build(c, make_schema(cfg, so), {0, 1});
+    });
+    CHECK(e2.message().find("stacks the layer's 6 experts on dim 0") != std::string::npos);
+}
+
+TEST_CASE("stacked experts: an export refuses them rather than write what merge cannot undo") {
+    const moe_model m{.type = "mixtral"};
+    temp_folder dir;
+    std::filesystem::create_directories(dir.path() / "in");
+    write_checkpoint(dir.path() / "in", config_of(m), 2, "", stacked_form(m, tensors_of(m)));
+    const checkpoint in = checkpoint::open((dir.path() / "in").string());
+    export_options o;
+    o.world = 2;
+    const auto e = expect_error(errc::invalid_argument,
+                                [&] { (void)export_checkpoint(in, dir.path() / "ex", o); });
+    CHECK(e.message().find("exporting stacked experts is not supported yet") != std::string::npos);
+    CHECK(!std::filesystem::exists(dir.path() / "ex"));
 }
 
 TEST_CASE("mixtures of experts: the multi-token prediction layer, skipped or loaded") {

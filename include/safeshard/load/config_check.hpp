@@ -320,6 +320,23 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
     return r;
 }
 
+// The options with schema_options::experts_stored decided by the checkpoint when they leave
+// it to it (`detect`): stacked when a tensor is a layer's stacked experts
+// ("….experts.gate_up_proj" or "….experts.down_proj"), else one tensor per expert.
+[[nodiscard]] inline schema_options with_expert_storage(const checkpoint& ckpt, schema_options o) {
+    using storage = schema_options::expert_storage;
+    if (o.experts_stored != storage::detect) return o;
+    o.experts_stored = storage::per_expert;
+    for (const auto& f : ckpt.files())
+        for (const tensor_view t : f.view)
+            if (t.name().ends_with(".experts.gate_up_proj") ||
+                t.name().ends_with(".experts.down_proj")) {
+                o.experts_stored = storage::stacked;
+                return o;
+            }
+    return o;
+}
+
 // The schema of config.json's architecture (c.model_type), once check_config finds the
 // checkpoint agrees with it: the layer count it expands is one the tensors hold. A rank of a
 // per-rank export is refused (invalid_export): its config.json describes the whole model.
@@ -333,7 +350,7 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
     const config_scope scope =
         architecture_registered(c.model_type) ? config_scope::architecture : config_scope::generic;
     check_config(ckpt, c, o.names, scope).throw_if_mismatch();
-    return make_schema(c, o);
+    return make_schema(c, with_expert_storage(ckpt, o));
 }
 
 // config.json's model_config (its model_type replaced by `architecture` when given) and the

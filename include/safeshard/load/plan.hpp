@@ -78,6 +78,10 @@ struct plan_destination {
     std::vector<std::string> sources{};
     std::optional<std::uint32_t> tied_to{};  // aliases that destination; no bytes of its own
     std::optional<std::uint64_t> expert{};   // an expert's tensor: which expert of its layer
+    // The layer's experts stacked on dim 0 (parameter_meta::stacked_experts): how many the
+    // sources stack (global dim 0; the rank's local dim 0 holds its own, in expert order),
+    // `layout` cutting each expert's slab. 0: not stacked.
+    std::uint64_t stacked_experts = 0;
     // The parameter's place in the schema: orders the destinations of one rank's plan against
     // another's (a rank holds its own experts only).
     std::size_t schema_index = 0;
@@ -87,6 +91,14 @@ struct plan_destination {
     [[nodiscard]] bool tied() const noexcept { return tied_to.has_value(); }
     [[nodiscard]] bool created() const noexcept { return init.kind != init_kind::none; }
 };
+
+// The layout as plan --json spells it: "split<1>", or for stacked experts
+// "stacked_experts<split<1>>" (the experts on dim 0, each expert's slab cut as the inner one
+// says).
+[[nodiscard]] inline std::string layout_name(const plan_destination& d) {
+    const std::string inner(name(d.layout));
+    return d.stacked_experts != 0 ? "stacked_experts<" + inner + ">" : inner;
+}
 
 struct device_bytes {
     safeshard::device device{};
@@ -234,6 +246,15 @@ private:
     std::vector<std::string> notes_{};
 };
 
+namespace detail {
+// Where one piece of a destination lies, in elements: added to the slice map's source offsets
+// (per source) and destination offsets (an expert's slab of stacked experts).
+struct piece_offsets {
+    std::uint64_t source[max_sources] = {};
+    std::uint64_t destination = 0;
+};
+}  // namespace detail
+
 // The steps of load_plan::build, over one plan under construction.
 class load_plan::builder {
 public:
@@ -271,6 +292,8 @@ public:
                 tied_.push_back(&m);
             else if (m.created())
                 add_created(m);
+            else if (m.stacked_experts)
+                add_stacked(m);
             else
                 add_loaded(m);
         }
@@ -402,10 +425,12 @@ private:
     }
 
     // Shape checks: the sources agree on a dtype, and the layout accepts their shapes.
+    // (`shapes`, when given, replace the sources' own: stacked experts' slabs.)
     [[nodiscard]] slice_result slice_sources(const parameter_meta& m,
-                                             std::span<const located_tensor> located) const {
+                                             std::span<const located_tensor> located,
+                                             std::span<const shape> shapes = {}) const {
         const dtype src_dtype = located.front().tensor.dtype();
-        std::vector<shape> shapes;
+        std::vector<shape> own;
         for (const auto& l : located) {
             if (l.tensor.dtype() != src_dtype)
                 throw error(errc::invalid_argument,
@@ -413,21 +438,25 @@ private:
                                 std::string(name(src_dtype)) + " and " +
                                 std::string(name(l.tensor.dtype())) + ")",
                             error_context{.file = {}, .tensor = m.name});
-            shapes.push_back(l.tensor.shape());
+            own.push_back(l.tensor.shape());
         }
-        return slice_parameter_at(m, shapes);
+        return slice_parameter_at(m, shapes.empty() ? std::span<const shape>(own) : shapes);
     }
 
-    // An expert's parameter is cut by its expert group's ways at the rank's place in the
-    // group; every other parameter by the world at the rank.
+    // An expert's parameter (and each expert's slab of stacked experts) is cut by its expert
+    // group's ways at the rank's place in the group; every other parameter by the world at
+    // the rank.
     [[nodiscard]] slice_result slice_parameter_at(const parameter_meta& m,
                                                   std::span<const shape> shapes) const {
-        if (!m.expert) return slice_parameter(m, shapes, ctx_.world, ctx_.rank);
+        if (!m.expert && !m.stacked_experts)
+            return slice_parameter(m, shapes, ctx_.world, ctx_.rank);
         try {
             return slice_parameter(m, shapes, expert_rank_.ways, expert_rank_.position);
         } catch (const error& e) {
+            const std::string which =
+                m.expert ? "expert " + std::to_string(*m.expert) : std::string("each expert");
             throw error(e.code(),
-                        e.message() + " (expert " + std::to_string(*m.expert) + " is cut the " +
+                        e.message() + " (" + which + " is cut the " +
                             std::to_string(expert_rank_.ways) +
                             " tensor-parallel ways of its expert group: world " +
                             std::to_string(ctx_.world) + " over " +
@@ -461,11 +490,13 @@ private:
     // Op emission: a copy op per box of the slice map, a zero op per padding region.
     void emit_ops(const parameter_meta& m, const slice_result& r,
                   std::span<const located_tensor> located, const plan_destination& d,
-                  std::uint32_t di) {
+                  std::uint32_t di, const detail::piece_offsets& at = {}) {
         const error_context ctx_m{.file = {}, .tensor = m.name};
         const checkpoint_file* first_file = ckpt_.files().data();
         const std::uint64_t sbits = bit_size(d.source_dtype), dbits = bit_size(d.dtype);
-        for (const copy_box& b : r.map) {
+        for (copy_box b : r.map) {
+            b.src_offset += at.source[b.source];
+            b.dst_offset += at.destination;
             copy_op op;
             op.kind = copy_kind::copy;
             const located_tensor& l = located[b.source];
@@ -488,8 +519,13 @@ private:
             op.kind = copy_kind::zero;
             op.src_dtype = op.dst_dtype = d.dtype;
             op.destination = di;
-            const copy_box as_box{
-                0, 0, zb.rows, zb.row_elems, zb.row_elems, zb.dst_offset, zb.dst_row_stride};
+            const copy_box as_box{0,
+                                  0,
+                                  zb.rows,
+                                  zb.row_elems,
+                                  zb.row_elems,
+                                  zb.dst_offset + at.destination,
+                                  zb.dst_row_stride};
             if (!to_bytes(as_box, dbits, dbits, op.box))
                 throw error(errc::invalid_layout,
                             "parameter '" + m.name + "': its padding does not fall on bytes",
@@ -509,6 +545,60 @@ private:
         d.schema_index = schema_index_of(m);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
         emit_ops(m, r, *located, d, di);
+        index_.emplace(m.name, di);
+        p_.destinations_.push_back(std::move(d));
+    }
+
+    // The experts stacked on dim 0 of each source: that dim must hold the layer's experts; the
+    // shapes without it (each expert's slab).
+    [[nodiscard]] std::vector<shape> expert_slabs(const parameter_meta& m,
+                                                  std::span<const located_tensor> located) const {
+        std::vector<shape> slabs;
+        for (std::size_t k = 0; k < located.size(); ++k) {
+            const shape& s = located[k].tensor.shape();
+            if (s.rank() < 2 || s[0] != s_.experts())
+                throw error(errc::shape_mismatch,
+                            "parameter '" + m.name + "' stacks the layer's " +
+                                std::to_string(s_.experts()) +
+                                " experts on dim 0, but its source '" + m.sources[k] + "' is " +
+                                s.to_string(),
+                            error_context{.file = {}, .tensor = m.name});
+            slabs.push_back(shape::from(s.dims().subspan(1)));
+        }
+        return slabs;
+    }
+
+    // Stacked experts: the rank's experts (its group's, in expert order) stacked on dim 0, each
+    // expert's slab cut within the group as the layout says; the other experts are not read.
+    void add_stacked(const parameter_meta& m) {
+        const auto located = locate_sources(m);
+        if (!located) return;
+        const std::vector<shape> slabs = expert_slabs(m, *located);
+        slice_result r = slice_sources(m, *located, slabs);
+        const auto held = p_.held_experts();
+        auto stacked = [](std::uint64_t n, const shape& s) {
+            shape out{n};
+            for (const auto d : s.dims()) out.push_back(d);
+            return out;
+        };
+        slice_result whole = r;
+        whole.local = stacked(held.size(), r.local);
+        whole.global = stacked(s_.experts(), r.global);
+        const dtype source = located->front().tensor.dtype();
+        plan_destination d =
+            destination(m, whole, source, target_dtype(m.name, m.dtype_override, source), "");
+        d.stacked_experts = s_.experts();
+        d.sources = m.sources;
+        d.schema_index = schema_index_of(m);
+        const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
+        const std::uint64_t local_slab = r.local.element_count().value_or(0);
+        for (std::size_t j = 0; j < held.size(); ++j) {
+            detail::piece_offsets at;
+            for (std::size_t k = 0; k < slabs.size(); ++k)
+                at.source[k] = held[j] * slabs[k].element_count().value_or(0);
+            at.destination = j * local_slab;
+            emit_ops(m, r, *located, d, di, at);
+        }
         index_.emplace(m.name, di);
         p_.destinations_.push_back(std::move(d));
     }
@@ -666,7 +756,8 @@ inline void unexpected_as_mismatches(config_check& r, const load_plan& p, const 
     o.strict = false;  // unexpected names are reported below
     o.allow_quantized = true;
     try {
-        const load_plan p = load_plan::build(ckpt, make_schema(c, o.schema), {0, 1}, o, &c);
+        const load_plan p = load_plan::build(
+            ckpt, make_schema(c, with_expert_storage(ckpt, o.schema)), {0, 1}, o, &c);
         detail::unexpected_as_mismatches(r, p, c, o.schema.names, strict);
     } catch (const error& e) {
         if (e.code() == errc::io_error || e.code() == errc::interrupted) throw;

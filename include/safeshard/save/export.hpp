@@ -387,6 +387,15 @@ struct export_plans {
     for (std::uint32_t r = 0; r < o.world; ++r) {
         p.ranks.push_back(load_plan::build(ckpt, cut, {r, o.world, o.experts}, o.plan, config));
         for (const auto& d : p.ranks.back().destinations())
+            if (d.stacked_experts != 0)
+                throw error(errc::invalid_argument,
+                            "the checkpoint stacks the experts of a layer in one tensor ('" +
+                                d.sources.front() +
+                                "'): exporting stacked experts is not supported yet (loading "
+                                "and planning them is); export a checkpoint with one tensor per "
+                                "expert",
+                            error_context{.file = ckpt.root().string(), .tensor = d.name});
+        for (const auto& d : p.ranks.back().destinations())
             if (!d.tied()) {
                 p.total += d.bytes;
                 p.largest = std::max(p.largest, d.bytes);

@@ -47,6 +47,10 @@ struct parameter_spec {
     std::optional<dtype> dtype_override{};
     parameter_role role = parameter_role::other;  // "{i}" in the name makes it a layer
     layer_rule layers = layer_rule::every;        // which layers a "{i}" entry applies to
+    // The layer's experts stacked on dim 0 of every source (transformers v5's
+    // mlp.experts.gate_up_proj [E, 2I, H]): `layout` cuts each expert's slab (the source
+    // without dim 0), and the rank's tensor stacks its experts' slabs in expert order.
+    bool stacked_experts = false;
 
     // Sources named (0 means "its own name").
     [[nodiscard]] constexpr std::size_t source_count() const noexcept {
@@ -74,6 +78,7 @@ struct parameter_meta {
     parameter_role role = parameter_role::other;
     std::optional<std::uint64_t> layer{};
     std::optional<std::uint64_t> expert{};  // an expert's parameter: which expert of its layer
+    bool stacked_experts = false;           // parameter_spec::stacked_experts
 
     [[nodiscard]] bool tied() const noexcept { return !tied_to.empty(); }
     [[nodiscard]] bool created() const noexcept { return init.kind != init_kind::none; }
@@ -85,7 +90,8 @@ struct parameter_meta {
 // "model.layers.0.self_attn.q_proj.weight: gqa_qkv<kv_contiguous> H=32 KV=8 d=128 part=q
 // <- [model.layers.0.self_attn.q_proj.weight]"
 [[nodiscard]] inline std::string to_string(const parameter_meta& p) {
-    std::string s = p.name + ": " + to_string(p.layout);
+    std::string s =
+        p.name + ": " + (p.stacked_experts ? "stacked experts, each " : "") + to_string(p.layout);
     if (p.tied()) s += " tied to " + p.tied_to;
     if (p.created()) s += " init " + std::string(to_string(p.init.kind));
     if (!p.sources.empty()) {

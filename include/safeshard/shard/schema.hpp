@@ -93,6 +93,13 @@ struct schema_options {
     // The multi-token prediction layers after num_hidden_layers (DeepSeek-V3's layer 61): loaded
     // when set (by the last pipeline stage), else ignored with a note.
     bool multi_token_prediction = false;
+    // How the checkpoint stores a layer's experts: one tensor per expert
+    // (mlp.experts.{e}.gate_proj.weight, ...), or stacked on dim 0 in one tensor per projection
+    // (transformers v5's mlp.experts.gate_up_proj [E, 2I, H] and mlp.experts.down_proj
+    // [E, H, I]). `detect`: stacked when the checkpoint holds such a tensor (load and plan look;
+    // a schema made from config.json alone takes one tensor per expert).
+    enum class expert_storage : std::uint8_t { detect, per_expert, stacked };
+    expert_storage experts_stored = expert_storage::detect;
 };
 
 class schema {
@@ -437,6 +444,7 @@ inline std::size_t expanded_count(std::span<const parameter_spec> specs, const l
         m.role = layer ? parameter_role::layer : p.role;
         m.layer = layer;
         m.expert = expert;
+        m.stacked_experts = p.stacked_experts;
         if (!p.tied_to.empty()) {
             const parameter_spec* target = spec_of(p.tied_to);
             if (target && detail::stage_keeps(*target, o)) {

@@ -77,12 +77,36 @@ inline constexpr architecture_entry expert_entry(std::string_view name, std::uin
             .requires_features = requires_features,
             .layers = layer_rule::sparse};
 }
+// An expert's projection, stored one tensor per expert ("{e}" in the name).
+inline constexpr architecture_entry per_expert_entry(std::string_view name, std::uint8_t dim,
+                                                     config_shape s,
+                                                     std::uint32_t requires_features) {
+    architecture_entry e = expert_entry(name, dim, s, requires_features);
+    e.option = option_rule::experts_per_tensor;
+    return e;
+}
+// A projection of all the layer's experts stacked on dim 0; `rule` and `l` cut each expert's
+// slab.
+inline constexpr architecture_entry stacked_expert_entry(std::string_view name, layout_rule rule,
+                                                         layout l, config_shape s,
+                                                         std::uint32_t requires_features) {
+    return {.name = name,
+            .rule = rule,
+            .layout = l,
+            .shape = s,
+            .requires_features = requires_features,
+            .option = option_rule::experts_stacked,
+            .layers = layer_rule::sparse,
+            .stacked_experts = true};
+}
 // A router or another replicated tensor of the layers with experts.
-inline constexpr architecture_entry sparse_replicated_entry(std::string_view name, config_shape s,
-                                                            std::uint32_t requires_features) {
+inline constexpr architecture_entry sparse_replicated_entry(
+    std::string_view name, config_shape s, std::uint32_t requires_features,
+    option_rule option = option_rule::always) {
     return {.name = name,
             .shape = s,
             .requires_features = requires_features,
+            .option = option,
             .layers = layer_rule::sparse};
 }
 // A latent-attention projection split in whole heads.
@@ -230,12 +254,15 @@ inline constexpr std::array decoder_entries = {
     detail::sparse_replicated_entry("model.layers.{i}.mlp.gate.e_score_correction_bias",
                                     dims(config_dim::experts),
                                     feature_experts | feature_score_correction),
-    detail::expert_entry("model.layers.{i}.mlp.experts.{e}.gate_proj.weight", 0,
-                         dims(config_dim::moe_intermediate, config_dim::hidden), feature_experts),
-    detail::expert_entry("model.layers.{i}.mlp.experts.{e}.up_proj.weight", 0,
-                         dims(config_dim::moe_intermediate, config_dim::hidden), feature_experts),
-    detail::expert_entry("model.layers.{i}.mlp.experts.{e}.down_proj.weight", 1,
-                         dims(config_dim::hidden, config_dim::moe_intermediate), feature_experts),
+    detail::per_expert_entry("model.layers.{i}.mlp.experts.{e}.gate_proj.weight", 0,
+                             dims(config_dim::moe_intermediate, config_dim::hidden),
+                             feature_experts),
+    detail::per_expert_entry("model.layers.{i}.mlp.experts.{e}.up_proj.weight", 0,
+                             dims(config_dim::moe_intermediate, config_dim::hidden),
+                             feature_experts),
+    detail::per_expert_entry("model.layers.{i}.mlp.experts.{e}.down_proj.weight", 1,
+                             dims(config_dim::hidden, config_dim::moe_intermediate),
+                             feature_experts),
     detail::expert_entry("model.layers.{i}.mlp.shared_expert.gate_proj.weight", 0,
                          dims(config_dim::shared_intermediate, config_dim::hidden),
                          feature_shared_expert),
@@ -259,16 +286,38 @@ inline constexpr std::array decoder_entries = {
                          feature_shared_experts),
     detail::sparse_replicated_entry("model.layers.{i}.block_sparse_moe.gate.weight",
                                     dims(config_dim::experts, config_dim::hidden),
-                                    feature_mixtral_experts),
-    detail::expert_entry("model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight", 0,
-                         dims(config_dim::moe_intermediate, config_dim::hidden),
-                         feature_mixtral_experts),
-    detail::expert_entry("model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight", 0,
-                         dims(config_dim::moe_intermediate, config_dim::hidden),
-                         feature_mixtral_experts),
-    detail::expert_entry("model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight", 1,
-                         dims(config_dim::hidden, config_dim::moe_intermediate),
-                         feature_mixtral_experts),
+                                    feature_mixtral_experts, option_rule::experts_per_tensor),
+    detail::per_expert_entry("model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight", 0,
+                             dims(config_dim::moe_intermediate, config_dim::hidden),
+                             feature_mixtral_experts),
+    detail::per_expert_entry("model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight", 0,
+                             dims(config_dim::moe_intermediate, config_dim::hidden),
+                             feature_mixtral_experts),
+    detail::per_expert_entry("model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight", 1,
+                             dims(config_dim::hidden, config_dim::moe_intermediate),
+                             feature_mixtral_experts),
+    // The experts of a layer stacked in one tensor per projection (transformers v5's fused
+    // experts: gate then up concatenated on dim 1, each expert's slab cut within its group;
+    // vLLM's #36997 loads the same form). Mixtral's router moves to mlp.gate with them.
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.gate_up_proj", layout_rule::expert_gate_up, {},
+        dims(config_dim::experts, config_dim::moe_gate_up_rows, config_dim::hidden),
+        feature_experts),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.down_proj", layout_rule::fixed, make_split(1),
+        dims(config_dim::experts, config_dim::hidden, config_dim::moe_intermediate),
+        feature_experts),
+    detail::sparse_replicated_entry("model.layers.{i}.mlp.gate.weight",
+                                    dims(config_dim::experts, config_dim::hidden),
+                                    feature_mixtral_experts, option_rule::experts_stacked),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.gate_up_proj", layout_rule::expert_gate_up, {},
+        dims(config_dim::experts, config_dim::moe_gate_up_rows, config_dim::hidden),
+        feature_mixtral_experts),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.down_proj", layout_rule::fixed, make_split(1),
+        dims(config_dim::experts, config_dim::hidden, config_dim::moe_intermediate),
+        feature_mixtral_experts),
     // A multi-token prediction layer's own tensors (DeepSeek-V3's layer 61; vLLM's
     // deepseek_mtp.py): its norms and input projection replicated, its embedding and head
     // split on the vocabulary like the model's.

@@ -85,6 +85,7 @@ enum class config_dim : std::uint8_t {
     gate_up_rows,         // 2 × intermediate_size
     experts,              // the experts (a router's rows)
     moe_intermediate,     // an expert's intermediate size
+    moe_gate_up_rows,     // 2 × moe_intermediate_size (stacked experts' gate and up)
     shared_intermediate,  // the shared expert's
     one,                  // 1 (a gate of one output)
     q_lora,               // q_lora_rank
@@ -108,6 +109,7 @@ enum class config_dim : std::uint8_t {
         case config_dim::gate_up_rows: return "2 × intermediate_size";
         case config_dim::experts: return "num_experts";
         case config_dim::moe_intermediate: return "moe_intermediate_size";
+        case config_dim::moe_gate_up_rows: return "2 × moe_intermediate_size";
         case config_dim::shared_intermediate:
             return "shared_expert_intermediate_size (n_shared_experts × moe_intermediate_size)";
         case config_dim::one: return "1";
@@ -163,6 +165,7 @@ struct implied_dim {
         case config_dim::gate_up_rows: product(c.intermediate, 2); break;
         case config_dim::experts: r.size = c.experts; break;
         case config_dim::moe_intermediate: r.size = c.moe_intermediate; break;
+        case config_dim::moe_gate_up_rows: product(c.moe_intermediate, 2); break;
         case config_dim::shared_intermediate: r.size = c.shared_intermediate; break;
         case config_dim::one: r.size = 1; break;
         case config_dim::q_lora: r.size = c.q_lora_rank; break;
@@ -193,12 +196,13 @@ template <class... Dims>
 // How an entry's layout follows from the sizes and the options; the entry's layout value is
 // the template (its kind, dim, gqa part) the sizes complete.
 enum class layout_rule : std::uint8_t {
-    fixed,    // the entry's layout as it is (replicated, split<d>)
-    vocab,    // padded_split<d> to the options' vocabulary multiple
-    gqa_qkv,  // gqa_qkv of the entry's part: heads, KV heads, head_dim, KV convention
-    gqa_o,    // o_proj's input dim over the same heads
-    gate_up,  // fused<0> of two intermediate_size parts
-    heads,    // split<d> in whole attention heads: a unit of extent(d) / num_attention_heads
+    fixed,           // the entry's layout as it is (replicated, split<d>)
+    vocab,           // padded_split<d> to the options' vocabulary multiple
+    gqa_qkv,         // gqa_qkv of the entry's part: heads, KV heads, head_dim, KV convention
+    gqa_o,           // o_proj's input dim over the same heads
+    gate_up,         // fused<0> of two intermediate_size parts
+    expert_gate_up,  // fused<0> of two moe_intermediate_size parts (an expert's gate, up)
+    heads,           // split<d> in whole attention heads: a unit of extent(d) / num_attention_heads
 };
 
 // What of the architecture an entry requires or excludes (decoder_traits' flags).
@@ -225,10 +229,12 @@ enum feature : std::uint32_t {
 // Which schema options an entry applies under.
 enum class option_rule : std::uint8_t {
     always,
-    fuse_qkv,          // schema_options::fuse_qkv
-    separate_qkv,      // not fuse_qkv
-    fuse_gate_up,      // schema_options::fuse_gate_up
-    separate_gate_up,  // not fuse_gate_up
+    fuse_qkv,            // schema_options::fuse_qkv
+    separate_qkv,        // not fuse_qkv
+    fuse_gate_up,        // schema_options::fuse_gate_up
+    separate_gate_up,    // not fuse_gate_up
+    experts_per_tensor,  // the checkpoint stores one tensor per expert
+    experts_stacked,     // ... the layer's experts stacked in one tensor per projection
 };
 
 // One entry of an architecture's table.
@@ -244,6 +250,7 @@ struct architecture_entry {
     std::uint32_t excludes_features = 0;
     option_rule option = option_rule::always;
     layer_rule layers = layer_rule::every;
+    bool stacked_experts = false;  // parameter_spec::stacked_experts
 
     [[nodiscard]] constexpr bool per_layer() const noexcept {
         return name.find("{i}") != std::string_view::npos;
@@ -260,10 +267,13 @@ struct layout_options {
     std::uint64_t vocab_multiple = default_vocab_multiple;
     bool fuse_qkv = false;
     bool fuse_gate_up = false;
+    bool stacked_experts = false;
 };
 
 [[nodiscard]] inline layout_options layout_options_of(const schema_options& o) noexcept {
-    return {o.kv, o.kv_multiplier, o.vocab_multiple, o.fuse_qkv, o.fuse_gate_up};
+    return {
+        o.kv,       o.kv_multiplier, o.vocab_multiple,
+        o.fuse_qkv, o.fuse_gate_up,  o.experts_stored == schema_options::expert_storage::stacked};
 }
 
 // The entry's layout for these sizes and options.
@@ -279,6 +289,10 @@ struct layout_options {
             return make_gqa_o(o.kv, d.heads, d.kv_heads, d.head_dim, o.kv_multiplier);
         case layout_rule::gate_up: {
             const std::uint64_t parts[] = {d.intermediate, d.intermediate};
+            return make_fused(0, parts, 2);
+        }
+        case layout_rule::expert_gate_up: {
+            const std::uint64_t parts[] = {d.moe_intermediate, d.moe_intermediate};
             return make_fused(0, parts, 2);
         }
         case layout_rule::heads: {
@@ -349,6 +363,8 @@ struct architecture_table {
             case option_rule::separate_qkv: return !o.fuse_qkv;
             case option_rule::fuse_gate_up: return o.fuse_gate_up;
             case option_rule::separate_gate_up: return !o.fuse_gate_up;
+            case option_rule::experts_per_tensor: return !o.stacked_experts;
+            case option_rule::experts_stacked: return o.stacked_experts;
         }
         return false;
     }
@@ -450,6 +466,7 @@ private:
         p.layout = layout_of(e, d, o);
         p.role = e.role;
         p.layers = e.layers;
+        p.stacked_experts = e.stacked_experts;
         for (std::size_t i = 0; i < max_sources; ++i) p.sources[i] = e.sources[i];
         if (d.tied) p.tied_to = e.tied_to;
         v.push_back(p);
