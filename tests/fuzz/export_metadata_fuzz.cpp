@@ -139,26 +139,31 @@ void merge_generated(const merge_plan& plan, std::span<const merge_rank_metadata
         std::vector<std::uint8_t> merged(bytes, 0), filled(bytes, 0);
         for (std::uint32_t r = 0; r < plan.world; ++r) {
             if (!holds_tensor(m0, t, r)) continue;  // another expert group's
-            const slice_result sl = detail::merge_slice(t, cut_place(m0, t, r));
-            if (!sl.ok()) std::abort();  // plan_merge checked every rank's cut
-            const auto local_elements = sl.local.element_count();
+            const merge_cut cut = merge_cut_of(m0, t, r);
+            const slice_result& sl = cut.slab;
+            if (!cut.ok()) std::abort();  // plan_merge checked every rank's cut
+            const auto local_elements = cut.local.element_count();
             if (!local_elements || *local_elements > max_merged_bytes) return;
             const std::uint64_t local_bytes = (*local_elements * bits + 7) / 8;
             std::vector<std::uint8_t> local(local_bytes, 0), written(local_bytes, 0);
+            // Each piece of the rank's tensor (an expert's slab of stacked experts, shifted).
             auto each_byte = [&](auto&& f) {
-                for (std::size_t b = 0; b < sl.map.size(); ++b) {
-                    const copy_box& box = sl.map[b];
-                    if (box.source != out.source) continue;
-                    for (std::uint64_t row = 0; row < box.rows; ++row) {
-                        const std::uint64_t at =
-                            (box.src_offset + row * box.src_row_stride) * bits / 8;
-                        const std::uint64_t from =
-                            (box.dst_offset + row * box.dst_row_stride) * bits / 8;
-                        const std::uint64_t n = (box.row_elems * bits + 7) / 8;
-                        if (at + n > bytes || from + n > local_bytes) std::abort();
-                        for (std::uint64_t k = 0; k < n; ++k) f(at + k, from + k);
+                cut.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t local_at) {
+                    for (std::size_t b = 0; b < sl.map.size(); ++b) {
+                        const copy_box& box = sl.map[b];
+                        if (box.source != out.source) continue;
+                        for (std::uint64_t row = 0; row < box.rows; ++row) {
+                            const std::uint64_t at = (source_at[box.source] + box.src_offset +
+                                                      row * box.src_row_stride) *
+                                                     bits / 8;
+                            const std::uint64_t from =
+                                (local_at + box.dst_offset + row * box.dst_row_stride) * bits / 8;
+                            const std::uint64_t n = (box.row_elems * bits + 7) / 8;
+                            if (at + n > bytes || from + n > local_bytes) std::abort();
+                            for (std::uint64_t k = 0; k < n; ++k) f(at + k, from + k);
+                        }
                     }
-                }
+                });
             };
             each_byte([&](std::uint64_t at, std::uint64_t from) {  // the export's cut
                 if (written[from] && local[from] != source_byte(at)) std::abort();

@@ -364,7 +364,7 @@ std::map<std::string, source_tensor> stacked_form(const moe_model& m,
 // tensors (gate's then up's for gate_up_proj); everything else as in the per-expert form.
 void check_stacked_world(const std::filesystem::path& dir, const moe_model& m,
                          const std::map<std::string, source_tensor>& src, std::uint32_t w,
-                         std::uint32_t ep, bool round_robin) {
+                         std::uint32_t ep, bool round_robin, bool exported = false) {
     const auto stacked = stacked_form(m, src);
     for (std::uint32_t r = 0; r < w; ++r) {
         const rank_of k{r, w, ep, round_robin};
@@ -378,7 +378,7 @@ void check_stacked_world(const std::filesystem::path& dir, const moe_model& m,
                              .experts = {.ep = ep,
                                          .placement = round_robin ? expert_placement::round_robin
                                                                   : expert_placement::linear}};
-        auto model = load<host_tensor>(dir.string(), o);
+        auto model = load<host_tensor>((exported ? dir / export_rank_folder(r) : dir).string(), o);
         std::vector<std::uint64_t> held;
         for (std::uint64_t e = 0; e < m.experts; ++e)
             if (owner(e, m.experts, ep, round_robin) == k.group()) held.push_back(e);
@@ -423,7 +423,7 @@ void check_stacked_world(const std::filesystem::path& dir, const moe_model& m,
             CHECK(codes_of(x) == expect);
         }
         // Only the rank's experts are read.
-        CHECK(model.report.bytes_read + padding == model.report.rank_bytes);
+        CHECK(model.report.bytes_read + (exported ? 0 : padding) == model.report.rank_bytes);
         CHECK(std::vector<std::uint64_t>(model.held_experts().begin(),
                                          model.held_experts().end()) == held);
     }
@@ -488,18 +488,46 @@ TEST_CASE("stacked experts: a stack of other than the layer's experts is refused
     CHECK(e2.message().find("stacks the layer's 6 experts on dim 0") != std::string::npos);
 }
 
-TEST_CASE("stacked experts: an export refuses them rather than write what merge cannot undo") {
-    const moe_model m{.type = "mixtral"};
-    temp_folder dir;
-    std::filesystem::create_directories(dir.path() / "in");
-    write_checkpoint(dir.path() / "in", config_of(m), 2, "", stacked_form(m, tensors_of(m)));
-    const checkpoint in = checkpoint::open((dir.path() / "in").string());
-    export_options o;
-    o.world = 2;
-    const auto e = expect_error(errc::invalid_argument,
-                                [&] { (void)export_checkpoint(in, dir.path() / "ex", o); });
-    CHECK(e.message().find("exporting stacked experts is not supported yet") != std::string::npos);
-    CHECK(!std::filesystem::exists(dir.path() / "ex"));
+TEST_CASE("stacked experts: exported per rank under ep, loaded per rank, merged bit-exact") {
+    for (const moe_model& m : families()) {
+        temp_folder dir;
+        const auto src = tensors_of(m);
+        const auto stacked = stacked_form(m, src);
+        std::filesystem::create_directories(dir.path() / "in");
+        write_checkpoint(dir.path() / "in", config_of(m), 3, "", stacked);
+        const checkpoint in = checkpoint::open((dir.path() / "in").string());
+        for (std::uint32_t ep : {1u, 2u, 4u})
+            for (bool rr : {false, true}) {
+                if (ep == 1 && rr) continue;
+                CAPTURE(m.type);
+                CAPTURE(ep);
+                CAPTURE(rr);
+                export_options o;
+                o.world = 4;
+                o.experts = {
+                    .ep = ep,
+                    .placement = rr ? expert_placement::round_robin : expert_placement::linear};
+                const auto ex = dir.path() / ("ex" + std::to_string(ep) + (rr ? "rr" : ""));
+                (void)export_checkpoint(in, ex, o);
+                check_stacked_world(ex, m, src, 4, ep, rr, true);
+                const auto merged = ex.string() + "-merged";
+                (void)merge_export(ex, merged);
+                const checkpoint back = checkpoint::open(merged);
+                std::size_t kept = 0;
+                for (const auto& [name, t] : stacked) {
+                    if (name.starts_with("model.layers." + std::to_string(m.layers) + "."))
+                        continue;
+                    CAPTURE(name);
+                    ++kept;
+                    const located_tensor l = back.tensor(name);
+                    CHECK(l.tensor.shape() == shape::from(std::span(t.dims)));
+                    std::vector<std::uint16_t> got(l.tensor.byte_size() / 2);
+                    std::memcpy(got.data(), l.tensor.bytes().data(), l.tensor.byte_size());
+                    CHECK(got == t.codes);
+                }
+                CHECK(back.tensor_count() == kept);
+            }
+    }
 }
 
 TEST_CASE("mixtures of experts: the multi-token prediction layer, skipped or loaded") {

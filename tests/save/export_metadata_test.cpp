@@ -427,7 +427,14 @@ TEST_SUITE("export metadata") {
             m.tensors.push_back(t);
         }
         m.tensors.push_back(stored("router", h, {4, 3}, {4, 3}, make_replicated(), h));
+        // The layer's 4 experts stacked: rank 1 holds experts 0 and 1, each slab [6, 3] cut 2
+        // ways on its dim 0.
+        auto stack = stored("stack", h, {2, 3, 3}, {4, 6, 3}, make_split(0), h);
+        stack.stacked_experts = 4;
+        m.tensors.push_back(stack);
         const std::string good = to_json(m);
+        CHECK(good.find("{\"cut\":0,\"sources\":[{\"name\":\"stack\",\"shape\":[4,6,3]}],"
+                        "\"stacked_experts\":4}") != std::string::npos);
         CHECK(good.find("\"experts\":4,\"ep\":2,\"expert_placement\":\"linear\"") !=
               std::string::npos);
         const auto back = read_one(good, stored_of(m));
@@ -462,6 +469,14 @@ TEST_SUITE("export metadata") {
                  edit{"\"expert\":1", "\"expert\":\"one\"", "\"expert\" must be a non-negative"},
                  edit{"\"experts\":4,\"ep\":2,\"expert_placement\":\"linear\",", "",
                       "names expert 0 but the rank record has no \"experts\""},
+                 edit{"\"stacked_experts\":4", "\"stacked_experts\":3",
+                      "stacks 3 experts but the rank record says the layers have 4"},
+                 edit{"\"shape\":[4,6,3]", "\"shape\":[5,6,3]",
+                      "[5, 6, 3] does not stack 4 experts on dim 0"},
+                 edit{"\"sources\":[{\"name\":\"stack\",\"shape\":[4,6,3]}],", "\"extent\":4,",
+                      "stacked experts list their \"sources\""},
+                 edit{"\"stacked_experts\":4", "\"expert\":0,\"stacked_experts\":4",
+                      "an expert's tensor does not stack experts"},
              }) {
             CAPTURE(e.to);
             std::string doc = good;
@@ -489,6 +504,10 @@ TEST_SUITE("export metadata") {
             m.expert_groups = {.ep = 2, .placement = expert_placement::round_robin};
             m.tensors.push_back(stored("router", u, {2, 4}, {2, 4}, make_replicated(), u));
             m.tensors.push_back(expert(r / 2));
+            // Both experts stacked: each rank its group's one, its half of the slab's rows.
+            auto stack = stored("stack", u, {1, 3, 4}, {2, 6, 4}, make_split(0), u);
+            stack.stacked_experts = 2;
+            m.tensors.push_back(stack);
             return m;
         };
         std::vector<export_metadata> ms = {rank(0), rank(1), rank(2), rank(3)};
@@ -503,15 +522,26 @@ TEST_SUITE("export metadata") {
             return code_of([&] { (void)plan_of(v); }, &what);
         };
         const merge_plan p = plan_of(ms);
-        REQUIRE(p.infos.size() == 3);
+        REQUIRE(p.infos.size() == 4);
         CHECK(p.infos[0].name == "router");
         CHECK(p.infos[1].name == "x0");
         CHECK(p.infos[1].shape == shape{4, 4});
-        CHECK(p.infos[2].name == "x1");
-        CHECK(p.outputs[2].rank == 2);  // described first by rank 2
+        CHECK(p.infos[2].name == "stack");
+        CHECK(p.infos[2].shape == shape{2, 6, 4});
+        CHECK(p.infos[3].name == "x1");
+        CHECK(p.outputs[3].rank == 2);  // described first by rank 2
+        // Rank 3's piece of the stack: expert 1's slab (rows 24..47), its second half of rows.
+        const merge_cut c = merge_cut_of(ms[3], ms[3].tensors[2], 3);
+        REQUIRE(c.ok());
+        CHECK(c.local == shape{1, 3, 4});
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> pieces;
+        c.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t local_at) {
+            pieces.emplace_back(source_at[0] + c.slab.map[0].src_offset, local_at);
+        });
+        CHECK(pieces == std::vector<std::pair<std::uint64_t, std::uint64_t>>{{24 + 12, 0}});
 
         auto bad = ms;  // rank 1 lacks its group's expert
-        bad[1].tensors.pop_back();
+        bad[1].tensors.erase(bad[1].tensors.begin() + 1);
         CHECK(plan_code(bad) == errc::invalid_export);
         CHECK(what.find("'x0' of rank-00000 is not described by this rank") != std::string::npos);
         CHECK(what.find("rank-00001") != std::string::npos);
@@ -531,6 +561,11 @@ TEST_SUITE("export metadata") {
         bad[1].tensors[1].local = shape{1, 4};
         CHECK(plan_code(bad) == errc::invalid_export);
         CHECK(what.find("gives [2, 4] of [4, 4] for rank 1") != std::string::npos);
+        bad = ms;  // a stack holding both experts on a rank of a group of one
+        bad[2].tensors[2].local = shape{2, 3, 4};
+        CHECK(plan_code(bad) == errc::invalid_export);
+        CHECK(what.find("(each expert's slab) gives [1, 3, 4] of [2, 6, 4] for rank 2") !=
+              std::string::npos);
     }
 
     TEST_CASE("each rank's header bytes stay within 1.5 x the input's plus a constant a shard") {

@@ -16,7 +16,9 @@
 //    experts of each layer with experts), "ep" and "expert_placement" (how they spread over
 //    the ranks, shard/expert_parallel.hpp), and per expert's tensor its record's "expert"
 //    (which expert of its layer): the tensor is held by the ranks of that expert's group
-//    only, cut world/ep ways at the rank's place in its group;
+//    only, cut world/ep ways at the rank's place in its group; a tensor stacking the layer's
+//    experts on dim 0 says so in its record's "stacked_experts" (the count): the rank holds
+//    its group's experts' slabs, in expert order, each cut as the cut says;
 //  - next, quantization companions (scales, zeros, group indices): per tensor "companion_of" (the
 //    weight whose cut it follows), per cut the companion's "unit" (weight elements per
 //    companion element along dim) and any padding.
@@ -67,6 +69,9 @@ struct export_tensor {
     std::string tied_to{};                  // non-empty: no bytes of its own, aliases that tensor
     bool created = false;                   // initialised by the loader, not read
     std::optional<std::uint64_t> expert{};  // an expert's tensor: which expert of its layer
+    // The layer's experts stacked on dim 0 (how many; 0: not stacked): the layout cuts each
+    // expert's slab (the sources without dim 0), the rank holds its group's experts' slabs.
+    std::uint64_t stacked_experts = 0;
     // padded_split: the global indices along dim this rank holds real rows of, [begin, end).
     std::uint64_t valid_begin = 0;
     std::uint64_t valid_end = 0;
@@ -163,8 +168,8 @@ template <class Names>
 }  // namespace detail
 
 // How a tensor of an export is cut for one rank: `ways` ways, the rank's piece being
-// `position`. An expert's tensor is cut within its expert group (world/ep ways, the rank's
-// place in its group), any other over the world.
+// `position`. An expert's tensor (and each expert's slab of stacked experts) is cut within its
+// expert group (world/ep ways, the rank's place in its group), any other over the world.
 struct export_cut_place {
     std::uint32_t ways = 1;
     std::uint32_t position = 0;
@@ -172,7 +177,7 @@ struct export_cut_place {
 
 [[nodiscard]] inline export_cut_place cut_place(const export_metadata& m, const export_tensor& t,
                                                 std::uint32_t rank) noexcept {
-    if (!t.expert) return {m.world, rank};
+    if (!t.expert && t.stacked_experts == 0) return {m.world, rank};
     const expert_rank r = expert_rank_of(rank, m.world, m.expert_groups.ep);
     return {r.ways, r.position};
 }

@@ -268,7 +268,8 @@ private:
             cut = pair[0];
             extent = pair[1];
         } else if (v.get_object().get(o) == simdjson::SUCCESS) {
-            known_keys(o, where, {"cut", "extent", "sources", "created", "expert"});
+            known_keys(o, where,
+                       {"cut", "extent", "sources", "created", "expert", "stacked_experts"});
             simdjson::dom::element field;
             cut = u64(o, "cut", where);
             if (o["extent"].get(field) == simdjson::SUCCESS) extent = u64(o, "extent", where);
@@ -282,6 +283,8 @@ private:
                 field.get_bool().get(t.created) != simdjson::SUCCESS)
                 fail(where + ": \"created\" must be true or false", t.name);
             if (o["expert"].get(field) == simdjson::SUCCESS) expert_of(m, t, o, where);
+            if (o["stacked_experts"].get(field) == simdjson::SUCCESS)
+                stacked_of(m, t, o, where, listed_sources);
         } else {
             fail(where + ": a record must be a cut index, [cut, extent] or an object, found " +
                      std::string(json_type_name(v.type())),
@@ -295,7 +298,8 @@ private:
         const std::size_t dim = t.layout.dim;
         if (listed_sources) {
             t.sources = sources_of(sources, where, t.name, source_dtype);
-            t.global = concatenated(t.sources, t.layout, where, t.name);
+            t.global =
+                concatenated(t.sources, t.layout, where, t.name, t.stacked_experts != 0 ? 1 : 0);
         } else {
             t.global = t.local;
             if (extent) {
@@ -307,26 +311,62 @@ private:
             }
             t.sources = {export_source{t.name, t.global, source_dtype}};
         }
+        if (t.stacked_experts != 0) {
+            check_stacked(t, where);
+            return;
+        }
         if (const auto v =
                 valid_rows(t.layout, t.global, t.local, cut_place(m, t, m.rank).position))
             std::tie(t.valid_begin, t.valid_end) = *v;
     }
 
-    // The sources concatenated along the layout's dim (the first source when replicated).
+    // A record's "stacked_experts": the rank record's expert count, given with the sources,
+    // not with "expert".
+    void stacked_of(const export_metadata& m, export_tensor& t, simdjson::dom::object o,
+                    const std::string& where, bool listed_sources) const {
+        const std::uint64_t n = u64(o, "stacked_experts", where);
+        if (n == 0 || n != m.experts)
+            fail(where + " stacks " + std::to_string(n) +
+                     " experts but the rank record says the layers have " +
+                     std::to_string(m.experts),
+                 t.name);
+        if (t.expert) fail(where + ": an expert's tensor does not stack experts", t.name);
+        if (!listed_sources) fail(where + ": stacked experts list their \"sources\"", t.name);
+        t.stacked_experts = n;
+    }
+
+    // Stacked experts: every source stacks them on dim 0, and the cut is no kind that pads.
+    void check_stacked(const export_tensor& t, const std::string& where) const {
+        for (const auto& s : t.sources)
+            if (s.global.rank() < 2 || s.global[0] != t.stacked_experts)
+                fail(where + ": its source '" + s.name + "' of shape " + s.global.to_string() +
+                         " does not stack " + std::to_string(t.stacked_experts) +
+                         " experts on dim 0",
+                     t.name);
+        if (records_valid_rows(t.layout.kind))
+            fail(where + ": stacked experts cut by " + std::string(to_string(t.layout.kind)) +
+                     " (a padding kind) are not supported",
+                 t.name);
+    }
+
+    // The sources concatenated along the layout's dim (the first source when replicated);
+    // `offset` 1 for stacked experts, whose layout cuts the slabs after dim 0.
     shape concatenated(const std::vector<export_source>& sources, const layout& l,
-                       const std::string& where, const std::string& tensor) const {
+                       const std::string& where, const std::string& tensor,
+                       std::size_t offset = 0) const {
         shape g = sources.front().global;
         if (!cuts_along_dim(l.kind)) return g;
-        if (l.dim >= g.rank())
+        const std::size_t dim = l.dim + offset;
+        if (dim >= g.rank())
             fail(where + ": layout dim " + std::to_string(l.dim) + " of sources of " +
                      std::to_string(g.rank()) + " dimensions",
                  tensor);
         for (std::size_t k = 1; k < sources.size(); ++k) {
             const shape& s = sources[k].global;
-            if (s.rank() != g.rank() || add_overflows(g[l.dim], s[l.dim], g[l.dim]))
-                fail(where + ": its sources cannot be concatenated along dim " +
-                         std::to_string(l.dim),
-                     tensor);
+            if (s.rank() != g.rank() || add_overflows(g[dim], s[dim], g[dim]))
+                fail(
+                    where + ": its sources cannot be concatenated along dim " + std::to_string(dim),
+                    tensor);
         }
         return g;
     }

@@ -183,7 +183,7 @@ private:
     // One stored tensor's record, in the shortest form that says it: the cut's index (one
     // source of the tensor's own name, global shape = local shape), [cut, extent] (the same
     // with the global extent along the cut's dim), or an object (always for an expert's
-    // tensor, which names its expert).
+    // tensor, which names its expert, and for stacked experts, which list their sources).
     static void record_into(std::string& out, const export_tensor& t, cut_table& cuts) {
         const dtype source_dtype = t.sources.empty() ? t.dtype : t.sources.front().dtype;
         std::string cut;
@@ -194,12 +194,13 @@ private:
                          t.sources[0].global == t.global && t.sources[0].dtype == source_dtype;
         const auto extent = extent_along(t.local, t.global, t.layout.dim);
         const bool whole = t.global == t.local;
-        if (own && !t.created && !t.expert && (whole || extent)) {
+        const bool stacked = t.stacked_experts != 0;
+        if (own && !t.created && !t.expert && !stacked && (whole || extent)) {
             out += whole ? c : '[' + c + ',' + std::to_string(*extent) + ']';
             return;
         }
         out += "{\"cut\":" + c;
-        if (!own || (!whole && !extent)) {
+        if (!own || stacked || (!whole && !extent)) {
             out += ",\"sources\":[";
             for (std::size_t k = 0; k < t.sources.size(); ++k) {
                 if (k) out += ',';
@@ -219,6 +220,7 @@ private:
         }
         if (t.created) out += ",\"created\":true";
         if (t.expert) out += ",\"expert\":" + std::to_string(*t.expert);
+        if (stacked) out += ",\"stacked_experts\":" + std::to_string(t.stacked_experts);
         out += '}';
     }
 

@@ -311,6 +311,7 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
         t.global = d.global;
         t.layout = d.layout;
         t.expert = d.expert;
+        t.stacked_experts = d.stacked_experts;
         if (d.created()) {
             t.created = true;
             t.sources.push_back(export_source{d.name, d.global, d.dtype});
@@ -386,15 +387,6 @@ struct export_plans {
     export_plans p;
     for (std::uint32_t r = 0; r < o.world; ++r) {
         p.ranks.push_back(load_plan::build(ckpt, cut, {r, o.world, o.experts}, o.plan, config));
-        for (const auto& d : p.ranks.back().destinations())
-            if (d.stacked_experts != 0)
-                throw error(errc::invalid_argument,
-                            "the checkpoint stacks the experts of a layer in one tensor ('" +
-                                d.sources.front() +
-                                "'): exporting stacked experts is not supported yet (loading "
-                                "and planning them is); export a checkpoint with one tensor per "
-                                "expert",
-                            error_context{.file = ckpt.root().string(), .tensor = d.name});
         for (const auto& d : p.ranks.back().destinations())
             if (!d.tied()) {
                 p.total += d.bytes;

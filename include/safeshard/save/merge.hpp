@@ -215,29 +215,34 @@ inline void merge_tensor(const std::vector<merge_rank>& ranks, merge_files& file
     const std::uint64_t bits = bit_size(t.dtype);
     for (std::uint32_t r = 0; r < world; ++r) {
         if (!holds_tensor(m0, t, r)) continue;
-        const slice_map map = merge_slice(t, cut_place(m0, t, r)).map;  // checked by plan_merge
+        const merge_cut cut = merge_cut_of(m0, t, r);  // checked by plan_merge
         const located_tensor l = ranks[r].ckpt.tensor(t.name);
         const auto file = static_cast<std::size_t>(l.file - ranks[r].ckpt.files().data());
         local.resize(static_cast<std::size_t>(l.tensor.byte_size()));
         files.cache.reader(files.first[r] + file).read_exact(local, l.tensor.file_begin());
         rep.bytes_read += local.size();
         // Element offsets to bytes (whole bytes: checked by plan_merge for sub-byte dtypes,
-        // which are replicated, one box of the whole tensor).
-        for_each_inverse_row(
-            map, bits,
-            [&](const copy_box& box, std::uint64_t at, std::uint64_t from, std::uint64_t n) {
-                if (box.source != out_t.source) return;
-                if (at + n > bytes || from + n > local.size())
-                    export_error("inconsistent metadata: tensor '" + t.name +
-                                     "' reaches outside its source '" + src.name + "'",
-                                 ranks[r].folder, t.name);
-                if (!cov.place(merged, at, local.data() + from, n))
-                    export_error("the copies of tensor '" + t.name + "' (source '" + src.name +
-                                     "') differ between ranks: rank " + std::to_string(r) +
-                                     " holds other bytes at byte " + std::to_string(at) +
-                                     " than a rank before it",
-                                 ranks[r].folder, t.name);
-            });
+        // which are replicated, one box of the whole tensor); each piece (an expert's slab of
+        // stacked experts) shifted to where it lies.
+        cut.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t local_at) {
+            for_each_inverse_row(
+                cut.slab.map, bits,
+                [&](const copy_box& box, std::uint64_t at, std::uint64_t from, std::uint64_t n) {
+                    if (box.source != out_t.source) return;
+                    at += source_at[box.source] * bits / 8;
+                    from += local_at * bits / 8;
+                    if (at + n > bytes || from + n > local.size())
+                        export_error("inconsistent metadata: tensor '" + t.name +
+                                         "' reaches outside its source '" + src.name + "'",
+                                     ranks[r].folder, t.name);
+                    if (!cov.place(merged, at, local.data() + from, n))
+                        export_error("the copies of tensor '" + t.name + "' (source '" + src.name +
+                                         "') differ between ranks: rank " + std::to_string(r) +
+                                         " holds other bytes at byte " + std::to_string(at) +
+                                         " than a rank before it",
+                                     ranks[r].folder, t.name);
+                });
+        });
     }
     if (const auto gap = cov.first_gap())
         export_error("inconsistent metadata: the ranks' slices of tensor '" + t.name +

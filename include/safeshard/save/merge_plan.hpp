@@ -57,14 +57,71 @@ namespace detail {
 }
 
 // A rank's cut of t (at its place among the ways t is cut), computed again from the recorded
-// layout and source shapes.
+// layout and source shapes; for stacked experts, the cut of each expert's slab (the sources
+// without dim 0).
 [[nodiscard]] inline slice_result merge_slice(const export_tensor& t, export_cut_place at) {
     shape shapes[max_sources];
     const std::size_t n = std::min(t.sources.size(), max_sources);
-    for (std::size_t s = 0; s < n; ++s) shapes[s] = t.sources[s].global;
+    const std::size_t skip = t.stacked_experts != 0 ? 1 : 0;
+    for (std::size_t s = 0; s < n; ++s) {
+        const shape& g = t.sources[s].global;
+        shapes[s] = shape::from(g.dims().subspan(std::min(skip, g.rank())));
+    }
     return slice(t.layout, shapes, t.sources.size() > max_sources ? max_sources + 1 : n, at.ways,
                  at.position);
 }
+
+}  // namespace detail
+
+// How a rank holds tensor t of an export: the cut of the whole tensor, or for stacked experts
+// the cut of each expert's slab (the same for all) repeated for the experts the rank holds.
+struct merge_cut {
+    slice_result slab{};                          // the whole tensor's, when not stacked
+    shape local{};                                // the rank's tensor
+    bool stacked = false;                         // stacked experts
+    std::vector<std::uint64_t> experts{};         // stacked: the rank's, in order
+    std::uint64_t source_slab[max_sources] = {};  // stacked: elements of an expert's slab
+    std::uint64_t local_slab = 0;
+
+    [[nodiscard]] bool ok() const noexcept { return slab.ok(); }
+    // Calls f(source_offsets, local_offset) for each piece of the rank's tensor: the element
+    // offsets the slab map's boxes are shifted by (once, by nothing, when not stacked).
+    template <class F>
+    void for_each_piece(F&& f) const {
+        if (!stacked) {
+            const std::uint64_t none[max_sources] = {};
+            f(none, std::uint64_t{0});
+            return;
+        }
+        std::uint64_t at[max_sources] = {};
+        for (std::size_t j = 0; j < experts.size(); ++j) {
+            for (std::size_t s = 0; s < max_sources; ++s) at[s] = experts[j] * source_slab[s];
+            f(at, j * local_slab);
+        }
+    }
+};
+
+// The cut of t for `rank` of the export m.
+[[nodiscard]] inline merge_cut merge_cut_of(const export_metadata& m, const export_tensor& t,
+                                            std::uint32_t rank) {
+    merge_cut c;
+    c.slab = detail::merge_slice(t, cut_place(m, t, rank));
+    if (t.stacked_experts == 0 || !c.slab.ok()) {
+        c.local = c.slab.local;
+        return c;
+    }
+    c.stacked = true;
+    c.experts = experts_of_group(expert_rank_of(rank, m.world, m.expert_groups.ep).group,
+                                 t.stacked_experts, m.expert_groups);
+    for (std::size_t s = 0; s < t.sources.size() && s < max_sources; ++s)
+        c.source_slab[s] = t.sources[s].global.inner_count(0).value_or(0);
+    c.local_slab = c.slab.local.element_count().value_or(0);
+    c.local = shape{c.experts.size()};
+    for (const auto d : c.slab.local.dims()) c.local.push_back(d);
+    return c;
+}
+
+namespace detail {
 
 // One version, one world, each rank 0..world-1 exactly once, in its own folder.
 inline void check_merge_ranks(std::span<const merge_rank_metadata> ranks) {
@@ -196,7 +253,8 @@ inline void check_merge_conventions(std::span<const merge_rank_metadata> ranks) 
 inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                             const merge_rank_metadata& rank, export_cut_place at) {
     const std::uint32_t r = rank.number;
-    const slice_result sl = merge_slice(t, at);
+    const merge_cut c = merge_cut_of(*rank.meta, t, r);
+    const slice_result& sl = c.slab;
     if (!sl.ok()) {
         std::vector<shape> shapes;
         for (const auto& s : t.sources) shapes.push_back(s.global);
@@ -204,11 +262,17 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                          "': " + describe(t.layout, shapes, at.ways, at.position),
                      rank.folder, t.name);
     }
-    if (sl.local != tr.local || sl.global != t.global)
+    shape global = sl.global;
+    if (t.stacked_experts != 0) {
+        global = shape{t.stacked_experts};
+        for (const auto d : sl.global.dims()) global.push_back(d);
+    }
+    if (c.local != tr.local || global != t.global)
         export_error("inconsistent metadata: tensor '" + t.name + "' is " + tr.local.to_string() +
                          " of " + t.global.to_string() + " but its layout " + to_string(t.layout) +
-                         " gives " + sl.local.to_string() + " of " + sl.global.to_string() +
-                         " for rank " + std::to_string(r),
+                         (t.stacked_experts != 0 ? " (each expert's slab)" : "") + " gives " +
+                         c.local.to_string() + " of " + global.to_string() + " for rank " +
+                         std::to_string(r),
                      rank.folder, t.name);
     if (records_valid_rows(t.layout.kind)) {
         const auto [lo, hi] =
@@ -221,7 +285,7 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                              std::to_string(hi) + ")",
                          rank.folder, t.name);
     }
-    if (bit_size(t.dtype) % 8 != 0 && cuts_along_dim(t.layout.kind))
+    if (bit_size(t.dtype) % 8 != 0 && (cuts_along_dim(t.layout.kind) || t.stacked_experts != 0))
         export_error("tensor '" + t.name + "' is " + std::string(name(t.dtype)) +
                          ": sub-byte tensors merge only when replicated",
                      rank.folder, t.name);
