@@ -5,6 +5,8 @@ expert-parallel size ep in {1, 2, world} that divides the world (both expert pla
 ep > 1); every rank's tensors, read back with the reference library, must be exactly the ones
 the rules below name (no tensor missing, none extra), each equal to the slice numpy cuts from
 the original (dtype, shape and bytes); the merge must give the original tensors bit for bit.
+Each checkpoint is exported twice: with one tensor per expert, and with each layer's experts
+stacked (below), the same weights in both.
 
 Architectures (model_type), with the names and config.json fields of the published
 checkpoints (tests/data/moe/README.md, and each folder's config.json and tensors.txt there;
@@ -19,6 +21,16 @@ ranks (group g = r // W, position p = r % W):
   owns [g * base + min(g, rem), that + base + (1 if g < rem else 0)); round_robin: the
   experts e with e % ep == g. A rank holds its group's experts only; of each, gate and up
   (mixtral's w1, w3) split on dim 0 in W parts, down (w2) on dim 1, part p;
+- stacked experts (the form transformers v5 saves its mixtures of experts in, its fused
+  experts, save_pretrained with save_original_format=False; vLLM loads it since #36997): in
+  every layer with experts (the multi-token prediction layer too),
+  model.layers.L.mlp.experts.gate_up_proj [E, 2I, H] holds each expert's gate rows [I, H]
+  then its up rows, and model.layers.L.mlp.experts.down_proj [E, H, I] each expert's down
+  projection (no .weight suffix on either); Mixtral's router moves from
+  block_sparse_moe.gate.weight to mlp.gate.weight, every other tensor keeps its name. A
+  rank's gate_up_proj is [E_local, 2I / W, H]: for each of its group's experts in increasing
+  order, gate rows [p I / W, (p + 1) I / W) then up rows of the same range; its down_proj
+  [E_local, H, I / W] the same experts' columns [p I / W, (p + 1) I / W);
 - routers (mlp.gate.weight, block_sparse_moe.gate.weight), DeepSeek's
   mlp.gate.e_score_correction_bias and Qwen2-MoE's mlp.shared_expert_gate.weight whole;
 - shared experts (qwen2_moe's mlp.shared_expert.*, DeepSeek's mlp.shared_experts.*) and the
@@ -233,6 +245,31 @@ def rows_of(heads, per_head):
 
 
 EXPERT = re.compile(r"\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+STACKED = re.compile(r"\.mlp\.experts\.(gate_up_proj|down_proj)$")
+PROJECTION = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up",
+              "down_proj": "down"}
+
+
+def stacked(tensors):
+    """The checkpoint with each layer's experts stacked as transformers v5 saves them:
+    mlp.experts.gate_up_proj [E, 2I, H] (each expert's gate rows, then its up rows) and
+    mlp.experts.down_proj [E, H, I]; Mixtral's router under mlp.gate."""
+    out, layers = {}, {}
+    for n, t in tensors.items():
+        x = EXPERT.search(n)
+        if x is None:
+            out[n.replace(".block_sparse_moe.gate.", ".mlp.gate.")] = t
+            continue
+        layer = n[:n.index(".", len("model.layers."))]
+        layers.setdefault(layer, {})[int(x.group(1)), PROJECTION[x.group(2)]] = t
+    for layer, ex in layers.items():
+        experts = range(max(e for e, _ in ex) + 1)
+        out[layer + ".mlp.experts.gate_up_proj"] = np.stack(
+            [np.concatenate([ex[e, "gate"], ex[e, "up"]]) for e in experts])
+        out[layer + ".mlp.experts.down_proj"] = np.stack([ex[e, "down"] for e in experts])
+    return out
+
+
 REPLICATED = ("norm.weight", ".mlp.gate.weight", "block_sparse_moe.gate.weight",
               ".e_score_correction_bias", "shared_expert_gate.weight", "q_a_proj.weight",
               "kv_a_proj_with_mqa.weight", "eh_proj.weight")
@@ -243,6 +280,16 @@ def expected(name, t, m, world, ep, placement, r):
     """The slice of rank r, or None where the rank does not hold the tensor."""
     w = world // ep
     group, pos = divmod(r, w)
+    s = STACKED.search(name)
+    if s:  # [E, 2I, H] or [E, H, I]: the group's experts, each cut to part pos
+        held = [e for e in range(t.shape[0]) if owns(group, e, ep, placement)]
+        if s.group(1) == "down_proj":
+            n = t.shape[2] // w
+            return t[held][:, :, pos * n:(pos + 1) * n]
+        inter = t.shape[1] // 2
+        n = inter // w
+        return np.concatenate([t[held][:, pos * n:(pos + 1) * n],
+                               t[held][:, inter + pos * n:inter + (pos + 1) * n]], axis=1)
     x = EXPERT.search(name)
     if x:
         if not owns(group, int(x.group(1)), ep, placement):
@@ -307,9 +354,9 @@ def describe(a):
     return "absent" if a is None else f"{a.dtype} {list(a.shape)}"
 
 
-def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp):
+def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp, form):
     """One export of the checkpoint at src against the oracle, and its merge."""
-    label = f"{m['arch']} tp={world} ep={ep}" + (f" {placement}" if ep > 1 else "") + (
+    label = f"{m['arch']} {form} tp={world} ep={ep}" + (f" {placement}" if ep > 1 else "") + (
         " --include-mtp" if mtp else "")
     ex, merged = os.path.join(tmp, "ex"), os.path.join(tmp, "merged")
     args = ["export", src, "--tp", str(world), "--out", ex, "--max-shard-size", "30KB"]
@@ -370,29 +417,34 @@ def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp):
 
 
 started = time.monotonic()
-runs = compared = 0
+FORMS = {"per-expert": lambda t: t, "stacked": stacked}
+runs = {form: 0 for form in FORMS}
+compared = 0
 with tempfile.TemporaryDirectory() as tmp:
     for arch in ARCHS:
         for world in WORLDS:
-            cfg, tensors, m = build(arch, world)
-            src = os.path.join(tmp, "in")
-            os.makedirs(src)
-            save_file(tensors, os.path.join(src, "model.safetensors"),
-                      metadata={"format": "pt"})
-            with open(os.path.join(src, "config.json"), "w") as f:
-                json.dump(cfg, f, indent=2)
-            for ep in sorted({e for e in (1, 2, world) if world % e == 0}):
-                for placement in ["linear"] if ep == 1 else ["linear", "round_robin"]:
-                    for mtp in [False, True] if m["mtp"] else [False]:
-                        compared += export_and_merge(src, tmp, m, tensors, world, ep,
-                                                     placement, mtp)
-                        runs += 1
-            shutil.rmtree(src)
+            cfg, per_expert, m = build(arch, world)
+            for form, convert in FORMS.items():
+                tensors = convert(per_expert)
+                src = os.path.join(tmp, "in")
+                os.makedirs(src)
+                save_file(tensors, os.path.join(src, "model.safetensors"),
+                          metadata={"format": "pt"})
+                with open(os.path.join(src, "config.json"), "w") as f:
+                    json.dump(cfg, f, indent=2)
+                for ep in sorted({e for e in (1, 2, world) if world % e == 0}):
+                    for placement in ["linear"] if ep == 1 else ["linear", "round_robin"]:
+                        for mtp in [False, True] if m["mtp"] else [False]:
+                            compared += export_and_merge(src, tmp, m, tensors, world, ep,
+                                                         placement, mtp, form)
+                            runs[form] += 1
+                shutil.rmtree(src)
 
 seconds = time.monotonic() - started
+exports = ", ".join(f"{n} {form}" for form, n in runs.items())
 if failures:
-    print(f"{len(failures)} failures ({runs} exports, {seconds:.1f} s)")
+    print(f"{len(failures)} failures ({exports} exports, {seconds:.1f} s)")
     sys.exit(1)
 print(f"export/merge of mixtures of experts agree with numpy's slices: {len(ARCHS)} "
-      f"architectures, worlds {WORLDS[0]}-{WORLDS[-1]}, {runs} exports, {compared} rank "
+      f"architectures, worlds {WORLDS[0]}-{WORLDS[-1]}, {exports} exports, {compared} rank "
       f"tensors, {seconds:.1f} s")
