@@ -226,10 +226,9 @@ TEST_CASE("the registry: unknown types, bad configs, user architectures") {
     {
         const auto e = expect_error(errc::invalid_config, [&] { (void)make_schema(c); });
         CHECK(e.message().find("falcon") != std::string::npos);
-        CHECK(
-            e.message().find("llama, mistral, mixtral, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe") !=
-            std::string::npos);
-        CHECK(e.message().find("deepseek_v2, deepseek_v3, gemma, gemma2, kimi_k2") !=
+        CHECK(e.message().find("llama, llama4, llama4_text, mistral, mixtral, phi3, qwen2, "
+                               "qwen2_moe, qwen3, qwen3_moe") != std::string::npos);
+        CHECK(e.message().find("deepseek_v2, deepseek_v3, gemma, gemma2, gpt_oss, kimi_k2") !=
               std::string::npos);
         CHECK(e.message().find("gemma, gemma2") != std::string::npos);
     }

@@ -4,12 +4,14 @@
 // config.json implies are the published ones.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "../support/temp_dir.hpp"
 #include "safeshard/format/config.hpp"
 #include "safeshard/load/config_check.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
@@ -144,4 +146,78 @@ TEST_CASE("mixture-of-experts shapes config.json implies are the published ones"
         load_model_config(data / "mistralai__Mixtral-8x7B-Instruct-v0.1" / "config.json");
     CHECK(implied(mx, "model.layers.31.block_sparse_moe.experts.7.w2.weight") ==
           std::vector<std::uint64_t>{4096, 14336});
+}
+
+TEST_CASE("gpt-oss-20b: the schema names the published tensors, MXFP4 experts as their BF16 form") {
+    // The published checkpoint stores the experts in MXFP4 (tests/data/moe/README.md,
+    // "gpt_oss"): gate_up_proj_blocks / _scales for gate_up_proj, down_proj_blocks / _scales
+    // for down_proj. The table reads the BF16 form (transformers' GptOssExperts parameters).
+    const std::string folder = "openai__gpt-oss-20b";
+    const model_config c = load_model_config(data / folder / "config.json");
+    CHECK(c.model_type == "gpt_oss");
+    CHECK(c.num_experts == 32);
+    std::set<std::string> want;
+    for (std::string n : stored_names(folder)) {
+        if (n.ends_with("_scales")) continue;
+        if (n.ends_with("_blocks")) n.resize(n.size() - 7);
+        want.insert(n);
+    }
+    const std::set<std::string> got = schema_names(c);
+    CHECK(got.size() == 24 * 19 + 3);
+    std::vector<std::string> missing, extra;
+    std::set_difference(want.begin(), want.end(), got.begin(), got.end(),
+                        std::back_inserter(missing));
+    std::set_difference(got.begin(), got.end(), want.begin(), want.end(),
+                        std::back_inserter(extra));
+    CHECK_MESSAGE(missing.empty(), "stored, not in the schema: " << missing.front());
+    CHECK_MESSAGE(extra.empty(), "in the schema, not stored: " << extra.front());
+    // BF16 shapes: gate and up interleaved on the last dim of [E, H, 2I]; sinks per head.
+    CHECK(implied(c, "model.layers.3.mlp.experts.gate_up_proj") ==
+          std::vector<std::uint64_t>{32, 2880, 5760});
+    CHECK(implied(c, "model.layers.3.mlp.experts.gate_up_proj_bias") ==
+          std::vector<std::uint64_t>{32, 5760});
+    CHECK(implied(c, "model.layers.3.mlp.experts.down_proj") ==
+          std::vector<std::uint64_t>{32, 2880, 2880});
+    CHECK(implied(c, "model.layers.3.mlp.experts.down_proj_bias") ==
+          std::vector<std::uint64_t>{32, 2880});
+    CHECK(implied(c, "model.layers.3.self_attn.sinks") == std::vector<std::uint64_t>{64});
+    CHECK(implied(c, "model.layers.3.self_attn.q_proj.weight") ==
+          std::vector<std::uint64_t>{4096, 2880});
+    CHECK(implied(c, "model.layers.3.mlp.router.bias") == std::vector<std::uint64_t>{32});
+}
+
+TEST_CASE("Llama-4-Scout: the schema names the published text model under language_model.") {
+    // No config.json of Llama-4 was reachable (gated): the text_config values quoted in
+    // tests/data/moe/README.md ("llama4"), nested as the published file nests them.
+    const test::temp_dir dir("llama4");
+    std::ofstream(dir.path() / "config.json")
+        << R"({"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4",
+        "text_config": {"model_type": "llama4_text", "attention_bias": false,
+        "head_dim": 128, "hidden_size": 5120, "interleave_moe_layer_step": 1,
+        "intermediate_size": 8192, "intermediate_size_mlp": 16384, "num_attention_heads": 40,
+        "num_experts_per_tok": 1, "num_hidden_layers": 48, "num_key_value_heads": 8,
+        "num_local_experts": 16, "vocab_size": 202048, "tie_word_embeddings": false},
+        "vision_config": {"model_type": "llama4_vision_model"}})";
+    const model_config c = load_model_config(dir.path() / "config.json");
+    CHECK(c.model_type == "llama4_text");
+    std::set<std::string> got;
+    for (const auto& n : schema_names(c)) got.insert("language_model." + n);
+    CHECK(got == stored_names("meta-llama__Llama-4-Scout-17B-16E"));
+    CHECK(got.size() == 579);
+    CHECK(implied(c, "model.layers.7.feed_forward.experts.gate_up_proj") ==
+          std::vector<std::uint64_t>{16, 5120, 16384});
+    CHECK(implied(c, "model.layers.7.feed_forward.experts.down_proj") ==
+          std::vector<std::uint64_t>{16, 8192, 5120});
+    CHECK(implied(c, "model.layers.7.feed_forward.shared_expert.down_proj.weight") ==
+          std::vector<std::uint64_t>{5120, 8192});
+    // Maverick: every second layer dense, of intermediate_size_mlp.
+    model_config mav = c;
+    mav.decoder_sparse_step = 2;
+    mav.num_experts = 128;
+    const std::set<std::string> m = schema_names(mav);
+    CHECK(m.contains("model.layers.0.feed_forward.gate_proj.weight"));
+    CHECK(m.contains("model.layers.1.feed_forward.experts.gate_up_proj"));
+    CHECK_FALSE(m.contains("model.layers.0.feed_forward.router.weight"));
+    CHECK(implied(mav, "model.layers.0.feed_forward.down_proj.weight") ==
+          std::vector<std::uint64_t>{5120, 16384});
 }

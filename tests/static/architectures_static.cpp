@@ -63,7 +63,7 @@ constexpr const architecture_entry* q_bias =
     llama_table.find("model.layers.{i}.self_attn.q_proj.bias");
 static_assert(!llama_table.selects(*q_bias, defaults) && qwen2_table.selects(*q_bias, defaults));
 static_assert(gemma_table.tied_default && !llama_table.tied_default);
-static_assert(builtin_architectures.size() == 13);
+static_assert(builtin_architectures.size() == 16);
 static_assert(builtin_architectures[0].model_type == "llama");
 
 // Names: "{i}" and "{e}" stand for digits.

@@ -34,8 +34,11 @@ struct model_config {
     std::uint64_t shared_expert_intermediate_size = 0;  // qwen2_moe's shared expert
     std::uint64_t n_shared_experts = 0;                 // deepseek: shared experts, fused
     std::uint64_t first_k_dense_replace = 0;            // the first k layers are dense
-    std::uint64_t decoder_sparse_step = 1;  // qwen: layer l has experts when (l + 1) % step == 0
-    std::uint64_t moe_layer_freq = 1;       // deepseek: ... when l % freq == 0
+    // qwen: layer l has experts when (l + 1) % step == 0 (llama4's interleave_moe_layer_step)
+    std::uint64_t decoder_sparse_step = 1;
+    std::uint64_t intermediate_size_mlp = 0;     // llama4: the dense layers' (intermediate_size
+                                                 // is then the experts')
+    std::uint64_t moe_layer_freq = 1;            // deepseek: ... when l % freq == 0
     std::vector<std::uint64_t> mlp_only_layers;  // dense whatever the rest says
     std::uint64_t num_nextn_predict_layers = 0;  // multi-token prediction layers
     // Multi-head latent attention (deepseek_v2, deepseek_v3): absent q_lora_rank (null) means

@@ -255,6 +255,11 @@ private:
         c.first_k_dense_replace = get_size("first_k_dense_replace").value_or(0);
         c.decoder_sparse_step = get_size("decoder_sparse_step").value_or(1);
         if (c.decoder_sparse_step == 0) fail("'decoder_sparse_step' must be positive");
+        if (const auto step = get_size("interleave_moe_layer_step")) {  // llama4
+            if (*step == 0) fail("'interleave_moe_layer_step' must be positive");
+            c.decoder_sparse_step = *step;
+        }
+        c.intermediate_size_mlp = get_size("intermediate_size_mlp").value_or(0);
         c.moe_layer_freq = get_size("moe_layer_freq").value_or(1);
         if (c.moe_layer_freq == 0) fail("'moe_layer_freq' must be positive");
         c.num_nextn_predict_layers = get_size("num_nextn_predict_layers").value_or(0);

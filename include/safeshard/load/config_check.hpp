@@ -337,6 +337,29 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
     return o;
 }
 
+// The options with the checkpoint's name prefix found when they give none: a multimodal
+// checkpoint that stores its text model under "language_model." (Llama-4, Kimi-K2.5, LLaVA)
+// while no name starts with "model.".
+[[nodiscard]] inline schema_options with_checkpoint_prefix(const checkpoint& ckpt,
+                                                           schema_options o) {
+    if (!o.names.checkpoint_prefix.empty() || !o.names.schema_prefix.empty()) return o;
+    bool text_model = false, nested = false;
+    for (const auto& f : ckpt.files())
+        for (const tensor_view t : f.view) {
+            text_model = text_model || t.name().starts_with("model.");
+            nested = nested || t.name().starts_with("language_model.model.");
+        }
+    if (nested && !text_model) o.names.checkpoint_prefix = "language_model.";
+    return o;
+}
+
+// What the checkpoint decides of the options they leave open: its name prefix and how it
+// stores its experts.
+[[nodiscard]] inline schema_options resolved_options(const checkpoint& ckpt,
+                                                     const schema_options& o) {
+    return with_expert_storage(ckpt, with_checkpoint_prefix(ckpt, o));
+}
+
 // The schema of config.json's architecture (c.model_type), once check_config finds the
 // checkpoint agrees with it: the layer count it expands is one the tensors hold. A rank of a
 // per-rank export is refused (invalid_export): its config.json describes the whole model.
@@ -349,8 +372,9 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
                     error_context{.file = ckpt.root().string()});
     const config_scope scope =
         architecture_registered(c.model_type) ? config_scope::architecture : config_scope::generic;
-    check_config(ckpt, c, o.names, scope).throw_if_mismatch();
-    return make_schema(c, with_expert_storage(ckpt, o));
+    const schema_options r = resolved_options(ckpt, o);
+    check_config(ckpt, c, r.names, scope).throw_if_mismatch();
+    return make_schema(c, r);
 }
 
 // config.json's model_config (its model_type replaced by `architecture` when given) and the

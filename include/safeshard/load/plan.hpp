@@ -107,7 +107,9 @@ struct device_bytes {
 
 namespace detail {
 inline bool is_quantization_scale(std::string_view n) noexcept {
-    return n.ends_with(".weight_scale") || n.ends_with(".weight_scale_inv") || n.ends_with(".SCB");
+    return n.ends_with(".weight_scale") || n.ends_with(".weight_scale_inv") ||
+           n.ends_with(".SCB") ||
+           n.ends_with("_proj_scales");  // gpt-oss's MXFP4 experts (*_blocks, *_scales)
 }
 
 inline std::string name_list(const std::vector<std::string>& v, std::size_t max = 20) {
@@ -743,6 +745,7 @@ inline void unexpected_as_mismatches(config_check& r, const load_plan& p, const 
         return r;
     }
     const bool known = architecture_registered(c.model_type);
+    o.schema = resolved_options(ckpt, o.schema);
     config_check r = check_config(ckpt, c, o.schema.names,
                                   known ? config_scope::architecture : config_scope::generic);
     if (!known) {
@@ -756,8 +759,7 @@ inline void unexpected_as_mismatches(config_check& r, const load_plan& p, const 
     o.strict = false;  // unexpected names are reported below
     o.allow_quantized = true;
     try {
-        const load_plan p = load_plan::build(
-            ckpt, make_schema(c, with_expert_storage(ckpt, o.schema)), {0, 1}, o, &c);
+        const load_plan p = load_plan::build(ckpt, make_schema(c, o.schema), {0, 1}, o, &c);
         detail::unexpected_as_mismatches(r, p, c, o.schema.names, strict);
     } catch (const error& e) {
         if (e.code() == errc::io_error || e.code() == errc::interrupted) throw;

@@ -264,9 +264,10 @@ inline std::uint64_t copy_side_files(
 namespace detail {
 
 // The schema an export cuts by: checkpoint tensors no parameter reads become replicated
-// parameters of their own (so nothing is lost: ignored buffers and quantization scales too),
-// except stored copies of tied tensors and tensors left out on request (the multi-token
-// prediction layers unless asked for: `left_out` counts them).
+// parameters of their own (so nothing is lost: ignored buffers, quantization scales, and the
+// tensors outside the name map's prefix, a multimodal checkpoint's vision tower, under their
+// own names), except stored copies of tied tensors and tensors left out on request (the
+// multi-token prediction layers unless asked for: `left_out` counts them).
 inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t& left_out) {
     if (!s.fallback()) s.set_fallback(make_replicated());
     for (const auto& f : ckpt.files())
@@ -274,14 +275,16 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
             const std::string_view n = t.name();
             if (s.find_by_source(n)) continue;
             const auto as_schema = s.names().from_checkpoint(n);
-            if (!as_schema || s.find(*as_schema)) continue;
-            if (!s.ignored(n) && !is_quantization_scale(n)) continue;  // the fallback's
+            const std::string name = as_schema ? *as_schema : std::string(n);
+            if (s.find(name)) continue;
+            if (as_schema && !s.ignored(n) && !is_quantization_scale(n))
+                continue;  // the fallback's
             if (s.left_out(n)) {
                 ++left_out;
                 continue;
             }
             parameter_meta p;
-            p.name = *as_schema;
+            p.name = name;
             p.sources = {std::string(n)};
             s.add(std::move(p));
         }

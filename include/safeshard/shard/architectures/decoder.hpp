@@ -31,6 +31,9 @@ struct decoder_traits {
     bool score_correction = false;  // deepseek_v3: mlp.gate.e_score_correction_bias
     bool latent_attention = false;  // deepseek: multi-head latent attention
     bool multi_token_prediction = false;  // deepseek_v3: layers after num_hidden_layers
+    bool gpt_oss_experts = false;         // gpt_oss: mlp.router, mlp.experts.* stacked, with biases
+    bool feed_forward = false;     // llama4: feed_forward.router, .experts.*, .shared_expert.*
+    bool attention_sinks = false;  // gpt_oss: self_attn.sinks and o_proj.bias
 
     [[nodiscard]] constexpr std::uint32_t features() const noexcept {
         return (qkv_bias ? feature_qkv_bias : 0u) | (qk_norm ? feature_qk_norm : 0u) |
@@ -41,12 +44,16 @@ struct decoder_traits {
                (shared_experts ? feature_shared_experts : 0u) |
                (score_correction ? feature_score_correction : 0u) |
                (latent_attention ? feature_latent_attention : 0u) |
-               (multi_token_prediction ? feature_multi_token_prediction : 0u);
+               (multi_token_prediction ? feature_multi_token_prediction : 0u) |
+               (gpt_oss_experts ? feature_gpt_oss_experts : 0u) |
+               (feed_forward ? feature_feed_forward : 0u) |
+               (attention_sinks ? feature_attention_sinks : 0u);
     }
 };
 
 // The features that need experts in config.json.
-inline constexpr std::uint32_t expert_features = feature_experts | feature_mixtral_experts;
+inline constexpr std::uint32_t expert_features =
+    feature_experts | feature_mixtral_experts | feature_gpt_oss_experts | feature_feed_forward;
 
 namespace detail {
 inline constexpr layout decoder_gqa_template(gqa_part p) noexcept {
@@ -87,15 +94,15 @@ inline constexpr architecture_entry per_expert_entry(std::string_view name, std:
 }
 // A projection of all the layer's experts stacked on dim 0; `rule` and `l` cut each expert's
 // slab.
-inline constexpr architecture_entry stacked_expert_entry(std::string_view name, layout_rule rule,
-                                                         layout l, config_shape s,
-                                                         std::uint32_t requires_features) {
+inline constexpr architecture_entry stacked_expert_entry(
+    std::string_view name, layout_rule rule, layout l, config_shape s,
+    std::uint32_t requires_features, option_rule option = option_rule::experts_stacked) {
     return {.name = name,
             .rule = rule,
             .layout = l,
             .shape = s,
             .requires_features = requires_features,
-            .option = option_rule::experts_stacked,
+            .option = option,
             .layers = layer_rule::sparse,
             .stacked_experts = true};
 }
@@ -185,6 +192,17 @@ inline constexpr std::array decoder_entries = {
                        .rule = layout_rule::gqa_o,
                        .shape = dims(config_dim::hidden, config_dim::q_rows),
                        .excludes_features = feature_latent_attention},
+    // gpt-oss: the row-parallel o_proj's bias stays whole on every rank (the engine adds it
+    // on one, as vLLM's RowParallelLinear does); one attention-sink logit per query head,
+    // split with the query heads (vLLM's gpt_oss.py: sinks.narrow(0, head_start, heads)).
+    architecture_entry{.name = "model.layers.{i}.self_attn.o_proj.bias",
+                       .shape = dims(config_dim::hidden),
+                       .requires_features = feature_attention_sinks},
+    architecture_entry{.name = "model.layers.{i}.self_attn.sinks",
+                       .rule = layout_rule::heads,
+                       .layout = make_split(0),
+                       .shape = dims(config_dim::attention_heads),
+                       .requires_features = feature_attention_sinks},
     // Multi-head latent attention (DeepSeek-V2/V3): the low-rank projections and their norms
     // replicated; q_b_proj (q_proj without q_lora_rank), kv_b_proj and o_proj in whole heads
     // (vLLM's deepseek_v2.py: ReplicatedLinear, ColumnParallelLinear, RowParallelLinear).
@@ -220,6 +238,7 @@ inline constexpr std::array decoder_entries = {
                        .rule = layout_rule::gate_up,
                        .shape = dims(config_dim::gate_up_rows, config_dim::hidden),
                        .requires_features = feature_fused_on_disk,
+                       .excludes_features = feature_feed_forward,
                        .layers = layer_rule::dense},
     architecture_entry{
         .name = "model.layers.{i}.mlp.gate_up_proj.weight",
@@ -227,24 +246,41 @@ inline constexpr std::array decoder_entries = {
         .shape = dims(config_dim::gate_up_rows, config_dim::hidden),
         .role = parameter_role::layer,
         .sources = {"model.layers.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.up_proj.weight"},
-        .excludes_features = feature_fused_on_disk,
+        .excludes_features = feature_fused_on_disk | feature_feed_forward,
         .option = option_rule::fuse_gate_up,
         .layers = layer_rule::dense},
     architecture_entry{.name = "model.layers.{i}.mlp.gate_proj.weight",
                        .layout = make_split(0),
                        .shape = dims(config_dim::intermediate, config_dim::hidden),
-                       .excludes_features = feature_fused_on_disk,
+                       .excludes_features = feature_fused_on_disk | feature_feed_forward,
                        .option = option_rule::separate_gate_up,
                        .layers = layer_rule::dense},
     architecture_entry{.name = "model.layers.{i}.mlp.up_proj.weight",
                        .layout = make_split(0),
                        .shape = dims(config_dim::intermediate, config_dim::hidden),
-                       .excludes_features = feature_fused_on_disk,
+                       .excludes_features = feature_fused_on_disk | feature_feed_forward,
                        .option = option_rule::separate_gate_up,
                        .layers = layer_rule::dense},
     architecture_entry{.name = "model.layers.{i}.mlp.down_proj.weight",
                        .layout = make_split(1),
                        .shape = dims(config_dim::hidden, config_dim::intermediate),
+                       .excludes_features = feature_feed_forward,
+                       .layers = layer_rule::dense},
+    // Llama-4's dense layers (every layer not in moe_layers) under feed_forward.
+    architecture_entry{.name = "model.layers.{i}.feed_forward.gate_proj.weight",
+                       .layout = make_split(0),
+                       .shape = dims(config_dim::intermediate, config_dim::hidden),
+                       .requires_features = feature_feed_forward,
+                       .layers = layer_rule::dense},
+    architecture_entry{.name = "model.layers.{i}.feed_forward.up_proj.weight",
+                       .layout = make_split(0),
+                       .shape = dims(config_dim::intermediate, config_dim::hidden),
+                       .requires_features = feature_feed_forward,
+                       .layers = layer_rule::dense},
+    architecture_entry{.name = "model.layers.{i}.feed_forward.down_proj.weight",
+                       .layout = make_split(1),
+                       .shape = dims(config_dim::hidden, config_dim::intermediate),
+                       .requires_features = feature_feed_forward,
                        .layers = layer_rule::dense},
     // Mixtures of experts, on the layers with experts: the router replicated, each expert's
     // projections split within its expert group (shard/expert_parallel.hpp), shared experts
@@ -318,6 +354,55 @@ inline constexpr std::array decoder_entries = {
         "model.layers.{i}.mlp.experts.down_proj", layout_rule::fixed, make_split(1),
         dims(config_dim::experts, config_dim::hidden, config_dim::moe_intermediate),
         feature_mixtral_experts),
+    // gpt-oss (transformers' modeling_gpt_oss.py GptOssExperts; vLLM's gpt_oss.py): the
+    // router with its bias replicated; the experts stacked, gate_up_proj [E, H, 2I] with gate
+    // and up interleaved on the last dim (gate = even columns), so a rank takes a contiguous
+    // range of whole (gate, up) pairs, and its bias [E, 2I] likewise; down_proj [E, I, H]
+    // rows; down_proj_bias [E, H] whole (row-parallel: added on one rank).
+    detail::sparse_replicated_entry("model.layers.{i}.mlp.router.weight",
+                                    dims(config_dim::experts, config_dim::hidden),
+                                    feature_gpt_oss_experts),
+    detail::sparse_replicated_entry("model.layers.{i}.mlp.router.bias", dims(config_dim::experts),
+                                    feature_gpt_oss_experts),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.gate_up_proj", layout_rule::fixed, make_split(1, 2),
+        dims(config_dim::experts, config_dim::hidden, config_dim::moe_gate_up_rows),
+        feature_gpt_oss_experts, option_rule::always),
+    detail::stacked_expert_entry("model.layers.{i}.mlp.experts.gate_up_proj_bias",
+                                 layout_rule::fixed, make_split(0, 2),
+                                 dims(config_dim::experts, config_dim::moe_gate_up_rows),
+                                 feature_gpt_oss_experts, option_rule::always),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.down_proj", layout_rule::fixed, make_split(0),
+        dims(config_dim::experts, config_dim::moe_intermediate, config_dim::hidden),
+        feature_gpt_oss_experts, option_rule::always),
+    detail::stacked_expert_entry("model.layers.{i}.mlp.experts.down_proj_bias", layout_rule::fixed,
+                                 make_replicated(), dims(config_dim::experts, config_dim::hidden),
+                                 feature_gpt_oss_experts, option_rule::always),
+    // Llama-4 (transformers' modeling_llama4.py Llama4TextExperts, Llama4TextMoe; vLLM's
+    // llama4.py): the router replicated; the experts stacked, gate_up_proj [E, H, 2I] with
+    // gate and up concatenated on the last dim (gate_up.chunk(2, dim=-1)), down_proj
+    // [E, I, H]; one shared expert, a dense MLP of intermediate_size over the world.
+    detail::sparse_replicated_entry("model.layers.{i}.feed_forward.router.weight",
+                                    dims(config_dim::experts, config_dim::hidden),
+                                    feature_feed_forward),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.feed_forward.experts.gate_up_proj", layout_rule::expert_gate_up,
+        make_fused(1), dims(config_dim::experts, config_dim::hidden, config_dim::moe_gate_up_rows),
+        feature_feed_forward, option_rule::always),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.feed_forward.experts.down_proj", layout_rule::fixed, make_split(0),
+        dims(config_dim::experts, config_dim::moe_intermediate, config_dim::hidden),
+        feature_feed_forward, option_rule::always),
+    detail::expert_entry("model.layers.{i}.feed_forward.shared_expert.gate_proj.weight", 0,
+                         dims(config_dim::moe_intermediate, config_dim::hidden),
+                         feature_feed_forward),
+    detail::expert_entry("model.layers.{i}.feed_forward.shared_expert.up_proj.weight", 0,
+                         dims(config_dim::moe_intermediate, config_dim::hidden),
+                         feature_feed_forward),
+    detail::expert_entry("model.layers.{i}.feed_forward.shared_expert.down_proj.weight", 1,
+                         dims(config_dim::hidden, config_dim::moe_intermediate),
+                         feature_feed_forward),
     // A multi-token prediction layer's own tensors (DeepSeek-V3's layer 61; vLLM's
     // deepseek_mtp.py): its norms and input projection replicated, its embedding and head
     // split on the vocabulary like the model's.
@@ -361,7 +446,9 @@ inline constexpr std::array decoder_entries = {
     decoder_dims d = sizes_of(c);
     d.layers = need(c.num_hidden_layers, "num_hidden_layers");
     d.hidden = need(c.hidden_size, "hidden_size");
-    d.intermediate = need(c.intermediate_size, "intermediate_size");
+    need(c.intermediate_size, "intermediate_size");
+    // Llama-4's dense layers have their own size; its intermediate_size is the experts'.
+    d.intermediate = c.intermediate_size_mlp ? c.intermediate_size_mlp : c.intermediate_size;
     d.heads = need(c.num_attention_heads, "num_attention_heads");
     d.vocab = need(c.vocab_size, "vocab_size");
     d.kv_heads = c.num_key_value_heads ? c.num_key_value_heads : d.heads;

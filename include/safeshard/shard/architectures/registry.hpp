@@ -13,7 +13,9 @@
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/shard/architectures/deepseek.hpp"
 #include "safeshard/shard/architectures/gemma.hpp"
+#include "safeshard/shard/architectures/gpt_oss.hpp"
 #include "safeshard/shard/architectures/llama.hpp"
+#include "safeshard/shard/architectures/llama4.hpp"
 #include "safeshard/shard/architectures/mixtral.hpp"
 #include "safeshard/shard/architectures/phi3.hpp"
 #include "safeshard/shard/architectures/qwen.hpp"
@@ -25,9 +27,10 @@ using architecture_builder = std::function<schema(const model_config&, const sch
 
 // The built-in architectures' tables.
 inline constexpr std::array builtin_architectures = {
-    llama_table,       mistral_table,     qwen2_table,   qwen3_table,     gemma_table,
-    gemma2_table,      phi3_table,        mixtral_table, qwen2_moe_table, qwen3_moe_table,
-    deepseek_v2_table, deepseek_v3_table, kimi_k2_table,
+    llama_table,     mistral_table,   qwen2_table,       qwen3_table,
+    gemma_table,     gemma2_table,    phi3_table,        mixtral_table,
+    qwen2_moe_table, qwen3_moe_table, deepseek_v2_table, deepseek_v3_table,
+    kimi_k2_table,   gpt_oss_table,   llama4_text_table, llama4_table,
 };
 
 // A plain value (not synchronised); the process-wide one is reached through the locked

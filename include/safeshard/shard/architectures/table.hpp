@@ -55,7 +55,7 @@ struct decoder_dims {
     decoder_dims d;
     d.layers = c.num_hidden_layers;
     d.hidden = c.hidden_size;
-    d.intermediate = c.intermediate_size;
+    d.intermediate = c.intermediate_size_mlp ? c.intermediate_size_mlp : c.intermediate_size;
     d.heads = c.num_attention_heads;
     d.kv_heads = c.num_key_value_heads;
     d.head_dim = c.head_dim;
@@ -84,6 +84,7 @@ enum class config_dim : std::uint8_t {
     qkv_rows,             // (num_attention_heads + 2 × num_key_value_heads) × head_dim
     gate_up_rows,         // 2 × intermediate_size
     experts,              // the experts (a router's rows)
+    attention_heads,      // num_attention_heads (a per-head vector: sinks)
     moe_intermediate,     // an expert's intermediate size
     moe_gate_up_rows,     // 2 × moe_intermediate_size (stacked experts' gate and up)
     shared_intermediate,  // the shared expert's
@@ -108,6 +109,7 @@ enum class config_dim : std::uint8_t {
             return "(num_attention_heads + 2 × num_key_value_heads) × head_dim";
         case config_dim::gate_up_rows: return "2 × intermediate_size";
         case config_dim::experts: return "num_experts";
+        case config_dim::attention_heads: return "num_attention_heads";
         case config_dim::moe_intermediate: return "moe_intermediate_size";
         case config_dim::moe_gate_up_rows: return "2 × moe_intermediate_size";
         case config_dim::shared_intermediate:
@@ -164,6 +166,7 @@ struct implied_dim {
         }
         case config_dim::gate_up_rows: product(c.intermediate, 2); break;
         case config_dim::experts: r.size = c.experts; break;
+        case config_dim::attention_heads: r.size = c.heads; break;
         case config_dim::moe_intermediate: r.size = c.moe_intermediate; break;
         case config_dim::moe_gate_up_rows: product(c.moe_intermediate, 2); break;
         case config_dim::shared_intermediate: r.size = c.shared_intermediate; break;
@@ -201,7 +204,7 @@ enum class layout_rule : std::uint8_t {
     gqa_qkv,         // gqa_qkv of the entry's part: heads, KV heads, head_dim, KV convention
     gqa_o,           // o_proj's input dim over the same heads
     gate_up,         // fused<0> of two intermediate_size parts
-    expert_gate_up,  // fused<0> of two moe_intermediate_size parts (an expert's gate, up)
+    expert_gate_up,  // fused<d> of two moe_intermediate_size parts (an expert's gate, up)
     heads,           // split<d> in whole attention heads: a unit of extent(d) / num_attention_heads
 };
 
@@ -219,6 +222,10 @@ enum feature : std::uint32_t {
     feature_latent_attention = 1u << 9,  // deepseek: MLA instead of q/k/v/o
     feature_q_lora = 1u << 10,           // config.json: q_lora_rank given (q_a_proj, q_b_proj)
     feature_multi_token_prediction = 1u << 11,  // deepseek: enorm, hnorm, eh_proj, shared_head
+    feature_gpt_oss_experts = 1u << 12,         // gpt_oss: mlp.router, stacked experts with biases
+    feature_feed_forward = 1u << 13,            // llama4: feed_forward.* (router, stacked experts,
+                                                // shared_expert; dense layers' MLP)
+    feature_attention_sinks = 1u << 14,         // gpt_oss: self_attn.sinks, o_proj.bias
 };
 
 // The features config.json switches on beside the table's: feature_q_lora.
@@ -293,7 +300,7 @@ struct layout_options {
         }
         case layout_rule::expert_gate_up: {
             const std::uint64_t parts[] = {d.moe_intermediate, d.moe_intermediate};
-            return make_fused(0, parts, 2);
+            return make_fused(e.layout.dim, parts, 2);
         }
         case layout_rule::heads: {
             const std::uint64_t extent =
