@@ -1,19 +1,40 @@
 """Differential test of `safeshard export` / `safeshard merge` on mixtures of experts, with
 numpy slicing as the oracle: for every architecture below and every world of 1 to 8 ranks, a
 tiny random BF16 checkpoint written by the reference safetensors library is exported with each
-expert-parallel size ep in {1, 2, world} that divides the world (both expert placements when
-ep > 1); every rank's tensors, read back with the reference library, must be exactly the ones
-the rules below name (no tensor missing, none extra), each equal to the slice numpy cuts from
-the original (dtype, shape and bytes); the merge must give the original tensors bit for bit.
-Each checkpoint is exported twice: with one tensor per expert, and with each layer's experts
-stacked (below), the same weights in both.
+expert-parallel size ep in {1, 2, world} that divides the world and is at most the number of
+experts (both expert placements when ep > 1); every rank's tensors, read back with the
+reference library, must be exactly the ones the rules below name (no tensor missing, none
+extra), each equal to the slice numpy cuts from the original (dtype, shape and bytes); the
+merge must give the original tensors bit for bit.
+The first six architectures below are exported twice: with one tensor per expert, and with
+each layer's experts stacked (below), the same weights in both. gpt_oss is exported in its own
+stacked form only, llama4 in its stacked form twice: as a text model, and nested in a
+multimodal checkpoint.
 
 Architectures (model_type), with the names and config.json fields of the published
 checkpoints (tests/data/moe/README.md, and each folder's config.json and tensors.txt there;
 the modeling code: transformers' modeling_mixtral.py, modeling_qwen2_moe.py,
 modeling_qwen3_moe.py, modeling_deepseek_v3.py, DeepSeek's modeling_deepseek.py for V2):
 mixtral, qwen2_moe, qwen3_moe, deepseek_v2 (q_lora_rank null on odd worlds, as in
-DeepSeek-V2-Lite), deepseek_v3 (with one multi-token prediction layer) and kimi_k2.
+DeepSeek-V2-Lite), deepseek_v3 (with one multi-token prediction layer) and kimi_k2; gpt_oss
+and llama4 (tests/data/moe/README.md, sections "gpt_oss" and "llama4", which quote
+transformers' modeling_gpt_oss.py and modeling_llama4.py and vLLM's gpt_oss.py and llama4.py):
+- gpt_oss: every layer with experts, stored stacked the other way round,
+  mlp.experts.gate_up_proj [E, H, 2I] with gate and up interleaved on the last dim (gate =
+  even columns: gate_up[..., ::2]), mlp.experts.gate_up_proj_bias [E, 2I] likewise,
+  mlp.experts.down_proj [E, I, H], mlp.experts.down_proj_bias [E, H]; the router
+  mlp.router.weight / .bias; q/k/v/o_proj biases; self_attn.sinks [nh]; head_dim with
+  nh * head_dim != H;
+- llama4: config.json either llama4_text (the text model alone, names model.*, lm_head.*) or
+  the published multimodal nesting (model_type llama4, Llama4ForConditionalGeneration, the
+  text model's fields in text_config, a vision_config beside), where every text tensor is
+  named under language_model. and a vision tower (vision_model.*) and
+  multi_modal_projector.linear_1.weight sit beside it. With interleave_moe_layer_step 2,
+  layers 1 and 3 have feed_forward.router.weight, feed_forward.experts.gate_up_proj
+  [E, H, 2I] with gate and up concatenated on the last dim (gate = columns [0, I), up =
+  [I, 2I): gate_up.chunk(2, dim=-1)), feed_forward.experts.down_proj [E, I, H] and a shared
+  expert feed_forward.shared_expert.{gate,up,down}_proj of intermediate_size; layers 0 and 2
+  a dense feed_forward.{gate,up,down}_proj of intermediate_size_mlp. No biases.
 
 The rules, for rank r of a world of N ranks with ep expert groups of W = N / ep consecutive
 ranks (group g = r // W, position p = r % W):
@@ -31,13 +52,24 @@ ranks (group g = r // W, position p = r % W):
   rank's gate_up_proj is [E_local, 2I / W, H]: for each of its group's experts in increasing
   order, gate rows [p I / W, (p + 1) I / W) then up rows of the same range; its down_proj
   [E_local, H, I / W] the same experts' columns [p I / W, (p + 1) I / W);
-- routers (mlp.gate.weight, block_sparse_moe.gate.weight), DeepSeek's
-  mlp.gate.e_score_correction_bias and Qwen2-MoE's mlp.shared_expert_gate.weight whole;
-- shared experts (qwen2_moe's mlp.shared_expert.*, DeepSeek's mlp.shared_experts.*) and the
-  dense layers' MLPs split over the N ranks: gate / up rows, down columns;
+- gpt_oss's and llama4's experts ([E, H, 2I] and [E, I, H]): a rank's gate_up_proj is
+  [E_local, H, 2I / W], for each of its group's experts in increasing order: gpt_oss the
+  columns [2 p I / W, 2 (p + 1) I / W) (whole gate/up pairs, as vLLM's
+  weight[:, :, 2 * tp_rank_start : 2 * tp_rank_end]), its gate_up_proj_bias [E_local, 2I / W]
+  the same columns; llama4 the gate columns [p I / W, (p + 1) I / W) then the up columns
+  [I + p I / W, I + (p + 1) I / W); down_proj [E_local, I / W, H] the rows
+  [p I / W, (p + 1) I / W); gpt_oss's down_proj_bias (row-parallel) [E_local, H], each held
+  expert's row whole;
+- routers (mlp.gate.weight, block_sparse_moe.gate.weight, gpt_oss's mlp.router.weight and
+  .bias, llama4's feed_forward.router.weight), DeepSeek's mlp.gate.e_score_correction_bias
+  and Qwen2-MoE's mlp.shared_expert_gate.weight whole;
+- shared experts (qwen2_moe's mlp.shared_expert.*, DeepSeek's mlp.shared_experts.*, llama4's
+  feed_forward.shared_expert.*) and the dense layers' MLPs (llama4's of
+  intermediate_size_mlp) split over the N ranks: gate / up rows, down columns;
 - attention as vLLM cuts it: q_proj rows (and bias) of the rank's query heads, contiguous;
   k_proj / v_proj rows (and biases) of its KV heads, KV head r // (N // KV) when N > KV
-  (replicated); o_proj columns of its query heads;
+  (replicated); o_proj columns of its query heads, its bias (gpt_oss) whole; gpt_oss's
+  self_attn.sinks the entries of the rank's query heads [r nh / N, (r + 1) nh / N);
 - multi-head latent attention (DeepSeek, Kimi): q_a_proj, kv_a_proj_with_mqa and their
   layernorms whole; q_b_proj (q_proj without q_lora_rank) and kv_b_proj rows of the rank's
   heads (qk_nope_head_dim + qk_rope_head_dim, and qk_nope_head_dim + v_head_dim rows a head),
@@ -49,7 +81,10 @@ ranks (group g = r // W, position p = r % W):
   mlp_only_layers with (l + 1) % decoder_sparse_step == 0; DeepSeek the layers
   l >= first_k_dense_replace with l % moe_layer_freq == 0; the others have a dense MLP;
 - DeepSeek-V3's multi-token prediction layer (index num_hidden_layers, a layer with experts)
-  is left out of the export unless --include-mtp is given.
+  is left out of the export unless --include-mtp is given;
+- a multimodal llama4 checkpoint: every rank holds the text tensors under their own
+  (language_model.) names, cut by the rules above, and the vision tower and projector whole;
+  the merge gives back every tensor, the vision tower's included.
 
 Usage: moe_diff.py SAFESHARD_EXE
 """
@@ -78,9 +113,12 @@ def check(cond, what):
         print("FAIL:", what)
 
 
-ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "kimi_k2"]
+ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "kimi_k2", "gpt_oss",
+         "llama4"]
 WORLDS = range(1, 9)
 EXPERTS = 10  # not a multiple of 4 or 8: linear placement leaves a remainder
+GPT_OSS_EXPERTS = EXPERTS
+LLAMA4_EXPERTS = 6  # fewer than 7 and 8: no export with ep above it
 VOCAB_MULTIPLE = 64
 BF16 = ml_dtypes.bfloat16
 rng = np.random.default_rng(19)
@@ -143,7 +181,7 @@ def build(arch, world):
 
     m = {"arch": arch, "mla": mla, "heads": heads, "kv": kv, "head_dim": head_dim,
          "layers": layers, "mtp": mtp, "experts": EXPERTS, "q_rows": 0, "kv_b_rows": 0,
-         "o_cols": 0}
+         "o_cols": 0, "prefix": ""}
     if mla:
         m.update(q_rows=cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"],
                  kv_b_rows=cfg["qk_nope_head_dim"] + cfg["v_head_dim"], o_cols=cfg["v_head_dim"])
@@ -225,11 +263,126 @@ def build(arch, world):
     return cfg, t, m
 
 
-def owns(group, e, ep, placement):
-    """Whether expert group `group` of `ep` owns expert e."""
+def attention(t, a, hidden, heads, kv, head_dim, bias):
+    """q/k/v/o projections under `a` (self_attn.), with biases when `bias`."""
+    t[a + "q_proj.weight"] = weight(heads * head_dim, hidden)
+    t[a + "k_proj.weight"] = weight(kv * head_dim, hidden)
+    t[a + "v_proj.weight"] = weight(kv * head_dim, hidden)
+    t[a + "o_proj.weight"] = weight(hidden, heads * head_dim)
+    if bias:
+        t[a + "q_proj.bias"] = weight(heads * head_dim)
+        t[a + "k_proj.bias"] = weight(kv * head_dim)
+        t[a + "v_proj.bias"] = weight(kv * head_dim)
+        t[a + "o_proj.bias"] = weight(hidden)
+
+
+def build_gpt_oss(world):
+    """A tiny gpt_oss checkpoint for `world` ranks, in its only (stacked) form: every layer
+    with experts, gate and up interleaved in gate_up_proj [E, H, 2I], biases everywhere."""
+    heads, head_dim, hidden, inter = 2 * world, 8, 24, 4 * world  # nh * hd != H, as published
+    kv = 2 * world if world % 2 else world // 2  # above the world on odd worlds, below on even
+    vocab, layers = VOCAB_MULTIPLE * world - 11, 2
+    cfg = {"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
+           "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
+           "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim,
+           "num_local_experts": GPT_OSS_EXPERTS, "num_experts_per_tok": 4,
+           "experts_per_token": 4, "vocab_size": vocab, "tie_word_embeddings": False,
+           "attention_bias": True, "hidden_act": "silu", "rms_norm_eps": 1e-5,
+           "sliding_window": 128, "swiglu_limit": 7.0,
+           "layer_types": ["sliding_attention", "full_attention"] * (layers // 2),
+           "torch_dtype": "bfloat16"}
+    e = GPT_OSS_EXPERTS
+    t = {"model.embed_tokens.weight": weight(vocab, hidden)}
+    for l in range(layers):
+        p = f"model.layers.{l}."
+        t[p + "input_layernorm.weight"] = weight(hidden)
+        t[p + "post_attention_layernorm.weight"] = weight(hidden)
+        attention(t, p + "self_attn.", hidden, heads, kv, head_dim, bias=True)
+        t[p + "self_attn.sinks"] = weight(heads)
+        t[p + "mlp.router.weight"] = weight(e, hidden)
+        t[p + "mlp.router.bias"] = weight(e)
+        t[p + "mlp.experts.gate_up_proj"] = weight(e, hidden, 2 * inter)
+        t[p + "mlp.experts.gate_up_proj_bias"] = weight(e, 2 * inter)
+        t[p + "mlp.experts.down_proj"] = weight(e, inter, hidden)
+        t[p + "mlp.experts.down_proj_bias"] = weight(e, hidden)
+    t["model.norm.weight"] = weight(hidden)
+    t["lm_head.weight"] = weight(vocab, hidden)
+    m = {"arch": "gpt_oss", "mla": False, "heads": heads, "kv": kv, "head_dim": head_dim,
+         "layers": layers, "mtp": 0, "experts": e, "prefix": ""}
+    return cfg, t, m
+
+
+def build_llama4(world, multimodal):
+    """A tiny llama4 checkpoint for `world` ranks: the text model alone (llama4_text), or
+    nested as in the published multimodal checkpoints (text_config, its tensors under
+    language_model., a vision tower and projector beside it). Layers 1 and 3 have experts
+    (interleave_moe_layer_step 2), gate and up concatenated in gate_up_proj [E, H, 2I], and a
+    shared expert; layers 0 and 2 a dense MLP of intermediate_size_mlp."""
+    heads, head_dim, hidden = 2 * world, 8, 16 * world
+    kv = 2 * world if world % 2 else 2  # above the world on odd worlds, at or below on even
+    inter, inter_mlp = 4 * world, 6 * world
+    vocab, layers, step, e = VOCAB_MULTIPLE * world - 11, 4, 2, LLAMA4_EXPERTS
+    text = {"model_type": "llama4_text", "hidden_size": hidden, "intermediate_size": inter,
+            "intermediate_size_mlp": inter_mlp, "interleave_moe_layer_step": step,
+            "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv, "head_dim": head_dim, "num_local_experts": e,
+            "num_experts_per_tok": 1, "vocab_size": vocab, "tie_word_embeddings": False,
+            "attention_bias": False, "use_qk_norm": True, "hidden_act": "silu",
+            "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16"}
+    # The vision tower's sizes differ from the text model's: read from the wrong object,
+    # they would not fit the text tensors.
+    vh, vi, vout = 12, 20, 16
+    if multimodal:
+        cfg = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4",
+               "text_config": text,
+               "vision_config": {"model_type": "llama4_vision_model", "hidden_size": vh,
+                                 "intermediate_size": vi, "num_hidden_layers": 1,
+                                 "num_attention_heads": 3, "patch_size": 4, "image_size": 16,
+                                 "num_channels": 3, "vision_output_dim": vout,
+                                 "projector_input_dim": vout, "projector_output_dim": vout},
+               "torch_dtype": "bfloat16"}
+    else:
+        cfg = {"architectures": ["Llama4ForCausalLM"], **text}
+    x = "language_model." if multimodal else ""
+    t = {x + "model.embed_tokens.weight": weight(vocab, hidden)}
+    for l in range(layers):
+        p = f"{x}model.layers.{l}."
+        t[p + "input_layernorm.weight"] = weight(hidden)
+        t[p + "post_attention_layernorm.weight"] = weight(hidden)
+        attention(t, p + "self_attn.", hidden, heads, kv, head_dim, bias=False)
+        f = p + "feed_forward."
+        if (l + 1) % step == 0:
+            t[f + "router.weight"] = weight(e, hidden)
+            t[f + "experts.gate_up_proj"] = weight(e, hidden, 2 * inter)
+            t[f + "experts.down_proj"] = weight(e, inter, hidden)
+            t[f + "shared_expert.gate_proj.weight"] = weight(inter, hidden)
+            t[f + "shared_expert.up_proj.weight"] = weight(inter, hidden)
+            t[f + "shared_expert.down_proj.weight"] = weight(hidden, inter)
+        else:
+            t[f + "gate_proj.weight"] = weight(inter_mlp, hidden)
+            t[f + "up_proj.weight"] = weight(inter_mlp, hidden)
+            t[f + "down_proj.weight"] = weight(hidden, inter_mlp)
+    t[x + "model.norm.weight"] = weight(hidden)
+    t[x + "lm_head.weight"] = weight(vocab, hidden)
+    if multimodal:  # some of the vision tower's names look like the text model's
+        v = "vision_model."
+        t[v + "patch_embedding.linear.weight"] = weight(vh, 3 * 4 * 4)
+        t[v + "class_embedding"] = weight(vh)
+        t[v + "layernorm_pre.weight"] = weight(vh)
+        t[v + "model.layers.0.self_attn.q_proj.weight"] = weight(vh, vh)
+        t[v + "model.layers.0.self_attn.q_proj.bias"] = weight(vh)
+        t[v + "model.layers.0.mlp.fc1.weight"] = weight(vi, vh)
+        t["multi_modal_projector.linear_1.weight"] = weight(hidden, vout)
+    m = {"arch": "llama4", "mla": False, "heads": heads, "kv": kv, "head_dim": head_dim,
+         "layers": layers, "mtp": 0, "experts": e, "prefix": x}
+    return cfg, t, m
+
+
+def owns(group, e, ep, placement, experts):
+    """Whether expert group `group` of `ep` owns expert e of `experts`."""
     if placement == "round_robin":
         return e % ep == group
-    base, rem = divmod(EXPERTS, ep)
+    base, rem = divmod(experts, ep)
     start = group * base + min(group, rem)
     return start <= e < start + base + (1 if group < rem else 0)
 
@@ -246,6 +399,9 @@ def rows_of(heads, per_head):
 
 EXPERT = re.compile(r"\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
 STACKED = re.compile(r"\.mlp\.experts\.(gate_up_proj|down_proj)$")
+# gpt_oss and llama4: [E, H, 2I] and [E, I, H], the transpose of transformers v5's stacking.
+FUSED = re.compile(r"\.(?:mlp|feed_forward)\.experts\."
+                   r"(gate_up_proj|gate_up_proj_bias|down_proj|down_proj_bias)$")
 PROJECTION = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up",
               "down_proj": "down"}
 
@@ -272,7 +428,8 @@ def stacked(tensors):
 
 REPLICATED = ("norm.weight", ".mlp.gate.weight", "block_sparse_moe.gate.weight",
               ".e_score_correction_bias", "shared_expert_gate.weight", "q_a_proj.weight",
-              "kv_a_proj_with_mqa.weight", "eh_proj.weight")
+              "kv_a_proj_with_mqa.weight", "eh_proj.weight", ".router.weight", ".router.bias",
+              "o_proj.bias")
 VOCAB = ("embed_tokens.weight", "lm_head.weight", "shared_head.head.weight")
 
 
@@ -280,9 +437,25 @@ def expected(name, t, m, world, ep, placement, r):
     """The slice of rank r, or None where the rank does not hold the tensor."""
     w = world // ep
     group, pos = divmod(r, w)
+    if m["prefix"] and not name.startswith(m["prefix"]):
+        return t  # outside the text model (llama4's vision tower and projector): whole
+    f = FUSED.search(name) if m["arch"] in ("gpt_oss", "llama4") else None
+    if f:  # [E, H, 2I], [E, 2I], [E, I, H] or [E, H]: the group's experts, each cut to part pos
+        held = t[[e for e in range(t.shape[0]) if owns(group, e, ep, placement, m["experts"])]]
+        if f.group(1) == "down_proj_bias":
+            return held  # row-parallel: whole
+        if f.group(1) == "down_proj":
+            n = t.shape[1] // w
+            return held[:, pos * n:(pos + 1) * n]
+        inter = t.shape[-1] // 2
+        n = inter // w
+        if m["arch"] == "gpt_oss":  # gate and up interleaved: n whole (gate, up) pairs
+            return held[..., 2 * pos * n:2 * (pos + 1) * n]
+        return np.concatenate([held[..., pos * n:(pos + 1) * n],  # concatenated: gate, then up
+                               held[..., inter + pos * n:inter + (pos + 1) * n]], axis=-1)
     s = STACKED.search(name)
     if s:  # [E, 2I, H] or [E, H, I]: the group's experts, each cut to part pos
-        held = [e for e in range(t.shape[0]) if owns(group, e, ep, placement)]
+        held = [e for e in range(t.shape[0]) if owns(group, e, ep, placement, m["experts"])]
         if s.group(1) == "down_proj":
             n = t.shape[2] // w
             return t[held][:, :, pos * n:(pos + 1) * n]
@@ -292,7 +465,7 @@ def expected(name, t, m, world, ep, placement, r):
                                t[held][:, inter + pos * n:inter + (pos + 1) * n]], axis=1)
     x = EXPERT.search(name)
     if x:
-        if not owns(group, int(x.group(1)), ep, placement):
+        if not owns(group, int(x.group(1)), ep, placement, m["experts"]):
             return None
         return part(t, 1 if x.group(2) in ("w2", "down_proj") else 0, w, pos)
     if name.endswith(VOCAB):
@@ -317,6 +490,8 @@ def expected(name, t, m, world, ep, placement, r):
         if name.endswith("o_proj.weight"):
             return t[:, rows_of(heads, m["o_cols"])]
         raise ValueError(f"no rule for {name}")
+    if name.endswith("self_attn.sinks"):  # gpt_oss: one logit per query head
+        return t[list(heads)]
     kv, d = m["kv"], m["head_dim"]
     kv_heads = [r // (world // kv)] if world >= kv else range(r * kv // world,
                                                               (r + 1) * kv // world)
@@ -416,23 +591,31 @@ def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp, form):
     return compared
 
 
+def forms(arch, world):
+    """The checkpoints of `arch` for `world` ranks: form -> (config, tensors, oracle sizes)."""
+    if arch == "gpt_oss":
+        return {"stacked": build_gpt_oss(world)}
+    if arch == "llama4":
+        return {"stacked": build_llama4(world, False), "multimodal": build_llama4(world, True)}
+    cfg, per_expert, m = build(arch, world)
+    return {"per-expert": (cfg, per_expert, m), "stacked": (cfg, stacked(per_expert), m)}
+
+
 started = time.monotonic()
-FORMS = {"per-expert": lambda t: t, "stacked": stacked}
-runs = {form: 0 for form in FORMS}
+runs = {"per-expert": 0, "stacked": 0, "multimodal": 0}
 compared = 0
 with tempfile.TemporaryDirectory() as tmp:
     for arch in ARCHS:
         for world in WORLDS:
-            cfg, per_expert, m = build(arch, world)
-            for form, convert in FORMS.items():
-                tensors = convert(per_expert)
+            for form, (cfg, tensors, m) in forms(arch, world).items():
                 src = os.path.join(tmp, "in")
                 os.makedirs(src)
                 save_file(tensors, os.path.join(src, "model.safetensors"),
                           metadata={"format": "pt"})
                 with open(os.path.join(src, "config.json"), "w") as f:
                     json.dump(cfg, f, indent=2)
-                for ep in sorted({e for e in (1, 2, world) if world % e == 0}):
+                for ep in sorted({e for e in (1, 2, world)
+                                  if world % e == 0 and e <= m["experts"]}):
                     for placement in ["linear"] if ep == 1 else ["linear", "round_robin"]:
                         for mtp in [False, True] if m["mtp"] else [False]:
                             compared += export_and_merge(src, tmp, m, tensors, world, ep,
