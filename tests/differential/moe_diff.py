@@ -82,9 +82,10 @@ ranks (group g = r // W, position p = r % W):
   l >= first_k_dense_replace with l % moe_layer_freq == 0; the others have a dense MLP;
 - DeepSeek-V3's multi-token prediction layer (index num_hidden_layers, a layer with experts)
   is left out of the export unless --include-mtp is given;
-- a multimodal llama4 checkpoint: every rank holds the text tensors under their own
-  (language_model.) names, cut by the rules above, and the vision tower and projector whole;
-  the merge gives back every tensor, the vision tower's included.
+- a multimodal llama4 checkpoint: every rank holds the text tensors cut by the rules above,
+  under the names the loader gives them (the checkpoint's language_model. prefix dropped, as
+  a load drops it), and the vision tower and projector whole under their own names; the merge
+  gives back every tensor under its original name, the vision tower's included.
 
 Usage: moe_diff.py SAFESHARD_EXE
 """
@@ -561,7 +562,10 @@ def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp, form):
         for n, t in kept.items():
             e = expected(n, t, m, world, ep, placement, r)
             if e is not None:
-                want[n] = e
+                # A rank holds the loader's tensors under the loader's names: the text model's
+                # without the checkpoint's prefix ("language_model."), the rest (a vision
+                # tower, passed through whole) under their own.
+                want[n.removeprefix(m["prefix"]) if m["prefix"] else n] = e
         missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
         check(not missing and not extra, f"{label} rank {r}: {len(missing)} missing "
                                          f"{missing[:4]}, {len(extra)} extra {extra[:4]}")
