@@ -40,8 +40,19 @@ transformers 5 keeps a layer's experts stacked in memory (mlp.experts.gate_up_pr
 mlp.experts.down_proj [E, H, I]) and save_pretrained writes them back one tensor per expert, in
 the names of transformers 4. A checkpoint that holds stacked experts all the same (another
 version, or --stacked: save_original_format=False) is rewritten here one tensor per expert, in
-those names, and the output says so. Usage: hf_reference.py OUT [--stacked]
+those names, and the output says so.
+
+Each mixture of experts is also saved in the stacked form, from the same model in memory:
+OUT/<arch>-stacked (save_pretrained(..., save_original_format=False); Mixtral's router under
+mlp.gate.weight), with OUT/<arch>-stacked/ref_of.txt naming <arch>, whose references it shares:
+a rank's gate_up_proj [E_local, 2I/W', H] stacks, for each expert it holds (ascending), the
+reference's gate_proj (w1) rows then its up_proj (w3) rows; down_proj [E_local, H, I/W'] the
+reference's down_proj (w2) slices. The stacked checkpoint must hold exactly the per-expert one's
+tensors, stacked (same dtypes and bytes); a transformers without save_original_format, or one
+whose stacked save differs, gets the stacked form written here from the per-expert tensors, and
+the output says so. Usage: hf_reference.py OUT [--stacked]
 """
+import inspect
 import json
 import os
 import re
@@ -192,6 +203,70 @@ def per_expert(arch, tensors):
     return out, stacked
 
 
+def stacked_form(arch, tensors):
+    """The per-expert tensors stacked as transformers 5 saves them with
+    save_original_format=False: per layer mlp.experts.gate_up_proj [E, 2I, H] (each expert's
+    gate rows then its up rows) and mlp.experts.down_proj [E, H, I]; Mixtral's router under
+    mlp.gate.weight; every other tensor as it is."""
+    out, experts = {}, {}
+    for n, t in tensors.items():
+        m = EXPERT.search(n)
+        if m is None:
+            if arch == "mixtral":
+                n = n.replace(".block_sparse_moe.gate.", ".mlp.gate.")
+            out[n] = t
+            continue
+        layer = re.match(r"^(model\.layers\.\d+)\.", n).group(1)
+        kind = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}.get(m.group(2), m.group(2))
+        experts.setdefault(layer, {}).setdefault(int(m.group(1)), {})[kind] = t
+    for layer, by_expert in experts.items():
+        es = [by_expert[e] for e in sorted(by_expert)]
+        out[f"{layer}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([x["gate_proj"], x["up_proj"]]) for x in es]).contiguous()
+        out[f"{layer}.mlp.experts.down_proj"] = torch.stack(
+            [x["down_proj"] for x in es]).contiguous()
+    return out
+
+
+def differences(got, want):
+    """The tensors missing, unexpected or unequal (dtype, shape or bytes)."""
+    def raw(t):
+        return t.reshape(-1).view(torch.uint8)
+    out = sorted(set(got) ^ set(want))
+    for n in sorted(set(got) & set(want)):
+        a, b = got[n], want[n]
+        if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(raw(a), raw(b)):
+            out.append(f"{n} ({a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)})")
+    return out
+
+
+def save_stacked(arch, model, folder, shard_size, per_expert_tensors):
+    """OUT/<arch>-stacked: the model saved with its experts stacked; a note for the output."""
+    os.makedirs(folder, exist_ok=True)
+    want = stacked_form(arch, per_expert_tensors)
+    note = "save_original_format=False"
+    if "save_original_format" in inspect.signature(model.save_pretrained).parameters:
+        model.save_pretrained(folder, max_shard_size=shard_size, safe_serialization=True,
+                              save_original_format=False)
+        bad = differences(load_folder(folder), want)
+        if bad:
+            note = (f"save_original_format=False differs from the per-expert save in {len(bad)} "
+                    f"tensors (e.g. {bad[0]}): stacked form written here from the per-expert "
+                    "tensors")
+    else:
+        model.config.save_pretrained(folder)
+        bad = ["no save_original_format"]
+        note = (f"transformers {transformers.__version__} has no save_original_format: stacked "
+                "form written here from the per-expert tensors")
+    if bad:
+        rewrite(folder, want, int(shard_size.rstrip("MB")) * 1000 * 1000)
+    with open(os.path.join(folder, "ref_of.txt"), "w") as fh:
+        fh.write(arch + "\n")
+    stacked = sum(1 for n in want if STACKED.match(n))
+    shards = sum(1 for f in os.listdir(folder) if f.endswith(".safetensors"))
+    return f"{shards} shards, {len(want)} tensors ({stacked} stacked), {note}"
+
+
 def rewrite(folder, tensors, max_bytes):
     """The checkpoint in `folder` replaced by `tensors`, in shards of about max_bytes."""
     for f in os.listdir(folder):
@@ -264,6 +339,9 @@ def main():
             sets.append(f"w{w}" + (f" ep{ep} {placement}" if ep > 1 else ""))
         print(f"{arch} ({type(model).__name__}): {len(shards)} shards, {len(tensors)} tensors"
               f"{note}; references for {', '.join(sets)}")
+        if experts_of(cfg):
+            what = save_stacked(arch, model, folder + "-stacked", shard_size, tensors)
+            print(f"{arch}-stacked: {what}; the references of {arch}")
 
 
 if __name__ == "__main__":
