@@ -9,6 +9,13 @@ For every model OUT/<arch> and every layout its references OUT/refs/<arch>/ hold
   export  `safeshard export CKPT --tp W [--ep M --expert-placement P] --out DIR`: each rank's
           folder holds exactly the reference's tensors, with the same dtype, shape and bytes
           (layouts with ep > 1 only where `export --help` offers --ep; skipped otherwise)
+A stacked checkpoint OUT/<arch>-stacked (its ref_of.txt names <arch>) is checked against the
+references of <arch>, stacked: a rank's mlp.experts.gate_up_proj [E_local, 2I/W', H] holds, for
+each expert of the reference (its experts, ascending), its gate_proj (w1) rows then its up_proj
+(w3) rows; mlp.experts.down_proj [E_local, H, I/W'] its down_proj (w2) slices; Mixtral's router
+is mlp.gate.weight; every other tensor as the reference has it. Each export of it is also
+merged back (`safeshard merge`) and must equal the checkpoint: same tensors, dtypes, shapes
+and bytes.
 Needs only python3 (the safetensors files are read here).
 Usage: compare_refs.py SAFESHARD_EXE OUT
 Exits 1 on any difference; the last line counts the layouts: 'N passed, N failed, N skipped'.
@@ -22,6 +29,9 @@ import sys
 import tempfile
 
 REF = re.compile(r"^ref-w(\d+)(?:-ep(\d+)-(linear|round_robin))?-r(\d+)\.safetensors$")
+EXPERT = re.compile(r"^(model\.layers\.\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\."
+                    r"(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
+KIND = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 
 
 def read_safetensors(path, data=True):
@@ -44,6 +54,28 @@ def read_folder(folder, data=True):
     for f in sorted(os.listdir(folder)):
         if f.endswith(".safetensors"):
             out.update(read_safetensors(os.path.join(folder, f), data))
+    return out
+
+
+def stacked(ref):
+    """A reference {name: (dtype, shape, bytes or None)} with its experts stacked per layer, as
+    a stacked checkpoint's rank holds them (the reference's experts, ascending)."""
+    out, experts = {}, {}
+    for n, v in ref.items():
+        m = EXPERT.match(n)
+        if m is None:
+            out[n.replace(".block_sparse_moe.gate.", ".mlp.gate.")] = v
+        else:
+            experts.setdefault(m[1], {}).setdefault(int(m[2]), {})[KIND.get(m[3], m[3])] = v
+    for layer, by_expert in experts.items():
+        held = [by_expert[e] for e in sorted(by_expert)]
+        gate, up, down = (held[0][k] for k in ("gate_proj", "up_proj", "down_proj"))
+        join = (lambda parts: b"".join(parts)) if gate[2] is not None else (lambda parts: None)
+        out[f"{layer}.mlp.experts.gate_up_proj"] = (
+            gate[0], (len(held), gate[1][0] + up[1][0], *gate[1][1:]),
+            join(x[k][2] for x in held for k in ("gate_proj", "up_proj")))
+        out[f"{layer}.mlp.experts.down_proj"] = (
+            down[0], (len(held), *down[1]), join(x["down_proj"][2] for x in held))
     return out
 
 
@@ -78,7 +110,7 @@ def diff(what, got, want):
     return lines
 
 
-def check_plan(exe, model, ckpt_names, w, ep, placement, ranks):
+def check_plan(exe, model, ckpt_names, w, ep, placement, ranks, read_ref):
     p = subprocess.run([exe, "plan", model, *cut_args(w, ep, placement), "--json"],
                        capture_output=True, text=True)
     if p.returncode != 0:
@@ -89,12 +121,12 @@ def check_plan(exe, model, ckpt_names, w, ep, placement, ranks):
     for r, ref in ranks.items():
         got = {x["name"]: tuple(rk["shape"]) for x in params for rk in x["ranks"]
                if rk["rank"] == r}
-        want = {n: v[1] for n, v in read_safetensors(ref, data=False).items()}
+        want = {n: v[1] for n, v in read_ref(ref, data=False).items()}
         errors += diff(f"plan rank {r} vs torch", got, want)
     return errors
 
 
-def check_export(exe, model, w, ep, placement, ranks):
+def check_export(exe, model, w, ep, placement, ranks, read_ref, merge):
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "export")
         p = subprocess.run([exe, "export", model, *cut_args(w, ep, placement), "--out", out],
@@ -104,7 +136,14 @@ def check_export(exe, model, w, ep, placement, ranks):
         errors = []
         for r, ref in ranks.items():
             got = read_folder(os.path.join(out, f"rank-{r:05d}"))
-            errors += diff(f"export rank {r} vs torch", got, read_safetensors(ref))
+            errors += diff(f"export rank {r} vs torch", got, read_ref(ref))
+        if merge:
+            merged = os.path.join(tmp, "merged")
+            p = subprocess.run([exe, "merge", out, "--out", merged], capture_output=True,
+                               text=True)
+            if p.returncode != 0:
+                return errors + [f"merge: exit {p.returncode}: {p.stderr.strip()}"]
+            errors += diff("merge vs checkpoint", read_folder(merged), read_folder(model))
         return errors
 
 
@@ -115,20 +154,27 @@ def main():
     passed = failed = skipped = 0
     for arch in sorted(os.listdir(hf)):
         model = os.path.join(hf, arch)
-        refs = os.path.join(hf, "refs", arch)
+        ref_of = os.path.join(model, "ref_of.txt")
+        is_stacked = os.path.isfile(ref_of)
+        refs = os.path.join(hf, "refs", open(ref_of).read().strip() if is_stacked else arch)
         if not os.path.isfile(os.path.join(model, "config.json")) or not os.path.isdir(refs):
             continue
         ckpt_names = read_folder(model, data=False)
+
+        def read_ref(path, data=True, is_stacked=is_stacked):
+            ref = read_safetensors(path, data)
+            return stacked(ref) if is_stacked else ref
+
         for (w, ep, placement), ranks in sorted(layouts(refs).items()):
             what = f"{arch} world {w}" + (f" ep {ep} {placement}" if ep > 1 else "")
             if sorted(ranks) != list(range(w)):
                 print(f"FAIL {what}: references for ranks {sorted(ranks)}")
                 failed += 1
                 continue
-            errors = check_plan(exe, model, ckpt_names, w, ep, placement, ranks)
+            errors = check_plan(exe, model, ckpt_names, w, ep, placement, ranks, read_ref)
             exported = ep == 1 or export_ep
             if exported:
-                errors += check_export(exe, model, w, ep, placement, ranks)
+                errors += check_export(exe, model, w, ep, placement, ranks, read_ref, is_stacked)
             if errors:
                 failed += 1
                 print(f"FAIL {what}:")
@@ -138,7 +184,8 @@ def main():
                     print(f"     ... {len(errors) - 20} more")
             elif exported:
                 passed += 1
-                print(f"ok   {what}: plan and export equal torch's slices, {w} ranks")
+                merged = ", merged back bit-exact" if is_stacked else ""
+                print(f"ok   {what}: plan and export equal torch's slices, {w} ranks{merged}")
             else:
                 skipped += 1
                 print(f"ok   {what}: plan equals torch's shapes ({w} ranks); export skipped "
