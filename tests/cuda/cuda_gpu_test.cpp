@@ -4,7 +4,8 @@
 // SAFESHARD_HF_DIR=DIR: also the checkpoints tools/gpu/hf_reference.py wrote with transformers,
 // compared with the torch slices it saved (DIR/refs/<model>/ref-w<W>-r<R>.safetensors; for the
 // mixtures of experts also ref-w<W>-ep<M>-<placement>-r<R>.safetensors), loaded on the host and
-// by the GPU.
+// by the GPU; the mixtures saved with their experts stacked (DIR/<arch>-stacked) against the
+// same slices of <arch>, stacked over each rank's experts.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
@@ -25,6 +26,7 @@
 #include "safeshard/cuda/cuda_engine.hpp"
 #include "safeshard/cuda/cuda_tensor.hpp"
 #include "safeshard/format/safetensors.hpp"
+#include "transformers_refs.hpp"
 
 using namespace safeshard;
 using safeshard::test::expect_error;
@@ -223,7 +225,10 @@ TEST_CASE("CUDA errors name the call and the error") {
 
 // Checkpoints written by transformers (save_pretrained, small shards), each rank compared with
 // the slices torch took of the same tensors: the dense models for world 1, 2, 4, the mixtures
-// of experts also with expert parallelism (ep 2 and the world, linear and round_robin).
+// of experts also with expert parallelism (ep 2 and the world, linear and round_robin), and
+// saved a second time with their experts stacked (transformers v5's save_original_format=False,
+// DIR/<arch>-stacked): each stacked tensor of a rank is the stack of the per-expert slices of
+// the experts it holds (loaded_model::held_experts()), gate rows then up rows.
 TEST_CASE("transformers checkpoints against torch slices (SAFESHARD_HF_DIR)") {
     const char* env = std::getenv("SAFESHARD_HF_DIR");
     if (env == nullptr || *env == 0) {
@@ -256,25 +261,32 @@ TEST_CASE("transformers checkpoints against torch slices (SAFESHARD_HF_DIR)") {
         ++models;
         const fs::path model = entry.path();
         CAPTURE(model.string());
+        const std::string arch = references_of(model);
+        const bool stacked = arch != model.filename().string();
         int refs = 0;
         for (const auto& l : layouts)
             for (std::uint32_t r = 0; r < l.world; ++r) {
-                const fs::path ref = fs::path(env) / "refs" / model.filename() /
+                const fs::path ref = fs::path(env) / "refs" / arch /
                                      (l.prefix + "-r" + std::to_string(r) + ".safetensors");
                 if (!fs::exists(ref)) continue;
                 ++refs;
                 CAPTURE(l.prefix);
                 CAPTURE(r);
-                const file_view want(ref);
-                // every tensor of the reference, and no other, with torch's bytes
+                const file_view torch_slices(ref);
+                // every tensor of the reference (stacked over the rank's experts for a stacked
+                // checkpoint), and no other, with torch's shape and bytes
                 auto compare = [&](const auto& got, auto bytes_of, std::string_view path) {
+                    const expected_tensors want =
+                        stacked ? reference_stacked(torch_slices, got.held_experts())
+                                : reference_as_is(torch_slices);
                     std::size_t compared = 0;
-                    for (const auto& t : want) {
-                        const std::string name(t.name());
+                    for (const auto& item : want) {
+                        const std::string& name = item.first;
+                        const expected_tensor& t = item.second;
                         CAPTURE(name);
                         REQUIRE(got.contains(name));
-                        const auto b = t.bytes();
-                        CHECK(bytes_of(got.at(name)) == std::vector<std::byte>(b.begin(), b.end()));
+                        CHECK(got.at(name).shape() == t.dims);
+                        CHECK(bytes_of(got.at(name)) == t.bytes);
                         ++compared;
                     }
                     CHECK(compared > 0);
