@@ -5,8 +5,10 @@
 #      as proven with -Werror on g++ 12; the benchmark's hot path is pread and cudaMemcpy)
 #      and build only the CUDA targets
 #   2. transformers checkpoints and torch's per-rank slices (tools/gpu/hf_reference.py: llama,
-#      qwen2 and the mixtures of experts mixtral, qwen2_moe, qwen3_moe, deepseek_v3), checked
-#      on the host first with the safeshard tool's plan and export (tools/gpu/compare_refs.py)
+#      qwen2 and the mixtures of experts mixtral, qwen2_moe, qwen3_moe, deepseek_v3, these also
+#      with their experts stacked: <arch>-stacked), checked on the host first with the
+#      safeshard tool's plan and export, the stacked ones merged back too
+#      (tools/gpu/compare_refs.py: about 25 s on a 2-core host, the stacked forms included)
 #   3. meson test --suite cuda (the GPU test compares them too: SAFESHARD_HF_DIR)
 #   4. the GPU test once under compute-sanitizer memcheck (a subset, for time)
 #   5. peer figures (.device/peer_bench.py --make, when present) and cuda_bench on the same
