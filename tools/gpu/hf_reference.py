@@ -4,7 +4,7 @@ sliced by torch: the reference for safeshard's `cuda_gpu` and `hf_reference` tes
 (SAFESHARD_HF_DIR=OUT).
 
 For each architecture (llama; qwen2 with q/k/v biases; the mixtures of experts mixtral,
-qwen2_moe, qwen3_moe and deepseek_v3), small random models are built with
+qwen2_moe, qwen3_moe, deepseek_v3, gpt_oss and llama4), small random models are built with
 AutoModelForCausalLM.from_config, saved in BF16 with save_pretrained(OUT/<arch>, max_shard_size)
 (two shards or more), and for world 1, 2 and 4 every rank's tensors are written to
 OUT/refs/<arch>/ref-w<W>-r<R>.safetensors, cut the way safeshard's default schema cuts them
@@ -50,7 +50,23 @@ reference's gate_proj (w1) rows then its up_proj (w3) rows; down_proj [E_local, 
 reference's down_proj (w2) slices. The stacked checkpoint must hold exactly the per-expert one's
 tensors, stacked (same dtypes and bytes); a transformers without save_original_format, or one
 whose stacked save differs, gets the stacked form written here from the per-expert tensors, and
-the output says so. Usage: hf_reference.py OUT [--stacked]
+the output says so.
+
+gpt_oss and llama4 (text: Llama4ForCausalLM) store their experts stacked themselves; their
+references are of the stacked tensors (no <arch>-stacked). Every parameter transformers
+initialises to a constant (biases, norms) is filled at random first, so that a wrong slice of it
+shows. A rank holds, of each stacked tensor, its group's experts (ascending) on dim 0:
+  gpt_oss  mlp.experts.gate_up_proj [E, H, 2I] (gate, up interleaved: gate = even columns)
+             columns [2pI/W', 2(p+1)I/W') (whole gate/up pairs), gate_up_proj_bias [E, 2I] the
+             same; down_proj [E, I, H] rows [pI/W', (p+1)I/W'); down_proj_bias [E, H] whole
+           mlp.router.weight / .bias whole; self_attn.sinks [nh] the rank's query heads;
+           q/k/v biases as their weights' rows; o_proj.bias whole
+  llama4   feed_forward.experts.gate_up_proj [E, H, 2I] (gate, up concatenated) gate columns
+             [pI/W', (p+1)I/W') then up columns [I + pI/W', I + (p+1)I/W'); down_proj [E, I, H]
+             rows [pI/W', (p+1)I/W'); feed_forward.router.weight whole; the shared expert
+             (feed_forward.shared_expert.*) and the dense layers' feed_forward.* (of
+             intermediate_size_mlp) a dense MLP over the world
+Usage: hf_reference.py OUT [--stacked]
 """
 import inspect
 import json
@@ -66,6 +82,9 @@ from transformers import AutoModelForCausalLM
 VOCAB_MULTIPLE = 64
 EXPERT = re.compile(r"\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
 STACKED = re.compile(r"^(model\.layers\.\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
+# the experts of a checkpoint stacked in its own format (gpt_oss, llama4)
+NATIVE = re.compile(r"\.experts\.(gate_up_proj|gate_up_proj_bias|down_proj|down_proj_bias)$")
+NATIVE_STACKED = ("gpt_oss", "llama4")
 
 
 def configs():
@@ -84,6 +103,13 @@ def configs():
                num_experts_per_tok=2)
     qwen_moe = dict(moe, intermediate_size=512, moe_intermediate_size=128, num_experts=6,
                     mlp_only_layers=[0])
+    # gpt-oss: its YaRN factor 32 over 4096 positions
+    gpt_oss = dict(moe, max_position_embeddings=131072, intermediate_size=128, head_dim=32,
+                   num_local_experts=6)
+    # Llama-4 as Maverick: layers 1 and 3 MoE (top 1), 0 and 2 dense
+    llama4 = dict(moe, num_hidden_layers=4, num_experts_per_tok=1, intermediate_size=128,
+                  intermediate_size_mlp=512, head_dim=32, num_local_experts=6,
+                  interleave_moe_layer_step=2)
     deepseek = dict(moe, num_key_value_heads=8, intermediate_size=512, moe_intermediate_size=128,
                     n_routed_experts=6, n_shared_experts=2, n_group=2, topk_group=1,
                     first_k_dense_replace=1, q_lora_rank=64, kv_lora_rank=32,
@@ -96,6 +122,8 @@ def configs():
                       "2MB"),
         "qwen3_moe": (make("Qwen3MoeConfig", **qwen_moe, head_dim=32), "2MB"),
         "deepseek_v3": (make("DeepseekV3Config", **deepseek), "2MB"),
+        "gpt_oss": (make("GptOssConfig", **gpt_oss), "2MB"),
+        "llama4": (make("Llama4TextConfig", **llama4), "2MB"),
     }
 
 
@@ -128,6 +156,21 @@ def part(t, dim, ways, p):
     return t.narrow(dim, p * n // ways, n // ways)
 
 
+def cut_stacked(kind, t, cfg, held, ways, p):
+    """A rank's slice of a natively stacked expert tensor: the `held` experts, each cut in
+    part p of `ways` (gpt_oss: gate/up interleaved; llama4: gate/up concatenated)."""
+    t = rows(t, held)
+    if kind == "down_proj":
+        return part(t, 1, ways, p)
+    if kind == "down_proj_bias":
+        return t
+    if cfg.model_type == "gpt_oss":  # gate_up_proj [E, H, 2I], gate_up_proj_bias [E, 2I]
+        return part(t, t.dim() - 1, ways, p)
+    i = t.shape[-1] // 2  # llama4 gate_up_proj [E, H, 2I]: gate columns, then up columns
+    return torch.cat([part(t.narrow(-1, 0, i), -1, ways, p),
+                      part(t.narrow(-1, i, i), -1, ways, p)], dim=-1)
+
+
 def cut(name, t, cfg, w, r, ep=1, placement="linear"):
     """Rank r's slice of tensor `name` (None: not the rank's)."""
     H = cfg.num_attention_heads
@@ -135,6 +178,11 @@ def cut(name, t, cfg, w, r, ep=1, placement="linear"):
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     q_heads = list(range(r * H // w, (r + 1) * H // w))
     kv_heads = [r // (w // KV)] if w >= KV else list(range(r * KV // w, (r + 1) * KV // w))
+    m = NATIVE.search(name)
+    if m:
+        ways = w // ep
+        held = group_experts(r // ways, experts_of(cfg), ep, placement)
+        return cut_stacked(m.group(1), t, cfg, held, ways, r % ways)
     m = EXPERT.search(name)
     if m:
         ways = w // ep
@@ -158,6 +206,10 @@ def cut(name, t, cfg, w, r, ep=1, placement="linear"):
             return t[:, head_rows(q_heads, v)]
         if ".q_a_" in name or ".kv_a_" in name:
             return t
+    if name.endswith(".self_attn.sinks"):
+        return rows(t, q_heads)
+    if name.endswith(".o_proj.bias"):
+        return t
     if ".q_proj." in name:
         return rows(t, head_rows(q_heads, d))
     if ".k_proj." in name or ".v_proj." in name:
@@ -314,13 +366,21 @@ def main():
         folder = os.path.join(out, arch)
         os.makedirs(folder, exist_ok=True)
         model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
+        native = arch in NATIVE_STACKED
+        if native:
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.numel() > 1 and bool((p == p.reshape(-1)[0]).all()):
+                        p.normal_(std=0.02)
         kwargs = dict(max_shard_size=shard_size, safe_serialization=True)
         if stacked_save:
             kwargs["save_original_format"] = False
         model.save_pretrained(folder, **kwargs)
         tensors = load_folder(folder)
-        tensors, stacked = per_expert(arch, tensors)
+        tensors, stacked = per_expert(arch, tensors) if not native else (tensors, 0)
         note = ""
+        if native:
+            note = f", {sum(1 for n in tensors if NATIVE.search(n))} stacked expert tensors"
         if stacked:
             rewrite(folder, tensors, int(shard_size.rstrip("MB")) * 1000 * 1000)
             note = f", {stacked} stacked expert tensors rewritten one tensor per expert"
@@ -339,7 +399,7 @@ def main():
             sets.append(f"w{w}" + (f" ep{ep} {placement}" if ep > 1 else ""))
         print(f"{arch} ({type(model).__name__}): {len(shards)} shards, {len(tensors)} tensors"
               f"{note}; references for {', '.join(sets)}")
-        if experts_of(cfg):
+        if experts_of(cfg) and not native:
             what = save_stacked(arch, model, folder + "-stacked", shard_size, tensors)
             print(f"{arch}-stacked: {what}; the references of {arch}")
 
