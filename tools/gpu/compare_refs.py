@@ -13,9 +13,11 @@ A stacked checkpoint OUT/<arch>-stacked (its ref_of.txt names <arch>) is checked
 references of <arch>, stacked: a rank's mlp.experts.gate_up_proj [E_local, 2I/W', H] holds, for
 each expert of the reference (its experts, ascending), its gate_proj (w1) rows then its up_proj
 (w3) rows; mlp.experts.down_proj [E_local, H, I/W'] its down_proj (w2) slices; Mixtral's router
-is mlp.gate.weight; every other tensor as the reference has it. Each export of it is also
-merged back (`safeshard merge`) and must equal the checkpoint: same tensors, dtypes, shapes
-and bytes.
+is mlp.gate.weight; every other tensor as the reference has it. A checkpoint that stacks its
+experts in its own format (gpt_oss, llama4: `experts.gate_up_proj` among its names) has
+references of its own, of the stacked tensors, compared as they are. Each export of a stacked
+checkpoint (either kind) is also merged back (`safeshard merge`) and must equal the checkpoint:
+same tensors, dtypes, shapes and bytes.
 Needs only python3 (the safetensors files are read here).
 Usage: compare_refs.py SAFESHARD_EXE OUT
 Exits 1 on any difference; the last line counts the layouts: 'N passed, N failed, N skipped'.
@@ -160,6 +162,7 @@ def main():
         if not os.path.isfile(os.path.join(model, "config.json")) or not os.path.isdir(refs):
             continue
         ckpt_names = read_folder(model, data=False)
+        merge = is_stacked or any(n.endswith(".experts.gate_up_proj") for n in ckpt_names)
 
         def read_ref(path, data=True, is_stacked=is_stacked):
             ref = read_safetensors(path, data)
@@ -174,7 +177,7 @@ def main():
             errors = check_plan(exe, model, ckpt_names, w, ep, placement, ranks, read_ref)
             exported = ep == 1 or export_ep
             if exported:
-                errors += check_export(exe, model, w, ep, placement, ranks, read_ref, is_stacked)
+                errors += check_export(exe, model, w, ep, placement, ranks, read_ref, merge)
             if errors:
                 failed += 1
                 print(f"FAIL {what}:")
@@ -184,7 +187,7 @@ def main():
                     print(f"     ... {len(errors) - 20} more")
             elif exported:
                 passed += 1
-                merged = ", merged back bit-exact" if is_stacked else ""
+                merged = ", merged back bit-exact" if merge else ""
                 print(f"ok   {what}: plan and export equal torch's slices, {w} ranks{merged}")
             else:
                 skipped += 1
