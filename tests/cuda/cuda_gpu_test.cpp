@@ -5,7 +5,8 @@
 // compared with the torch slices it saved (DIR/refs/<model>/ref-w<W>-r<R>.safetensors; for the
 // mixtures of experts also ref-w<W>-ep<M>-<placement>-r<R>.safetensors), loaded on the host and
 // by the GPU; the mixtures saved with their experts stacked (DIR/<arch>-stacked) against the
-// same slices of <arch>, stacked over each rank's experts.
+// same slices of <arch>, stacked over each rank's experts; gpt_oss and llama4, whose checkpoints
+// stack their experts themselves, against their own slices of the stacked tensors.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
@@ -228,7 +229,9 @@ TEST_CASE("CUDA errors name the call and the error") {
 // of experts also with expert parallelism (ep 2 and the world, linear and round_robin), and
 // saved a second time with their experts stacked (transformers v5's save_original_format=False,
 // DIR/<arch>-stacked): each stacked tensor of a rank is the stack of the per-expert slices of
-// the experts it holds (loaded_model::held_experts()), gate rows then up rows.
+// the experts it holds (loaded_model::held_experts()), gate rows then up rows. gpt_oss and
+// llama4 store their experts stacked (gate and up interleaved, concatenated): torch sliced the
+// stacked tensors themselves, so their references are compared as they are.
 TEST_CASE("transformers checkpoints against torch slices (SAFESHARD_HF_DIR)") {
     const char* env = std::getenv("SAFESHARD_HF_DIR");
     if (env == nullptr || *env == 0) {

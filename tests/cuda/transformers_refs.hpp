@@ -1,6 +1,7 @@
 // What a rank of a checkpoint written by tools/gpu/hf_reference.py must load: torch's slices
-// (DIR/refs/<arch>/<layout>-r<R>.safetensors), as they are for DIR/<arch>, with the experts
-// stacked for DIR/<arch>-stacked (its ref_of.txt names <arch>).
+// (DIR/refs/<arch>/<layout>-r<R>.safetensors), as they are for DIR/<arch> (gpt_oss and llama4,
+// which stack their experts themselves, included), with the experts stacked for
+// DIR/<arch>-stacked (its ref_of.txt names <arch>).
 #pragma once
 
 #include <cstddef>
