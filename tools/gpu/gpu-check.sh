@@ -4,11 +4,12 @@
 #   1. configure build-gpu (-Dcuda=enabled -Dwerror=true; the default debugoptimized build,
 #      as proven with -Werror on g++ 12; the benchmark's hot path is pread and cudaMemcpy)
 #      and build only the CUDA targets
-#   2. transformers checkpoints and torch's per-rank slices (tools/gpu/hf_reference.py: llama,
-#      qwen2 and the mixtures of experts mixtral, qwen2_moe, qwen3_moe, deepseek_v3, these also
-#      with their experts stacked: <arch>-stacked), checked on the host first with the
+#   2. transformers checkpoints and torch's per-rank slices (tools/gpu/hf_reference.py, about
+#      20 s on a 2-core host: llama, qwen2 and the mixtures of experts mixtral, qwen2_moe,
+#      qwen3_moe, deepseek_v3, these also with their experts stacked: <arch>-stacked, and
+#      gpt_oss and llama4, stacked in their own forms), checked on the host first with the
 #      safeshard tool's plan and export, the stacked ones merged back too
-#      (tools/gpu/compare_refs.py: about 25 s on a 2-core host, the stacked forms included)
+#      (tools/gpu/compare_refs.py: about 25 s on a 2-core host, every form included)
 #   3. meson test --suite cuda (the GPU test compares them too: SAFESHARD_HF_DIR)
 #   4. the GPU test once under compute-sanitizer memcheck (a subset, for time)
 #   5. peer figures (.device/peer_bench.py --make, when present) and cuda_bench on the same
