@@ -140,8 +140,16 @@ void print_text(output& out, const plan_args& a, const rank_plans& rp) {
                                     rp.plans[k].experts()));
     for (const auto& n : rp.plans.front().unexpected())
         out.print("unexpected (not loaded): {}\n", escape_controls(n));
-    for (const auto& ig : rp.plans.front().ignored())
+    std::size_t left_out = 0;
+    for (const auto& ig : rp.plans.front().ignored()) {
         out.print("ignored: {} ({})\n", escape_controls(ig.name), ig.note);
+        left_out += ig.left_out ? 1 : 0;
+    }
+    if (left_out != 0)
+        out.print(
+            "({} tensors of the multi-token prediction layers left out: --include-mtp plans "
+            "them)\n",
+            left_out);
 }
 
 }  // namespace

@@ -544,6 +544,7 @@ TEST_CASE("mixtures of experts: the multi-token prediction layer, skipped or loa
         if (ig.name.starts_with("model.layers.3.")) {
             ++mtp_ignored;
             CHECK(ig.note.find("multi-token prediction") != std::string::npos);
+            CHECK(ig.left_out);
         }
     std::size_t mtp_tensors = 0;
     for (const auto& [name, t] : src) mtp_tensors += name.starts_with("model.layers.3.") ? 1 : 0;
@@ -779,8 +780,13 @@ TEST_CASE("safeshard plan: mixtures of experts' errors, exit codes and the MTP l
     // The multi-token prediction layer (layer 3 here): ignored, or planned with --include-mtp.
     r = run_tool("plan " + d + " --tp 2");
     CHECK(r.code == 0);
+    CHECK(r.out.find("tensors of the multi-token prediction layers left out: --include-mtp "
+                     "plans them") != std::string::npos);
     CHECK(r.out.find("ignored: model.layers.3.enorm.weight (a multi-token prediction layer") !=
           std::string::npos);
+    r = run_tool("plan " + d + " --tp 2 --include-mtp");
+    CHECK(r.code == 0);
+    CHECK(r.out.find("left out") == std::string::npos);
     r = run_tool("plan " + d + " --tp 2 --include-mtp --json");
     CHECK(r.code == 0);
     CHECK(r.out.find("\"model.layers.3.eh_proj.weight\"") != std::string::npos);

@@ -382,7 +382,7 @@ private:
         } else if (const auto* cm = s_.find(*as_schema); cm && cm->created()) {
             p_.ignored_.push_back({std::string(n), "initialised, not read"});
         } else if (auto why = s_.ignored(n)) {
-            p_.ignored_.push_back({std::string(n), std::string(*why)});
+            p_.ignored_.push_back({std::string(n), std::string(*why), s_.left_out(n)});
         } else if (detail::is_quantization_scale(n)) {
             p_.ignored_.push_back({std::string(n), "a quantization scale (raw load)"});
         } else if (s_.fallback()) {

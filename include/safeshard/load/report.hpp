@@ -12,6 +12,9 @@ namespace safeshard {
 struct ignored_tensor {
     std::string name;
     std::string note;
+    // Left out on request (ignore_rule::left_out: the multi-token prediction layers unless
+    // schema_options::multi_token_prediction), not a tensor the model has no use for.
+    bool left_out = false;
 };
 
 struct load_report {
