@@ -320,44 +320,28 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
     return r;
 }
 
-// The options with schema_options::experts_stored decided by the checkpoint when they leave
-// it to it (`detect`): stacked when a tensor is a layer's stacked experts
-// ("….experts.gate_up_proj" or "….experts.down_proj"), else one tensor per expert.
-[[nodiscard]] inline schema_options with_expert_storage(const checkpoint& ckpt, schema_options o) {
+// What the checkpoint decides of the options they leave open, from its names in one pass:
+//  - the name prefix, when they give none: "language_model." for a multimodal checkpoint that
+//    stores its text model there (Llama-4, Kimi-K2.5, LLaVA) while no name starts with
+//    "model.";
+//  - schema_options::experts_stored when `detect`: stacked when a tensor is a layer's stacked
+//    experts ("….experts.gate_up_proj" or "….experts.down_proj"), else one tensor per expert.
+[[nodiscard]] inline schema_options resolved_options(const checkpoint& ckpt, schema_options o) {
     using storage = schema_options::expert_storage;
-    if (o.experts_stored != storage::detect) return o;
-    o.experts_stored = storage::per_expert;
-    for (const auto& f : ckpt.files())
-        for (const tensor_view t : f.view)
-            if (t.name().ends_with(".experts.gate_up_proj") ||
-                t.name().ends_with(".experts.down_proj")) {
-                o.experts_stored = storage::stacked;
-                return o;
-            }
-    return o;
-}
-
-// The options with the checkpoint's name prefix found when they give none: a multimodal
-// checkpoint that stores its text model under "language_model." (Llama-4, Kimi-K2.5, LLaVA)
-// while no name starts with "model.".
-[[nodiscard]] inline schema_options with_checkpoint_prefix(const checkpoint& ckpt,
-                                                           schema_options o) {
-    if (!o.names.checkpoint_prefix.empty() || !o.names.schema_prefix.empty()) return o;
-    bool text_model = false, nested = false;
+    bool text_model = false, nested = false, stacked = false;
     for (const auto& f : ckpt.files())
         for (const tensor_view t : f.view) {
-            text_model = text_model || t.name().starts_with("model.");
-            nested = nested || t.name().starts_with("language_model.model.");
+            const std::string_view n = t.name();
+            text_model = text_model || n.starts_with("model.");
+            nested = nested || n.starts_with("language_model.model.");
+            stacked = stacked || n.ends_with(".experts.gate_up_proj") ||
+                      n.ends_with(".experts.down_proj");
         }
-    if (nested && !text_model) o.names.checkpoint_prefix = "language_model.";
+    if (o.names.checkpoint_prefix.empty() && o.names.schema_prefix.empty() && nested && !text_model)
+        o.names.checkpoint_prefix = "language_model.";
+    if (o.experts_stored == storage::detect)
+        o.experts_stored = stacked ? storage::stacked : storage::per_expert;
     return o;
-}
-
-// What the checkpoint decides of the options they leave open: its name prefix and how it
-// stores its experts.
-[[nodiscard]] inline schema_options resolved_options(const checkpoint& ckpt,
-                                                     const schema_options& o) {
-    return with_expert_storage(ckpt, with_checkpoint_prefix(ckpt, o));
 }
 
 // The schema of config.json's architecture (c.model_type), once check_config finds the

@@ -381,8 +381,8 @@ private:
             p_.ignored_.push_back({std::string(n), "outside the name map's prefix"});
         } else if (const auto* cm = s_.find(*as_schema); cm && cm->created()) {
             p_.ignored_.push_back({std::string(n), "initialised, not read"});
-        } else if (auto why = s_.ignored(n)) {
-            p_.ignored_.push_back({std::string(n), std::string(*why), s_.left_out(n)});
+        } else if (const auto why = s_.ignore_reason_of(n)) {
+            p_.ignored_.push_back({std::string(n), std::string(why->note), why->left_out});
         } else if (detail::is_quantization_scale(n)) {
             p_.ignored_.push_back({std::string(n), "a quantization scale (raw load)"});
         } else if (s_.fallback()) {

@@ -277,9 +277,9 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
             const auto as_schema = s.names().from_checkpoint(n);
             const std::string name = as_schema ? *as_schema : std::string(n);
             if (s.find(name)) continue;
-            if (as_schema && !s.ignored(n) && !is_quantization_scale(n))
-                continue;  // the fallback's
-            if (s.left_out(n)) {
+            const auto why = s.ignore_reason_of(n);
+            if (as_schema && !why && !is_quantization_scale(n)) continue;  // the fallback's
+            if (why && why->left_out) {
                 ++left_out;
                 continue;
             }

@@ -164,19 +164,22 @@ public:
         return at ? &params_[sources_[*at].param] : nullptr;
     }
 
-    // Why a checkpoint tensor that no parameter reads is fine, or nullopt (unexpected).
-    [[nodiscard]] std::optional<std::string_view> ignored(std::string_view checkpoint_name) const {
-        if (skipped_.contains(checkpoint_name))
-            return std::string_view("outside this pipeline stage");
+    // Why a checkpoint tensor that no parameter reads is fine, and whether it is left out on
+    // request (ignore_rule::left_out), or nullopt (unexpected).
+    struct ignore_reason {
+        std::string_view note;
+        bool left_out = false;
+    };
+    [[nodiscard]] std::optional<ignore_reason> ignore_reason_of(
+        std::string_view checkpoint_name) const {
+        if (skipped_.contains(checkpoint_name)) return ignore_reason{"outside this pipeline stage"};
         for (const auto& r : ignore_)
-            if (glob_match(r.pattern, checkpoint_name)) return std::string_view(r.note);
+            if (glob_match(r.pattern, checkpoint_name)) return ignore_reason{r.note, r.left_out};
         return std::nullopt;
     }
-    // Whether a checkpoint tensor is left out on request (ignore_rule::left_out).
-    [[nodiscard]] bool left_out(std::string_view checkpoint_name) const {
-        for (const auto& r : ignore_)
-            if (glob_match(r.pattern, checkpoint_name)) return r.left_out;
-        return false;
+    [[nodiscard]] std::optional<std::string_view> ignored(std::string_view checkpoint_name) const {
+        const auto r = ignore_reason_of(checkpoint_name);
+        return r ? std::optional(r->note) : std::nullopt;
     }
     [[nodiscard]] std::span<const ignore_rule> ignore_rules() const noexcept { return ignore_; }
     [[nodiscard]] std::span<const std::string> notes() const noexcept { return notes_; }

@@ -5,7 +5,7 @@
 // gate_up_proj [E, H, 2I] (transformers' modeling_llama4.py: gate_up.chunk(2, dim=-1)), and
 // one shared expert of intermediate_size; the other layers a dense MLP of
 // intermediate_size_mlp (tests/data/moe/README.md, "llama4"). A multimodal checkpoint's
-// names carry "language_model." (load and plan find it: with_checkpoint_prefix).
+// names carry "language_model." (load and plan find it: resolved_options).
 #pragma once
 
 #include "safeshard/shard/architectures/decoder.hpp"
