@@ -76,8 +76,10 @@ namespace detail {
 // How a rank holds tensor t of an export: the cut of the whole tensor, or for stacked experts
 // the cut of each expert's slab (the same for all) repeated for the experts the rank holds.
 struct merge_cut {
+    export_cut_place at{};                        // the ways the slab is cut, the rank's piece
     slice_result slab{};                          // the whole tensor's, when not stacked
     shape local{};                                // the rank's tensor
+    shape global{};                               // the tensor's, the experts' dim included
     bool stacked = false;                         // stacked experts
     std::vector<std::uint64_t> experts{};         // stacked: the rank's, in order
     std::uint64_t source_slab[max_sources] = {};  // stacked: elements of an expert's slab
@@ -105,9 +107,11 @@ struct merge_cut {
 [[nodiscard]] inline merge_cut merge_cut_of(const export_metadata& m, const export_tensor& t,
                                             std::uint32_t rank) {
     merge_cut c;
-    c.slab = detail::merge_slice(t, cut_place(m, t, rank));
+    c.at = cut_place(m, t, rank);
+    c.slab = detail::merge_slice(t, c.at);
     if (t.stacked_experts == 0 || !c.slab.ok()) {
         c.local = c.slab.local;
+        c.global = c.slab.global;
         return c;
     }
     c.stacked = true;
@@ -117,7 +121,9 @@ struct merge_cut {
         c.source_slab[s] = t.sources[s].global.inner_count(0).value_or(0);
     c.local_slab = c.slab.local.element_count().value_or(0);
     c.local = shape{c.experts.size()};
+    c.global = shape{t.stacked_experts};
     for (const auto d : c.slab.local.dims()) c.local.push_back(d);
+    for (const auto d : c.slab.global.dims()) c.global.push_back(d);
     return c;
 }
 
@@ -248,25 +254,19 @@ inline void check_merge_conventions(std::span<const merge_rank_metadata> ranks) 
     return refs;
 }
 
-// Rank r's recorded local shape and valid range of t agree with its layout's cut at the
-// rank's place `at`.
+// Rank r's recorded local shape and valid range of t agree with its layout's cut.
 inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
-                            const merge_rank_metadata& rank, export_cut_place at) {
+                            const merge_rank_metadata& rank) {
     const std::uint32_t r = rank.number;
     const merge_cut c = merge_cut_of(*rank.meta, t, r);
-    const slice_result& sl = c.slab;
-    if (!sl.ok()) {
+    if (!c.ok()) {
         std::vector<shape> shapes;
         for (const auto& s : t.sources) shapes.push_back(s.global);
         export_error("inconsistent metadata: tensor '" + t.name +
-                         "': " + describe(t.layout, shapes, at.ways, at.position),
+                         "': " + describe(t.layout, shapes, c.at.ways, c.at.position),
                      rank.folder, t.name);
     }
-    shape global = sl.global;
-    if (t.stacked_experts != 0) {
-        global = shape{t.stacked_experts};
-        for (const auto d : sl.global.dims()) global.push_back(d);
-    }
+    const shape& global = c.global;
     if (c.local != tr.local || global != t.global)
         export_error("inconsistent metadata: tensor '" + t.name + "' is " + tr.local.to_string() +
                          " of " + t.global.to_string() + " but its layout " + to_string(t.layout) +
@@ -275,8 +275,8 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                          std::to_string(r),
                      rank.folder, t.name);
     if (records_valid_rows(t.layout.kind)) {
-        const auto [lo, hi] =
-            valid_rows(t.layout, t.global, tr.local, at.position).value_or(valid_rows_range{0, 0});
+        const auto [lo, hi] = valid_rows(t.layout, t.global, tr.local, c.at.position)
+                                  .value_or(valid_rows_range{0, 0});
         if (tr.valid_begin != lo || tr.valid_end != hi)
             export_error("inconsistent metadata: tensor '" + t.name +
                              "' records the valid range [" + std::to_string(tr.valid_begin) + ", " +
@@ -329,7 +329,7 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
         for (std::uint32_t r = 0; r < plan.world; ++r) {
             if (!holds_tensor(m0, t, r)) continue;
             const export_tensor& tr = *detail::export_find(*ranks[r].meta, orders[r], t.name);
-            detail::check_merge_cut(t, tr, ranks[r], cut_place(m0, t, r));
+            detail::check_merge_cut(t, tr, ranks[r]);
         }
         // Each rank's cut gave its stored shape: the tensor is no larger than the ranks' pieces
         // of it together (which is what bounds the merge's buffer).
