@@ -203,6 +203,24 @@ std::optional<std::uint64_t> expert_in(const std::string& name) {
     return std::stoull(name.substr(at + 9));
 }
 
+// ep expert groups, placed linearly or round robin.
+expert_parallel spread(std::uint32_t ep, bool round_robin) {
+    return {.ep = ep,
+            .placement = round_robin ? expert_placement::round_robin : expert_placement::linear};
+}
+
+// The export of a world of 4 under `ep` into dir/ex<ep>[rr].
+std::filesystem::path export_for_4(const checkpoint& in, const std::filesystem::path& dir,
+                                   std::uint32_t ep, bool rr, export_report* rep = nullptr) {
+    export_options o;
+    o.world = 4;
+    o.experts = spread(ep, rr);
+    const auto ex = dir / ("ex" + std::to_string(ep) + (rr ? "rr" : ""));
+    const export_report r = export_checkpoint(in, ex, o);
+    if (rep) *rep = r;
+    return ex;
+}
+
 struct rank_of {
     std::uint32_t r, w, ep;
     bool round_robin;
@@ -267,11 +285,7 @@ void check_world(const std::filesystem::path& dir, const moe_model& m,
         CAPTURE(ep);
         CAPTURE(round_robin);
         CAPTURE(r);
-        load_options o{.rank = r,
-                       .world = w,
-                       .experts = {.ep = ep,
-                                   .placement = round_robin ? expert_placement::round_robin
-                                                            : expert_placement::linear}};
+        load_options o{.rank = r, .world = w, .experts = spread(ep, round_robin)};
         o.plan.schema.multi_token_prediction = mtp;
         auto model = load<host_tensor>((exported ? dir / export_rank_folder(r) : dir).string(), o);
         std::set<std::string> want;
@@ -373,11 +387,7 @@ void check_stacked_world(const std::filesystem::path& dir, const moe_model& m,
         CAPTURE(ep);
         CAPTURE(round_robin);
         CAPTURE(r);
-        const load_options o{.rank = r,
-                             .world = w,
-                             .experts = {.ep = ep,
-                                         .placement = round_robin ? expert_placement::round_robin
-                                                                  : expert_placement::linear}};
+        const load_options o{.rank = r, .world = w, .experts = spread(ep, round_robin)};
         auto model = load<host_tensor>((exported ? dir / export_rank_folder(r) : dir).string(), o);
         std::vector<std::uint64_t> held;
         for (std::uint64_t e = 0; e < m.experts; ++e)
@@ -502,13 +512,7 @@ TEST_CASE("stacked experts: exported per rank under ep, loaded per rank, merged 
                 CAPTURE(m.type);
                 CAPTURE(ep);
                 CAPTURE(rr);
-                export_options o;
-                o.world = 4;
-                o.experts = {
-                    .ep = ep,
-                    .placement = rr ? expert_placement::round_robin : expert_placement::linear};
-                const auto ex = dir.path() / ("ex" + std::to_string(ep) + (rr ? "rr" : ""));
-                (void)export_checkpoint(in, ex, o);
+                const auto ex = export_for_4(in, dir.path(), ep, rr);
                 check_stacked_world(ex, m, src, 4, ep, rr, true);
                 const auto merged = ex.string() + "-merged";
                 (void)merge_export(ex, merged);
@@ -566,13 +570,8 @@ TEST_CASE("mixtures of experts: exported per rank under ep, loaded per rank, mer
                 CAPTURE(m.type);
                 CAPTURE(ep);
                 CAPTURE(rr);
-                export_options o;
-                o.world = 4;
-                o.experts = {
-                    .ep = ep,
-                    .placement = rr ? expert_placement::round_robin : expert_placement::linear};
-                const auto ex = dir.path() / ("ex" + std::to_string(ep) + (rr ? "rr" : ""));
-                const export_report rep = export_checkpoint(in, ex, o);
+                export_report rep;
+                const auto ex = export_for_4(in, dir.path(), ep, rr, &rep);
                 // The multi-token prediction layer is left out, as a load leaves it out.
                 std::size_t mtp = 0;
                 for (const auto& [name, t] : src)
