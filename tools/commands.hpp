@@ -83,6 +83,7 @@ struct experts_args {
     std::uint32_t ep = 1;              // expert groups
     std::string placement = "linear";  // or round_robin
     bool include_mtp = false;          // the multi-token prediction layers
+    bool fuse_experts = false;         // w13_weight / w2_weight per layer
 };
 
 // --ep and --expert-placement for a world of --tp ranks; usage errors naming the options (the

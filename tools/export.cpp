@@ -23,6 +23,7 @@ int run_export(const export_args& a, output& out) {
     o.world = a.world;
     o.experts = expert_parallel_arg(a.experts, a.world);
     o.plan.schema.multi_token_prediction = a.experts.include_mtp;
+    o.plan.schema.fuse_experts = a.experts.fuse_experts;
     o.force = a.force;
     o.max_shard_size = parse_shard_size(a.max_shard_size);
     o.plan.architecture = a.arch;

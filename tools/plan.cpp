@@ -67,6 +67,7 @@ struct rank_plans {
     o.allow_quantized = a.allow_quantized;
     o.architecture = a.arch;
     o.schema.multi_token_prediction = a.experts.include_mtp;
+    o.schema.fuse_experts = a.experts.fuse_experts;
     if (!a.kv_convention.empty()) o.schema.kv = kv_convention_arg(a.kv_convention);
     if (!a.dtype.empty()) {
         const auto p = parse_dtype_policy(a.dtype);

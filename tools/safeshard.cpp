@@ -63,7 +63,7 @@ void raise_open_file_limit() {
     (void)::setrlimit(RLIMIT_NOFILE, &l);
 }
 
-// --ep, --expert-placement and --include-mtp; `verb` is "Plan" or "Export".
+// --ep, --expert-placement, --include-mtp and --fuse-experts; `verb` is "Plan" or "Export".
 void add_experts_options(CLI::App* cmd, safeshard::cli::experts_args& a, const std::string& verb) {
     cmd->add_option("--ep", a.ep,
                     "Expert-parallel size: expert groups of --tp/--ep ranks each hold their "
@@ -75,6 +75,11 @@ void add_experts_options(CLI::App* cmd, safeshard::cli::experts_args& a, const s
                   verb +
                       " the multi-token prediction layers after num_hidden_layers too "
                       "(DeepSeek-V3; skipped by default)");
+    cmd->add_flag("--fuse-experts", a.fuse_experts,
+                  verb +
+                      " each layer's experts as the engine's fused tensors: "
+                      "<experts>.w13_weight [E, 2I, H] (each expert's gate rows, then up) and "
+                      "<experts>.w2_weight [E, H, I]");
 }
 
 void add_checkpoint_options(CLI::App* cmd, safeshard::cli::checkpoint_args& a) {

@@ -134,7 +134,8 @@ void merge_generated(const merge_plan& plan, std::span<const merge_rank_metadata
         const std::uint64_t bits = bit_size(t.dtype);
         const std::uint64_t bytes = tensor_byte_size(plan.infos[i]);
         auto source_byte = [&](std::uint64_t at) {
-            return static_cast<std::uint8_t>(at * 131 + out.tensor * 7 + out.source * 17 + 1);
+            return static_cast<std::uint8_t>(at * 131 + out.tensor * 7 + out.source * 17 +
+                                             out.expert * 29 + 1);
         };
         std::vector<std::uint8_t> merged(bytes, 0), filled(bytes, 0);
         for (std::uint32_t r = 0; r < plan.world; ++r) {
@@ -146,9 +147,12 @@ void merge_generated(const merge_plan& plan, std::span<const merge_rank_metadata
             if (!local_elements || *local_elements > max_merged_bytes) return;
             const std::uint64_t local_bytes = (*local_elements * bits + 7) / 8;
             std::vector<std::uint8_t> local(local_bytes, 0), written(local_bytes, 0);
-            // Each piece of the rank's tensor (an expert's slab of stacked experts, shifted).
+            // Each piece of the rank's tensor (an expert's slab of stacked experts, shifted; of
+            // gathered experts, the output's expert's only).
             auto each_byte = [&](auto&& f) {
-                cut.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t local_at) {
+                cut.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t local_at,
+                                       std::uint64_t expert) {
+                    if (t.gathered_experts && expert != out.expert) return;
                     for (std::size_t b = 0; b < sl.map.size(); ++b) {
                         const copy_box& box = sl.map[b];
                         if (box.source != out.source) continue;

@@ -534,6 +534,260 @@ TEST_CASE("stacked experts: exported per rank under ep, loaded per rank, merged 
     }
 }
 
+namespace {
+
+// The engine's fused experts (vLLM's FusedMoE): per layer with experts, <module>.w13_weight
+// [E_local, 2·I_local, H] with each held expert's gate rows, then its up rows (fused_moe/layer.py
+// loads gate as w1 into the first half, up as w3 into the second), and <module>.w2_weight
+// [E_local, H, I_local] with its down columns. The module is mlp.experts, Mixtral's per-expert
+// block_sparse_moe.experts. `from_stacked`: the checkpoint is the stacked form. Everything else
+// is cut as that form's own tensors.
+void check_fused_world(const std::filesystem::path& dir, const moe_model& m,
+                       const std::map<std::string, source_tensor>& src, std::uint32_t w,
+                       std::uint32_t ep, bool round_robin, bool from_stacked,
+                       bool exported = false) {
+    const auto form = from_stacked ? stacked_form(m, src) : src;
+    const std::string module =
+        m.type == "mixtral" && !from_stacked ? ".block_sparse_moe.experts." : ".mlp.experts.";
+    for (std::uint32_t r = 0; r < w; ++r) {
+        const rank_of k{r, w, ep, round_robin};
+        CAPTURE(m.type);
+        CAPTURE(from_stacked);
+        CAPTURE(w);
+        CAPTURE(ep);
+        CAPTURE(round_robin);
+        CAPTURE(r);
+        load_options o{.rank = r, .world = w, .experts = spread(ep, round_robin)};
+        o.plan.schema.fuse_experts = !exported;
+        auto model = load<host_tensor>((exported ? dir / export_rank_folder(r) : dir).string(), o);
+        std::vector<std::uint64_t> held;
+        for (std::uint64_t e = 0; e < m.experts; ++e)
+            if (owner(e, m.experts, ep, round_robin) == k.group()) held.push_back(e);
+        std::set<std::string> want;
+        for (const auto& [name, t] : form) {
+            if (name.starts_with("model.layers." + std::to_string(m.layers) + ".")) continue;
+            if (name.ends_with(".experts.gate_up_proj") || name.ends_with(".experts.down_proj") ||
+                expert_in(name))
+                continue;
+            want.insert(name);
+        }
+        for (std::uint64_t l = 0; l < m.layers; ++l)
+            if (m.sparse(l))
+                for (const char* f : {"w13_weight", "w2_weight"})
+                    want.insert("model.layers." + std::to_string(l) + module + f);
+        CHECK(std::set<std::string>(model.names().begin(), model.names().end()) == want);
+        std::uint64_t padding = 0;
+        for (const auto& name : model.names()) {
+            CAPTURE(name);
+            const host_tensor& x = model.at(name);
+            std::vector<std::uint16_t> expect;
+            auto piece = [&](const std::string& n) {
+                const source_tensor& t = src.at(n);
+                const expected_cut cut = cut_of(n, m, t, k);
+                const auto v = take(t, cut.rows, cut.cols);
+                expect.insert(expect.end(), v.begin(), v.end());
+            };
+            const bool w13 = name.ends_with(module + "w13_weight");
+            if (w13 || name.ends_with(module + "w2_weight")) {
+                const std::uint64_t l = std::stoull(name.substr(13));
+                const std::uint64_t I = m.moe_intermediate / k.ways();
+                for (const std::uint64_t e : held) {
+                    const auto n = expert_names(m, l, e);
+                    if (w13) {
+                        piece(n[0]);
+                        piece(n[1]);
+                    } else {
+                        piece(n[2]);
+                    }
+                }
+                CHECK(x.shape() == (w13 ? shape{held.size(), 2 * I, m.hidden}
+                                        : shape{held.size(), m.hidden, I}));
+            } else {
+                std::string n = name;
+                if (m.type == "mixtral" && n.ends_with(".mlp.gate.weight"))
+                    n.replace(n.find(".mlp.gate."), 10, ".block_sparse_moe.gate.");
+                const source_tensor& t = src.at(n);
+                const expected_cut cut = cut_of(n, m, t, k);
+                expect = take(t, cut.rows, cut.cols);
+                for (const auto& row : cut.rows) padding += row ? 0 : cut.cols.size() * 2;
+            }
+            CHECK(codes_of(x) == expect);
+        }
+        // Only the rank's experts are read, once: the copy fills the fused tensors itself.
+        CHECK(model.report.bytes_read + (exported ? 0 : padding) == model.report.rank_bytes);
+    }
+}
+
+// Worlds 1-8 under ep 1, 2 and world that every cut divides.
+template <class F>
+void each_world(const moe_model& m, F&& f) {
+    for (std::uint32_t w : {1u, 2u, 4u, 6u, 8u})
+        for (std::uint32_t ep : {1u, 2u, w}) {
+            if (w % ep != 0 || ep > m.experts) continue;
+            if (m.deepseek() && m.heads % w != 0) continue;
+            if (!m.deepseek() && (w == 6)) continue;
+            if (m.moe_intermediate % (w / ep) != 0 || m.intermediate % w != 0 || m.shared % w != 0)
+                continue;
+            for (bool rr : {false, true}) f(w, ep, rr);
+        }
+}
+
+}  // namespace
+
+TEST_CASE("fused experts from one tensor per expert: every rank of worlds 1-8, ep 1, 2, world") {
+    for (const moe_model& m : families()) {
+        temp_folder dir;
+        const auto src = tensors_of(m);
+        write_checkpoint(dir.path(), config_of(m), 3, "", src);
+        each_world(m, [&](std::uint32_t w, std::uint32_t ep, bool rr) {
+            check_fused_world(dir.path(), m, src, w, ep, rr, false);
+        });
+    }
+}
+
+TEST_CASE("fused experts from stacked experts: every rank of worlds 1-8, ep 1, 2, world") {
+    for (const moe_model& m : families()) {
+        temp_folder dir;
+        const auto src = tensors_of(m);
+        write_checkpoint(dir.path(), config_of(m), 3, "", stacked_form(m, src));
+        each_world(m, [&](std::uint32_t w, std::uint32_t ep, bool rr) {
+            check_fused_world(dir.path(), m, src, w, ep, rr, true);
+        });
+    }
+}
+
+TEST_CASE("fused experts: exported per rank, loaded per rank, merged back to the original form") {
+    for (const moe_model& m : families())
+        for (bool from_stacked : {false, true}) {
+            temp_folder dir;
+            const auto src = tensors_of(m);
+            const auto form = from_stacked ? stacked_form(m, src) : src;
+            std::filesystem::create_directories(dir.path() / "in");
+            write_checkpoint(dir.path() / "in", config_of(m), 3, "", form);
+            const checkpoint in = checkpoint::open((dir.path() / "in").string());
+            for (std::uint32_t ep : {1u, 2u, 4u})
+                for (bool rr : {false, true}) {
+                    if (ep == 1 && rr) continue;
+                    CAPTURE(m.type);
+                    CAPTURE(from_stacked);
+                    CAPTURE(ep);
+                    CAPTURE(rr);
+                    export_options o;
+                    o.world = 4;
+                    o.experts = spread(ep, rr);
+                    o.plan.schema.fuse_experts = true;
+                    const auto ex = dir.path() / ("ex" + std::to_string(ep) + (rr ? "rr" : ""));
+                    (void)export_checkpoint(in, ex, o);
+                    check_fused_world(ex, m, src, 4, ep, rr, from_stacked, true);
+                    const auto merged = ex.string() + "-merged";
+                    const merge_report rep = merge_export(ex, merged);
+                    const checkpoint back = checkpoint::open(merged);
+                    std::size_t kept = 0;
+                    for (const auto& [name, t] : form) {
+                        if (name.starts_with("model.layers." + std::to_string(m.layers) + "."))
+                            continue;
+                        CAPTURE(name);
+                        ++kept;
+                        const located_tensor l = back.tensor(name);
+                        CHECK(l.tensor.shape() == shape::from(std::span(t.dims)));
+                        std::vector<std::uint16_t> got(l.tensor.byte_size() / 2);
+                        std::memcpy(got.data(), l.tensor.bytes().data(), l.tensor.byte_size());
+                        CHECK(got == t.codes);
+                    }
+                    CHECK(back.tensor_count() == kept);
+                    // Each expert's tensors are read from its slab alone: no rank tensor is
+                    // read once per expert (w13 twice: once for gate, once for up).
+                    std::uint64_t stored = 0;
+                    for (std::uint32_t r = 0; r < 4; ++r) {
+                        const checkpoint rank = checkpoint::open_path(ex / export_rank_folder(r));
+                        for (const auto& f : rank.files())
+                            for (const tensor_view t : f.view) stored += t.byte_size();
+                    }
+                    CHECK(rep.bytes_read <= 2 * stored);
+                }
+        }
+}
+
+TEST_CASE("fused experts: refused where a transpose or no experts, or experts that disagree") {
+    // gpt-oss and Llama-4 store [E, H, 2I]: w13_weight [E, 2I, H] needs a transpose.
+    for (const char* type : {"gpt_oss", "llama4_text"}) {
+        CAPTURE(type);
+        model_config c;
+        c.model_type = type;
+        c.hidden_size = 16;
+        c.intermediate_size = 16;
+        c.num_hidden_layers = 2;
+        c.num_attention_heads = 4;
+        c.num_key_value_heads = 2;
+        c.vocab_size = 64;
+        c.num_experts = 4;
+        schema_options so;
+        so.fuse_experts = true;
+        const auto e = expect_error(errc::invalid_argument, [&] { (void)make_schema(c, so); });
+        CHECK(e.message().find("fuse_experts: " + std::string(type)) != std::string::npos);
+        CHECK(e.message().find("transpose") != std::string::npos);
+        so.fuse_experts = false;
+        CHECK(make_schema(c, so).size() > 0);
+    }
+    // A dense model has no experts to fuse.
+    {
+        model_config c;
+        c.model_type = "llama";
+        c.hidden_size = 16;
+        c.intermediate_size = 16;
+        c.num_hidden_layers = 2;
+        c.num_attention_heads = 4;
+        c.num_key_value_heads = 2;
+        c.vocab_size = 64;
+        schema_options so;
+        so.fuse_experts = true;
+        const auto e = expect_error(errc::invalid_argument, [&] { (void)make_schema(c, so); });
+        CHECK(e.message().find("llama has no experts to fuse") != std::string::npos);
+    }
+    // The experts of a layer must agree in shape to stack (config.json's check is bypassed
+    // with a schema given).
+    const moe_model m{.type = "qwen3_moe", .mlp_only = {0}};
+    auto src = tensors_of(m);
+    auto& odd = src.at("model.layers.1.mlp.experts.3.up_proj.weight");
+    odd.dims[0] = m.moe_intermediate * 2;
+    odd.codes.resize(odd.codes.size() * 2);
+    temp_folder dir;
+    write_checkpoint(dir.path(), config_of(m), 2, "", src);
+    const checkpoint c = checkpoint::open(dir.path().string());
+    model_config cfg = c.load_config()->config();
+    schema_options so;
+    so.fuse_experts = true;
+    so.experts_stored = schema_options::expert_storage::per_expert;
+    const auto e = expect_error(errc::shape_mismatch, [&] {
+        (void)load_plan::build(c, make_schema(cfg, so), {0, 1});
+    });
+    CHECK(e.message().find("model.layers.1.mlp.experts.w13_weight") != std::string::npos);
+    CHECK(e.message().find("'model.layers.1.mlp.experts.3.up_proj.weight' is [32, 16]") !=
+          std::string::npos);
+    // A rank that does not hold expert 3 does not read it, and does not mind it (ep 2, linear:
+    // experts 0-2 and 3-5).
+    const load_plan p = load_plan::build(c, make_schema(cfg, so), {0, 2, {.ep = 2}});
+    CHECK(p.find("model.layers.1.mlp.experts.w13_weight") != nullptr);
+}
+
+TEST_CASE("fused experts: a missing expert's tensor is named") {
+    const moe_model m{.type = "mixtral"};
+    auto src = tensors_of(m);
+    src.erase("model.layers.2.block_sparse_moe.experts.4.w3.weight");
+    temp_folder dir;
+    write_checkpoint(dir.path(), config_of(m), 2, "", src);
+    const checkpoint c = checkpoint::open(dir.path().string());
+    model_config cfg = c.load_config()->config();
+    schema_options so;
+    so.fuse_experts = true;
+    so.experts_stored = schema_options::expert_storage::per_expert;
+    const auto e = expect_error(errc::missing_tensor, [&] {
+        (void)load_plan::build(c, make_schema(cfg, so), {0, 1});
+    });
+    CHECK(e.message().find("model.layers.2.block_sparse_moe.experts.4.w3.weight") !=
+          std::string::npos);
+}
+
 TEST_CASE("mixtures of experts: the multi-token prediction layer, skipped or loaded") {
     const moe_model m{.type = "deepseek_v3"};
     temp_folder dir;
@@ -790,4 +1044,54 @@ TEST_CASE("safeshard plan: mixtures of experts' errors, exit codes and the MTP l
     CHECK(r.code == 0);
     CHECK(r.out.find("\"model.layers.3.eh_proj.weight\"") != std::string::npos);
     CHECK(r.out.find("\"model.layers.3.mlp.experts.5.down_proj.weight\"") != std::string::npos);
+}
+
+TEST_CASE("safeshard plan and export --fuse-experts: the fused layouts, named in --json" *
+          doctest::skip(!have_tool())) {
+    const moe_model m{.type = "mixtral"};
+    const auto src = tensors_of(m);
+    temp_folder dir;
+    std::filesystem::create_directories(dir.path() / "per");
+    std::filesystem::create_directories(dir.path() / "stacked");
+    write_checkpoint(dir.path() / "per", config_of(m), 2, "", src);
+    write_checkpoint(dir.path() / "stacked", config_of(m), 2, "", stacked_form(m, src));
+    simdjson::dom::parser parser;
+    // The layout of each fused tensor, and rank 1's shape of it (world 4, ep 2: 3 experts a
+    // group, each cut 2 ways).
+    auto layouts = [&](const std::string& in) {
+        const auto r = run_tool("plan " + in + " --tp 4 --ep 2 --fuse-experts --json");
+        REQUIRE_MESSAGE(r.code == 0, r.out);
+        std::map<std::string, std::pair<std::string, std::vector<std::uint64_t>>> v;
+        const simdjson::dom::element doc = parser.parse(r.out);
+        for (auto p : doc["parameters"].get_array()) {
+            const std::string name(p["name"].get_string().value());
+            if (name.find("_weight") == std::string::npos) continue;
+            simdjson::dom::array ranks = p["ranks"].get_array();
+            v[name] = {std::string(p["layout"].get_string().value()),
+                       ints(ranks.at(1)["shape"].get_array())};
+        }
+        return v;
+    };
+    const auto per = layouts((dir.path() / "per").string());
+    CHECK(per.size() == 2 * m.layers);
+    const std::string x = "model.layers.1.block_sparse_moe.experts.";
+    REQUIRE(per.contains(x + "w13_weight"));
+    CHECK(per.at(x + "w13_weight").first == "gathered_experts<fused<0>>");
+    CHECK(per.at(x + "w13_weight").second == std::vector<std::uint64_t>{3, 16, 16});
+    CHECK(per.at(x + "w2_weight").first == "gathered_experts<split<1>>");
+    CHECK(per.at(x + "w2_weight").second == std::vector<std::uint64_t>{3, 16, 8});
+    const auto st = layouts((dir.path() / "stacked").string());
+    const std::string y = "model.layers.1.mlp.experts.";
+    REQUIRE(st.contains(y + "w13_weight"));
+    CHECK(st.at(y + "w13_weight").first == "stacked_experts<fused<0>>");
+    CHECK(st.at(y + "w2_weight").first == "stacked_experts<split<1>>");
+    CHECK(st.at(y + "w2_weight").second == std::vector<std::uint64_t>{3, 16, 8});
+    // export --fuse-experts writes them; without the flag, the experts as stored.
+    const auto ex = dir.path() / "ex";
+    auto r = run_tool("export " + (dir.path() / "per").string() + " --tp 2 --fuse-experts --out " +
+                      ex.string());
+    REQUIRE_MESSAGE(r.code == 0, r.out);
+    const checkpoint rank0 = checkpoint::open_path(ex / export_rank_folder(0));
+    CHECK(rank0.find(x + "w13_weight").has_value());
+    CHECK(!rank0.find(x + "0.w1.weight").has_value());
 }

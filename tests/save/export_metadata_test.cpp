@@ -487,6 +487,67 @@ TEST_SUITE("export metadata") {
         }
     }
 
+    TEST_CASE("gathered experts: the record of fused experts from one tensor per expert") {
+        // Rank 1 of 4, two expert groups over 4 experts (linear): rank 1 holds experts 0 and 1,
+        // each expert's [8, 3] slab (its gate [4, 3] and up [4, 3], per-expert tensors named by
+        // "{e}") cut 2 ways as fused<0>.
+        export_metadata m;
+        m.world = 4;
+        m.rank = 1;
+        m.experts = 4;
+        m.expert_groups = {.ep = 2, .placement = expert_placement::linear};
+        const dtype h = dtype::bf16;
+        const std::uint64_t parts[] = {4, 4};
+        export_tensor t = stored("w13", h, {2, 4, 3}, {4, 8, 3}, make_fused(0, parts, 2), h);
+        t.sources = {export_source{"x.{e}.gate", {4, 3}, h}, export_source{"x.{e}.up", {4, 3}, h}};
+        t.stacked_experts = 4;
+        t.gathered_experts = true;
+        m.tensors.push_back(t);
+        const std::string good = to_json(m);
+        CHECK(good.find("\"stacked_experts\":4,\"gathered_experts\":true") != std::string::npos);
+        const auto back = read_one(good, stored_of(m));
+        REQUIRE(back);
+        CHECK(*back == by_name(m));
+        // Rank 1's pieces: experts 0 and 1, each from its own sources, unshifted.
+        const merge_cut c = merge_cut_of(*back, back->tensors[0], 1);
+        REQUIRE(c.ok());
+        CHECK(c.local == shape{2, 4, 3});
+        CHECK(c.global == shape{4, 8, 3});
+        std::vector<std::uint64_t> experts, local_at;
+        c.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t at, std::uint64_t e) {
+            CHECK(source_at[0] == 0);
+            CHECK(source_at[1] == 0);
+            experts.push_back(e);
+            local_at.push_back(at);
+        });
+        CHECK(experts == std::vector<std::uint64_t>{0, 1});
+        CHECK(local_at == std::vector<std::uint64_t>{0, 12});
+
+        std::string what;
+        struct edit {
+            const char* from;
+            const char* to;
+            const char* says;
+        };
+        for (const edit& e : {
+                 edit{"\"gathered_experts\":true", "\"gathered_experts\":false",
+                      "\"gathered_experts\" is written only as true"},
+                 edit{"\"gathered_experts\":true", "\"gathered_experts\":1",
+                      "\"gathered_experts\" is written only as true"},
+                 edit{"\"stacked_experts\":4,", "", "\"gathered_experts\" without"},
+                 edit{"x.{e}.gate", "x.gate", "'x.gate' of gathered experts must name the expert"},
+                 edit{"x.{e}.up", "x.{e}.{e}", "'x.{e}.{e}' of gathered experts must name"},
+                 edit{"\"experts\":4,", "\"experts\":65537,", "more than the 65536"},
+             }) {
+            CAPTURE(e.to);
+            std::string doc = good;
+            replace_in(doc, e.from, e.to);
+            CHECK(code_of([&] { (void)read_one(doc, stored_of(m)); }, &what) ==
+                  errc::invalid_export);
+            CHECK(what.find(e.says) != std::string::npos);
+        }
+    }
+
     TEST_CASE("expert parallelism: plan_merge takes each expert from its group's ranks only") {
         // 4 ranks, 2 groups of 2 over 2 experts (round robin): expert 0 on ranks 0 and 1,
         // expert 1 on ranks 2 and 3, each split in 2; a router on every rank.
@@ -535,9 +596,11 @@ TEST_SUITE("export metadata") {
         REQUIRE(c.ok());
         CHECK(c.local == shape{1, 3, 4});
         std::vector<std::pair<std::uint64_t, std::uint64_t>> pieces;
-        c.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t local_at) {
-            pieces.emplace_back(source_at[0] + c.slab.map[0].src_offset, local_at);
-        });
+        c.for_each_piece(
+            [&](const std::uint64_t* source_at, std::uint64_t local_at, std::uint64_t e) {
+                CHECK(e == 1);
+                pieces.emplace_back(source_at[0] + c.slab.map[0].src_offset, local_at);
+            });
         CHECK(pieces == std::vector<std::pair<std::uint64_t, std::uint64_t>>{{24 + 12, 0}});
 
         auto bad = ms;  // rank 1 lacks its group's expert

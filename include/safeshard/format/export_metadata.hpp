@@ -18,7 +18,9 @@
 //    (which expert of its layer): the tensor is held by the ranks of that expert's group
 //    only, cut world/ep ways at the rank's place in its group; a tensor stacking the layer's
 //    experts on dim 0 says so in its record's "stacked_experts" (the count): the rank holds
-//    its group's experts' slabs, in expert order, each cut as the cut says;
+//    its group's experts' slabs, in expert order, each cut as the cut says; with
+//    "gathered_experts": true the slabs came from one tensor per expert, each source's name
+//    holding "{e}" for the expert's number and its shape being one expert's;
 //  - next, quantization companions (scales, zeros, group indices): per tensor "companion_of" (the
 //    weight whose cut it follows), per cut the companion's "unit" (weight elements per
 //    companion element along dim) and any padding.
@@ -72,6 +74,9 @@ struct export_tensor {
     // The layer's experts stacked on dim 0 (how many; 0: not stacked): the layout cuts each
     // expert's slab (the sources without dim 0), the rank holds its group's experts' slabs.
     std::uint64_t stacked_experts = 0;
+    // Stacked experts gathered from one tensor per expert (the engine's fused experts): each
+    // source's name holds "{e}" for the expert (once), its shape is one expert's.
+    bool gathered_experts = false;
     // padded_split: the global indices along dim this rank holds real rows of, [begin, end).
     std::uint64_t valid_begin = 0;
     std::uint64_t valid_end = 0;

@@ -200,6 +200,9 @@ private:
         r.expert_groups.placement = *placement;
         const std::uint32_t ep = r.expert_groups.ep;
         if (r.experts == 0) fail("\"experts\" must be at least 1");
+        if (r.experts > max_experts)
+            fail("\"experts\": " + std::to_string(r.experts) + " a layer, more than the " +
+                 std::to_string(max_experts) + " safeshard plans");
         if (ep == 0 || ep > r.world || r.world % ep != 0)
             fail("an expert parallel size of " + std::to_string(ep) +
                  " does not divide the world of " + std::to_string(r.world));
@@ -269,7 +272,8 @@ private:
             extent = pair[1];
         } else if (v.get_object().get(o) == simdjson::SUCCESS) {
             known_keys(o, where,
-                       {"cut", "extent", "sources", "created", "expert", "stacked_experts"});
+                       {"cut", "extent", "sources", "created", "expert", "stacked_experts",
+                        "gathered_experts"});
             simdjson::dom::element field;
             cut = u64(o, "cut", where);
             if (o["extent"].get(field) == simdjson::SUCCESS) extent = u64(o, "extent", where);
@@ -285,6 +289,7 @@ private:
             if (o["expert"].get(field) == simdjson::SUCCESS) expert_of(m, t, o, where);
             if (o["stacked_experts"].get(field) == simdjson::SUCCESS)
                 stacked_of(m, t, o, where, listed_sources);
+            if (o["gathered_experts"].get(field) == simdjson::SUCCESS) gathered_of(t, field, where);
         } else {
             fail(where + ": a record must be a cut index, [cut, extent] or an object, found " +
                      std::string(json_type_name(v.type())),
@@ -298,8 +303,9 @@ private:
         const std::size_t dim = t.layout.dim;
         if (listed_sources) {
             t.sources = sources_of(sources, where, t.name, source_dtype);
-            t.global =
-                concatenated(t.sources, t.layout, where, t.name, t.stacked_experts != 0 ? 1 : 0);
+            const bool in_sources = t.stacked_experts != 0 && !t.gathered_experts;
+            t.global = concatenated(t.sources, t.layout, where, t.name, in_sources ? 1 : 0);
+            if (t.gathered_experts) t.global = experts_stacked(t, where);
         } else {
             t.global = t.local;
             if (extent) {
@@ -335,10 +341,39 @@ private:
         t.stacked_experts = n;
     }
 
-    // Stacked experts: every source stacks them on dim 0, and the cut is no kind that pads.
+    // A record's "gathered_experts": true, of stacked experts only (false is not written).
+    void gathered_of(export_tensor& t, simdjson::dom::element field,
+                     const std::string& where) const {
+        bool gathered = false;
+        if (field.get_bool().get(gathered) != simdjson::SUCCESS || !gathered)
+            fail(where + ": \"gathered_experts\" is written only as true", t.name);
+        if (t.stacked_experts == 0)
+            fail(where + ": \"gathered_experts\" without \"stacked_experts\"", t.name);
+        t.gathered_experts = true;
+    }
+
+    // Gathered experts' global shape: the experts, then one expert's slab (t.global).
+    shape experts_stacked(const export_tensor& t, const std::string& where) const {
+        shape s{t.stacked_experts};
+        for (const auto d : t.global.dims())
+            if (!s.try_push_back(d))
+                fail(where + ": an expert's slab of " + std::to_string(t.global.rank()) +
+                         " dimensions leaves no room for the experts' dim",
+                     t.name);
+        return s;
+    }
+
+    // Stacked experts: every source stacks them on dim 0 (gathered: each names its expert by
+    // "{e}", once), and the cut is no kind that pads.
     void check_stacked(const export_tensor& t, const std::string& where) const {
         for (const auto& s : t.sources)
-            if (s.global.rank() < 2 || s.global[0] != t.stacked_experts)
+            if (t.gathered_experts) {
+                const std::size_t at = s.name.find("{e}");
+                if (at == std::string::npos || s.name.find("{e}", at + 1) != std::string::npos)
+                    fail(where + ": its source '" + s.name +
+                             "' of gathered experts must name the expert by \"{e}\", once",
+                         t.name);
+            } else if (s.global.rank() < 2 || s.global[0] != t.stacked_experts)
                 fail(where + ": its source '" + s.name + "' of shape " + s.global.to_string() +
                          " does not stack " + std::to_string(t.stacked_experts) +
                          " experts on dim 0",

@@ -221,6 +221,7 @@ private:
         if (t.created) out += ",\"created\":true";
         if (t.expert) out += ",\"expert\":" + std::to_string(*t.expert);
         if (stacked) out += ",\"stacked_experts\":" + std::to_string(t.stacked_experts);
+        if (t.gathered_experts) out += ",\"gathered_experts\":true";
         out += '}';
     }
 

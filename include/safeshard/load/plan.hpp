@@ -82,6 +82,9 @@ struct plan_destination {
     // sources stack (global dim 0; the rank's local dim 0 holds its own, in expert order),
     // `layout` cutting each expert's slab. 0: not stacked.
     std::uint64_t stacked_experts = 0;
+    // Stacked experts gathered from one tensor per expert (the engine's fused experts):
+    // `sources` name them with "{e}" for the expert, each of one expert's slab.
+    bool gathered_experts = false;
     // The parameter's place in the schema: orders the destinations of one rank's plan against
     // another's (a rank holds its own experts only).
     std::size_t schema_index = 0;
@@ -94,10 +97,11 @@ struct plan_destination {
 
 // The layout as plan --json spells it: "split<1>", or for stacked experts
 // "stacked_experts<split<1>>" (the experts on dim 0, each expert's slab cut as the inner one
-// says).
+// says), "gathered_experts<fused<0>>" when the slabs come from one tensor per expert.
 [[nodiscard]] inline std::string layout_name(const plan_destination& d) {
     const std::string inner(name(d.layout));
-    return d.stacked_experts != 0 ? "stacked_experts<" + inner + ">" : inner;
+    if (d.stacked_experts == 0) return inner;
+    return (d.gathered_experts ? "gathered_experts<" : "stacked_experts<") + inner + ">";
 }
 
 struct device_bytes {
@@ -412,13 +416,26 @@ private:
             throw error(errc::invalid_argument,
                         "parameter '" + m.name + "' is neither loaded, tied nor created",
                         error_context{.file = {}, .tensor = m.name});
+        return locate(m.sources);
+    }
+    // Gathered experts: the sources of the experts the rank holds (in its order), not the others'.
+    std::optional<std::vector<located_tensor>> locate_held_sources(
+        const parameter_meta& m, std::span<const std::uint64_t> held) {
+        const std::size_t k = m.expert_sources.size();
+        std::vector<std::string_view> names;
+        for (const std::uint64_t e : held)
+            for (std::size_t i = 0; i < k; ++i) names.push_back(m.sources[e * k + i]);
+        return locate(names);
+    }
+    template <class Names>
+    std::optional<std::vector<located_tensor>> locate(const Names& names) {
         std::vector<located_tensor> located;
         bool absent = false;
-        for (const auto& src : m.sources) {
+        for (const auto& src : names) {
             if (auto t = ckpt_.find(src))
                 located.push_back(*t);
             else {
-                missing_.push_back(src);
+                missing_.emplace_back(src);
                 absent = true;
             }
         }
@@ -570,14 +587,45 @@ private:
         return slabs;
     }
 
+    // Gathered experts: every held expert's sources have the first held expert's shapes (the
+    // slabs).
+    [[nodiscard]] std::vector<shape> gathered_slabs(const parameter_meta& m,
+                                                    std::span<const located_tensor> located,
+                                                    std::span<const std::uint64_t> held) const {
+        const std::size_t k = m.expert_sources.size();
+        std::vector<shape> slabs;
+        for (std::size_t i = 0; i < k && i < located.size(); ++i)
+            slabs.push_back(located[i].tensor.shape());
+        for (std::size_t j = 1; j < held.size(); ++j)
+            for (std::size_t i = 0; i < k; ++i) {
+                const shape& s = located[j * k + i].tensor.shape();
+                if (s != slabs[i])
+                    throw error(errc::shape_mismatch,
+                                "parameter '" + m.name +
+                                    "' stacks the layer's experts, which must agree in shape: '" +
+                                    m.sources[held[j] * k + i] + "' is " + s.to_string() + ", '" +
+                                    m.sources[held[0] * k + i] + "' " + slabs[i].to_string(),
+                                error_context{.file = {}, .tensor = m.name});
+            }
+        return slabs;
+    }
+
     // Stacked experts: the rank's experts (its group's, in expert order) stacked on dim 0, each
     // expert's slab cut within the group as the layout says; the other experts are not read.
+    // The slabs lie in the sources' dim 0, or (gathered) are the held experts' own tensors.
     void add_stacked(const parameter_meta& m) {
-        const auto located = locate_sources(m);
-        if (!located) return;
-        const std::vector<shape> slabs = expert_slabs(m, *located);
-        slice_result r = slice_sources(m, *located, slabs);
         const auto held = p_.held_experts();
+        if (held.empty())
+            throw error(errc::invalid_argument,
+                        "parameter '" + m.name + "' stacks the layer's experts, but the schema " +
+                            "has none (schema::set_experts)",
+                        error_context{.file = {}, .tensor = m.name});
+        const bool gathered = m.gathers_experts();
+        const auto located = gathered ? locate_held_sources(m, held) : locate_sources(m);
+        if (!located) return;
+        const std::vector<shape> slabs =
+            gathered ? gathered_slabs(m, *located, held) : expert_slabs(m, *located);
+        slice_result r = slice_sources(m, *located, slabs);
         auto stacked = [](std::uint64_t n, const shape& s) {
             shape out{n};
             for (const auto d : s.dims()) out.push_back(d);
@@ -590,15 +638,21 @@ private:
         plan_destination d =
             destination(m, whole, source, target_dtype(m.name, m.dtype_override, source), "");
         d.stacked_experts = s_.experts();
-        d.sources = m.sources;
+        d.gathered_experts = gathered;
+        d.sources = gathered ? m.expert_sources : m.sources;
         d.schema_index = schema_index_of(m);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
         const std::uint64_t local_slab = r.local.element_count().value_or(0);
+        const std::size_t k = slabs.size();
         for (std::size_t j = 0; j < held.size(); ++j) {
             detail::piece_offsets at;
-            for (std::size_t k = 0; k < slabs.size(); ++k)
-                at.source[k] = held[j] * slabs[k].element_count().value_or(0);
             at.destination = j * local_slab;
+            if (gathered) {  // expert held[j]'s own tensors, located j-th
+                emit_ops(m, r, std::span(*located).subspan(j * k, k), d, di, at);
+                continue;
+            }
+            for (std::size_t i = 0; i < k; ++i)
+                at.source[i] = held[j] * slabs[i].element_count().value_or(0);
             emit_ops(m, r, *located, d, di, at);
         }
         index_.emplace(m.name, di);

@@ -315,9 +315,16 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
         t.layout = d.layout;
         t.expert = d.expert;
         t.stacked_experts = d.stacked_experts;
+        t.gathered_experts = d.gathered_experts;
         if (d.created()) {
             t.created = true;
             t.sources.push_back(export_source{d.name, d.global, d.dtype});
+        } else if (d.gathered_experts) {  // one expert's shapes: the first held expert's
+            for (const auto& src : d.sources) {
+                const located_tensor l =
+                    ckpt.tensor(expert_source_name(src, p.held_experts().front()));
+                t.sources.push_back(export_source{src, l.tensor.shape(), l.tensor.dtype()});
+            }
         } else {
             for (const auto& src : d.sources) {
                 const located_tensor l = ckpt.tensor(src);

@@ -211,6 +211,8 @@ inline void merge_tensor(const std::vector<merge_rank>& ranks, merge_files& file
     const export_metadata& m0 = ranks.front().meta;
     const export_tensor& t = ranks[out_t.rank].meta.tensors[out_t.tensor];
     const export_source& src = t.sources[out_t.source];
+    const std::string source_name =
+        t.gathered_experts ? expert_source_name(src.name, out_t.expert) : src.name;
     coverage cov(bytes);
     const std::uint64_t bits = bit_size(t.dtype);
     for (std::uint32_t r = 0; r < world; ++r) {
@@ -218,35 +220,49 @@ inline void merge_tensor(const std::vector<merge_rank>& ranks, merge_files& file
         const merge_cut cut = merge_cut_of(m0, t, r);  // checked by plan_merge
         const located_tensor l = ranks[r].ckpt.tensor(t.name);
         const auto file = static_cast<std::size_t>(l.file - ranks[r].ckpt.files().data());
-        local.resize(static_cast<std::size_t>(l.tensor.byte_size()));
-        files.cache.reader(files.first[r] + file).read_exact(local, l.tensor.file_begin());
-        rep.bytes_read += local.size();
+        const file_reader& reader = files.cache.reader(files.first[r] + file);
+        // The bytes of the rank's tensor from `first` on, `size` of them.
+        auto read = [&](std::uint64_t first, std::uint64_t size) {
+            local.resize(static_cast<std::size_t>(size));
+            reader.read_exact(local, l.tensor.file_begin() + first);
+            rep.bytes_read += size;
+        };
+        // Gathered experts: an output is one expert's tensor, from its slab of the rank's tensor
+        // alone (read when the rank holds that expert); otherwise the whole tensor at once.
+        if (!t.gathered_experts) read(0, l.tensor.byte_size());
         // Element offsets to bytes (whole bytes: checked by plan_merge for sub-byte dtypes,
         // which are replicated, one box of the whole tensor); each piece (an expert's slab of
         // stacked experts) shifted to where it lies.
-        cut.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t local_at) {
+        cut.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t local_at,
+                               std::uint64_t expert) {
+            std::uint64_t local_first = 0;
+            if (t.gathered_experts) {
+                if (expert != out_t.expert) return;
+                local_first = local_at * bits / 8;
+                read(local_first, cut.local_slab * bits / 8);
+            }
             for_each_inverse_row(
                 cut.slab.map, bits,
                 [&](const copy_box& box, std::uint64_t at, std::uint64_t from, std::uint64_t n) {
                     if (box.source != out_t.source) return;
                     at += source_at[box.source] * bits / 8;
-                    from += local_at * bits / 8;
+                    from += local_at * bits / 8 - local_first;
                     if (at + n > bytes || from + n > local.size())
                         export_error("inconsistent metadata: tensor '" + t.name +
-                                         "' reaches outside its source '" + src.name + "'",
+                                         "' reaches outside its source '" + source_name + "'",
                                      ranks[r].folder, t.name);
                     if (!cov.place(merged, at, local.data() + from, n))
-                        export_error("the copies of tensor '" + t.name + "' (source '" + src.name +
-                                         "') differ between ranks: rank " + std::to_string(r) +
-                                         " holds other bytes at byte " + std::to_string(at) +
-                                         " than a rank before it",
+                        export_error("the copies of tensor '" + t.name + "' (source '" +
+                                         source_name + "') differ between ranks: rank " +
+                                         std::to_string(r) + " holds other bytes at byte " +
+                                         std::to_string(at) + " than a rank before it",
                                      ranks[r].folder, t.name);
                 });
         });
     }
     if (const auto gap = cov.first_gap())
         export_error("inconsistent metadata: the ranks' slices of tensor '" + t.name +
-                         "' leave byte " + std::to_string(*gap) + " of source '" + src.name +
+                         "' leave byte " + std::to_string(*gap) + " of source '" + source_name +
                          "' unfilled",
                      ranks.front().folder, t.name);
 }

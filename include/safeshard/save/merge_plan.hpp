@@ -24,6 +24,7 @@
 #include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/export_metadata.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
+#include "safeshard/shard/parameter.hpp"
 #include "safeshard/shard/slice.hpp"
 
 namespace safeshard {
@@ -36,11 +37,13 @@ struct merge_rank_metadata {
 };
 
 // A tensor of the merged checkpoint: source `source` of the rank tensor `tensor` (an index
-// into the metadata of `rank`, the first rank that holds it).
+// into the metadata of `rank`, the first rank that holds it); of gathered experts, that
+// source's tensor of expert `expert`.
 struct merge_output {
     std::uint32_t rank = 0;
     std::size_t tensor = 0;
     std::uint8_t source = 0;
+    std::uint64_t expert = 0;
 };
 
 struct merge_plan {
@@ -58,11 +61,11 @@ namespace detail {
 
 // A rank's cut of t (at its place among the ways t is cut), computed again from the recorded
 // layout and source shapes; for stacked experts, the cut of each expert's slab (the sources
-// without dim 0).
+// without dim 0, or gathered, the sources).
 [[nodiscard]] inline slice_result merge_slice(const export_tensor& t, export_cut_place at) {
     shape shapes[max_sources];
     const std::size_t n = std::min(t.sources.size(), max_sources);
-    const std::size_t skip = t.stacked_experts != 0 ? 1 : 0;
+    const std::size_t skip = t.stacked_experts != 0 && !t.gathered_experts ? 1 : 0;
     for (std::size_t s = 0; s < n; ++s) {
         const shape& g = t.sources[s].global;
         shapes[s] = shape::from(g.dims().subspan(std::min(skip, g.rank())));
@@ -82,23 +85,24 @@ struct merge_cut {
     shape global{};                               // the tensor's, the experts' dim included
     bool stacked = false;                         // stacked experts
     std::vector<std::uint64_t> experts{};         // stacked: the rank's, in order
-    std::uint64_t source_slab[max_sources] = {};  // stacked: elements of an expert's slab
+    std::uint64_t source_slab[max_sources] = {};  // stacked in the sources: an expert's elements
     std::uint64_t local_slab = 0;
 
     [[nodiscard]] bool ok() const noexcept { return slab.ok(); }
-    // Calls f(source_offsets, local_offset) for each piece of the rank's tensor: the element
-    // offsets the slab map's boxes are shifted by (once, by nothing, when not stacked).
+    // Calls f(source_offsets, local_offset, expert) for each piece of the rank's tensor: the
+    // element offsets the slab map's boxes are shifted by (once, by nothing, when not stacked;
+    // gathered experts' sources are each one expert's, unshifted), and the piece's expert.
     template <class F>
     void for_each_piece(F&& f) const {
         if (!stacked) {
             const std::uint64_t none[max_sources] = {};
-            f(none, std::uint64_t{0});
+            f(none, std::uint64_t{0}, std::uint64_t{0});
             return;
         }
         std::uint64_t at[max_sources] = {};
         for (std::size_t j = 0; j < experts.size(); ++j) {
             for (std::size_t s = 0; s < max_sources; ++s) at[s] = experts[j] * source_slab[s];
-            f(at, j * local_slab);
+            f(at, j * local_slab, experts[j]);
         }
     }
 };
@@ -117,7 +121,7 @@ struct merge_cut {
     c.stacked = true;
     c.experts = experts_of_group(expert_rank_of(rank, m.world, m.expert_groups.ep).group,
                                  t.stacked_experts, m.expert_groups);
-    for (std::size_t s = 0; s < t.sources.size() && s < max_sources; ++s)
+    for (std::size_t s = 0; s < t.sources.size() && s < max_sources && !t.gathered_experts; ++s)
         c.source_slab[s] = t.sources[s].global.inner_count(0).value_or(0);
     c.local_slab = c.slab.local.element_count().value_or(0);
     c.local = shape{c.experts.size()};
@@ -191,7 +195,8 @@ inline void check_merge_conventions(std::span<const merge_rank_metadata> ranks) 
 [[nodiscard]] inline bool described_alike(const export_tensor& a, const export_tensor& b) {
     return a.dtype == b.dtype && a.global == b.global && a.layout == b.layout &&
            a.sources == b.sources && a.tied_to == b.tied_to && a.created == b.created &&
-           a.expert == b.expert;
+           a.expert == b.expert && a.stacked_experts == b.stacked_experts &&
+           a.gathered_experts == b.gathered_experts;
 }
 
 // The rank that should hold `t` (every rank, or the ranks of its expert group) but does not
@@ -334,20 +339,26 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
         // Each rank's cut gave its stored shape: the tensor is no larger than the ranks' pieces
         // of it together (which is what bounds the merge's buffer).
         const merge_rank_metadata& holder = ranks[ref.rank];
-        for (std::size_t s = 0; s < t.sources.size(); ++s) {
-            const export_source& src = t.sources[s];
-            if (!names.insert(src.name).second)
-                detail::export_error("inconsistent metadata: the source '" + src.name +
-                                         "' is claimed by two tensors",
-                                     holder.folder, t.name);
-            const std::uint64_t b = detail::merge_bytes(
-                src.global, t.dtype, "its source '" + src.name + "'", holder, t.name);
-            if (add_overflows(total, b, total))
-                detail::export_error("the merged checkpoint would be over 2^64 bytes",
-                                     holder.folder, t.name);
-            plan.outputs.push_back(merge_output{ref.rank, ref.index, static_cast<std::uint8_t>(s)});
-            plan.infos.push_back(tensor_info{src.name, t.dtype, src.global});
-        }
+        // Gathered experts: each source once per expert, expert-major (each expert's tensors
+        // together, as a per-expert checkpoint lists them).
+        const std::uint64_t experts = t.gathered_experts ? t.stacked_experts : 1;
+        for (std::uint64_t e = 0; e < experts; ++e)
+            for (std::size_t s = 0; s < t.sources.size(); ++s) {
+                const export_source& src = t.sources[s];
+                std::string name = t.gathered_experts ? expert_source_name(src.name, e) : src.name;
+                const std::uint64_t b = detail::merge_bytes(
+                    src.global, t.dtype, "its source '" + name + "'", holder, t.name);
+                if (!names.insert(name).second)
+                    detail::export_error("inconsistent metadata: the source '" + name +
+                                             "' is claimed by two tensors",
+                                         holder.folder, t.name);
+                if (add_overflows(total, b, total))
+                    detail::export_error("the merged checkpoint would be over 2^64 bytes",
+                                         holder.folder, t.name);
+                plan.outputs.push_back(
+                    merge_output{ref.rank, ref.index, static_cast<std::uint8_t>(s), e});
+                plan.infos.push_back(tensor_info{std::move(name), t.dtype, src.global});
+            }
     }
     return plan;
 }

@@ -79,6 +79,10 @@ struct expert_rank {
     return expert_group_of(e, experts, p) == r.group;
 }
 
+// The most experts a layer may have (the largest published models have 512): a bound that keeps
+// the per-expert walks of a plan and a merge short whatever a file says.
+inline constexpr std::uint64_t max_experts = std::uint64_t{1} << 16;
+
 // The experts group g holds, ascending.
 [[nodiscard]] inline std::vector<std::uint64_t> experts_of_group(std::uint32_t g,
                                                                  std::uint64_t experts,
@@ -101,6 +105,10 @@ inline void check_expert_parallel(std::uint32_t world, expert_parallel p) {
 // invalid_config when the model has fewer experts than expert groups (a group would hold
 // none).
 inline void check_expert_count(std::uint64_t experts, expert_parallel p) {
+    if (experts > max_experts)
+        throw error(errc::invalid_config, std::to_string(experts) +
+                                              " experts a layer: more than the " +
+                                              std::to_string(max_experts) + " safeshard plans");
     if (experts > 0 && experts < p.ep)
         throw error(errc::invalid_config,
                     std::to_string(p.ep) + " expert groups for " + std::to_string(experts) +

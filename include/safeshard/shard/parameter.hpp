@@ -65,7 +65,25 @@ struct parameter_spec {
     [[nodiscard]] constexpr bool per_expert() const noexcept {
         return name.find("{e}") != std::string_view::npos;
     }
+    // "{e}" in the sources only: stacked experts gathered from one tensor per expert (the
+    // engine's fused experts, mlp.experts.w13_weight from mlp.experts.{e}.gate_proj.weight and
+    // .up_proj.weight).
+    [[nodiscard]] constexpr bool gathers_experts() const noexcept {
+        if (per_expert()) return false;
+        for (std::size_t i = 0; i < source_count(); ++i)
+            if (sources[i].find("{e}") != std::string_view::npos) return true;
+        return false;
+    }
 };
+
+// The name of expert e's tensor from a name with "{e}" for the expert.
+[[nodiscard]] inline std::string expert_source_name(std::string_view templ, std::uint64_t e) {
+    std::string s(templ);
+    const std::string idx = std::to_string(e);
+    for (std::size_t pos = s.find("{e}"); pos != std::string::npos; pos = s.find("{e}", pos))
+        s.replace(pos, 3, idx);
+    return s;
+}
 
 // The run-time form: one per parameter of a built schema, names expanded and mapped.
 struct parameter_meta {
@@ -79,7 +97,15 @@ struct parameter_meta {
     std::optional<std::uint64_t> layer{};
     std::optional<std::uint64_t> expert{};  // an expert's parameter: which expert of its layer
     bool stacked_experts = false;           // parameter_spec::stacked_experts
+    // Stacked experts gathered from one tensor per expert: the sources' names with "{e}" for
+    // the expert (the layout's sources); `sources` holds them for each expert, expert-major.
+    std::vector<std::string> expert_sources{};
 
+    [[nodiscard]] bool gathers_experts() const noexcept { return !expert_sources.empty(); }
+    // The sources the layout cuts: an expert's when gathered, else all of them.
+    [[nodiscard]] std::size_t layout_source_count() const noexcept {
+        return gathers_experts() ? expert_sources.size() : sources.size();
+    }
     [[nodiscard]] bool tied() const noexcept { return !tied_to.empty(); }
     [[nodiscard]] bool created() const noexcept { return init.kind != init_kind::none; }
     [[nodiscard]] bool loaded() const noexcept { return !tied() && !created(); }
@@ -94,9 +120,10 @@ struct parameter_meta {
         p.name + ": " + (p.stacked_experts ? "stacked experts, each " : "") + to_string(p.layout);
     if (p.tied()) s += " tied to " + p.tied_to;
     if (p.created()) s += " init " + std::string(to_string(p.init.kind));
-    if (!p.sources.empty()) {
+    const std::vector<std::string>& named = p.gathers_experts() ? p.expert_sources : p.sources;
+    if (!named.empty()) {
         s += " <- [";
-        for (std::size_t i = 0; i < p.sources.size(); ++i) s += (i ? ", " : "") + p.sources[i];
+        for (std::size_t i = 0; i < named.size(); ++i) s += (i ? ", " : "") + named[i];
         s += "]";
     }
     if (p.dtype_override) s += " as " + std::string(name(*p.dtype_override));
@@ -112,9 +139,9 @@ inline std::ostream& operator<<(std::ostream& os, const parameter_meta& p) {
 [[nodiscard]] inline slice_result slice_parameter(const parameter_meta& p,
                                                   std::span<const shape> source_shapes,
                                                   std::uint32_t world, std::uint32_t rank) {
-    if (!p.sources.empty() && source_shapes.size() != p.sources.size())
+    if (!p.sources.empty() && source_shapes.size() != p.layout_source_count())
         throw error(errc::shape_mismatch,
-                    "parameter '" + p.name + "' has " + std::to_string(p.sources.size()) +
+                    "parameter '" + p.name + "' has " + std::to_string(p.layout_source_count()) +
                         " sources but " + std::to_string(source_shapes.size()) +
                         " shapes were given",
                     error_context{.file = {}, .tensor = p.name});

@@ -100,6 +100,11 @@ struct schema_options {
     // a schema made from config.json alone takes one tensor per expert).
     enum class expert_storage : std::uint8_t { detect, per_expert, stacked };
     expert_storage experts_stored = expert_storage::detect;
+    // The engine's fused experts (vLLM's FusedMoE): per layer with experts, one
+    // `<experts>.w13_weight` [E, 2I, H] (each expert's gate rows, then its up rows) and one
+    // `<experts>.w2_weight` [E, H, I], filled from the per-expert or stacked tensors by the
+    // copy. An architecture that would need a transpose for it (gpt-oss, Llama-4) refuses it.
+    bool fuse_experts = false;
 };
 
 class schema {
@@ -108,10 +113,12 @@ public:
 
     // Adds a parameter; duplicate_name when one of that name exists.
     void add(parameter_meta p) {
-        if (p.sources.size() > max_sources)
+        if (p.layout_source_count() > max_sources)
             throw error(errc::invalid_argument,
-                        "parameter '" + p.name + "' has " + std::to_string(p.sources.size()) +
-                            " sources; at most " + std::to_string(max_sources),
+                        "parameter '" + p.name + "' has " +
+                            std::to_string(p.layout_source_count()) + " sources" +
+                            (p.gathers_experts() ? " per expert" : "") + "; at most " +
+                            std::to_string(max_sources),
                         error_context{.file = {}, .tensor = p.name});
         make_room(params_.size() + 1, sources_.size() + p.sources.size());
         const auto at = static_cast<std::uint32_t>(params_.size());
@@ -227,6 +234,7 @@ public:
                 throw error(errc::invalid_argument,
                             "parameter '" + p.name + "' is neither loaded, tied nor created", ctx);
             }
+            if (p.gathers_experts()) check_gathered(p);
             if (p.expert && *p.expert >= experts_)
                 throw error(errc::invalid_argument,
                             "parameter '" + p.name + "' belongs to expert " +
@@ -237,6 +245,29 @@ public:
     }
 
 private:
+    // Gathered experts: stacked, and `sources` is each of the schema's experts' expert_sources
+    // in expert order.
+    void check_gathered(const parameter_meta& p) const {
+        const error_context ctx{.file = {}, .tensor = p.name};
+        if (!p.stacked_experts || p.expert)
+            throw error(errc::invalid_argument,
+                        "parameter '" + p.name +
+                            "' gathers one tensor per expert but does not stack the experts",
+                        ctx);
+        const std::size_t k = p.expert_sources.size();
+        bool ok = experts_ != 0 && p.sources.size() / k == experts_ && p.sources.size() % k == 0;
+        for (std::uint64_t e = 0; ok && e < experts_; ++e)
+            for (std::size_t i = 0; ok && i < k; ++i)
+                ok = p.sources[e * k + i] == expert_source_name(p.expert_sources[i], e);
+        if (!ok)
+            throw error(errc::invalid_argument,
+                        "parameter '" + p.name + "' gathers one tensor per expert, but its " +
+                            std::to_string(p.sources.size()) + " sources are not its " +
+                            std::to_string(k) + " per expert for each of the schema's " +
+                            std::to_string(experts_) + " experts in order",
+                        ctx);
+    }
+
     // A source name: parameter params_[param]'s sources[k].
     struct source_ref {
         std::uint32_t param;
@@ -436,6 +467,16 @@ inline std::size_t expanded_count(std::span<const parameter_spec> specs, const l
             out.push_back(o.names.to_checkpoint(detail::expand_name(p.sources[i], layer, expert)));
         return out;
     };
+    // What a spec reads: its sources, and for gathered experts each expert's in expert order.
+    auto read_names_of = [&](const parameter_spec& p, index layer, index expert) {
+        std::vector<std::string> named = sources_of(p, layer, expert);
+        if (!p.gathers_experts()) return named;
+        std::vector<std::string> out;
+        out.reserve(named.size() * plan.experts);
+        for (std::uint64_t e = 0; e < plan.experts; ++e)
+            for (const auto& n : named) out.push_back(expert_source_name(n, e));
+        return out;
+    };
     auto emit = [&](const parameter_spec& p, index layer, index expert) {
         parameter_meta m;
         m.name = detail::expand_name(p.name, layer, expert);
@@ -468,7 +509,8 @@ inline std::size_t expanded_count(std::span<const parameter_spec> specs, const l
         } else if (own_source) {  // its own name: expanded once
             m.sources.push_back(o.names.to_checkpoint(m.name));
         } else if (p.init.kind == init_kind::none) {
-            m.sources = sources_of(p, layer, expert);
+            m.sources = read_names_of(p, layer, expert);
+            if (p.gathers_experts()) m.expert_sources = sources_of(p, layer, expert);
         }
         s.add(std::move(m));
     };
@@ -476,7 +518,7 @@ inline std::size_t expanded_count(std::span<const parameter_spec> specs, const l
         if (!p.tied_to.empty())  // a stored copy of a tied tensor is no error either
             s.skip(o.names.to_checkpoint(detail::expand_name(p.name, layer, expert)));
         else if (p.init.kind == init_kind::none)
-            for (auto& name : sources_of(p, layer, expert)) s.skip(std::move(name));
+            for (auto& name : read_names_of(p, layer, expert)) s.skip(std::move(name));
     };
     // Each expert of a per-expert spec, or the spec once.
     auto each_expert = [&](const parameter_spec& p, index layer, auto&& f) {

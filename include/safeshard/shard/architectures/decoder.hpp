@@ -90,6 +90,7 @@ inline constexpr architecture_entry per_expert_entry(std::string_view name, std:
                                                      std::uint32_t requires_features) {
     architecture_entry e = expert_entry(name, dim, s, requires_features);
     e.option = option_rule::experts_per_tensor;
+    e.fusion = fusion_rule::as_stored;
     return e;
 }
 // A projection of all the layer's experts stacked on dim 0; `rule` and `l` cut each expert's
@@ -104,7 +105,27 @@ inline constexpr architecture_entry stacked_expert_entry(
             .requires_features = requires_features,
             .option = option,
             .layers = layer_rule::sparse,
-            .stacked_experts = true};
+            .stacked_experts = true,
+            .fusion = fusion_rule::as_stored};
+}
+// One of the engine's fused experts of a layer (schema_options::fuse_experts; vLLM's
+// FusedMoE): all the layer's experts stacked on dim 0, gathered from one tensor per expert
+// ("{e}" in the sources, `option` experts_per_tensor) or read from the stacked tensor
+// (experts_stacked); `rule` and `l` cut each expert's slab. No checkpoint holds the name.
+inline constexpr architecture_entry fused_expert_entry(std::string_view name, layout_rule rule,
+                                                       layout l, std::string_view first,
+                                                       std::string_view second,
+                                                       std::uint32_t requires_features,
+                                                       option_rule option) {
+    return {.name = name,
+            .rule = rule,
+            .layout = l,
+            .sources = {first, second},
+            .requires_features = requires_features,
+            .option = option,
+            .layers = layer_rule::sparse,
+            .stacked_experts = true,
+            .fusion = fusion_rule::fused};
 }
 // A router or another replicated tensor of the layers with experts.
 inline constexpr architecture_entry sparse_replicated_entry(
@@ -354,6 +375,41 @@ inline constexpr std::array decoder_entries = {
         "model.layers.{i}.mlp.experts.down_proj", layout_rule::fixed, make_split(1),
         dims(config_dim::experts, config_dim::hidden, config_dim::moe_intermediate),
         feature_mixtral_experts),
+    // The engine's fused experts (schema_options::fuse_experts): vLLM's FusedMoE w13_weight
+    // [E, 2I, H] (each expert's gate rows, then its up rows: fused_moe/layer.py loads gate as
+    // shard w1 into the first half and up as w3 into the second) and w2_weight [E, H, I], on
+    // the experts module (Mixtral's per-expert checkpoints: block_sparse_moe.experts).
+    detail::fused_expert_entry("model.layers.{i}.mlp.experts.w13_weight",
+                               layout_rule::expert_gate_up, {},
+                               "model.layers.{i}.mlp.experts.{e}.gate_proj.weight",
+                               "model.layers.{i}.mlp.experts.{e}.up_proj.weight", feature_experts,
+                               option_rule::experts_per_tensor),
+    detail::fused_expert_entry("model.layers.{i}.mlp.experts.w2_weight", layout_rule::fixed,
+                               make_split(1), "model.layers.{i}.mlp.experts.{e}.down_proj.weight",
+                               {}, feature_experts, option_rule::experts_per_tensor),
+    detail::fused_expert_entry("model.layers.{i}.block_sparse_moe.experts.w13_weight",
+                               layout_rule::expert_gate_up, {},
+                               "model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight",
+                               "model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight",
+                               feature_mixtral_experts, option_rule::experts_per_tensor),
+    detail::fused_expert_entry("model.layers.{i}.block_sparse_moe.experts.w2_weight",
+                               layout_rule::fixed, make_split(1),
+                               "model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight", {},
+                               feature_mixtral_experts, option_rule::experts_per_tensor),
+    detail::fused_expert_entry("model.layers.{i}.mlp.experts.w13_weight",
+                               layout_rule::expert_gate_up, {},
+                               "model.layers.{i}.mlp.experts.gate_up_proj", {}, feature_experts,
+                               option_rule::experts_stacked),
+    detail::fused_expert_entry("model.layers.{i}.mlp.experts.w2_weight", layout_rule::fixed,
+                               make_split(1), "model.layers.{i}.mlp.experts.down_proj", {},
+                               feature_experts, option_rule::experts_stacked),
+    detail::fused_expert_entry("model.layers.{i}.mlp.experts.w13_weight",
+                               layout_rule::expert_gate_up, {},
+                               "model.layers.{i}.mlp.experts.gate_up_proj", {},
+                               feature_mixtral_experts, option_rule::experts_stacked),
+    detail::fused_expert_entry("model.layers.{i}.mlp.experts.w2_weight", layout_rule::fixed,
+                               make_split(1), "model.layers.{i}.mlp.experts.down_proj", {},
+                               feature_mixtral_experts, option_rule::experts_stacked),
     // gpt-oss (transformers' modeling_gpt_oss.py GptOssExperts; vLLM's gpt_oss.py): the
     // router with its bias replicated; the experts stacked, gate_up_proj [E, H, 2I] with gate
     // and up interleaved on the last dim (gate = even columns), so a rank takes a contiguous
@@ -503,9 +559,29 @@ inline constexpr std::array decoder_entries = {
 }
 
 // The run-time schema of an architecture's table for config.json.
+// fuse_experts needs experts, stored so that each expert's slab is [2I, H] and [H, I] as the
+// engine's layout is (no transpose).
+inline void check_fusable(const architecture_table& t, const decoder_dims& d) {
+    const std::string family(t.model_type.empty() ? "this architecture" : t.model_type);
+    if ((t.features & transposed_expert_features) != 0)
+        throw error(errc::invalid_argument,
+                    "fuse_experts: " + family +
+                        " stores its experts as gate_up_proj [E, H, 2I] and down_proj [E, I, H]; "
+                        "the fused experts' w13_weight [E, 2I, H] and w2_weight [E, H, I] would "
+                        "need a transpose, which the copy does not do: load the experts as "
+                        "stored (without fuse_experts)");
+    if ((t.features & expert_features) == 0 || d.experts == 0)
+        throw error(errc::invalid_argument,
+                    "fuse_experts: " + family + " has no experts to fuse" +
+                        ((t.features & expert_features) != 0
+                             ? std::string(" (config.json gives no number of experts)")
+                             : std::string()));
+}
+
 [[nodiscard]] inline schema schema_of(const architecture_table& t, const model_config& c,
                                       const schema_options& o) {
     const decoder_dims d = resolve_dims(c, t.tied_default, t.features);
+    if (o.fuse_experts) check_fusable(t, d);
     const std::vector<parameter_spec> specs = specs_of(t, d, layout_options_of(o));
     return expand(specs, layer_plan_of(t, d, c), o);
 }

@@ -244,6 +244,15 @@ enum class option_rule : std::uint8_t {
     experts_stacked,     // ... the layer's experts stacked in one tensor per projection
 };
 
+// Whether an entry of the experts' projections applies as the checkpoint stores them, as the
+// engine's fused experts (schema_options::fuse_experts), or either way (a router).
+enum class fusion_rule : std::uint8_t { any, as_stored, fused };
+
+// The features whose experts would need a transpose to reach the fused experts' layout
+// (gpt-oss's and Llama-4's gate_up_proj [E, H, 2I], down_proj [E, I, H]): fuse_experts refused.
+inline constexpr std::uint32_t transposed_expert_features =
+    feature_gpt_oss_experts | feature_feed_forward;
+
 // One entry of an architecture's table.
 struct architecture_entry {
     std::string_view name{};  // "model.layers.{i}.self_attn.q_proj.weight"
@@ -258,6 +267,7 @@ struct architecture_entry {
     option_rule option = option_rule::always;
     layer_rule layers = layer_rule::every;
     bool stacked_experts = false;  // parameter_spec::stacked_experts
+    fusion_rule fusion = fusion_rule::any;
 
     [[nodiscard]] constexpr bool per_layer() const noexcept {
         return name.find("{i}") != std::string_view::npos;
@@ -275,12 +285,14 @@ struct layout_options {
     bool fuse_qkv = false;
     bool fuse_gate_up = false;
     bool stacked_experts = false;
+    bool fuse_experts = false;
 };
 
 [[nodiscard]] inline layout_options layout_options_of(const schema_options& o) noexcept {
     return {
-        o.kv,       o.kv_multiplier, o.vocab_multiple,
-        o.fuse_qkv, o.fuse_gate_up,  o.experts_stored == schema_options::expert_storage::stacked};
+        o.kv,          o.kv_multiplier, o.vocab_multiple,
+        o.fuse_qkv,    o.fuse_gate_up,  o.experts_stored == schema_options::expert_storage::stacked,
+        o.fuse_experts};
 }
 
 // The entry's layout for these sizes and options.
@@ -364,6 +376,8 @@ struct architecture_table {
         const std::uint32_t have = features | more;
         if ((e.requires_features & have) != e.requires_features) return false;
         if ((e.excludes_features & have) != 0) return false;
+        if (e.fusion != fusion_rule::any && (e.fusion == fusion_rule::fused) != o.fuse_experts)
+            return false;
         switch (e.option) {
             case option_rule::always: return true;
             case option_rule::fuse_qkv: return o.fuse_qkv;
