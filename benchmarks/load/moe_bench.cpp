@@ -9,7 +9,9 @@
 //     published config.json, 48 layers of 128 experts, the matrices shrunk to hidden 256,
 //     moe_intermediate 96: 0.9 GB) loaded from the stacked form (transformers v5's
 //     mlp.experts.gate_up_proj / down_proj) against the same rank from one tensor per expert
-//     (throughput ratio; the stacked form is what fused engine tensors will be filled from).
+//     (throughput ratio), each also as the engine's fused experts (schema_options::
+//     fuse_experts: w13_weight, w2_weight per layer; goal: fused / per expert >= 0.95), at
+//     ep 8 (whole experts) and ep 1 (every expert cut 8 ways).
 //
 //   moe_bench [--dir=DIR] [google benchmark flags]
 //
@@ -23,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -221,12 +224,15 @@ fs::path write_qwen3(schema_options::expert_storage form) {
     return dir;
 }
 
-// Rank 0 of tp 8 / ep 8: arg 0 per expert, 1 stacked.
+// Rank 0 of tp 8: args (form: 0 per expert, 1 stacked; 1: fused experts; ep).
 void BM_qwen3_rank_load(benchmark::State& st) {
     const fs::path dir = write_qwen3(st.range(0) == 1 ? schema_options::expert_storage::stacked
                                                       : schema_options::expert_storage::per_expert);
     const checkpoint c = checkpoint::open(dir.string());
-    const load_plan p = load_plan::build(c, {.rank = 0, .world = 8, .experts = {.ep = 8}});
+    plan_options o;
+    o.schema.fuse_experts = st.range(1) == 1;
+    const auto ep = static_cast<std::uint32_t>(st.range(2));
+    const load_plan p = load_plan::build(c, {.rank = 0, .world = 8, .experts = {.ep = ep}}, o);
     host_engine engine;
     for (auto _ : st) {
         auto m = load_tensors<host_tensor>(p, engine);
@@ -237,6 +243,22 @@ void BM_qwen3_rank_load(benchmark::State& st) {
     st.counters["read_over_rank_bytes"] =
         static_cast<double>(p.bytes_to_read()) / static_cast<double>(p.total_bytes());
     st.counters["destinations"] = static_cast<double>(p.destinations().size());
+}
+
+// The physical limit of the rank loads above: a memcpy of rank 0's bytes (tp 8 / ep 8) from
+// memory into a fresh allocation, as a load fills fresh tensors.
+void BM_qwen3_memcpy(benchmark::State& st) {
+    const fs::path dir = write_qwen3(schema_options::expert_storage::per_expert);
+    const checkpoint c = checkpoint::open(dir.string());
+    const load_plan p = load_plan::build(c, {.rank = 0, .world = 8, .experts = {.ep = 8}});
+    const auto n = static_cast<std::size_t>(p.total_bytes());
+    std::vector<std::byte> from(n, std::byte{1});
+    for (auto _ : st) {
+        const std::unique_ptr<std::byte[]> to(new std::byte[n]);
+        std::memcpy(to.get(), from.data(), n);
+        benchmark::DoNotOptimize(to.get());
+    }
+    st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * p.total_bytes()));
 }
 
 void BM_load_many(benchmark::State& st) {
@@ -263,7 +285,19 @@ BENCHMARK(BM_v3_plan_only)
     ->Args({0, 8})
     ->Args({0, 1});
 BENCHMARK(BM_load_many)->Unit(benchmark::kMillisecond)->UseRealTime()->Arg(200)->Arg(20000);
-BENCHMARK(BM_qwen3_rank_load)->Unit(benchmark::kMillisecond)->UseRealTime()->Arg(0)->Arg(1);
+BENCHMARK(BM_qwen3_rank_load)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->ArgNames({"stacked", "fused", "ep"})
+    ->Args({0, 0, 8})
+    ->Args({0, 1, 8})
+    ->Args({1, 0, 8})
+    ->Args({1, 1, 8})
+    ->Args({0, 0, 1})
+    ->Args({0, 1, 1})
+    ->Args({1, 0, 1})
+    ->Args({1, 1, 1});
+BENCHMARK(BM_qwen3_memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 int main(int argc, char** argv) {
     std::vector<char*> rest;

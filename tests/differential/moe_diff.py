@@ -7,9 +7,11 @@ reference library, must be exactly the ones the rules below name (no tensor miss
 extra), each equal to the slice numpy cuts from the original (dtype, shape and bytes); the
 merge must give the original tensors bit for bit.
 The first six architectures below are exported twice: with one tensor per expert, and with
-each layer's experts stacked (below), the same weights in both. gpt_oss is exported in its own
+each layer's experts stacked (below), the same weights in both; and each of those twice more
+with --fuse-experts (the engine's fused experts, below). gpt_oss is exported in its own
 stacked form only, llama4 in its stacked form twice: as a text model, and nested in a
-multimodal checkpoint.
+multimodal checkpoint; --fuse-experts is refused for both (their [E, H, 2I] would need a
+transpose).
 
 Architectures (model_type), with the names and config.json fields of the published
 checkpoints (tests/data/moe/README.md, and each folder's config.json and tensors.txt there;
@@ -52,6 +54,15 @@ ranks (group g = r // W, position p = r % W):
   rank's gate_up_proj is [E_local, 2I / W, H]: for each of its group's experts in increasing
   order, gate rows [p I / W, (p + 1) I / W) then up rows of the same range; its down_proj
   [E_local, H, I / W] the same experts' columns [p I / W, (p + 1) I / W);
+- fused experts (--fuse-experts; vLLM's FusedMoE w13_weight and w2_weight, fused_moe/layer.py
+  loading gate as w1 into the first half of each expert's rows and up as w3 into the
+  second): in every layer with experts, from either form, MODULE.w13_weight
+  [E_local, 2I / W, H] holds for each of the group's experts in increasing order its gate
+  rows [p I / W, (p + 1) I / W) then its up rows of the same range, and MODULE.w2_weight
+  [E_local, H, I / W] its down columns [p I / W, (p + 1) I / W); MODULE is
+  model.layers.L.block_sparse_moe.experts for Mixtral's per-expert checkpoints and
+  model.layers.L.mlp.experts otherwise; the experts' own tensors are not in the rank; the
+  merge gives back the form exported (per-expert or stacked) bit for bit;
 - gpt_oss's and llama4's experts ([E, H, 2I] and [E, I, H]): a rank's gate_up_proj is
   [E_local, H, 2I / W], for each of its group's experts in increasing order: gpt_oss the
   columns [2 p I / W, 2 (p + 1) I / W) (whole gate/up pairs, as vLLM's
@@ -505,6 +516,45 @@ def expected(name, t, m, world, ep, placement, r):
     raise ValueError(f"no rule for {name}")
 
 
+def experts_of(tensors):
+    """(layer, module) -> {(e, "gate" | "up" | "down"): array} of every layer with experts,
+    from one tensor per expert or the stacked form (an expert's gate_up_proj slab is its gate
+    rows, then its up rows)."""
+    out = {}
+    for n, t in tensors.items():
+        x, s = EXPERT.search(n), STACKED.search(n)
+        if x is None and s is None:
+            continue
+        layer = n[:n.index(".", len("model.layers."))]
+        module = ".block_sparse_moe.experts." if ".block_sparse_moe." in n else ".mlp.experts."
+        ex = out.setdefault((layer, module), {})
+        if x is not None:
+            ex[int(x.group(1)), PROJECTION[x.group(2)]] = t
+        elif s.group(1) == "down_proj":
+            for e in range(t.shape[0]):
+                ex[e, "down"] = t[e]
+        else:
+            inter = t.shape[1] // 2
+            for e in range(t.shape[0]):
+                ex[e, "gate"], ex[e, "up"] = t[e, :inter], t[e, inter:]
+    return out
+
+
+def fused_expected(tensors, m, world, ep, placement, r):
+    """Rank r's fused experts: name -> array."""
+    w = world // ep
+    group, pos = divmod(r, w)
+    out = {}
+    for (layer, module), ex in experts_of(tensors).items():
+        held = [e for e in range(m["experts"]) if owns(group, e, ep, placement, m["experts"])]
+        out[layer + module + "w13_weight"] = np.stack(
+            [np.concatenate([part(ex[e, "gate"], 0, w, pos), part(ex[e, "up"], 0, w, pos)])
+             for e in held])
+        out[layer + module + "w2_weight"] = np.stack([part(ex[e, "down"], 1, w, pos)
+                                                      for e in held])
+    return out
+
+
 def read_folder(folder):
     """Tensors, and each shard's __metadata__."""
     out, metas = {}, []
@@ -530,16 +580,18 @@ def describe(a):
     return "absent" if a is None else f"{a.dtype} {list(a.shape)}"
 
 
-def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp, form):
+def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp, form, fuse=False):
     """One export of the checkpoint at src against the oracle, and its merge."""
     label = f"{m['arch']} {form} tp={world} ep={ep}" + (f" {placement}" if ep > 1 else "") + (
-        " --include-mtp" if mtp else "")
+        " --include-mtp" if mtp else "") + (" --fuse-experts" if fuse else "")
     ex, merged = os.path.join(tmp, "ex"), os.path.join(tmp, "merged")
     args = ["export", src, "--tp", str(world), "--out", ex, "--max-shard-size", "30KB"]
     if ep > 1:
         args += ["--ep", str(ep), "--expert-placement", placement]
     if mtp:
         args.append("--include-mtp")
+    if fuse:
+        args.append("--fuse-experts")
     if not safeshard(label, args):
         return 0
     # The multi-token prediction layer only with --include-mtp.
@@ -558,8 +610,10 @@ def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp, form):
             check(md.get("format") == "pt" and doc["world"] == world and doc["rank"] == r,
                   f"{label} rank {r}: metadata {md.get('format')}, world {doc['world']}, "
                   f"rank {doc['rank']}")
-        want = {}
+        want = fused_expected(kept, m, world, ep, placement, r) if fuse else {}
         for n, t in kept.items():
+            if fuse and (EXPERT.search(n) or STACKED.search(n)):
+                continue  # in the fused tensors
             e = expected(n, t, m, world, ep, placement, r)
             if e is not None:
                 # A rank holds the loader's tensors under the loader's names: the text model's
@@ -605,8 +659,16 @@ def forms(arch, world):
     return {"per-expert": (cfg, per_expert, m), "stacked": (cfg, stacked(per_expert), m)}
 
 
+def refuses_fusing(src, arch):
+    """gpt_oss and llama4: --fuse-experts is a usage error (exit 2) that says why."""
+    p = subprocess.run([EXE, "plan", src, "--tp", "2", "--fuse-experts"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    check(p.returncode == 2 and "transpose" in p.stdout,
+          f"{arch}: plan --fuse-experts exited {p.returncode}: {p.stdout.strip()[:300]}")
+
+
 started = time.monotonic()
-runs = {"per-expert": 0, "stacked": 0, "multimodal": 0}
+runs = {"per-expert": 0, "stacked": 0, "multimodal": 0, "per-expert fused": 0, "stacked fused": 0}
 compared = 0
 with tempfile.TemporaryDirectory() as tmp:
     for arch in ARCHS:
@@ -618,13 +680,17 @@ with tempfile.TemporaryDirectory() as tmp:
                           metadata={"format": "pt"})
                 with open(os.path.join(src, "config.json"), "w") as f:
                     json.dump(cfg, f, indent=2)
+                fusable = arch not in ("gpt_oss", "llama4")
+                if not fusable and world == 2:
+                    refuses_fusing(src, arch)
                 for ep in sorted({e for e in (1, 2, world)
                                   if world % e == 0 and e <= m["experts"]}):
                     for placement in ["linear"] if ep == 1 else ["linear", "round_robin"]:
                         for mtp in [False, True] if m["mtp"] else [False]:
-                            compared += export_and_merge(src, tmp, m, tensors, world, ep,
-                                                         placement, mtp, form)
-                            runs[form] += 1
+                            for fuse in [False, True] if fusable and not mtp else [False]:
+                                compared += export_and_merge(src, tmp, m, tensors, world, ep,
+                                                             placement, mtp, form, fuse)
+                                runs[form + (" fused" if fuse else "")] += 1
                 shutil.rmtree(src)
 
 seconds = time.monotonic() - started

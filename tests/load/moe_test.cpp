@@ -770,6 +770,28 @@ TEST_CASE("fused experts: refused where a transpose or no experts, or experts th
     CHECK(p.find("model.layers.1.mlp.experts.w13_weight") != nullptr);
 }
 
+TEST_CASE(
+    "fused experts: a pipeline stage leaves the other layers' experts unread, not unexpected") {
+    const moe_model m{.type = "qwen3_moe", .mlp_only = {0}};
+    temp_folder dir;
+    write_checkpoint(dir.path(), config_of(m), 2, "", tensors_of(m));
+    const checkpoint c = checkpoint::open(dir.path().string());
+    plan_options o;
+    o.schema.fuse_experts = true;
+    o.schema.layer_begin = 2;  // the last layer only
+    const load_plan p = load_plan::build(c, {0, 1}, o);
+    CHECK(p.unexpected().empty());
+    CHECK(p.find("model.layers.2.mlp.experts.w13_weight") != nullptr);
+    CHECK(p.find("model.layers.1.mlp.experts.w13_weight") == nullptr);
+    std::size_t skipped = 0;
+    for (const auto& ig : p.ignored())
+        if (ig.name.starts_with("model.layers.1.mlp.experts.")) {
+            ++skipped;
+            CHECK(ig.note == "outside this pipeline stage");
+        }
+    CHECK(skipped == 3 * m.experts);
+}
+
 TEST_CASE("fused experts: a missing expert's tensor is named") {
     const moe_model m{.type = "mixtral"};
     auto src = tensors_of(m);
