@@ -153,6 +153,41 @@ TEST_CASE("config: missing fields and wrong types are invalid_config") {
     CHECK(bad(R"({"model_type": 7, "hidden_size": 8, "num_hidden_layers": 1,
                   "num_attention_heads": 2})") == errc::invalid_config);
     CHECK(bad(R"({"model_type": "llava", "text_config": 3})") == errc::invalid_config);
+    // The layers with experts, listed.
+    const std::string moe =
+        "{" + std::string(base) + R"(, "hidden_size": 8, "num_attention_heads": 4, )";
+    CHECK(bad(moe + R"("mlp_only_layers": 1})") == errc::invalid_config);
+    CHECK(what.find("'mlp_only_layers' must be an array of layer indices, found an integer") !=
+          std::string::npos);
+    CHECK(bad(moe + R"("mlp_only_layers": [0, "1"]})") == errc::invalid_config);
+    CHECK(what.find("'mlp_only_layers' must be an array of layer indices, found an item that "
+                    "is a string") != std::string::npos);
+    CHECK(bad(moe + R"("moe_layers": {}})") == errc::invalid_config);
+    CHECK(what.find("'moe_layers' must be an array of layer indices") != std::string::npos);
+    CHECK(bad(moe + R"("moe_layers": [-1]})") == errc::invalid_config);
+    CHECK(bad(moe + R"("moe_layers": [2]})") == errc::invalid_config);
+    CHECK(what.find("'moe_layers' names layer 2 of 2 (num_hidden_layers)") != std::string::npos);
+    CHECK(bad(R"({"model_type": "llama4_text", "num_hidden_layers": 2000000, "hidden_size": 8,
+                  "num_attention_heads": 4, "moe_layers": [1]})") == errc::invalid_config);
+    CHECK(what.find("at most 1048576") != std::string::npos);
+}
+
+TEST_CASE("config: llama4's moe_layers, listed or every interleave_moe_layer_step-th") {
+    const std::string head = R"({"model_type": "llama4_text", "num_hidden_layers": 4,
+        "hidden_size": 8, "num_attention_heads": 4, "num_local_experts": 2, )";
+    // Listed: the others are dense, whatever the step says.
+    auto c = config_file::parse(head + R"("interleave_moe_layer_step": 2, "moe_layers": [0, 3]})",
+                                "config.json")
+                 .config();
+    CHECK(c.decoder_sparse_step == 1);
+    CHECK(c.mlp_only_layers == std::vector<std::uint64_t>{1, 2});
+    // Absent or null: every step-th ((l + 1) % step == 0).
+    for (const char* tail : {R"("interleave_moe_layer_step": 2})",
+                             R"("interleave_moe_layer_step": 2, "moe_layers": null})"}) {
+        c = config_file::parse(head + tail, "config.json").config();
+        CHECK(c.decoder_sparse_step == 2);
+        CHECK(c.mlp_only_layers.empty());
+    }
 }
 
 TEST_CASE("config: load from a file") {

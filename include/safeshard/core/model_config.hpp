@@ -39,7 +39,8 @@ struct model_config {
     std::uint64_t intermediate_size_mlp = 0;     // llama4: the dense layers' (intermediate_size
                                                  // is then the experts')
     std::uint64_t moe_layer_freq = 1;            // deepseek: ... when l % freq == 0
-    std::vector<std::uint64_t> mlp_only_layers;  // dense whatever the rest says
+    std::vector<std::uint64_t> mlp_only_layers;  // dense whatever the rest says (llama4: the
+                                                 // layers moe_layers does not list)
     std::uint64_t num_nextn_predict_layers = 0;  // multi-token prediction layers
     // Multi-head latent attention (deepseek_v2, deepseek_v3): absent q_lora_rank (null) means
     // q_proj instead of q_a_proj / q_b_proj.

@@ -263,21 +263,50 @@ private:
         c.moe_layer_freq = get_size("moe_layer_freq").value_or(1);
         if (c.moe_layer_freq == 0) fail("'moe_layer_freq' must be positive");
         c.num_nextn_predict_layers = get_size("num_nextn_predict_layers").value_or(0);
-        if (auto e = find("mlp_only_layers")) {
-            simdjson::dom::array a;
-            if (e->get_array().get(a))
-                fail("'mlp_only_layers' must be an array of layer indices, found " +
-                     std::string(detail::json_type_name(e->type())));
-            for (auto item : a) {
-                std::uint64_t v = 0;
-                if (!detail::json_to_uint64(item, v))
-                    fail(
-                        "'mlp_only_layers' must be an array of layer indices, found an item "
-                        "that is " +
-                        std::string(detail::json_type_name(item.type())));
-                c.mlp_only_layers.push_back(v);
-            }
+        if (auto e = find("mlp_only_layers"))
+            c.mlp_only_layers = layer_indices("mlp_only_layers", *e);
+        parse_moe_layers();
+    }
+
+    // llama4's explicit moe_layers (transformers' Llama4TextDecoderLayer: a layer has experts
+    // when its index is listed; absent or null, every interleave_moe_layer_step-th has): every
+    // other layer is dense.
+    void parse_moe_layers() {
+        model_config& c = config_;
+        const auto e = find("moe_layers");
+        if (!e) return;
+        const std::vector<std::uint64_t> listed = layer_indices("moe_layers", *e);
+        constexpr std::uint64_t most = std::uint64_t{1} << 20;
+        if (c.num_hidden_layers > most)
+            fail("'moe_layers' with " + std::to_string(c.num_hidden_layers) + " layers: at most " +
+                 std::to_string(most) + " are planned layer by layer");
+        std::vector<bool> sparse(static_cast<std::size_t>(c.num_hidden_layers), false);
+        for (const std::uint64_t l : listed) {
+            if (l >= c.num_hidden_layers)
+                fail("'moe_layers' names layer " + std::to_string(l) + " of " +
+                     std::to_string(c.num_hidden_layers) + " (num_hidden_layers)");
+            sparse[static_cast<std::size_t>(l)] = true;
         }
+        c.decoder_sparse_step = 1;
+        for (std::uint64_t l = 0; l < c.num_hidden_layers; ++l)
+            if (!sparse[static_cast<std::size_t>(l)]) c.mlp_only_layers.push_back(l);
+    }
+
+    std::vector<std::uint64_t> layer_indices(std::string_view key, simdjson::dom::element e) {
+        simdjson::dom::array a;
+        if (e.get_array().get(a))
+            fail("'" + std::string(key) + "' must be an array of layer indices, found " +
+                 std::string(detail::json_type_name(e.type())));
+        std::vector<std::uint64_t> v;
+        for (auto item : a) {
+            std::uint64_t x = 0;
+            if (!detail::json_to_uint64(item, x))
+                fail("'" + std::string(key) +
+                     "' must be an array of layer indices, found an item that is " +
+                     std::string(detail::json_type_name(item.type())));
+            v.push_back(x);
+        }
+        return v;
     }
 
     // Multi-head latent attention's ranks and head sizes (deepseek_v2, deepseek_v3).
