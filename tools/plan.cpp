@@ -1,5 +1,6 @@
 // safeshard plan: each parameter's layout, global shape, and every rank's local shape and
 // bytes, from the headers and config.json alone (no tensor data read, nothing allocated).
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -32,6 +33,7 @@ struct parameter_row {
         const plan_destination* local;
     };
     std::vector<held> holders;
+    std::vector<parameter_row> companions;  // a quantized weight's scales, each across the ranks
 
     [[nodiscard]] const plan_destination& first() const { return *holders.front().local; }
     // The name of the parameter this one is tied to (on the first rank holding it).
@@ -51,7 +53,18 @@ struct rank_plans {
         std::map<std::size_t, parameter_row> by_place;
         for (std::size_t k = 0; k < plans.size(); ++k)
             for (const plan_destination& d : plans[k].destinations())
-                by_place[d.schema_index].holders.push_back({ranks[k], &plans[k], &d});
+                if (!d.companion_of)
+                    by_place[d.schema_index].holders.push_back({ranks[k], &plans[k], &d});
+        for (std::size_t k = 0; k < plans.size(); ++k)
+            for (const plan_destination& d : plans[k].destinations()) {
+                if (!d.companion_of) continue;
+                auto& of = by_place[d.schema_index].companions;
+                auto it = std::find_if(of.begin(), of.end(), [&](const parameter_row& c) {
+                    return c.first().name == d.name;
+                });
+                if (it == of.end()) it = of.insert(of.end(), parameter_row{});
+                it->holders.push_back({ranks[k], &plans[k], &d});
+            }
         std::vector<parameter_row> rows;
         rows.reserve(by_place.size());
         for (auto& [place, row] : by_place) rows.push_back(std::move(row));
@@ -80,30 +93,49 @@ struct rank_plans {
     return o;
 }
 
+// "name", "layout", "global_shape", "dtype" of a row's tensor.
+void tensor_json(output& out, const plan_destination& d) {
+    out.write("{\"name\":");
+    out.json_string(d.name);
+    out.write(",\"layout\":");
+    out.json_string(layout_name(d));
+    out.write(",\"global_shape\":");
+    shape_json(out, d.global);
+    out.write(",\"dtype\":");
+    out.json_string(safeshard::name(d.dtype));
+}
+
+// "ranks": each rank that holds the row's tensor, its shape and bytes.
+void ranks_json(output& out, const parameter_row& row) {
+    out.write(",\"ranks\":[");
+    for (std::size_t k = 0; k < row.holders.size(); ++k) {
+        const auto& h = row.holders[k];
+        out.print("{}{{\"rank\":{},\"shape\":", k ? "," : "", h.rank);
+        shape_json(out, h.local->local);
+        out.print(",\"nbytes\":{}}}", bytes_of(*h.local));
+    }
+    out.write("]");
+}
+
 void print_json(output& out, std::uint32_t world, const rank_plans& rp) {
     const std::vector<parameter_row> params = rp.parameters();
     out.print("{{\"world\":{},\"parameters\":[", world);
     for (std::size_t i = 0; i < params.size(); ++i) {
         const plan_destination& d = params[i].first();
-        out.write(i ? ",{\"name\":" : "{\"name\":");
-        out.json_string(d.name);
-        out.write(",\"layout\":");
-        out.json_string(layout_name(d));
-        out.write(",\"global_shape\":");
-        shape_json(out, d.global);
-        out.write(",\"dtype\":");
-        out.json_string(safeshard::name(d.dtype));
+        if (i) out.write(",");
+        tensor_json(out, d);
         out.write(",\"tied_to\":");
         if (d.tied())
             out.json_string(params[i].tied_to());
         else
             out.write("null");
-        out.write(",\"ranks\":[");
-        for (std::size_t k = 0; k < params[i].holders.size(); ++k) {
-            const auto& h = params[i].holders[k];
-            out.print("{}{{\"rank\":{},\"shape\":", k ? "," : "", h.rank);
-            shape_json(out, h.local->local);
-            out.print(",\"nbytes\":{}}}", bytes_of(*h.local));
+        ranks_json(out, params[i]);
+        out.write(",\"companions\":[");
+        for (std::size_t c = 0; c < params[i].companions.size(); ++c) {
+            if (c) out.write(",");
+            tensor_json(out, params[i].companions[c].first());
+            ranks_json(out, params[i].companions[c]);
+            out.write("}");
         }
         out.write("]}");
     }
@@ -130,6 +162,14 @@ void print_text(output& out, const plan_args& a, const rank_plans& rp) {
         for (const auto& h : row.holders)
             out.print("    rank {}: {}  {}\n", h.rank, h.local->local.to_string(),
                       human_bytes(bytes_of(*h.local)));
+        for (const parameter_row& c : row.companions) {
+            const plan_destination& cd = c.first();
+            out.print("  + {}  {}  {}  {}\n", escape_controls(cd.name), layout_name(cd),
+                      cd.global.to_string(), safeshard::name(cd.dtype));
+            for (const auto& h : c.holders)
+                out.print("    rank {}: {}  {}\n", h.rank, h.local->local.to_string(),
+                          human_bytes(bytes_of(*h.local)));
+        }
     }
     out.write("\nbytes per rank:\n");
     for (std::size_t k = 0; k < rp.plans.size(); ++k)

@@ -10,6 +10,18 @@
 
 namespace safeshard {
 
+// config.json's quantization_config, as far as a cut needs it (the scheme's own loaders read
+// the rest).
+struct quantization_config {
+    std::string quant_method;  // "fp8", "compressed-tensors", "modelopt", "gptq", ...
+    std::string format;        // compressed-tensors: "float-quantized", "pack-quantized", ...
+    std::string quant_algo;    // modelopt: "FP8", "NVFP4"
+    // fp8's weight_block_size [rows, columns] (DeepSeek-V3: [128, 128]); 0: none given.
+    std::uint64_t block_rows = 0;
+    std::uint64_t block_cols = 0;
+    friend bool operator==(const quantization_config&, const quantization_config&) = default;
+};
+
 // A plain struct, no parsing here. Zero means "not given" for the sizes; format/ applies
 // config.json's defaults (num_key_value_heads = num_attention_heads, head_dim =
 // hidden_size / num_attention_heads) before handing it over.
@@ -27,6 +39,8 @@ struct model_config {
     std::optional<bool> tie_word_embeddings;
     // From `torch_dtype` or `dtype`, when present and a known dtype.
     std::optional<dtype> checkpoint_dtype;
+    // Absent for a checkpoint that is not quantized (or does not say).
+    std::optional<quantization_config> quantization;
 
     // Mixtures of experts (0 and empty for a dense model).
     std::uint64_t num_experts = 0;            // num_local_experts, num_experts or n_routed_experts

@@ -228,6 +228,7 @@ private:
         }
         parse_experts();
         parse_latent_attention();
+        parse_quantization();
         // Newer transformers write `dtype`, older `torch_dtype`; an unknown name is no error.
         for (std::string_view key : {"dtype", "torch_dtype"}) {
             auto e = find(key);
@@ -307,6 +308,44 @@ private:
             v.push_back(x);
         }
         return v;
+    }
+
+    // quantization_config (at the top level, beside text_config): the method, and what of it
+    // decides a cut.
+    void parse_quantization() {
+        simdjson::dom::element q;
+        if (root_.at_key("quantization_config").get(q) != simdjson::SUCCESS || q.is_null()) return;
+        if (!q.is_object())
+            fail("'quantization_config' must be an object, found " +
+                 std::string(detail::json_type_name(q.type())));
+        quantization_config out;
+        auto text = [&](std::string_view key) -> std::string {
+            simdjson::dom::element e;
+            if (q.at_key(key).get(e) != simdjson::SUCCESS || e.is_null()) return {};
+            std::string_view s;
+            if (e.get_string().get(s))
+                fail("'quantization_config." + std::string(key) + "' must be a string, found " +
+                     std::string(detail::json_type_name(e.type())));
+            return std::string(s);
+        };
+        out.quant_method = text("quant_method");
+        if (out.quant_method.empty()) fail("'quantization_config' has no 'quant_method'");
+        out.format = text("format");
+        out.quant_algo = text("quant_algo");
+        simdjson::dom::element b;
+        if (q.at_key("weight_block_size").get(b) == simdjson::SUCCESS && !b.is_null()) {
+            simdjson::dom::array a;
+            std::uint64_t v[2] = {0, 0};
+            std::size_t n = 0;
+            bool ok = b.get_array().get(a) == simdjson::SUCCESS;
+            if (ok)
+                for (auto item : a) ok = ok && n < 2 && detail::json_to_uint64(item, v[n++]);
+            if (!ok || n != 2 || v[0] == 0 || v[1] == 0)
+                fail("'quantization_config.weight_block_size' must be two positive integers");
+            out.block_rows = v[0];
+            out.block_cols = v[1];
+        }
+        config_.quantization = std::move(out);
     }
 
     // Multi-head latent attention's ranks and head sizes (deepseek_v2, deepseek_v3).

@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -30,8 +31,10 @@
 #include "safeshard/load/report.hpp"
 #include "safeshard/load/tensor_factory.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
+#include "safeshard/shard/companion.hpp"
 #include "safeshard/shard/expert_parallel.hpp"
 #include "safeshard/shard/parameter.hpp"
+#include "safeshard/shard/quantization/schemes.hpp"
 #include "safeshard/shard/schema.hpp"
 #include "safeshard/shard/slice.hpp"
 
@@ -85,6 +88,10 @@ struct plan_destination {
     // Stacked experts gathered from one tensor per expert (the engine's fused experts):
     // `sources` name them with "{e}" for the expert, each of one expert's slab.
     bool gathered_experts = false;
+    // A quantization companion (a scale grid) of the weight destination `companion_of`, cut as
+    // that weight in the units of `grid` (shard/companion.hpp); its dtype is the stored one.
+    std::optional<std::uint32_t> companion_of{};
+    companion_grid grid{};
     // The parameter's place in the schema: orders the destinations of one rank's plan against
     // another's (a rank holds its own experts only).
     std::size_t schema_index = 0;
@@ -100,6 +107,7 @@ struct plan_destination {
 // says), "gathered_experts<fused<0>>" when the slabs come from one tensor per expert.
 [[nodiscard]] inline std::string layout_name(const plan_destination& d) {
     const std::string inner(name(d.layout));
+    if (d.companion_of) return to_string(d.grid) + "(" + inner + ")";
     if (d.stacked_experts == 0) return inner;
     return (d.gathered_experts ? "gathered_experts<" : "stacked_experts<") + inner + ">";
 }
@@ -272,21 +280,60 @@ public:
           ctx_(ctx),
           o_(o),
           config_(config),
-          expert_rank_(expert_rank_of(ctx.rank, ctx.world, ctx.experts.ep)) {}
+          expert_rank_(expert_rank_of(ctx.rank, ctx.world, ctx.experts.ep)) {
+        if (config_ && config_->quantization && !o_.allow_quantized)
+            scheme_ = find_quantization_scheme(*config_->quantization);
+    }
 
-    // A quantized checkpoint is refused before anything else is decided.
+    // A quantized checkpoint of no known scheme is refused before anything else is decided
+    // (one of a known scheme once its companions are planned: refuse_unclaimed_scales).
     void refuse_quantized() const {
+        if (o_.allow_quantized || scheme_) return;
+        if (config_ && config_->quantization)
+            throw error(errc::quantized_checkpoint,
+                        "config.json's quantization_config says quant_method '" +
+                            config_->quantization->quant_method + "'" +
+                            (config_->quantization->format.empty()
+                                 ? std::string()
+                                 : " (format '" + config_->quantization->format + "')") +
+                            ", which no plan cuts yet; load the raw tensors explicitly "
+                            "(plan_options::allow_quantized) or dequantize it first",
+                        error_context{.file = ckpt_.root().string(), .tensor = {}});
+        refuse_scales([](std::string_view) { return true; });
+    }
+    // After planning: the scale tensors no weight claimed, of no weight the schema knows (another
+    // rank's expert, another stage's layer: their scales are left with them).
+    void refuse_unclaimed_scales() const {
+        if (o_.allow_quantized || !scheme_) return;
+        refuse_scales([&](std::string_view n) {
+            if (claimed_.contains(n)) return false;
+            const auto w = scale_weight(n);
+            return !w || (!s_.find_by_source(*w) && !s_.ignore_reason_of(*w));
+        });
+    }
+    // The weight a name of the scheme's companions belongs to ("X.weight_scale_inv" ->
+    // "X.weight").
+    [[nodiscard]] std::optional<std::string> scale_weight(std::string_view n) const {
+        return scheme_ ? companion_weight(*scheme_, n) : std::nullopt;
+    }
+
+    template <class Keep>
+    void refuse_scales(Keep&& keep) const {
         std::vector<std::string> scales;
         for (const auto& f : ckpt_.files())
             for (const tensor_view t : f.view)
-                if (detail::is_quantization_scale(t.name())) scales.emplace_back(t.name());
-        if (!scales.empty() && !o_.allow_quantized)
-            throw error(
-                errc::quantized_checkpoint,
-                "the checkpoint is quantized (scale tensors: " + detail::name_list(scales, 5) +
-                    "); load the raw tensors explicitly (plan_options::allow_quantized) or "
-                    "dequantize it first",
-                error_context{.file = ckpt_.root().string(), .tensor = scales.front()});
+                if (detail::is_quantization_scale(t.name()) && keep(t.name()))
+                    scales.emplace_back(t.name());
+        if (scales.empty()) return;
+        throw error(errc::quantized_checkpoint,
+                    "the checkpoint is quantized (scale tensors" +
+                        std::string(scheme_ ? " no weight of the " + std::string(scheme_->name) +
+                                                  " scheme claims"
+                                            : std::string()) +
+                        ": " + detail::name_list(scales, 5) +
+                        "); load the raw tensors explicitly (plan_options::allow_quantized) or "
+                        "dequantize it first",
+                    error_context{.file = ckpt_.root().string(), .tensor = scales.front()});
     }
 
     // The schema's parameters: loaded and created ones now, tied ones once their targets are.
@@ -319,7 +366,9 @@ public:
                                                                found->file->name + " is read"});
                     continue;
                 }
-                if (s_.find_by_source(n)) continue;
+                if (s_.find_by_source(n) || claimed_.contains(n)) continue;
+                if (const auto w = scale_weight(n); w && s_.find_by_source(*w))
+                    continue;  // its weight is another rank's: so is it
                 if (auto fm = unread_name(n)) fallback_.push_back(std::move(*fm));
             }
         for (const auto& fm : fallback_) add_loaded(fm);
@@ -386,6 +435,9 @@ private:
         } else if (const auto* cm = s_.find(*as_schema); cm && cm->created()) {
             p_.ignored_.push_back({std::string(n), "initialised, not read"});
         } else if (const auto why = s_.ignore_reason_of(n)) {
+            p_.ignored_.push_back({std::string(n), std::string(why->note), why->left_out});
+        } else if (const auto w = scale_weight(n); w && s_.ignore_reason_of(*w)) {
+            const auto why = s_.ignore_reason_of(*w);
             p_.ignored_.push_back({std::string(n), std::string(why->note), why->left_out});
         } else if (detail::is_quantization_scale(n)) {
             p_.ignored_.push_back({std::string(n), "a quantization scale (raw load)"});
@@ -566,6 +618,110 @@ private:
         emit_ops(m, r, *located, d, di);
         index_.emplace(m.name, di);
         p_.destinations_.push_back(std::move(d));
+        add_companions(m, r, *located, di);
+    }
+
+    // The located companions of suffix `suffix` of the weight's sources (one each), or nullopt
+    // where it has none; shape_mismatch where some sources have one and others not.
+    [[nodiscard]] std::optional<std::vector<located_tensor>> companions_of(
+        const parameter_meta& m, std::string_view suffix) const {
+        std::vector<located_tensor> found;
+        std::vector<std::string> absent;
+        for (const auto& src : m.sources) {
+            const std::string n = companion_name(src, suffix);
+            const auto t = n.empty() ? std::nullopt : ckpt_.find(n);
+            if (t)
+                found.push_back(*t);
+            else
+                absent.push_back(n.empty() ? src + "'s " + std::string(suffix) : n);
+        }
+        if (found.empty()) return std::nullopt;
+        if (!absent.empty())
+            throw error(errc::missing_tensor,
+                        "parameter '" + m.name + "' joins tensors of which some carry a " +
+                            std::string(suffix) +
+                            " and others not: " + detail::name_list(absent, 4) + " missing",
+                        error_context{.file = {}, .tensor = m.name});
+        return found;
+    }
+
+    // The grid the companions have over the weight's sources: one for all, read from the
+    // stored shapes against the scheme's block.
+    [[nodiscard]] companion_grid grid_of(const parameter_meta& m,
+                                         std::span<const located_tensor> weights,
+                                         std::span<const located_tensor> companions) const {
+        const quantization_config& q = *config_->quantization;
+        std::optional<companion_grid> grid;
+        for (std::size_t k = 0; k < weights.size(); ++k) {
+            const shape& w = weights[k].tensor.shape();
+            const shape& c = companions[k].tensor.shape();
+            const auto g = infer_companion_grid(w, c, q.block_rows, q.block_cols);
+            if (!g || (grid && *grid != *g))
+                throw error(errc::shape_mismatch,
+                            "parameter '" + m.name + "': the quantization scale '" +
+                                std::string(companions[k].tensor.name()) + "' of shape " +
+                                c.to_string() + " is no " + std::string(scheme_->name) +
+                                " grid over its weight of shape " + w.to_string() +
+                                (q.block_rows ? " (blocks of " + std::to_string(q.block_rows) +
+                                                    " x " + std::to_string(q.block_cols) + ")"
+                                              : std::string()) +
+                                (grid ? ", or not the grid of its other sources" : ""),
+                            error_context{.file = {}, .tensor = m.name});
+            grid = g;
+        }
+        return *grid;
+    }
+
+    // A quantized weight's companions (its scheme's scales where the checkpoint has them),
+    // each a destination of its own cut as the weight in its grid's units, kept in its dtype.
+    void add_companions(const parameter_meta& m, const slice_result& r,
+                        std::span<const located_tensor> weights, std::uint32_t weight_at) {
+        if (!scheme_) return;
+        for (const std::string_view suffix : scheme_->companions) {
+            const auto found = companions_of(m, suffix);
+            if (!found) continue;
+            const plan_destination& w = p_.destinations_[weight_at];
+            if (w.dtype != w.source_dtype)
+                throw error(errc::unsupported_conversion,
+                            "parameter '" + m.name + "' is quantized (" +
+                                std::string(found->front().tensor.name()) + "): converting its " +
+                                std::string(name(w.source_dtype)) + " values to " +
+                                std::string(name(w.dtype)) +
+                                " without its scales would be wrong; load it as stored",
+                            error_context{.file = {}, .tensor = m.name});
+            std::vector<shape> wshapes, cshapes;
+            for (const auto& l : weights) wshapes.push_back(l.tensor.shape());
+            for (const auto& l : *found) cshapes.push_back(l.tensor.shape());
+            const companion_grid g = grid_of(m, weights, *found);
+            const slice_result rc =
+                companion_slice({.parameter = m.name,
+                                 .weight = &r,
+                                 .weight_sources = wshapes,
+                                 .companion_sources = cshapes,
+                                 .grid = g,
+                                 .ways = m.expert ? expert_rank_.ways : ctx_.world});
+            const dtype stored = found->front().tensor.dtype();
+            plan_destination d;
+            d.name = companion_name(m.name, suffix);
+            if (d.name.empty()) d.name = m.name + "." + std::string(suffix);
+            d.expert = m.expert;
+            d.source_dtype = d.dtype = stored;
+            d.local = rc.local;
+            d.global = rc.global;
+            d.layout = m.layout;
+            d.device = o_.device;
+            d.bytes = p_.tensor_bytes(d.dtype, d.local, d.name);
+            d.companion_of = weight_at;
+            d.grid = g;
+            d.schema_index = w.schema_index;
+            for (const auto& l : *found) {
+                d.sources.emplace_back(l.tensor.name());
+                claimed_.emplace(l.tensor.name());
+            }
+            const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
+            emit_ops(m, rc, *found, d, di);
+            p_.destinations_.push_back(std::move(d));
+        }
     }
 
     // The experts stacked on dim 0 of each source: that dim must hold the layer's experts; the
@@ -610,6 +766,22 @@ private:
         return slabs;
     }
 
+    // Stacked experts' companions are not planned yet: refused rather than left behind.
+    void refuse_stacked_companions(const parameter_meta& m,
+                                   std::span<const located_tensor> located) const {
+        if (!scheme_) return;
+        for (const std::string_view suffix : scheme_->companions)
+            for (const auto& l : located) {
+                const std::string n = companion_name(l.tensor.name(), suffix);
+                if (!n.empty() && ckpt_.find(n))
+                    throw error(errc::quantized_checkpoint,
+                                "parameter '" + m.name + "' stacks quantized experts ('" + n +
+                                    "'): their scales are not cut with stacked experts yet; "
+                                    "load the experts unfused (without fuse_experts)",
+                                error_context{.file = {}, .tensor = m.name});
+            }
+    }
+
     // Stacked experts: the rank's experts (its group's, in expert order) stacked on dim 0, each
     // expert's slab cut within the group as the layout says; the other experts are not read.
     // The slabs lie in the sources' dim 0, or (gathered) are the held experts' own tensors.
@@ -623,6 +795,7 @@ private:
         const bool gathered = m.gathers_experts();
         const auto located = gathered ? locate_held_sources(m, held) : locate_sources(m);
         if (!located) return;
+        refuse_stacked_companions(m, *located);
         const std::vector<shape> slabs =
             gathered ? gathered_slabs(m, *located, held) : expert_slabs(m, *located);
         slice_result r = slice_sources(m, *located, slabs);
@@ -697,6 +870,9 @@ private:
     std::unordered_map<std::string_view, std::uint32_t, detail::name_hash> index_{};
     std::vector<const parameter_meta*> tied_{};
     std::vector<std::string> missing_{};
+    const quantization_scheme* scheme_ = nullptr;  // of config.json's quantization_config
+    // The companions planned (checkpoint names): read, not unexpected.
+    std::unordered_set<std::string, detail::name_hash, std::equal_to<>> claimed_{};
     // replicate_all's parameters own their meta here (index_ holds views of their names).
     std::vector<parameter_meta> fallback_{};
 };
@@ -734,6 +910,7 @@ inline load_plan load_plan::build_from(const checkpoint& ckpt, const schema& s,
     b.refuse_quantized();
     b.add_parameters();
     b.add_unread_names();
+    b.refuse_unclaimed_scales();
     b.add_ties();
     b.throw_if_incomplete();
     for (const auto& n : s.notes()) p.notes_.push_back(n);

@@ -266,14 +266,19 @@ namespace detail {
 // The schema an export cuts by: checkpoint tensors no parameter reads become replicated
 // parameters of their own (so nothing is lost: ignored buffers, quantization scales, and the
 // tensors outside the name map's prefix, a multimodal checkpoint's vision tower, under their
-// own names), except stored copies of tied tensors and tensors left out on request (the
-// multi-token prediction layers unless asked for: `left_out` counts them).
-inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t& left_out) {
+// own names), except stored copies of tied tensors, tensors left out on request (the
+// multi-token prediction layers unless asked for: `left_out` counts them) and the companions
+// of a known quantization `scheme`'s weights (the plan cuts them with their weight).
+inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t& left_out,
+                                const quantization_scheme* scheme = nullptr) {
     if (!s.fallback()) s.set_fallback(make_replicated());
     for (const auto& f : ckpt.files())
         for (const tensor_view t : f.view) {
             const std::string_view n = t.name();
             if (s.find_by_source(n)) continue;
+            if (const auto w = scheme ? companion_weight(*scheme, n) : std::nullopt;
+                w && s.find_by_source(*w))
+                continue;  // a quantized weight's companion: the plan cuts it with its weight
             const auto as_schema = s.names().from_checkpoint(n);
             const std::string name = as_schema ? *as_schema : std::string(n);
             if (s.find(name)) continue;
@@ -302,6 +307,13 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
     m.expert_groups = p.context().experts;
     const auto dests = p.destinations();
     for (const plan_destination& d : dests) {
+        if (d.companion_of)
+            throw error(errc::quantized_checkpoint,
+                        "tensor '" + d.name + "' is a quantization scale of '" +
+                            dests[*d.companion_of].name +
+                            "': an export does not cut quantized weights' scales yet (load "
+                            "them, or export the raw tensors with allow_quantized)",
+                        error_context{.file = ckpt.root().string(), .tensor = d.name});
         export_tensor t;
         t.name = d.name;
         if (d.tied()) {
@@ -583,7 +595,10 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     detail::check_export_request(ckpt, out, o);
     schema cut = s;
     export_report rep;
-    detail::pass_through_unread(cut, ckpt, rep.left_out);
+    const quantization_scheme* scheme = config && config->quantization && !o.plan.allow_quantized
+                                            ? find_quantization_scheme(*config->quantization)
+                                            : nullptr;
+    detail::pass_through_unread(cut, ckpt, rep.left_out, scheme);
     const detail::export_plans plans = detail::plan_export(ckpt, cut, o, config);
 
     rep.world = o.world;

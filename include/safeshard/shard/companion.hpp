@@ -1,0 +1,208 @@
+// A quantization companion (a scale grid: FP8's weight_scale_inv, a per-channel or per-tensor
+// weight_scale) follows its weight's cut in its own units: each of its two dims either covers
+// the weight's dim in blocks of `block` elements (the last block may be partial), or is one
+// entry for the whole dim (broadcast). The companion's slice map is derived from the weight's
+// boxes, whatever layout made them: a rank's piece of the weight must start (and end, unless
+// it ends the tensor) on a block boundary, in the source and in the rank's tensor, or the cut
+// is refused, naming the parameter, the extent, the block and the ways.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "safeshard/core/error.hpp"
+#include "safeshard/core/shape.hpp"
+#include "safeshard/shard/slice_result.hpp"
+
+namespace safeshard {
+
+// How one dim of a companion follows the same dim of its 2-D weight [N, K].
+struct companion_dim {
+    std::uint64_t block = 1;  // weight elements per companion element; 0: one for the whole dim
+    [[nodiscard]] constexpr bool whole() const noexcept { return block == 0; }
+    friend constexpr bool operator==(companion_dim, companion_dim) = default;
+};
+
+struct companion_grid {
+    companion_dim rows{};
+    companion_dim cols{};
+    friend constexpr bool operator==(const companion_grid&, const companion_grid&) = default;
+};
+
+// "grid<128,128>", "grid<1,*>" (per channel), "grid<*,*>" (per tensor).
+[[nodiscard]] inline std::string to_string(const companion_grid& g) {
+    auto one = [](companion_dim d) {
+        return d.whole() ? std::string("*") : std::to_string(d.block);
+    };
+    return "grid<" + one(g.rows) + "," + one(g.cols) + ">";
+}
+
+// The companion's extent along a weight dim of `extent` elements.
+[[nodiscard]] constexpr std::uint64_t companion_extent(companion_dim d,
+                                                       std::uint64_t extent) noexcept {
+    return d.whole() ? 1 : (extent + d.block - 1) / d.block;
+}
+
+// The grid a companion of shape `c` has over a 2-D weight of shape `w`, given the block the
+// scheme declares (0 when it declares none): a scalar ([], [1], [1, 1]) per tensor, [N, 1] or
+// [N] per output channel, [ceil(N / b0), ceil(K / b1)] in blocks; nullopt for any other shape.
+[[nodiscard]] inline std::optional<companion_grid> infer_companion_grid(const shape& w,
+                                                                        const shape& c,
+                                                                        std::uint64_t block_rows,
+                                                                        std::uint64_t block_cols) {
+    if (w.rank() != 2) return std::nullopt;
+    if (c.rank() <= 2 && c.element_count() == std::optional<std::uint64_t>{1})
+        return companion_grid{{0}, {0}};
+    if ((c.rank() == 2 && c[0] == w[0] && c[1] == 1) || (c.rank() == 1 && c[0] == w[0]))
+        return companion_grid{{1}, {0}};
+    if (block_rows != 0 && block_cols != 0 && c.rank() == 2 &&
+        c[0] == companion_extent({block_rows}, w[0]) &&
+        c[1] == companion_extent({block_cols}, w[1]))
+        return companion_grid{{block_rows}, {block_cols}};
+    return std::nullopt;
+}
+
+namespace detail {
+
+// A box of a 2-D tensor as a rectangle: rows [r0, r0 + nr), columns [c0, c0 + nc).
+struct rect {
+    std::uint64_t r0 = 0, c0 = 0, nr = 0, nc = 0;
+};
+
+// The rectangle `rows` box rows of `len` elements each, the first at `offset`, one every
+// `stride`, cover in a [*, cols] tensor: rows within one tensor row each, one tensor row
+// apart; or runs of whole rows, back to back. nullopt for any other pattern.
+[[nodiscard]] inline std::optional<rect> as_rect(std::uint64_t offset, std::uint64_t rows,
+                                                 std::uint64_t len, std::uint64_t stride,
+                                                 std::uint64_t cols) {
+    if (cols == 0 || rows == 0 || len == 0) return std::nullopt;
+    const std::uint64_t r0 = offset / cols, c0 = offset % cols;
+    if (c0 + len <= cols) {
+        if (rows > 1 && stride != cols) return std::nullopt;
+        return rect{r0, c0, rows, len};
+    }
+    if (c0 != 0 || len % cols != 0 || (rows > 1 && stride != len)) return std::nullopt;
+    return rect{r0, 0, rows * (len / cols), cols};
+}
+
+// The companion's range along one dim for the weight's range [at, at + n) of a dim of
+// `extent`; nullopt where it does not fall on the grid.
+[[nodiscard]] inline std::optional<std::pair<std::uint64_t, std::uint64_t>> on_grid(
+    companion_dim d, std::uint64_t at, std::uint64_t n, std::uint64_t extent) {
+    if (d.whole()) return std::pair<std::uint64_t, std::uint64_t>{0, 1};
+    if (at % d.block != 0 || (n % d.block != 0 && at + n != extent)) return std::nullopt;
+    return std::pair<std::uint64_t, std::uint64_t>{at / d.block, (n + d.block - 1) / d.block};
+}
+
+}  // namespace detail
+
+// What a companion needs of its weight's cut: the weight's slice (its map and local shape),
+// its sources' shapes (2-D), the companion sources' shapes (one per weight source, as the
+// file stores them), the grid, and the ways for the message.
+struct companion_request {
+    std::string_view parameter;  // the weight parameter's name, for errors
+    const slice_result* weight = nullptr;
+    std::span<const shape> weight_sources{};
+    std::span<const shape> companion_sources{};
+    companion_grid grid{};
+    std::uint32_t ways = 1;
+};
+
+// The companion's slice for the rank whose weight slice is `q.weight`: its boxes (in the
+// companion sources' elements), its local shape ([rows, cols] of the grid; a per-tensor
+// companion keeps its stored shape) and global shape. invalid_layout where the weight's
+// piece does not fall on the grid; invalid_argument where a per-tensor companion would have to
+// hold several sources' scales in one entry.
+[[nodiscard]] inline slice_result companion_slice(const companion_request& q) {
+    const slice_result& w = *q.weight;
+    const error_context ctx{.file = {}, .tensor = std::string(q.parameter)};
+    const companion_grid g = q.grid;
+    if (w.local.rank() != 2)
+        throw error(errc::invalid_layout,
+                    "parameter '" + std::string(q.parameter) +
+                        "': a quantization companion follows 2-D weights only, this one is " +
+                        w.local.to_string(),
+                    ctx);
+    const bool concatenated = q.weight_sources.size() > 1;
+    if (concatenated && ((w.dim == 0 && g.rows.whole()) || (w.dim == 1 && g.cols.whole())))
+        throw error(errc::invalid_argument,
+                    "parameter '" + std::string(q.parameter) + "' joins " +
+                        std::to_string(q.weight_sources.size()) + " tensors, each with its own " +
+                        to_string(g) + " scale: one entry cannot hold them all (load them unfused)",
+                    ctx);
+    slice_result c;
+    c.dim = w.dim;
+    const std::uint64_t local_rows = companion_extent(g.rows, w.local[0]);
+    const std::uint64_t local_cols = companion_extent(g.cols, w.local[1]);
+    const bool scalar = g.rows.whole() && g.cols.whole();
+    // The global shape: the companion sources joined along the weight's dim.
+    c.global = shape{companion_extent(g.rows, w.global[0]), companion_extent(g.cols, w.global[1])};
+    if (concatenated) {
+        std::uint64_t along = 0;
+        for (const shape& s : q.weight_sources)
+            along += w.dim == 0 ? companion_extent(g.rows, s[0]) : companion_extent(g.cols, s[1]);
+        c.global[w.dim] = along;
+    }
+    c.local = scalar ? q.companion_sources.front() : shape{local_rows, local_cols};
+    if (scalar) c.global = q.companion_sources.front();
+    auto refuse = [&](std::string_view what, std::uint64_t extent, std::uint64_t block,
+                      std::uint64_t at, std::uint64_t n) -> slice_result {
+        throw error(errc::invalid_layout,
+                    "parameter '" + std::string(q.parameter) + "': its " + std::string(what) +
+                        " of extent " + std::to_string(extent) + " cut " + std::to_string(q.ways) +
+                        " ways gives a rank the piece [" + std::to_string(at) + ", " +
+                        std::to_string(at + n) + "), which is not in whole blocks of " +
+                        std::to_string(block) + " (its " + to_string(g) +
+                        " quantization scale cannot follow)",
+                    ctx);
+    };
+    for (const copy_box& b : w.map) {
+        const shape& ws = q.weight_sources[b.source];
+        const auto src =
+            detail::as_rect(b.src_offset, b.rows, b.row_elems, b.src_row_stride, ws[1]);
+        const auto dst =
+            detail::as_rect(b.dst_offset, b.rows, b.row_elems, b.dst_row_stride, w.local[1]);
+        if (!src || !dst)
+            throw error(errc::invalid_layout,
+                        "parameter '" + std::string(q.parameter) + "': the cut " + to_string(b) +
+                            " is no rectangle its quantization scale can follow",
+                        ctx);
+        const auto rows = detail::on_grid(g.rows, src->r0, src->nr, ws[0]);
+        const auto cols = detail::on_grid(g.cols, src->c0, src->nc, ws[1]);
+        if (!rows) return refuse("rows", ws[0], g.rows.block, src->r0, src->nr);
+        if (!cols) return refuse("columns", ws[1], g.cols.block, src->c0, src->nc);
+        const auto drows = detail::on_grid(g.rows, dst->r0, dst->nr, w.local[0]);
+        const auto dcols = detail::on_grid(g.cols, dst->c0, dst->nc, w.local[1]);
+        if (!drows) return refuse("rows", w.local[0], g.rows.block, dst->r0, dst->nr);
+        if (!dcols) return refuse("columns", w.local[1], g.cols.block, dst->c0, dst->nc);
+        const std::uint64_t scols = companion_extent(g.cols, ws[1]);
+        copy_box cb;
+        cb.source = b.source;
+        cb.src_offset = rows->first * scols + cols->first;
+        cb.rows = rows->second;
+        cb.row_elems = cols->second;
+        cb.src_row_stride = scols;
+        cb.dst_offset = drows->first * local_cols + dcols->first;
+        cb.dst_row_stride = local_cols;
+        if (scalar) cb.src_row_stride = cb.dst_row_stride = 1;
+        bool seen = false;  // a whole dim maps several weight boxes onto one entry: copied once
+        for (const copy_box& x : c.map) seen = seen || x == cb;
+        if (!seen && !c.map.push(cb))
+            throw error(errc::invalid_layout,
+                        "parameter '" + std::string(q.parameter) +
+                            "': its quantization scale's cut has too many pieces",
+                        ctx);
+    }
+    if (w.map.zero_count() != 0)
+        throw error(errc::invalid_layout,
+                    "parameter '" + std::string(q.parameter) +
+                        "': a padded cut (zero rows) with a quantization scale is not supported",
+                    ctx);
+    return c;
+}
+
+}  // namespace safeshard

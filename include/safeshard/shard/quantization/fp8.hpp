@@ -1,0 +1,45 @@
+// FP8 weights (F8_E4M3 [N, K]) and their F32 scales, in the three forms published checkpoints
+// use, all cut by the same rule (shard/companion.hpp, grid inferred from the stored shapes):
+//  - quant_method "fp8" with weight_block_size [128, 128] (DeepSeek-V3/R1, Qwen3-FP8):
+//    weight_scale_inv [ceil(N/128), ceil(K/128)], multiplied despite its name (vLLM's
+//    fp8.py, Fp8LinearMethod with block_quant; transformers' finegrained_fp8.py); each rank's
+//    share of N and of K must be whole blocks (vLLM's validate_fp8_block_shape);
+//    without weight_block_size, per tensor: weight_scale [] and input_scale [];
+//  - compressed-tensors' float-quantized FP8 (compressed_tensors_w8a8_fp8.py): weight_scale
+//    [N, 1] per channel (cut with N) or [1] per tensor (whole), input_scale per tensor;
+//  - ModelOpt FP8 (quant_method "modelopt", quant_algo "FP8"; modelopt.py): weight_scale and
+//    input_scale per tensor.
+#pragma once
+
+#include <array>
+#include <string_view>
+
+#include "safeshard/shard/quantization/scheme.hpp"
+
+namespace safeshard {
+
+inline constexpr std::array<std::string_view, 3> fp8_companions = {"weight_scale_inv",
+                                                                   "weight_scale", "input_scale"};
+
+inline constexpr quantization_scheme fp8_scheme{
+    .name = "fp8",
+    .matches = [](const quantization_config& q) { return q.quant_method == "fp8"; },
+    .companions = fp8_companions};
+
+inline constexpr quantization_scheme compressed_tensors_fp8_scheme{
+    .name = "compressed-tensors float-quantized (FP8)",
+    .matches =
+        [](const quantization_config& q) {
+            return q.quant_method == "compressed-tensors" && q.format == "float-quantized";
+        },
+    .companions = fp8_companions};
+
+inline constexpr quantization_scheme modelopt_fp8_scheme{
+    .name = "modelopt FP8",
+    .matches =
+        [](const quantization_config& q) {
+            return q.quant_method == "modelopt" && q.quant_algo == "FP8";
+        },
+    .companions = fp8_companions};
+
+}  // namespace safeshard

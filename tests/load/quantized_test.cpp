@@ -1,0 +1,393 @@
+// Quantized checkpoints: FP8 weights and their scales, cut together. Small random checkpoints
+// with the published names and dtypes (DeepSeek-V3's and Qwen3-FP8's `weight` F8_E4M3 with
+// `weight_scale_inv` F32 [ceil(N/b), ceil(K/b)]; compressed-tensors' `weight_scale` [N, 1] and
+// `input_scale` [1]), every rank of the worlds the blocks allow, compared with row and column
+// ranges computed here from the definitions (vLLM's fp8.py: a rank's share of N and K in whole
+// blocks; per-channel scales sliced with N, per-tensor ones whole), not with the library's
+// companion algebra.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "../support/expect_error.hpp"
+#include "../support/run_tool.hpp"
+#include "model_gen.hpp"
+#include "safeshard/load/host_engine.hpp"
+#include "safeshard/load/loader.hpp"
+#include "safeshard/load/plan.hpp"
+#include "safeshard/save/export.hpp"
+
+using namespace safeshard;
+using namespace safeshard::test;
+
+namespace {
+
+// A tensor of the checkpoint: dtype, 2-D (or 1-D / scalar) shape, random bytes.
+struct stored {
+    dtype type = dtype::u8;
+    std::vector<std::uint64_t> dims;
+    std::vector<std::byte> bytes;
+    [[nodiscard]] std::uint64_t rows() const { return dims.empty() ? 1 : dims[0]; }
+    [[nodiscard]] std::uint64_t cols() const { return dims.size() > 1 ? dims[1] : 1; }
+    [[nodiscard]] std::size_t elem() const { return bit_size(type) / 8; }
+};
+
+stored random_stored(dtype t, std::vector<std::uint64_t> dims, std::mt19937_64& rng) {
+    stored s{t, std::move(dims), {}};
+    std::uint64_t n = 1;
+    for (auto d : s.dims) n *= d;
+    s.bytes.resize(n * (bit_size(t) / 8));
+    for (auto& b : s.bytes) b = static_cast<std::byte>(rng() & 0x7f);  // finite codes
+    return s;
+}
+
+// Rows [r0, r1) and columns [c0, c1) of a 2-D tensor's bytes.
+std::vector<std::byte> take(const stored& t, std::uint64_t r0, std::uint64_t r1, std::uint64_t c0,
+                            std::uint64_t c1) {
+    std::vector<std::byte> out;
+    const std::size_t e = t.elem();
+    for (std::uint64_t r = r0; r < r1; ++r)
+        out.insert(out.end(),
+                   t.bytes.begin() + static_cast<std::ptrdiff_t>((r * t.cols() + c0) * e),
+                   t.bytes.begin() + static_cast<std::ptrdiff_t>((r * t.cols() + c1) * e));
+    return out;
+}
+
+void write(const std::filesystem::path& dir, const std::string& config,
+           const std::map<std::string, stored>& tensors) {
+    std::vector<tensor_data> v;
+    for (const auto& [n, t] : tensors)
+        v.push_back({n, t.type, shape::from(std::span(t.dims)), std::span(t.bytes)});
+    save_file(dir / "model.safetensors", v);
+    std::ofstream(dir / "config.json") << config;
+}
+
+// A one-layer llama: 4 query heads of 8, 2 KV heads, hidden 32, intermediate 64.
+constexpr std::uint64_t H = 32, I = 64, heads = 4, kv = 2, d = 8, V = 64;
+
+std::string llama_config(const std::string& quantization) {
+    return R"({"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 64, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+        "quantization_config": )" +
+           quantization + "}";
+}
+
+const std::vector<std::pair<std::string, std::vector<std::uint64_t>>>& linears() {
+    static const std::vector<std::pair<std::string, std::vector<std::uint64_t>>> v = {
+        {"self_attn.q_proj", {heads * d, H}},
+        {"self_attn.k_proj", {kv * d, H}},
+        {"self_attn.v_proj", {kv * d, H}},
+        {"self_attn.o_proj", {H, heads * d}},
+        {"mlp.gate_proj", {I, H}},
+        {"mlp.up_proj", {I, H}},
+        {"mlp.down_proj", {H, I}}};
+    return v;
+}
+
+// The model with FP8 linears; `scales(weight dims)` gives each weight's companions.
+template <class Scales>
+std::map<std::string, stored> fp8_llama(Scales&& scales) {
+    std::mt19937_64 rng(11);
+    std::map<std::string, stored> t;
+    t["model.embed_tokens.weight"] = random_stored(dtype::bf16, {V, H}, rng);
+    t["lm_head.weight"] = random_stored(dtype::bf16, {V, H}, rng);
+    t["model.norm.weight"] = random_stored(dtype::bf16, {H}, rng);
+    t["model.layers.0.input_layernorm.weight"] = random_stored(dtype::bf16, {H}, rng);
+    t["model.layers.0.post_attention_layernorm.weight"] = random_stored(dtype::bf16, {H}, rng);
+    for (const auto& [n, dims] : linears()) {
+        const std::string p = "model.layers.0." + n + ".";
+        t[p + "weight"] = random_stored(dtype::f8_e4m3, dims, rng);
+        for (auto& [suffix, s] : scales(dims, rng)) t[p + suffix] = std::move(s);
+    }
+    return t;
+}
+
+std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
+
+// The rows (column-parallel) or columns (row-parallel) of a linear rank r holds, in weight
+// elements: vLLM's q/k/v heads (a KV head per rank once the ranks outnumber them), gate/up
+// rows, o/down columns.
+struct range_2d {
+    std::uint64_t r0, r1, c0, c1;
+};
+range_2d rank_range(const std::string& n, std::uint32_t w, std::uint32_t r) {
+    for (const auto& [name, dims] : linears()) {
+        if (name != n) continue;
+        const std::uint64_t N = dims[0], K = dims[1];
+        if (n == "self_attn.q_proj") return {r * N / w, (r + 1) * N / w, 0, K};
+        if (n == "self_attn.k_proj" || n == "self_attn.v_proj") {
+            if (w <= kv) return {r * N / w, (r + 1) * N / w, 0, K};
+            const std::uint64_t h = r / (w / kv);
+            return {h * d, (h + 1) * d, 0, K};
+        }
+        if (n == "self_attn.o_proj" || n == "mlp.down_proj")
+            return {0, N, r * K / w, (r + 1) * K / w};
+        return {r * N / w, (r + 1) * N / w, 0, K};
+    }
+    FAIL("no such linear");
+    return {};
+}
+
+std::vector<std::byte> bytes_of(const host_tensor& x) {
+    const auto* p = static_cast<const std::byte*>(x.data());
+    return {p, p + x.size_bytes()};
+}
+
+}  // namespace
+
+TEST_CASE("FP8 block-scaled (DeepSeek-V3's form): each rank's weights and scale blocks") {
+    constexpr std::uint64_t b = 4;
+    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale_inv"] =
+            random_stored(dtype::f32, {ceil_div(dims[0], b), ceil_div(dims[1], b)}, rng);
+        return s;
+    });
+    temp_folder dir;
+    write(dir.path(),
+          llama_config(R"({"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                          "weight_block_size": [4, 4]})"),
+          src);
+    for (std::uint32_t w : {1u, 2u, 4u})
+        for (std::uint32_t r = 0; r < w; ++r) {
+            CAPTURE(w);
+            CAPTURE(r);
+            auto model = load<host_tensor>(dir.path().string(), {.rank = r, .world = w});
+            for (const auto& [n, dims] : linears()) {
+                CAPTURE(n);
+                const std::string p = "model.layers.0." + n + ".";
+                const range_2d g = rank_range(n, w, r);
+                const host_tensor& x = model.at(p + "weight");
+                CHECK(x.dtype() == dtype::f8_e4m3);
+                CHECK(bytes_of(x) == take(src.at(p + "weight"), g.r0, g.r1, g.c0, g.c1));
+                const host_tensor& s = model.at(p + "weight_scale_inv");
+                CHECK(s.dtype() == dtype::f32);
+                CHECK(s.shape() == shape{(g.r1 - g.r0) / b, (g.c1 - g.c0) / b});
+                CHECK(bytes_of(s) ==
+                      take(src.at(p + "weight_scale_inv"), g.r0 / b, g.r1 / b, g.c0 / b, g.c1 / b));
+            }
+            // The BF16 tensors load as before; nothing is unexpected or ignored.
+            CHECK(model.at("model.norm.weight").dtype() == dtype::bf16);
+            CHECK(model.names().size() == 5 + 2 * linears().size());
+        }
+    // A --dtype policy converts the BF16 tensors and keeps FP8 weights and F32 scales as stored.
+    load_options o{.rank = 0, .world = 2};
+    o.plan.dtype = dtype_policy::fixed(dtype::f32);
+    auto converted = load<host_tensor>(dir.path().string(), o);
+    CHECK(converted.at("model.norm.weight").dtype() == dtype::f32);
+    CHECK(converted.at("model.layers.0.mlp.up_proj.weight").dtype() == dtype::f8_e4m3);
+    CHECK(converted.at("model.layers.0.mlp.up_proj.weight_scale_inv").dtype() == dtype::f32);
+    // Naming an FP8 weight for another dtype would drop its scales: refused.
+    o.plan.dtype_per_parameter = {{"*.up_proj.weight", dtype::bf16}};
+    expect_error(
+        errc::unsupported_conversion, [&] { (void)load<host_tensor>(dir.path().string(), o); },
+        "without its scales would be wrong");
+}
+
+TEST_CASE("FP8 block-scaled: a rank's share that is not whole blocks is refused, naming it") {
+    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale_inv"] =
+            random_stored(dtype::f32, {ceil_div(dims[0], 16), ceil_div(dims[1], 16)}, rng);
+        return s;
+    });
+    temp_folder dir;
+    write(dir.path(), llama_config(R"({"quant_method": "fp8", "weight_block_size": [16, 16]})"),
+          src);
+    const checkpoint c = checkpoint::open(dir.path().string());
+    // World 1 is whole tensors: fine.
+    CHECK(load_plan::build(c, {0, 1}).find("model.layers.0.self_attn.q_proj.weight_scale_inv"));
+    // World 2: each KV head (8 rows) is half a block.
+    const auto e = expect_error(errc::invalid_layout, [&] { (void)load_plan::build(c, {0, 2}); });
+    CHECK(e.message().find("model.layers.0.self_attn.k_proj.weight") != std::string::npos);
+    CHECK(e.message().find("rows of extent 16 cut 2 ways") != std::string::npos);
+    CHECK(e.message().find("not in whole blocks of 16") != std::string::npos);
+    CHECK(e.message().find("grid<16,16>") != std::string::npos);
+}
+
+TEST_CASE("FP8 per channel and per tensor (compressed-tensors): scales follow N, or stay whole") {
+    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale"] = random_stored(dtype::f32, {dims[0], 1}, rng);
+        s["input_scale"] = random_stored(dtype::f32, {1}, rng);
+        return s;
+    });
+    temp_folder dir;
+    write(dir.path(),
+          llama_config(R"({"quant_method": "compressed-tensors", "format": "float-quantized",
+                          "config_groups": {}})"),
+          src);
+    for (std::uint32_t w : {1u, 2u, 4u})
+        for (std::uint32_t r = 0; r < w; ++r) {
+            CAPTURE(w);
+            CAPTURE(r);
+            auto model = load<host_tensor>(dir.path().string(), {.rank = r, .world = w});
+            for (const auto& [n, dims] : linears()) {
+                CAPTURE(n);
+                const std::string p = "model.layers.0." + n + ".";
+                const range_2d g = rank_range(n, w, r);
+                CHECK(bytes_of(model.at(p + "weight")) ==
+                      take(src.at(p + "weight"), g.r0, g.r1, g.c0, g.c1));
+                CHECK(model.at(p + "weight_scale").shape() == shape{g.r1 - g.r0, 1});
+                CHECK(bytes_of(model.at(p + "weight_scale")) ==
+                      take(src.at(p + "weight_scale"), g.r0, g.r1, 0, 1));
+                CHECK(model.at(p + "input_scale").shape() == shape{1});
+                CHECK(bytes_of(model.at(p + "input_scale")) == src.at(p + "input_scale").bytes);
+            }
+        }
+    // Fused q/k/v (schema option): the per-channel scales join along N like their weights; a
+    // per-tensor input_scale cannot hold three projections' scales in one entry: refused.
+    load_options o{.rank = 1, .world = 2};
+    o.plan.schema.fuse_qkv = true;
+    expect_error(
+        errc::invalid_argument, [&] { (void)load<host_tensor>(dir.path().string(), o); },
+        "each with its own grid<*,*> scale");
+}
+
+TEST_CASE("quantized checkpoints: an unknown scheme is refused, naming it; raw load still works") {
+    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale"] = random_stored(dtype::f32, {dims[0], 1}, rng);
+        return s;
+    });
+    temp_folder dir;
+    write(dir.path(), llama_config(R"({"quant_method": "gptq", "bits": 4, "group_size": 128})"),
+          src);
+    const checkpoint c = checkpoint::open(dir.path().string());
+    expect_error(
+        errc::quantized_checkpoint,
+        [&] {
+            (void)load_plan::build(c, {0, 2});
+        },
+        "quant_method 'gptq', which no plan cuts yet");
+    plan_options raw;
+    raw.allow_quantized = true;
+    const load_plan p = load_plan::build(c, {0, 2}, raw);
+    CHECK(p.find("model.layers.0.mlp.up_proj.weight_scale") == nullptr);  // not a companion
+    // No quantization_config at all: the scale names still refuse.
+    temp_folder bare;
+    write(bare.path(), llama_config("null"), src);
+    expect_error(
+        errc::quantized_checkpoint,
+        [&] {
+            (void)load_plan::build(checkpoint::open(bare.path().string()), {0, 1});
+        },
+        "scale tensors: ");
+}
+
+TEST_CASE("quantized checkpoints: a scale of no known grid over its weight is refused") {
+    auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale_inv"] =
+            random_stored(dtype::f32, {ceil_div(dims[0], 4), ceil_div(dims[1], 4)}, rng);
+        return s;
+    });
+    src.at("model.layers.0.mlp.down_proj.weight_scale_inv").dims = {8, 8};  // [8, 16] expected
+    src.at("model.layers.0.mlp.down_proj.weight_scale_inv").bytes.resize(8 * 8 * 4);
+    temp_folder dir;
+    write(dir.path(), llama_config(R"({"quant_method": "fp8", "weight_block_size": [4, 4]})"), src);
+    expect_error(
+        errc::shape_mismatch,
+        [&] {
+            (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 1});
+        },
+        "'model.layers.0.mlp.down_proj.weight_scale_inv' of shape [8, 8] is no fp8 grid "
+        "over its weight of shape [32, 64] (blocks of 4 x 4)");
+    // An orphan scale (no weight of that name) is refused too.
+    src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale_inv"] =
+            random_stored(dtype::f32, {ceil_div(dims[0], 4), ceil_div(dims[1], 4)}, rng);
+        return s;
+    });
+    std::mt19937_64 rng(3);
+    src["model.layers.0.mlp.extra.weight_scale_inv"] = random_stored(dtype::f32, {2, 2}, rng);
+    temp_folder orphan;
+    write(orphan.path(), llama_config(R"({"quant_method": "fp8", "weight_block_size": [4, 4]})"),
+          src);
+    expect_error(
+        errc::quantized_checkpoint,
+        [&] {
+            (void)load_plan::build(checkpoint::open(orphan.path().string()), {0, 1});
+        },
+        "no weight of the fp8 scheme claims: model.layers.0.mlp.extra.weight_scale_inv");
+}
+
+TEST_CASE("quantized checkpoints: an export refuses to cut scales it cannot record yet") {
+    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale_inv"] =
+            random_stored(dtype::f32, {ceil_div(dims[0], 4), ceil_div(dims[1], 4)}, rng);
+        return s;
+    });
+    temp_folder dir;
+    std::filesystem::create_directories(dir.path() / "in");
+    write(dir.path() / "in",
+          llama_config(R"({"quant_method": "fp8", "weight_block_size": [4, 4]})"), src);
+    export_options o;
+    o.world = 2;
+    expect_error(
+        errc::quantized_checkpoint,
+        [&] {
+            (void)export_checkpoint(checkpoint::open((dir.path() / "in").string()),
+                                    dir.path() / "ex", o);
+        },
+        "an export does not cut quantized weights' scales yet");
+    CHECK(!std::filesystem::exists(dir.path() / "ex"));
+}
+
+TEST_CASE("safeshard plan --json: a quantized weight lists its companions" *
+          doctest::skip(!have_tool())) {
+    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale_inv"] =
+            random_stored(dtype::f32, {ceil_div(dims[0], 4), ceil_div(dims[1], 4)}, rng);
+        return s;
+    });
+    temp_folder dir;
+    write(dir.path(), llama_config(R"({"quant_method": "fp8", "weight_block_size": [4, 4]})"), src);
+    const auto r = run_tool("plan " + dir.path().string() + " --tp 2 --json");
+    REQUIRE_MESSAGE(r.code == 0, r.out);
+    simdjson::dom::parser parser;
+    const simdjson::dom::element doc = parser.parse(r.out);
+    std::vector<std::uint64_t> total(2, 0);
+    bool saw = false;
+    for (auto p : doc["parameters"].get_array()) {
+        const std::string name(p["name"].get_string().value());
+        CAPTURE(name);
+        for (auto k : p["ranks"].get_array())
+            total[k["rank"].get_uint64().value()] += k["nbytes"].get_uint64().value();
+        simdjson::dom::array companions = p["companions"].get_array();
+        const bool quantized = name.find("_proj.weight") != std::string::npos;
+        CHECK(companions.size() == (quantized ? 1u : 0u));
+        for (auto c : companions) {
+            for (auto k : c["ranks"].get_array())
+                total[k["rank"].get_uint64().value()] += k["nbytes"].get_uint64().value();
+            if (name != "model.layers.0.mlp.down_proj.weight") continue;
+            saw = true;
+            CHECK(std::string(c["name"].get_string().value()) ==
+                  "model.layers.0.mlp.down_proj.weight_scale_inv");
+            CHECK(std::string(c["layout"].get_string().value()) == "grid<4,4>(split<1>)");
+            CHECK(std::string(c["dtype"].get_string().value()) == "F32");
+            std::vector<std::uint64_t> g;
+            for (auto x : c["global_shape"].get_array()) g.push_back(x.get_uint64().value());
+            CHECK(g == std::vector<std::uint64_t>{8, 16});
+            auto k1 = c["ranks"].get_array().at(1);
+            std::vector<std::uint64_t> s1;
+            for (auto x : k1["shape"].get_array()) s1.push_back(x.get_uint64().value());
+            CHECK(s1 == std::vector<std::uint64_t>{8, 8});
+            CHECK(k1["nbytes"].get_uint64().value() == 8 * 8 * 4);
+        }
+    }
+    CHECK(saw);
+    // rank_bytes count the companions.
+    std::vector<std::uint64_t> said;
+    for (auto x : doc["rank_bytes"].get_array()) said.push_back(x.get_uint64().value());
+    CHECK(said == total);
+}
