@@ -2,7 +2,9 @@
 //   - plan: a sparse replica of DeepSeek-V3 in BF16 (its published config.json, tests/data/moe;
 //     46,183 tensors with their true shapes in 163 shards, the data as holes) opened and
 //     planned for rank 0 of tp 8 / ep 8 (goal: <= 100 ms on 2 cores); counters: the tensors
-//     and the bytes the rank reads over the bytes it holds (goal: <= 1.05);
+//     and the bytes the rank reads over the bytes it holds (goal: <= 1.05); and the same as
+//     its FP8 checkpoint stores it (91,991 tensors: the weights F8_E4M3 with their
+//     weight_scale_inv grids; goal: <= 150 ms);
 //   - per-tensor overhead: a world-1 load (host_engine, warm page cache) of 20,000 tensors of
 //     64 KiB against the same bytes in 200 tensors (goal: throughput ratio >= 0.90);
 //   - stacked experts: rank 0 of tp 8 / ep 8 of a Qwen3-30B-A3B-shaped checkpoint (its
@@ -31,6 +33,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "../../tests/support/sparse_replica.hpp"
 #include "safeshard/format/checkpoint.hpp"
 #include "safeshard/format/config.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
@@ -46,67 +49,29 @@ namespace {
 fs::path g_dir;
 bool g_remove = false;
 
-void write_text(const fs::path& p, const std::string& s) {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << s;
+void write_text(const fs::path& p, const std::string& s) { test::write_text_file(p, s); }
+
+using test::replica_shard_name;
+
+// DeepSeek-V3 as published (tests/data/moe): its config.json, its 46,183 tensor names (the MTP
+// layer included) with their true shapes in 163 shards of headers and holes; `fp8`: as its
+// FP8 checkpoint stores them, the weights F8_E4M3 with their weight_scale_inv (91,991 tensors,
+// the published count), otherwise all BF16.
+fs::path write_v3_replica(bool fp8) {
+    const fs::path dir = g_dir / (fp8 ? "deepseek_v3_fp8" : "deepseek_v3");
+    if (fs::exists(dir / "model.safetensors.index.json")) return dir;
+    const fs::path data =
+        fs::path(SAFESHARD_SOURCE_ROOT) / "tests/data/moe/deepseek-ai__DeepSeek-V3";
+    const model_config c = load_model_config(data / "config.json");
+    const auto tensors = fp8 ? test::replica_tensors(c, test::fp8_listing(data / "tensors.txt", c))
+                             : test::replica_tensors(c);
+    test::write_sparse_replica(dir, data / "config.json", tensors, 163);
+    return dir;
 }
 
-std::string shard_name(std::size_t i, std::size_t n) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "model-%05zu-of-%06zu.safetensors", i + 1, n);
-    return buf;
-}
-
-// The tensors of DeepSeek-V3's schema (the MTP layer too) with the shapes config.json implies.
-std::vector<tensor_info> v3_tensors(const model_config& c) {
-    schema_options o;
-    o.multi_token_prediction = true;
-    const schema s = make_schema(c, o);
-    const architecture_table& t = architecture_shapes(c.model_type);
-    std::vector<tensor_info> v;
-    for (const auto& p : s.parameters())
-        for (const auto& name : p.sources) {
-            shape sh;
-            for (const auto& d : t.implied_shape(name, sizes_of(c))) sh.push_back(d.size);
-            if (sh.rank() == 0) sh = shape{c.hidden_size, 2 * c.hidden_size};  // eh_proj
-            v.push_back({name, dtype::bf16, sh});
-        }
-    return v;
-}
-
-// 163 shards of header + holes, the index and config.json.
-void write_v3_replica(const fs::path& dir) {
-    if (fs::exists(dir / "model.safetensors.index.json")) return;
-    fs::create_directories(dir);
-    const fs::path cfg =
-        fs::path(SAFESHARD_SOURCE_ROOT) / "tests/data/moe/deepseek-ai__DeepSeek-V3/config.json";
-    fs::copy_file(cfg, dir / "config.json", fs::copy_options::overwrite_existing);
-    const model_config c = load_model_config(cfg);
-    const std::vector<tensor_info> all = v3_tensors(c);
-    constexpr std::size_t shards = 163;
-    std::string weight_map;
-    for (std::size_t s = 0; s < shards; ++s) {
-        std::vector<tensor_info> part(
-            all.begin() + static_cast<std::ptrdiff_t>(s * all.size() / shards),
-            all.begin() + static_cast<std::ptrdiff_t>((s + 1) * all.size() / shards));
-        const std::string file = shard_name(s, shards);
-        for (const auto& t : part)
-            weight_map +=
-                (weight_map.empty() ? "\n    \"" : ",\n    \"") + t.name + "\": \"" + file + "\"";
-        const auto plan = plan_tensors(part);
-        const std::string head = serialize_prefix_and_header(plan, std::nullopt);
-        const std::uint64_t data = plan.empty() ? 0 : plan.back().end;
-        write_text(dir / file, head);
-        if (::truncate((dir / file).c_str(), static_cast<off_t>(head.size() + data)) != 0)
-            throw std::runtime_error("truncate failed");
-    }
-    write_text(dir / "model.safetensors.index.json",
-               "{\n  \"metadata\": {},\n  \"weight_map\": {" + weight_map + "\n  }\n}\n");
-}
-
+// Arg: 1 for the FP8 checkpoint (weights and their scale grids), 0 for BF16.
 void BM_v3_open_and_plan(benchmark::State& st) {
-    const fs::path dir = g_dir / "deepseek_v3";
-    write_v3_replica(dir);
+    const fs::path dir = write_v3_replica(st.range(0) == 1);
     const parallel_context ctx{.rank = 0, .world = 8, .experts = {.ep = 8}};
     std::size_t tensors = 0;
     double read_ratio = 0;
@@ -123,8 +88,7 @@ void BM_v3_open_and_plan(benchmark::State& st) {
 }
 
 void BM_v3_plan_only(benchmark::State& st) {
-    const fs::path dir = g_dir / "deepseek_v3";
-    write_v3_replica(dir);
+    const fs::path dir = write_v3_replica(false);
     const checkpoint c = checkpoint::open(dir.string());
     const parallel_context ctx{.rank = static_cast<std::uint32_t>(st.range(0)),
                                .world = 8,
@@ -152,7 +116,7 @@ fs::path write_many(std::size_t n, std::size_t bytes) {
     for (std::size_t i = 0; i < n; ++i) names[i] = "t." + std::to_string(i) + ".weight";
     for (std::size_t f = 0; f < files; ++f) {
         std::vector<tensor_data> part;
-        const std::string file = shard_name(f, files);
+        const std::string file = replica_shard_name(f, files);
         for (std::size_t i = f * n / files; i < (f + 1) * n / files; ++i) {
             part.push_back(
                 {names[i], dtype::bf16, shape{bytes / 2 / 64, 64}, std::as_bytes(std::span(data))});
@@ -209,7 +173,7 @@ fs::path write_qwen3(schema_options::expert_storage form) {
     std::string weight_map;
     for (std::size_t f = 0; f < files; ++f) {
         std::vector<tensor_data> part;
-        const std::string file = shard_name(f, files);
+        const std::string file = replica_shard_name(f, files);
         for (std::size_t i = f * all.size() / files; i < (f + 1) * all.size() / files; ++i) {
             const auto n = static_cast<std::size_t>(*all[i].shape.element_count());
             part.push_back(
@@ -278,7 +242,12 @@ void BM_load_many(benchmark::State& st) {
 
 }  // namespace
 
-BENCHMARK(BM_v3_open_and_plan)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_v3_open_and_plan)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->ArgName("fp8")
+    ->Arg(0)
+    ->Arg(1);
 BENCHMARK(BM_v3_plan_only)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()

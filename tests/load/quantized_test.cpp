@@ -16,6 +16,7 @@
 
 #include "../support/expect_error.hpp"
 #include "../support/run_tool.hpp"
+#include "../support/sparse_replica.hpp"
 #include "model_gen.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
@@ -390,4 +391,104 @@ TEST_CASE("safeshard plan --json: a quantized weight lists its companions" *
     std::vector<std::uint64_t> said;
     for (auto x : doc["rank_bytes"].get_array()) said.push_back(x.get_uint64().value());
     CHECK(said == total);
+}
+
+namespace {
+
+const std::filesystem::path moe_data = std::filesystem::path(SAFESHARD_TEST_DATA) / "moe";
+
+// The local shapes of a weight and of its weight_scale_inv in a plan.
+std::pair<shape, shape> planned(const load_plan& p, const std::string& weight) {
+    const plan_destination* w = p.find(weight);
+    const plan_destination* s = p.find(weight + "_scale_inv");
+    REQUIRE_MESSAGE(w, weight);
+    REQUIRE_MESSAGE(s, (weight + "_scale_inv"));
+    CHECK(s->companion_of.has_value());
+    return {w->local, s->local};
+}
+
+}  // namespace
+
+TEST_CASE("DeepSeek-V3 FP8 as published: every rank's weights and scale blocks at tp 8") {
+    // Its config.json (quant_method fp8, weight_block_size [128, 128]) and its 91,991 tensor
+    // names (tests/data/moe), headers and holes: the weights the listing gives a
+    // weight_scale_inv are F8_E4M3 with their F32 grid.
+    const auto data = moe_data / "deepseek-ai__DeepSeek-V3";
+    const model_config c = load_model_config(data / "config.json");
+    REQUIRE(c.quantization);
+    CHECK(c.quantization->quant_method == "fp8");
+    CHECK(c.quantization->block_rows == 128);
+    const auto tensors = test::replica_tensors(c, test::fp8_listing(data / "tensors.txt", c));
+    CHECK(tensors.size() == 91991);
+    temp_folder dir;
+    test::write_sparse_replica(dir.path(), data / "config.json", tensors, 16);
+    const checkpoint ckpt = checkpoint::open(dir.path().string());
+    // Rank 3 of tp 8 / ep 8: whole experts (32 a rank), attention and dense MLPs cut 8 ways.
+    const load_plan p = load_plan::build(ckpt, {.rank = 3, .world = 8, .experts = {.ep = 8}});
+    CHECK(p.unexpected().empty());
+    const std::string a = "model.layers.0.self_attn.";
+    CHECK(planned(p, a + "q_a_proj.weight") == std::pair{shape{1536, 7168}, shape{12, 56}});
+    CHECK(planned(p, a + "q_b_proj.weight") == std::pair{shape{3072, 1536}, shape{24, 12}});
+    CHECK(planned(p, a + "kv_a_proj_with_mqa.weight") ==
+          std::pair{shape{576, 7168}, shape{5, 56}});  // 4.5 blocks: whole, the last partial
+    CHECK(planned(p, a + "kv_b_proj.weight") == std::pair{shape{4096, 512}, shape{32, 4}});
+    CHECK(planned(p, a + "o_proj.weight") == std::pair{shape{7168, 2048}, shape{56, 16}});
+    CHECK(planned(p, "model.layers.0.mlp.gate_proj.weight") ==
+          std::pair{shape{2304, 7168}, shape{18, 56}});
+    CHECK(planned(p, "model.layers.0.mlp.down_proj.weight") ==
+          std::pair{shape{7168, 2304}, shape{56, 18}});
+    CHECK(planned(p, "model.layers.3.mlp.experts.96.gate_proj.weight") ==
+          std::pair{shape{2048, 7168}, shape{16, 56}});
+    CHECK(planned(p, "model.layers.60.mlp.experts.127.down_proj.weight") ==
+          std::pair{shape{7168, 2048}, shape{56, 16}});
+    CHECK(p.find("model.layers.3.mlp.experts.0.gate_proj.weight_scale_inv") == nullptr);
+    CHECK(planned(p, "model.layers.3.mlp.shared_experts.up_proj.weight") ==
+          std::pair{shape{256, 7168}, shape{2, 56}});
+    CHECK(p.find("model.layers.3.mlp.gate.weight")->companion_of == std::nullopt);
+    // The multi-token prediction layer is left out with its scales.
+    std::size_t mtp = 0, mtp_left_out = 0;
+    for (const auto& t : tensors) mtp += t.name.starts_with("model.layers.61.") ? 1 : 0;
+    for (const auto& ig : p.ignored()) mtp_left_out += ig.left_out ? 1 : 0;
+    CHECK(mtp_left_out == mtp);
+    // ep 1: each expert cut 8 ways, 256 of its 2048 rows: 2 blocks.
+    const load_plan q = load_plan::build(ckpt, {.rank = 7, .world = 8});
+    CHECK(planned(q, "model.layers.3.mlp.experts.0.gate_proj.weight") ==
+          std::pair{shape{256, 7168}, shape{2, 56}});
+    CHECK(planned(q, "model.layers.3.mlp.experts.255.down_proj.weight") ==
+          std::pair{shape{7168, 256}, shape{56, 2}});
+    // tp 32: the dense layers' 18432 MLP rows give a rank 576, four and a half blocks.
+    const auto e = expect_error(errc::invalid_layout,
+                                [&] { (void)load_plan::build(ckpt, {.rank = 0, .world = 32}); });
+    CHECK(e.message().find("not in whole blocks of 128") != std::string::npos);
+}
+
+TEST_CASE("Qwen3-30B-A3B-FP8: tp 4 is refused (768 / 4 = 192 rows), as vLLM refuses it") {
+    // Qwen3-30B-A3B's config.json with the quantization_config of its FP8 release
+    // (quant_method fp8, weight_block_size [128, 128]); every projection FP8, the routers BF16.
+    const auto data = moe_data / "Qwen__Qwen3-30B-A3B";
+    std::ifstream in(data / "config.json");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    text.insert(text.rfind('}'),
+                R"(, "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
+                    "quant_method": "fp8", "weight_block_size": [128, 128]})");
+    temp_folder dir;
+    std::filesystem::create_directories(dir.path() / "cfg");
+    test::write_text_file(dir.path() / "cfg" / "config.json", text);
+    const model_config c = load_model_config(dir.path() / "cfg" / "config.json");
+    const auto tensors =
+        test::replica_tensors(c, [](const std::string& n) { return n.ends_with("_proj.weight"); });
+    test::write_sparse_replica(dir.path() / "ckpt", dir.path() / "cfg" / "config.json", tensors, 8);
+    const checkpoint ckpt = checkpoint::open((dir.path() / "ckpt").string());
+    const auto e = expect_error(errc::invalid_layout,
+                                [&] { (void)load_plan::build(ckpt, {.rank = 0, .world = 4}); });
+    CHECK(e.message().find(".mlp.experts.") != std::string::npos);
+    CHECK(e.message().find("rows of extent 768 cut 4 ways") != std::string::npos);
+    CHECK(e.message().find("[0, 192)") != std::string::npos);
+    // tp 2 (384 rows, 3 blocks) and tp 4 with ep 4 (whole experts) plan.
+    const load_plan two = load_plan::build(ckpt, {.rank = 1, .world = 2});
+    CHECK(planned(two, "model.layers.0.mlp.experts.5.up_proj.weight") ==
+          std::pair{shape{384, 2048}, shape{3, 16}});
+    const load_plan ep = load_plan::build(ckpt, {.rank = 0, .world = 4, .experts = {.ep = 4}});
+    CHECK(planned(ep, "model.layers.0.mlp.experts.5.up_proj.weight") ==
+          std::pair{shape{768, 2048}, shape{6, 16}});
 }
