@@ -114,6 +114,7 @@ bool input_error(errc e) {
         case errc::unexpected_tensor:
         case errc::invalid_layout:
         case errc::invalid_argument:
+        case errc::quantized_checkpoint:  // quantization_config names a scheme no plan cuts
         case errc::validation_overflow: return true;
         default: return false;
     }
