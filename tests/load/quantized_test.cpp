@@ -242,13 +242,26 @@ TEST_CASE("FP8 per channel and per tensor (compressed-tensors): scales follow N,
                 CHECK(bytes_of(model.at(p + "input_scale")) == src.at(p + "input_scale").bytes);
             }
         }
-    // Fused q/k/v (schema option): the per-channel scales join along N like their weights; a
-    // per-tensor input_scale cannot hold three projections' scales in one entry: refused.
-    load_options o{.rank = 1, .world = 2};
-    o.plan.schema.fuse_qkv = true;
-    expect_error(
-        errc::invalid_argument, [&] { (void)load<host_tensor>(dir.path().string(), o); },
-        "each with its own grid<*,*> scale");
+    // Fused q/k/v (schema option): the per-channel scales join along N like their weights (the
+    // rank's q rows, then k's, then v's); the per-tensor input_scales are kept one per
+    // projection, [q, k, v], never one for all.
+    for (std::uint32_t r : {0u, 1u}) {
+        load_options o{.rank = r, .world = 2};
+        o.plan.schema.fuse_qkv = true;
+        auto model = load<host_tensor>(dir.path().string(), o);
+        const std::string p = "model.layers.0.self_attn.";
+        std::vector<std::byte> scales, inputs;
+        for (const char* n : {"q_proj", "k_proj", "v_proj"}) {
+            const range_2d g = rank_range(std::string("self_attn.") + n, 2, r);
+            const auto v = take(src.at(p + n + ".weight_scale"), g.r0, g.r1, 0, 1);
+            scales.insert(scales.end(), v.begin(), v.end());
+            const auto& in = src.at(p + n + ".input_scale").bytes;
+            inputs.insert(inputs.end(), in.begin(), in.end());
+        }
+        CHECK(bytes_of(model.at(p + "qkv_proj.weight_scale")) == scales);
+        CHECK(model.at(p + "qkv_proj.input_scale").shape() == shape{3});
+        CHECK(bytes_of(model.at(p + "qkv_proj.input_scale")) == inputs);
+    }
 }
 
 TEST_CASE("quantized checkpoints: an unknown scheme is refused, naming it; raw load still works") {

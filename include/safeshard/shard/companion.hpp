@@ -112,11 +112,25 @@ struct companion_request {
     std::uint32_t ways = 1;
 };
 
+namespace detail {
+// Per-tensor scales of a weight joining several tensors: [k], source s's scale at s, on every
+// rank (each rank's piece of every source is scaled by that source's scale).
+[[nodiscard]] inline slice_result per_source_scalars(const companion_request& q) {
+    slice_result c;
+    const auto k = static_cast<std::uint64_t>(q.companion_sources.size());
+    c.global = c.local = shape{k};
+    for (std::uint64_t s = 0; s < k; ++s)
+        (void)c.map.push(copy_box{static_cast<std::uint8_t>(s), 0, 1, 1, 1, s, 1});
+    return c;
+}
+}  // namespace detail
+
 // The companion's slice for the rank whose weight slice is `q.weight`: its boxes (in the
 // companion sources' elements), its local shape ([rows, cols] of the grid; a per-tensor
-// companion keeps its stored shape) and global shape. invalid_layout where the weight's
-// piece does not fall on the grid; invalid_argument where a per-tensor companion would have to
-// hold several sources' scales in one entry.
+// companion keeps its stored shape, and of a weight joining k tensors is [k], one entry per
+// source in the layout's order: never one kept and the others dropped) and global shape.
+// invalid_layout where the weight's piece does not fall on the grid; invalid_argument where a
+// whole dim would have to hold several sources' entries in one.
 [[nodiscard]] inline slice_result companion_slice(const companion_request& q) {
     const slice_result& w = *q.weight;
     const error_context ctx{.file = {}, .tensor = std::string(q.parameter)};
@@ -128,6 +142,8 @@ struct companion_request {
                         w.local.to_string(),
                     ctx);
     const bool concatenated = q.weight_sources.size() > 1;
+    const bool scalar = g.rows.whole() && g.cols.whole();
+    if (scalar && concatenated) return detail::per_source_scalars(q);
     if (concatenated && ((w.dim == 0 && g.rows.whole()) || (w.dim == 1 && g.cols.whole())))
         throw error(errc::invalid_argument,
                     "parameter '" + std::string(q.parameter) + "' joins " +
@@ -138,7 +154,6 @@ struct companion_request {
     c.dim = w.dim;
     const std::uint64_t local_rows = companion_extent(g.rows, w.local[0]);
     const std::uint64_t local_cols = companion_extent(g.cols, w.local[1]);
-    const bool scalar = g.rows.whole() && g.cols.whole();
     // The global shape: the companion sources joined along the weight's dim.
     c.global = shape{companion_extent(g.rows, w.global[0]), companion_extent(g.cols, w.global[1])};
     if (concatenated) {
@@ -191,6 +206,7 @@ struct companion_request {
         if (scalar) cb.src_row_stride = cb.dst_row_stride = 1;
         bool seen = false;  // a whole dim maps several weight boxes onto one entry: copied once
         for (const copy_box& x : c.map) seen = seen || x == cb;
+        // At most as many boxes as the weight's, which fit the same map: a broken invariant.
         if (!seen && !c.map.push(cb))
             throw error(errc::invalid_layout,
                         "parameter '" + std::string(q.parameter) +
