@@ -504,4 +504,13 @@ TEST_CASE("Qwen3-30B-A3B-FP8: tp 4 is refused (768 / 4 = 192 rows), as vLLM refu
     const load_plan ep = load_plan::build(ckpt, {.rank = 0, .world = 4, .experts = {.ep = 4}});
     CHECK(planned(ep, "model.layers.0.mlp.experts.5.up_proj.weight") ==
           std::pair{shape{768, 2048}, shape{6, 16}});
+    // Fused experts would stack FP8 experts whose scales are not stacked yet: refused.
+    plan_options fused;
+    fused.schema.fuse_experts = true;
+    expect_error(
+        errc::quantized_checkpoint,
+        [&] { (void)load_plan::build(ckpt, {.rank = 0, .world = 2}, fused); },
+        "stacks quantized experts ('model.layers.0.mlp.experts.0.gate_proj.weight_scale_"
+        "inv'): their scales are not cut with stacked experts yet; load the experts "
+        "unfused (without fuse_experts)");
 }

@@ -774,11 +774,13 @@ private:
             for (const auto& l : located) {
                 const std::string n = companion_name(l.tensor.name(), suffix);
                 if (!n.empty() && ckpt_.find(n))
-                    throw error(errc::quantized_checkpoint,
-                                "parameter '" + m.name + "' stacks quantized experts ('" + n +
-                                    "'): their scales are not cut with stacked experts yet; "
-                                    "load the experts unfused (without fuse_experts)",
-                                error_context{.file = {}, .tensor = m.name});
+                    throw error(
+                        errc::quantized_checkpoint,
+                        "parameter '" + m.name + "' stacks quantized experts ('" + n +
+                            "'): their scales are not cut with stacked experts yet; " +
+                            (m.gathers_experts() ? "load the experts unfused (without fuse_experts)"
+                                                 : "load the raw tensors (allow_quantized)"),
+                        error_context{.file = {}, .tensor = m.name});
             }
     }
 
