@@ -373,6 +373,25 @@ std::map<std::string, source_tensor> stacked_form(const moe_model& m,
     return out;
 }
 
+// A merge of an export of `form` gives back every tensor of it, bit for bit, but the
+// multi-token prediction layer (left out by default), and nothing else.
+void check_merged(const std::string& merged, const moe_model& m,
+                  const std::map<std::string, source_tensor>& form) {
+    const checkpoint back = checkpoint::open(merged);
+    std::size_t kept = 0;
+    for (const auto& [name, t] : form) {
+        if (name.starts_with("model.layers." + std::to_string(m.layers) + ".")) continue;
+        CAPTURE(name);
+        ++kept;
+        const located_tensor l = back.tensor(name);
+        CHECK(l.tensor.shape() == shape::from(std::span(t.dims)));
+        std::vector<std::uint16_t> got(l.tensor.byte_size() / 2);
+        std::memcpy(got.data(), l.tensor.bytes().data(), l.tensor.byte_size());
+        CHECK(got == t.codes);
+    }
+    CHECK(back.tensor_count() == kept);
+}
+
 // Every rank of `w` under `ep` loading the stacked form: each stacked tensor holds the rank's
 // experts in order, each expert's slab the rows and columns the per-expert rules give its
 // tensors (gate's then up's for gate_up_proj); everything else as in the per-expert form.
@@ -516,20 +535,7 @@ TEST_CASE("stacked experts: exported per rank under ep, loaded per rank, merged 
                 check_stacked_world(ex, m, src, 4, ep, rr, true);
                 const auto merged = ex.string() + "-merged";
                 (void)merge_export(ex, merged);
-                const checkpoint back = checkpoint::open(merged);
-                std::size_t kept = 0;
-                for (const auto& [name, t] : stacked) {
-                    if (name.starts_with("model.layers." + std::to_string(m.layers) + "."))
-                        continue;
-                    CAPTURE(name);
-                    ++kept;
-                    const located_tensor l = back.tensor(name);
-                    CHECK(l.tensor.shape() == shape::from(std::span(t.dims)));
-                    std::vector<std::uint16_t> got(l.tensor.byte_size() / 2);
-                    std::memcpy(got.data(), l.tensor.bytes().data(), l.tensor.byte_size());
-                    CHECK(got == t.codes);
-                }
-                CHECK(back.tensor_count() == kept);
+                check_merged(merged, m, stacked);
             }
     }
 }
@@ -681,20 +687,7 @@ TEST_CASE("fused experts: exported per rank, loaded per rank, merged back to the
                     check_fused_world(ex, m, src, 4, ep, rr, from_stacked, true);
                     const auto merged = ex.string() + "-merged";
                     const merge_report rep = merge_export(ex, merged);
-                    const checkpoint back = checkpoint::open(merged);
-                    std::size_t kept = 0;
-                    for (const auto& [name, t] : form) {
-                        if (name.starts_with("model.layers." + std::to_string(m.layers) + "."))
-                            continue;
-                        CAPTURE(name);
-                        ++kept;
-                        const located_tensor l = back.tensor(name);
-                        CHECK(l.tensor.shape() == shape::from(std::span(t.dims)));
-                        std::vector<std::uint16_t> got(l.tensor.byte_size() / 2);
-                        std::memcpy(got.data(), l.tensor.bytes().data(), l.tensor.byte_size());
-                        CHECK(got == t.codes);
-                    }
-                    CHECK(back.tensor_count() == kept);
+                    check_merged(merged, m, form);
                     // Each expert's tensors are read from its slab alone: no rank tensor is
                     // read once per expert (w13 twice: once for gate, once for up).
                     std::uint64_t stored = 0;

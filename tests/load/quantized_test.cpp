@@ -111,6 +111,16 @@ std::map<std::string, stored> fp8_llama(Scales&& scales) {
 
 std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
 
+// The companions of DeepSeek-V3's form: weight_scale_inv [ceil(N/b), ceil(K/b)].
+auto block_scaled(std::uint64_t b) {
+    return [b](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale_inv"] =
+            random_stored(dtype::f32, {ceil_div(dims[0], b), ceil_div(dims[1], b)}, rng);
+        return s;
+    };
+}
+
 // The rows (column-parallel) or columns (row-parallel) of a linear rank r holds, in weight
 // elements: vLLM's q/k/v heads (a KV head per rank once the ranks outnumber them), gate/up
 // rows, o/down columns.
@@ -144,12 +154,7 @@ std::vector<std::byte> bytes_of(const host_tensor& x) {
 
 TEST_CASE("FP8 block-scaled (DeepSeek-V3's form): each rank's weights and scale blocks") {
     constexpr std::uint64_t b = 4;
-    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
-        std::map<std::string, stored> s;
-        s["weight_scale_inv"] =
-            random_stored(dtype::f32, {ceil_div(dims[0], b), ceil_div(dims[1], b)}, rng);
-        return s;
-    });
+    const auto src = fp8_llama(block_scaled(b));
     temp_folder dir;
     write(dir.path(),
           llama_config(R"({"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
@@ -192,12 +197,7 @@ TEST_CASE("FP8 block-scaled (DeepSeek-V3's form): each rank's weights and scale 
 }
 
 TEST_CASE("FP8 block-scaled: a rank's share that is not whole blocks is refused, naming it") {
-    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
-        std::map<std::string, stored> s;
-        s["weight_scale_inv"] =
-            random_stored(dtype::f32, {ceil_div(dims[0], 16), ceil_div(dims[1], 16)}, rng);
-        return s;
-    });
+    const auto src = fp8_llama(block_scaled(16));
     temp_folder dir;
     write(dir.path(), llama_config(R"({"quant_method": "fp8", "weight_block_size": [16, 16]})"),
           src);
@@ -296,12 +296,7 @@ TEST_CASE("quantized checkpoints: an unknown scheme is refused, naming it; raw l
 }
 
 TEST_CASE("quantized checkpoints: a scale of no known grid over its weight is refused") {
-    auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
-        std::map<std::string, stored> s;
-        s["weight_scale_inv"] =
-            random_stored(dtype::f32, {ceil_div(dims[0], 4), ceil_div(dims[1], 4)}, rng);
-        return s;
-    });
+    auto src = fp8_llama(block_scaled(4));
     src.at("model.layers.0.mlp.down_proj.weight_scale_inv").dims = {8, 8};  // [8, 16] expected
     src.at("model.layers.0.mlp.down_proj.weight_scale_inv").bytes.resize(8 * 8 * 4);
     temp_folder dir;
@@ -314,12 +309,7 @@ TEST_CASE("quantized checkpoints: a scale of no known grid over its weight is re
         "'model.layers.0.mlp.down_proj.weight_scale_inv' of shape [8, 8] is no fp8 grid "
         "over its weight of shape [32, 64] (blocks of 4 x 4)");
     // An orphan scale (no weight of that name) is refused too.
-    src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
-        std::map<std::string, stored> s;
-        s["weight_scale_inv"] =
-            random_stored(dtype::f32, {ceil_div(dims[0], 4), ceil_div(dims[1], 4)}, rng);
-        return s;
-    });
+    src = fp8_llama(block_scaled(4));
     std::mt19937_64 rng(3);
     src["model.layers.0.mlp.extra.weight_scale_inv"] = random_stored(dtype::f32, {2, 2}, rng);
     temp_folder orphan;
@@ -334,12 +324,7 @@ TEST_CASE("quantized checkpoints: a scale of no known grid over its weight is re
 }
 
 TEST_CASE("quantized checkpoints: an export refuses to cut scales it cannot record yet") {
-    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
-        std::map<std::string, stored> s;
-        s["weight_scale_inv"] =
-            random_stored(dtype::f32, {ceil_div(dims[0], 4), ceil_div(dims[1], 4)}, rng);
-        return s;
-    });
+    const auto src = fp8_llama(block_scaled(4));
     temp_folder dir;
     std::filesystem::create_directories(dir.path() / "in");
     write(dir.path() / "in",
@@ -358,12 +343,7 @@ TEST_CASE("quantized checkpoints: an export refuses to cut scales it cannot reco
 
 TEST_CASE("safeshard plan --json: a quantized weight lists its companions" *
           doctest::skip(!have_tool())) {
-    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
-        std::map<std::string, stored> s;
-        s["weight_scale_inv"] =
-            random_stored(dtype::f32, {ceil_div(dims[0], 4), ceil_div(dims[1], 4)}, rng);
-        return s;
-    });
+    const auto src = fp8_llama(block_scaled(4));
     temp_folder dir;
     write(dir.path(), llama_config(R"({"quant_method": "fp8", "weight_block_size": [4, 4]})"), src);
     const auto r = run_tool("plan " + dir.path().string() + " --tp 2 --json");

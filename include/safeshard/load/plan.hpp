@@ -280,10 +280,8 @@ public:
           ctx_(ctx),
           o_(o),
           config_(config),
-          expert_rank_(expert_rank_of(ctx.rank, ctx.world, ctx.experts.ep)) {
-        if (config_ && config_->quantization && !o_.allow_quantized)
-            scheme_ = find_quantization_scheme(*config_->quantization);
-    }
+          expert_rank_(expert_rank_of(ctx.rank, ctx.world, ctx.experts.ep)),
+          scheme_(plan_quantization_scheme(config, o.allow_quantized)) {}
 
     // A quantized checkpoint of no known scheme is refused before anything else is decided
     // (one of a known scheme once its companions are planned: refuse_unclaimed_scales).
@@ -869,10 +867,10 @@ private:
     const plan_options& o_;
     const model_config* config_;
     expert_rank expert_rank_;
+    const quantization_scheme* scheme_;  // of config.json's quantization_config, if any
     std::unordered_map<std::string_view, std::uint32_t, detail::name_hash> index_{};
     std::vector<const parameter_meta*> tied_{};
     std::vector<std::string> missing_{};
-    const quantization_scheme* scheme_ = nullptr;  // of config.json's quantization_config
     // The companions planned (checkpoint names): read, not unexpected.
     std::unordered_set<std::string, detail::name_hash, std::equal_to<>> claimed_{};
     // replicate_all's parameters own their meta here (index_ holds views of their names).

@@ -595,10 +595,8 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     detail::check_export_request(ckpt, out, o);
     schema cut = s;
     export_report rep;
-    const quantization_scheme* scheme = config && config->quantization && !o.plan.allow_quantized
-                                            ? find_quantization_scheme(*config->quantization)
-                                            : nullptr;
-    detail::pass_through_unread(cut, ckpt, rep.left_out, scheme);
+    detail::pass_through_unread(cut, ckpt, rep.left_out,
+                                plan_quantization_scheme(config, o.plan.allow_quantized));
     const detail::export_plans plans = detail::plan_export(ckpt, cut, o, config);
 
     rep.world = o.world;

@@ -19,4 +19,12 @@ inline constexpr std::array<const quantization_scheme*, 3> quantization_schemes 
     return nullptr;
 }
 
+// The scheme a plan cuts a checkpoint of `config` with: none for one that says no
+// quantization_config, or when its raw tensors are asked for (`raw`).
+[[nodiscard]] inline const quantization_scheme* plan_quantization_scheme(const model_config* config,
+                                                                         bool raw) {
+    if (!config || !config->quantization || raw) return nullptr;
+    return find_quantization_scheme(*config->quantization);
+}
+
 }  // namespace safeshard
