@@ -140,7 +140,8 @@ void merge_generated(const merge_plan& plan, std::span<const merge_rank_metadata
         std::vector<std::uint8_t> merged(bytes, 0), filled(bytes, 0);
         for (std::uint32_t r = 0; r < plan.world; ++r) {
             if (!holds_tensor(m0, t, r)) continue;  // another expert group's
-            const merge_cut cut = merge_cut_of(m0, t, r);
+            const merge_cut cut = merge_cut_of(
+                m0, t, r, out.weight ? &ranks[out.rank].meta->tensors[*out.weight] : nullptr);
             const slice_result& sl = cut.slab;
             if (!cut.ok()) std::abort();  // plan_merge checked every rank's cut
             const auto local_elements = cut.local.element_count();

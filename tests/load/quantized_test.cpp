@@ -22,6 +22,7 @@
 #include "safeshard/load/loader.hpp"
 #include "safeshard/load/plan.hpp"
 #include "safeshard/save/export.hpp"
+#include "safeshard/save/merge.hpp"
 
 using namespace safeshard;
 using namespace safeshard::test;
@@ -323,22 +324,82 @@ TEST_CASE("quantized checkpoints: a scale of no known grid over its weight is re
         "no weight of the fp8 scheme claims: model.layers.0.mlp.extra.weight_scale_inv");
 }
 
-TEST_CASE("quantized checkpoints: an export refuses to cut scales it cannot record yet") {
+namespace {
+
+// An export of the checkpoint at `in` (written from `src`) for `world` ranks keeps it
+// quantized: each rank folder loads back (without config.json's scheme: the records say
+// what each tensor is) to the tensors a load of that rank of the checkpoint gives, and the
+// merge gives back every tensor of `src`, bit for bit, and nothing else.
+void check_round_trip(const std::filesystem::path& in, const std::map<std::string, stored>& src,
+                      std::uint32_t world, const schema_options& schema = {}) {
+    CAPTURE(world);
+    temp_folder out;
+    export_options o;
+    o.world = world;
+    o.plan.schema = schema;
+    (void)export_checkpoint(checkpoint::open(in.string()), out.path() / "ex", o);
+    for (std::uint32_t r = 0; r < world; ++r) {
+        CAPTURE(r);
+        load_options lo{.rank = r, .world = world};
+        lo.plan.schema = schema;
+        auto direct = load<host_tensor>(in.string(), lo);
+        auto back = load<host_tensor>((out.path() / "ex" / export_rank_folder(r)).string(),
+                                      {.rank = r, .world = world});
+        CHECK(back.size() == direct.size());
+        for (const std::string& n : direct.names()) {
+            CAPTURE(n);
+            const host_tensor& t = direct.at(n);
+            REQUIRE(back.contains(n));
+            CHECK(back.at(n).shape() == t.shape());
+            CHECK(back.at(n).dtype() == t.dtype());
+            CHECK(bytes_of(back.at(n)) == bytes_of(t));
+        }
+    }
+    (void)merge_export(out.path() / "ex", out.path() / "merged");
+    const checkpoint merged = checkpoint::open((out.path() / "merged").string());
+    CHECK(merged.tensor_count() == src.size());
+    for (const auto& [n, t] : src) {
+        CAPTURE(n);
+        const located_tensor l = merged.tensor(n);
+        CHECK(l.tensor.dtype() == t.type);
+        CHECK(l.tensor.shape() == shape::from(std::span(t.dims)));
+        const auto b = l.tensor.bytes();
+        CHECK(std::vector<std::byte>(b.begin(), b.end()) == t.bytes);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("quantized checkpoints: export and merge keep FP8 blocks and their scales, bit-exact") {
     const auto src = fp8_llama(block_scaled(4));
     temp_folder dir;
-    std::filesystem::create_directories(dir.path() / "in");
-    write(dir.path() / "in",
-          llama_config(R"({"quant_method": "fp8", "weight_block_size": [4, 4]})"), src);
-    export_options o;
-    o.world = 2;
-    expect_error(
-        errc::quantized_checkpoint,
-        [&] {
-            (void)export_checkpoint(checkpoint::open((dir.path() / "in").string()),
-                                    dir.path() / "ex", o);
-        },
-        "an export does not cut quantized weights' scales yet");
-    CHECK(!std::filesystem::exists(dir.path() / "ex"));
+    write(dir.path(), llama_config(R"({"quant_method": "fp8", "weight_block_size": [4, 4]})"), src);
+    for (std::uint32_t w : {1u, 2u, 4u}) check_round_trip(dir.path(), src, w);
+    // Fused q/k/v and gate/up: each projection's scale blocks join with its rows, and part
+    // again on the merge.
+    schema_options fused;
+    fused.fuse_qkv = fused.fuse_gate_up = true;
+    for (std::uint32_t w : {2u, 4u}) check_round_trip(dir.path(), src, w, fused);
+}
+
+TEST_CASE("quantized checkpoints: export and merge keep per-channel and per-tensor scales") {
+    const auto src = fp8_llama([&](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
+        std::map<std::string, stored> s;
+        s["weight_scale"] = random_stored(dtype::f32, {dims[0], 1}, rng);
+        s["input_scale"] = random_stored(dtype::f32, {1}, rng);
+        return s;
+    });
+    temp_folder dir;
+    write(dir.path(),
+          llama_config(R"({"quant_method": "compressed-tensors", "format": "float-quantized",
+                          "config_groups": {}})"),
+          src);
+    for (std::uint32_t w : {1u, 2u, 4u}) check_round_trip(dir.path(), src, w);
+    // Fused q/k/v: the per-tensor input scales ride as [q, k, v] on every rank and come back
+    // as three tensors.
+    schema_options fused;
+    fused.fuse_qkv = true;
+    check_round_trip(dir.path(), src, 4, fused);
 }
 
 TEST_CASE("safeshard plan --json: a quantized weight lists its companions" *

@@ -548,6 +548,106 @@ TEST_SUITE("export metadata") {
         }
     }
 
+    TEST_CASE("quantization companions: a scale's record follows its weight's cut") {
+        // Two ranks: an FP8 weight [8, 8] split on rows, its [2, 2] scale of 4 x 4 blocks (a
+        // rank's row of blocks), and a per-tensor scale of a fused weight (one per source).
+        const dtype f8 = dtype::f8_e4m3, f = dtype::f32;
+        auto rank = [&](std::uint32_t r) {
+            export_metadata m;
+            m.world = 2;
+            m.rank = r;
+            m.tensors.push_back(stored("w", f8, {4, 8}, {8, 8}, make_split(0), f8));
+            auto s = stored("w_s", f, {1, 2}, {2, 2}, make_split(0), f);
+            s.companion_of = "w";
+            s.grid = {{4}, {4}};
+            m.tensors.push_back(s);
+            auto fused = stored("qk", f8, {4, 8}, {8, 8}, make_fused(0), f8);
+            fused.sources = {export_source{"q", {4, 8}, f8}, export_source{"k", {4, 8}, f8}};
+            m.tensors.push_back(fused);
+            auto in = stored("qk_in", f, {2}, {2}, make_fused(0), f);
+            in.sources = {export_source{"q_in", {}, f}, export_source{"k_in", {}, f}};
+            in.companion_of = "qk";
+            in.grid = {{0}, {0}};
+            m.tensors.push_back(in);
+            return m;
+        };
+        std::vector<export_metadata> ms = {rank(0), rank(1)};
+        const std::string good = to_json(ms[1]);
+        CHECK(good.find("\"companion_of\":\"w\",\"grid\":[4,4]") != std::string::npos);
+        CHECK(good.find("\"companion_of\":\"qk\",\"grid\":[0,0]") != std::string::npos);
+        const auto back = read_one(good, stored_of(ms[1]));
+        REQUIRE(back);
+        CHECK(*back == by_name(ms[1]));
+        // Rank 1's scale: the second row of blocks of the source.
+        const merge_cut c = merge_cut_of(ms[1], ms[1].tensors[1], 1, &ms[1].tensors[0]);
+        REQUIRE(c.ok());
+        CHECK(c.local == shape{1, 2});
+        REQUIRE(c.slab.map.size() == 1);
+        CHECK(c.slab.map[0].src_offset == 2);
+        CHECK(c.slab.map[0].row_elems == 2);
+
+        std::string what;
+        struct edit {
+            const char* from;
+            const char* to;
+            const char* says;
+        };
+        for (const edit& e : {
+                 edit{"\"companion_of\":\"w\"", "\"companion_of\":\"v\"",
+                      "a companion of 'v', which is no weight"},
+                 edit{"\"companion_of\":\"w\"", "\"companion_of\":\"w_s\"",
+                      "a companion of itself"},
+                 edit{"\"companion_of\":\"w\"", "\"companion_of\":\"qk_in\"",
+                      "a companion of 'qk_in', which is no weight"},
+                 edit{"\"companion_of\":\"w\"", "\"companion_of\":\"qk\"", "is not cut as it"},
+                 edit{"\"grid\":[4,4]", "\"grid\":[4]", "\"grid\" must be [rows, cols]"},
+                 edit{"\"grid\":[4,4]", "\"grid\":[4,\"x\"]", "\"grid\" must be [rows, cols]"},
+                 edit{"\"companion_of\":\"w\",", "", "\"grid\" without \"companion_of\""},
+                 edit{"\"companion_of\":\"w\"", "\"companion_of\":7", "\"companion_of\""},
+             }) {
+            CAPTURE(e.to);
+            std::string doc = good;
+            replace_in(doc, e.from, e.to);
+            CHECK(code_of([&] { (void)read_one(doc, stored_of(ms[1])); }, &what) ==
+                  errc::invalid_export);
+            CHECK(what.find(e.says) != std::string::npos);
+        }
+
+        auto plan_of = [&](const std::vector<export_metadata>& v) {
+            std::vector<merge_rank_metadata> ranks;
+            for (std::uint32_t r = 0; r < v.size(); ++r)
+                ranks.push_back(merge_rank_metadata{r, "ex/" + export_rank_folder(r), &v[r]});
+            return plan_merge(ranks);
+        };
+        const merge_plan p = plan_of(ms);
+        std::vector<std::string> names;
+        for (const auto& i : p.infos) names.push_back(i.name);
+        CHECK(names == std::vector<std::string>{"w", "w_s", "q", "k", "q_in", "k_in"});
+        REQUIRE(p.outputs[1].weight);
+        CHECK(ms[0].tensors[*p.outputs[1].weight].name == "w");
+        CHECK(p.infos[4].shape == shape{});
+        CHECK(!p.outputs[0].weight);
+        // Blocks a rank's rows do not fill: refused, naming the scale.
+        auto bad = ms;
+        for (auto& m : bad) {
+            m.tensors[0].local = shape{4, 8};
+            m.tensors[0].global = m.tensors[0].sources[0].global = shape{8, 8};
+            m.tensors[1].grid = {{3}, {4}};
+            m.tensors[1].sources[0].global = m.tensors[1].global = shape{3, 2};
+        }
+        CHECK(code_of([&] { (void)plan_of(bad); }, &what) == errc::invalid_export);
+        CHECK(what.find("tensor 'w_s'") != std::string::npos);
+        CHECK(what.find("not in whole blocks of 3") != std::string::npos);
+        bad = ms;  // a scale grid the weight's sources do not have
+        for (auto& m : bad) m.tensors[1].sources[0].global = m.tensors[1].global = shape{2, 3};
+        CHECK(code_of([&] { (void)plan_of(bad); }, &what) == errc::invalid_export);
+        CHECK(what.find("do not have the grid's shapes") != std::string::npos);
+        bad = ms;  // rank 1 records another grid
+        bad[1].tensors[1].grid = {{4}, {8}};
+        CHECK(code_of([&] { (void)plan_of(bad); }, &what) == errc::invalid_export);
+        CHECK(what.find("'w_s' is described differently") != std::string::npos);
+    }
+
     TEST_CASE("expert parallelism: plan_merge takes each expert from its group's ranks only") {
         // 4 ranks, 2 groups of 2 over 2 experts (round robin): expert 0 on ranks 0 and 1,
         // expert 1 on ranks 2 and 3, each split in 2; a router on every rank.

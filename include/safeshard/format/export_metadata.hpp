@@ -21,9 +21,12 @@
 //    its group's experts' slabs, in expert order, each cut as the cut says; with
 //    "gathered_experts": true the slabs came from one tensor per expert, each source's name
 //    holding "{e}" for the expert's number and its shape being one expert's;
-//  - next, quantization companions (scales, zeros, group indices): per tensor "companion_of" (the
-//    weight whose cut it follows), per cut the companion's "unit" (weight elements per
-//    companion element along dim) and any padding.
+//  - quantization companions (scales of a quantized weight, shard/companion.hpp): per tensor
+//    "companion_of" (the rank tensor of the weight whose cut it follows; its cut is the
+//    weight's) and "grid" [rows, cols] (weight elements per companion element along each dim,
+//    0 for one entry over the whole dim), with its "sources" listed (per tensor scales of a
+//    weight joining k tensors: k sources, the rank tensor [k]);
+//  - next, zero points, group indices and packed weights' units.
 //
 // This header holds its types; format/export_metadata_writer.hpp writes its documents and
 // format/export_metadata_reader.hpp reads them back. The fields of a cut come from the layout
@@ -42,6 +45,7 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
+#include "safeshard/shard/companion.hpp"
 #include "safeshard/shard/expert_parallel.hpp"
 #include "safeshard/shard/layout.hpp"
 
@@ -77,11 +81,16 @@ struct export_tensor {
     // Stacked experts gathered from one tensor per expert (the engine's fused experts): each
     // source's name holds "{e}" for the expert (once), its shape is one expert's.
     bool gathered_experts = false;
+    // A quantization companion (a scale grid): the rank tensor of the weight whose cut it
+    // follows in the units of `grid` (shard/companion.hpp); its layout is the weight's.
+    std::string companion_of{};
+    companion_grid grid{};
     // padded_split: the global indices along dim this rank holds real rows of, [begin, end).
     std::uint64_t valid_begin = 0;
     std::uint64_t valid_end = 0;
 
     [[nodiscard]] bool tied() const noexcept { return !tied_to.empty(); }
+    [[nodiscard]] bool companion() const noexcept { return !companion_of.empty(); }
     friend bool operator==(const export_tensor&, const export_tensor&) = default;
 };
 

@@ -273,7 +273,7 @@ private:
         } else if (v.get_object().get(o) == simdjson::SUCCESS) {
             known_keys(o, where,
                        {"cut", "extent", "sources", "created", "expert", "stacked_experts",
-                        "gathered_experts"});
+                        "gathered_experts", "companion_of", "grid"});
             simdjson::dom::element field;
             cut = u64(o, "cut", where);
             if (o["extent"].get(field) == simdjson::SUCCESS) extent = u64(o, "extent", where);
@@ -290,6 +290,10 @@ private:
             if (o["stacked_experts"].get(field) == simdjson::SUCCESS)
                 stacked_of(m, t, o, where, listed_sources);
             if (o["gathered_experts"].get(field) == simdjson::SUCCESS) gathered_of(t, field, where);
+            if (o["companion_of"].get(field) == simdjson::SUCCESS)
+                companion_of(t, o, where, listed_sources);
+            else if (o["grid"].get(field) == simdjson::SUCCESS)
+                fail(where + ": \"grid\" without \"companion_of\"", t.name);
         } else {
             fail(where + ": a record must be a cut index, [cut, extent] or an object, found " +
                      std::string(json_type_name(v.type())),
@@ -301,6 +305,11 @@ private:
         t.layout = cuts[cut].l;
         const dtype source_dtype = cuts[cut].source_dtype.value_or(t.dtype);
         const std::size_t dim = t.layout.dim;
+        if (listed_sources && t.companion()) {
+            t.sources = sources_of(sources, where, t.name, source_dtype);
+            t.global = companion_global_of(t, where);
+            return;
+        }
         if (listed_sources) {
             t.sources = sources_of(sources, where, t.name, source_dtype);
             const bool in_sources = t.stacked_experts != 0 && !t.gathered_experts;
@@ -339,6 +348,41 @@ private:
         if (t.expert) fail(where + ": an expert's tensor does not stack experts", t.name);
         if (!listed_sources) fail(where + ": stacked experts list their \"sources\"", t.name);
         t.stacked_experts = n;
+    }
+
+    // A record's "companion_of" (a tensor name) and "grid" ([rows, cols], 0 for a whole dim),
+    // given with the sources, of no stacked or created tensor.
+    void companion_of(export_tensor& t, simdjson::dom::object o, const std::string& where,
+                      bool listed_sources) const {
+        t.companion_of = tensor_name(str(o, "companion_of", where), where + "'s \"companion_of\"");
+        if (t.companion_of == t.name) fail(where + " is a companion of itself", t.name);
+        simdjson::dom::array a;
+        if (o["grid"].get_array().get(a) != simdjson::SUCCESS)
+            fail(where + ": a companion's \"grid\" must be [rows, cols]", t.name);
+        std::uint64_t grid[2] = {0, 0};
+        std::size_t n = 0;
+        for (const simdjson::dom::element e : a) {
+            if (n == 2 || !json_to_uint64(e, grid[n]))
+                fail(where + ": a companion's \"grid\" must be [rows, cols]", t.name);
+            ++n;
+        }
+        if (n != 2) fail(where + ": a companion's \"grid\" must be [rows, cols]", t.name);
+        t.grid = companion_grid{{grid[0]}, {grid[1]}};
+        if (!listed_sources) fail(where + ": a companion lists its \"sources\"", t.name);
+        if (t.stacked_experts != 0 || t.created)
+            fail(where + ": a companion is no stacked or created tensor", t.name);
+    }
+
+    // A companion's global shape: its sources joined as its grid says along its cut's dim.
+    shape companion_global_of(const export_tensor& t, const std::string& where) const {
+        std::vector<shape> shapes;
+        for (const auto& s : t.sources) shapes.push_back(s.global);
+        const auto g = companion_global(t.grid, t.layout.dim, shapes);
+        if (!g)
+            fail(where + ": its sources cannot be joined as a " + to_string(t.grid) +
+                     " companion along dim " + std::to_string(t.layout.dim),
+                 t.name);
+        return *g;
     }
 
     // A record's "gathered_experts": true, of stacked experts only (false is not written).
@@ -619,7 +663,22 @@ namespace detail {
     return std::filesystem::path(path).filename().string();
 }
 
-// Each name once; every tie aims at an untied tensor of the rank.
+// A companion follows a weight of the rank: untied, no companion itself, of the same expert,
+// cut by the same layout.
+inline void check_companion(const export_metadata& m, std::span<const std::size_t> order,
+                            const export_tensor& t, const std::string& file) {
+    const export_tensor* w = export_find(m, order, t.companion_of);
+    if (!w || w->tied() || w->companion() || w->created || w->stacked_experts != 0)
+        export_file_error("tensor '" + t.name + "' is a companion of '" + t.companion_of +
+                              "', which is no weight of the export it could follow",
+                          file, t.name);
+    if (w->expert != t.expert || !(w->layout == t.layout))
+        export_file_error("tensor '" + t.name + "' is a companion of '" + t.companion_of +
+                              "' but is not cut as it (another layout or expert)",
+                          file, t.name);
+}
+
+// Each name once; every tie aims at an untied tensor of the rank; every companion at a weight.
 inline void check_export_names(const export_metadata& m, const std::string& file) {
     const auto order = export_name_order(m);
     for (std::size_t k = 1; k < order.size(); ++k)
@@ -628,6 +687,7 @@ inline void check_export_names(const export_metadata& m, const std::string& file
                                   "' is described twice in the rank's export metadata",
                               file, m.tensors[order[k]].name);
     for (const auto& t : m.tensors) {
+        if (t.companion()) check_companion(m, order, t, file);
         if (!t.tied()) continue;
         const export_tensor* target = export_find(m, order, t.tied_to);
         if (!target || target->tied())

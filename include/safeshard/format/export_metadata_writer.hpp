@@ -183,7 +183,8 @@ private:
     // One stored tensor's record, in the shortest form that says it: the cut's index (one
     // source of the tensor's own name, global shape = local shape), [cut, extent] (the same
     // with the global extent along the cut's dim), or an object (always for an expert's
-    // tensor, which names its expert, and for stacked experts, which list their sources).
+    // tensor, which names its expert, and for stacked experts and companions, which list their
+    // sources).
     static void record_into(std::string& out, const export_tensor& t, cut_table& cuts) {
         const dtype source_dtype = t.sources.empty() ? t.dtype : t.sources.front().dtype;
         std::string cut;
@@ -195,12 +196,13 @@ private:
         const auto extent = extent_along(t.local, t.global, t.layout.dim);
         const bool whole = t.global == t.local;
         const bool stacked = t.stacked_experts != 0;
-        if (own && !t.created && !t.expert && !stacked && (whole || extent)) {
+        const bool listed = stacked || t.companion();  // records that list their sources
+        if (own && !t.created && !t.expert && !listed && (whole || extent)) {
             out += whole ? c : '[' + c + ',' + std::to_string(*extent) + ']';
             return;
         }
         out += "{\"cut\":" + c;
-        if (!own || stacked || (!whole && !extent)) {
+        if (!own || listed || (!whole && !extent)) {
             out += ",\"sources\":[";
             for (std::size_t k = 0; k < t.sources.size(); ++k) {
                 if (k) out += ',';
@@ -222,6 +224,13 @@ private:
         if (t.expert) out += ",\"expert\":" + std::to_string(*t.expert);
         if (stacked) out += ",\"stacked_experts\":" + std::to_string(t.stacked_experts);
         if (t.gathered_experts) out += ",\"gathered_experts\":true";
+        if (t.companion()) {
+            out += ",\"companion_of\":";
+            json_escape_into(out, t.companion_of);
+            const std::uint64_t grid[2] = {t.grid.rows.block, t.grid.cols.block};
+            out += ",\"grid\":";
+            json_u64s_into(out, grid, 2);
+        }
         out += '}';
     }
 

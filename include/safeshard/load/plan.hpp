@@ -285,7 +285,7 @@ public:
 
     // A quantized checkpoint of no known scheme is refused before anything else is decided
     // (one of a known scheme once its companions are planned: refuse_unclaimed_scales).
-    void refuse_quantized() const {
+    void refuse_quantized(bool export_rank) const {
         if (o_.allow_quantized || scheme_) return;
         if (config_ && config_->quantization)
             throw error(errc::quantized_checkpoint,
@@ -297,7 +297,8 @@ public:
                             ", which no plan cuts yet; load the raw tensors explicitly "
                             "(plan_options::allow_quantized) or dequantize it first",
                         error_context{.file = ckpt_.root().string(), .tensor = {}});
-        refuse_scales([](std::string_view) { return true; });
+        // A rank folder of an export records what each of its tensors is, scales included.
+        if (!export_rank) refuse_scales([](std::string_view) { return true; });
     }
     // After planning: the scale tensors no weight claimed, of no weight the schema knows (another
     // rank's expert, another stage's layer: their scales are left with them).
@@ -907,7 +908,7 @@ inline load_plan load_plan::build_from(const checkpoint& ckpt, const schema& s,
         p.versions_.push_back(f.view.version());
     }
     builder b(p, ckpt, s, ctx, o, config);
-    b.refuse_quantized();
+    b.refuse_quantized(done.export_rank);
     b.add_parameters();
     b.add_unread_names();
     b.refuse_unclaimed_scales();

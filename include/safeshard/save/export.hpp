@@ -307,13 +307,6 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
     m.expert_groups = p.context().experts;
     const auto dests = p.destinations();
     for (const plan_destination& d : dests) {
-        if (d.companion_of)
-            throw error(errc::quantized_checkpoint,
-                        "tensor '" + d.name + "' is a quantization scale of '" +
-                            dests[*d.companion_of].name +
-                            "': an export does not cut quantized weights' scales yet (load "
-                            "them, or export the raw tensors with allow_quantized)",
-                        error_context{.file = ckpt.root().string(), .tensor = d.name});
         export_tensor t;
         t.name = d.name;
         if (d.tied()) {
@@ -328,6 +321,10 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
         t.expert = d.expert;
         t.stacked_experts = d.stacked_experts;
         t.gathered_experts = d.gathered_experts;
+        if (d.companion_of) {
+            t.companion_of = dests[*d.companion_of].name;
+            t.grid = d.grid;
+        }
         if (d.created()) {
             t.created = true;
             t.sources.push_back(export_source{d.name, d.global, d.dtype});
@@ -344,7 +341,8 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
             }
         }
         if (const auto v =
-                valid_rows(d.layout, d.global, d.local, cut_place(m, t, m.rank).position))
+                valid_rows(d.layout, d.global, d.local, cut_place(m, t, m.rank).position);
+            v && !t.companion())
             std::tie(t.valid_begin, t.valid_end) = *v;
         if (!m.kv_multiplier) m.kv_multiplier = rank_kv_multiplier(d.layout, m.world);
         m.tensors.push_back(std::move(t));

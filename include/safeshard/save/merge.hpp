@@ -211,13 +211,15 @@ inline void merge_tensor(const std::vector<merge_rank>& ranks, merge_files& file
     const export_metadata& m0 = ranks.front().meta;
     const export_tensor& t = ranks[out_t.rank].meta.tensors[out_t.tensor];
     const export_source& src = t.sources[out_t.source];
+    const export_tensor* weight =
+        out_t.weight ? &ranks[out_t.rank].meta.tensors[*out_t.weight] : nullptr;
     const std::string source_name =
         t.gathered_experts ? expert_source_name(src.name, out_t.expert) : src.name;
     coverage cov(bytes);
     const std::uint64_t bits = bit_size(t.dtype);
     for (std::uint32_t r = 0; r < world; ++r) {
         if (!holds_tensor(m0, t, r)) continue;
-        const merge_cut cut = merge_cut_of(m0, t, r);  // checked by plan_merge
+        const merge_cut cut = merge_cut_of(m0, t, r, weight);  // checked by plan_merge
         const located_tensor l = ranks[r].ckpt.tensor(t.name);
         const auto file = static_cast<std::size_t>(l.file - ranks[r].ckpt.files().data());
         const file_reader& reader = files.cache.reader(files.first[r] + file);

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -24,6 +25,7 @@
 #include "safeshard/core/name_hash.hpp"
 #include "safeshard/format/export_metadata.hpp"
 #include "safeshard/format/safetensors_writer.hpp"
+#include "safeshard/shard/companion.hpp"
 #include "safeshard/shard/parameter.hpp"
 #include "safeshard/shard/slice.hpp"
 
@@ -38,12 +40,14 @@ struct merge_rank_metadata {
 
 // A tensor of the merged checkpoint: source `source` of the rank tensor `tensor` (an index
 // into the metadata of `rank`, the first rank that holds it); of gathered experts, that
-// source's tensor of expert `expert`.
+// source's tensor of expert `expert`; of a quantization companion, `weight` is the index of
+// the weight it follows (in the same rank's metadata).
 struct merge_output {
     std::uint32_t rank = 0;
     std::size_t tensor = 0;
     std::uint8_t source = 0;
     std::uint64_t expert = 0;
+    std::optional<std::size_t> weight{};
 };
 
 struct merge_plan {
@@ -107,12 +111,41 @@ struct merge_cut {
     }
 };
 
-// The cut of t for `rank` of the export m.
+namespace detail {
+// A companion's cut: its weight's (`w`, the record t.companion_of names) followed in the grid's
+// units (companion_slice); errors as companion_slice's, source_count without the weight.
+[[nodiscard]] inline slice_result merge_companion_slice(const export_tensor& t,
+                                                        const export_tensor* w,
+                                                        export_cut_place at) {
+    slice_result c;
+    if (!w) {
+        c.status = layout_status::source_count;
+        return c;
+    }
+    const slice_result ws = merge_slice(*w, at);
+    if (!ws.ok()) return ws;
+    std::vector<shape> weights, companions;
+    for (const auto& s : w->sources) weights.push_back(s.global);
+    for (const auto& s : t.sources) companions.push_back(s.global);
+    return companion_slice({.parameter = w->name,
+                            .weight = &ws,
+                            .weight_sources = weights,
+                            .companion_sources = companions,
+                            .grid = t.grid,
+                            .ways = at.ways});
+}
+}  // namespace detail
+
+// The cut of t for `rank` of the export m; of a quantization companion, its weight's cut
+// (`weight`, the record t.companion_of names) in its grid's units, errc::invalid_layout or
+// shape_mismatch where the weight's pieces do not fall on the grid.
 [[nodiscard]] inline merge_cut merge_cut_of(const export_metadata& m, const export_tensor& t,
-                                            std::uint32_t rank) {
+                                            std::uint32_t rank,
+                                            const export_tensor* weight = nullptr) {
     merge_cut c;
     c.at = cut_place(m, t, rank);
-    c.slab = detail::merge_slice(t, c.at);
+    c.slab = t.companion() ? detail::merge_companion_slice(t, weight, c.at)
+                           : detail::merge_slice(t, c.at);
     if (t.stacked_experts == 0 || !c.slab.ok()) {
         c.local = c.slab.local;
         c.global = c.slab.global;
@@ -196,7 +229,8 @@ inline void check_merge_conventions(std::span<const merge_rank_metadata> ranks) 
     return a.dtype == b.dtype && a.global == b.global && a.layout == b.layout &&
            a.sources == b.sources && a.tied_to == b.tied_to && a.created == b.created &&
            a.expert == b.expert && a.stacked_experts == b.stacked_experts &&
-           a.gathered_experts == b.gathered_experts;
+           a.gathered_experts == b.gathered_experts && a.companion_of == b.companion_of &&
+           a.grid == b.grid;
 }
 
 // The rank that should hold `t` (every rank, or the ranks of its expert group) but does not
@@ -259,12 +293,25 @@ inline void check_merge_conventions(std::span<const merge_rank_metadata> ranks) 
     return refs;
 }
 
-// Rank r's recorded local shape and valid range of t agree with its layout's cut.
+// Rank r's recorded local shape and valid range of t agree with its layout's cut (of a
+// companion, its weight's `w` in its grid's units).
 inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
-                            const merge_rank_metadata& rank) {
+                            const merge_rank_metadata& rank, const export_tensor* w = nullptr) {
     const std::uint32_t r = rank.number;
-    const merge_cut c = merge_cut_of(*rank.meta, t, r);
-    if (!c.ok()) {
+    const merge_cut c = [&] {
+        try {
+            return merge_cut_of(*rank.meta, t, r, w);
+        } catch (const error& e) {
+            if (e.code() == errc::invalid_export) throw;
+            export_error("inconsistent metadata: tensor '" + t.name + "': " + e.message(),
+                         rank.folder, t.name);
+        }
+    }();
+    if (!c.ok() && t.companion()) {
+        export_error("inconsistent metadata: tensor '" + t.name + "' follows '" + t.companion_of +
+                         "', whose cut is " + std::string(to_string(c.slab.status)),
+                     rank.folder, t.name);
+    } else if (!c.ok()) {
         std::vector<shape> shapes;
         for (const auto& s : t.sources) shapes.push_back(s.global);
         export_error("inconsistent metadata: tensor '" + t.name +
@@ -279,7 +326,7 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                          c.local.to_string() + " of " + global.to_string() + " for rank " +
                          std::to_string(r),
                      rank.folder, t.name);
-    if (records_valid_rows(t.layout.kind)) {
+    if (records_valid_rows(t.layout.kind) && !t.companion()) {
         const auto [lo, hi] = valid_rows(t.layout, t.global, tr.local, c.at.position)
                                   .value_or(valid_rows_range{0, 0});
         if (tr.valid_begin != lo || tr.valid_end != hi)
@@ -334,11 +381,19 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
         for (std::uint32_t r = 0; r < plan.world; ++r) {
             if (!holds_tensor(m0, t, r)) continue;
             const export_tensor& tr = *detail::export_find(*ranks[r].meta, orders[r], t.name);
-            detail::check_merge_cut(t, tr, ranks[r]);
+            detail::check_merge_cut(
+                t, tr, ranks[r],
+                t.companion() ? detail::export_find(*ranks[r].meta, orders[r], t.companion_of)
+                              : nullptr);
         }
         // Each rank's cut gave its stored shape: the tensor is no larger than the ranks' pieces
         // of it together (which is what bounds the merge's buffer).
         const merge_rank_metadata& holder = ranks[ref.rank];
+        std::optional<std::size_t> weight;  // of a companion: read_export_metadata found it
+        if (t.companion())
+            weight = static_cast<std::size_t>(
+                detail::export_find(*holder.meta, orders[ref.rank], t.companion_of) -
+                holder.meta->tensors.data());
         // Gathered experts: each source once per expert, expert-major (each expert's tensors
         // together, as a per-expert checkpoint lists them).
         const std::uint64_t experts = t.gathered_experts ? t.stacked_experts : 1;
@@ -356,7 +411,7 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                     detail::export_error("the merged checkpoint would be over 2^64 bytes",
                                          holder.folder, t.name);
                 plan.outputs.push_back(
-                    merge_output{ref.rank, ref.index, static_cast<std::uint8_t>(s), e});
+                    merge_output{ref.rank, ref.index, static_cast<std::uint8_t>(s), e, weight});
                 plan.infos.push_back(tensor_info{std::move(name), t.dtype, src.global});
             }
     }

@@ -66,6 +66,51 @@ struct companion_grid {
     return std::nullopt;
 }
 
+// A companion source as [rows, cols] of its grid: a per-channel [N] is [N, 1].
+[[nodiscard]] inline shape companion_as_2d(const companion_grid& g, const shape& c) {
+    return c.rank() == 1 && g.cols.whole() && !g.rows.whole() ? shape{c[0], 1} : c;
+}
+
+// The companion's global shape from its sources (one per weight source, as stored), joined
+// along the weight's cut `dim`: per tensor, the one source's shape, or [k] for k sources (one
+// entry each); otherwise the 2-D sources concatenated along dim (one source: its shape).
+// nullopt where they are not 2-D alike but for dim, or their extent passes 64 bits.
+[[nodiscard]] inline std::optional<shape> companion_global(const companion_grid& g, std::size_t dim,
+                                                           std::span<const shape> sources) {
+    if (sources.empty() || dim > 1) return std::nullopt;
+    if (g.rows.whole() && g.cols.whole())
+        return sources.size() == 1 ? sources.front() : shape{sources.size()};
+    shape out = companion_as_2d(g, sources.front());
+    if (out.rank() != 2) return std::nullopt;
+    for (std::size_t k = 1; k < sources.size(); ++k) {
+        const shape s = companion_as_2d(g, sources[k]);
+        if (s.rank() != 2 || s[1 - dim] != out[1 - dim] || out[dim] + s[dim] < s[dim])
+            return std::nullopt;
+        out[dim] += s[dim];
+    }
+    return out;
+}
+
+// Whether each companion source has the grid's extents over its weight source (2-D each, as
+// many of one as of the other); a per-tensor companion holds one element.
+[[nodiscard]] inline bool companion_sources_fit(const companion_grid& g,
+                                                std::span<const shape> weights,
+                                                std::span<const shape> companions) {
+    if (weights.size() != companions.size()) return false;
+    for (std::size_t k = 0; k < weights.size(); ++k) {
+        const shape& w = weights[k];
+        const shape c = companion_as_2d(g, companions[k]);
+        if (w.rank() != 2) return false;
+        if (g.rows.whole() && g.cols.whole()) {
+            if (c.rank() > 2 || c.element_count() != std::optional<std::uint64_t>{1}) return false;
+        } else if (c.rank() != 2 || c[0] != companion_extent(g.rows, w[0]) ||
+                   c[1] != companion_extent(g.cols, w[1])) {
+            return false;
+        }
+    }
+    return true;
+}
+
 namespace detail {
 
 // A box of a 2-D tensor as a rectangle: rows [r0, r0 + nr), columns [c0, c0 + nc).
@@ -141,6 +186,11 @@ namespace detail {
                         "': a quantization companion follows 2-D weights only, this one is " +
                         w.local.to_string(),
                     ctx);
+    if (!companion_sources_fit(g, q.weight_sources, q.companion_sources))
+        throw error(errc::shape_mismatch,
+                    "parameter '" + std::string(q.parameter) + "': its " + to_string(g) +
+                        " quantization scales do not have the grid's shapes over its sources",
+                    ctx);
     const bool concatenated = q.weight_sources.size() > 1;
     const bool scalar = g.rows.whole() && g.cols.whole();
     if (scalar && concatenated) return detail::per_source_scalars(q);
@@ -150,20 +200,17 @@ namespace detail {
                         std::to_string(q.weight_sources.size()) + " tensors, each with its own " +
                         to_string(g) + " scale: one entry cannot hold them all (load them unfused)",
                     ctx);
+    const auto global = companion_global(g, w.dim, q.companion_sources);
+    if (!global)
+        throw error(errc::shape_mismatch,
+                    "parameter '" + std::string(q.parameter) + "': its " + to_string(g) +
+                        " quantization scales cannot be joined along dim " + std::to_string(w.dim),
+                    ctx);
     slice_result c;
     c.dim = w.dim;
-    const std::uint64_t local_rows = companion_extent(g.rows, w.local[0]);
+    c.global = *global;
     const std::uint64_t local_cols = companion_extent(g.cols, w.local[1]);
-    // The global shape: the companion sources joined along the weight's dim.
-    c.global = shape{companion_extent(g.rows, w.global[0]), companion_extent(g.cols, w.global[1])};
-    if (concatenated) {
-        std::uint64_t along = 0;
-        for (const shape& s : q.weight_sources)
-            along += w.dim == 0 ? companion_extent(g.rows, s[0]) : companion_extent(g.cols, s[1]);
-        c.global[w.dim] = along;
-    }
-    c.local = scalar ? q.companion_sources.front() : shape{local_rows, local_cols};
-    if (scalar) c.global = q.companion_sources.front();
+    c.local = scalar ? c.global : shape{companion_extent(g.rows, w.local[0]), local_cols};
     auto refuse = [&](std::string_view what, std::uint64_t extent, std::uint64_t block,
                       std::uint64_t at, std::uint64_t n) -> slice_result {
         throw error(errc::invalid_layout,
