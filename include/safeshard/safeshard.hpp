@@ -64,6 +64,7 @@
 #include "safeshard/shard/layouts/strided_split.hpp"
 #include "safeshard/shard/parameter.hpp"
 #include "safeshard/shard/quantization/fp8.hpp"
+#include "safeshard/shard/quantization/nvfp4.hpp"
 #include "safeshard/shard/quantization/scheme.hpp"
 #include "safeshard/shard/quantization/schemes.hpp"
 #include "safeshard/shard/schema.hpp"

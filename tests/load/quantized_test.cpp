@@ -308,7 +308,7 @@ TEST_CASE("quantized checkpoints: a scale of no known grid over its weight is re
             (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 1});
         },
         "'model.layers.0.mlp.down_proj.weight_scale_inv' of shape [8, 8] is no fp8 grid "
-        "over its weight of shape [32, 64] (blocks of 4 x 4)");
+        "over its weight of shape [32, 64] (blocks of 4 x 4 values)");
     // An orphan scale (no weight of that name) is refused too.
     src = fp8_llama(block_scaled(4));
     std::mt19937_64 rng(3);
@@ -400,6 +400,223 @@ TEST_CASE("quantized checkpoints: export and merge keep per-channel and per-tens
     schema_options fused;
     fused.fuse_qkv = true;
     check_round_trip(dir.path(), src, 4, fused);
+}
+
+namespace {
+
+// NVFP4 (ModelOpt): `weight` U8 [N, K/2] (two E2M1 values a byte), `weight_scale` F8_E4M3
+// [N, K/16], `weight_scale_2` and `input_scale` F32 scalars (vLLM's modelopt.py,
+// ModelOptNvFp4LinearMethod.create_weights); compressed-tensors' nvfp4-pack-quantized the same
+// under `weight_packed`, `weight_global_scale` [1] and `input_global_scale` [1]
+// (compressed_tensors_w4a4_nvfp4.py).
+struct nvfp4_names {
+    std::string weight, scale, global, input;
+};
+const nvfp4_names modelopt_names{"weight", "weight_scale", "weight_scale_2", "input_scale"};
+const nvfp4_names ct_names{"weight_packed", "weight_scale", "weight_global_scale",
+                           "input_global_scale"};
+
+std::map<std::string, stored> nvfp4_llama(const nvfp4_names& names,
+                                          std::vector<std::uint64_t> scalar) {
+    auto t = fp8_llama([](const std::vector<std::uint64_t>&, std::mt19937_64&) {
+        return std::map<std::string, stored>{};
+    });
+    std::mt19937_64 rng(5);
+    for (const auto& [n, dims] : linears()) {
+        const std::string p = "model.layers.0." + n + ".";
+        t.erase(p + "weight");
+        t[p + names.weight] = random_stored(dtype::u8, {dims[0], dims[1] / 2}, rng);
+        t[p + names.scale] = random_stored(dtype::f8_e4m3, {dims[0], dims[1] / 16}, rng);
+        t[p + names.global] = random_stored(dtype::f32, scalar, rng);
+        t[p + names.input] = random_stored(dtype::f32, scalar, rng);
+    }
+    return t;
+}
+
+// Every rank of world w: each weight's rows and K range in bytes (2 values a byte), its
+// scales' rows and K range in groups of 16, the scalars whole.
+void check_nvfp4_world(const std::filesystem::path& dir, const std::map<std::string, stored>& src,
+                       const nvfp4_names& names, std::uint32_t w) {
+    for (std::uint32_t r = 0; r < w; ++r) {
+        CAPTURE(w);
+        CAPTURE(r);
+        auto model = load<host_tensor>(dir.string(), {.rank = r, .world = w});
+        for (const auto& [n, dims] : linears()) {
+            CAPTURE(n);
+            const std::string p = "model.layers.0." + n + ".";
+            const range_2d g = rank_range(n, w, r);
+            const host_tensor& weight = model.at(p + names.weight);
+            CHECK(weight.dtype() == dtype::u8);
+            CHECK(weight.shape() == shape{g.r1 - g.r0, (g.c1 - g.c0) / 2});
+            CHECK(bytes_of(weight) ==
+                  take(src.at(p + names.weight), g.r0, g.r1, g.c0 / 2, g.c1 / 2));
+            const host_tensor& scale = model.at(p + names.scale);
+            CHECK(scale.dtype() == dtype::f8_e4m3);
+            CHECK(bytes_of(scale) ==
+                  take(src.at(p + names.scale), g.r0, g.r1, g.c0 / 16, g.c1 / 16));
+            for (const std::string& s : {names.global, names.input})
+                CHECK(bytes_of(model.at(p + s)) == src.at(p + s).bytes);
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("NVFP4 (ModelOpt, compressed-tensors): packed weights and their scales cut in values") {
+    // ModelOpt with quantization_config in config.json; then the older form, config.json
+    // without it and hf_quant_config.json beside it.
+    const auto src = nvfp4_llama(modelopt_names, {});
+    temp_folder dir;
+    write(dir.path(),
+          llama_config(R"({"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16})"),
+          src);
+    for (std::uint32_t w : {1u, 2u}) check_nvfp4_world(dir.path(), src, modelopt_names, w);
+    temp_folder side;
+    write(side.path(), llama_config("null"), src);
+    std::ofstream(side.path() / "hf_quant_config.json")
+        << R"({"producer": {"name": "modelopt", "version": "0.29.0"},
+              "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": null,
+                               "group_size": 16, "exclude_modules": ["lm_head"]}})";
+    check_nvfp4_world(side.path(), src, modelopt_names, 2);
+    // World 4: o_proj's K of 32 values gives each rank 8, half a scale group.
+    expect_error(
+        errc::invalid_layout,
+        [&] {
+            (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 4});
+        },
+        "columns of extent 32 cut 4 ways gives a rank the piece [0, 8), which is not in whole "
+        "blocks of 16 (its grid<1,16> quantization scale cannot follow)");
+
+    const auto ct = nvfp4_llama(ct_names, {1});
+    temp_folder ctdir;
+    write(ctdir.path(), llama_config(R"({"quant_method": "compressed-tensors",
+                          "format": "nvfp4-pack-quantized", "config_groups": {}})"),
+          ct);
+    for (std::uint32_t w : {1u, 2u}) check_nvfp4_world(ctdir.path(), ct, ct_names, w);
+    // Fused gate/up: the packed rows join, each projection's global scale kept.
+    load_options o{.rank = 1, .world = 2};
+    o.plan.schema.fuse_gate_up = true;
+    auto model = load<host_tensor>(ctdir.path().string(), o);
+    const std::string p = "model.layers.0.mlp.";
+    CHECK(model.at(p + "gate_up_proj.weight_packed").shape() == shape{I, H / 2});
+    CHECK(model.at(p + "gate_up_proj.weight_scale").shape() == shape{I, H / 16});
+    CHECK(model.at(p + "gate_up_proj.weight_global_scale").shape() == shape{2});
+
+    // Export and merge keep them packed: the records say the layout cuts values.
+    for (std::uint32_t w : {1u, 2u}) {
+        check_round_trip(dir.path(), src, w);
+        check_round_trip(ctdir.path(), ct, w);
+    }
+    schema_options fused;
+    fused.fuse_qkv = fused.fuse_gate_up = true;
+    check_round_trip(ctdir.path(), ct, 2, fused);
+}
+
+TEST_CASE("NVFP4: a packed weight whose rank share splits a byte is refused, naming it") {
+    // An intermediate size of 62: down_proj's K cut 2 ways gives each rank 31 values, 15.5
+    // bytes.
+    auto src = nvfp4_llama(modelopt_names, {});
+    std::mt19937_64 rng(9);
+    for (const char* n : {"gate_proj", "up_proj"}) {
+        const std::string p = std::string("model.layers.0.mlp.") + n + ".";
+        src[p + "weight"] = random_stored(dtype::u8, {62, H / 2}, rng);
+        src[p + "weight_scale"] = random_stored(dtype::f8_e4m3, {62, H / 16}, rng);
+    }
+    src["model.layers.0.mlp.down_proj.weight"] = random_stored(dtype::u8, {H, 31}, rng);
+    src["model.layers.0.mlp.down_proj.weight_scale"] = random_stored(dtype::f8_e4m3, {H, 4}, rng);
+    std::string config = llama_config(R"({"quant_method": "modelopt", "quant_algo": "NVFP4"})");
+    const std::string i64 = "\"intermediate_size\": 64";
+    config.replace(config.find(i64), i64.size(), "\"intermediate_size\": 62");
+    temp_folder dir;
+    write(dir.path(), config, src);
+    (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 1});  // whole: fine
+    expect_error(
+        errc::invalid_layout,
+        [&] {
+            (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 2});
+        },
+        "parameter 'model.layers.0.mlp.down_proj.weight': its columns of extent 62 cut 2 ways "
+        "gives a rank the piece [0, 31), which is not in whole blocks of 2 (its grid<1,2> packed "
+        "storage (2 values a U8) cannot follow)");
+}
+
+TEST_CASE("quantization_config and hf_quant_config.json: each malformed field is refused") {
+    auto config_with = [](const std::string& q) {
+        return R"({"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1,
+                   "num_attention_heads": 4, "vocab_size": 64, "quantization_config": )" +
+               q + "}";
+    };
+    const model_config ok = parse_model_config(config_with(
+        R"({"quant_method": "fp8", "weight_block_size": [128, 64], "group_size": -1})"));
+    REQUIRE(ok.quantization);
+    CHECK(ok.quantization->block_rows == 128);
+    CHECK(ok.quantization->block_cols == 64);
+    CHECK(ok.quantization->group_size == 0);  // -1: per channel
+    CHECK(parse_model_config(config_with(R"({"quant_method": "gptq", "group_size": 128})"))
+              .quantization->group_size == 128);
+    struct bad {
+        const char* q;
+        const char* says;
+    };
+    for (const bad& b : {
+             bad{"[]", "'quantization_config' must be an object, found an array"},
+             bad{R"({"bits": 4})", "'quantization_config' has no 'quant_method'"},
+             bad{R"({"quant_method": 8})", "'quantization_config.quant_method' must be a string"},
+             bad{R"({"quant_method": "fp8", "weight_block_size": [128]})",
+                 "'quantization_config.weight_block_size' must be two positive integers"},
+             bad{R"({"quant_method": "fp8", "weight_block_size": [0, 128]})",
+                 "'quantization_config.weight_block_size' must be two positive integers"},
+             bad{R"({"quant_method": "gptq", "group_size": 0})",
+                 "'quantization_config.group_size' must be a positive integer or -1"},
+             bad{R"({"quant_method": "gptq", "group_size": -2})",
+                 "'quantization_config.group_size' must be a positive integer or -1"},
+             bad{R"({"quant_method": "gptq", "group_size": "128"})",
+                 "'quantization_config.group_size' must be a positive integer or -1"},
+         }) {
+        CAPTURE(b.q);
+        expect_error(
+            errc::invalid_config, [&] { (void)parse_model_config(config_with(b.q)); }, b.says);
+    }
+
+    // hf_quant_config.json: read where config.json says no quantization_config.
+    config_file c = config_file::parse(config_with("null"));
+    c.adopt_hf_quant_config(
+        R"({"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "NVFP4",
+            "group_size": 16, "kv_cache_quant_algo": null, "exclude_modules": ["lm_head"]}})",
+        "hf_quant_config.json");
+    REQUIRE(c.config().quantization);
+    CHECK(c.config().quantization->quant_method == "modelopt");
+    CHECK(c.config().quantization->quant_algo == "NVFP4");
+    CHECK(c.config().quantization->group_size == 16);
+    config_file own = config_file::parse(config_with(R"({"quant_method": "fp8"})"));
+    own.adopt_hf_quant_config(R"({"quantization": {"quant_algo": "NVFP4"}})", "x");
+    CHECK(own.config().quantization->quant_method == "fp8");  // config.json's wins
+    for (const bad& b : {
+             bad{"{", "hf_quant_config.json is not valid JSON"},
+             bad{"[1]", "hf_quant_config.json is no JSON object"},
+             bad{R"({"producer": {}})", "hf_quant_config.json has no 'quantization' object"},
+             bad{R"({"quantization": 3})", "'quantization' must be an object, found"},
+             bad{R"({"quantization": {"group_size": 16}})", "has no 'quant_algo'"},
+             bad{R"({"quantization": {"quant_algo": "NVFP4", "group_size": 0}})",
+                 "'quantization.group_size' must be a positive integer or -1"},
+         }) {
+        CAPTURE(b.q);
+        config_file f = config_file::parse(config_with("null"));
+        expect_error(
+            errc::invalid_config, [&] { f.adopt_hf_quant_config(b.q, "hf_quant_config.json"); },
+            b.says);
+    }
+    // Beside a checkpoint: a broken one stops the load, naming the file.
+    const auto src = nvfp4_llama(modelopt_names, {});
+    temp_folder dir;
+    write(dir.path(), llama_config("null"), src);
+    std::ofstream(dir.path() / "hf_quant_config.json") << R"({"quantization": []})";
+    expect_error(
+        errc::invalid_config,
+        [&] {
+            (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 1});
+        },
+        "hf_quant_config.json");
 }
 
 TEST_CASE("safeshard plan --json: a quantized weight lists its companions" *

@@ -641,11 +641,61 @@ TEST_SUITE("export metadata") {
         bad = ms;  // a scale grid the weight's sources do not have
         for (auto& m : bad) m.tensors[1].sources[0].global = m.tensors[1].global = shape{2, 3};
         CHECK(code_of([&] { (void)plan_of(bad); }, &what) == errc::invalid_export);
-        CHECK(what.find("do not have the grid's shapes") != std::string::npos);
+        CHECK(what.find("does not have the grid's shapes") != std::string::npos);
         bad = ms;  // rank 1 records another grid
         bad[1].tensors[1].grid = {{4}, {8}};
         CHECK(code_of([&] { (void)plan_of(bad); }, &what) == errc::invalid_export);
         CHECK(what.find("'w_s' is described differently") != std::string::npos);
+    }
+
+    TEST_CASE("packed weights: the record says its layout cuts values, two a byte") {
+        // Two ranks, a U8 weight [4, 4] holding [4, 8] values, split on K: each rank 4 values,
+        // 2 bytes of each row.
+        const dtype u = dtype::u8;
+        auto rank = [&](std::uint32_t r, std::uint64_t cols) {  // stored bytes a row
+            export_metadata m;
+            m.world = 2;
+            m.rank = r;
+            auto t = stored("pk", u, {4, cols / 2}, {4, cols}, make_split(1), u);
+            t.pack = 2;
+            m.tensors.push_back(t);
+            return m;
+        };
+        std::vector<export_metadata> ms = {rank(0, 4), rank(1, 4)};
+        const std::string good = to_json(ms[1]);
+        CHECK(good.find("\"pack\":2") != std::string::npos);
+        const auto back = read_one(good, stored_of(ms[1]));
+        REQUIRE(back);
+        CHECK(*back == by_name(ms[1]));
+        const merge_cut c = merge_cut_of(ms[1], ms[1].tensors[0], 1);
+        REQUIRE(c.ok());
+        CHECK(c.local == shape{4, 2});
+        REQUIRE(c.slab.map.size() == 1);
+        CHECK(c.slab.map[0].src_offset == 2);
+        CHECK(c.slab.map[0].row_elems == 2);
+        CHECK(c.slab.map[0].src_row_stride == 4);
+        std::string what;
+        for (const char* bad : {"\"pack\":1", "\"pack\":65", "\"pack\":-2"}) {
+            std::string doc = good;
+            replace_in(doc, "\"pack\":2", bad);
+            CHECK(code_of([&] { (void)read_one(doc, stored_of(ms[1])); }, &what) ==
+                  errc::invalid_export);
+            CHECK(what.find("\"pack\"") != std::string::npos);
+        }
+        auto plan_of = [&](const std::vector<export_metadata>& v) {
+            std::vector<merge_rank_metadata> ranks;
+            for (std::uint32_t r = 0; r < v.size(); ++r)
+                ranks.push_back(merge_rank_metadata{r, "ex/" + export_rank_folder(r), &v[r]});
+            return plan_merge(ranks);
+        };
+        const merge_plan p = plan_of(ms);
+        REQUIRE(p.infos.size() == 1);
+        CHECK(p.infos[0].shape == shape{4, 4});  // stored, as the checkpoint had it
+        // Six values a row: each rank's three are a byte and a half.
+        std::vector<export_metadata> odd = {rank(0, 3), rank(1, 3)};
+        CHECK(code_of([&] { (void)plan_of(odd); }, &what) == errc::invalid_export);
+        CHECK(what.find("not in whole blocks of 2 (its grid<1,2> packed storage cannot follow)") !=
+              std::string::npos);
     }
 
     TEST_CASE("expert parallelism: plan_merge takes each expert from its group's ranks only") {

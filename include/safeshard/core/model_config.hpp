@@ -19,6 +19,8 @@ struct quantization_config {
     // fp8's weight_block_size [rows, columns] (DeepSeek-V3: [128, 128]); 0: none given.
     std::uint64_t block_rows = 0;
     std::uint64_t block_cols = 0;
+    // Values sharing one scale along K (NVFP4: 16, MXFP4: 32, GPTQ/AWQ: 128); 0: none given.
+    std::uint64_t group_size = 0;
     friend bool operator==(const quantization_config&, const quantization_config&) = default;
 };
 

@@ -205,9 +205,20 @@ public:
         if (std::filesystem::exists(p, ec)) return p;
         return std::nullopt;
     }
+    // config.json, with ModelOpt's hf_quant_config.json beside it where config.json says no
+    // quantization_config (config_file::adopt_hf_quant_config).
     [[nodiscard]] std::optional<config_file> load_config() const {
-        if (auto p = config_path()) return config_file::load(*p);
-        return std::nullopt;
+        auto p = config_path();
+        if (!p) return std::nullopt;
+        config_file c = config_file::load(*p);
+        std::error_code ec;
+        const auto side = root_ / "hf_quant_config.json";
+        if (!c.config().quantization && std::filesystem::exists(side, ec)) {
+            const auto text =
+                detail::read_json_file(side, config_file::max_file_size, errc::invalid_config);
+            c.adopt_hf_quant_config(std::string_view(text.data(), text.size()), side.string());
+        }
+        return c;
     }
 
 private:

@@ -92,6 +92,35 @@ public:
     [[nodiscard]] const std::string& outer_model_type() const noexcept { return outer_model_type_; }
     [[nodiscard]] const std::string& source() const noexcept { return source_; }
 
+    // ModelOpt's hf_quant_config.json (text `json`, read from `file`), which older ModelOpt
+    // exports write beside a config.json without quantization_config: its "quantization"
+    // object ("quant_algo": "FP8" or "NVFP4", "group_size") is the quantization_config of
+    // quant_method "modelopt". config.json's own quantization_config, when it has one, wins.
+    void adopt_hf_quant_config(std::string_view json, const std::string& file) {
+        if (config_.quantization) return;
+        detail::json_document doc;
+        if (const auto err = doc.parse(json, false, detail::json_reader::python); err)
+            throw error(errc::invalid_config,
+                        "hf_quant_config.json is not valid JSON: " + doc.message(err),
+                        error_context{.file = file});
+        const simdjson::dom::element root = doc.root();
+        simdjson::dom::element q;
+        if (!root.is_object())
+            throw error(errc::invalid_config, "hf_quant_config.json is no JSON object",
+                        error_context{.file = file});
+        if (root.at_key("quantization").get(q) != simdjson::SUCCESS)
+            throw error(errc::invalid_config, "hf_quant_config.json has no 'quantization' object",
+                        error_context{.file = file});
+        quantization_config out = quantization_of(q, "quantization", file);
+        if (out.quant_algo.empty())
+            throw error(errc::invalid_config,
+                        "hf_quant_config.json's 'quantization' has no "
+                        "'quant_algo'",
+                        error_context{.file = file});
+        out.quant_method = "modelopt";
+        config_.quantization = std::move(out);
+    }
+
 private:
     config_file(simdjson::padded_string text, std::string source)
         : text_(std::move(text)), source_(std::move(source)) {
@@ -315,8 +344,20 @@ private:
     void parse_quantization() {
         simdjson::dom::element q;
         if (root_.at_key("quantization_config").get(q) != simdjson::SUCCESS || q.is_null()) return;
+        config_.quantization = quantization_of(q, "quantization_config", source_);
+        if (config_.quantization->quant_method.empty())
+            fail("'quantization_config' has no 'quant_method'");
+    }
+
+    // The fields of a quantization object `q` (`where` names it in errors, `file` the file).
+    [[nodiscard]] static quantization_config quantization_of(simdjson::dom::element q,
+                                                             const std::string& where,
+                                                             const std::string& file) {
+        auto fail = [&](const std::string& msg) {
+            throw error(errc::invalid_config, msg, error_context{.file = file});
+        };
         if (!q.is_object())
-            fail("'quantization_config' must be an object, found " +
+            fail("'" + where + "' must be an object, found " +
                  std::string(detail::json_type_name(q.type())));
         quantization_config out;
         auto text = [&](std::string_view key) -> std::string {
@@ -324,14 +365,20 @@ private:
             if (q.at_key(key).get(e) != simdjson::SUCCESS || e.is_null()) return {};
             std::string_view s;
             if (e.get_string().get(s))
-                fail("'quantization_config." + std::string(key) + "' must be a string, found " +
+                fail("'" + where + "." + std::string(key) + "' must be a string, found " +
                      std::string(detail::json_type_name(e.type())));
             return std::string(s);
         };
         out.quant_method = text("quant_method");
-        if (out.quant_method.empty()) fail("'quantization_config' has no 'quant_method'");
         out.format = text("format");
         out.quant_algo = text("quant_algo");
+        simdjson::dom::element g;
+        if (q.at_key("group_size").get(g) == simdjson::SUCCESS && !g.is_null()) {
+            std::int64_t v = 0;  // GPTQ writes -1 for per channel
+            if (g.get_int64().get(v) != simdjson::SUCCESS || v == 0 || v < -1)
+                fail("'" + where + ".group_size' must be a positive integer or -1");
+            out.group_size = v < 0 ? 0 : static_cast<std::uint64_t>(v);
+        }
         simdjson::dom::element b;
         if (q.at_key("weight_block_size").get(b) == simdjson::SUCCESS && !b.is_null()) {
             simdjson::dom::array a;
@@ -341,11 +388,11 @@ private:
             if (ok)
                 for (auto item : a) ok = ok && n < 2 && detail::json_to_uint64(item, v[n++]);
             if (!ok || n != 2 || v[0] == 0 || v[1] == 0)
-                fail("'quantization_config.weight_block_size' must be two positive integers");
+                fail("'" + where + ".weight_block_size' must be two positive integers");
             out.block_rows = v[0];
             out.block_cols = v[1];
         }
-        config_.quantization = std::move(out);
+        return out;
     }
 
     // Multi-head latent attention's ranks and head sizes (deepseek_v2, deepseek_v3).

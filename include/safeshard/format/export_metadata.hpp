@@ -26,7 +26,9 @@
 //    weight's) and "grid" [rows, cols] (weight elements per companion element along each dim,
 //    0 for one entry over the whole dim), with its "sources" listed (per tensor scales of a
 //    weight joining k tensors: k sources, the rank tensor [k]);
-//  - next, zero points, group indices and packed weights' units.
+//  - packed weights (NVFP4's two values a byte): per tensor "pack" (the values a stored
+//    element holds along dim 1; its cut cuts the values, in whole stored elements);
+//  - next, zero points and group indices.
 //
 // This header holds its types; format/export_metadata_writer.hpp writes its documents and
 // format/export_metadata_reader.hpp reads them back. The fields of a cut come from the layout
@@ -85,6 +87,9 @@ struct export_tensor {
     // follows in the units of `grid` (shard/companion.hpp); its layout is the weight's.
     std::string companion_of{};
     companion_grid grid{};
+    // A packed weight: the values each stored element holds along dim 1 (its layout cuts the
+    // values, [N, K] for stored [N, K / pack]; the stored elements follow whole); 1: not packed.
+    std::uint64_t pack = 1;
     // padded_split: the global indices along dim this rank holds real rows of, [begin, end).
     std::uint64_t valid_begin = 0;
     std::uint64_t valid_end = 0;

@@ -273,7 +273,7 @@ private:
         } else if (v.get_object().get(o) == simdjson::SUCCESS) {
             known_keys(o, where,
                        {"cut", "extent", "sources", "created", "expert", "stacked_experts",
-                        "gathered_experts", "companion_of", "grid"});
+                        "gathered_experts", "companion_of", "grid", "pack"});
             simdjson::dom::element field;
             cut = u64(o, "cut", where);
             if (o["extent"].get(field) == simdjson::SUCCESS) extent = u64(o, "extent", where);
@@ -290,6 +290,13 @@ private:
             if (o["stacked_experts"].get(field) == simdjson::SUCCESS)
                 stacked_of(m, t, o, where, listed_sources);
             if (o["gathered_experts"].get(field) == simdjson::SUCCESS) gathered_of(t, field, where);
+            if (o["pack"].get(field) == simdjson::SUCCESS) {
+                t.pack = u64(o, "pack", where);
+                if (t.pack < 2 || t.pack > 64)
+                    fail(where + ": \"pack\" is written from 2 to 64 values an element", t.name);
+                if (t.stacked_experts != 0 || t.created)
+                    fail(where + ": a packed weight is no stacked or created tensor", t.name);
+            }
             if (o["companion_of"].get(field) == simdjson::SUCCESS)
                 companion_of(t, o, where, listed_sources);
             else if (o["grid"].get(field) == simdjson::SUCCESS)

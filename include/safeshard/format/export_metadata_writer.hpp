@@ -197,7 +197,7 @@ private:
         const bool whole = t.global == t.local;
         const bool stacked = t.stacked_experts != 0;
         const bool listed = stacked || t.companion();  // records that list their sources
-        if (own && !t.created && !t.expert && !listed && (whole || extent)) {
+        if (own && !t.created && !t.expert && !listed && t.pack == 1 && (whole || extent)) {
             out += whole ? c : '[' + c + ',' + std::to_string(*extent) + ']';
             return;
         }
@@ -224,6 +224,7 @@ private:
         if (t.expert) out += ",\"expert\":" + std::to_string(*t.expert);
         if (stacked) out += ",\"stacked_experts\":" + std::to_string(t.stacked_experts);
         if (t.gathered_experts) out += ",\"gathered_experts\":true";
+        if (t.pack != 1) out += ",\"pack\":" + std::to_string(t.pack);
         if (t.companion()) {
             out += ",\"companion_of\":";
             json_escape_into(out, t.companion_of);

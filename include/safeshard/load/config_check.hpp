@@ -22,6 +22,7 @@
 #include "safeshard/format/export_metadata_reader.hpp"
 #include "safeshard/shard/architectures/registry.hpp"
 #include "safeshard/shard/architectures/table.hpp"
+#include "safeshard/shard/quantization/schemes.hpp"
 #include "safeshard/shard/schema.hpp"
 
 namespace safeshard {
@@ -310,12 +311,19 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
         detail::check_expert_count(r, ckpt, c, names);
     const implied_shape_index shapes(architecture_shapes(c.model_type), sizes_of(c),
                                      scope == config_scope::generic);
+    const quantization_scheme* scheme =
+        c.quantization ? find_quantization_scheme(*c.quantization) : nullptr;
     for (const auto& f : ckpt.files())
         for (const tensor_view t : f.view) {
             std::string_view n = t.name();
             if (!n.starts_with(names.checkpoint_prefix)) continue;
             n.remove_prefix(names.checkpoint_prefix.size());
-            detail::check_tensor_shape(r, t.name(), n, t.shape(), c, shapes);
+            if (!scheme) {
+                detail::check_tensor_shape(r, t.name(), n, t.shape(), c, shapes);
+                continue;
+            }
+            const auto [as_weight, values] = weight_values(*scheme, n, t.dtype(), t.shape());
+            detail::check_tensor_shape(r, t.name(), as_weight, values, c, shapes);
         }
     return r;
 }

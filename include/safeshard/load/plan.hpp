@@ -92,6 +92,9 @@ struct plan_destination {
     // that weight in the units of `grid` (shard/companion.hpp); its dtype is the stored one.
     std::optional<std::uint32_t> companion_of{};
     companion_grid grid{};
+    // A packed weight: the values each stored element holds along dim 1 (the layout cuts the
+    // values, the stored elements follow in whole elements); 1: not packed.
+    std::uint64_t packed_values = 1;
     // The parameter's place in the schema: orders the destinations of one rank's plan against
     // another's (a rank holds its own experts only).
     std::size_t schema_index = 0;
@@ -108,6 +111,8 @@ struct plan_destination {
 [[nodiscard]] inline std::string layout_name(const plan_destination& d) {
     const std::string inner(name(d.layout));
     if (d.companion_of) return to_string(d.grid) + "(" + inner + ")";
+    if (d.packed_values > 1)
+        return "packed<" + std::to_string(d.packed_values) + ">(" + inner + ")";
     if (d.stacked_experts == 0) return inner;
     return (d.gathered_experts ? "gathered_experts<" : "stacked_experts<") + inner + ">";
 }
@@ -120,6 +125,7 @@ struct device_bytes {
 namespace detail {
 inline bool is_quantization_scale(std::string_view n) noexcept {
     return n.ends_with(".weight_scale") || n.ends_with(".weight_scale_inv") ||
+           n.ends_with(".weight_scale_2") || n.ends_with(".weight_global_scale") ||
            n.ends_with(".SCB") ||
            n.ends_with("_proj_scales");  // gpt-oss's MXFP4 experts (*_blocks, *_scales)
 }
@@ -605,19 +611,87 @@ private:
     }
 
     void add_loaded(const parameter_meta& m) {
-        const auto located = locate_sources(m);
+        const std::optional<parameter_meta> renamed = stored_weight_form(m);
+        const parameter_meta& as_stored = renamed ? *renamed : m;
+        const auto located = locate_sources(as_stored);
         if (!located) return;
-        const slice_result r = slice_sources(m, *located);
+        const weight_cut cut = cut_weight(as_stored, *located);
         const dtype source = located->front().tensor.dtype();
-        plan_destination d =
-            destination(m, r, source, target_dtype(m.name, m.dtype_override, source), "");
-        d.sources = m.sources;
+        plan_destination d = destination(as_stored, cut.stored, source,
+                                         target_dtype(m.name, m.dtype_override, source), "");
+        d.sources = as_stored.sources;
+        d.packed_values = cut.packed_values;
         d.schema_index = schema_index_of(m);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
-        emit_ops(m, r, *located, d, di);
+        emit_ops(as_stored, cut.stored, *located, d, di);
         index_.emplace(m.name, di);
         p_.destinations_.push_back(std::move(d));
-        add_companions(m, r, *located, di);
+        if (renamed)
+            for (const auto& l : *located) claimed_.emplace(l.tensor.name());
+        add_companions(m, cut.values, cut.value_shapes, di);
+    }
+
+    // A weight the scheme stores under another suffix ("X.weight_packed"): the parameter
+    // renamed so ("X.weight" -> "X.weight_packed"), its sources too, where the checkpoint
+    // holds them so and not under their own names; nullopt otherwise.
+    [[nodiscard]] std::optional<parameter_meta> stored_weight_form(const parameter_meta& m) const {
+        if (!scheme_ || scheme_->stored_weight == "weight" || m.sources.empty())
+            return std::nullopt;
+        parameter_meta r = m;
+        for (auto& src : r.sources) {
+            std::string n = companion_name(src, scheme_->stored_weight);
+            if (n.empty() || ckpt_.find(src) || !ckpt_.find(n)) return std::nullopt;
+            src = std::move(n);
+        }
+        if (std::string n = companion_name(m.name, scheme_->stored_weight); !n.empty())
+            r.name = std::move(n);
+        return r;
+    }
+
+    // A weight's cut: of its stored elements, and of its values (the same unless the scheme
+    // packs several values in a stored element along K: then the layout cuts the values, and
+    // the stored elements follow in whole elements), with its sources' shapes in values.
+    struct weight_cut {
+        std::uint64_t packed_values = 1;
+        slice_result stored;
+        slice_result values;
+        std::vector<shape> value_shapes;
+    };
+    [[nodiscard]] weight_cut cut_weight(const parameter_meta& m,
+                                        std::span<const located_tensor> located) const {
+        weight_cut c;
+        for (const auto& l : located) c.value_shapes.push_back(l.tensor.shape());
+        const std::uint64_t per =
+            scheme_ ? packed_values_of(*scheme_, located.front().tensor.dtype()) : 1;
+        if (per == 1) {
+            c.stored = c.values = slice_sources(m, located);
+            return c;
+        }
+        c.packed_values = per;
+        const std::vector<shape> stored = c.value_shapes;
+        for (auto& s : c.value_shapes)
+            if (s.rank() != 2 || mul_overflows(s[1], per, s[1]))
+                throw error(errc::shape_mismatch,
+                            "parameter '" + m.name + "' packs " + std::to_string(per) +
+                                " values a stored element along K, but is " + s.to_string() +
+                                " (a packed weight is 2-D, [N, K / " + std::to_string(per) + "])",
+                            error_context{.file = {}, .tensor = m.name});
+        c.values = slice_sources(m, located, c.value_shapes);
+        const std::string follower = "packed storage (" + std::to_string(per) + " values a " +
+                                     std::string(name(located.front().tensor.dtype())) + ")";
+        c.stored = companion_slice({.parameter = m.name,
+                                    .weight = &c.values,
+                                    .weight_sources = c.value_shapes,
+                                    .companion_sources = stored,
+                                    .grid = {{1}, {per}},
+                                    .ways = ways_of(m),
+                                    .follower = follower});
+        return c;
+    }
+
+    // The ways m is cut: its expert group's for an expert's parameter, else the world.
+    [[nodiscard]] std::uint32_t ways_of(const parameter_meta& m) const noexcept {
+        return m.expert ? expert_rank_.ways : ctx_.world;
     }
 
     // The located companions of suffix `suffix` of the weight's sources (one each), or nullopt
@@ -646,24 +720,23 @@ private:
 
     // The grid the companions have over the weight's sources: one for all, read from the
     // stored shapes against the scheme's block.
-    [[nodiscard]] companion_grid grid_of(const parameter_meta& m,
-                                         std::span<const located_tensor> weights,
+    [[nodiscard]] companion_grid grid_of(const parameter_meta& m, std::span<const shape> weights,
                                          std::span<const located_tensor> companions) const {
-        const quantization_config& q = *config_->quantization;
+        const scale_block b = scale_block_of(*scheme_, *config_->quantization);
         std::optional<companion_grid> grid;
         for (std::size_t k = 0; k < weights.size(); ++k) {
-            const shape& w = weights[k].tensor.shape();
+            const shape& w = weights[k];
             const shape& c = companions[k].tensor.shape();
-            const auto g = infer_companion_grid(w, c, q.block_rows, q.block_cols);
+            const auto g = infer_companion_grid(w, c, b.rows, b.cols);
             if (!g || (grid && *grid != *g))
                 throw error(errc::shape_mismatch,
                             "parameter '" + m.name + "': the quantization scale '" +
                                 std::string(companions[k].tensor.name()) + "' of shape " +
                                 c.to_string() + " is no " + std::string(scheme_->name) +
                                 " grid over its weight of shape " + w.to_string() +
-                                (q.block_rows ? " (blocks of " + std::to_string(q.block_rows) +
-                                                    " x " + std::to_string(q.block_cols) + ")"
-                                              : std::string()) +
+                                (b.rows ? " (blocks of " + std::to_string(b.rows) + " x " +
+                                              std::to_string(b.cols) + " values)"
+                                        : std::string()) +
                                 (grid ? ", or not the grid of its other sources" : ""),
                             error_context{.file = {}, .tensor = m.name});
             grid = g;
@@ -673,8 +746,9 @@ private:
 
     // A quantized weight's companions (its scheme's scales where the checkpoint has them),
     // each a destination of its own cut as the weight in its grid's units, kept in its dtype.
+    // `r` and `weights` are the weight's cut and its sources' shapes in values.
     void add_companions(const parameter_meta& m, const slice_result& r,
-                        std::span<const located_tensor> weights, std::uint32_t weight_at) {
+                        std::span<const shape> weights, std::uint32_t weight_at) {
         if (!scheme_) return;
         for (const std::string_view suffix : scheme_->companions) {
             const auto found = companions_of(m, suffix);
@@ -688,17 +762,15 @@ private:
                                 std::string(name(w.dtype)) +
                                 " without its scales would be wrong; load it as stored",
                             error_context{.file = {}, .tensor = m.name});
-            std::vector<shape> wshapes, cshapes;
-            for (const auto& l : weights) wshapes.push_back(l.tensor.shape());
+            std::vector<shape> cshapes;
             for (const auto& l : *found) cshapes.push_back(l.tensor.shape());
             const companion_grid g = grid_of(m, weights, *found);
-            const slice_result rc =
-                companion_slice({.parameter = m.name,
-                                 .weight = &r,
-                                 .weight_sources = wshapes,
-                                 .companion_sources = cshapes,
-                                 .grid = g,
-                                 .ways = m.expert ? expert_rank_.ways : ctx_.world});
+            const slice_result rc = companion_slice({.parameter = m.name,
+                                                     .weight = &r,
+                                                     .weight_sources = weights,
+                                                     .companion_sources = cshapes,
+                                                     .grid = g,
+                                                     .ways = ways_of(m)});
             const dtype stored = found->front().tensor.dtype();
             plan_destination d;
             d.name = companion_name(m.name, suffix);

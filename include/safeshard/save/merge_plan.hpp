@@ -63,10 +63,45 @@ namespace detail {
     throw error(errc::invalid_export, why, error_context{.file = file.string(), .tensor = tensor});
 }
 
-// A rank's cut of t (at its place among the ways t is cut), computed again from the recorded
-// layout and source shapes; for stacked experts, the cut of each expert's slab (the sources
-// without dim 0, or gathered, the sources).
-[[nodiscard]] inline slice_result merge_slice(const export_tensor& t, export_cut_place at) {
+// A packed weight's sources in values (dim 1 times t.pack); nullopt where one is not 2-D or
+// passes 64 bits.
+[[nodiscard]] inline std::optional<std::vector<shape>> merge_value_shapes(const export_tensor& t) {
+    std::vector<shape> out;
+    for (const auto& s : t.sources) {
+        shape v = s.global;
+        if (v.rank() != 2 || mul_overflows(v[1], t.pack, v[1])) return std::nullopt;
+        out.push_back(v);
+    }
+    return out;
+}
+
+// A packed weight's cut of its values (`values`, over `shapes`) in whole stored elements.
+[[nodiscard]] inline slice_result merge_packed(const export_tensor& t, const slice_result& values,
+                                               std::span<const shape> shapes, std::uint32_t ways) {
+    std::vector<shape> stored;
+    for (const auto& s : t.sources) stored.push_back(s.global);
+    return companion_slice({.parameter = t.name,
+                            .weight = &values,
+                            .weight_sources = shapes,
+                            .companion_sources = stored,
+                            .grid = {{1}, {t.pack}},
+                            .ways = ways,
+                            .follower = "packed storage"});
+}
+
+// A rank's cut of t's values (of a packed weight, dim 1 in values: merge_value_shapes),
+// computed again from the recorded layout and source shapes; for stacked experts, the cut of
+// each expert's slab (the sources without dim 0, or gathered, the sources).
+[[nodiscard]] inline slice_result merge_value_slice(const export_tensor& t, export_cut_place at) {
+    if (t.pack != 1) {
+        const auto shapes = merge_value_shapes(t);
+        if (!shapes) {
+            slice_result bad;
+            bad.status = layout_status::shape_mismatch;
+            return bad;
+        }
+        return slice(t.layout, std::span<const shape>(*shapes), at.ways, at.position);
+    }
     shape shapes[max_sources];
     const std::size_t n = std::min(t.sources.size(), max_sources);
     const std::size_t skip = t.stacked_experts != 0 && !t.gathered_experts ? 1 : 0;
@@ -76,6 +111,13 @@ namespace detail {
     }
     return slice(t.layout, shapes, t.sources.size() > max_sources ? max_sources + 1 : n, at.ways,
                  at.position);
+}
+
+// A rank's cut of t's stored elements: its values' cut, a packed weight's in whole elements.
+[[nodiscard]] inline slice_result merge_slice(const export_tensor& t, export_cut_place at) {
+    slice_result v = merge_value_slice(t, at);
+    if (t.pack == 1 || !v.ok()) return v;
+    return merge_packed(t, v, *merge_value_shapes(t), at.ways);
 }
 
 }  // namespace detail
@@ -122,10 +164,13 @@ namespace detail {
         c.status = layout_status::source_count;
         return c;
     }
-    const slice_result ws = merge_slice(*w, at);
+    const slice_result ws = merge_value_slice(*w, at);
     if (!ws.ok()) return ws;
     std::vector<shape> weights, companions;
-    for (const auto& s : w->sources) weights.push_back(s.global);
+    if (w->pack != 1)
+        weights = *merge_value_shapes(*w);
+    else
+        for (const auto& s : w->sources) weights.push_back(s.global);
     for (const auto& s : t.sources) companions.push_back(s.global);
     return companion_slice({.parameter = w->name,
                             .weight = &ws,
@@ -230,7 +275,7 @@ inline void check_merge_conventions(std::span<const merge_rank_metadata> ranks) 
            a.sources == b.sources && a.tied_to == b.tied_to && a.created == b.created &&
            a.expert == b.expert && a.stacked_experts == b.stacked_experts &&
            a.gathered_experts == b.gathered_experts && a.companion_of == b.companion_of &&
-           a.grid == b.grid;
+           a.grid == b.grid && a.pack == b.pack;
 }
 
 // The rank that should hold `t` (every rank, or the ranks of its expert group) but does not

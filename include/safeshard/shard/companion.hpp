@@ -155,6 +155,9 @@ struct companion_request {
     std::span<const shape> companion_sources{};
     companion_grid grid{};
     std::uint32_t ways = 1;
+    // What follows the weight, for errors: its scale, or (packed weights, whose stored
+    // elements each hold several values) its packed storage.
+    std::string_view follower = "quantization scale";
 };
 
 namespace detail {
@@ -188,8 +191,9 @@ namespace detail {
                     ctx);
     if (!companion_sources_fit(g, q.weight_sources, q.companion_sources))
         throw error(errc::shape_mismatch,
-                    "parameter '" + std::string(q.parameter) + "': its " + to_string(g) +
-                        " quantization scales do not have the grid's shapes over its sources",
+                    "parameter '" + std::string(q.parameter) + "': its " + to_string(g) + " " +
+                        std::string(q.follower) +
+                        " does not have the grid's shapes over its sources",
                     ctx);
     const bool concatenated = q.weight_sources.size() > 1;
     const bool scalar = g.rows.whole() && g.cols.whole();
@@ -218,8 +222,8 @@ namespace detail {
                         " of extent " + std::to_string(extent) + " cut " + std::to_string(q.ways) +
                         " ways gives a rank the piece [" + std::to_string(at) + ", " +
                         std::to_string(at + n) + "), which is not in whole blocks of " +
-                        std::to_string(block) + " (its " + to_string(g) +
-                        " quantization scale cannot follow)",
+                        std::to_string(block) + " (its " + to_string(g) + " " +
+                        std::string(q.follower) + " cannot follow)",
                     ctx);
     };
     for (const copy_box& b : w.map) {
@@ -231,7 +235,7 @@ namespace detail {
         if (!src || !dst)
             throw error(errc::invalid_layout,
                         "parameter '" + std::string(q.parameter) + "': the cut " + to_string(b) +
-                            " is no rectangle its quantization scale can follow",
+                            " is no rectangle its " + std::string(q.follower) + " can follow",
                         ctx);
         const auto rows = detail::on_grid(g.rows, src->r0, src->nr, ws[0]);
         const auto cols = detail::on_grid(g.cols, src->c0, src->nc, ws[1]);
