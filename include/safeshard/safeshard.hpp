@@ -67,6 +67,7 @@
 #include "safeshard/shard/quantization/nvfp4.hpp"
 #include "safeshard/shard/quantization/scheme.hpp"
 #include "safeshard/shard/quantization/schemes.hpp"
+#include "safeshard/shard/quantization/wna16.hpp"
 #include "safeshard/shard/schema.hpp"
 #include "safeshard/shard/segment.hpp"
 #include "safeshard/shard/slice.hpp"

@@ -540,6 +540,110 @@ TEST_CASE("NVFP4: a packed weight whose rank share splits a byte is refused, nam
         "storage (2 values a U8) cannot follow)");
 }
 
+namespace {
+
+// compressed-tensors pack-quantized (W4A16), as vLLM's compressed_tensors_wNa16.py creates
+// it: `weight_packed` I32 [N, K/8] (8 values a word along K), `weight_scale` BF16 [N, K/g],
+// `weight_zero_point` I32 [N/8, K/g] (packed along N), `weight_shape` I64 [2].
+std::string wna16_config(std::uint64_t bits, std::uint64_t group) {
+    return llama_config(R"({"quant_method": "compressed-tensors", "format": "pack-quantized",
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": )" +
+                        std::to_string(bits) + R"(, "group_size": )" + std::to_string(group) +
+                        R"(, "strategy": "group", "symmetric": false, "type": "int"}}},
+        "ignore": ["lm_head"]})");
+}
+
+std::map<std::string, stored> wna16_llama(std::uint64_t group) {
+    auto t = fp8_llama([](const std::vector<std::uint64_t>&, std::mt19937_64&) {
+        return std::map<std::string, stored>{};
+    });
+    std::mt19937_64 rng(17);
+    for (const auto& [n, dims] : linears()) {
+        const std::string p = "model.layers.0." + n + ".";
+        t.erase(p + "weight");
+        t[p + "weight_packed"] = random_stored(dtype::i32, {dims[0], dims[1] / 8}, rng);
+        t[p + "weight_scale"] = random_stored(dtype::bf16, {dims[0], dims[1] / group}, rng);
+        t[p + "weight_zero_point"] = random_stored(dtype::i32, {dims[0] / 8, dims[1] / group}, rng);
+        t[p + "weight_shape"] = random_stored(dtype::i64, {2}, rng);
+    }
+    return t;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "compressed-tensors pack-quantized (int4): words, group scales, zero points cut in values") {
+    constexpr std::uint64_t g = 8;
+    const auto src = wna16_llama(g);
+    temp_folder dir;
+    write(dir.path(), wna16_config(4, g), src);
+    for (std::uint32_t w : {1u, 2u, 4u})
+        for (std::uint32_t r = 0; r < w; ++r) {
+            CAPTURE(w);
+            CAPTURE(r);
+            auto model = load<host_tensor>(dir.path().string(), {.rank = r, .world = w});
+            for (const auto& [n, dims] : linears()) {
+                CAPTURE(n);
+                const std::string p = "model.layers.0." + n + ".";
+                const range_2d q = rank_range(n, w, r);
+                CHECK(model.at(p + "weight_packed").shape() ==
+                      shape{q.r1 - q.r0, (q.c1 - q.c0) / 8});
+                CHECK(bytes_of(model.at(p + "weight_packed")) ==
+                      take(src.at(p + "weight_packed"), q.r0, q.r1, q.c0 / 8, q.c1 / 8));
+                CHECK(bytes_of(model.at(p + "weight_scale")) ==
+                      take(src.at(p + "weight_scale"), q.r0, q.r1, q.c0 / g, q.c1 / g));
+                CHECK(model.at(p + "weight_zero_point").shape() ==
+                      shape{(q.r1 - q.r0) / 8, (q.c1 - q.c0) / g});
+                CHECK(
+                    bytes_of(model.at(p + "weight_zero_point")) ==
+                    take(src.at(p + "weight_zero_point"), q.r0 / 8, q.r1 / 8, q.c0 / g, q.c1 / g));
+                CHECK(bytes_of(model.at(p + "weight_shape")) == src.at(p + "weight_shape").bytes);
+            }
+        }
+    // Fused q/k/v: the logical shapes stay one per projection, [3, 2].
+    load_options o{.rank = 0, .world = 2};
+    o.plan.schema.fuse_qkv = true;
+    auto fused = load<host_tensor>(dir.path().string(), o);
+    const std::string a = "model.layers.0.self_attn.";
+    CHECK(fused.at(a + "qkv_proj.weight_shape").shape() == shape{3, 2});
+    std::vector<std::byte> shapes;
+    for (const char* n : {"q_proj", "k_proj", "v_proj"}) {
+        const auto& b = src.at(a + n + ".weight_shape").bytes;
+        shapes.insert(shapes.end(), b.begin(), b.end());
+    }
+    CHECK(bytes_of(fused.at(a + "qkv_proj.weight_shape")) == shapes);
+    // Rank 0 of 2: 16 q rows, 8 k rows, 8 v rows, a word of zero points for each 8.
+    CHECK(fused.at(a + "qkv_proj.weight_zero_point").shape() == shape{4, H / g});
+
+    // Export and merge keep them packed, bit for bit.
+    for (std::uint32_t w : {1u, 2u, 4u}) check_round_trip(dir.path(), src, w);
+    schema_options both;
+    both.fuse_qkv = both.fuse_gate_up = true;
+    check_round_trip(dir.path(), src, 2, both);
+
+    // Groups of 16 at world 4: o_proj's 8 values a rank are half a group.
+    const auto g16 = wna16_llama(16);
+    temp_folder dir16;
+    write(dir16.path(), wna16_config(4, 16), g16);
+    expect_error(
+        errc::invalid_layout,
+        [&] {
+            (void)load_plan::build(checkpoint::open(dir16.path().string()), {0, 4});
+        },
+        "columns of extent 32 cut 4 ways gives a rank the piece [0, 8), which is not in whole "
+        "blocks of 16");
+    // 3 bits do not pack into 32.
+    temp_folder dir3;
+    write(dir3.path(), wna16_config(3, g), src);
+    expect_error(
+        errc::quantized_checkpoint,
+        [&] {
+            (void)load_plan::build(checkpoint::open(dir3.path().string()), {0, 1});
+        },
+        "its 3-bit values do not fill the I32 elements the compressed-tensors pack-quantized "
+        "scheme packs them in");
+}
+
 TEST_CASE("quantization_config and hf_quant_config.json: each malformed field is refused") {
     auto config_with = [](const std::string& q) {
         return R"({"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1,
@@ -554,25 +658,50 @@ TEST_CASE("quantization_config and hf_quant_config.json: each malformed field is
     CHECK(ok.quantization->group_size == 0);  // -1: per channel
     CHECK(parse_model_config(config_with(R"({"quant_method": "gptq", "group_size": 128})"))
               .quantization->group_size == 128);
+    const model_config ct = parse_model_config(config_with(R"({"quant_method":
+        "compressed-tensors", "format": "pack-quantized", "config_groups": {"group_0":
+        {"targets": ["Linear"], "weights": {"num_bits": 4, "group_size": 32}},
+         "kv": {"input_activations": null}}})"));
+    CHECK(ct.quantization->bits == 4);
+    CHECK(ct.quantization->group_size == 32);
     struct bad {
         const char* q;
         const char* says;
     };
-    for (const bad& b : {
-             bad{"[]", "'quantization_config' must be an object, found an array"},
-             bad{R"({"bits": 4})", "'quantization_config' has no 'quant_method'"},
-             bad{R"({"quant_method": 8})", "'quantization_config.quant_method' must be a string"},
-             bad{R"({"quant_method": "fp8", "weight_block_size": [128]})",
-                 "'quantization_config.weight_block_size' must be two positive integers"},
-             bad{R"({"quant_method": "fp8", "weight_block_size": [0, 128]})",
-                 "'quantization_config.weight_block_size' must be two positive integers"},
-             bad{R"({"quant_method": "gptq", "group_size": 0})",
-                 "'quantization_config.group_size' must be a positive integer or -1"},
-             bad{R"({"quant_method": "gptq", "group_size": -2})",
-                 "'quantization_config.group_size' must be a positive integer or -1"},
-             bad{R"({"quant_method": "gptq", "group_size": "128"})",
-                 "'quantization_config.group_size' must be a positive integer or -1"},
-         }) {
+    for (
+        const bad& b : {
+            bad{"[]", "'quantization_config' must be an object, found an array"},
+            bad{R"({"bits": 4})", "'quantization_config' has no 'quant_method'"},
+            bad{R"({"quant_method": 8})", "'quantization_config.quant_method' must be a string"},
+            bad{R"({"quant_method": "fp8", "weight_block_size": [128]})",
+                "'quantization_config.weight_block_size' must be two positive integers"},
+            bad{R"({"quant_method": "fp8", "weight_block_size": [0, 128]})",
+                "'quantization_config.weight_block_size' must be two positive integers"},
+            bad{R"({"quant_method": "gptq", "group_size": 0})",
+                "'quantization_config.group_size' must be a positive integer or -1"},
+            bad{R"({"quant_method": "gptq", "group_size": -2})",
+                "'quantization_config.group_size' must be a positive integer or -1"},
+            bad{R"({"quant_method": "gptq", "group_size": "128"})",
+                "'quantization_config.group_size' must be a positive integer or -1"},
+            bad{R"({"quant_method": "gptq", "bits": 0})",
+                "'quantization_config.bits' must be an integer from 1 to 64"},
+            bad{R"({"quant_method": "gptq", "bits": 65})",
+                "'quantization_config.bits' must be an integer from 1 to 64"},
+            bad{R"({"quant_method": "compressed-tensors", "config_groups": []})",
+                "'quantization_config.config_groups' must be an object"},
+            bad{R"({"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": 4}}})",
+                "'quantization_config.config_groups.g.weights' must be an object"},
+            bad{R"({"quant_method": "compressed-tensors",
+                     "config_groups": {"g": {"weights": {"num_bits": 0}}}})",
+                "'quantization_config.config_groups.g.weights.num_bits' must be an integer"},
+            bad{R"({"quant_method": "compressed-tensors",
+                     "config_groups": {"g": {"weights": {"num_bits": 4, "group_size": 0}}}})",
+                "'quantization_config.config_groups.g.weights.group_size' must be a positive"},
+            bad{R"({"quant_method": "compressed-tensors", "config_groups": {
+                     "a": {"weights": {"num_bits": 4, "group_size": 128}},
+                     "b": {"weights": {"num_bits": 8, "group_size": 128}}}})",
+                "has groups of different num_bits or group_size (4/128 and 8/128)"},
+        }) {
         CAPTURE(b.q);
         expect_error(
             errc::invalid_config, [&] { (void)parse_model_config(config_with(b.q)); }, b.says);

@@ -21,6 +21,9 @@ struct quantization_config {
     std::uint64_t block_cols = 0;
     // Values sharing one scale along K (NVFP4: 16, MXFP4: 32, GPTQ/AWQ: 128); 0: none given.
     std::uint64_t group_size = 0;
+    // Bits of a quantized integer weight (GPTQ/AWQ "bits", compressed-tensors' num_bits); 0:
+    // none given.
+    std::uint64_t bits = 0;
     friend bool operator==(const quantization_config&, const quantization_config&) = default;
 };
 

@@ -349,6 +349,42 @@ private:
             fail("'quantization_config' has no 'quant_method'");
     }
 
+    // compressed-tensors' config_groups: each group's "weights" (num_bits, group_size); the
+    // groups must agree (a checkpoint of several weight formats is not cut yet).
+    static void config_groups_into(quantization_config& out, simdjson::dom::element groups,
+                                   const std::string& where, const std::string& file) {
+        auto fail = [&](const std::string& msg) {
+            throw error(errc::invalid_config, msg, error_context{.file = file});
+        };
+        simdjson::dom::object o;
+        if (groups.get_object().get(o) != simdjson::SUCCESS)
+            fail("'" + where + "' must be an object");
+        std::optional<std::pair<std::uint64_t, std::uint64_t>> seen;
+        for (const auto g : o) {
+            const std::string at = where + "." + std::string(g.key) + ".weights";
+            simdjson::dom::element w;
+            if (g.value.at_key("weights").get(w) != simdjson::SUCCESS || w.is_null()) continue;
+            if (!w.is_object()) fail("'" + at + "' must be an object");
+            std::uint64_t bits = 0, group = 0;
+            simdjson::dom::element e;
+            if (w.at_key("num_bits").get(e) == simdjson::SUCCESS && !e.is_null() &&
+                (!detail::json_to_uint64(e, bits) || bits == 0 || bits > 64))
+                fail("'" + at + ".num_bits' must be an integer from 1 to 64");
+            if (w.at_key("group_size").get(e) == simdjson::SUCCESS && !e.is_null() &&
+                (!detail::json_to_uint64(e, group) || group == 0))
+                fail("'" + at + ".group_size' must be a positive integer or null");
+            if (seen && *seen != std::pair{bits, group})
+                fail("'" + where + "' has groups of different num_bits or group_size (" +
+                     std::to_string(seen->first) + "/" + std::to_string(seen->second) + " and " +
+                     std::to_string(bits) + "/" + std::to_string(group) +
+                     "), which no plan cuts yet");
+            seen = std::pair{bits, group};
+        }
+        if (!seen) return;
+        if (out.bits == 0) out.bits = seen->first;
+        if (out.group_size == 0) out.group_size = seen->second;
+    }
+
     // The fields of a quantization object `q` (`where` names it in errors, `file` the file).
     [[nodiscard]] static quantization_config quantization_of(simdjson::dom::element q,
                                                              const std::string& where,
@@ -379,6 +415,13 @@ private:
                 fail("'" + where + ".group_size' must be a positive integer or -1");
             out.group_size = v < 0 ? 0 : static_cast<std::uint64_t>(v);
         }
+        simdjson::dom::element bits;
+        if (q.at_key("bits").get(bits) == simdjson::SUCCESS && !bits.is_null() &&
+            (!detail::json_to_uint64(bits, out.bits) || out.bits == 0 || out.bits > 64))
+            fail("'" + where + ".bits' must be an integer from 1 to 64");
+        simdjson::dom::element groups;
+        if (q.at_key("config_groups").get(groups) == simdjson::SUCCESS && !groups.is_null())
+            config_groups_into(out, groups, where + ".config_groups", file);
         simdjson::dom::element b;
         if (q.at_key("weight_block_size").get(b) == simdjson::SUCCESS && !b.is_null()) {
             simdjson::dom::array a;

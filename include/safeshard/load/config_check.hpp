@@ -313,17 +313,28 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
                                      scope == config_scope::generic);
     const quantization_scheme* scheme =
         c.quantization ? find_quantization_scheme(*c.quantization) : nullptr;
+    if (scheme && !packs_whole(*scheme, *c.quantization)) {
+        r.add({"quantization_config",
+               "its " + std::to_string(c.quantization->bits) + "-bit values do not fill the " +
+                   std::string(name(scheme->packed_dtype)) + " elements the " +
+                   std::string(scheme->name) + " scheme packs them in",
+               {},
+               errc::quantized_checkpoint});
+        scheme = nullptr;
+    }
     for (const auto& f : ckpt.files())
         for (const tensor_view t : f.view) {
             std::string_view n = t.name();
             if (!n.starts_with(names.checkpoint_prefix)) continue;
             n.remove_prefix(names.checkpoint_prefix.size());
-            if (!scheme) {
+            const auto as_weight =
+                scheme ? weight_values(*scheme, *c.quantization, n, t.dtype(), t.shape())
+                       : std::nullopt;
+            if (as_weight)
+                detail::check_tensor_shape(r, t.name(), as_weight->first, as_weight->second, c,
+                                           shapes);
+            else
                 detail::check_tensor_shape(r, t.name(), n, t.shape(), c, shapes);
-                continue;
-            }
-            const auto [as_weight, values] = weight_values(*scheme, n, t.dtype(), t.shape());
-            detail::check_tensor_shape(r, t.name(), as_weight, values, c, shapes);
         }
     return r;
 }

@@ -661,8 +661,9 @@ private:
                                         std::span<const located_tensor> located) const {
         weight_cut c;
         for (const auto& l : located) c.value_shapes.push_back(l.tensor.shape());
-        const std::uint64_t per =
-            scheme_ ? packed_values_of(*scheme_, located.front().tensor.dtype()) : 1;
+        const std::uint64_t per = scheme_ ? packed_values_of(*scheme_, *config_->quantization,
+                                                             located.front().tensor.dtype())
+                                          : 1;
         if (per == 1) {
             c.stored = c.values = slice_sources(m, located);
             return c;
@@ -718,11 +719,13 @@ private:
         return found;
     }
 
-    // The grid the companions have over the weight's sources: one for all, read from the
-    // stored shapes against the scheme's block.
-    [[nodiscard]] companion_grid grid_of(const parameter_meta& m, std::span<const shape> weights,
+    // The grid the companions `spec` have over the weight's sources: one for all, read from the
+    // stored shapes against its block (a whole companion: every rank holds it as stored).
+    [[nodiscard]] companion_grid grid_of(const parameter_meta& m, const companion_spec& spec,
+                                         std::span<const shape> weights,
                                          std::span<const located_tensor> companions) const {
-        const scale_block b = scale_block_of(*scheme_, *config_->quantization);
+        if (spec.whole) return companion_grid{{0}, {0}};
+        const scale_block b = scale_block_of(*scheme_, spec, *config_->quantization);
         std::optional<companion_grid> grid;
         for (std::size_t k = 0; k < weights.size(); ++k) {
             const shape& w = weights[k];
@@ -750,7 +753,8 @@ private:
     void add_companions(const parameter_meta& m, const slice_result& r,
                         std::span<const shape> weights, std::uint32_t weight_at) {
         if (!scheme_) return;
-        for (const std::string_view suffix : scheme_->companions) {
+        for (const companion_spec& spec : scheme_->companions) {
+            const std::string_view suffix = spec.suffix;
             const auto found = companions_of(m, suffix);
             if (!found) continue;
             const plan_destination& w = p_.destinations_[weight_at];
@@ -764,7 +768,7 @@ private:
                             error_context{.file = {}, .tensor = m.name});
             std::vector<shape> cshapes;
             for (const auto& l : *found) cshapes.push_back(l.tensor.shape());
-            const companion_grid g = grid_of(m, weights, *found);
+            const companion_grid g = grid_of(m, spec, weights, *found);
             const slice_result rc = companion_slice({.parameter = m.name,
                                                      .weight = &r,
                                                      .weight_sources = weights,
@@ -841,9 +845,9 @@ private:
     void refuse_stacked_companions(const parameter_meta& m,
                                    std::span<const located_tensor> located) const {
         if (!scheme_) return;
-        for (const std::string_view suffix : scheme_->companions)
+        for (const companion_spec& spec : scheme_->companions)
             for (const auto& l : located) {
-                const std::string n = companion_name(l.tensor.name(), suffix);
+                const std::string n = companion_name(l.tensor.name(), spec.suffix);
                 if (!n.empty() && ckpt_.find(n))
                     throw error(
                         errc::quantized_checkpoint,

@@ -59,6 +59,9 @@ struct companion_grid {
         return companion_grid{{0}, {0}};
     if ((c.rank() == 2 && c[0] == w[0] && c[1] == 1) || (c.rank() == 1 && c[0] == w[0]))
         return companion_grid{{1}, {0}};
+    if (block_rows != 0 && block_cols == 0 && c.rank() == 2 &&
+        c[0] == companion_extent({block_rows}, w[0]) && c[1] == 1)
+        return companion_grid{{block_rows}, {0}};  // per channel, packed along N
     if (block_rows != 0 && block_cols != 0 && c.rank() == 2 &&
         c[0] == companion_extent({block_rows}, w[0]) &&
         c[1] == companion_extent({block_cols}, w[1]))
@@ -78,8 +81,15 @@ struct companion_grid {
 [[nodiscard]] inline std::optional<shape> companion_global(const companion_grid& g, std::size_t dim,
                                                            std::span<const shape> sources) {
     if (sources.empty() || dim > 1) return std::nullopt;
-    if (g.rows.whole() && g.cols.whole())
-        return sources.size() == 1 ? sources.front() : shape{sources.size()};
+    if (g.rows.whole() && g.cols.whole()) {  // whole: one source as it is, k stacked
+        const shape& one = sources.front();
+        if (sources.size() == 1) return one;
+        shape out{sources.size()};
+        if (one.element_count() == std::optional<std::uint64_t>{1}) return out;
+        for (const auto d : one.dims())
+            if (!out.try_push_back(d)) return std::nullopt;
+        return out;
+    }
     shape out = companion_as_2d(g, sources.front());
     if (out.rank() != 2) return std::nullopt;
     for (std::size_t k = 1; k < sources.size(); ++k) {
@@ -92,7 +102,7 @@ struct companion_grid {
 }
 
 // Whether each companion source has the grid's extents over its weight source (2-D each, as
-// many of one as of the other); a per-tensor companion holds one element.
+// many of one as of the other); whole companions (per tensor) all have one shape.
 [[nodiscard]] inline bool companion_sources_fit(const companion_grid& g,
                                                 std::span<const shape> weights,
                                                 std::span<const shape> companions) {
@@ -102,7 +112,9 @@ struct companion_grid {
         const shape c = companion_as_2d(g, companions[k]);
         if (w.rank() != 2) return false;
         if (g.rows.whole() && g.cols.whole()) {
-            if (c.rank() > 2 || c.element_count() != std::optional<std::uint64_t>{1}) return false;
+            if (companions[k] != companions.front() ||
+                companions[k].element_count().value_or(0) == 0)
+                return false;
         } else if (c.rank() != 2 || c[0] != companion_extent(g.rows, w[0]) ||
                    c[1] != companion_extent(g.cols, w[1])) {
             return false;
@@ -161,14 +173,16 @@ struct companion_request {
 };
 
 namespace detail {
-// Per-tensor scales of a weight joining several tensors: [k], source s's scale at s, on every
-// rank (each rank's piece of every source is scaled by that source's scale).
-[[nodiscard]] inline slice_result per_source_scalars(const companion_request& q) {
+// Whole companions (per-tensor scales) on every rank as stored: of a weight joining k tensors,
+// stacked ([k] for scalars, [k, ...] otherwise), source s's at s (each rank's piece of every
+// source is scaled by that source's scale). `global`: companion_global's.
+[[nodiscard]] inline slice_result whole_companions(const companion_request& q,
+                                                   const shape& global) {
     slice_result c;
-    const auto k = static_cast<std::uint64_t>(q.companion_sources.size());
-    c.global = c.local = shape{k};
-    for (std::uint64_t s = 0; s < k; ++s)
-        (void)c.map.push(copy_box{static_cast<std::uint8_t>(s), 0, 1, 1, 1, s, 1});
+    const std::uint64_t e = q.companion_sources.front().element_count().value_or(0);
+    c.global = c.local = global;
+    for (std::uint64_t s = 0; s < q.companion_sources.size(); ++s)
+        (void)c.map.push(copy_box{static_cast<std::uint8_t>(s), 0, 1, e, e, s * e, e});
     return c;
 }
 }  // namespace detail
@@ -197,8 +211,8 @@ namespace detail {
                     ctx);
     const bool concatenated = q.weight_sources.size() > 1;
     const bool scalar = g.rows.whole() && g.cols.whole();
-    if (scalar && concatenated) return detail::per_source_scalars(q);
-    if (concatenated && ((w.dim == 0 && g.rows.whole()) || (w.dim == 1 && g.cols.whole())))
+    if (!scalar && concatenated &&
+        ((w.dim == 0 && g.rows.whole()) || (w.dim == 1 && g.cols.whole())))
         throw error(errc::invalid_argument,
                     "parameter '" + std::string(q.parameter) + "' joins " +
                         std::to_string(q.weight_sources.size()) + " tensors, each with its own " +
@@ -210,11 +224,12 @@ namespace detail {
                     "parameter '" + std::string(q.parameter) + "': its " + to_string(g) +
                         " quantization scales cannot be joined along dim " + std::to_string(w.dim),
                     ctx);
+    if (scalar) return detail::whole_companions(q, *global);
     slice_result c;
     c.dim = w.dim;
     c.global = *global;
     const std::uint64_t local_cols = companion_extent(g.cols, w.local[1]);
-    c.local = scalar ? c.global : shape{companion_extent(g.rows, w.local[0]), local_cols};
+    c.local = shape{companion_extent(g.rows, w.local[0]), local_cols};
     auto refuse = [&](std::string_view what, std::uint64_t extent, std::uint64_t block,
                       std::uint64_t at, std::uint64_t n) -> slice_result {
         throw error(errc::invalid_layout,
@@ -254,7 +269,6 @@ namespace detail {
         cb.src_row_stride = scols;
         cb.dst_offset = drows->first * local_cols + dcols->first;
         cb.dst_row_stride = local_cols;
-        if (scalar) cb.src_row_stride = cb.dst_row_stride = 1;
         bool seen = false;  // a whole dim maps several weight boxes onto one entry: copied once
         for (const copy_box& x : c.map) seen = seen || x == cb;
         // At most as many boxes as the weight's, which fit the same map: a broken invariant.

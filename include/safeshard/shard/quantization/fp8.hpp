@@ -18,8 +18,8 @@
 
 namespace safeshard {
 
-inline constexpr std::array<std::string_view, 3> fp8_companions = {"weight_scale_inv",
-                                                                   "weight_scale", "input_scale"};
+inline constexpr std::array<companion_spec, 3> fp8_companions = {
+    {{"weight_scale_inv"}, {"weight_scale"}, {"input_scale"}}};
 
 inline constexpr quantization_scheme fp8_scheme{
     .name = "fp8",

@@ -6,12 +6,17 @@
 #include "safeshard/shard/quantization/fp8.hpp"
 #include "safeshard/shard/quantization/nvfp4.hpp"
 #include "safeshard/shard/quantization/scheme.hpp"
+#include "safeshard/shard/quantization/wna16.hpp"
 
 namespace safeshard {
 
-inline constexpr std::array<const quantization_scheme*, 5> quantization_schemes = {
-    &fp8_scheme, &compressed_tensors_fp8_scheme, &modelopt_fp8_scheme, &modelopt_nvfp4_scheme,
-    &compressed_tensors_nvfp4_scheme};
+inline constexpr std::array<const quantization_scheme*, 6> quantization_schemes = {
+    &fp8_scheme,
+    &compressed_tensors_fp8_scheme,
+    &modelopt_fp8_scheme,
+    &modelopt_nvfp4_scheme,
+    &compressed_tensors_nvfp4_scheme,
+    &compressed_tensors_wna16_scheme};
 
 // The scheme of a quantization_config, or nullptr where none is known.
 [[nodiscard]] inline const quantization_scheme* find_quantization_scheme(

@@ -1,0 +1,53 @@
+// Integer weights packed in I32 (compressed-tensors "pack-quantized", W4A16 / W8A16: the most
+// common int4 form on the Hub; Kimi-K2-Thinking's experts), cut by the rules of
+// shard/companion.hpp over the weight's values (vLLM's compressed_tensors_wNa16.py,
+// CompressedTensorsWNA16.create_weights):
+//  - `weight_packed` I32 [N, K / p], p = 32 / num_bits values a word along K, low bits first;
+//  - `weight_scale` [N, K / group] (group_size from config_groups' "weights"), or [N, 1] per
+//    channel (strategy "channel": no group_size);
+//  - `weight_zero_point` I32 [N / p, K / group] (asymmetric only), packed along N: a rank's
+//    rows must be whole words of p rows, as vLLM requires of the output partition;
+//  - `weight_shape` I64 [2], the logical shape: every rank holds it as stored.
+// A rank's share of K must be whole groups (and whole words); act-order's `weight_g_idx` is
+// not planned yet (an unexpected name).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string_view>
+
+#include "safeshard/shard/quantization/scheme.hpp"
+
+namespace safeshard {
+
+// The values an I32 word holds (0 where num_bits does not divide 32: refused by the plan).
+[[nodiscard]] constexpr std::uint64_t wna16_per_word(const quantization_config& q) {
+    const std::uint64_t bits = q.bits ? q.bits : 4;
+    return 32 % bits == 0 ? 32 / bits : 0;
+}
+
+inline constexpr std::array<companion_spec, 3> wna16_companions = {{
+    {"weight_scale"},
+    {"weight_zero_point",
+     [](const quantization_config& q) {
+         return scale_block{wna16_per_word(q), q.group_size};
+     }},
+    {"weight_shape", nullptr, true},
+}};
+
+inline constexpr quantization_scheme compressed_tensors_wna16_scheme{
+    .name = "compressed-tensors pack-quantized",
+    .matches =
+        [](const quantization_config& q) {
+            return q.quant_method == "compressed-tensors" && q.format == "pack-quantized";
+        },
+    .companions = wna16_companions,
+    .block =
+        [](const quantization_config& q) {
+            return scale_block{1, q.group_size};
+        },
+    .packed_dtype = dtype::i32,
+    .packed_values = wna16_per_word,
+    .stored_weight = "weight_packed"};
+
+}  // namespace safeshard
