@@ -621,6 +621,20 @@ TEST_CASE(
     both.fuse_qkv = both.fuse_gate_up = true;
     check_round_trip(dir.path(), src, 2, both);
 
+    // A pipeline stage without layer 0: its packed weights are outside the stage, like their
+    // scales (not unexpected names).
+    plan_options stage;
+    stage.schema.layer_begin = 1;
+    const load_plan p = load_plan::build(checkpoint::open(dir.path().string()), {0, 1}, stage);
+    CHECK(p.unexpected().empty());
+    std::size_t outside = 0;
+    for (const auto& ig : p.ignored())
+        if (ig.name.starts_with("model.layers.0.")) {
+            ++outside;
+            CHECK(ig.note == "outside this pipeline stage");
+        }
+    CHECK(outside == 2 + 4 * linears().size());  // 2 norms, 4 tensors a linear
+
     // Groups of 16 at world 4: o_proj's 8 values a rank are half a group.
     const auto g16 = wna16_llama(16);
     temp_folder dir16;

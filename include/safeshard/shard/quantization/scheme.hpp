@@ -102,9 +102,14 @@ struct quantization_scheme {
 }
 
 // The weight a companion name of scheme `s` belongs to ("X.weight_scale_inv" -> "X.weight"),
+// the weight itself where s stores it under another suffix ("X.weight_packed" -> "X.weight"),
 // or nullopt for a name of none of its suffixes.
 [[nodiscard]] inline std::optional<std::string> companion_weight(const quantization_scheme& s,
                                                                  std::string_view n) {
+    if (const std::string_view own = s.stored_weight;
+        own != "weight" && n.size() > own.size() + 1 && n.ends_with(own) &&
+        n[n.size() - own.size() - 1] == '.')  // the weight itself, stored under its own suffix
+        return std::string(n.substr(0, n.size() - own.size())) + "weight";
     for (const companion_spec& c : s.companions)
         if (const std::string_view suffix = c.suffix; n.size() > suffix.size() + 1 &&
                                                       n.ends_with(suffix) &&
