@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../support/expect_error.hpp"
+#include "../support/quantized_llama.hpp"
 #include "../support/run_tool.hpp"
 #include "../support/sparse_replica.hpp"
 #include "model_gen.hpp"
@@ -26,132 +27,6 @@
 
 using namespace safeshard;
 using namespace safeshard::test;
-
-namespace {
-
-// A tensor of the checkpoint: dtype, 2-D (or 1-D / scalar) shape, random bytes.
-struct stored {
-    dtype type = dtype::u8;
-    std::vector<std::uint64_t> dims;
-    std::vector<std::byte> bytes;
-    [[nodiscard]] std::uint64_t rows() const { return dims.empty() ? 1 : dims[0]; }
-    [[nodiscard]] std::uint64_t cols() const { return dims.size() > 1 ? dims[1] : 1; }
-    [[nodiscard]] std::size_t elem() const { return bit_size(type) / 8; }
-};
-
-stored random_stored(dtype t, std::vector<std::uint64_t> dims, std::mt19937_64& rng) {
-    stored s{t, std::move(dims), {}};
-    std::uint64_t n = 1;
-    for (auto d : s.dims) n *= d;
-    s.bytes.resize(n * (bit_size(t) / 8));
-    for (auto& b : s.bytes) b = static_cast<std::byte>(rng() & 0x7f);  // finite codes
-    return s;
-}
-
-// Rows [r0, r1) and columns [c0, c1) of a 2-D tensor's bytes.
-std::vector<std::byte> take(const stored& t, std::uint64_t r0, std::uint64_t r1, std::uint64_t c0,
-                            std::uint64_t c1) {
-    std::vector<std::byte> out;
-    const std::size_t e = t.elem();
-    for (std::uint64_t r = r0; r < r1; ++r)
-        out.insert(out.end(),
-                   t.bytes.begin() + static_cast<std::ptrdiff_t>((r * t.cols() + c0) * e),
-                   t.bytes.begin() + static_cast<std::ptrdiff_t>((r * t.cols() + c1) * e));
-    return out;
-}
-
-void write(const std::filesystem::path& dir, const std::string& config,
-           const std::map<std::string, stored>& tensors) {
-    std::vector<tensor_data> v;
-    for (const auto& [n, t] : tensors)
-        v.push_back({n, t.type, shape::from(std::span(t.dims)), std::span(t.bytes)});
-    save_file(dir / "model.safetensors", v);
-    std::ofstream(dir / "config.json") << config;
-}
-
-// A one-layer llama: 4 query heads of 8, 2 KV heads, hidden 32, intermediate 64.
-constexpr std::uint64_t H = 32, I = 64, heads = 4, kv = 2, d = 8, V = 64;
-
-std::string llama_config(const std::string& quantization) {
-    return R"({"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "vocab_size": 64, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
-        "quantization_config": )" +
-           quantization + "}";
-}
-
-const std::vector<std::pair<std::string, std::vector<std::uint64_t>>>& linears() {
-    static const std::vector<std::pair<std::string, std::vector<std::uint64_t>>> v = {
-        {"self_attn.q_proj", {heads * d, H}},
-        {"self_attn.k_proj", {kv * d, H}},
-        {"self_attn.v_proj", {kv * d, H}},
-        {"self_attn.o_proj", {H, heads * d}},
-        {"mlp.gate_proj", {I, H}},
-        {"mlp.up_proj", {I, H}},
-        {"mlp.down_proj", {H, I}}};
-    return v;
-}
-
-// The model with FP8 linears; `scales(weight dims)` gives each weight's companions.
-template <class Scales>
-std::map<std::string, stored> fp8_llama(Scales&& scales) {
-    std::mt19937_64 rng(11);
-    std::map<std::string, stored> t;
-    t["model.embed_tokens.weight"] = random_stored(dtype::bf16, {V, H}, rng);
-    t["lm_head.weight"] = random_stored(dtype::bf16, {V, H}, rng);
-    t["model.norm.weight"] = random_stored(dtype::bf16, {H}, rng);
-    t["model.layers.0.input_layernorm.weight"] = random_stored(dtype::bf16, {H}, rng);
-    t["model.layers.0.post_attention_layernorm.weight"] = random_stored(dtype::bf16, {H}, rng);
-    for (const auto& [n, dims] : linears()) {
-        const std::string p = "model.layers.0." + n + ".";
-        t[p + "weight"] = random_stored(dtype::f8_e4m3, dims, rng);
-        for (auto& [suffix, s] : scales(dims, rng)) t[p + suffix] = std::move(s);
-    }
-    return t;
-}
-
-std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
-
-// The companions of DeepSeek-V3's form: weight_scale_inv [ceil(N/b), ceil(K/b)].
-auto block_scaled(std::uint64_t b) {
-    return [b](const std::vector<std::uint64_t>& dims, std::mt19937_64& rng) {
-        std::map<std::string, stored> s;
-        s["weight_scale_inv"] =
-            random_stored(dtype::f32, {ceil_div(dims[0], b), ceil_div(dims[1], b)}, rng);
-        return s;
-    };
-}
-
-// The rows (column-parallel) or columns (row-parallel) of a linear rank r holds, in weight
-// elements: vLLM's q/k/v heads (a KV head per rank once the ranks outnumber them), gate/up
-// rows, o/down columns.
-struct range_2d {
-    std::uint64_t r0, r1, c0, c1;
-};
-range_2d rank_range(const std::string& n, std::uint32_t w, std::uint32_t r) {
-    for (const auto& [name, dims] : linears()) {
-        if (name != n) continue;
-        const std::uint64_t N = dims[0], K = dims[1];
-        if (n == "self_attn.q_proj") return {r * N / w, (r + 1) * N / w, 0, K};
-        if (n == "self_attn.k_proj" || n == "self_attn.v_proj") {
-            if (w <= kv) return {r * N / w, (r + 1) * N / w, 0, K};
-            const std::uint64_t h = r / (w / kv);
-            return {h * d, (h + 1) * d, 0, K};
-        }
-        if (n == "self_attn.o_proj" || n == "mlp.down_proj")
-            return {0, N, r * K / w, (r + 1) * K / w};
-        return {r * N / w, (r + 1) * N / w, 0, K};
-    }
-    FAIL("no such linear");
-    return {};
-}
-
-std::vector<std::byte> bytes_of(const host_tensor& x) {
-    const auto* p = static_cast<const std::byte*>(x.data());
-    return {p, p + x.size_bytes()};
-}
-
-}  // namespace
 
 TEST_CASE("FP8 block-scaled (DeepSeek-V3's form): each rank's weights and scale blocks") {
     constexpr std::uint64_t b = 4;
@@ -272,7 +147,7 @@ TEST_CASE("quantized checkpoints: an unknown scheme is refused, naming it; raw l
         return s;
     });
     temp_folder dir;
-    write(dir.path(), llama_config(R"({"quant_method": "gptq", "bits": 4, "group_size": 128})"),
+    write(dir.path(), llama_config(R"({"quant_method": "bitsandbytes", "load_in_8bit": true})"),
           src);
     const checkpoint c = checkpoint::open(dir.path().string());
     expect_error(
@@ -280,7 +155,7 @@ TEST_CASE("quantized checkpoints: an unknown scheme is refused, naming it; raw l
         [&] {
             (void)load_plan::build(c, {0, 2});
         },
-        "quant_method 'gptq', which no plan cuts yet");
+        "quant_method 'bitsandbytes', which no plan cuts yet");
     plan_options raw;
     raw.allow_quantized = true;
     const load_plan p = load_plan::build(c, {0, 2}, raw);
@@ -307,8 +182,8 @@ TEST_CASE("quantized checkpoints: a scale of no known grid over its weight is re
         [&] {
             (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 1});
         },
-        "'model.layers.0.mlp.down_proj.weight_scale_inv' of shape [8, 8] is no fp8 grid "
-        "over its weight of shape [32, 64] (blocks of 4 x 4 values)");
+        "the quantization companion 'model.layers.0.mlp.down_proj.weight_scale_inv' of shape "
+        "[8, 8] is no fp8 grid over its weight of [32, 64] values (blocks of 4 x 4)");
     // An orphan scale (no weight of that name) is refused too.
     src = fp8_llama(block_scaled(4));
     std::mt19937_64 rng(3);
@@ -323,52 +198,6 @@ TEST_CASE("quantized checkpoints: a scale of no known grid over its weight is re
         },
         "no weight of the fp8 scheme claims: model.layers.0.mlp.extra.weight_scale_inv");
 }
-
-namespace {
-
-// An export of the checkpoint at `in` (written from `src`) for `world` ranks keeps it
-// quantized: each rank folder loads back (without config.json's scheme: the records say
-// what each tensor is) to the tensors a load of that rank of the checkpoint gives, and the
-// merge gives back every tensor of `src`, bit for bit, and nothing else.
-void check_round_trip(const std::filesystem::path& in, const std::map<std::string, stored>& src,
-                      std::uint32_t world, const schema_options& schema = {}) {
-    CAPTURE(world);
-    temp_folder out;
-    export_options o;
-    o.world = world;
-    o.plan.schema = schema;
-    (void)export_checkpoint(checkpoint::open(in.string()), out.path() / "ex", o);
-    for (std::uint32_t r = 0; r < world; ++r) {
-        CAPTURE(r);
-        load_options lo{.rank = r, .world = world};
-        lo.plan.schema = schema;
-        auto direct = load<host_tensor>(in.string(), lo);
-        auto back = load<host_tensor>((out.path() / "ex" / export_rank_folder(r)).string(),
-                                      {.rank = r, .world = world});
-        CHECK(back.size() == direct.size());
-        for (const std::string& n : direct.names()) {
-            CAPTURE(n);
-            const host_tensor& t = direct.at(n);
-            REQUIRE(back.contains(n));
-            CHECK(back.at(n).shape() == t.shape());
-            CHECK(back.at(n).dtype() == t.dtype());
-            CHECK(bytes_of(back.at(n)) == bytes_of(t));
-        }
-    }
-    (void)merge_export(out.path() / "ex", out.path() / "merged");
-    const checkpoint merged = checkpoint::open((out.path() / "merged").string());
-    CHECK(merged.tensor_count() == src.size());
-    for (const auto& [n, t] : src) {
-        CAPTURE(n);
-        const located_tensor l = merged.tensor(n);
-        CHECK(l.tensor.dtype() == t.type);
-        CHECK(l.tensor.shape() == shape::from(std::span(t.dims)));
-        const auto b = l.tensor.bytes();
-        CHECK(std::vector<std::byte>(b.begin(), b.end()) == t.bytes);
-    }
-}
-
-}  // namespace
 
 TEST_CASE("quantized checkpoints: export and merge keep FP8 blocks and their scales, bit-exact") {
     const auto src = fp8_llama(block_scaled(4));
@@ -485,7 +314,7 @@ TEST_CASE("NVFP4 (ModelOpt, compressed-tensors): packed weights and their scales
             (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 4});
         },
         "columns of extent 32 cut 4 ways gives a rank the piece [0, 8), which is not in whole "
-        "blocks of 16 (its grid<1,16> quantization scale cannot follow)");
+        "blocks of 16 (its grid<1,16> weight_scale cannot follow)");
 
     const auto ct = nvfp4_llama(ct_names, {1});
     temp_folder ctdir;
@@ -537,7 +366,7 @@ TEST_CASE("NVFP4: a packed weight whose rank share splits a byte is refused, nam
         },
         "parameter 'model.layers.0.mlp.down_proj.weight': its columns of extent 62 cut 2 ways "
         "gives a rank the piece [0, 31), which is not in whole blocks of 2 (its grid<1,2> packed "
-        "storage (2 values a U8) cannot follow)");
+        "storage of U8 cannot follow)");
 }
 
 namespace {

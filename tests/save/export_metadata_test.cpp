@@ -85,6 +85,14 @@ export_metadata every_form() {
     return m;
 }
 
+// The merge plan of the ranks v (rank r's metadata v[r]) of an export at "ex".
+merge_plan plan_of(const std::vector<export_metadata>& v) {
+    std::vector<merge_rank_metadata> ranks;
+    for (std::uint32_t r = 0; r < v.size(); ++r)
+        ranks.push_back(merge_rank_metadata{r, "ex/" + export_rank_folder(r), &v[r]});
+    return plan_merge(ranks);
+}
+
 std::vector<export_stored_tensor> stored_of(const export_metadata& m) {
     std::vector<export_stored_tensor> out;
     for (const auto& t : m.tensors)
@@ -354,18 +362,11 @@ TEST_SUITE("export metadata") {
         };
         std::string what;
         auto plan_code = [&](const std::vector<export_metadata>& ms) {
-            std::vector<merge_rank_metadata> ranks;
-            for (std::uint32_t r = 0; r < ms.size(); ++r)
-                ranks.push_back(merge_rank_metadata{r, "ex/" + export_rank_folder(r), &ms[r]});
-            return code_of([&] { (void)plan_merge(ranks); }, &what);
+            return code_of([&] { (void)plan_of(ms); }, &what);
         };
         const auto ok = stored("w", dtype::u8, {2, 4}, {4, 4}, make_split(0), dtype::u8);
         {
-            const std::vector<export_metadata> ms = {rank_of(0, 2, ok), rank_of(1, 2, ok)};
-            std::vector<merge_rank_metadata> ranks;
-            for (std::uint32_t r = 0; r < 2; ++r)
-                ranks.push_back(merge_rank_metadata{r, "ex/" + export_rank_folder(r), &ms[r]});
-            const merge_plan p = plan_merge(ranks);
+            const merge_plan p = plan_of({rank_of(0, 2, ok), rank_of(1, 2, ok)});
             REQUIRE(p.infos.size() == 1);
             CHECK(p.infos[0].shape == shape{4, 4});
         }
@@ -613,12 +614,6 @@ TEST_SUITE("export metadata") {
             CHECK(what.find(e.says) != std::string::npos);
         }
 
-        auto plan_of = [&](const std::vector<export_metadata>& v) {
-            std::vector<merge_rank_metadata> ranks;
-            for (std::uint32_t r = 0; r < v.size(); ++r)
-                ranks.push_back(merge_rank_metadata{r, "ex/" + export_rank_folder(r), &v[r]});
-            return plan_merge(ranks);
-        };
         const merge_plan p = plan_of(ms);
         std::vector<std::string> names;
         for (const auto& i : p.infos) names.push_back(i.name);
@@ -657,13 +652,13 @@ TEST_SUITE("export metadata") {
             m.world = 2;
             m.rank = r;
             auto t = stored("pk", u, {4, cols / 2}, {4, cols}, make_split(1), u);
-            t.pack = 2;
+            t.storage = {{1}, {2}};
             m.tensors.push_back(t);
             return m;
         };
         std::vector<export_metadata> ms = {rank(0, 4), rank(1, 4)};
         const std::string good = to_json(ms[1]);
-        CHECK(good.find("\"pack\":2") != std::string::npos);
+        CHECK(good.find("\"storage\":[1,2]}") != std::string::npos);
         const auto back = read_one(good, stored_of(ms[1]));
         REQUIRE(back);
         CHECK(*back == by_name(ms[1]));
@@ -675,19 +670,22 @@ TEST_SUITE("export metadata") {
         CHECK(c.slab.map[0].row_elems == 2);
         CHECK(c.slab.map[0].src_row_stride == 4);
         std::string what;
-        for (const char* bad : {"\"pack\":1", "\"pack\":65", "\"pack\":-2"}) {
+        for (const char* bad : {"\"storage\":[1,1]", "\"storage\":[1,65]", "\"storage\":[-2,1]",
+                                "\"storage\":[2]", "\"storage\":[0,2]", "\"storage\":2"}) {
+            CAPTURE(bad);
             std::string doc = good;
-            replace_in(doc, "\"pack\":2", bad);
+            replace_in(doc, "\"storage\":[1,2]", bad);
             CHECK(code_of([&] { (void)read_one(doc, stored_of(ms[1])); }, &what) ==
                   errc::invalid_export);
-            CHECK(what.find("\"pack\"") != std::string::npos);
+            CHECK(what.find("\"storage\" must be [rows, cols]") != std::string::npos);
         }
-        auto plan_of = [&](const std::vector<export_metadata>& v) {
-            std::vector<merge_rank_metadata> ranks;
-            for (std::uint32_t r = 0; r < v.size(); ++r)
-                ranks.push_back(merge_rank_metadata{r, "ex/" + export_rank_folder(r), &v[r]});
-            return plan_merge(ranks);
-        };
+        for (const char* bad : {",\"transposed\":false", ",\"transposed\":1"}) {
+            std::string doc = good;
+            replace_in(doc, "\"storage\":[1,2]", "\"storage\":[1,2]" + std::string(bad));
+            CHECK(code_of([&] { (void)read_one(doc, stored_of(ms[1])); }, &what) ==
+                  errc::invalid_export);
+            CHECK(what.find("\"transposed\" is written only as true") != std::string::npos);
+        }
         const merge_plan p = plan_of(ms);
         REQUIRE(p.infos.size() == 1);
         CHECK(p.infos[0].shape == shape{4, 4});  // stored, as the checkpoint had it
@@ -696,6 +694,79 @@ TEST_SUITE("export metadata") {
         CHECK(code_of([&] { (void)plan_of(odd); }, &what) == errc::invalid_export);
         CHECK(what.find("not in whole blocks of 2 (its grid<1,2> packed storage cannot follow)") !=
               std::string::npos);
+    }
+
+    TEST_CASE("transposed storage and act-order scales: GPTQ's records, cut on K") {
+        // Two ranks of a GPTQ weight of [4, 16] values (N 4, K 16), row-parallel (split<1>):
+        // qweight I32 [K / 8, N] = [2, 4] stored transposed, each rank one row of words; its
+        // act-order scales [K / 4, N] = [4, 4], every rank holding all four groups.
+        const dtype i = dtype::i32, h = dtype::f16;
+        auto rank = [&](std::uint32_t r) {
+            export_metadata m;
+            m.world = 2;
+            m.rank = r;
+            auto q = stored("q", i, {1, 4}, {2, 4}, make_split(1), i);
+            q.storage = {{1}, {8}, true};
+            m.tensors.push_back(q);
+            auto s = stored("q_s", h, {4, 4}, {4, 4}, make_split(1), h);
+            s.companion_of = "q";
+            s.grid = {{1}, {4, true}, true};
+            m.tensors.push_back(s);
+            return m;
+        };
+        std::vector<export_metadata> ms = {rank(0), rank(1)};
+        const std::string good = to_json(ms[1]);
+        CHECK(good.find("\"storage\":[1,8],\"transposed\":true") != std::string::npos);
+        CHECK(good.find("\"grid\":[1,4],\"grid_all\":[false,true],\"transposed\":true") !=
+              std::string::npos);
+        const auto back = read_one(good, stored_of(ms[1]));
+        REQUIRE(back);
+        CHECK(*back == by_name(ms[1]));
+        // Rank 1's qweight: the second row of words; its scales: all of them.
+        const merge_cut w = merge_cut_of(ms[1], ms[1].tensors[0], 1);
+        REQUIRE(w.ok());
+        CHECK(w.local == shape{1, 4});
+        REQUIRE(w.slab.map.size() == 1);
+        CHECK(w.slab.map[0].src_offset == 4);
+        CHECK(w.slab.map[0].row_elems == 4);
+        const merge_cut sc = merge_cut_of(ms[1], ms[1].tensors[1], 1, &ms[1].tensors[0]);
+        REQUIRE(sc.ok());
+        CHECK(sc.local == shape{4, 4});
+        REQUIRE(sc.slab.map.size() == 1);
+        CHECK(sc.slab.map[0].src_offset == 0);
+        CHECK(sc.slab.map[0].rows * sc.slab.map[0].row_elems == 16);
+        const merge_plan p = plan_of(ms);
+        REQUIRE(p.infos.size() == 2);
+        CHECK(p.infos[0].shape == shape{2, 4});
+        CHECK(p.infos[1].shape == shape{4, 4});
+        std::string what;
+        struct edit {
+            const char* from;
+            const char* to;
+            const char* says;
+        };
+        for (const edit& e : {
+                 edit{"\"grid_all\":[false,true]", "\"grid_all\":[true]", "\"grid_all\" must be"},
+                 edit{"\"grid_all\":[false,true]", "\"grid_all\":[0,1]", "\"grid_all\" must be"},
+                 edit{"\"grid\":[1,4],\"grid_all\":[false,true]",
+                      "\"grid\":[1,0],\"grid_all\":[false,true]", "true only for a dim in blocks"},
+                 edit{"\"storage\":[1,8],\"transposed\":true", "\"transposed\":true",
+                      "\"transposed\" without \"companion_of\" or \"storage\""},
+                 edit{"\"companion_of\":\"q\"", "\"storage\":[1,8],\"companion_of\":\"q\"",
+                      "a companion is no packed weight"},
+             }) {
+            CAPTURE(e.to);
+            std::string doc = good;
+            replace_in(doc, e.from, e.to);
+            CHECK(code_of([&] { (void)read_one(doc, stored_of(ms[1])); }, &what) ==
+                  errc::invalid_export);
+            CHECK(what.find(e.says) != std::string::npos);
+        }
+        // Without act order the scales are cut with K: a rank holding all four is refused.
+        auto cut = ms;
+        for (auto& m : cut) m.tensors[1].grid.cols.all = false;
+        CHECK(code_of([&] { (void)plan_of(cut); }, &what) == errc::invalid_export);
+        CHECK(what.find("'q_s'") != std::string::npos);
     }
 
     TEST_CASE("expert parallelism: plan_merge takes each expert from its group's ranks only") {
@@ -723,12 +794,6 @@ TEST_SUITE("export metadata") {
         };
         std::vector<export_metadata> ms = {rank(0), rank(1), rank(2), rank(3)};
         std::string what;
-        auto plan_of = [&](const std::vector<export_metadata>& v) {
-            std::vector<merge_rank_metadata> ranks;
-            for (std::uint32_t r = 0; r < v.size(); ++r)
-                ranks.push_back(merge_rank_metadata{r, "ex/" + export_rank_folder(r), &v[r]});
-            return plan_merge(ranks);
-        };
         auto plan_code = [&](const std::vector<export_metadata>& v) {
             return code_of([&] { (void)plan_of(v); }, &what);
         };

@@ -31,10 +31,10 @@ safeshard::error expect_error(safeshard::errc code, F&& f, std::string_view part
     safeshard::error e = expect_error(std::forward<F>(f));
     CHECK_MESSAGE(e.code() == code, std::string(to_string(e.code()))
                                         << " instead of " << std::string(to_string(code)) << ": "
-                                        << e.what());
+                                        << std::string(e.what()));
     if (!part.empty())
         CHECK_MESSAGE(std::string_view(e.what()).find(part) != std::string_view::npos,
-                      "\"" << std::string(part) << "\" not in: " << e.what());
+                      "\"" << std::string(part) << "\" not in: " << std::string(e.what()));
     return e;
 }
 

@@ -408,6 +408,12 @@ private:
         out.quant_method = text("quant_method");
         out.format = text("format");
         out.quant_algo = text("quant_algo");
+        out.version = text("version");
+        simdjson::dom::element act;
+        if (q.at_key("desc_act").get(act) == simdjson::SUCCESS && !act.is_null() &&
+            act.get_bool().get(out.desc_act) != simdjson::SUCCESS)
+            fail("'" + where + ".desc_act' must be true or false, found " +
+                 std::string(detail::json_type_name(act.type())));
         simdjson::dom::element g;
         if (q.at_key("group_size").get(g) == simdjson::SUCCESS && !g.is_null()) {
             std::int64_t v = 0;  // GPTQ writes -1 for per channel

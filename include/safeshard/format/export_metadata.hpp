@@ -25,10 +25,14 @@
 //    "companion_of" (the rank tensor of the weight whose cut it follows; its cut is the
 //    weight's) and "grid" [rows, cols] (weight elements per companion element along each dim,
 //    0 for one entry over the whole dim), with its "sources" listed (per tensor scales of a
-//    weight joining k tensors: k sources, the rank tensor [k]);
-//  - packed weights (NVFP4's two values a byte): per tensor "pack" (the values a stored
-//    element holds along dim 1; its cut cuts the values, in whole stored elements);
-//  - next, zero points and group indices.
+//    weight joining k tensors: k sources, the rank tensor [k]); "grid_all" [rows, cols]
+//    (true where every rank holds all the dim's blocks: GPTQ's act-order scales), written
+//    where one is true;
+//  - packed weights (NVFP4's two values a byte, GPTQ's eight a word): per tensor "storage"
+//    [rows, cols] (the weight's values [N, K] a stored element covers along each dim; its cut
+//    cuts the values, in whole stored elements);
+//  - "transposed": true on a companion or packed weight stored transposed ([K-grid, N-grid]:
+//    GPTQ's and AWQ's tensors).
 //
 // This header holds its types; format/export_metadata_writer.hpp writes its documents and
 // format/export_metadata_reader.hpp reads them back. The fields of a cut come from the layout
@@ -87,15 +91,17 @@ struct export_tensor {
     // follows in the units of `grid` (shard/companion.hpp); its layout is the weight's.
     std::string companion_of{};
     companion_grid grid{};
-    // A packed weight: the values each stored element holds along dim 1 (its layout cuts the
-    // values, [N, K] for stored [N, K / pack]; the stored elements follow whole); 1: not packed.
-    std::uint64_t pack = 1;
+    // A packed weight: how its stored elements cover its values [N, K] (its layout cuts the
+    // values, the stored elements follow whole: grid<1,2> for stored [N, K / 2]); grid<1,1>:
+    // not packed.
+    companion_grid storage{};
     // padded_split: the global indices along dim this rank holds real rows of, [begin, end).
     std::uint64_t valid_begin = 0;
     std::uint64_t valid_end = 0;
 
     [[nodiscard]] bool tied() const noexcept { return !tied_to.empty(); }
     [[nodiscard]] bool companion() const noexcept { return !companion_of.empty(); }
+    [[nodiscard]] bool packed() const noexcept { return storage != companion_grid{}; }
     friend bool operator==(const export_tensor&, const export_tensor&) = default;
 };
 

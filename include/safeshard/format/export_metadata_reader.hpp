@@ -259,21 +259,17 @@ private:
         simdjson::dom::array sources;
         bool listed_sources = false;
         if (json_to_uint64(v, cut)) {
-        } else if (simdjson::dom::array a; v.get_array().get(a) == simdjson::SUCCESS) {
+        } else if (v.is_array()) {
             std::uint64_t pair[2] = {0, 0};
-            std::size_t n = 0;
-            for (const simdjson::dom::element e : a) {
-                if (n == 2 || !json_to_uint64(e, pair[n]))
-                    fail(where + ": an array record must be [cut, extent]", t.name);
-                ++n;
-            }
-            if (n != 2) fail(where + ": an array record must be [cut, extent]", t.name);
+            if (!number_pair(v, pair))
+                fail(where + ": an array record must be [cut, extent]", t.name);
             cut = pair[0];
             extent = pair[1];
         } else if (v.get_object().get(o) == simdjson::SUCCESS) {
-            known_keys(o, where,
-                       {"cut", "extent", "sources", "created", "expert", "stacked_experts",
-                        "gathered_experts", "companion_of", "grid", "pack"});
+            known_keys(
+                o, where,
+                {"cut", "extent", "sources", "created", "expert", "stacked_experts",
+                 "gathered_experts", "companion_of", "grid", "grid_all", "storage", "transposed"});
             simdjson::dom::element field;
             cut = u64(o, "cut", where);
             if (o["extent"].get(field) == simdjson::SUCCESS) extent = u64(o, "extent", where);
@@ -290,17 +286,14 @@ private:
             if (o["stacked_experts"].get(field) == simdjson::SUCCESS)
                 stacked_of(m, t, o, where, listed_sources);
             if (o["gathered_experts"].get(field) == simdjson::SUCCESS) gathered_of(t, field, where);
-            if (o["pack"].get(field) == simdjson::SUCCESS) {
-                t.pack = u64(o, "pack", where);
-                if (t.pack < 2 || t.pack > 64)
-                    fail(where + ": \"pack\" is written from 2 to 64 values an element", t.name);
-                if (t.stacked_experts != 0 || t.created)
-                    fail(where + ": a packed weight is no stacked or created tensor", t.name);
-            }
+            if (o["storage"].get(field) == simdjson::SUCCESS) storage_of(t, o, field, where);
             if (o["companion_of"].get(field) == simdjson::SUCCESS)
                 companion_of(t, o, where, listed_sources);
-            else if (o["grid"].get(field) == simdjson::SUCCESS)
+            else if (o["grid"].get(field) == simdjson::SUCCESS ||
+                     o["grid_all"].get(field) == simdjson::SUCCESS)
                 fail(where + ": \"grid\" without \"companion_of\"", t.name);
+            if (o["transposed"].get(field) == simdjson::SUCCESS && (!t.companion() && !t.packed()))
+                fail(where + ": \"transposed\" without \"companion_of\" or \"storage\"", t.name);
         } else {
             fail(where + ": a record must be a cut index, [cut, extent] or an object, found " +
                      std::string(json_type_name(v.type())),
@@ -312,7 +305,7 @@ private:
         t.layout = cuts[cut].l;
         const dtype source_dtype = cuts[cut].source_dtype.value_or(t.dtype);
         const std::size_t dim = t.layout.dim;
-        if (listed_sources && t.companion()) {
+        if (listed_sources && (t.companion() || t.packed())) {
             t.sources = sources_of(sources, where, t.name, source_dtype);
             t.global = companion_global_of(t, where);
             return;
@@ -363,31 +356,87 @@ private:
                       bool listed_sources) const {
         t.companion_of = tensor_name(str(o, "companion_of", where), where + "'s \"companion_of\"");
         if (t.companion_of == t.name) fail(where + " is a companion of itself", t.name);
-        simdjson::dom::array a;
-        if (o["grid"].get_array().get(a) != simdjson::SUCCESS)
-            fail(where + ": a companion's \"grid\" must be [rows, cols]", t.name);
+        if (t.packed()) fail(where + ": a companion is no packed weight", t.name);
         std::uint64_t grid[2] = {0, 0};
-        std::size_t n = 0;
-        for (const simdjson::dom::element e : a) {
-            if (n == 2 || !json_to_uint64(e, grid[n]))
-                fail(where + ": a companion's \"grid\" must be [rows, cols]", t.name);
-            ++n;
+        if (simdjson::dom::element e;
+            o["grid"].get(e) != simdjson::SUCCESS || !number_pair(e, grid))
+            fail(where + ": a companion's \"grid\" must be [rows, cols]", t.name);
+        t.grid = companion_grid{{grid[0]}, {grid[1]}, transposed(o, where, t.name)};
+        if (simdjson::dom::element e; o["grid_all"].get(e) == simdjson::SUCCESS) {
+            bool all[2] = {false, false};
+            if (!bool_pair(e, all) || (all[0] && grid[0] == 0) || (all[1] && grid[1] == 0))
+                fail(where +
+                         ": \"grid_all\" must be [rows, cols] of true or false, true only "
+                         "for a dim in blocks",
+                     t.name);
+            t.grid.rows.all = all[0];
+            t.grid.cols.all = all[1];
         }
-        if (n != 2) fail(where + ": a companion's \"grid\" must be [rows, cols]", t.name);
-        t.grid = companion_grid{{grid[0]}, {grid[1]}};
         if (!listed_sources) fail(where + ": a companion lists its \"sources\"", t.name);
         if (t.stacked_experts != 0 || t.created)
             fail(where + ": a companion is no stacked or created tensor", t.name);
     }
 
-    // A companion's global shape: its sources joined as its grid says along its cut's dim.
+    // A packed weight's "storage" ([rows, cols]: the values a stored element covers along
+    // each dim, 1 to 64, more than one in all unless "transposed"), of no stacked or created
+    // tensor.
+    void storage_of(export_tensor& t, simdjson::dom::object o, simdjson::dom::element field,
+                    const std::string& where) const {
+        std::uint64_t covers[2] = {0, 0};
+        const bool is_transposed = transposed(o, where, t.name);
+        if (!number_pair(field, covers) || covers[0] == 0 || covers[1] == 0 || covers[0] > 64 ||
+            covers[1] > 64 || (covers[0] * covers[1] < 2 && !is_transposed))
+            fail(where +
+                     ": \"storage\" must be [rows, cols] of 1 to 64 values each, more "
+                     "than one in all",
+                 t.name);
+        if (t.stacked_experts != 0 || t.created)
+            fail(where + ": a packed weight is no stacked or created tensor", t.name);
+        t.storage = companion_grid{{covers[0]}, {covers[1]}, is_transposed};
+    }
+
+    // A record's "transposed": true, or absent (false is not written).
+    bool transposed(simdjson::dom::object o, const std::string& where,
+                    const std::string& name) const {
+        simdjson::dom::element e;
+        if (o["transposed"].get(e) != simdjson::SUCCESS) return false;
+        bool v = false;
+        if (e.get_bool().get(v) != simdjson::SUCCESS || !v)
+            fail(where + ": \"transposed\" is written only as true", name);
+        return true;
+    }
+
+    // Whether e is an array of exactly two unsigned integers (into out).
+    static bool number_pair(simdjson::dom::element e, std::uint64_t (&out)[2]) {
+        simdjson::dom::array a;
+        if (e.get_array().get(a) != simdjson::SUCCESS) return false;
+        std::size_t n = 0;
+        for (const simdjson::dom::element x : a)
+            if (n == 2 || !json_to_uint64(x, out[n++])) return false;
+        return n == 2;
+    }
+
+    // Whether e is an array of exactly two booleans (into out).
+    static bool bool_pair(simdjson::dom::element e, bool (&out)[2]) {
+        simdjson::dom::array a;
+        if (e.get_array().get(a) != simdjson::SUCCESS) return false;
+        std::size_t n = 0;
+        for (const simdjson::dom::element x : a)
+            if (n == 2 || x.get_bool().get(out[n++]) != simdjson::SUCCESS) return false;
+        return n == 2;
+    }
+
+    // A companion's (a packed weight's) global shape: its sources joined as its grid (its
+    // storage grid) says along its cut's dim, in the weight's orientation.
     shape companion_global_of(const export_tensor& t, const std::string& where) const {
         std::vector<shape> shapes;
         for (const auto& s : t.sources) shapes.push_back(s.global);
-        const auto g = companion_global(t.grid, t.layout.dim, shapes);
+        const companion_grid& grid = t.companion() ? t.grid : t.storage;
+        const auto g = companion_global(grid, t.layout.dim, shapes);
         if (!g)
-            fail(where + ": its sources cannot be joined as a " + to_string(t.grid) +
-                     " companion along dim " + std::to_string(t.layout.dim),
+            fail(where + ": its sources cannot be joined as a " + to_string(grid) +
+                     (t.companion() ? " companion" : " packed weight") + " along dim " +
+                     std::to_string(t.layout.dim),
                  t.name);
         return *g;
     }

@@ -197,7 +197,7 @@ private:
         const bool whole = t.global == t.local;
         const bool stacked = t.stacked_experts != 0;
         const bool listed = stacked || t.companion();  // records that list their sources
-        if (own && !t.created && !t.expert && !listed && t.pack == 1 && (whole || extent)) {
+        if (own && !t.created && !t.expert && !listed && !t.packed() && (whole || extent)) {
             out += whole ? c : '[' + c + ',' + std::to_string(*extent) + ']';
             return;
         }
@@ -224,13 +224,22 @@ private:
         if (t.expert) out += ",\"expert\":" + std::to_string(*t.expert);
         if (stacked) out += ",\"stacked_experts\":" + std::to_string(t.stacked_experts);
         if (t.gathered_experts) out += ",\"gathered_experts\":true";
-        if (t.pack != 1) out += ",\"pack\":" + std::to_string(t.pack);
+        if (t.packed()) {
+            const std::uint64_t storage[2] = {t.storage.rows.block, t.storage.cols.block};
+            out += ",\"storage\":";
+            json_u64s_into(out, storage, 2);
+            if (t.storage.transposed) out += ",\"transposed\":true";
+        }
         if (t.companion()) {
             out += ",\"companion_of\":";
             json_escape_into(out, t.companion_of);
             const std::uint64_t grid[2] = {t.grid.rows.block, t.grid.cols.block};
             out += ",\"grid\":";
             json_u64s_into(out, grid, 2);
+            if (t.grid.rows.all || t.grid.cols.all)
+                out += std::string(",\"grid_all\":[") + (t.grid.rows.all ? "true" : "false") + ',' +
+                       (t.grid.cols.all ? "true" : "false") + ']';
+            if (t.grid.transposed) out += ",\"transposed\":true";
         }
         out += '}';
     }

@@ -92,9 +92,10 @@ struct plan_destination {
     // that weight in the units of `grid` (shard/companion.hpp); its dtype is the stored one.
     std::optional<std::uint32_t> companion_of{};
     companion_grid grid{};
-    // A packed weight: the values each stored element holds along dim 1 (the layout cuts the
-    // values, the stored elements follow in whole elements); 1: not packed.
-    std::uint64_t packed_values = 1;
+    // A packed weight: how its stored elements cover its values (the layout cuts the values,
+    // the stored elements follow in whole elements; grid<1,2>: two values a byte along K,
+    // ^T: stored transposed); grid<1,1>: stored as its values.
+    companion_grid storage{};
     // The parameter's place in the schema: orders the destinations of one rank's plan against
     // another's (a rank holds its own experts only).
     std::size_t schema_index = 0;
@@ -105,14 +106,22 @@ struct plan_destination {
     [[nodiscard]] bool created() const noexcept { return init.kind != init_kind::none; }
 };
 
+// A packed weight's storage grid as its layout names it: "2" for grid<1,2> (values packed
+// along K, as stored), the grid otherwise ("grid<1,8>^T").
+[[nodiscard]] inline std::string storage_name(const companion_grid& g) {
+    if (!g.transposed && g.rows == companion_dim{} && !g.cols.whole() && !g.cols.all)
+        return std::to_string(g.cols.block);
+    return to_string(g);
+}
+
 // The layout as plan --json spells it: "split<1>", or for stacked experts
 // "stacked_experts<split<1>>" (the experts on dim 0, each expert's slab cut as the inner one
 // says), "gathered_experts<fused<0>>" when the slabs come from one tensor per expert.
 [[nodiscard]] inline std::string layout_name(const plan_destination& d) {
     const std::string inner(name(d.layout));
     if (d.companion_of) return to_string(d.grid) + "(" + inner + ")";
-    if (d.packed_values > 1)
-        return "packed<" + std::to_string(d.packed_values) + ">(" + inner + ")";
+    if (d.storage != companion_grid{})
+        return "packed<" + storage_name(d.storage) + ">(" + inner + ")";
     if (d.stacked_experts == 0) return inner;
     return (d.gathered_experts ? "gathered_experts<" : "stacked_experts<") + inner + ">";
 }
@@ -620,7 +629,7 @@ private:
         plan_destination d = destination(as_stored, cut.stored, source,
                                          target_dtype(m.name, m.dtype_override, source), "");
         d.sources = as_stored.sources;
-        d.packed_values = cut.packed_values;
+        d.storage = cut.storage;
         d.schema_index = schema_index_of(m);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
         emit_ops(as_stored, cut.stored, *located, d, di);
@@ -649,10 +658,11 @@ private:
     }
 
     // A weight's cut: of its stored elements, and of its values (the same unless the scheme
-    // packs several values in a stored element along K: then the layout cuts the values, and
-    // the stored elements follow in whole elements), with its sources' shapes in values.
+    // packs several values in a stored element: then the layout cuts the values, and the
+    // stored elements follow in whole elements as the storage grid says), with its sources'
+    // shapes in values.
     struct weight_cut {
-        std::uint64_t packed_values = 1;
+        companion_grid storage{};
         slice_result stored;
         slice_result values;
         std::vector<shape> value_shapes;
@@ -660,31 +670,31 @@ private:
     [[nodiscard]] weight_cut cut_weight(const parameter_meta& m,
                                         std::span<const located_tensor> located) const {
         weight_cut c;
+        const dtype t = located.front().tensor.dtype();
+        if (scheme_) c.storage = weight_storage_of(*scheme_, *config_->quantization, t);
         for (const auto& l : located) c.value_shapes.push_back(l.tensor.shape());
-        const std::uint64_t per = scheme_ ? packed_values_of(*scheme_, *config_->quantization,
-                                                             located.front().tensor.dtype())
-                                          : 1;
-        if (per == 1) {
+        if (stored_as_values(c.storage)) {
             c.stored = c.values = slice_sources(m, located);
             return c;
         }
-        c.packed_values = per;
         const std::vector<shape> stored = c.value_shapes;
-        for (auto& s : c.value_shapes)
-            if (s.rank() != 2 || mul_overflows(s[1], per, s[1]))
+        for (auto& s : c.value_shapes) {
+            const auto v = weight_values_shape(c.storage, s);
+            if (!v)
                 throw error(errc::shape_mismatch,
-                            "parameter '" + m.name + "' packs " + std::to_string(per) +
-                                " values a stored element along K, but is " + s.to_string() +
-                                " (a packed weight is 2-D, [N, K / " + std::to_string(per) + "])",
+                            "parameter '" + m.name + "' is stored packed (" + to_string(c.storage) +
+                                " over its values [N, K]), but is " + s.to_string() +
+                                " (a packed weight is 2-D)",
                             error_context{.file = {}, .tensor = m.name});
+            s = *v;
+        }
         c.values = slice_sources(m, located, c.value_shapes);
-        const std::string follower = "packed storage (" + std::to_string(per) + " values a " +
-                                     std::string(name(located.front().tensor.dtype())) + ")";
+        const std::string follower = "packed storage of " + std::string(name(t));
         c.stored = companion_slice({.parameter = m.name,
                                     .weight = &c.values,
                                     .weight_sources = c.value_shapes,
                                     .companion_sources = stored,
-                                    .grid = {{1}, {per}},
+                                    .grid = c.storage,
                                     .ways = ways_of(m),
                                     .follower = follower});
         return c;
@@ -719,27 +729,33 @@ private:
         return found;
     }
 
-    // The grid the companions `spec` have over the weight's sources: one for all, read from the
-    // stored shapes against its block (a whole companion: every rank holds it as stored).
+    // The grid the companions `spec` have over the weight's sources: one for all, the one the
+    // scheme fixes or read from the stored shapes against its block (a whole companion: every
+    // rank holds it as stored); shape_mismatch for a companion off it.
     [[nodiscard]] companion_grid grid_of(const parameter_meta& m, const companion_spec& spec,
                                          std::span<const shape> weights,
                                          std::span<const located_tensor> companions) const {
-        if (spec.whole) return companion_grid{{0}, {0}};
-        const scale_block b = scale_block_of(*scheme_, spec, *config_->quantization);
+        const quantization_config& q = *config_->quantization;
+        const std::optional<companion_grid> fixed =
+            spec.grid ? std::optional<companion_grid>(spec.grid(q)) : std::nullopt;
+        const scale_block b = scale_block_of(*scheme_, spec, q);
         std::optional<companion_grid> grid;
         for (std::size_t k = 0; k < weights.size(); ++k) {
             const shape& w = weights[k];
             const shape& c = companions[k].tensor.shape();
-            const auto g = infer_companion_grid(w, c, b.rows, b.cols);
+            const auto g = !fixed ? infer_companion_grid(w, c, b.rows, b.cols)
+                           : companion_sources_fit(*fixed, {&w, 1}, {&c, 1}) ? fixed
+                                                                             : std::nullopt;
             if (!g || (grid && *grid != *g))
                 throw error(errc::shape_mismatch,
-                            "parameter '" + m.name + "': the quantization scale '" +
+                            "parameter '" + m.name + "': the quantization companion '" +
                                 std::string(companions[k].tensor.name()) + "' of shape " +
-                                c.to_string() + " is no " + std::string(scheme_->name) +
-                                " grid over its weight of shape " + w.to_string() +
-                                (b.rows ? " (blocks of " + std::to_string(b.rows) + " x " +
-                                              std::to_string(b.cols) + " values)"
-                                        : std::string()) +
+                                c.to_string() + " is no " + std::string(scheme_->name) + " " +
+                                (fixed ? to_string(*fixed) : std::string("grid")) +
+                                " over its weight of " + w.to_string() + " values" +
+                                (!fixed && b.rows ? " (blocks of " + std::to_string(b.rows) +
+                                                        " x " + std::to_string(b.cols) + ")"
+                                                  : std::string()) +
                                 (grid ? ", or not the grid of its other sources" : ""),
                             error_context{.file = {}, .tensor = m.name});
             grid = g;
@@ -769,12 +785,13 @@ private:
             std::vector<shape> cshapes;
             for (const auto& l : *found) cshapes.push_back(l.tensor.shape());
             const companion_grid g = grid_of(m, spec, weights, *found);
-            const slice_result rc = companion_slice({.parameter = m.name,
+            const slice_result rc = companion_slice({.parameter = w.name,
                                                      .weight = &r,
                                                      .weight_sources = weights,
                                                      .companion_sources = cshapes,
                                                      .grid = g,
-                                                     .ways = ways_of(m)});
+                                                     .ways = ways_of(m),
+                                                     .follower = suffix});
             const dtype stored = found->front().tensor.dtype();
             plan_destination d;
             d.name = companion_name(m.name, suffix);

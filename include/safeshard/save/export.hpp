@@ -321,7 +321,7 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
         t.expert = d.expert;
         t.stacked_experts = d.stacked_experts;
         t.gathered_experts = d.gathered_experts;
-        t.pack = d.packed_values;
+        t.storage = d.storage;
         if (d.companion_of) {
             t.companion_of = dests[*d.companion_of].name;
             t.grid = d.grid;

@@ -63,14 +63,14 @@ namespace detail {
     throw error(errc::invalid_export, why, error_context{.file = file.string(), .tensor = tensor});
 }
 
-// A packed weight's sources in values (dim 1 times t.pack); nullopt where one is not 2-D or
-// passes 64 bits.
+// A packed weight's sources in values (weight_values_shape of t.storage); nullopt where one
+// is not 2-D or passes 64 bits.
 [[nodiscard]] inline std::optional<std::vector<shape>> merge_value_shapes(const export_tensor& t) {
     std::vector<shape> out;
     for (const auto& s : t.sources) {
-        shape v = s.global;
-        if (v.rank() != 2 || mul_overflows(v[1], t.pack, v[1])) return std::nullopt;
-        out.push_back(v);
+        const auto v = weight_values_shape(t.storage, s.global);
+        if (!v) return std::nullopt;
+        out.push_back(*v);
     }
     return out;
 }
@@ -84,16 +84,16 @@ namespace detail {
                             .weight = &values,
                             .weight_sources = shapes,
                             .companion_sources = stored,
-                            .grid = {{1}, {t.pack}},
+                            .grid = t.storage,
                             .ways = ways,
                             .follower = "packed storage"});
 }
 
-// A rank's cut of t's values (of a packed weight, dim 1 in values: merge_value_shapes),
+// A rank's cut of t's values (of a packed weight, in values: merge_value_shapes),
 // computed again from the recorded layout and source shapes; for stacked experts, the cut of
 // each expert's slab (the sources without dim 0, or gathered, the sources).
 [[nodiscard]] inline slice_result merge_value_slice(const export_tensor& t, export_cut_place at) {
-    if (t.pack != 1) {
+    if (t.packed()) {
         const auto shapes = merge_value_shapes(t);
         if (!shapes) {
             slice_result bad;
@@ -116,7 +116,7 @@ namespace detail {
 // A rank's cut of t's stored elements: its values' cut, a packed weight's in whole elements.
 [[nodiscard]] inline slice_result merge_slice(const export_tensor& t, export_cut_place at) {
     slice_result v = merge_value_slice(t, at);
-    if (t.pack == 1 || !v.ok()) return v;
+    if (!t.packed() || !v.ok()) return v;
     return merge_packed(t, v, *merge_value_shapes(t), at.ways);
 }
 
@@ -167,7 +167,7 @@ namespace detail {
     const slice_result ws = merge_value_slice(*w, at);
     if (!ws.ok()) return ws;
     std::vector<shape> weights, companions;
-    if (w->pack != 1)
+    if (w->packed())
         weights = *merge_value_shapes(*w);
     else
         for (const auto& s : w->sources) weights.push_back(s.global);
@@ -275,7 +275,7 @@ inline void check_merge_conventions(std::span<const merge_rank_metadata> ranks) 
            a.sources == b.sources && a.tied_to == b.tied_to && a.created == b.created &&
            a.expert == b.expert && a.stacked_experts == b.stacked_experts &&
            a.gathered_experts == b.gathered_experts && a.companion_of == b.companion_of &&
-           a.grid == b.grid && a.pack == b.pack;
+           a.grid == b.grid && a.storage == b.storage;
 }
 
 // The rank that should hold `t` (every rank, or the ranks of its expert group) but does not

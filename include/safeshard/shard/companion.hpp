@@ -1,10 +1,14 @@
 // A quantization companion (a scale grid: FP8's weight_scale_inv, a per-channel or per-tensor
-// weight_scale) follows its weight's cut in its own units: each of its two dims either covers
-// the weight's dim in blocks of `block` elements (the last block may be partial), or is one
-// entry for the whole dim (broadcast). The companion's slice map is derived from the weight's
-// boxes, whatever layout made them: a rank's piece of the weight must start (and end, unless
-// it ends the tensor) on a block boundary, in the source and in the rank's tensor, or the cut
-// is refused, naming the parameter, the extent, the block and the ways.
+// weight_scale; GPTQ's zeros and group indices; a packed weight's storage) follows its
+// weight's cut in its own units: each of its two dims either covers the weight's dim in blocks
+// of `block` elements (the last block may be partial), or is one entry for the whole dim
+// (broadcast), or (`all`) holds its blocks whole on every rank (GPTQ's act-order scales, which
+// g_idx indexes rather than their place). A companion may be stored transposed ([K-grid,
+// N-grid] over a weight [N, K]: GPTQ's and AWQ's tensors) or 1-D; its cut is computed over the
+// weight's orientation and given back in the stored one. The companion's slice map is derived
+// from the weight's boxes, whatever layout made them: a rank's piece of the weight must start
+// (and end, unless it ends the tensor) on a block boundary, in the source and in the rank's
+// tensor, or the cut is refused, naming the parameter, the extent, the block and the ways.
 #pragma once
 
 #include <cstddef>
@@ -13,7 +17,9 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
+#include "safeshard/core/checked.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/shard/slice_result.hpp"
@@ -23,6 +29,7 @@ namespace safeshard {
 // How one dim of a companion follows the same dim of its 2-D weight [N, K].
 struct companion_dim {
     std::uint64_t block = 1;  // weight elements per companion element; 0: one for the whole dim
+    bool all = false;         // every rank holds all the dim's blocks, whatever its piece
     [[nodiscard]] constexpr bool whole() const noexcept { return block == 0; }
     friend constexpr bool operator==(companion_dim, companion_dim) = default;
 };
@@ -30,15 +37,18 @@ struct companion_dim {
 struct companion_grid {
     companion_dim rows{};
     companion_dim cols{};
+    bool transposed = false;  // stored [cols, rows] of the grid
     friend constexpr bool operator==(const companion_grid&, const companion_grid&) = default;
 };
 
-// "grid<128,128>", "grid<1,*>" (per channel), "grid<*,*>" (per tensor).
+// "grid<128,128>", "grid<1,*>" (per channel), "grid<*,*>" (per tensor), "grid<1,8>^T" (stored
+// transposed), "grid<1,all/128>" (every rank holds all the blocks of 128 along K).
 [[nodiscard]] inline std::string to_string(const companion_grid& g) {
     auto one = [](companion_dim d) {
-        return d.whole() ? std::string("*") : std::to_string(d.block);
+        if (d.whole()) return std::string("*");
+        return (d.all ? "all/" : "") + std::to_string(d.block);
     };
-    return "grid<" + one(g.rows) + "," + one(g.cols) + ">";
+    return "grid<" + one(g.rows) + "," + one(g.cols) + ">" + (g.transposed ? "^T" : "");
 }
 
 // The companion's extent along a weight dim of `extent` elements.
@@ -69,15 +79,44 @@ struct companion_grid {
     return std::nullopt;
 }
 
-// A companion source as [rows, cols] of its grid: a per-channel [N] is [N, 1].
+// A companion source in its weight's orientation, [rows, cols] of its grid: a transposed one
+// swapped, a 1-D per-channel [N] as [N, 1], a 1-D one along K ([K], GPTQ's g_idx) as [1, K].
 [[nodiscard]] inline shape companion_as_2d(const companion_grid& g, const shape& c) {
-    return c.rank() == 1 && g.cols.whole() && !g.rows.whole() ? shape{c[0], 1} : c;
+    if (c.rank() == 1 && g.cols.whole() && !g.rows.whole()) return shape{c[0], 1};
+    if (c.rank() == 1 && g.rows.whole() && !g.cols.whole()) return shape{1, c[0]};
+    if (c.rank() == 2 && g.transposed) return shape{c[1], c[0]};
+    return c;
+}
+
+// A companion's shape in the weight's orientation ([rows, cols] of its grid) as its sources
+// store it (`stored_rank` 1 or 2): swapped back where transposed, the 1-D ones flattened
+// (unless k of them stack along their whole dim: [k, K]).
+[[nodiscard]] inline shape companion_stored_form(const companion_grid& g, const shape& oriented,
+                                                 std::size_t stored_rank) {
+    if (oriented.rank() != 2) return oriented;
+    const bool one_entry = g.rows.whole() ? oriented[0] == 1 : oriented[1] == 1;
+    if (stored_rank == 1 && one_entry) return shape{oriented[0] * oriented[1]};
+    return g.transposed ? shape{oriented[1], oriented[0]} : oriented;
+}
+
+// The values [N, K] a packed weight stored as `stored` covers under its storage grid g (its
+// stored elements' grid over its values); nullopt where it is not 2-D, g has a whole dim, or
+// its values pass 64 bits.
+[[nodiscard]] inline std::optional<shape> weight_values_shape(const companion_grid& g,
+                                                              const shape& stored) {
+    if (stored.rank() != 2) return std::nullopt;
+    shape v = companion_as_2d(g, stored);
+    if (g.rows.whole() || g.cols.whole() || mul_overflows(v[0], g.rows.block, v[0]) ||
+        mul_overflows(v[1], g.cols.block, v[1]))
+        return std::nullopt;
+    return v;
 }
 
 // The companion's global shape from its sources (one per weight source, as stored), joined
 // along the weight's cut `dim`: per tensor, the one source's shape, or [k] for k sources (one
-// entry each); otherwise the 2-D sources concatenated along dim (one source: its shape).
-// nullopt where they are not 2-D alike but for dim, or their extent passes 64 bits.
+// entry each); otherwise the sources, in the weight's orientation, concatenated along dim
+// (one source: its shape), given back as they are stored. nullopt where they are not 2-D
+// alike but for dim, or their extent passes 64 bits.
 [[nodiscard]] inline std::optional<shape> companion_global(const companion_grid& g, std::size_t dim,
                                                            std::span<const shape> sources) {
     if (sources.empty() || dim > 1) return std::nullopt;
@@ -94,11 +133,12 @@ struct companion_grid {
     if (out.rank() != 2) return std::nullopt;
     for (std::size_t k = 1; k < sources.size(); ++k) {
         const shape s = companion_as_2d(g, sources[k]);
-        if (s.rank() != 2 || s[1 - dim] != out[1 - dim] || out[dim] + s[dim] < s[dim])
+        if (s.rank() != 2 || s[1 - dim] != out[1 - dim] || out[dim] + s[dim] < s[dim] ||
+            sources[k].rank() != sources.front().rank())
             return std::nullopt;
         out[dim] += s[dim];
     }
-    return out;
+    return companion_stored_form(g, out, sources.front().rank());
 }
 
 // Whether each companion source has the grid's extents over its weight source (2-D each, as
@@ -147,12 +187,28 @@ struct rect {
 }
 
 // The companion's range along one dim for the weight's range [at, at + n) of a dim of
-// `extent`; nullopt where it does not fall on the grid.
+// `extent`; nullopt where it does not fall on the grid. A dim held `all`: all its blocks.
 [[nodiscard]] inline std::optional<std::pair<std::uint64_t, std::uint64_t>> on_grid(
     companion_dim d, std::uint64_t at, std::uint64_t n, std::uint64_t extent) {
     if (d.whole()) return std::pair<std::uint64_t, std::uint64_t>{0, 1};
+    if (d.all) return std::pair<std::uint64_t, std::uint64_t>{0, (extent + d.block - 1) / d.block};
     if (at % d.block != 0 || (n % d.block != 0 && at + n != extent)) return std::nullopt;
     return std::pair<std::uint64_t, std::uint64_t>{at / d.block, (n + d.block - 1) / d.block};
+}
+
+// A box over a [rows, cols] tensor (one row of the box a row of the tensor, `cols` apart) as
+// the same rectangle of its transpose [cols, rows].
+[[nodiscard]] inline copy_box transposed_box(const copy_box& b, std::uint64_t src_rows,
+                                             std::uint64_t src_cols, std::uint64_t dst_rows,
+                                             std::uint64_t dst_cols) {
+    copy_box t = b;
+    t.src_offset = (b.src_offset % src_cols) * src_rows + b.src_offset / src_cols;
+    t.dst_offset = (b.dst_offset % dst_cols) * dst_rows + b.dst_offset / dst_cols;
+    t.rows = b.row_elems;
+    t.row_elems = b.rows;
+    t.src_row_stride = src_rows;
+    t.dst_row_stride = dst_rows;
+    return t;
 }
 
 }  // namespace detail
@@ -187,15 +243,11 @@ namespace detail {
 }
 }  // namespace detail
 
-// The companion's slice for the rank whose weight slice is `q.weight`: its boxes (in the
-// companion sources' elements), its local shape ([rows, cols] of the grid; a per-tensor
-// companion keeps its stored shape, and of a weight joining k tensors is [k], one entry per
-// source in the layout's order: never one kept and the others dropped) and global shape.
-// invalid_layout where the weight's piece does not fall on the grid; invalid_argument where a
-// whole dim would have to hold several sources' entries in one.
-[[nodiscard]] inline slice_result companion_slice(const companion_request& q) {
+namespace detail {
+// The refusals of a companion request before its boxes: a weight that is not 2-D, sources
+// off the grid, a whole (or all) dim that would have to hold several sources' entries.
+inline void check_companion_request(const companion_request& q, const error_context& ctx) {
     const slice_result& w = *q.weight;
-    const error_context ctx{.file = {}, .tensor = std::string(q.parameter)};
     const companion_grid g = q.grid;
     if (w.local.rank() != 2)
         throw error(errc::invalid_layout,
@@ -209,27 +261,50 @@ namespace detail {
                         std::string(q.follower) +
                         " does not have the grid's shapes over its sources",
                     ctx);
-    const bool concatenated = q.weight_sources.size() > 1;
-    const bool scalar = g.rows.whole() && g.cols.whole();
-    if (!scalar && concatenated &&
-        ((w.dim == 0 && g.rows.whole()) || (w.dim == 1 && g.cols.whole())))
+    const companion_dim joined = w.dim == 0 ? g.rows : g.cols;
+    if (q.weight_sources.size() > 1 && w.dim <= 1 && joined.all)
         throw error(errc::invalid_argument,
                     "parameter '" + std::string(q.parameter) + "' joins " +
-                        std::to_string(q.weight_sources.size()) + " tensors, each with its own " +
-                        to_string(g) + " scale: one entry cannot hold them all (load them unfused)",
+                        std::to_string(q.weight_sources.size()) + " tensors along dim " +
+                        std::to_string(w.dim) + ", which its " + to_string(g) +
+                        " companion holds whole on every rank (load them unfused)",
                     ctx);
+}
+}  // namespace detail
+
+// The companion's slice for the rank whose weight slice is `q.weight`: its boxes (in the
+// companion sources' elements), its local shape (the grid's over the rank's piece, stored as
+// the sources are: transposed, 1-D; a per-tensor companion keeps its stored shape, and of a
+// weight joining k tensors is [k], one entry per source in the layout's order: never one kept
+// and the others dropped) and global shape. invalid_layout where the weight's piece does not
+// fall on the grid; invalid_argument where a whole dim would have to hold several sources'
+// entries in one.
+[[nodiscard]] inline slice_result companion_slice(const companion_request& q) {
+    const slice_result& w = *q.weight;
+    const error_context ctx{.file = {}, .tensor = std::string(q.parameter)};
+    const companion_grid g = q.grid;
+    detail::check_companion_request(q, ctx);
     const auto global = companion_global(g, w.dim, q.companion_sources);
     if (!global)
         throw error(errc::shape_mismatch,
                     "parameter '" + std::string(q.parameter) + "': its " + to_string(g) +
                         " quantization scales cannot be joined along dim " + std::to_string(w.dim),
                     ctx);
-    if (scalar) return detail::whole_companions(q, *global);
+    if (g.rows.whole() && g.cols.whole()) return detail::whole_companions(q, *global);
     slice_result c;
     c.dim = w.dim;
     c.global = *global;
-    const std::uint64_t local_cols = companion_extent(g.cols, w.local[1]);
-    c.local = shape{companion_extent(g.rows, w.local[0]), local_cols};
+    // The rank's companion in the weight's orientation; a dim held `all`, its sources' blocks.
+    // A whole dim along which the weight joins k sources holds one entry a source: [k].
+    const shape& first = q.weight_sources.front();
+    const std::size_t k = q.weight_sources.size();
+    const bool stack_rows = k > 1 && w.dim == 0 && g.rows.whole();
+    const bool stack_cols = k > 1 && w.dim == 1 && g.cols.whole();
+    auto local_extent = [&](companion_dim d, std::size_t dim, bool stacked) {
+        return stacked ? k : companion_extent(d, d.all ? first[dim] : w.local[dim]);
+    };
+    const std::uint64_t local_rows = local_extent(g.rows, 0, stack_rows);
+    const std::uint64_t local_cols = local_extent(g.cols, 1, stack_cols);
     auto refuse = [&](std::string_view what, std::uint64_t extent, std::uint64_t block,
                       std::uint64_t at, std::uint64_t n) -> slice_result {
         throw error(errc::invalid_layout,
@@ -256,10 +331,14 @@ namespace detail {
         const auto cols = detail::on_grid(g.cols, src->c0, src->nc, ws[1]);
         if (!rows) return refuse("rows", ws[0], g.rows.block, src->r0, src->nr);
         if (!cols) return refuse("columns", ws[1], g.cols.block, src->c0, src->nc);
-        const auto drows = detail::on_grid(g.rows, dst->r0, dst->nr, w.local[0]);
-        const auto dcols = detail::on_grid(g.cols, dst->c0, dst->nc, w.local[1]);
+        const std::pair<std::uint64_t, std::uint64_t> entry{b.source, 1};  // its source's
+        const auto drows =
+            stack_rows ? entry : detail::on_grid(g.rows, dst->r0, dst->nr, w.local[0]);
+        const auto dcols =
+            stack_cols ? entry : detail::on_grid(g.cols, dst->c0, dst->nc, w.local[1]);
         if (!drows) return refuse("rows", w.local[0], g.rows.block, dst->r0, dst->nr);
         if (!dcols) return refuse("columns", w.local[1], g.cols.block, dst->c0, dst->nc);
+        const std::uint64_t srows = companion_extent(g.rows, ws[0]);
         const std::uint64_t scols = companion_extent(g.cols, ws[1]);
         copy_box cb;
         cb.source = b.source;
@@ -269,6 +348,7 @@ namespace detail {
         cb.src_row_stride = scols;
         cb.dst_offset = drows->first * local_cols + dcols->first;
         cb.dst_row_stride = local_cols;
+        if (g.transposed) cb = detail::transposed_box(cb, srows, scols, local_rows, local_cols);
         bool seen = false;  // a whole dim maps several weight boxes onto one entry: copied once
         for (const copy_box& x : c.map) seen = seen || x == cb;
         // At most as many boxes as the weight's, which fit the same map: a broken invariant.
@@ -283,6 +363,8 @@ namespace detail {
                     "parameter '" + std::string(q.parameter) +
                         "': a padded cut (zero rows) with a quantization scale is not supported",
                     ctx);
+    c.local =
+        companion_stored_form(g, shape{local_rows, local_cols}, q.companion_sources.front().rank());
     return c;
 }
 

@@ -28,8 +28,8 @@ inline constexpr std::uint64_t nvfp4_group = 16;
 inline constexpr std::array<companion_spec, 3> modelopt_nvfp4_companions = {
     {{"weight_scale"}, {"weight_scale_2"}, {"input_scale"}}};
 
-// Two E2M1 values a byte.
-[[nodiscard]] constexpr std::uint64_t fp4_per_byte(const quantization_config&) { return 2; }
+// Two E2M1 values a byte along K.
+[[nodiscard]] constexpr companion_grid fp4_bytes(const quantization_config&) { return {{1}, {2}}; }
 
 inline constexpr quantization_scheme modelopt_nvfp4_scheme{
     .name = "modelopt NVFP4",
@@ -40,7 +40,7 @@ inline constexpr quantization_scheme modelopt_nvfp4_scheme{
     .companions = modelopt_nvfp4_companions,
     .block = nvfp4_block,
     .packed_dtype = dtype::u8,
-    .packed_values = fp4_per_byte};
+    .storage = fp4_bytes};
 
 inline constexpr std::array<companion_spec, 3> compressed_tensors_nvfp4_companions = {
     {{"weight_scale"}, {"weight_global_scale"}, {"input_global_scale"}}};
@@ -57,7 +57,7 @@ inline constexpr quantization_scheme compressed_tensors_nvfp4_scheme{
             return scale_block{1, nvfp4_group};
         },
     .packed_dtype = dtype::u8,
-    .packed_values = fp4_per_byte,
+    .storage = fp4_bytes,
     .stored_weight = "weight_packed"};
 
 }  // namespace safeshard

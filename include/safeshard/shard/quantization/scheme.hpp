@@ -15,6 +15,7 @@
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/model_config.hpp"
 #include "safeshard/core/shape.hpp"
+#include "safeshard/shard/companion.hpp"
 
 namespace safeshard {
 
@@ -26,13 +27,13 @@ struct scale_block {
 };
 
 // A companion a quantized weight "X.weight" may carry: "X.<suffix>", its grid over the
-// weight's values read from the stored shapes against `block` (nullptr: the scheme's), or,
-// `whole`, a tensor of any shape every rank holds as stored (compressed-tensors'
-// weight_shape).
+// weight's values either fixed by the scheme (`grid`: GPTQ's and AWQ's transposed tensors;
+// grid<*,*>: a tensor of any shape every rank holds as stored, compressed-tensors'
+// weight_shape) or read from the stored shapes against `block` (nullptr: the scheme's).
 struct companion_spec {
     std::string_view suffix{};
     scale_block (*block)(const quantization_config&) = nullptr;
-    bool whole = false;
+    companion_grid (*grid)(const quantization_config&) = nullptr;
 };
 
 struct quantization_scheme {
@@ -42,14 +43,22 @@ struct quantization_scheme {
     std::span<const companion_spec> companions{};
     // The block of its scales' grid; nullptr: config.json's weight_block_size.
     scale_block (*block)(const quantization_config&) = nullptr;
-    // Packed weights: a weight stored in `packed_dtype` holds packed_values(q) values a stored
-    // element along K (dim 1), low values first; nullptr: not packed.
+    // Packed weights: a weight stored in `packed_dtype` covers its values [N, K] as `storage`'s
+    // grid says (grid<1,8>: eight values a stored element along K, low bits first; ^T: stored
+    // [K-grid, N-grid]); nullptr: stored as its values.
     dtype packed_dtype = dtype::u8;
-    std::uint64_t (*packed_values)(const quantization_config&) = nullptr;
+    companion_grid (*storage)(const quantization_config&) = nullptr;
     // The weight's own suffix in the checkpoint where it is not "weight" (compressed-tensors'
-    // packed forms: "X.weight_packed"); the plan names it so too.
+    // packed forms: "X.weight_packed"; GPTQ's and AWQ's "X.qweight"); the plan names it so too.
     std::string_view stored_weight = "weight";
 };
+
+// The values an I32 word of a `bits`-bit integer weight holds (0 where bits does not divide
+// 32; config.json's 4 where it says none).
+[[nodiscard]] constexpr std::uint64_t values_per_word(const quantization_config& q) noexcept {
+    const std::uint64_t bits = q.bits ? q.bits : 4;
+    return 32 % bits == 0 ? 32 / bits : 0;
+}
 
 // The block of companion c's grid (of scheme s) for a checkpoint of quantization_config q.
 [[nodiscard]] inline scale_block scale_block_of(const quantization_scheme& s,
@@ -59,36 +68,43 @@ struct quantization_scheme {
     return s.block ? s.block(q) : scale_block{q.block_rows, q.block_cols};
 }
 
-// The values a stored element of dtype t holds along K (1 unless s packs them in t; 0 for a
-// config whose values do not fill the element: check_config refuses it first).
-[[nodiscard]] inline std::uint64_t packed_values_of(const quantization_scheme& s,
-                                                    const quantization_config& q,
-                                                    dtype t) noexcept {
-    return s.packed_values && t == s.packed_dtype ? s.packed_values(q) : 1;
+// How a weight stored in dtype t covers its values: as scheme s's storage grid where s packs
+// them in t, one value an element otherwise (grid<1,1>).
+[[nodiscard]] inline companion_grid weight_storage_of(const quantization_scheme& s,
+                                                      const quantization_config& q, dtype t) {
+    return s.storage && t == s.packed_dtype ? s.storage(q) : companion_grid{};
+}
+
+// Whether a storage grid is the values as they are.
+[[nodiscard]] constexpr bool stored_as_values(const companion_grid& g) noexcept {
+    return g == companion_grid{};
 }
 
 // Whether q's values fill s's packed elements (num_bits divides the element's bits).
 [[nodiscard]] inline bool packs_whole(const quantization_scheme& s,
                                       const quantization_config& q) noexcept {
-    return !s.packed_values || s.packed_values(q) != 0;
+    if (!s.storage) return true;
+    const companion_grid g = s.storage(q);
+    return !g.rows.whole() && !g.cols.whole();
 }
 
 // A checkpoint tensor of scheme s as its weight's values, for the shapes config.json implies:
 // a weight stored under the scheme's own suffix ("X.weight_packed") named "X.weight", a packed
-// one's K in values ([N, K / p] -> [N, K]); nullopt for a tensor that is as it is.
+// one's shape in values ([N, K / p] -> [N, K], GPTQ's [K / p, N] -> [N, K]); nullopt for a
+// tensor that is as it is.
 [[nodiscard]] inline std::optional<std::pair<std::string, shape>> weight_values(
     const quantization_scheme& s, const quantization_config& q, std::string_view name, dtype t,
     const shape& stored) {
-    const std::uint64_t per = packed_values_of(s, q, t);
+    const companion_grid storage = weight_storage_of(s, q, t);
     const bool renamed = s.stored_weight != "weight" && name.size() > s.stored_weight.size() &&
                          name.ends_with(s.stored_weight) &&
                          name[name.size() - s.stored_weight.size() - 1] == '.';
-    if (per == 1 && !renamed) return std::nullopt;
+    if (stored_as_values(storage) && !renamed) return std::nullopt;
     std::string n(renamed ? name.substr(0, name.size() - s.stored_weight.size()) : name);
     if (renamed) n += "weight";
     shape values = stored;
-    if (per > 1 && n.ends_with(".weight") && values.rank() == 2 && values[1] <= ~0ull / per)
-        values[1] *= per;
+    if (!stored_as_values(storage) && n.ends_with(".weight"))
+        if (const auto v = weight_values_shape(storage, stored)) values = *v;
     return std::pair{std::move(n), values};
 }
 

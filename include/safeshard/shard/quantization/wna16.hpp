@@ -20,19 +20,16 @@
 
 namespace safeshard {
 
-// The values an I32 word holds (0 where num_bits does not divide 32: refused by the plan).
-[[nodiscard]] constexpr std::uint64_t wna16_per_word(const quantization_config& q) {
-    const std::uint64_t bits = q.bits ? q.bits : 4;
-    return 32 % bits == 0 ? 32 / bits : 0;
-}
-
 inline constexpr std::array<companion_spec, 3> wna16_companions = {{
     {"weight_scale"},
     {"weight_zero_point",
      [](const quantization_config& q) {
-         return scale_block{wna16_per_word(q), q.group_size};
+         return scale_block{values_per_word(q), q.group_size};
      }},
-    {"weight_shape", nullptr, true},
+    {"weight_shape", nullptr,
+     [](const quantization_config&) {
+         return companion_grid{{0}, {0}};
+     }},
 }};
 
 inline constexpr quantization_scheme compressed_tensors_wna16_scheme{
@@ -47,7 +44,10 @@ inline constexpr quantization_scheme compressed_tensors_wna16_scheme{
             return scale_block{1, q.group_size};
         },
     .packed_dtype = dtype::i32,
-    .packed_values = wna16_per_word,
+    .storage =
+        [](const quantization_config& q) {
+            return companion_grid{{1}, {values_per_word(q)}};
+        },
     .stored_weight = "weight_packed"};
 
 }  // namespace safeshard
