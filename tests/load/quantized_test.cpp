@@ -341,6 +341,54 @@ TEST_CASE("NVFP4 (ModelOpt, compressed-tensors): packed weights and their scales
     check_round_trip(ctdir.path(), ct, 2, fused);
 }
 
+TEST_CASE(
+    "quantized checkpoints: the KV cache's scales (k_scale, v_scale) held whole by every rank") {
+    // ModelOpt writes them beside k_proj and v_proj (X.k_proj.k_scale, X.v_proj.v_scale: F32
+    // scalars, vLLM's maybe_remap_kv_scale_name); compressed-tensors beside the attention
+    // (X.self_attn.k_scale). Every rank holds each as stored, fused q/k/v or not; an FP8
+    // checkpoint of the fp8 scheme (which writes none) finds them unexpected.
+    auto src = nvfp4_llama(modelopt_names, {});
+    std::mt19937_64 rng(13);
+    const std::string a = "model.layers.0.self_attn.";
+    src[a + "k_proj.k_scale"] = random_stored(dtype::f32, {}, rng);
+    src[a + "v_proj.v_scale"] = random_stored(dtype::f32, {}, rng);
+    temp_folder dir;
+    write(dir.path(), llama_config(R"({"quant_method": "modelopt", "quant_algo": "NVFP4"})"), src);
+    for (const bool fuse : {false, true})
+        for (std::uint32_t r = 0; r < 2; ++r) {
+            CAPTURE(fuse);
+            load_options o{.rank = r, .world = 2};
+            o.plan.schema.fuse_qkv = fuse;
+            auto model = load<host_tensor>(dir.path().string(), o);
+            for (const char* n : {"k_proj.k_scale", "v_proj.v_scale"}) {
+                CHECK(model.at(a + n).shape() == shape{});
+                CHECK(bytes_of(model.at(a + n)) == src.at(a + n).bytes);
+            }
+        }
+    check_round_trip(dir.path(), src, 2);
+    schema_options fused;
+    fused.fuse_qkv = true;
+    check_round_trip(dir.path(), src, 2, fused);
+    // A pipeline stage without layer 0 leaves them out with the layer.
+    plan_options stage;
+    stage.schema.layer_begin = 1;
+    const load_plan p = load_plan::build(checkpoint::open(dir.path().string()), {0, 1}, stage);
+    CHECK(p.unexpected().empty());
+    CHECK(p.find(a + "k_proj.k_scale") == nullptr);
+
+    auto fp8 = fp8_llama(block_scaled(4));
+    fp8[a + "k_proj.k_scale"] = random_stored(dtype::f32, {}, rng);
+    temp_folder other;
+    write(other.path(), llama_config(R"({"quant_method": "fp8", "weight_block_size": [4, 4]})"),
+          fp8);
+    expect_error(
+        errc::unexpected_tensor,
+        [&] {
+            (void)load_plan::build(checkpoint::open(other.path().string()), {0, 1});
+        },
+        "model.layers.0.self_attn.k_proj.k_scale");
+}
+
 TEST_CASE("NVFP4: a packed weight whose rank share splits a byte is refused, naming it") {
     // An intermediate size of 62: down_proj's K cut 2 ways gives each rank 31 values, 15.5
     // bytes.

@@ -453,6 +453,14 @@ private:
         } else if (const auto w = scale_weight(n); w && s_.ignore_reason_of(*w)) {
             const auto why = s_.ignore_reason_of(*w);
             p_.ignored_.push_back({std::string(n), std::string(why->note), why->left_out});
+        } else if (scheme_ && is_whole_tensor(*scheme_, n) && outside_stage(n)) {
+            p_.ignored_.push_back({std::string(n), "outside this pipeline stage"});
+        } else if (scheme_ && is_whole_tensor(*scheme_, n)) {  // a KV cache scale
+            parameter_meta fm;
+            fm.name = *as_schema;
+            fm.layout = make_replicated();
+            fm.sources = {std::string(n)};
+            return fm;
         } else if (detail::is_quantization_scale(n)) {
             p_.ignored_.push_back({std::string(n), "a quantization scale (raw load)"});
         } else if (s_.fallback()) {
@@ -465,6 +473,21 @@ private:
             p_.unexpected_.emplace_back(n);
         }
         return std::nullopt;
+    }
+
+    // Whether checkpoint name n is of a layer ("model.layers.3.") whose parameters are outside
+    // this pipeline stage (the layers of the schema's skipped names, gathered once).
+    bool outside_stage(std::string_view n) {
+        if (!skipped_layers_) {
+            skipped_layers_.emplace();
+            for (const auto& s : s_.skipped())
+                if (const auto l = detail::layer_of(s))
+                    skipped_layers_->insert(std::string(l->container) + "." +
+                                            std::to_string(l->index));
+        }
+        const auto l = detail::layer_of(n);
+        return l && skipped_layers_->contains(std::string(l->container) + "." +
+                                              std::to_string(l->index));
     }
 
     [[nodiscard]] dtype target_dtype(const std::string& name,
@@ -965,6 +988,8 @@ private:
     std::unordered_map<std::string_view, std::uint32_t, detail::name_hash> index_{};
     std::vector<const parameter_meta*> tied_{};
     std::vector<std::string> missing_{};
+    // The layers outside this pipeline stage ("model.layers.3"), once asked.
+    std::optional<std::unordered_set<std::string>> skipped_layers_{};
     // The companions planned (checkpoint names): read, not unexpected.
     std::unordered_set<std::string, detail::name_hash, std::equal_to<>> claimed_{};
     // replicate_all's parameters own their meta here (index_ holds views of their names).

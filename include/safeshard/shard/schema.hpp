@@ -147,6 +147,7 @@ public:
 
     // Checkpoint names that belong to parameters outside this pipeline stage.
     void skip(std::string checkpoint_name) { skipped_.insert(std::move(checkpoint_name)); }
+    [[nodiscard]] const auto& skipped() const noexcept { return skipped_; }
 
     void note(std::string text) { notes_.push_back(std::move(text)); }
 

@@ -32,7 +32,8 @@ inline constexpr quantization_scheme compressed_tensors_fp8_scheme{
         [](const quantization_config& q) {
             return q.quant_method == "compressed-tensors" && q.format == "float-quantized";
         },
-    .companions = fp8_companions};
+    .companions = fp8_companions,
+    .whole_tensors = kv_cache_scales};
 
 inline constexpr quantization_scheme modelopt_fp8_scheme{
     .name = "modelopt FP8",
@@ -40,6 +41,7 @@ inline constexpr quantization_scheme modelopt_fp8_scheme{
         [](const quantization_config& q) {
             return q.quant_method == "modelopt" && q.quant_algo == "FP8";
         },
-    .companions = fp8_companions};
+    .companions = fp8_companions,
+    .whole_tensors = kv_cache_scales};
 
 }  // namespace safeshard

@@ -40,7 +40,8 @@ inline constexpr quantization_scheme modelopt_nvfp4_scheme{
     .companions = modelopt_nvfp4_companions,
     .block = nvfp4_block,
     .packed_dtype = dtype::u8,
-    .storage = fp4_bytes};
+    .storage = fp4_bytes,
+    .whole_tensors = kv_cache_scales};
 
 inline constexpr std::array<companion_spec, 3> compressed_tensors_nvfp4_companions = {
     {{"weight_scale"}, {"weight_global_scale"}, {"input_global_scale"}}};
@@ -58,6 +59,7 @@ inline constexpr quantization_scheme compressed_tensors_nvfp4_scheme{
         },
     .packed_dtype = dtype::u8,
     .storage = fp4_bytes,
-    .stored_weight = "weight_packed"};
+    .stored_weight = "weight_packed",
+    .whole_tensors = kv_cache_scales};
 
 }  // namespace safeshard

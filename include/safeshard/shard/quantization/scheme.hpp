@@ -5,6 +5,7 @@
 // scheme is one header of this folder and one line of `quantization_schemes` (schemes.hpp).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -51,7 +52,24 @@ struct quantization_scheme {
     // The weight's own suffix in the checkpoint where it is not "weight" (compressed-tensors'
     // packed forms: "X.weight_packed"; GPTQ's and AWQ's "X.qweight"); the plan names it so too.
     std::string_view stored_weight = "weight";
+    // Tensors the scheme adds beside its weights that no weight carries, each held whole by
+    // every rank as stored: "X.<suffix>" (the KV cache's scales).
+    std::span<const std::string_view> whole_tensors{};
 };
+
+// The KV cache's scales, one scalar each, beside the attention's weights: ModelOpt's
+// "X.k_proj.k_scale" and "X.v_proj.v_scale", compressed-tensors' "X.self_attn.k_scale" and
+// "X.self_attn.v_scale" (vLLM's maybe_remap_kv_scale_name reads both); every rank holds them.
+inline constexpr std::array<std::string_view, 2> kv_cache_scales = {"k_scale", "v_scale"};
+
+// Whether checkpoint name n is one of scheme s's whole tensors ("X.<suffix>").
+[[nodiscard]] inline bool is_whole_tensor(const quantization_scheme& s, std::string_view n) {
+    for (const std::string_view suffix : s.whole_tensors)
+        if (n.size() > suffix.size() + 1 && n.ends_with(suffix) &&
+            n[n.size() - suffix.size() - 1] == '.')
+            return true;
+    return false;
+}
 
 // The values an I32 word of a `bits`-bit integer weight holds (0 where bits does not divide
 // 32; config.json's 4 where it says none).
