@@ -321,7 +321,7 @@ TEST_CASE("GPTQ as published (Llama-3.1-70B, act order): every projection's tens
     const model_config c = load_model_config(data / "config.json");
     REQUIRE(c.quantization);
     CHECK(c.quantization->quant_method == "gptq");
-    CHECK(c.quantization->desc_act);
+    CHECK(c.quantization->act_order);
     CHECK(c.quantization->group_size == 128);
     const auto tensors = int_replica(data, c);
     CHECK(tensors.size() == 2403);

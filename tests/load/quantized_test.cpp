@@ -422,12 +422,14 @@ namespace {
 // compressed-tensors pack-quantized (W4A16), as vLLM's compressed_tensors_wNa16.py creates
 // it: `weight_packed` I32 [N, K/8] (8 values a word along K), `weight_scale` BF16 [N, K/g],
 // `weight_zero_point` I32 [N/8, K/g] (packed along N), `weight_shape` I64 [2].
-std::string wna16_config(std::uint64_t bits, std::uint64_t group) {
+std::string wna16_config(std::uint64_t bits, std::uint64_t group,
+                         const std::string& actorder = "null") {
     return llama_config(R"({"quant_method": "compressed-tensors", "format": "pack-quantized",
         "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": )" +
                         std::to_string(bits) + R"(, "group_size": )" + std::to_string(group) +
-                        R"(, "strategy": "group", "symmetric": false, "type": "int"}}},
-        "ignore": ["lm_head"]})");
+                        R"(, "strategy": "group", "symmetric": false, "type": "int",
+                        "actorder": )" +
+                        actorder + R"(}}}, "ignore": ["lm_head"]})");
 }
 
 std::map<std::string, stored> wna16_llama(std::uint64_t group) {
@@ -523,6 +525,48 @@ TEST_CASE(
         },
         "columns of extent 32 cut 4 ways gives a rank the piece [0, 8), which is not in whole "
         "blocks of 16");
+    // Act order ("actorder": "group"): weight_g_idx [K] cut with K, every group's scales and
+    // zero points on every rank (vLLM's marlin_repeat_scales_on_all_ranks), so groups of 16
+    // at world 4 are fine.
+    auto act = g16;
+    std::mt19937_64 rng(21);
+    for (const auto& [n, dims] : linears())
+        act["model.layers.0." + n + ".weight_g_idx"] = random_stored(dtype::i32, {dims[1]}, rng);
+    temp_folder act_dir;
+    write(act_dir.path(), wna16_config(4, 16, "\"group\""), act);
+    for (std::uint32_t r = 0; r < 4; ++r) {
+        auto model = load<host_tensor>(act_dir.path().string(), {.rank = r, .world = 4});
+        for (const auto& [n, dims] : linears()) {
+            CAPTURE(n);
+            const std::string p = "model.layers.0." + n + ".";
+            const range_2d q = rank_range(n, 4, r);
+            CHECK(bytes_of(model.at(p + "weight_scale")) ==
+                  take(act.at(p + "weight_scale"), q.r0, q.r1, 0, dims[1] / 16));
+            CHECK(bytes_of(model.at(p + "weight_zero_point")) ==
+                  take(act.at(p + "weight_zero_point"), q.r0 / 8, q.r1 / 8, 0, dims[1] / 16));
+            CHECK(model.at(p + "weight_g_idx").shape() == shape{q.c1 - q.c0});
+            CHECK(bytes_of(model.at(p + "weight_g_idx")) ==
+                  take(act.at(p + "weight_g_idx"), q.c0, q.c1, 0, 1));
+        }
+    }
+    check_round_trip(act_dir.path(), act, 4);
+    // "weight" (the weights put back in order): no g_idx, groups along K as usual.
+    temp_folder weight_order;
+    write(weight_order.path(), wna16_config(4, 16, "\"weight\""), g16);
+    expect_error(
+        errc::invalid_layout,
+        [&] {
+            (void)load_plan::build(checkpoint::open(weight_order.path().string()), {0, 4});
+        },
+        "not in whole blocks of 16");
+    temp_folder bad_order;
+    write(bad_order.path(), wna16_config(4, 16, "\"sideways\""), g16);
+    expect_error(
+        errc::invalid_config,
+        [&] {
+            (void)load_plan::build(checkpoint::open(bad_order.path().string()), {0, 1});
+        },
+        "actorder' must be \"group\", \"weight\"");
     // 3 bits do not pack into 32.
     temp_folder dir3;
     write(dir3.path(), wna16_config(3, g), src);
@@ -591,12 +635,34 @@ TEST_CASE("quantization_config and hf_quant_config.json: each malformed field is
             bad{R"({"quant_method": "compressed-tensors", "config_groups": {
                      "a": {"weights": {"num_bits": 4, "group_size": 128}},
                      "b": {"weights": {"num_bits": 8, "group_size": 128}}}})",
-                "has groups of different num_bits or group_size (4/128 and 8/128)"},
+                "has groups of different num_bits, group_size or actorder (4/128 and 8/128)"},
+            bad{R"({"quant_method": "compressed-tensors", "config_groups": {
+                     "a": {"weights": {"num_bits": 4, "group_size": 128, "actorder": "group"}},
+                     "b": {"weights": {"num_bits": 4, "group_size": 128}}}})",
+                "has groups of different num_bits, group_size or actorder"},
+            bad{R"({"quant_method": "compressed-tensors",
+                     "config_groups": {"g": {"weights": {"num_bits": 4, "actorder": 1}}}})",
+                "'quantization_config.config_groups.g.weights.actorder' must be \"group\""},
+            bad{R"({"quant_method": "gptq", "desc_act": "yes"})",
+                "'quantization_config.desc_act' must be true or false, found a string"},
         }) {
         CAPTURE(b.q);
         expect_error(
             errc::invalid_config, [&] { (void)parse_model_config(config_with(b.q)); }, b.says);
     }
+
+    // Act order: GPTQ's desc_act, compressed-tensors' actorder "group" (or true, "dynamic").
+    for (const char* q : {R"({"quant_method": "gptq", "desc_act": true})",
+                          R"({"quant_method": "compressed-tensors", "config_groups": {"g":
+                                {"weights": {"num_bits": 4, "actorder": "group"}}}})",
+                          R"({"quant_method": "compressed-tensors", "config_groups": {"g":
+                                {"weights": {"num_bits": 4, "actorder": true}}}})"}) {
+        CAPTURE(q);
+        CHECK(parse_model_config(config_with(q)).quantization->act_order);
+    }
+    CHECK_FALSE(parse_model_config(config_with(R"({"quant_method": "compressed-tensors",
+                    "config_groups": {"g": {"weights": {"actorder": "weight"}}}})"))
+                    .quantization->act_order);
 
     // hf_quant_config.json: read where config.json says no quantization_config.
     config_file c = config_file::parse(config_with("null"));

@@ -24,8 +24,9 @@ struct quantization_config {
     // Bits of a quantized integer weight (GPTQ/AWQ "bits", compressed-tensors' num_bits); 0:
     // none given.
     std::uint64_t bits = 0;
-    // GPTQ's desc_act (act order: g_idx not monotone along K).
-    bool desc_act = false;
+    // Act order: the groups numbered by a g_idx, not by place along K (GPTQ's desc_act,
+    // compressed-tensors' actorder "group").
+    bool act_order = false;
     // AWQ's "version" ("gemm", "gemv", ...); empty: none given.
     std::string version;
     friend bool operator==(const quantization_config&, const quantization_config&) = default;

@@ -349,8 +349,8 @@ private:
             fail("'quantization_config' has no 'quant_method'");
     }
 
-    // compressed-tensors' config_groups: each group's "weights" (num_bits, group_size); the
-    // groups must agree (a checkpoint of several weight formats is not cut yet).
+    // compressed-tensors' config_groups: each group's "weights" (num_bits, group_size,
+    // actorder); the groups must agree (a checkpoint of several weight formats is not cut yet).
     static void config_groups_into(quantization_config& out, simdjson::dom::element groups,
                                    const std::string& where, const std::string& file) {
         auto fail = [&](const std::string& msg) {
@@ -359,30 +359,55 @@ private:
         simdjson::dom::object o;
         if (groups.get_object().get(o) != simdjson::SUCCESS)
             fail("'" + where + "' must be an object");
-        std::optional<std::pair<std::uint64_t, std::uint64_t>> seen;
+        struct weights {
+            std::uint64_t bits = 0, group = 0;
+            bool act_order = false;
+            bool operator==(const weights&) const = default;
+        };
+        std::optional<weights> seen;
         for (const auto g : o) {
             const std::string at = where + "." + std::string(g.key) + ".weights";
             simdjson::dom::element w;
             if (g.value.at_key("weights").get(w) != simdjson::SUCCESS || w.is_null()) continue;
             if (!w.is_object()) fail("'" + at + "' must be an object");
-            std::uint64_t bits = 0, group = 0;
+            weights v;
             simdjson::dom::element e;
             if (w.at_key("num_bits").get(e) == simdjson::SUCCESS && !e.is_null() &&
-                (!detail::json_to_uint64(e, bits) || bits == 0 || bits > 64))
+                (!detail::json_to_uint64(e, v.bits) || v.bits == 0 || v.bits > 64))
                 fail("'" + at + ".num_bits' must be an integer from 1 to 64");
             if (w.at_key("group_size").get(e) == simdjson::SUCCESS && !e.is_null() &&
-                (!detail::json_to_uint64(e, group) || group == 0))
+                (!detail::json_to_uint64(e, v.group) || v.group == 0))
                 fail("'" + at + ".group_size' must be a positive integer or null");
-            if (seen && *seen != std::pair{bits, group})
-                fail("'" + where + "' has groups of different num_bits or group_size (" +
-                     std::to_string(seen->first) + "/" + std::to_string(seen->second) + " and " +
-                     std::to_string(bits) + "/" + std::to_string(group) +
+            if (w.at_key("actorder").get(e) == simdjson::SUCCESS && !e.is_null())
+                v.act_order = act_order_of(e, at + ".actorder", fail);
+            if (seen && *seen != v)
+                fail("'" + where + "' has groups of different num_bits, group_size or actorder (" +
+                     std::to_string(seen->bits) + "/" + std::to_string(seen->group) + " and " +
+                     std::to_string(v.bits) + "/" + std::to_string(v.group) +
                      "), which no plan cuts yet");
-            seen = std::pair{bits, group};
+            seen = v;
         }
         if (!seen) return;
-        if (out.bits == 0) out.bits = seen->first;
-        if (out.group_size == 0) out.group_size = seen->second;
+        if (out.bits == 0) out.bits = seen->bits;
+        if (out.group_size == 0) out.group_size = seen->group;
+        out.act_order = out.act_order || seen->act_order;
+    }
+
+    // compressed-tensors' "actorder": "group" (or its alias "dynamic", or the older true): the
+    // groups are numbered by weight_g_idx; "weight" ("static", false): the weights were put
+    // back in order, no g_idx. Anything else is refused.
+    template <class Fail>
+    static bool act_order_of(simdjson::dom::element e, const std::string& at, Fail&& fail) {
+        bool b = false;
+        if (e.get_bool().get(b) == simdjson::SUCCESS) return b;
+        std::string_view s;
+        if (e.get_string().get(s) == simdjson::SUCCESS) {
+            if (s == "group" || s == "dynamic") return true;
+            if (s == "weight" || s == "static") return false;
+        }
+        fail("'" + at +
+             "' must be \"group\", \"weight\", \"dynamic\", \"static\", a boolean or null");
+        return false;
     }
 
     // The fields of a quantization object `q` (`where` names it in errors, `file` the file).
@@ -411,7 +436,7 @@ private:
         out.version = text("version");
         simdjson::dom::element act;
         if (q.at_key("desc_act").get(act) == simdjson::SUCCESS && !act.is_null() &&
-            act.get_bool().get(out.desc_act) != simdjson::SUCCESS)
+            act.get_bool().get(out.act_order) != simdjson::SUCCESS)
             fail("'" + where + ".desc_act' must be true or false, found " +
                  std::string(detail::json_type_name(act.type())));
         simdjson::dom::element g;

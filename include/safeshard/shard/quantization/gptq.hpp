@@ -22,7 +22,7 @@ namespace safeshard {
 // The K dim of GPTQ's scales and zeros: blocks of group_size values (held all on every rank
 // under act order), or one entry for the whole of K (per channel).
 [[nodiscard]] constexpr companion_dim gptq_groups(const quantization_config& q) noexcept {
-    return q.group_size ? companion_dim{q.group_size, q.desc_act} : companion_dim{0};
+    return q.group_size ? companion_dim{q.group_size, q.act_order} : companion_dim{0};
 }
 
 inline constexpr std::array<companion_spec, 3> gptq_companions = {{

@@ -7,9 +7,11 @@
 //    channel (strategy "channel": no group_size);
 //  - `weight_zero_point` I32 [N / p, K / group] (asymmetric only), packed along N: a rank's
 //    rows must be whole words of p rows, as vLLM requires of the output partition;
-//  - `weight_shape` I64 [2], the logical shape: every rank holds it as stored.
-// A rank's share of K must be whole groups (and whole words); act-order's `weight_g_idx` is
-// not planned yet (an unexpected name).
+//  - `weight_shape` I64 [2], the logical shape: every rank holds it as stored;
+//  - `weight_g_idx` I32 [K] (actorder "group"), each input channel's group, cut with K.
+// A rank's share of K must be whole groups (and whole words); under act order the groups are
+// weight_g_idx's, not K's: every rank holds all of them (vLLM's
+// marlin_repeat_scales_on_all_ranks), and only weight_packed and weight_g_idx are cut on K.
 #pragma once
 
 #include <array>
@@ -20,11 +22,24 @@
 
 namespace safeshard {
 
-inline constexpr std::array<companion_spec, 3> wna16_companions = {{
-    {"weight_scale"},
-    {"weight_zero_point",
+// The K dim of the scales and zero points: blocks of group_size values (held all on every
+// rank under act order), or one entry for the whole of K (per channel).
+[[nodiscard]] constexpr companion_dim wna16_groups(const quantization_config& q) noexcept {
+    return q.group_size ? companion_dim{q.group_size, q.act_order} : companion_dim{0};
+}
+
+inline constexpr std::array<companion_spec, 4> wna16_companions = {{
+    {"weight_scale", nullptr,
      [](const quantization_config& q) {
-         return scale_block{values_per_word(q), q.group_size};
+         return companion_grid{{1}, wna16_groups(q)};
+     }},
+    {"weight_zero_point", nullptr,
+     [](const quantization_config& q) {
+         return companion_grid{{values_per_word(q)}, wna16_groups(q)};
+     }},
+    {"weight_g_idx", nullptr,
+     [](const quantization_config&) {
+         return companion_grid{{0}, {1}};
      }},
     {"weight_shape", nullptr,
      [](const quantization_config&) {
