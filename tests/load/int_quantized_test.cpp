@@ -241,11 +241,8 @@ TEST_CASE("AWQ (GEMM): words along N, group scales and zeros, every rank; the re
     i40[d + "qweight"] = random_stored(dtype::i32, {40, H / 8}, rng);
     i40[d + "scales"] = random_stored(dtype::f16, {40 / g, H}, rng);
     i40[d + "qzeros"] = random_stored(dtype::i32, {40 / g, H / 8}, rng);
-    std::string config = awq_config(g);
-    const std::string i64 = "\"intermediate_size\": 64";
-    config.replace(config.find(i64), i64.size(), "\"intermediate_size\": 40");
     temp_dir dir40;
-    write(dir40.path(), config, i40);
+    write(dir40.path(), with_intermediate_size(awq_config(g), 40), i40);
     (void)load_plan::build(checkpoint::open(dir40.path().string()), {0, 1});  // whole: fine
     expect_error(
         errc::invalid_layout,

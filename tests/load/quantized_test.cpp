@@ -401,11 +401,11 @@ TEST_CASE("NVFP4: a packed weight whose rank share splits a byte is refused, nam
     }
     src["model.layers.0.mlp.down_proj.weight"] = random_stored(dtype::u8, {H, 31}, rng);
     src["model.layers.0.mlp.down_proj.weight_scale"] = random_stored(dtype::f8_e4m3, {H, 4}, rng);
-    std::string config = llama_config(R"({"quant_method": "modelopt", "quant_algo": "NVFP4"})");
-    const std::string i64 = "\"intermediate_size\": 64";
-    config.replace(config.find(i64), i64.size(), "\"intermediate_size\": 62");
     temp_folder dir;
-    write(dir.path(), config, src);
+    write(dir.path(),
+          with_intermediate_size(
+              llama_config(R"({"quant_method": "modelopt", "quant_algo": "NVFP4"})"), 62),
+          src);
     (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 1});  // whole: fine
     expect_error(
         errc::invalid_layout,

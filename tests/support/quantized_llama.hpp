@@ -74,6 +74,13 @@ inline std::string llama_config(const std::string& quantization) {
            quantization + "}";
 }
 
+// `config` (llama_config's) with another intermediate size.
+inline std::string with_intermediate_size(std::string config, std::uint64_t n) {
+    const std::string i = "\"intermediate_size\": " + std::to_string(I);
+    config.replace(config.find(i), i.size(), "\"intermediate_size\": " + std::to_string(n));
+    return config;
+}
+
 inline const std::vector<std::pair<std::string, std::vector<std::uint64_t>>>& linears() {
     static const std::vector<std::pair<std::string, std::vector<std::uint64_t>>> v = {
         {"self_attn.q_proj", {q_heads * head_size, H}},

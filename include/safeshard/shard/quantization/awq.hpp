@@ -17,18 +17,14 @@
 
 namespace safeshard {
 
-[[nodiscard]] constexpr companion_dim awq_groups(const quantization_config& q) noexcept {
-    return q.group_size ? companion_dim{q.group_size} : companion_dim{0};
-}
-
 inline constexpr std::array<companion_spec, 2> awq_companions = {{
     {"scales", nullptr,
      [](const quantization_config& q) {
-         return companion_grid{{1}, awq_groups(q), true};
+         return companion_grid{{1}, group_dim(q.group_size), true};
      }},
     {"qzeros", nullptr,
      [](const quantization_config& q) {
-         return companion_grid{{values_per_word(q)}, awq_groups(q), true};
+         return companion_grid{{values_per_word(q)}, group_dim(q.group_size), true};
      }},
 }};
 

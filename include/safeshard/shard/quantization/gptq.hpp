@@ -19,20 +19,14 @@
 
 namespace safeshard {
 
-// The K dim of GPTQ's scales and zeros: blocks of group_size values (held all on every rank
-// under act order), or one entry for the whole of K (per channel).
-[[nodiscard]] constexpr companion_dim gptq_groups(const quantization_config& q) noexcept {
-    return q.group_size ? companion_dim{q.group_size, q.act_order} : companion_dim{0};
-}
-
 inline constexpr std::array<companion_spec, 3> gptq_companions = {{
     {"scales", nullptr,
      [](const quantization_config& q) {
-         return companion_grid{{1}, gptq_groups(q), true};
+         return companion_grid{{1}, group_dim(q.group_size, q.act_order), true};
      }},
     {"qzeros", nullptr,
      [](const quantization_config& q) {
-         return companion_grid{{values_per_word(q)}, gptq_groups(q), true};
+         return companion_grid{{values_per_word(q)}, group_dim(q.group_size, q.act_order), true};
      }},
     {"g_idx", nullptr,
      [](const quantization_config&) {

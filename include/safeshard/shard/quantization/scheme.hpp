@@ -78,6 +78,14 @@ inline constexpr std::array<std::string_view, 2> kv_cache_scales = {"k_scale", "
     return 32 % bits == 0 ? 32 / bits : 0;
 }
 
+// The K dim of an integer scheme's scales and zero points (GPTQ, AWQ, compressed-tensors
+// pack-quantized): blocks of `group_size` values, held all on every rank under act order (the
+// groups numbered by a g_idx, not by place), or one entry for the whole of K (per channel: 0).
+[[nodiscard]] constexpr companion_dim group_dim(std::uint64_t group_size,
+                                                bool act_order = false) noexcept {
+    return group_size ? companion_dim{group_size, act_order} : companion_dim{0};
+}
+
 // The block of companion c's grid (of scheme s) for a checkpoint of quantization_config q.
 [[nodiscard]] inline scale_block scale_block_of(const quantization_scheme& s,
                                                 const companion_spec& c,

@@ -22,20 +22,14 @@
 
 namespace safeshard {
 
-// The K dim of the scales and zero points: blocks of group_size values (held all on every
-// rank under act order), or one entry for the whole of K (per channel).
-[[nodiscard]] constexpr companion_dim wna16_groups(const quantization_config& q) noexcept {
-    return q.group_size ? companion_dim{q.group_size, q.act_order} : companion_dim{0};
-}
-
 inline constexpr std::array<companion_spec, 4> wna16_companions = {{
     {"weight_scale", nullptr,
      [](const quantization_config& q) {
-         return companion_grid{{1}, wna16_groups(q)};
+         return companion_grid{{1}, group_dim(q.group_size, q.act_order)};
      }},
     {"weight_zero_point", nullptr,
      [](const quantization_config& q) {
-         return companion_grid{{values_per_word(q)}, wna16_groups(q)};
+         return companion_grid{{values_per_word(q)}, group_dim(q.group_size, q.act_order)};
      }},
     {"weight_g_idx", nullptr,
      [](const quantization_config&) {
