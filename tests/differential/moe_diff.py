@@ -9,7 +9,7 @@ merge must give the original tensors bit for bit.
 The first six architectures below are exported twice: with one tensor per expert, and with
 each layer's experts stacked (below), the same weights in both; and each of those twice more
 with --fuse-experts (the engine's fused experts, below). gpt_oss is exported in its own
-stacked form only, llama4 in its stacked form twice: as a text model, and nested in a
+stacked form, BF16 and as published (MXFP4, below), llama4 in its stacked form twice: as a text model, and nested in a
 multimodal checkpoint; --fuse-experts is refused for both (their [E, H, 2I] would need a
 transpose).
 
@@ -26,7 +26,12 @@ transformers' modeling_gpt_oss.py and modeling_llama4.py and vLLM's gpt_oss.py a
   even columns: gate_up[..., ::2]), mlp.experts.gate_up_proj_bias [E, 2I] likewise,
   mlp.experts.down_proj [E, I, H], mlp.experts.down_proj_bias [E, H]; the router
   mlp.router.weight / .bias; q/k/v/o_proj biases; self_attn.sinks [nh]; head_dim with
-  nh * head_dim != H;
+  nh * head_dim != H; and as published (quant_method mxfp4): the experts output-major as
+  MXFP4, gate_up_proj_blocks uint8 [E, 2I, H/32, 16] (gate and up interleaved on the rows),
+  gate_up_proj_scales [E, 2I, H/32], down_proj_blocks [E, H, I/32, 16], down_proj_scales
+  [E, H, I/32], the BF16 biases beside, cut as vLLM's gpt_oss.py _load_weights_mxfp4 cuts
+  them (mxfp4_expected, its statements transcribed: cdiv(I/32, W) whole blocks a rank, the
+  last ranks fewer, zero-padded, the same range for gate_up's rows and down's K blocks);
 - llama4: config.json either llama4_text (the text model alone, names model.*, lm_head.*) or
   the published multimodal nesting (model_type llama4, Llama4ForConditionalGeneration, the
   text model's fields in text_config, a vision_config beside), where every text tensor is
@@ -288,10 +293,18 @@ def attention(t, a, hidden, heads, kv, head_dim, bias):
         t[a + "o_proj.bias"] = weight(hidden)
 
 
-def build_gpt_oss(world):
-    """A tiny gpt_oss checkpoint for `world` ranks, in its only (stacked) form: every layer
-    with experts, gate and up interleaved in gate_up_proj [E, H, 2I], biases everywhere."""
+def mxfp4_bytes(*shape):
+    """Random uint8 codes of every value (E2M1 pairs, E8M0 exponents, 0 included)."""
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def build_gpt_oss(world, mxfp4=False):
+    """A tiny gpt_oss checkpoint for `world` ranks, stacked: every layer with experts, gate and
+    up interleaved in gate_up_proj [E, H, 2I], biases everywhere; or (mxfp4) as published,
+    the experts as MXFP4 blocks and scales of an intermediate size of 5 blocks of 32."""
     heads, head_dim, hidden, inter = 2 * world, 8, 24, 4 * world  # nh * hd != H, as published
+    if mxfp4:
+        hidden, inter = 64, 5 * 32
     kv = 2 * world if world % 2 else world // 2  # above the world on odd worlds, below on even
     vocab, layers = VOCAB_MULTIPLE * world - 11, 2
     cfg = {"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
@@ -313,14 +326,26 @@ def build_gpt_oss(world):
         t[p + "self_attn.sinks"] = weight(heads)
         t[p + "mlp.router.weight"] = weight(e, hidden)
         t[p + "mlp.router.bias"] = weight(e)
-        t[p + "mlp.experts.gate_up_proj"] = weight(e, hidden, 2 * inter)
+        if mxfp4:  # output-major: [E, N, K/32, 16] and [E, N, K/32]
+            t[p + "mlp.experts.gate_up_proj_blocks"] = mxfp4_bytes(e, 2 * inter, hidden // 32, 16)
+            t[p + "mlp.experts.gate_up_proj_scales"] = mxfp4_bytes(e, 2 * inter, hidden // 32)
+            t[p + "mlp.experts.down_proj_blocks"] = mxfp4_bytes(e, hidden, inter // 32, 16)
+            t[p + "mlp.experts.down_proj_scales"] = mxfp4_bytes(e, hidden, inter // 32)
+        else:
+            t[p + "mlp.experts.gate_up_proj"] = weight(e, hidden, 2 * inter)
+            t[p + "mlp.experts.down_proj"] = weight(e, inter, hidden)
         t[p + "mlp.experts.gate_up_proj_bias"] = weight(e, 2 * inter)
-        t[p + "mlp.experts.down_proj"] = weight(e, inter, hidden)
         t[p + "mlp.experts.down_proj_bias"] = weight(e, hidden)
     t["model.norm.weight"] = weight(hidden)
     t["lm_head.weight"] = weight(vocab, hidden)
+    if mxfp4:
+        cfg["quantization_config"] = {
+            "quant_method": "mxfp4",
+            "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                       "model.embed_tokens", "lm_head"]}
     m = {"arch": "gpt_oss", "mla": False, "heads": heads, "kv": kv, "head_dim": head_dim,
-         "layers": layers, "mtp": 0, "experts": e, "prefix": ""}
+         "layers": layers, "mtp": 0, "experts": e, "prefix": "", "mxfp4": mxfp4,
+         "inter": inter}
     return cfg, t, m
 
 
@@ -414,6 +439,8 @@ STACKED = re.compile(r"\.mlp\.experts\.(gate_up_proj|down_proj)$")
 # gpt_oss and llama4: [E, H, 2I] and [E, I, H], the transpose of transformers v5's stacking.
 FUSED = re.compile(r"\.(?:mlp|feed_forward)\.experts\."
                    r"(gate_up_proj|gate_up_proj_bias|down_proj|down_proj_bias)$")
+MXFP4 = re.compile(r"\.mlp\.experts\.(gate_up_proj_blocks|gate_up_proj_scales|gate_up_proj_bias|"
+                   r"down_proj_blocks|down_proj_scales|down_proj_bias)$")
 PROJECTION = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up",
               "down_proj": "down"}
 
@@ -445,12 +472,43 @@ REPLICATED = ("norm.weight", ".mlp.gate.weight", "block_sparse_moe.gate.weight",
 VOCAB = ("embed_tokens.weight", "lm_head.weight", "shared_head.head.weight")
 
 
+def padded(a, axis, size):
+    """a with zeros appended along axis up to size."""
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, size - a.shape[axis])
+    return np.pad(a, pad)
+
+
+def mxfp4_expected(kind, held, inter, w, pos):
+    """gpt-oss's MXFP4 experts as vLLM's _load_weights_mxfp4 cuts them for TP rank pos of w
+    (gpt_oss.py; its parameters are allocated zeroed at the padded size and the narrowed
+    weight copied to their start)."""
+    if kind == "down_proj_bias":
+        return held  # row-parallel: whole
+    per = -(-(inter // 32) // w) * 32  # per_rank_intermediate_size = cdiv(I // 32, tp) * 32
+    start, end = pos * per, min((pos + 1) * per, inter)
+    e = held.shape[0]
+    if kind == "gate_up_proj_blocks":
+        cut = held.reshape(e, 2 * inter, -1)[:, 2 * start:2 * end, ...]
+        return padded(cut, 1, 2 * per).reshape(e, 2 * per, *held.shape[2:])
+    if kind in ("gate_up_proj_scales", "gate_up_proj_bias"):
+        return padded(held[:, 2 * start:2 * end, ...], 1, 2 * per)
+    if kind == "down_proj_blocks":
+        cut = held.reshape(e, -1, inter // 2)[..., start // 2:end // 2]
+        return padded(cut, 2, per // 2).reshape(e, held.shape[1], per // 32, 16)
+    return padded(held[..., start // 32:end // 32], 2, per // 32)  # down_proj_scales
+
+
 def expected(name, t, m, world, ep, placement, r):
     """The slice of rank r, or None where the rank does not hold the tensor."""
     w = world // ep
     group, pos = divmod(r, w)
     if m["prefix"] and not name.startswith(m["prefix"]):
         return t  # outside the text model (llama4's vision tower and projector): whole
+    x = MXFP4.search(name) if m.get("mxfp4") else None
+    if x:
+        held = t[[e for e in range(t.shape[0]) if owns(group, e, ep, placement, m["experts"])]]
+        return mxfp4_expected(x.group(1), held, m["inter"], w, pos)
     f = FUSED.search(name) if m["arch"] in ("gpt_oss", "llama4") else None
     if f:  # [E, H, 2I], [E, 2I], [E, I, H] or [E, H]: the group's experts, each cut to part pos
         held = t[[e for e in range(t.shape[0]) if owns(group, e, ep, placement, m["experts"])]]
@@ -652,23 +710,23 @@ def export_and_merge(src, tmp, m, tensors, world, ep, placement, mtp, form, fuse
 def forms(arch, world):
     """The checkpoints of `arch` for `world` ranks: form -> (config, tensors, oracle sizes)."""
     if arch == "gpt_oss":
-        return {"stacked": build_gpt_oss(world)}
+        return {"stacked": build_gpt_oss(world), "mxfp4": build_gpt_oss(world, True)}
     if arch == "llama4":
         return {"stacked": build_llama4(world, False), "multimodal": build_llama4(world, True)}
     cfg, per_expert, m = build(arch, world)
     return {"per-expert": (cfg, per_expert, m), "stacked": (cfg, stacked(per_expert), m)}
 
 
-def refuses_fusing(src, arch):
+def refuses_fusing(src, arch, why):
     """gpt_oss and llama4: --fuse-experts is a usage error (exit 2) that says why."""
     p = subprocess.run([EXE, "plan", src, "--tp", "2", "--fuse-experts"],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    check(p.returncode == 2 and "transpose" in p.stdout,
+    check(p.returncode == 2 and why in p.stdout,
           f"{arch}: plan --fuse-experts exited {p.returncode}: {p.stdout.strip()[:300]}")
 
 
 started = time.monotonic()
-runs = {"per-expert": 0, "stacked": 0, "multimodal": 0, "per-expert fused": 0, "stacked fused": 0}
+runs = {"per-expert": 0, "stacked": 0, "mxfp4": 0, "multimodal": 0, "per-expert fused": 0, "stacked fused": 0}
 compared = 0
 with tempfile.TemporaryDirectory() as tmp:
     for arch in ARCHS:
@@ -682,7 +740,8 @@ with tempfile.TemporaryDirectory() as tmp:
                     json.dump(cfg, f, indent=2)
                 fusable = arch not in ("gpt_oss", "llama4")
                 if not fusable and world == 2:
-                    refuses_fusing(src, arch)
+                    refuses_fusing(src, arch, "stacked in the engine's order already"
+                                   if m.get("mxfp4") else "transpose")
                 for ep in sorted({e for e in (1, 2, world)
                                   if world % e == 0 and e <= m["experts"]}):
                     for placement in ["linear"] if ep == 1 else ["linear", "round_robin"]:

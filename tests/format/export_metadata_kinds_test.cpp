@@ -24,7 +24,8 @@ std::optional<layout> sample(layout_kind k) {
     const std::uint64_t sizes[] = {6, 10}, units[] = {2, 1};
     for (const layout& l :
          {make_replicated(), make_split(1, 2), make_padded_split(0, 32), make_strided_split(1, 3),
-          make_fused(0, sizes, 2, units), make_gqa_qkv(kv_interleaved, 8, 2, 4, gqa_part::k, 2),
+          make_ceil_split(1, 4), make_fused(0, sizes, 2, units),
+          make_gqa_qkv(kv_interleaved, 8, 2, 4, gqa_part::k, 2),
           make_gqa_o(kv_interleaved, 8, 2, 4, 2)})
         if (l.kind == k) return l;
     return std::nullopt;

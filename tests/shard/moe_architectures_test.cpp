@@ -148,42 +148,65 @@ TEST_CASE("mixture-of-experts shapes config.json implies are the published ones"
           std::vector<std::uint64_t>{4096, 14336});
 }
 
-TEST_CASE("gpt-oss-20b: the schema names the published tensors, MXFP4 experts as their BF16 form") {
+TEST_CASE("gpt-oss-20b: the schema names the published tensors, MXFP4 experts as stored") {
     // The published checkpoint stores the experts in MXFP4 (tests/data/moe/README.md,
-    // "gpt_oss"): gate_up_proj_blocks / _scales for gate_up_proj, down_proj_blocks / _scales
-    // for down_proj. The table reads the BF16 form (transformers' GptOssExperts parameters).
+    // "gpt_oss"): gate_up_proj_blocks / _scales, down_proj_blocks / _scales, and config.json
+    // says quant_method mxfp4, which switches the table to them.
     const std::string folder = "openai__gpt-oss-20b";
     const model_config c = load_model_config(data / folder / "config.json");
     CHECK(c.model_type == "gpt_oss");
     CHECK(c.num_experts == 32);
+    REQUIRE(c.quantization);
+    CHECK(c.quantization->quant_method == "mxfp4");
+    auto compare = [](const std::set<std::string>& want, const std::set<std::string>& got) {
+        std::vector<std::string> missing, extra;
+        std::set_difference(want.begin(), want.end(), got.begin(), got.end(),
+                            std::back_inserter(missing));
+        std::set_difference(got.begin(), got.end(), want.begin(), want.end(),
+                            std::back_inserter(extra));
+        CHECK_MESSAGE(missing.empty(), "stored, not in the schema: " << missing.front());
+        CHECK_MESSAGE(extra.empty(), "in the schema, not stored: " << extra.front());
+    };
+    const std::set<std::string> stored = stored_names(folder);
+    CHECK(stored.size() == 24 * 19 + 3);
+    compare(stored, schema_names(c));
+    // MXFP4 shapes: output-major, K in blocks of 32 values of 16 bytes, one scale a block.
+    CHECK(implied(c, "model.layers.3.mlp.experts.gate_up_proj_blocks") ==
+          std::vector<std::uint64_t>{32, 5760, 90, 16});
+    CHECK(implied(c, "model.layers.3.mlp.experts.gate_up_proj_scales") ==
+          std::vector<std::uint64_t>{32, 5760, 90});
+    CHECK(implied(c, "model.layers.3.mlp.experts.down_proj_blocks") ==
+          std::vector<std::uint64_t>{32, 2880, 90, 16});
+    CHECK(implied(c, "model.layers.3.mlp.experts.down_proj_scales") ==
+          std::vector<std::uint64_t>{32, 2880, 90});
+    CHECK(implied(c, "model.layers.3.mlp.experts.gate_up_proj_bias") ==
+          std::vector<std::uint64_t>{32, 5760});
+
+    // The same model in BF16 (no quantization_config): the parameters transformers'
+    // GptOssExperts declares, gate_up_proj [E, H, 2I] and down_proj [E, I, H].
+    model_config bf16 = c;
+    bf16.quantization.reset();
     std::set<std::string> want;
-    for (std::string n : stored_names(folder)) {
+    for (std::string n : stored) {
         if (n.ends_with("_scales")) continue;
         if (n.ends_with("_blocks")) n.resize(n.size() - 7);
         want.insert(n);
     }
-    const std::set<std::string> got = schema_names(c);
+    const std::set<std::string> got = schema_names(bf16);
     CHECK(got.size() == 24 * 17 + 3);  // 19 published a layer, less the two MXFP4 scales
-    std::vector<std::string> missing, extra;
-    std::set_difference(want.begin(), want.end(), got.begin(), got.end(),
-                        std::back_inserter(missing));
-    std::set_difference(got.begin(), got.end(), want.begin(), want.end(),
-                        std::back_inserter(extra));
-    CHECK_MESSAGE(missing.empty(), "stored, not in the schema: " << missing.front());
-    CHECK_MESSAGE(extra.empty(), "in the schema, not stored: " << extra.front());
-    // BF16 shapes: gate and up interleaved on the last dim of [E, H, 2I]; sinks per head.
-    CHECK(implied(c, "model.layers.3.mlp.experts.gate_up_proj") ==
+    compare(want, got);
+    CHECK(implied(bf16, "model.layers.3.mlp.experts.gate_up_proj") ==
           std::vector<std::uint64_t>{32, 2880, 5760});
-    CHECK(implied(c, "model.layers.3.mlp.experts.gate_up_proj_bias") ==
+    CHECK(implied(bf16, "model.layers.3.mlp.experts.gate_up_proj_bias") ==
           std::vector<std::uint64_t>{32, 5760});
-    CHECK(implied(c, "model.layers.3.mlp.experts.down_proj") ==
+    CHECK(implied(bf16, "model.layers.3.mlp.experts.down_proj") ==
           std::vector<std::uint64_t>{32, 2880, 2880});
-    CHECK(implied(c, "model.layers.3.mlp.experts.down_proj_bias") ==
+    CHECK(implied(bf16, "model.layers.3.mlp.experts.down_proj_bias") ==
           std::vector<std::uint64_t>{32, 2880});
-    CHECK(implied(c, "model.layers.3.self_attn.sinks") == std::vector<std::uint64_t>{64});
-    CHECK(implied(c, "model.layers.3.self_attn.q_proj.weight") ==
+    CHECK(implied(bf16, "model.layers.3.self_attn.sinks") == std::vector<std::uint64_t>{64});
+    CHECK(implied(bf16, "model.layers.3.self_attn.q_proj.weight") ==
           std::vector<std::uint64_t>{4096, 2880});
-    CHECK(implied(c, "model.layers.3.mlp.router.bias") == std::vector<std::uint64_t>{32});
+    CHECK(implied(bf16, "model.layers.3.mlp.router.bias") == std::vector<std::uint64_t>{32});
 }
 
 TEST_CASE("Llama-4-Scout: the schema names the published text model under language_model.") {

@@ -75,6 +75,18 @@ std::vector<dim_source> oracle(const layout& l, const std::vector<std::uint64_t>
             }
             break;
         }
+        case layout_kind::ceil_split: {  // vLLM's cdiv(units, world) units a rank
+            const std::uint64_t u = l.units[0], units = ext[0] / u;
+            const std::uint64_t loc = (units + w - 1) / w * u;
+            for (std::uint64_t i = 0; i < loc; ++i) {
+                const std::uint64_t g = r * loc + i;
+                if (g < ext[0])
+                    out.emplace_back(std::pair{std::uint8_t{0}, g});
+                else
+                    out.emplace_back(std::nullopt);
+            }
+            break;
+        }
         case layout_kind::strided_split: {
             const std::uint64_t piece = ext[0] / (w * l.stride);
             for (std::uint64_t i = 0; i < piece * l.stride; ++i)
@@ -165,6 +177,10 @@ case_t random_case(rng& g, layout_kind kind) {
         case layout_kind::padded_split:
             c.l = make_padded_split(dim, w * pick(g, 1, 3));
             along = pick(g, 1, 40);
+            break;
+        case layout_kind::ceil_split:  // any count of units, more ranks than units too
+            c.l = make_ceil_split(dim, pick(g, 1, 4));
+            along = c.l.units[0] * pick(g, 1, 20);
             break;
         case layout_kind::strided_split:
             c.l = make_strided_split(dim, pick(g, 1, 4));
@@ -330,7 +346,7 @@ TEST_CASE("property: every layout over random shapes, element sizes and worlds 1
     const layout_kind kinds[] = {layout_kind::replicated,   layout_kind::split,
                                  layout_kind::padded_split, layout_kind::strided_split,
                                  layout_kind::fused,        layout_kind::gqa_qkv,
-                                 layout_kind::gqa_o};
+                                 layout_kind::gqa_o,        layout_kind::ceil_split};
     const std::size_t sizes[] = {1, 2, 4, 8};  // u8/f8, bf16, f32, f64 widths
     for (const auto kind : kinds) {
         CAPTURE(to_string(kind));

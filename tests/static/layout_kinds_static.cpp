@@ -12,11 +12,12 @@ consteval bool all_model_the_concept(layout_kind_list<Kinds...>) {
     return (layout_kind_traits<Kinds> && ...);
 }
 static_assert(all_model_the_concept(layout_kinds{}));
-static_assert(layout_kinds::size == 7);
+static_assert(layout_kinds::size == 8);
 
 // Each kind's traits carry the id its factories put in the value.
 static_assert(split_kind::id == make_split(0).kind);
 static_assert(padded_split_kind::id == make_padded_split(0).kind);
+static_assert(ceil_split_kind::id == make_ceil_split(0, 32).kind);
 static_assert(strided_split_kind::id == make_strided_split(0, 2).kind);
 static_assert(fused_kind::id == make_fused(0).kind);
 static_assert(gqa_qkv_kind::id == make_gqa_qkv(kv_contiguous, 8, 2, 4).kind);

@@ -158,20 +158,22 @@ inline std::vector<std::byte> bytes_of(const host_tensor& x) {
 // merge gives back every tensor of `src`, bit for bit, and nothing else.
 inline void check_round_trip(const std::filesystem::path& in,
                              const std::map<std::string, stored>& src, std::uint32_t world,
-                             const schema_options& schema = {}) {
+                             const schema_options& schema = {}, expert_parallel experts = {}) {
     CAPTURE(world);
+    CAPTURE(experts.ep);
     temp_dir out;
     export_options o;
     o.world = world;
+    o.experts = experts;
     o.plan.schema = schema;
     (void)export_checkpoint(checkpoint::open(in.string()), out.path() / "ex", o);
     for (std::uint32_t r = 0; r < world; ++r) {
         CAPTURE(r);
-        load_options lo{.rank = r, .world = world};
+        load_options lo{.rank = r, .world = world, .experts = experts};
         lo.plan.schema = schema;
         auto direct = load<host_tensor>(in.string(), lo);
         auto back = load<host_tensor>((out.path() / "ex" / export_rank_folder(r)).string(),
-                                      {.rank = r, .world = world});
+                                      {.rank = r, .world = world, .experts = experts});
         CHECK(back.size() == direct.size());
         for (const std::string& n : direct.names()) {
             CAPTURE(n);

@@ -326,12 +326,10 @@ private:
             }
             t.sources = {export_source{t.name, t.global, source_dtype}};
         }
-        if (t.stacked_experts != 0) {
-            check_stacked(t, where);
-            return;
-        }
-        if (const auto v =
-                valid_rows(t.layout, t.global, t.local, cut_place(m, t, m.rank).position))
+        if (t.stacked_experts != 0) check_stacked(t, where);
+        if (const auto v = slab_valid_rows(t.layout, t.global, t.local,
+                                           cut_place(m, t, m.rank).position,
+                                           t.stacked_experts != 0))
             std::tie(t.valid_begin, t.valid_end) = *v;
     }
 
@@ -464,7 +462,7 @@ private:
     }
 
     // Stacked experts: every source stacks them on dim 0 (gathered: each names its expert by
-    // "{e}", once), and the cut is no kind that pads.
+    // "{e}", once).
     void check_stacked(const export_tensor& t, const std::string& where) const {
         for (const auto& s : t.sources)
             if (t.gathered_experts) {
@@ -478,10 +476,6 @@ private:
                          " does not stack " + std::to_string(t.stacked_experts) +
                          " experts on dim 0",
                      t.name);
-        if (records_valid_rows(t.layout.kind))
-            fail(where + ": stacked experts cut by " + std::string(to_string(t.layout.kind)) +
-                     " (a padding kind) are not supported",
-                 t.name);
     }
 
     // The sources concatenated along the layout's dim (the first source when replicated);

@@ -208,7 +208,10 @@ inline void check_expert_count(config_check& r, const checkpoint& ckpt, const mo
         {"num_key_value_heads", c.num_key_value_heads},
         {"head_dim", c.head_dim},
         {"num_experts", c.num_experts},
-        {"moe_intermediate_size", c.moe_intermediate_size},
+        // An expert's intermediate size, intermediate_size where config.json gives no other
+        // (as sizes_of reads it).
+        {"moe_intermediate_size",
+         c.moe_intermediate_size ? c.moe_intermediate_size : c.intermediate_size},
         {"shared_expert_intermediate_size", c.shared_expert_intermediate_size},
         {"n_shared_experts", c.n_shared_experts},
         {"q_lora_rank", c.q_lora_rank.value_or(0)},

@@ -316,11 +316,13 @@ public:
         if (!export_rank) refuse_scales([](std::string_view) { return true; });
     }
     // After planning: the scale tensors no weight claimed, of no weight the schema knows (another
-    // rank's expert, another stage's layer: their scales are left with them).
+    // rank's expert, another stage's layer: their scales are left with them), and no parameter
+    // of the schema's own (gpt-oss's MXFP4 *_scales) or left out by it.
     void refuse_unclaimed_scales() const {
         if (o_.allow_quantized || !scheme_) return;
         refuse_scales([&](std::string_view n) {
-            if (claimed_.contains(n)) return false;
+            if (claimed_.contains(n) || s_.find_by_source(n) || s_.ignore_reason_of(n))
+                return false;
             const auto w = scale_weight(n);
             return !w || (!s_.find_by_source(*w) && !s_.ignore_reason_of(*w));
         });

@@ -372,8 +372,9 @@ inline void check_merge_cut(const export_tensor& t, const export_tensor& tr,
                          std::to_string(r),
                      rank.folder, t.name);
     if (records_valid_rows(t.layout.kind) && !t.companion()) {
-        const auto [lo, hi] = valid_rows(t.layout, t.global, tr.local, c.at.position)
-                                  .value_or(valid_rows_range{0, 0});
+        const auto [lo, hi] =
+            slab_valid_rows(t.layout, t.global, tr.local, c.at.position, t.stacked_experts != 0)
+                .value_or(valid_rows_range{0, 0});
         if (tr.valid_begin != lo || tr.valid_end != hi)
             export_error("inconsistent metadata: tensor '" + t.name +
                              "' records the valid range [" + std::to_string(tr.valid_begin) + ", " +

@@ -22,6 +22,7 @@ enum class layout_kind : std::uint8_t {
     fused,          // concatenation along dim of each part's own split
     gqa_qkv,        // attention q/k/v rows (weights and biases), by whole heads
     gqa_o,          // o_proj's input dim, the same q heads as gqa_qkv
+    ceil_split,     // whole units, ceil(units / world) a rank, the last ones zero-padded
 };
 
 // How KV heads and their query groups are spread over ranks when the engines differ.
@@ -48,7 +49,8 @@ struct layout {
     std::uint64_t multiple = 0;           // padded_split: pad dim to a multiple of this
     std::uint64_t stride = 0;             // strided_split: pieces per rank
     std::uint64_t parts[max_parts] = {};  // fused: part sizes along dim (one fused source)
-    std::uint64_t units[max_parts] = {};  // fused: each part's split must be whole units
+    std::uint64_t units[max_parts] = {};  // fused: each part's split must be whole units;
+                                          // split, ceil_split: units[0], the unit
     std::uint64_t heads = 0;              // gqa: query heads H
     std::uint64_t kv_heads = 0;           // gqa: key/value heads KV
     std::uint64_t head_dim = 0;           // gqa: d (may differ from hidden / H)

@@ -97,12 +97,14 @@ inline constexpr architecture_entry per_expert_entry(std::string_view name, std:
 // slab.
 inline constexpr architecture_entry stacked_expert_entry(
     std::string_view name, layout_rule rule, layout l, config_shape s,
-    std::uint32_t requires_features, option_rule option = option_rule::experts_stacked) {
+    std::uint32_t requires_features, option_rule option = option_rule::experts_stacked,
+    std::uint32_t excludes_features = 0) {
     return {.name = name,
             .rule = rule,
             .layout = l,
             .shape = s,
             .requires_features = requires_features,
+            .excludes_features = excludes_features,
             .option = option,
             .layers = layer_rule::sparse,
             .stacked_experts = true,
@@ -423,18 +425,50 @@ inline constexpr std::array decoder_entries = {
     detail::stacked_expert_entry(
         "model.layers.{i}.mlp.experts.gate_up_proj", layout_rule::fixed, make_split(1, 2),
         dims(config_dim::experts, config_dim::hidden, config_dim::moe_gate_up_rows),
-        feature_gpt_oss_experts, option_rule::always),
-    detail::stacked_expert_entry("model.layers.{i}.mlp.experts.gate_up_proj_bias",
-                                 layout_rule::fixed, make_split(0, 2),
-                                 dims(config_dim::experts, config_dim::moe_gate_up_rows),
-                                 feature_gpt_oss_experts, option_rule::always),
+        feature_gpt_oss_experts, option_rule::always, feature_mxfp4_experts),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.gate_up_proj_bias", layout_rule::fixed, make_split(0, 2),
+        dims(config_dim::experts, config_dim::moe_gate_up_rows), feature_gpt_oss_experts,
+        option_rule::always, feature_mxfp4_experts),
     detail::stacked_expert_entry(
         "model.layers.{i}.mlp.experts.down_proj", layout_rule::fixed, make_split(0),
         dims(config_dim::experts, config_dim::moe_intermediate, config_dim::hidden),
-        feature_gpt_oss_experts, option_rule::always),
+        feature_gpt_oss_experts, option_rule::always, feature_mxfp4_experts),
     detail::stacked_expert_entry("model.layers.{i}.mlp.experts.down_proj_bias", layout_rule::fixed,
                                  make_replicated(), dims(config_dim::experts, config_dim::hidden),
                                  feature_gpt_oss_experts, option_rule::always),
+    // gpt-oss as published (quant_method mxfp4; transformers' integrations/mxfp4.py): each
+    // expert's projection stored output-major as MXFP4, `*_blocks` U8 [E, N, K/32, 16] (32
+    // E2M1 values a block, two a byte) with `*_scales` U8 (E8M0) [E, N, K/32], one a block.
+    // vLLM's cut (gpt_oss.py _load_weights_mxfp4): a rank's intermediate range is
+    // cdiv((I/32), tp) whole blocks, the last ranks fewer, zero-padded to the same size; the
+    // same range of gate/up pairs (rows 2·start..2·end, interleaved: 64 rows a block) for
+    // gate_up's blocks, scales and bias, and of down's K blocks for its blocks and scales.
+    detail::stacked_expert_entry("model.layers.{i}.mlp.experts.gate_up_proj_blocks",
+                                 layout_rule::fixed, make_ceil_split(0, 2 * mxfp4_block),
+                                 dims(config_dim::experts, config_dim::moe_gate_up_rows,
+                                      config_dim::hidden_mx_blocks, config_dim::mx_block_bytes),
+                                 feature_gpt_oss_experts | feature_mxfp4_experts,
+                                 option_rule::always),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.gate_up_proj_scales", layout_rule::fixed,
+        make_ceil_split(0, 2 * mxfp4_block),
+        dims(config_dim::experts, config_dim::moe_gate_up_rows, config_dim::hidden_mx_blocks),
+        feature_gpt_oss_experts | feature_mxfp4_experts, option_rule::always),
+    detail::stacked_expert_entry("model.layers.{i}.mlp.experts.gate_up_proj_bias",
+                                 layout_rule::fixed, make_ceil_split(0, 2 * mxfp4_block),
+                                 dims(config_dim::experts, config_dim::moe_gate_up_rows),
+                                 feature_gpt_oss_experts | feature_mxfp4_experts,
+                                 option_rule::always),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.down_proj_blocks", layout_rule::fixed, make_ceil_split(1, 1),
+        dims(config_dim::experts, config_dim::hidden, config_dim::moe_intermediate_mx_blocks,
+             config_dim::mx_block_bytes),
+        feature_gpt_oss_experts | feature_mxfp4_experts, option_rule::always),
+    detail::stacked_expert_entry(
+        "model.layers.{i}.mlp.experts.down_proj_scales", layout_rule::fixed, make_ceil_split(1, 1),
+        dims(config_dim::experts, config_dim::hidden, config_dim::moe_intermediate_mx_blocks),
+        feature_gpt_oss_experts | feature_mxfp4_experts, option_rule::always),
     // Llama-4 (transformers' modeling_llama4.py Llama4TextExperts, Llama4TextMoe; vLLM's
     // llama4.py): the router replicated; the experts stacked, gate_up_proj [E, H, 2I] with
     // gate and up concatenated on the last dim (gate_up.chunk(2, dim=-1)), down_proj
@@ -563,6 +597,13 @@ inline constexpr std::array decoder_entries = {
 // engine's layout is (no transpose).
 inline void check_fusable(const architecture_table& t, const decoder_dims& d) {
     const std::string family(t.model_type.empty() ? "this architecture" : t.model_type);
+    if ((config_features(d) & feature_mxfp4_experts) != 0)
+        throw error(errc::invalid_argument,
+                    "fuse_experts: " + family +
+                        "'s MXFP4 experts are stored stacked in the engine's order already "
+                        "(*_blocks [E, N, K/32, 16] and *_scales [E, N, K/32] are vLLM's "
+                        "w13_weight and w2_weight with their scales): load them as stored "
+                        "(without fuse_experts)");
     if ((t.features & transposed_expert_features) != 0)
         throw error(errc::invalid_argument,
                     "fuse_experts: " + family +

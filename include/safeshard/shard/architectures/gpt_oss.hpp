@@ -5,8 +5,9 @@
 // [E, H, 2I] (gate = even columns; transformers' modeling_gpt_oss.py GptOssExperts), each
 // with a bias. A rank takes a contiguous range of whole (gate, up) pairs (vLLM's gpt_oss.py:
 // weight[:, :, 2·start : 2·end]). The published checkpoints store the experts in MXFP4
-// (gate_up_proj_blocks / _scales): those are refused as quantized; this table reads the
-// BF16 form (tests/data/moe/README.md, "gpt_oss").
+// (quant_method mxfp4: gate_up_proj_blocks / _scales, down_proj_blocks / _scales, output-major),
+// which the table names instead when config.json says so, cut in whole blocks as vLLM cuts
+// them (decoder.hpp, "gpt-oss as published"; tests/data/moe/README.md, "gpt_oss").
 #pragma once
 
 #include "safeshard/shard/architectures/decoder.hpp"

@@ -47,6 +47,8 @@ struct decoder_dims {
     std::uint64_t qk_nope_head_dim = 0;
     std::uint64_t qk_rope_head_dim = 0;
     std::uint64_t v_head_dim = 0;
+    // quantization_config says mxfp4: the experts stored as gpt-oss's MXFP4 blocks and scales.
+    bool mxfp4_experts = false;
 };
 
 // config.json's numbers as they are (no defaults): the shapes they imply are checked before a
@@ -71,31 +73,39 @@ struct decoder_dims {
     d.qk_nope_head_dim = c.qk_nope_head_dim;
     d.qk_rope_head_dim = c.qk_rope_head_dim;
     d.v_head_dim = c.v_head_dim;
+    d.mxfp4_experts = c.quantization && c.quantization->quant_method == "mxfp4";
     return d;
 }
 
 // One dimension of a parameter's global shape, in config.json's terms.
 enum class config_dim : std::uint8_t {
-    hidden,               // hidden_size
-    vocab,                // vocab_size
-    intermediate,         // intermediate_size
-    q_rows,               // num_attention_heads × head_dim
-    kv_rows,              // num_key_value_heads × head_dim
-    qkv_rows,             // (num_attention_heads + 2 × num_key_value_heads) × head_dim
-    gate_up_rows,         // 2 × intermediate_size
-    experts,              // the experts (a router's rows)
-    attention_heads,      // num_attention_heads (a per-head vector: sinks)
-    moe_intermediate,     // an expert's intermediate size
-    moe_gate_up_rows,     // 2 × moe_intermediate_size (stacked experts' gate and up)
-    shared_intermediate,  // the shared expert's
-    one,                  // 1 (a gate of one output)
-    q_lora,               // q_lora_rank
-    kv_lora,              // kv_lora_rank
-    kv_a_rows,            // kv_lora_rank + qk_rope_head_dim
-    mla_q_rows,           // num_attention_heads × (qk_nope_head_dim + qk_rope_head_dim)
-    mla_kv_b_rows,        // num_attention_heads × (qk_nope_head_dim + v_head_dim)
-    mla_o_cols,           // num_attention_heads × v_head_dim
+    hidden,                      // hidden_size
+    vocab,                       // vocab_size
+    intermediate,                // intermediate_size
+    q_rows,                      // num_attention_heads × head_dim
+    kv_rows,                     // num_key_value_heads × head_dim
+    qkv_rows,                    // (num_attention_heads + 2 × num_key_value_heads) × head_dim
+    gate_up_rows,                // 2 × intermediate_size
+    experts,                     // the experts (a router's rows)
+    attention_heads,             // num_attention_heads (a per-head vector: sinks)
+    moe_intermediate,            // an expert's intermediate size
+    moe_gate_up_rows,            // 2 × moe_intermediate_size (stacked experts' gate and up)
+    shared_intermediate,         // the shared expert's
+    one,                         // 1 (a gate of one output)
+    q_lora,                      // q_lora_rank
+    kv_lora,                     // kv_lora_rank
+    kv_a_rows,                   // kv_lora_rank + qk_rope_head_dim
+    mla_q_rows,                  // num_attention_heads × (qk_nope_head_dim + qk_rope_head_dim)
+    mla_kv_b_rows,               // num_attention_heads × (qk_nope_head_dim + v_head_dim)
+    mla_o_cols,                  // num_attention_heads × v_head_dim
+    hidden_mx_blocks,            // hidden_size / 32: MXFP4 blocks along a row of hidden_size values
+    moe_intermediate_mx_blocks,  // moe_intermediate_size / 32
+    mx_block_bytes,              // 16: one MXFP4 block's 32 E2M1 values, two a byte
 };
+
+// MXFP4 (OCP microscaling FP4): 32 E2M1 values share one E8M0 scale, stored 16 bytes a block.
+inline constexpr std::uint64_t mxfp4_block = 32;
+inline constexpr std::uint64_t mxfp4_block_bytes = mxfp4_block / 2;
 
 // The config.json fields a dimension follows from, as a message names them.
 [[nodiscard]] constexpr std::string_view fields_of(config_dim d) noexcept {
@@ -123,6 +133,9 @@ enum class config_dim : std::uint8_t {
         case config_dim::mla_kv_b_rows:
             return "num_attention_heads × (qk_nope_head_dim + v_head_dim)";
         case config_dim::mla_o_cols: return "num_attention_heads × v_head_dim";
+        case config_dim::hidden_mx_blocks: return "hidden_size / 32";
+        case config_dim::moe_intermediate_mx_blocks: return "moe_intermediate_size / 32";
+        case config_dim::mx_block_bytes: return "16 (an MXFP4 block's bytes)";
     }
     return "?";
 }
@@ -144,6 +157,9 @@ struct implied_dim {
     };
     auto sum = [&](std::uint64_t a, std::uint64_t b) {
         if (a && b) r.overflows = add_overflows(a, b, r.size);
+    };
+    auto ceil_blocks = [](std::uint64_t n) {
+        return n / mxfp4_block + (n % mxfp4_block != 0 ? 1 : 0);
     };
     auto heads_times_sum = [&](std::uint64_t a, std::uint64_t b) {
         std::uint64_t per = 0;
@@ -177,13 +193,18 @@ struct implied_dim {
         case config_dim::mla_q_rows: heads_times_sum(c.qk_nope_head_dim, c.qk_rope_head_dim); break;
         case config_dim::mla_kv_b_rows: heads_times_sum(c.qk_nope_head_dim, c.v_head_dim); break;
         case config_dim::mla_o_cols: product(c.heads, c.v_head_dim); break;
+        case config_dim::hidden_mx_blocks: r.size = ceil_blocks(c.hidden); break;
+        case config_dim::moe_intermediate_mx_blocks:
+            r.size = ceil_blocks(c.moe_intermediate);
+            break;
+        case config_dim::mx_block_bytes: r.size = mxfp4_block_bytes; break;
     }
     return r;
 }
 
 // A parameter's global shape in config.json's terms; rank 0: config.json implies none.
 struct config_shape {
-    static constexpr std::size_t max_rank = 3;
+    static constexpr std::size_t max_rank = 4;
     std::uint8_t rank = 0;
     config_dim dims[max_rank] = {};
 
@@ -226,11 +247,14 @@ enum feature : std::uint32_t {
     feature_feed_forward = 1u << 13,            // llama4: feed_forward.* (router, stacked experts,
                                                 // shared_expert; dense layers' MLP)
     feature_attention_sinks = 1u << 14,         // gpt_oss: self_attn.sinks, o_proj.bias
+    feature_mxfp4_experts = 1u << 15,  // config.json: quant_method mxfp4 (*_blocks, *_scales)
 };
 
-// The features config.json switches on beside the table's: feature_q_lora.
+// The features config.json switches on beside the table's: feature_q_lora,
+// feature_mxfp4_experts.
 [[nodiscard]] constexpr std::uint32_t config_features(const decoder_dims& d) noexcept {
-    return d.q_lora_rank != 0 ? feature_q_lora : 0u;
+    return (d.q_lora_rank != 0 ? feature_q_lora : 0u) |
+           (d.mxfp4_experts ? feature_mxfp4_experts : 0u);
 }
 
 // Which schema options an entry applies under.

@@ -11,6 +11,7 @@
 #include "safeshard/config.hpp"
 #include "safeshard/core/shape.hpp"
 #include "safeshard/shard/layout_value.hpp"
+#include "safeshard/shard/layouts/ceil_split.hpp"
 #include "safeshard/shard/layouts/fused.hpp"
 #include "safeshard/shard/layouts/gqa.hpp"
 #include "safeshard/shard/layouts/kind.hpp"
@@ -33,7 +34,8 @@ using layout_kinds = layout_kind_list<  //
     strided_split_kind,                 //
     fused_kind,                         //
     gqa_qkv_kind,                       //
-    gqa_o_kind>;
+    gqa_o_kind,                         //
+    ceil_split_kind>;
 
 namespace detail {
 template <class... Kinds>
@@ -91,6 +93,19 @@ constexpr void for_each_layout_kind(F&& f) {
     std::optional<valid_rows_range> v;
     visit_layout_kind(l.kind, [&]<class K>(K) { v = K::valid_rows(l, global, local, rank); });
     return v;
+}
+
+// valid_rows of a tensor whose dim 0 stacks experts (`stacked`), each expert's slab cut by l:
+// the rows of a slab.
+[[nodiscard]] inline std::optional<valid_rows_range> slab_valid_rows(const layout& l,
+                                                                     const shape& global,
+                                                                     const shape& local,
+                                                                     std::uint32_t rank,
+                                                                     bool stacked) {
+    if (!stacked) return valid_rows(l, global, local, rank);
+    if (global.rank() < 1 || local.rank() < 1) return std::nullopt;
+    return valid_rows(l, shape::from(global.dims().subspan(1)),
+                      shape::from(local.dims().subspan(1)), rank);
 }
 
 [[nodiscard]] inline std::uint64_t rank_kv_multiplier(const layout& l, std::uint32_t world) {

@@ -6,13 +6,14 @@
 #include "safeshard/shard/quantization/awq.hpp"
 #include "safeshard/shard/quantization/fp8.hpp"
 #include "safeshard/shard/quantization/gptq.hpp"
+#include "safeshard/shard/quantization/mxfp4.hpp"
 #include "safeshard/shard/quantization/nvfp4.hpp"
 #include "safeshard/shard/quantization/scheme.hpp"
 #include "safeshard/shard/quantization/wna16.hpp"
 
 namespace safeshard {
 
-inline constexpr std::array<const quantization_scheme*, 8> quantization_schemes = {
+inline constexpr std::array<const quantization_scheme*, 9> quantization_schemes = {
     &fp8_scheme,
     &compressed_tensors_fp8_scheme,
     &modelopt_fp8_scheme,
@@ -20,7 +21,8 @@ inline constexpr std::array<const quantization_scheme*, 8> quantization_schemes 
     &compressed_tensors_nvfp4_scheme,
     &compressed_tensors_wna16_scheme,
     &gptq_scheme,
-    &awq_scheme};
+    &awq_scheme,
+    &mxfp4_scheme};
 
 // The scheme of a quantization_config, or nullptr where none is known.
 [[nodiscard]] inline const quantization_scheme* find_quantization_scheme(
