@@ -654,10 +654,10 @@ private:
             l.dim = static_cast<std::uint8_t>(dim);
         }
         cut_fields_json_reader r(*this, o, where);
-        if (strict)
-            visit_layout_kind(l.kind, [&]<class K>(K) { K::read_fields(r, l); });
-        else
-            for_each_layout_kind([&]<class K>(K) { K::read_fields(r, l); });
+        if (!strict) for_each_layout_kind([&]<class K>(K) { K::read_fields(r, l); });
+        // The kind's own fields last: where kinds share a field ("unit": split's and
+        // ceil_split's units[0], fused's units), the value is the named kind's.
+        visit_layout_kind(l.kind, [&]<class K>(K) { K::read_fields(r, l); });
         return l;
     }
 
