@@ -327,9 +327,9 @@ private:
             t.sources = {export_source{t.name, t.global, source_dtype}};
         }
         if (t.stacked_experts != 0) check_stacked(t, where);
-        if (const auto v = slab_valid_rows(t.layout, t.global, t.local,
-                                           cut_place(m, t, m.rank).position,
-                                           t.stacked_experts != 0))
+        if (const auto v =
+                slab_valid_rows(t.layout, t.global, t.local, cut_place(m, t, m.rank).position,
+                                t.stacked_experts != 0))
             std::tie(t.valid_begin, t.valid_end) = *v;
     }
 

@@ -341,9 +341,9 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
                 t.sources.push_back(export_source{src, l.tensor.shape(), l.tensor.dtype()});
             }
         }
-        if (const auto v = slab_valid_rows(d.layout, d.global, d.local,
-                                           cut_place(m, t, m.rank).position,
-                                           d.stacked_experts != 0);
+        if (const auto v =
+                slab_valid_rows(d.layout, d.global, d.local, cut_place(m, t, m.rank).position,
+                                d.stacked_experts != 0);
             v && !t.companion())
             std::tie(t.valid_begin, t.valid_end) = *v;
         if (!m.kv_multiplier) m.kv_multiplier = rank_kv_multiplier(d.layout, m.world);

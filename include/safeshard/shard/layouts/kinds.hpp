@@ -97,11 +97,8 @@ constexpr void for_each_layout_kind(F&& f) {
 
 // valid_rows of a tensor whose dim 0 stacks experts (`stacked`), each expert's slab cut by l:
 // the rows of a slab.
-[[nodiscard]] inline std::optional<valid_rows_range> slab_valid_rows(const layout& l,
-                                                                     const shape& global,
-                                                                     const shape& local,
-                                                                     std::uint32_t rank,
-                                                                     bool stacked) {
+[[nodiscard]] inline std::optional<valid_rows_range> slab_valid_rows(
+    const layout& l, const shape& global, const shape& local, std::uint32_t rank, bool stacked) {
     if (!stacked) return valid_rows(l, global, local, rank);
     if (global.rank() < 1 || local.rank() < 1) return std::nullopt;
     return valid_rows(l, shape::from(global.dims().subspan(1)),
