@@ -65,6 +65,7 @@
 #include "safeshard/shard/layouts/strided_split.hpp"
 #include "safeshard/shard/parameter.hpp"
 #include "safeshard/shard/quantization/awq.hpp"
+#include "safeshard/shard/quantization/bitsandbytes.hpp"
 #include "safeshard/shard/quantization/fp8.hpp"
 #include "safeshard/shard/quantization/gptq.hpp"
 #include "safeshard/shard/quantization/mxfp4.hpp"

@@ -12,6 +12,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "safeshard/format/safetensors_writer.hpp"
@@ -93,9 +94,10 @@ inline const std::vector<std::pair<std::string, std::vector<std::uint64_t>>>& li
     return v;
 }
 
-// The model with FP8 linears; `scales(weight dims)` gives each weight's companions.
+// The model with linears of `weights` (random codes); `scales(weight dims)` gives each
+// weight's companions.
 template <class Scales>
-inline std::map<std::string, stored> fp8_llama(Scales&& scales) {
+inline std::map<std::string, stored> quantized_llama(dtype weights, Scales&& scales) {
     std::mt19937_64 rng(11);
     std::map<std::string, stored> t;
     t["model.embed_tokens.weight"] = random_stored(dtype::bf16, {V, H}, rng);
@@ -105,10 +107,16 @@ inline std::map<std::string, stored> fp8_llama(Scales&& scales) {
     t["model.layers.0.post_attention_layernorm.weight"] = random_stored(dtype::bf16, {H}, rng);
     for (const auto& [n, dims] : linears()) {
         const std::string p = "model.layers.0." + n + ".";
-        t[p + "weight"] = random_stored(dtype::f8_e4m3, dims, rng);
+        t[p + "weight"] = random_stored(weights, dims, rng);
         for (auto& [suffix, s] : scales(dims, rng)) t[p + suffix] = std::move(s);
     }
     return t;
+}
+
+// The model with FP8 linears.
+template <class Scales>
+inline std::map<std::string, stored> fp8_llama(Scales&& scales) {
+    return quantized_llama(dtype::f8_e4m3, std::forward<Scales>(scales));
 }
 
 inline std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }

@@ -21,8 +21,8 @@ struct quantization_config {
     std::uint64_t block_cols = 0;
     // Values sharing one scale along K (NVFP4: 16, MXFP4: 32, GPTQ/AWQ: 128); 0: none given.
     std::uint64_t group_size = 0;
-    // Bits of a quantized integer weight (GPTQ/AWQ "bits", compressed-tensors' num_bits); 0:
-    // none given.
+    // Bits of a quantized integer weight (GPTQ/AWQ "bits", compressed-tensors' num_bits,
+    // bitsandbytes' load_in_8bit / load_in_4bit); 0: none given.
     std::uint64_t bits = 0;
     // Act order: the groups numbered by a g_idx, not by place along K (GPTQ's desc_act,
     // compressed-tensors' actorder "group").

@@ -330,6 +330,8 @@ inline void check_tensor_shape(config_check& r, std::string_view ckpt_name, std:
             std::string_view n = t.name();
             if (!n.starts_with(names.checkpoint_prefix)) continue;
             n.remove_prefix(names.checkpoint_prefix.size());
+            // A flattened weight (bitsandbytes 4-bit) has no [N, K] to compare.
+            if (scheme && is_flattened_weight(*scheme, n, t.dtype())) continue;
             const auto as_weight =
                 scheme ? weight_values(*scheme, *c.quantization, n, t.dtype(), t.shape())
                        : std::nullopt;

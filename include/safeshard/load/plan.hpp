@@ -315,6 +315,19 @@ public:
         // A rank folder of an export records what each of its tensors is, scales included.
         if (!export_rank) refuse_scales([](std::string_view) { return true; });
     }
+    // A scheme that stores its weights flattened (bitsandbytes 4-bit) loads at world 1 only.
+    void refuse_flattened_cut() const {
+        if (!scheme_ || !scheme_->flattened || ctx_.world == 1) return;
+        throw error(errc::quantized_checkpoint,
+                    "the checkpoint is " + std::string(scheme_->name) +
+                        ", which stores each weight flattened ([N·K/2, 1]) with one quantization "
+                        "state over all of it (absmax a block, a JSON quant_state): no part of a "
+                        "weight has a state of its own, so it is not cut for " +
+                        std::to_string(ctx_.world) +
+                        " ranks; load it at world 1 (every tensor whole, as stored), or "
+                        "dequantize it and quantize each rank's part again",
+                    error_context{.file = ckpt_.root().string(), .tensor = {}});
+    }
     // After planning: the scale tensors no weight claimed, of no weight the schema knows (another
     // rank's expert, another stage's layer: their scales are left with them), and no parameter
     // of the schema's own (gpt-oss's MXFP4 *_scales) or left out by it.
@@ -644,25 +657,47 @@ private:
         }
     }
 
-    void add_loaded(const parameter_meta& m) {
-        const std::optional<parameter_meta> renamed = stored_weight_form(m);
-        const parameter_meta& as_stored = renamed ? *renamed : m;
-        const auto located = locate_sources(as_stored);
+    void add_loaded(const parameter_meta& meta) {
+        const std::optional<parameter_meta> renamed = stored_weight_form(meta);
+        const auto located = locate_sources(renamed ? *renamed : meta);
         if (!located) return;
+        const std::optional<parameter_meta> whole = flattened_form(meta, *located);
+        const parameter_meta& m = whole ? *whole : meta;
+        const parameter_meta& as_stored = renamed ? *renamed : m;
         const weight_cut cut = cut_weight(as_stored, *located);
         const dtype source = located->front().tensor.dtype();
         plan_destination d = destination(as_stored, cut.stored, source,
                                          target_dtype(m.name, m.dtype_override, source), "");
         d.sources = as_stored.sources;
         d.storage = cut.storage;
-        d.schema_index = schema_index_of(m);
+        d.schema_index = schema_index_of(meta);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
         emit_ops(as_stored, cut.stored, *located, d, di);
-        index_.emplace(m.name, di);
+        index_.emplace(meta.name, di);  // a view: of the schema's name, not of a copy's
         p_.destinations_.push_back(std::move(d));
         if (renamed)
             for (const auto& l : *located) claimed_.emplace(l.tensor.name());
         add_companions(m, cut.values, cut.value_shapes, di);
+    }
+
+    // A weight the scheme stores flattened (bitsandbytes 4-bit; the plan is of world 1): the
+    // parameter held whole, as stored; nullopt for any other. One that joins several tensors
+    // (fused q/k/v, gate/up) is refused: each has its own quantization state.
+    [[nodiscard]] std::optional<parameter_meta> flattened_form(
+        const parameter_meta& m, std::span<const located_tensor> located) const {
+        if (!scheme_ || !is_flattened_weight(*scheme_, located.front().tensor.name(),
+                                             located.front().tensor.dtype()))
+            return std::nullopt;
+        if (located.size() > 1 || m.stacked_experts)
+            throw error(errc::quantized_checkpoint,
+                        "parameter '" + m.name + "' joins " + std::to_string(located.size()) +
+                            " tensors stored flattened by " + std::string(scheme_->name) +
+                            ", each with a quantization state of its own: they load as stored, "
+                            "unfused (without fuse_qkv, fuse_gate_up, fuse_experts)",
+                        error_context{.file = {}, .tensor = m.name});
+        parameter_meta whole = m;
+        whole.layout = make_replicated();
+        return whole;
     }
 
     // A weight the scheme stores under another suffix ("X.weight_packed"): the parameter
@@ -810,6 +845,7 @@ private:
             std::vector<shape> cshapes;
             for (const auto& l : *found) cshapes.push_back(l.tensor.shape());
             const companion_grid g = grid_of(m, spec, weights, *found);
+            if (spec.refuses_cut && w.local != w.global) refuse_cut(m, spec, *found);
             const slice_result rc = companion_slice({.parameter = w.name,
                                                      .weight = &r,
                                                      .weight_sources = weights,
@@ -839,6 +875,18 @@ private:
             emit_ops(m, rc, *found, d, di);
             p_.destinations_.push_back(std::move(d));
         }
+    }
+
+    // A weight whose companions say it may not be cut (bitsandbytes' tiled weight_format), cut.
+    void refuse_cut(const parameter_meta& m, const companion_spec& spec,
+                    std::span<const located_tensor> found) const {
+        for (const auto& l : found)
+            if (const std::string why = spec.refuses_cut(l.tensor.bytes(), l.tensor.dtype());
+                !why.empty())
+                throw error(errc::quantized_checkpoint,
+                            "parameter '" + m.name + "' is cut for " + std::to_string(ctx_.world) +
+                                " ranks, but " + why + " ('" + std::string(l.tensor.name()) + "')",
+                            error_context{.file = {}, .tensor = m.name});
     }
 
     // The experts stacked on dim 0 of each source: that dim must hold the layer's experts; the
@@ -1029,6 +1077,7 @@ inline load_plan load_plan::build_from(const checkpoint& ckpt, const schema& s,
     }
     builder b(p, ckpt, s, ctx, o, config);
     b.refuse_quantized(done.export_rank);
+    b.refuse_flattened_cut();
     b.add_parameters();
     b.add_unread_names();
     b.refuse_unclaimed_scales();

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -31,10 +32,13 @@ struct scale_block {
 // weight's values either fixed by the scheme (`grid`: GPTQ's and AWQ's transposed tensors;
 // grid<*,*>: a tensor of any shape every rank holds as stored, compressed-tensors'
 // weight_shape) or read from the stored shapes against `block` (nullptr: the scheme's).
+// `refuses_cut`: why a weight whose companion holds these stored bytes may not be cut (empty:
+// it may; bitsandbytes' weight_format other than row-major); nullptr: any may.
 struct companion_spec {
     std::string_view suffix{};
     scale_block (*block)(const quantization_config&) = nullptr;
     companion_grid (*grid)(const quantization_config&) = nullptr;
+    std::string (*refuses_cut)(std::span<const std::byte> stored, dtype t) = nullptr;
 };
 
 struct quantization_scheme {
@@ -55,7 +59,17 @@ struct quantization_scheme {
     // Tensors the scheme adds beside its weights that no weight carries, each held whole by
     // every rank as stored: "X.<suffix>" (the KV cache's scales).
     std::span<const std::string_view> whole_tensors{};
+    // Weights stored flattened in `packed_dtype`, each with a quantization state of its own
+    // over the whole weight (bitsandbytes 4-bit: [N·K/2, 1]): no part of one has a state, so
+    // they are held whole, as stored, and the checkpoint loads at world 1 only.
+    bool flattened = false;
 };
+
+// Whether scheme s stores the weight of checkpoint name n, in dtype t, flattened.
+[[nodiscard]] inline bool is_flattened_weight(const quantization_scheme& s, std::string_view n,
+                                              dtype t) noexcept {
+    return s.flattened && t == s.packed_dtype && n.ends_with(".weight");
+}
 
 // The KV cache's scales, one scalar each, beside the attention's weights: ModelOpt's
 // "X.k_proj.k_scale" and "X.v_proj.v_scale", compressed-tensors' "X.self_attn.k_scale" and

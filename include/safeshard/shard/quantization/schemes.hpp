@@ -4,6 +4,7 @@
 #include <array>
 
 #include "safeshard/shard/quantization/awq.hpp"
+#include "safeshard/shard/quantization/bitsandbytes.hpp"
 #include "safeshard/shard/quantization/fp8.hpp"
 #include "safeshard/shard/quantization/gptq.hpp"
 #include "safeshard/shard/quantization/mxfp4.hpp"
@@ -13,7 +14,7 @@
 
 namespace safeshard {
 
-inline constexpr std::array<const quantization_scheme*, 9> quantization_schemes = {
+inline constexpr std::array<const quantization_scheme*, 11> quantization_schemes = {
     &fp8_scheme,
     &compressed_tensors_fp8_scheme,
     &modelopt_fp8_scheme,
@@ -22,7 +23,9 @@ inline constexpr std::array<const quantization_scheme*, 9> quantization_schemes 
     &compressed_tensors_wna16_scheme,
     &gptq_scheme,
     &awq_scheme,
-    &mxfp4_scheme};
+    &mxfp4_scheme,
+    &bitsandbytes_8bit_scheme,
+    &bitsandbytes_4bit_scheme};
 
 // The scheme of a quantization_config, or nullptr where none is known.
 [[nodiscard]] inline const quantization_scheme* find_quantization_scheme(
