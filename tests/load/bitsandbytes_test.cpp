@@ -74,25 +74,19 @@ TEST_CASE("bitsandbytes 8-bit: I8 weights cut with their SCB rows, weight_format
     const auto src = int8_llama();
     temp_dir dir;
     write(dir.path(), llama_config(bnb8), src);
-    for (const std::uint32_t w : {1u, 2u, 4u})
-        for (std::uint32_t r = 0; r < w; ++r) {
-            CAPTURE(w);
-            CAPTURE(r);
-            auto model = load<host_tensor>(dir.path().string(), {.rank = r, .world = w});
-            for (const auto& [n, dims] : linears()) {
-                CAPTURE(n);
-                const std::string p = "model.layers.0." + n + ".";
-                const range_2d g = rank_range(n, w, r);
-                CHECK(model.at(p + "weight").dtype() == dtype::i8);
-                CHECK(bytes_of(model.at(p + "weight")) ==
-                      take(src.at(p + "weight"), g.r0, g.r1, g.c0, g.c1));
-                // One absmax a row: the rank's rows (all of them for o/down, cut on K).
-                CHECK(model.at(p + "SCB").shape() == shape{g.r1 - g.r0});
-                CHECK(bytes_of(model.at(p + "SCB")) == take(src.at(p + "SCB"), g.r0, g.r1, 0, 1));
-                CHECK(model.at(p + "weight_format").shape() == shape{});
-                CHECK(bytes_of(model.at(p + "weight_format")) == std::vector{std::byte{0}});
-            }
-        }
+    for_each_rank_linear(
+        dir.path(), {1, 2, 4},
+        [&](const auto& model, const std::vector<std::uint64_t>&, const std::string& p,
+            const range_2d& g) {
+            CHECK(model.at(p + "weight").dtype() == dtype::i8);
+            CHECK(bytes_of(model.at(p + "weight")) ==
+                  take(src.at(p + "weight"), g.r0, g.r1, g.c0, g.c1));
+            // One absmax a row: the rank's rows (all of them for o/down, cut on K).
+            CHECK(model.at(p + "SCB").shape() == shape{g.r1 - g.r0});
+            CHECK(bytes_of(model.at(p + "SCB")) == take(src.at(p + "SCB"), g.r0, g.r1, 0, 1));
+            CHECK(model.at(p + "weight_format").shape() == shape{});
+            CHECK(bytes_of(model.at(p + "weight_format")) == std::vector{std::byte{0}});
+        });
     // Fused gate/up: the rank's gate rows' SCB, then up's; weight_format one a projection.
     load_options o{.rank = 1, .world = 2};
     o.plan.schema.fuse_gate_up = true;

@@ -95,33 +95,28 @@ TEST_CASE("GPTQ: transposed words, group scales and zeros, g_idx cut with K, eve
         CAPTURE(act_order);
         temp_dir dir;
         write(dir.path(), gptq_config(g, act_order), src);
-        for (std::uint32_t w : {1u, 2u, 4u})
-            for (std::uint32_t r = 0; r < w; ++r) {
-                CAPTURE(w);
-                CAPTURE(r);
-                auto model = load<host_tensor>(dir.path().string(), {.rank = r, .world = w});
-                for (const auto& [n, dims] : linears()) {
-                    CAPTURE(n);
-                    const std::string p = "model.layers.0." + n + ".";
-                    const range_2d q = rank_range(n, w, r);  // rows N, columns K, in values
-                    const std::uint64_t groups = dims[1] / g;
-                    // Act order: every group on every rank; otherwise the rank's K range's.
-                    const std::uint64_t g0 = act_order ? 0 : q.c0 / g;
-                    const std::uint64_t g1 = act_order ? groups : q.c1 / g;
-                    CHECK(model.at(p + "qweight").shape() == shape{(q.c1 - q.c0) / 8, q.r1 - q.r0});
-                    CHECK(bytes_of(model.at(p + "qweight")) ==
-                          take(src.at(p + "qweight"), q.c0 / 8, q.c1 / 8, q.r0, q.r1));
-                    CHECK(model.at(p + "scales").shape() == shape{g1 - g0, q.r1 - q.r0});
-                    CHECK(bytes_of(model.at(p + "scales")) ==
-                          take(src.at(p + "scales"), g0, g1, q.r0, q.r1));
-                    CHECK(model.at(p + "qzeros").shape() == shape{g1 - g0, (q.r1 - q.r0) / 8});
-                    CHECK(bytes_of(model.at(p + "qzeros")) ==
-                          take(src.at(p + "qzeros"), g0, g1, q.r0 / 8, q.r1 / 8));
-                    CHECK(model.at(p + "g_idx").shape() == shape{q.c1 - q.c0});
-                    CHECK(bytes_of(model.at(p + "g_idx")) ==
-                          take(src.at(p + "g_idx"), q.c0, q.c1, 0, 1));
-                }
-            }
+        for_each_rank_linear(
+            dir.path(), {1, 2, 4},
+            [&](const auto& model, const std::vector<std::uint64_t>& dims, const std::string& p,
+                const range_2d& q) {
+                // rows N, columns K, in values
+                const std::uint64_t groups = dims[1] / g;
+                // Act order: every group on every rank; otherwise the rank's K range's.
+                const std::uint64_t g0 = act_order ? 0 : q.c0 / g;
+                const std::uint64_t g1 = act_order ? groups : q.c1 / g;
+                CHECK(model.at(p + "qweight").shape() == shape{(q.c1 - q.c0) / 8, q.r1 - q.r0});
+                CHECK(bytes_of(model.at(p + "qweight")) ==
+                      take(src.at(p + "qweight"), q.c0 / 8, q.c1 / 8, q.r0, q.r1));
+                CHECK(model.at(p + "scales").shape() == shape{g1 - g0, q.r1 - q.r0});
+                CHECK(bytes_of(model.at(p + "scales")) ==
+                      take(src.at(p + "scales"), g0, g1, q.r0, q.r1));
+                CHECK(model.at(p + "qzeros").shape() == shape{g1 - g0, (q.r1 - q.r0) / 8});
+                CHECK(bytes_of(model.at(p + "qzeros")) ==
+                      take(src.at(p + "qzeros"), g0, g1, q.r0 / 8, q.r1 / 8));
+                CHECK(model.at(p + "g_idx").shape() == shape{q.c1 - q.c0});
+                CHECK(bytes_of(model.at(p + "g_idx")) ==
+                      take(src.at(p + "g_idx"), q.c0, q.c1, 0, 1));
+            });
         const std::string o = "model.layers.0.mlp.down_proj.";
         CHECK(layout_of(dir.path(), 2, o + "qweight") == "packed<grid<1,8>^T>(split<1>)");
         CHECK(layout_of(dir.path(), 2, o + "scales") ==
@@ -202,24 +197,18 @@ TEST_CASE("AWQ (GEMM): words along N, group scales and zeros, every rank; the re
     const auto src = awq_llama(g);
     temp_dir dir;
     write(dir.path(), awq_config(g), src);
-    for (std::uint32_t w : {1u, 2u, 4u})
-        for (std::uint32_t r = 0; r < w; ++r) {
-            CAPTURE(w);
-            CAPTURE(r);
-            auto model = load<host_tensor>(dir.path().string(), {.rank = r, .world = w});
-            for (const auto& [n, dims] : linears()) {
-                CAPTURE(n);
-                const std::string p = "model.layers.0." + n + ".";
-                const range_2d q = rank_range(n, w, r);
-                CHECK(model.at(p + "qweight").shape() == shape{q.c1 - q.c0, (q.r1 - q.r0) / 8});
-                CHECK(bytes_of(model.at(p + "qweight")) ==
-                      take(src.at(p + "qweight"), q.c0, q.c1, q.r0 / 8, q.r1 / 8));
-                CHECK(bytes_of(model.at(p + "scales")) ==
-                      take(src.at(p + "scales"), q.c0 / g, q.c1 / g, q.r0, q.r1));
-                CHECK(bytes_of(model.at(p + "qzeros")) ==
-                      take(src.at(p + "qzeros"), q.c0 / g, q.c1 / g, q.r0 / 8, q.r1 / 8));
-            }
-        }
+    for_each_rank_linear(
+        dir.path(), {1, 2, 4},
+        [&](const auto& model, const std::vector<std::uint64_t>&, const std::string& p,
+            const range_2d& q) {
+            CHECK(model.at(p + "qweight").shape() == shape{q.c1 - q.c0, (q.r1 - q.r0) / 8});
+            CHECK(bytes_of(model.at(p + "qweight")) ==
+                  take(src.at(p + "qweight"), q.c0, q.c1, q.r0 / 8, q.r1 / 8));
+            CHECK(bytes_of(model.at(p + "scales")) ==
+                  take(src.at(p + "scales"), q.c0 / g, q.c1 / g, q.r0, q.r1));
+            CHECK(bytes_of(model.at(p + "qzeros")) ==
+                  take(src.at(p + "qzeros"), q.c0 / g, q.c1 / g, q.r0 / 8, q.r1 / 8));
+        });
     CHECK(layout_of(dir.path(), 2, "model.layers.0.mlp.gate_proj.qweight") ==
           "packed<grid<8,1>^T>(split<0>)");
     for (std::uint32_t w : {1u, 2u, 4u}) check_round_trip(dir.path(), src, w);

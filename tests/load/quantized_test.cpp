@@ -100,24 +100,18 @@ TEST_CASE("FP8 per channel and per tensor (compressed-tensors): scales follow N,
           llama_config(R"({"quant_method": "compressed-tensors", "format": "float-quantized",
                           "config_groups": {}})"),
           src);
-    for (std::uint32_t w : {1u, 2u, 4u})
-        for (std::uint32_t r = 0; r < w; ++r) {
-            CAPTURE(w);
-            CAPTURE(r);
-            auto model = load<host_tensor>(dir.path().string(), {.rank = r, .world = w});
-            for (const auto& [n, dims] : linears()) {
-                CAPTURE(n);
-                const std::string p = "model.layers.0." + n + ".";
-                const range_2d g = rank_range(n, w, r);
-                CHECK(bytes_of(model.at(p + "weight")) ==
-                      take(src.at(p + "weight"), g.r0, g.r1, g.c0, g.c1));
-                CHECK(model.at(p + "weight_scale").shape() == shape{g.r1 - g.r0, 1});
-                CHECK(bytes_of(model.at(p + "weight_scale")) ==
-                      take(src.at(p + "weight_scale"), g.r0, g.r1, 0, 1));
-                CHECK(model.at(p + "input_scale").shape() == shape{1});
-                CHECK(bytes_of(model.at(p + "input_scale")) == src.at(p + "input_scale").bytes);
-            }
-        }
+    for_each_rank_linear(
+        dir.path(), {1, 2, 4},
+        [&](const auto& model, const std::vector<std::uint64_t>&, const std::string& p,
+            const range_2d& g) {
+            CHECK(bytes_of(model.at(p + "weight")) ==
+                  take(src.at(p + "weight"), g.r0, g.r1, g.c0, g.c1));
+            CHECK(model.at(p + "weight_scale").shape() == shape{g.r1 - g.r0, 1});
+            CHECK(bytes_of(model.at(p + "weight_scale")) ==
+                  take(src.at(p + "weight_scale"), g.r0, g.r1, 0, 1));
+            CHECK(model.at(p + "input_scale").shape() == shape{1});
+            CHECK(bytes_of(model.at(p + "input_scale")) == src.at(p + "input_scale").bytes);
+        });
     // Fused q/k/v (schema option): the per-channel scales join along N like their weights (the
     // rank's q rows, then k's, then v's); the per-tensor input_scales are kept one per
     // projection, [q, k, v], never one for all.
@@ -265,27 +259,21 @@ std::map<std::string, stored> nvfp4_llama(const nvfp4_names& names,
 // scales' rows and K range in groups of 16, the scalars whole.
 void check_nvfp4_world(const std::filesystem::path& dir, const std::map<std::string, stored>& src,
                        const nvfp4_names& names, std::uint32_t w) {
-    for (std::uint32_t r = 0; r < w; ++r) {
-        CAPTURE(w);
-        CAPTURE(r);
-        auto model = load<host_tensor>(dir.string(), {.rank = r, .world = w});
-        for (const auto& [n, dims] : linears()) {
-            CAPTURE(n);
-            const std::string p = "model.layers.0." + n + ".";
-            const range_2d g = rank_range(n, w, r);
-            const host_tensor& weight = model.at(p + names.weight);
-            CHECK(weight.dtype() == dtype::u8);
-            CHECK(weight.shape() == shape{g.r1 - g.r0, (g.c1 - g.c0) / 2});
-            CHECK(bytes_of(weight) ==
-                  take(src.at(p + names.weight), g.r0, g.r1, g.c0 / 2, g.c1 / 2));
-            const host_tensor& scale = model.at(p + names.scale);
-            CHECK(scale.dtype() == dtype::f8_e4m3);
-            CHECK(bytes_of(scale) ==
-                  take(src.at(p + names.scale), g.r0, g.r1, g.c0 / 16, g.c1 / 16));
-            for (const std::string& s : {names.global, names.input})
-                CHECK(bytes_of(model.at(p + s)) == src.at(p + s).bytes);
-        }
-    }
+    for_each_rank_linear(dir, {w},
+                         [&](const auto& model, const std::vector<std::uint64_t>&,
+                             const std::string& p, const range_2d& g) {
+                             const host_tensor& weight = model.at(p + names.weight);
+                             CHECK(weight.dtype() == dtype::u8);
+                             CHECK(weight.shape() == shape{g.r1 - g.r0, (g.c1 - g.c0) / 2});
+                             CHECK(bytes_of(weight) ==
+                                   take(src.at(p + names.weight), g.r0, g.r1, g.c0 / 2, g.c1 / 2));
+                             const host_tensor& scale = model.at(p + names.scale);
+                             CHECK(scale.dtype() == dtype::f8_e4m3);
+                             CHECK(bytes_of(scale) ==
+                                   take(src.at(p + names.scale), g.r0, g.r1, g.c0 / 16, g.c1 / 16));
+                             for (const std::string& s : {names.global, names.input})
+                                 CHECK(bytes_of(model.at(p + s)) == src.at(p + s).bytes);
+                         });
 }
 
 }  // namespace
@@ -455,29 +443,21 @@ TEST_CASE(
     const auto src = wna16_llama(g);
     temp_folder dir;
     write(dir.path(), wna16_config(4, g), src);
-    for (std::uint32_t w : {1u, 2u, 4u})
-        for (std::uint32_t r = 0; r < w; ++r) {
-            CAPTURE(w);
-            CAPTURE(r);
-            auto model = load<host_tensor>(dir.path().string(), {.rank = r, .world = w});
-            for (const auto& [n, dims] : linears()) {
-                CAPTURE(n);
-                const std::string p = "model.layers.0." + n + ".";
-                const range_2d q = rank_range(n, w, r);
-                CHECK(model.at(p + "weight_packed").shape() ==
-                      shape{q.r1 - q.r0, (q.c1 - q.c0) / 8});
-                CHECK(bytes_of(model.at(p + "weight_packed")) ==
-                      take(src.at(p + "weight_packed"), q.r0, q.r1, q.c0 / 8, q.c1 / 8));
-                CHECK(bytes_of(model.at(p + "weight_scale")) ==
-                      take(src.at(p + "weight_scale"), q.r0, q.r1, q.c0 / g, q.c1 / g));
-                CHECK(model.at(p + "weight_zero_point").shape() ==
-                      shape{(q.r1 - q.r0) / 8, (q.c1 - q.c0) / g});
-                CHECK(
-                    bytes_of(model.at(p + "weight_zero_point")) ==
-                    take(src.at(p + "weight_zero_point"), q.r0 / 8, q.r1 / 8, q.c0 / g, q.c1 / g));
-                CHECK(bytes_of(model.at(p + "weight_shape")) == src.at(p + "weight_shape").bytes);
-            }
-        }
+    for_each_rank_linear(
+        dir.path(), {1, 2, 4},
+        [&](const auto& model, const std::vector<std::uint64_t>&, const std::string& p,
+            const range_2d& q) {
+            CHECK(model.at(p + "weight_packed").shape() == shape{q.r1 - q.r0, (q.c1 - q.c0) / 8});
+            CHECK(bytes_of(model.at(p + "weight_packed")) ==
+                  take(src.at(p + "weight_packed"), q.r0, q.r1, q.c0 / 8, q.c1 / 8));
+            CHECK(bytes_of(model.at(p + "weight_scale")) ==
+                  take(src.at(p + "weight_scale"), q.r0, q.r1, q.c0 / g, q.c1 / g));
+            CHECK(model.at(p + "weight_zero_point").shape() ==
+                  shape{(q.r1 - q.r0) / 8, (q.c1 - q.c0) / g});
+            CHECK(bytes_of(model.at(p + "weight_zero_point")) ==
+                  take(src.at(p + "weight_zero_point"), q.r0 / 8, q.r1 / 8, q.c0 / g, q.c1 / g));
+            CHECK(bytes_of(model.at(p + "weight_shape")) == src.at(p + "weight_shape").bytes);
+        });
     // Fused q/k/v: the logical shapes stay one per projection, [3, 2].
     load_options o{.rank = 0, .world = 2};
     o.plan.schema.fuse_qkv = true;

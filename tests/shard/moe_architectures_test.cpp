@@ -50,6 +50,17 @@ std::set<std::string> schema_names(const model_config& c) {
     return v;
 }
 
+// Every name of `want` is in `got` and the other way round.
+void same_names(const std::set<std::string>& want, const std::set<std::string>& got) {
+    std::vector<std::string> missing, extra;
+    std::set_difference(want.begin(), want.end(), got.begin(), got.end(),
+                        std::back_inserter(missing));
+    std::set_difference(got.begin(), got.end(), want.begin(), want.end(),
+                        std::back_inserter(extra));
+    CHECK_MESSAGE(missing.empty(), "stored, not in the schema: " << missing.front());
+    CHECK_MESSAGE(extra.empty(), "in the schema, not stored: " << extra.front());
+}
+
 void check_names(const std::string& folder, std::size_t parameters) {
     CAPTURE(folder);
     const model_config c = load_model_config(data / folder / "config.json");
@@ -68,13 +79,7 @@ void check_names(const std::string& folder, std::size_t parameters) {
         if (!l || kept_layers.contains(*l)) got.insert(n);
     }
     CHECK(all == parameters);
-    std::vector<std::string> missing, extra;
-    std::set_difference(want.begin(), want.end(), got.begin(), got.end(),
-                        std::back_inserter(missing));
-    std::set_difference(got.begin(), got.end(), want.begin(), want.end(),
-                        std::back_inserter(extra));
-    CHECK_MESSAGE(missing.empty(), "stored, not in the schema: " << missing.front());
-    CHECK_MESSAGE(extra.empty(), "in the schema, not stored: " << extra.front());
+    same_names(want, got);
 }
 
 std::vector<std::uint64_t> implied(const model_config& c, std::string_view name) {
@@ -158,18 +163,9 @@ TEST_CASE("gpt-oss-20b: the schema names the published tensors, MXFP4 experts as
     CHECK(c.num_experts == 32);
     REQUIRE(c.quantization);
     CHECK(c.quantization->quant_method == "mxfp4");
-    auto compare = [](const std::set<std::string>& want, const std::set<std::string>& got) {
-        std::vector<std::string> missing, extra;
-        std::set_difference(want.begin(), want.end(), got.begin(), got.end(),
-                            std::back_inserter(missing));
-        std::set_difference(got.begin(), got.end(), want.begin(), want.end(),
-                            std::back_inserter(extra));
-        CHECK_MESSAGE(missing.empty(), "stored, not in the schema: " << missing.front());
-        CHECK_MESSAGE(extra.empty(), "in the schema, not stored: " << extra.front());
-    };
     const std::set<std::string> stored = stored_names(folder);
     CHECK(stored.size() == 24 * 19 + 3);
-    compare(stored, schema_names(c));
+    same_names(stored, schema_names(c));
     // MXFP4 shapes: output-major, K in blocks of 32 values of 16 bytes, one scale a block.
     CHECK(implied(c, "model.layers.3.mlp.experts.gate_up_proj_blocks") ==
           std::vector<std::uint64_t>{32, 5760, 90, 16});
@@ -194,7 +190,7 @@ TEST_CASE("gpt-oss-20b: the schema names the published tensors, MXFP4 experts as
     }
     const std::set<std::string> got = schema_names(bf16);
     CHECK(got.size() == 24 * 17 + 3);  // 19 published a layer, less the two MXFP4 scales
-    compare(want, got);
+    same_names(want, got);
     CHECK(implied(bf16, "model.layers.3.mlp.experts.gate_up_proj") ==
           std::vector<std::uint64_t>{32, 2880, 5760});
     CHECK(implied(bf16, "model.layers.3.mlp.experts.gate_up_proj_bias") ==

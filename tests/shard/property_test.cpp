@@ -54,6 +54,16 @@ std::pair<std::vector<std::uint64_t>, std::vector<std::uint64_t>> naive_heads(co
 std::vector<dim_source> oracle(const layout& l, const std::vector<std::uint64_t>& ext,
                                std::uint64_t w, std::uint64_t r) {
     std::vector<dim_source> out;
+    // loc rows a rank, rank r's from row r·loc on, zeros past the extent.
+    auto padded_rows = [&](std::uint64_t loc) {
+        for (std::uint64_t i = 0; i < loc; ++i) {
+            const std::uint64_t g = r * loc + i;
+            if (g < ext[0])
+                out.emplace_back(std::pair{std::uint8_t{0}, g});
+            else
+                out.emplace_back(std::nullopt);
+        }
+    };
     switch (l.kind) {
         case layout_kind::replicated:
             for (std::uint64_t i = 0; i < ext[0]; ++i)
@@ -65,26 +75,12 @@ std::vector<dim_source> oracle(const layout& l, const std::vector<std::uint64_t>
             break;
         case layout_kind::padded_split: {
             const std::uint64_t padded = (ext[0] + l.multiple - 1) / l.multiple * l.multiple;
-            const std::uint64_t loc = padded / w;
-            for (std::uint64_t i = 0; i < loc; ++i) {
-                const std::uint64_t g = r * loc + i;
-                if (g < ext[0])
-                    out.emplace_back(std::pair{std::uint8_t{0}, g});
-                else
-                    out.emplace_back(std::nullopt);
-            }
+            padded_rows(padded / w);
             break;
         }
         case layout_kind::ceil_split: {  // vLLM's cdiv(units, world) units a rank
             const std::uint64_t u = l.units[0], units = ext[0] / u;
-            const std::uint64_t loc = (units + w - 1) / w * u;
-            for (std::uint64_t i = 0; i < loc; ++i) {
-                const std::uint64_t g = r * loc + i;
-                if (g < ext[0])
-                    out.emplace_back(std::pair{std::uint8_t{0}, g});
-                else
-                    out.emplace_back(std::nullopt);
-            }
+            padded_rows((units + w - 1) / w * u);
             break;
         }
         case layout_kind::strided_split: {

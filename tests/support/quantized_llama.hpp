@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <random>
 #include <string>
@@ -153,6 +154,24 @@ inline range_2d rank_range(const std::string& n, std::uint32_t w, std::uint32_t 
     }
     FAIL("no such linear");
     return {};
+}
+
+// Every rank of each of `worlds` loads the checkpoint at `dir`; for each linear n of the rank's
+// model, f(model, n's dims [N, K], its tensors' prefix "model.layers.0.<n>.", the rows and
+// columns the rank holds of it: rank_range).
+template <class F>
+inline void for_each_rank_linear(const std::filesystem::path& dir,
+                                 std::initializer_list<std::uint32_t> worlds, F&& f) {
+    for (const std::uint32_t w : worlds)
+        for (std::uint32_t r = 0; r < w; ++r) {
+            CAPTURE(w);
+            CAPTURE(r);
+            const auto model = load<host_tensor>(dir.string(), {.rank = r, .world = w});
+            for (const auto& [n, dims] : linears()) {
+                CAPTURE(n);
+                f(model, dims, "model.layers.0." + n + ".", rank_range(n, w, r));
+            }
+        }
 }
 
 inline std::vector<std::byte> bytes_of(const host_tensor& x) {
