@@ -410,25 +410,6 @@ private:
         return false;
     }
 
-    // bitsandbytes: 8 for load_in_8bit (LLM.int8()), 4 for load_in_4bit (NF4 / FP4), 0 where it
-    // says neither; both fail.
-    template <class Fail>
-    static std::uint64_t bitsandbytes_bits(simdjson::dom::element q, const std::string& where,
-                                           Fail&& fail) {
-        auto flag = [&](std::string_view key) {
-            simdjson::dom::element e;
-            bool v = false;
-            if (q.at_key(key).get(e) != simdjson::SUCCESS || e.is_null()) return false;
-            if (e.get_bool().get(v) != simdjson::SUCCESS)
-                fail("'" + where + "." + std::string(key) + "' must be true or false, found " +
-                     std::string(detail::json_type_name(e.type())));
-            return v;
-        };
-        const bool eight = flag("load_in_8bit"), four = flag("load_in_4bit");
-        if (eight && four) fail("'" + where + "' says both load_in_8bit and load_in_4bit");
-        return eight ? 8 : four ? 4 : 0;
-    }
-
     // The fields of a quantization object `q` (`where` names it in errors, `file` the file).
     [[nodiscard]] static quantization_config quantization_of(simdjson::dom::element q,
                                                              const std::string& where,
@@ -449,15 +430,20 @@ private:
                      std::string(detail::json_type_name(e.type())));
             return std::string(s);
         };
+        auto flag = [&](std::string_view key) {
+            simdjson::dom::element e;
+            bool v = false;
+            if (q.at_key(key).get(e) != simdjson::SUCCESS || e.is_null()) return false;
+            if (e.get_bool().get(v) != simdjson::SUCCESS)
+                fail("'" + where + "." + std::string(key) + "' must be true or false, found " +
+                     std::string(detail::json_type_name(e.type())));
+            return v;
+        };
         out.quant_method = text("quant_method");
         out.format = text("format");
         out.quant_algo = text("quant_algo");
         out.version = text("version");
-        simdjson::dom::element act;
-        if (q.at_key("desc_act").get(act) == simdjson::SUCCESS && !act.is_null() &&
-            act.get_bool().get(out.act_order) != simdjson::SUCCESS)
-            fail("'" + where + ".desc_act' must be true or false, found " +
-                 std::string(detail::json_type_name(act.type())));
+        out.act_order = flag("desc_act");
         simdjson::dom::element g;
         if (q.at_key("group_size").get(g) == simdjson::SUCCESS && !g.is_null()) {
             std::int64_t v = 0;  // GPTQ writes -1 for per channel
@@ -469,7 +455,11 @@ private:
         if (q.at_key("bits").get(bits) == simdjson::SUCCESS && !bits.is_null() &&
             (!detail::json_to_uint64(bits, out.bits) || out.bits == 0 || out.bits > 64))
             fail("'" + where + ".bits' must be an integer from 1 to 64");
-        if (out.quant_method == "bitsandbytes") out.bits = bitsandbytes_bits(q, where, fail);
+        if (out.quant_method == "bitsandbytes") {  // 8: LLM.int8(); 4: NF4 / FP4
+            const bool eight = flag("load_in_8bit"), four = flag("load_in_4bit");
+            if (eight && four) fail("'" + where + "' says both load_in_8bit and load_in_4bit");
+            out.bits = eight ? 8 : four ? 4 : 0;
+        }
         simdjson::dom::element groups;
         if (q.at_key("config_groups").get(groups) == simdjson::SUCCESS && !groups.is_null())
             config_groups_into(out, groups, where + ".config_groups", file);

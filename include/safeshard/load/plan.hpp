@@ -320,9 +320,9 @@ public:
         if (!scheme_ || !scheme_->flattened || ctx_.world == 1) return;
         throw error(errc::quantized_checkpoint,
                     "the checkpoint is " + std::string(scheme_->name) +
-                        ", which stores each weight flattened ([N·K/2, 1]) with one quantization "
-                        "state over all of it (absmax a block, a JSON quant_state): no part of a "
-                        "weight has a state of its own, so it is not cut for " +
+                        ", which stores each weight flattened with one quantization state over "
+                        "all of it: no part of a weight has a state of its own, so it is not cut "
+                        "for " +
                         std::to_string(ctx_.world) +
                         " ranks; load it at world 1 (every tensor whole, as stored), or "
                         "dequantize it and quantize each rank's part again",

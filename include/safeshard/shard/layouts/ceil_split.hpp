@@ -47,12 +47,11 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_ceil_split(
     if (extent % unit != 0) return layout_status::indivisible;
     const std::uint64_t units = extent / unit;
     const std::uint64_t per = units / world + (units % world != 0 ? 1 : 0);
-    std::uint64_t local = 0, lo = 0;
-    if (mul_overflows(per, unit, local) || mul_overflows(local, std::uint64_t{rank}, lo))
-        return layout_status::overflow;
-    const std::uint64_t real = lo >= extent ? 0 : (extent - lo < local ? extent - lo : local);
+    std::uint64_t local = 0;
+    if (mul_overflows(per, unit, local)) return layout_status::overflow;
     local_extent = local;
-    if (real != 0) runs.push(segment{0, lo, real});
+    const auto [lo, hi] = padded_valid_range(extent, local, rank);
+    if (hi > lo) runs.push(segment{0, lo, hi - lo});
     return layout_status::ok;
 }
 }  // namespace detail
@@ -100,8 +99,7 @@ struct ceil_split_kind : layout_kind_defaults {
     static constexpr bool records_valid_rows = true;
     static std::optional<valid_rows_range> valid_rows(const layout& l, const shape& global,
                                                       const shape& local, std::uint32_t rank) {
-        if (l.dim >= global.rank() || l.dim >= local.rank()) return std::nullopt;
-        return padded_valid_range(global[l.dim], local[l.dim], rank);
+        return padded_split_kind::valid_rows(l, global, local, rank);
     }
 };
 static_assert(layout_kind_traits<ceil_split_kind>);

@@ -58,8 +58,8 @@ SAFESHARD_HOST_DEVICE constexpr layout_status plan_padded_split(
 
 // The rows [begin, end) along dim of a padded_split tensor of global extent n that rank
 // `rank` holds real data for, `per` rows a rank (saturating: no overflow on hostile input).
-[[nodiscard]] inline valid_rows_range padded_valid_range(std::uint64_t n, std::uint64_t per,
-                                                         std::uint32_t rank) noexcept {
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr valid_rows_range padded_valid_range(
+    std::uint64_t n, std::uint64_t per, std::uint32_t rank) noexcept {
     std::uint64_t lo = 0, hi = 0;
     if (mul_overflows(per, std::uint64_t{rank}, lo) || lo > n) lo = n;
     if (add_overflows(lo, per, hi) || hi > n) hi = n;

@@ -37,15 +37,10 @@ namespace safeshard {
            "are cut: load it at world 1, or save it again with a current bitsandbytes";
 }
 
-// A tensor every rank holds as stored.
-[[nodiscard]] constexpr companion_grid bitsandbytes_whole(const quantization_config&) {
-    return {companion_dim{0}, companion_dim{0}};
-}
-
 inline constexpr std::array<companion_spec, 2> bitsandbytes_8bit_companions = {
     {{.suffix = "SCB"},
      {.suffix = "weight_format",
-      .grid = bitsandbytes_whole,
+      .grid = held_whole,
       .refuses_cut = bitsandbytes_format_refuses_cut}}};
 
 inline constexpr quantization_scheme bitsandbytes_8bit_scheme{
@@ -57,12 +52,12 @@ inline constexpr quantization_scheme bitsandbytes_8bit_scheme{
     .companions = bitsandbytes_8bit_companions};
 
 inline constexpr std::array<companion_spec, 6> bitsandbytes_4bit_companions = {
-    {{.suffix = "weight.absmax", .grid = bitsandbytes_whole},
-     {.suffix = "weight.quant_map", .grid = bitsandbytes_whole},
-     {.suffix = "weight.nested_absmax", .grid = bitsandbytes_whole},
-     {.suffix = "weight.nested_quant_map", .grid = bitsandbytes_whole},
-     {.suffix = "weight.quant_state.bitsandbytes__nf4", .grid = bitsandbytes_whole},
-     {.suffix = "weight.quant_state.bitsandbytes__fp4", .grid = bitsandbytes_whole}}};
+    {{.suffix = "weight.absmax", .grid = held_whole},
+     {.suffix = "weight.quant_map", .grid = held_whole},
+     {.suffix = "weight.nested_absmax", .grid = held_whole},
+     {.suffix = "weight.nested_quant_map", .grid = held_whole},
+     {.suffix = "weight.quant_state.bitsandbytes__nf4", .grid = held_whole},
+     {.suffix = "weight.quant_state.bitsandbytes__fp4", .grid = held_whole}}};
 
 inline constexpr quantization_scheme bitsandbytes_4bit_scheme{
     .name = "bitsandbytes 4-bit",

@@ -71,6 +71,11 @@ struct quantization_scheme {
     return s.flattened && t == s.packed_dtype && n.ends_with(".weight");
 }
 
+// The grid of a companion every rank holds as stored, whatever its shape (grid<*,*>).
+[[nodiscard]] constexpr companion_grid held_whole(const quantization_config&) noexcept {
+    return {companion_dim{0}, companion_dim{0}};
+}
+
 // The KV cache's scales, one scalar each, beside the attention's weights: ModelOpt's
 // "X.k_proj.k_scale" and "X.v_proj.v_scale", compressed-tensors' "X.self_attn.k_scale" and
 // "X.self_attn.v_scale" (vLLM's maybe_remap_kv_scale_name reads both); every rank holds them.

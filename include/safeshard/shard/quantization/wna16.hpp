@@ -35,10 +35,7 @@ inline constexpr std::array<companion_spec, 4> wna16_companions = {{
      [](const quantization_config&) {
          return companion_grid{{0}, {1}};
      }},
-    {"weight_shape", nullptr,
-     [](const quantization_config&) {
-         return companion_grid{{0}, {0}};
-     }},
+    {"weight_shape", nullptr, held_whole},
 }};
 
 inline constexpr quantization_scheme compressed_tensors_wna16_scheme{
