@@ -827,13 +827,15 @@ TEST_CASE("Qwen3-30B-A3B-FP8: tp 4 is refused (768 / 4 = 192 rows), as vLLM refu
     const load_plan ep = load_plan::build(ckpt, {.rank = 0, .world = 4, .experts = {.ep = 4}});
     CHECK(planned(ep, "model.layers.0.mlp.experts.5.up_proj.weight") ==
           std::pair{shape{768, 2048}, shape{6, 16}});
-    // Fused experts would stack FP8 experts whose scales are not stacked yet: refused.
+    // Fused experts stack the scales as vLLM's w13_weight_scale_inv [E, 2·ceil(I/128),
+    // ceil(H/128)] and w2_weight_scale_inv [E, ceil(H/128), ceil(I/128)], a rank's share.
     plan_options fused;
     fused.schema.fuse_experts = true;
+    const load_plan f = load_plan::build(ckpt, {.rank = 1, .world = 2}, fused);
+    const std::string x = "model.layers.47.mlp.experts.";
+    CHECK(planned(f, x + "w13_weight") == std::pair{shape{128, 768, 2048}, shape{128, 6, 16}});
+    CHECK(planned(f, x + "w2_weight") == std::pair{shape{128, 2048, 384}, shape{128, 16, 3}});
     expect_error(
-        errc::quantized_checkpoint,
-        [&] { (void)load_plan::build(ckpt, {.rank = 0, .world = 2}, fused); },
-        "stacks quantized experts ('model.layers.0.mlp.experts.0.gate_proj.weight_scale_"
-        "inv'): their scales are not cut with stacked experts yet; load the experts "
-        "unfused (without fuse_experts)");
+        errc::invalid_layout, [&] { (void)load_plan::build(ckpt, {.rank = 0, .world = 4}, fused); },
+        "rows of extent 768 cut 4 ways");
 }

@@ -643,6 +643,69 @@ TEST_SUITE("export metadata") {
         CHECK(what.find("'w_s' is described differently") != std::string::npos);
     }
 
+    TEST_CASE("stacked companions: a scale of stacked experts follows each expert's slab") {
+        // Two ranks, two experts stacked in the source ("w" F8 [2, 8, 8]), each expert's slab
+        // split on rows: a rank holds both experts' [4, 8] halves, and of the scale [2, 2, 2]
+        // (4 x 4 blocks) both experts' row of blocks.
+        const dtype f8 = dtype::f8_e4m3, f = dtype::f32;
+        auto rank = [&](std::uint32_t r) {
+            export_metadata m;
+            m.world = 2;
+            m.rank = r;
+            m.experts = 2;
+            auto w = stored("w", f8, {2, 4, 8}, {2, 8, 8}, make_split(0), f8);
+            w.stacked_experts = 2;
+            m.tensors.push_back(w);
+            auto s = stored("w_s", f, {2, 1, 2}, {2, 2, 2}, make_split(0), f);
+            s.stacked_experts = 2;
+            s.companion_of = "w";
+            s.grid = {{4}, {4}};
+            m.tensors.push_back(s);
+            return m;
+        };
+        std::vector<export_metadata> ms = {rank(0), rank(1)};
+        const std::string good = to_json(ms[1]);
+        CHECK(good.find("\"stacked_experts\":2,\"companion_of\":\"w\"") != std::string::npos);
+        const auto back = read_one(good, stored_of(ms[1]));
+        REQUIRE(back);
+        CHECK(*back == by_name(ms[1]));
+        // Rank 1's scale: of each expert's [2, 2] blocks the second row, at 0 and 4.
+        const merge_cut c = merge_cut_of(ms[1], ms[1].tensors[1], 1, &ms[1].tensors[0]);
+        REQUIRE(c.ok());
+        CHECK(c.local == shape{2, 1, 2});
+        CHECK(c.global == shape{2, 2, 2});
+        std::vector<std::uint64_t> from;
+        c.for_each_piece([&](const std::uint64_t* source_at, std::uint64_t, std::uint64_t) {
+            from.push_back(source_at[0] + c.slab.map[0].src_offset);
+        });
+        CHECK(from == std::vector<std::uint64_t>{2, 6});
+        const merge_plan p = plan_of(ms);
+        REQUIRE(p.infos.size() == 2);
+        CHECK(p.infos[1].shape == shape{2, 2, 2});
+
+        std::string what;
+        struct edit {
+            const char* from;
+            const char* to;
+            const char* says;
+        };
+        for (const edit& e : {
+                 edit{"\"shape\":[2,8,8]}],\"stacked_experts\":2", "\"shape\":[2,8,8]}]",
+                      "is not cut as it (another layout or expert, or its experts stacked"},
+                 edit{"\"stacked_experts\":2,\"companion_of\"", "\"companion_of\"",
+                      "its sources cannot be joined as a grid<4,4> companion"},
+                 edit{"\"shape\":[2,2,2]", "\"shape\":[3,2,2]",
+                      "does not stack 2 experts on dim 0"},
+             }) {
+            CAPTURE(e.to);
+            std::string doc = good;
+            replace_in(doc, e.from, e.to);
+            CHECK(code_of([&] { (void)read_one(doc, stored_of(ms[1])); }, &what) ==
+                  errc::invalid_export);
+            CHECK(what.find(e.says) != std::string::npos);
+        }
+    }
+
     TEST_CASE("packed weights: the record says its layout cuts values, two a byte") {
         // Two ranks, a U8 weight [4, 4] holding [4, 8] values, split on K: each rank 4 values,
         // 2 bytes of each row.

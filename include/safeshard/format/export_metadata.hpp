@@ -32,7 +32,10 @@
 //    [rows, cols] (the weight's values [N, K] a stored element covers along each dim; its cut
 //    cuts the values, in whole stored elements);
 //  - "transposed": true on a companion or packed weight stored transposed ([K-grid, N-grid]:
-//    GPTQ's and AWQ's tensors).
+//    GPTQ's and AWQ's tensors);
+//  - a packed weight of stacked experts and its companions say "stacked_experts" (and
+//    "gathered_experts") alike: each expert's slab is cut as one unstacked tensor would be,
+//    and a companion stacked in its sources holds the experts on dim 0 as its weight does.
 //
 // This header holds its types; format/export_metadata_writer.hpp writes its documents and
 // format/export_metadata_reader.hpp reads them back. The fields of a cut come from the layout

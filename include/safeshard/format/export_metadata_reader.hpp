@@ -307,7 +307,9 @@ private:
         const std::size_t dim = t.layout.dim;
         if (listed_sources && (t.companion() || t.packed())) {
             t.sources = sources_of(sources, where, t.name, source_dtype);
+            if (t.stacked_experts != 0) check_stacked(t, where);
             t.global = companion_global_of(t, where);
+            if (t.stacked_experts != 0) t.global = experts_stacked(t, where);
             return;
         }
         if (listed_sources) {
@@ -371,13 +373,11 @@ private:
             t.grid.cols.all = all[1];
         }
         if (!listed_sources) fail(where + ": a companion lists its \"sources\"", t.name);
-        if (t.stacked_experts != 0 || t.created)
-            fail(where + ": a companion is no stacked or created tensor", t.name);
+        if (t.created) fail(where + ": a companion is no created tensor", t.name);
     }
 
     // A packed weight's "storage" ([rows, cols]: the values a stored element covers along
-    // each dim, 1 to 64, more than one in all unless "transposed"), of no stacked or created
-    // tensor.
+    // each dim, 1 to 64, more than one in all unless "transposed"), of no created tensor.
     void storage_of(export_tensor& t, simdjson::dom::object o, simdjson::dom::element field,
                     const std::string& where) const {
         std::uint64_t covers[2] = {0, 0};
@@ -388,8 +388,7 @@ private:
                      ": \"storage\" must be [rows, cols] of 1 to 64 values each, more "
                      "than one in all",
                  t.name);
-        if (t.stacked_experts != 0 || t.created)
-            fail(where + ": a packed weight is no stacked or created tensor", t.name);
+        if (t.created) fail(where + ": a packed weight is no created tensor", t.name);
         t.storage = companion_grid{{covers[0]}, {covers[1]}, is_transposed};
     }
 
@@ -425,10 +424,13 @@ private:
     }
 
     // A companion's (a packed weight's) global shape: its sources joined as its grid (its
-    // storage grid) says along its cut's dim, in the weight's orientation.
+    // storage grid) says along its cut's dim, in the weight's orientation; of stacked experts,
+    // one expert's slab (the sources without dim 0 where they stack the experts).
     shape companion_global_of(const export_tensor& t, const std::string& where) const {
+        const std::size_t skip = t.stacked_experts != 0 && !t.gathered_experts ? 1 : 0;
         std::vector<shape> shapes;
-        for (const auto& s : t.sources) shapes.push_back(s.global);
+        for (const auto& s : t.sources)
+            shapes.push_back(shape::from(s.global.dims().subspan(skip)));
         const companion_grid& grid = t.companion() ? t.grid : t.storage;
         const auto g = companion_global(grid, t.layout.dim, shapes);
         if (!g)
@@ -461,8 +463,8 @@ private:
         return s;
     }
 
-    // Stacked experts: every source stacks them on dim 0 (gathered: each names its expert by
-    // "{e}", once).
+    // Stacked experts: every source stacks them on dim 0, a weight's slab of one dim at least
+    // (gathered: each names its expert by "{e}", once).
     void check_stacked(const export_tensor& t, const std::string& where) const {
         for (const auto& s : t.sources)
             if (t.gathered_experts) {
@@ -471,7 +473,8 @@ private:
                     fail(where + ": its source '" + s.name +
                              "' of gathered experts must name the expert by \"{e}\", once",
                          t.name);
-            } else if (s.global.rank() < 2 || s.global[0] != t.stacked_experts)
+            } else if (s.global.rank() < (t.companion() ? 1 : 2) ||
+                       s.global[0] != t.stacked_experts)
                 fail(where + ": its source '" + s.name + "' of shape " + s.global.to_string() +
                          " does not stack " + std::to_string(t.stacked_experts) +
                          " experts on dim 0",
@@ -714,17 +717,19 @@ namespace detail {
 }
 
 // A companion follows a weight of the rank: untied, no companion itself, of the same expert,
-// cut by the same layout.
+// cut by the same layout, its experts stacked as the weight's are.
 inline void check_companion(const export_metadata& m, std::span<const std::size_t> order,
                             const export_tensor& t, const std::string& file) {
     const export_tensor* w = export_find(m, order, t.companion_of);
-    if (!w || w->tied() || w->companion() || w->created || w->stacked_experts != 0)
+    if (!w || w->tied() || w->companion() || w->created)
         export_file_error("tensor '" + t.name + "' is a companion of '" + t.companion_of +
                               "', which is no weight of the export it could follow",
                           file, t.name);
-    if (w->expert != t.expert || !(w->layout == t.layout))
+    if (w->expert != t.expert || !(w->layout == t.layout) ||
+        w->stacked_experts != t.stacked_experts || w->gathered_experts != t.gathered_experts)
         export_file_error("tensor '" + t.name + "' is a companion of '" + t.companion_of +
-                              "' but is not cut as it (another layout or expert)",
+                              "' but is not cut as it (another layout or expert, or its "
+                              "experts stacked otherwise)",
                           file, t.name);
 }
 

@@ -114,14 +114,16 @@ struct plan_destination {
     return to_string(g);
 }
 
-// The layout as plan --json spells it: "split<1>", or for stacked experts
-// "stacked_experts<split<1>>" (the experts on dim 0, each expert's slab cut as the inner one
-// says), "gathered_experts<fused<0>>" when the slabs come from one tensor per expert.
+// The layout as plan --json spells it: "split<1>"; a companion's "grid<128,128>(split<1>)", a
+// packed weight's "packed<8>(split<1>)"; for stacked experts "stacked_experts<split<1>>" (the
+// experts on dim 0, each expert's slab cut as the inner one says),
+// "gathered_experts<fused<0>>" when the slabs come from one tensor per expert.
 [[nodiscard]] inline std::string layout_name(const plan_destination& d) {
-    const std::string inner(name(d.layout));
-    if (d.companion_of) return to_string(d.grid) + "(" + inner + ")";
-    if (d.storage != companion_grid{})
-        return "packed<" + storage_name(d.storage) + ">(" + inner + ")";
+    std::string inner(name(d.layout));
+    if (d.companion_of)
+        inner = to_string(d.grid) + "(" + inner + ")";
+    else if (d.storage != companion_grid{})
+        inner = "packed<" + storage_name(d.storage) + ">(" + inner + ")";
     if (d.stacked_experts == 0) return inner;
     return (d.gathered_experts ? "gathered_experts<" : "stacked_experts<") + inner + ">";
 }
@@ -281,6 +283,15 @@ namespace detail {
 struct piece_offsets {
     std::uint64_t source[max_sources] = {};
     std::uint64_t destination = 0;
+};
+
+// How a rank's stacked experts lie: its experts (`held`, in expert order) of the layer's
+// `experts`, each one slab of its tensor; the slabs in dim 0 of the sources, or (`gathered`)
+// each held expert's own tensors.
+struct expert_stack {
+    std::span<const std::uint64_t> held;
+    std::uint64_t experts = 0;
+    bool gathered = false;
 };
 }  // namespace detail
 
@@ -522,15 +533,6 @@ private:
                         error_context{.file = {}, .tensor = m.name});
         return locate(m.sources);
     }
-    // Gathered experts: the sources of the experts the rank holds (in its order), not the others'.
-    std::optional<std::vector<located_tensor>> locate_held_sources(
-        const parameter_meta& m, std::span<const std::uint64_t> held) {
-        const std::size_t k = m.expert_sources.size();
-        std::vector<std::string_view> names;
-        for (const std::uint64_t e : held)
-            for (std::size_t i = 0; i < k; ++i) names.push_back(m.sources[e * k + i]);
-        return locate(names);
-    }
     template <class Names>
     std::optional<std::vector<located_tensor>> locate(const Names& names) {
         std::vector<located_tensor> located;
@@ -712,6 +714,7 @@ private:
             if (n.empty() || ckpt_.find(src) || !ckpt_.find(n)) return std::nullopt;
             src = std::move(n);
         }
+        for (auto& src : r.expert_sources) src = companion_name(src, scheme_->stored_weight);
         if (std::string n = companion_name(m.name, scheme_->stored_weight); !n.empty())
             r.name = std::move(n);
         return r;
@@ -727,14 +730,19 @@ private:
         slice_result values;
         std::vector<shape> value_shapes;
     };
+    // (`slabs`, when given, replace the sources' own shapes: stacked experts' slabs.)
     [[nodiscard]] weight_cut cut_weight(const parameter_meta& m,
-                                        std::span<const located_tensor> located) const {
+                                        std::span<const located_tensor> located,
+                                        std::span<const shape> slabs = {}) const {
         weight_cut c;
         const dtype t = located.front().tensor.dtype();
         if (scheme_) c.storage = weight_storage_of(*scheme_, *config_->quantization, t);
-        for (const auto& l : located) c.value_shapes.push_back(l.tensor.shape());
+        if (!slabs.empty())
+            c.value_shapes.assign(slabs.begin(), slabs.end());
+        else
+            for (const auto& l : located) c.value_shapes.push_back(l.tensor.shape());
         if (stored_as_values(c.storage)) {
-            c.stored = c.values = slice_sources(m, located);
+            c.stored = c.values = slice_sources(m, located, slabs);
             return c;
         }
         const std::vector<shape> stored = c.value_shapes;
@@ -760,24 +768,26 @@ private:
         return c;
     }
 
-    // The ways m is cut: its expert group's for an expert's parameter, else the world.
+    // The ways m is cut: its expert group's for an expert's parameter (and each expert's slab
+    // of stacked experts), else the world.
     [[nodiscard]] std::uint32_t ways_of(const parameter_meta& m) const noexcept {
-        return m.expert ? expert_rank_.ways : ctx_.world;
+        return m.expert || m.stacked_experts ? expert_rank_.ways : ctx_.world;
     }
 
-    // The located companions of suffix `suffix` of the weight's sources (one each), or nullopt
-    // where it has none; shape_mismatch where some sources have one and others not.
+    // The located companions of suffix `suffix` of the weight's sources `sources` (one each),
+    // or nullopt where it has none; shape_mismatch where some sources have one and others not.
+    template <class Names>
     [[nodiscard]] std::optional<std::vector<located_tensor>> companions_of(
-        const parameter_meta& m, std::string_view suffix) const {
+        const parameter_meta& m, const Names& sources, std::string_view suffix) const {
         std::vector<located_tensor> found;
         std::vector<std::string> absent;
-        for (const auto& src : m.sources) {
+        for (const auto& src : sources) {
             const std::string n = companion_name(src, suffix);
             const auto t = n.empty() ? std::nullopt : ckpt_.find(n);
             if (t)
                 found.push_back(*t);
             else
-                absent.push_back(n.empty() ? src + "'s " + std::string(suffix) : n);
+                absent.push_back(n.empty() ? std::string(src) + "'s " + std::string(suffix) : n);
         }
         if (found.empty()) return std::nullopt;
         if (!absent.empty())
@@ -791,10 +801,12 @@ private:
 
     // The grid the companions `spec` have over the weight's sources: one for all, the one the
     // scheme fixes or read from the stored shapes against its block (a whole companion: every
-    // rank holds it as stored); shape_mismatch for a companion off it.
+    // rank holds it as stored); shape_mismatch for a companion off it. `cshapes`: the
+    // companions' shapes (of stacked experts, their slabs), one a weight source.
     [[nodiscard]] companion_grid grid_of(const parameter_meta& m, const companion_spec& spec,
                                          std::span<const shape> weights,
-                                         std::span<const located_tensor> companions) const {
+                                         std::span<const located_tensor> companions,
+                                         std::span<const shape> cshapes) const {
         const quantization_config& q = *config_->quantization;
         const std::optional<companion_grid> fixed =
             spec.grid ? std::optional<companion_grid>(spec.grid(q)) : std::nullopt;
@@ -802,7 +814,7 @@ private:
         std::optional<companion_grid> grid;
         for (std::size_t k = 0; k < weights.size(); ++k) {
             const shape& w = weights[k];
-            const shape& c = companions[k].tensor.shape();
+            const shape& c = cshapes[k];
             const auto g = !fixed ? infer_companion_grid(w, c, b.rows, b.cols)
                            : companion_sources_fit(*fixed, {&w, 1}, {&c, 1}) ? fixed
                                                                              : std::nullopt;
@@ -825,13 +837,17 @@ private:
 
     // A quantized weight's companions (its scheme's scales where the checkpoint has them),
     // each a destination of its own cut as the weight in its grid's units, kept in its dtype.
-    // `r` and `weights` are the weight's cut and its sources' shapes in values.
+    // `r` and `weights` are the weight's cut and its sources' shapes in values (of stacked
+    // experts, `st`: each expert's slab's, the companions stacked as the weight is).
     void add_companions(const parameter_meta& m, const slice_result& r,
-                        std::span<const shape> weights, std::uint32_t weight_at) {
+                        std::span<const shape> weights, std::uint32_t weight_at,
+                        const detail::expert_stack* st = nullptr) {
         if (!scheme_) return;
         for (const companion_spec& spec : scheme_->companions) {
             const std::string_view suffix = spec.suffix;
-            const auto found = companions_of(m, suffix);
+            const auto found = st && st->gathered
+                                   ? companions_of(m, held_sources(m, st->held), suffix)
+                                   : companions_of(m, m.sources, suffix);
             if (!found) continue;
             const plan_destination& w = p_.destinations_[weight_at];
             if (w.dtype != w.source_dtype)
@@ -842,10 +858,10 @@ private:
                                 std::string(name(w.dtype)) +
                                 " without its scales would be wrong; load it as stored",
                             error_context{.file = {}, .tensor = m.name});
-            std::vector<shape> cshapes;
-            for (const auto& l : *found) cshapes.push_back(l.tensor.shape());
-            const companion_grid g = grid_of(m, spec, weights, *found);
-            if (spec.refuses_cut && w.local != w.global) refuse_cut(m, spec, *found);
+            const std::vector<shape> cshapes =
+                st ? slabs_of(m.name, *found, weights.size(), *st) : shapes_of(*found);
+            const companion_grid g = grid_of(m, spec, weights, *found, cshapes);
+            if (spec.refuses_cut && r.local != r.global) refuse_cut(m, spec, *found);
             const slice_result rc = companion_slice({.parameter = w.name,
                                                      .weight = &r,
                                                      .weight_sources = weights,
@@ -856,23 +872,28 @@ private:
             const dtype stored = found->front().tensor.dtype();
             plan_destination d;
             d.name = companion_name(m.name, suffix);
-            if (d.name.empty()) d.name = m.name + "." + std::string(suffix);
             d.expert = m.expert;
             d.source_dtype = d.dtype = stored;
             d.local = rc.local;
             d.global = rc.global;
             d.layout = m.layout;
             d.device = o_.device;
-            d.bytes = p_.tensor_bytes(d.dtype, d.local, d.name);
             d.companion_of = weight_at;
             d.grid = g;
             d.schema_index = w.schema_index;
-            for (const auto& l : *found) {
-                d.sources.emplace_back(l.tensor.name());
-                claimed_.emplace(l.tensor.name());
-            }
+            for (const auto& l : *found) claimed_.emplace(l.tensor.name());
+            if (st && st->gathered)
+                for (const auto& t : m.expert_sources)
+                    d.sources.push_back(companion_name(t, suffix));
+            else
+                for (const auto& l : *found) d.sources.emplace_back(l.tensor.name());
+            if (st) stack(d, *st);
+            d.bytes = p_.tensor_bytes(d.dtype, d.local, d.name);
             const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
-            emit_ops(m, rc, *found, d, di);
+            if (st)
+                emit_stacked(m, rc, *found, cshapes, d, di, *st);
+            else
+                emit_ops(m, rc, *found, d, di);
             p_.destinations_.push_back(std::move(d));
         }
     }
@@ -889,114 +910,126 @@ private:
                             error_context{.file = {}, .tensor = m.name});
     }
 
-    // The experts stacked on dim 0 of each source: that dim must hold the layer's experts; the
-    // shapes without it (each expert's slab).
-    [[nodiscard]] std::vector<shape> expert_slabs(const parameter_meta& m,
-                                                  std::span<const located_tensor> located) const {
+    // The shapes of located tensors.
+    [[nodiscard]] static std::vector<shape> shapes_of(std::span<const located_tensor> located) {
+        std::vector<shape> out;
+        for (const auto& l : located) out.push_back(l.tensor.shape());
+        return out;
+    }
+
+    // Gathered experts: the sources of the experts the rank holds (in its order), k an expert.
+    [[nodiscard]] static std::vector<std::string_view> held_sources(
+        const parameter_meta& m, std::span<const std::uint64_t> held) {
+        const std::size_t k = m.expert_sources.size();
+        std::vector<std::string_view> names;
+        for (const std::uint64_t e : held)
+            for (std::size_t i = 0; i < k; ++i) names.push_back(m.sources[e * k + i]);
+        return names;
+    }
+
+    // The slabs of stacked tensors (`located`, k a piece; a weight's or its companions'):
+    // stacked in the sources, dim 0 must hold the layer's experts and the slab is the rest;
+    // gathered, every held expert's k tensors must have the first's shapes, the slabs.
+    [[nodiscard]] std::vector<shape> slabs_of(const std::string& name,
+                                              std::span<const located_tensor> located,
+                                              std::size_t k, const detail::expert_stack& st) const {
+        const error_context ctx{.file = {}, .tensor = name};
         std::vector<shape> slabs;
-        for (std::size_t k = 0; k < located.size(); ++k) {
-            const shape& s = located[k].tensor.shape();
-            if (s.rank() < 2 || s[0] != s_.experts())
+        for (std::size_t i = 0; i < k && i < located.size(); ++i) {
+            const shape& s = located[i].tensor.shape();
+            if (!st.gathered && (s.rank() == 0 || s[0] != st.experts))
                 throw error(errc::shape_mismatch,
-                            "parameter '" + m.name + "' stacks the layer's " +
-                                std::to_string(s_.experts()) +
-                                " experts on dim 0, but its source '" + m.sources[k] + "' is " +
-                                s.to_string(),
-                            error_context{.file = {}, .tensor = m.name});
-            slabs.push_back(shape::from(s.dims().subspan(1)));
+                            "parameter '" + name + "' stacks the layer's " +
+                                std::to_string(st.experts) + " experts on dim 0, but its source '" +
+                                std::string(located[i].tensor.name()) + "' is " + s.to_string(),
+                            ctx);
+            slabs.push_back(st.gathered ? s : shape::from(s.dims().subspan(1)));
+        }
+        for (std::size_t j = k; st.gathered && j < located.size(); ++j) {
+            const shape& s = located[j].tensor.shape();
+            if (s != slabs[j % k])
+                throw error(errc::shape_mismatch,
+                            "parameter '" + name +
+                                "' stacks the layer's experts, which must agree in shape: '" +
+                                std::string(located[j].tensor.name()) + "' is " + s.to_string() +
+                                ", '" + std::string(located[j % k].tensor.name()) + "' " +
+                                slabs[j % k].to_string(),
+                            ctx);
         }
         return slabs;
     }
 
-    // Gathered experts: every held expert's sources have the first held expert's shapes (the
-    // slabs).
-    [[nodiscard]] std::vector<shape> gathered_slabs(const parameter_meta& m,
-                                                    std::span<const located_tensor> located,
-                                                    std::span<const std::uint64_t> held) const {
-        const std::size_t k = m.expert_sources.size();
-        std::vector<shape> slabs;
-        for (std::size_t i = 0; i < k && i < located.size(); ++i)
-            slabs.push_back(located[i].tensor.shape());
-        for (std::size_t j = 1; j < held.size(); ++j)
-            for (std::size_t i = 0; i < k; ++i) {
-                const shape& s = located[j * k + i].tensor.shape();
-                if (s != slabs[i])
-                    throw error(errc::shape_mismatch,
-                                "parameter '" + m.name +
-                                    "' stacks the layer's experts, which must agree in shape: '" +
-                                    m.sources[held[j] * k + i] + "' is " + s.to_string() + ", '" +
-                                    m.sources[held[0] * k + i] + "' " + slabs[i].to_string(),
-                                error_context{.file = {}, .tensor = m.name});
-            }
-        return slabs;
+    // A destination of one expert's slab (its local and global shapes) as the stack of the
+    // rank's experts: [held, slab...] of [experts, slab...].
+    static void stack(plan_destination& d, const detail::expert_stack& st) {
+        auto stacked = [](std::uint64_t n, const shape& s) {
+            shape out{n};
+            for (const auto x : s.dims()) out.push_back(x);
+            return out;
+        };
+        d.local = stacked(st.held.size(), d.local);
+        d.global = stacked(st.experts, d.global);
+        d.stacked_experts = st.experts;
+        d.gathered_experts = st.gathered;
     }
 
-    // Stacked experts' companions are not planned yet: refused rather than left behind.
-    void refuse_stacked_companions(const parameter_meta& m,
-                                   std::span<const located_tensor> located) const {
-        if (!scheme_) return;
-        for (const companion_spec& spec : scheme_->companions)
-            for (const auto& l : located) {
-                const std::string n = companion_name(l.tensor.name(), spec.suffix);
-                if (!n.empty() && ckpt_.find(n))
-                    throw error(
-                        errc::quantized_checkpoint,
-                        "parameter '" + m.name + "' stacks quantized experts ('" + n +
-                            "'): their scales are not cut with stacked experts yet; " +
-                            (m.gathers_experts() ? "load the experts unfused (without fuse_experts)"
-                                                 : "load the raw tensors (allow_quantized)"),
-                        error_context{.file = {}, .tensor = m.name});
+    // The ops of stacked experts: the slab's cut `r` once per held expert, at its slab of the
+    // destination, from its slab of the sources (`slabs`, their stored shapes: expert e's at e
+    // slabs into dim 0) or, gathered, from its own tensors (located j·k .. j·k + k - 1).
+    void emit_stacked(const parameter_meta& m, const slice_result& r,
+                      std::span<const located_tensor> located, std::span<const shape> slabs,
+                      const plan_destination& d, std::uint32_t di, const detail::expert_stack& st) {
+        const std::uint64_t local_slab = r.local.element_count().value_or(0);
+        const std::size_t k = slabs.size();
+        for (std::size_t j = 0; j < st.held.size(); ++j) {
+            detail::piece_offsets at;
+            at.destination = j * local_slab;
+            if (st.gathered) {
+                emit_ops(m, r, located.subspan(j * k, k), d, di, at);
+                continue;
             }
+            for (std::size_t i = 0; i < k; ++i)
+                at.source[i] = st.held[j] * slabs[i].element_count().value_or(0);
+            emit_ops(m, r, located, d, di, at);
+        }
     }
 
     // Stacked experts: the rank's experts (its group's, in expert order) stacked on dim 0, each
     // expert's slab cut within the group as the layout says; the other experts are not read.
-    // The slabs lie in the sources' dim 0, or (gathered) are the held experts' own tensors.
-    void add_stacked(const parameter_meta& m) {
+    // The slabs lie in the sources' dim 0, or (gathered) are the held experts' own tensors. A
+    // quantized weight is stacked as stored (packed, under its scheme's name), and its
+    // companions are stacked the same way.
+    void add_stacked(const parameter_meta& meta) {
         const auto held = p_.held_experts();
         if (held.empty())
             throw error(errc::invalid_argument,
-                        "parameter '" + m.name + "' stacks the layer's experts, but the schema " +
-                            "has none (schema::set_experts)",
-                        error_context{.file = {}, .tensor = m.name});
-        const bool gathered = m.gathers_experts();
-        const auto located = gathered ? locate_held_sources(m, held) : locate_sources(m);
+                        "parameter '" + meta.name +
+                            "' stacks the layer's experts, but the schema has none "
+                            "(schema::set_experts)",
+                        error_context{.file = {}, .tensor = meta.name});
+        const detail::expert_stack st{held, s_.experts(), meta.gathers_experts()};
+        const std::optional<parameter_meta> renamed = stored_weight_form(meta);
+        const parameter_meta& m = renamed ? *renamed : meta;
+        const auto located = st.gathered ? locate(held_sources(m, held)) : locate_sources(m);
         if (!located) return;
-        refuse_stacked_companions(m, *located);
-        const std::vector<shape> slabs =
-            gathered ? gathered_slabs(m, *located, held) : expert_slabs(m, *located);
-        slice_result r = slice_sources(m, *located, slabs);
-        auto stacked = [](std::uint64_t n, const shape& s) {
-            shape out{n};
-            for (const auto d : s.dims()) out.push_back(d);
-            return out;
-        };
-        slice_result whole = r;
-        whole.local = stacked(held.size(), r.local);
-        whole.global = stacked(s_.experts(), r.global);
+        (void)flattened_form(meta, *located);  // refuses stacking flattened weights
+        const std::vector<shape> slabs = slabs_of(m.name, *located, m.layout_source_count(), st);
+        const weight_cut cut = cut_weight(m, *located, slabs);
         const dtype source = located->front().tensor.dtype();
-        plan_destination d =
-            destination(m, whole, source, target_dtype(m.name, m.dtype_override, source), "");
-        d.stacked_experts = s_.experts();
-        d.gathered_experts = gathered;
-        d.sources = gathered ? m.expert_sources : m.sources;
-        d.schema_index = schema_index_of(m);
+        plan_destination d = destination(m, cut.stored, source,
+                                         target_dtype(meta.name, meta.dtype_override, source), "");
+        stack(d, st);
+        d.bytes = p_.tensor_bytes(d.dtype, d.local, d.name);
+        d.sources = st.gathered ? m.expert_sources : m.sources;
+        d.storage = cut.storage;
+        d.schema_index = schema_index_of(meta);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
-        const std::uint64_t local_slab = r.local.element_count().value_or(0);
-        const std::size_t k = slabs.size();
-        for (std::size_t j = 0; j < held.size(); ++j) {
-            detail::piece_offsets at;
-            at.destination = j * local_slab;
-            if (gathered) {  // expert held[j]'s own tensors, located j-th
-                emit_ops(m, r, std::span(*located).subspan(j * k, k), d, di, at);
-                continue;
-            }
-            for (std::size_t i = 0; i < k; ++i)
-                at.source[i] = held[j] * slabs[i].element_count().value_or(0);
-            emit_ops(m, r, *located, d, di, at);
-        }
-        index_.emplace(m.name, di);
+        emit_stacked(m, cut.stored, *located, slabs, d, di, st);
+        index_.emplace(meta.name, di);
         p_.destinations_.push_back(std::move(d));
+        if (renamed)
+            for (const auto& l : *located) claimed_.emplace(l.tensor.name());
+        add_companions(meta, cut.values, cut.value_shapes, di, &st);
     }
 
     // The global shape of a created parameter: given, or its checkpoint tensor's (unread).

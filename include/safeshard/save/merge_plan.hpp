@@ -63,12 +63,22 @@ namespace detail {
     throw error(errc::invalid_export, why, error_context{.file = file.string(), .tensor = tensor});
 }
 
-// A packed weight's sources in values (weight_values_shape of t.storage); nullopt where one
-// is not 2-D or passes 64 bits.
+// The shapes t's layout cuts: its sources', of stacked experts each expert's slab (the
+// sources without dim 0 where they stack the experts; gathered, the sources).
+[[nodiscard]] inline std::vector<shape> merge_slab_shapes(const export_tensor& t) {
+    const std::size_t skip = t.stacked_experts != 0 && !t.gathered_experts ? 1 : 0;
+    std::vector<shape> out;
+    for (const auto& s : t.sources)
+        out.push_back(shape::from(s.global.dims().subspan(std::min(skip, s.global.rank()))));
+    return out;
+}
+
+// A packed weight's sources (their slabs) in values (weight_values_shape of t.storage);
+// nullopt where one is not 2-D or passes 64 bits.
 [[nodiscard]] inline std::optional<std::vector<shape>> merge_value_shapes(const export_tensor& t) {
     std::vector<shape> out;
-    for (const auto& s : t.sources) {
-        const auto v = weight_values_shape(t.storage, s.global);
+    for (const auto& s : merge_slab_shapes(t)) {
+        const auto v = weight_values_shape(t.storage, s);
         if (!v) return std::nullopt;
         out.push_back(*v);
     }
@@ -78,8 +88,7 @@ namespace detail {
 // A packed weight's cut of its values (`values`, over `shapes`) in whole stored elements.
 [[nodiscard]] inline slice_result merge_packed(const export_tensor& t, const slice_result& values,
                                                std::span<const shape> shapes, std::uint32_t ways) {
-    std::vector<shape> stored;
-    for (const auto& s : t.sources) stored.push_back(s.global);
+    const std::vector<shape> stored = merge_slab_shapes(t);
     return companion_slice({.parameter = t.name,
                             .weight = &values,
                             .weight_sources = shapes,
@@ -102,15 +111,10 @@ namespace detail {
         }
         return slice(t.layout, std::span<const shape>(*shapes), at.ways, at.position);
     }
-    shape shapes[max_sources];
-    const std::size_t n = std::min(t.sources.size(), max_sources);
-    const std::size_t skip = t.stacked_experts != 0 && !t.gathered_experts ? 1 : 0;
-    for (std::size_t s = 0; s < n; ++s) {
-        const shape& g = t.sources[s].global;
-        shapes[s] = shape::from(g.dims().subspan(std::min(skip, g.rank())));
-    }
-    return slice(t.layout, shapes, t.sources.size() > max_sources ? max_sources + 1 : n, at.ways,
-                 at.position);
+    const std::vector<shape> shapes = merge_slab_shapes(t);
+    const std::size_t n = std::min(shapes.size(), max_sources);
+    return slice(t.layout, shapes.data(), shapes.size() > max_sources ? max_sources + 1 : n,
+                 at.ways, at.position);
 }
 
 // A rank's cut of t's stored elements: its values' cut, a packed weight's in whole elements.
@@ -166,12 +170,9 @@ namespace detail {
     }
     const slice_result ws = merge_value_slice(*w, at);
     if (!ws.ok()) return ws;
-    std::vector<shape> weights, companions;
-    if (w->packed())
-        weights = *merge_value_shapes(*w);
-    else
-        for (const auto& s : w->sources) weights.push_back(s.global);
-    for (const auto& s : t.sources) companions.push_back(s.global);
+    const std::vector<shape> weights =
+        w->packed() ? *merge_value_shapes(*w) : merge_slab_shapes(*w);
+    const std::vector<shape> companions = merge_slab_shapes(t);
     return companion_slice({.parameter = w->name,
                             .weight = &ws,
                             .weight_sources = weights,

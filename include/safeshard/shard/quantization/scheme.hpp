@@ -153,13 +153,18 @@ inline constexpr std::array<std::string_view, 2> kv_cache_scales = {"k_scale", "
     return std::pair{std::move(n), values};
 }
 
-// "X.weight" -> "X.<suffix>"; empty for a name that does not end in ".weight".
+// A weight's companion of suffix `suffix`: "X.weight" -> "X.<suffix>"; the engine's fused
+// experts' "X.w13_weight" -> "X.w13_<suffix>" (vLLM's names: w13_weight_scale_inv,
+// w13_weight_packed, w13_qweight); a name ending in neither (transformers v5's stacked experts,
+// "X.gate_up_proj") -> "X.gate_up_proj_<suffix without its leading weight_>"
+// ("gate_up_proj_scale_inv", as its FP8 experts name their scales).
 [[nodiscard]] inline std::string companion_name(std::string_view weight, std::string_view suffix) {
     constexpr std::string_view w = "weight";
-    if (!weight.ends_with("." + std::string(w))) return {};
-    std::string out(weight.substr(0, weight.size() - w.size()));
-    out += suffix;
-    return out;
+    if (weight.ends_with(".weight") || weight.ends_with("_weight"))
+        return std::string(weight.substr(0, weight.size() - w.size())) + std::string(suffix);
+    if (weight.empty()) return {};
+    if (suffix.starts_with("weight_")) suffix.remove_prefix(w.size() + 1);
+    return std::string(weight) + "_" + std::string(suffix);
 }
 
 // The weight a companion name of scheme `s` belongs to ("X.weight_scale_inv" -> "X.weight"),
