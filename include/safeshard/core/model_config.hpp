@@ -15,7 +15,9 @@ namespace safeshard {
 struct quantization_config {
     std::string quant_method;  // "fp8", "compressed-tensors", "modelopt", "gptq", ...
     std::string format;        // compressed-tensors: "float-quantized", "pack-quantized", ...
-    std::string quant_algo;    // modelopt: "FP8", "NVFP4"
+    std::string quant_algo;    // modelopt: "FP8", "NVFP4", "MIXED_PRECISION" (upper case)
+    // modelopt's MIXED_PRECISION: the quant_algo of its quantized_layers, each once, sorted.
+    std::vector<std::string> layer_algos;
     // fp8's weight_block_size [rows, columns] (DeepSeek-V3: [128, 128]); 0: none given.
     std::uint64_t block_rows = 0;
     std::uint64_t block_cols = 0;

@@ -1,6 +1,7 @@
 // config.json (transformers' model configuration) into core/model_config.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -339,14 +340,20 @@ private:
         return v;
     }
 
-    // quantization_config (at the top level, beside text_config): the method, and what of it
-    // decides a cut.
+    // quantization_config (at the top level, beside text_config; else inside text_config, as
+    // moonshotai/Kimi-K2.5 writes it): the method, and what of it decides a cut.
     void parse_quantization() {
         simdjson::dom::element q;
-        if (root_.at_key("quantization_config").get(q) != simdjson::SUCCESS || q.is_null()) return;
-        config_.quantization = quantization_of(q, "quantization_config", source_);
+        std::string where = "quantization_config";
+        if (root_.at_key(where).get(q) != simdjson::SUCCESS || q.is_null()) {
+            if (!has_text_config_ || text_section_.at_key(where).get(q) != simdjson::SUCCESS ||
+                q.is_null())
+                return;
+            where = "text_config.quantization_config";
+        }
+        config_.quantization = quantization_of(q, where, source_);
         if (config_.quantization->quant_method.empty())
-            fail("'quantization_config' has no 'quant_method'");
+            fail("'" + where + "' has no 'quant_method'");
     }
 
     // compressed-tensors' config_groups: each group's "weights" (num_bits, group_size,
@@ -391,6 +398,52 @@ private:
         if (out.bits == 0) out.bits = seen->bits;
         if (out.group_size == 0) out.group_size = seen->group;
         out.act_order = out.act_order || seen->act_order;
+    }
+
+    // ModelOpt's MIXED_PRECISION "quantized_layers" ({"model.layers.0.mlp.experts":
+    // {"quant_algo": "NVFP4", "group_size": 16}, ...}): each layer's quant_algo, kept once each
+    // (upper case), and the NVFP4 layers' group size where the config gives none (one for all).
+    static void quantized_layers_into(quantization_config& out, simdjson::dom::element layers,
+                                      const std::string& where, const std::string& file) {
+        auto fail = [&](const std::string& msg) {
+            throw error(errc::invalid_config, msg, error_context{.file = file});
+        };
+        simdjson::dom::object o;
+        if (layers.get_object().get(o) != simdjson::SUCCESS)
+            fail("'" + where + "' must be an object");
+        std::uint64_t nvfp4_group = 0;
+        for (const auto l : o) {
+            const std::string at = where + "." + std::string(l.key);
+            simdjson::dom::element e;
+            std::string_view algo;
+            if (!l.value.is_object() || l.value.at_key("quant_algo").get(e) != simdjson::SUCCESS ||
+                e.get_string().get(algo) != simdjson::SUCCESS)
+                fail("'" + at + "' must be an object with a string 'quant_algo'");
+            std::string a = upper_case(algo);
+            std::uint64_t group = 0;
+            if (l.value.at_key("group_size").get(e) == simdjson::SUCCESS && !e.is_null() &&
+                (!detail::json_to_uint64(e, group) || group == 0))
+                fail("'" + at + ".group_size' must be a positive integer or null");
+            if (group && a.ends_with("NVFP4")) {
+                if (nvfp4_group && nvfp4_group != group)
+                    fail("'" + where + "' has NVFP4 layers of group sizes " +
+                         std::to_string(nvfp4_group) + " and " + std::to_string(group) +
+                         ", which no plan cuts yet");
+                nvfp4_group = group;
+            }
+            if (std::find(out.layer_algos.begin(), out.layer_algos.end(), a) ==
+                out.layer_algos.end())
+                out.layer_algos.push_back(std::move(a));
+        }
+        std::sort(out.layer_algos.begin(), out.layer_algos.end());
+        if (out.group_size == 0) out.group_size = nvfp4_group;
+    }
+
+    [[nodiscard]] static std::string upper_case(std::string_view s) {
+        std::string out(s);
+        for (char& c : out)
+            if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+        return out;
     }
 
     // compressed-tensors' "actorder": "group" (or its alias "dynamic", or the older true): the
@@ -441,7 +494,7 @@ private:
         };
         out.quant_method = text("quant_method");
         out.format = text("format");
-        out.quant_algo = text("quant_algo");
+        out.quant_algo = upper_case(text("quant_algo"));  // ModelOpt may write it lower case
         out.version = text("version");
         out.act_order = flag("desc_act");
         simdjson::dom::element g;
@@ -460,9 +513,18 @@ private:
             if (eight && four) fail("'" + where + "' says both load_in_8bit and load_in_4bit");
             out.bits = eight ? 8 : four ? 4 : 0;
         }
+        // compressed-tensors' scheme is its config_groups; ModelOpt's newer config.json mirrors
+        // its quant_algo (and quantized_layers) there, one group an algorithm: not read.
         simdjson::dom::element groups;
-        if (q.at_key("config_groups").get(groups) == simdjson::SUCCESS && !groups.is_null())
+        if (out.quant_method == "compressed-tensors" &&
+            q.at_key("config_groups").get(groups) == simdjson::SUCCESS && !groups.is_null())
             config_groups_into(out, groups, where + ".config_groups", file);
+        simdjson::dom::element layers;
+        if (q.at_key("quantized_layers").get(layers) == simdjson::SUCCESS && !layers.is_null())
+            quantized_layers_into(out, layers, where + ".quantized_layers", file);
+        if (out.quant_algo == "MIXED_PRECISION" && out.layer_algos.empty())
+            fail("'" + where +
+                 "' says quant_algo MIXED_PRECISION without a non-empty 'quantized_layers'");
         simdjson::dom::element b;
         if (q.at_key("weight_block_size").get(b) == simdjson::SUCCESS && !b.is_null()) {
             simdjson::dom::array a;

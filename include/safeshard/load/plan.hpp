@@ -134,6 +134,17 @@ struct device_bytes {
 };
 
 namespace detail {
+// What names a quantization_config's scheme beside its quant_method: " (format
+// 'pack-quantized')", " (quant_algo 'MIXED_PRECISION' of layers FP8, MXFP8)"; empty for none.
+[[nodiscard]] inline std::string scheme_details(const quantization_config& q) {
+    std::string s;
+    if (!q.format.empty()) s += "format '" + q.format + "'";
+    if (!q.quant_algo.empty()) s += (s.empty() ? "" : ", ") + ("quant_algo '" + q.quant_algo + "'");
+    for (std::size_t i = 0; i < q.layer_algos.size(); ++i)
+        s += (i ? ", " : " of layers ") + q.layer_algos[i];
+    return s.empty() ? s : " (" + s + ")";
+}
+
 inline bool is_quantization_scale(std::string_view n) noexcept {
     return n.ends_with(".weight_scale") || n.ends_with(".weight_scale_inv") ||
            n.ends_with(".weight_scale_2") || n.ends_with(".weight_global_scale") ||
@@ -317,9 +328,7 @@ public:
             throw error(errc::quantized_checkpoint,
                         "config.json's quantization_config says quant_method '" +
                             config_->quantization->quant_method + "'" +
-                            (config_->quantization->format.empty()
-                                 ? std::string()
-                                 : " (format '" + config_->quantization->format + "')") +
+                            detail::scheme_details(*config_->quantization) +
                             ", which no plan cuts yet; load the raw tensors explicitly "
                             "(plan_options::allow_quantized) or dequantize it first",
                         error_context{.file = ckpt_.root().string(), .tensor = {}});

@@ -8,7 +8,8 @@
 //  - compressed-tensors' float-quantized FP8 (compressed_tensors_w8a8_fp8.py): weight_scale
 //    [N, 1] per channel (cut with N) or [1] per tensor (whole), input_scale per tensor;
 //  - ModelOpt FP8 (quant_method "modelopt", quant_algo "FP8"; modelopt.py): weight_scale and
-//    input_scale per tensor.
+//    input_scale per tensor; quant_algo "FP8_PER_CHANNEL_PER_TOKEN": weight_scale [N] or
+//    [N, 1] per channel (cut with N).
 #pragma once
 
 #include <array>
@@ -23,7 +24,12 @@ inline constexpr std::array<companion_spec, 3> fp8_companions = {
 
 inline constexpr quantization_scheme fp8_scheme{
     .name = "fp8",
-    .matches = [](const quantization_config& q) { return q.quant_method == "fp8"; },
+    // (quant_method "fp8" with a ModelOpt quant_algo, as DeepSeek-V4's NVFP4 releases write
+    // beside their FP8 blocks, is another scheme.)
+    .matches =
+        [](const quantization_config& q) {
+            return q.quant_method == "fp8" && q.quant_algo.empty();
+        },
     .companions = fp8_companions};
 
 inline constexpr quantization_scheme compressed_tensors_fp8_scheme{
@@ -39,7 +45,7 @@ inline constexpr quantization_scheme modelopt_fp8_scheme{
     .name = "modelopt FP8",
     .matches =
         [](const quantization_config& q) {
-            return q.quant_method == "modelopt" && q.quant_algo == "FP8";
+            return is_modelopt(q, "FP8") || is_modelopt(q, "FP8_PER_CHANNEL_PER_TOKEN");
         },
     .companions = fp8_companions,
     .whole_tensors = kv_cache_scales};

@@ -1,10 +1,10 @@
 // NVFP4 weights: E2M1 values packed two a byte along K (low nibble first), a FP8 (E4M3) scale
 // for each 16 values of a row, and per-tensor F32 scales, in the two forms published
 // checkpoints use, cut by the same rule (shard/companion.hpp over the weight's values):
-//  - ModelOpt (quant_method "modelopt", quant_algo "NVFP4", in config.json or in
-//    hf_quant_config.json; vLLM's modelopt.py, ModelOptNvFp4LinearMethod): `weight` U8
-//    [N, K/2], `weight_scale` F8_E4M3 [N, K/16], `weight_scale_2` F32 scalar (the global
-//    scale), `input_scale` F32 scalar;
+//  - ModelOpt (quant_method "modelopt", quant_algo "NVFP4", or "W4A16_NVFP4" without
+//    input_scale, in config.json or in hf_quant_config.json; vLLM's modelopt.py,
+//    ModelOptNvFp4LinearMethod): `weight` U8 [N, K/2], `weight_scale` F8_E4M3 [N, K/16],
+//    `weight_scale_2` F32 scalar (the global scale), `input_scale` F32 scalar;
 //  - compressed-tensors "nvfp4-pack-quantized" (compressed_tensors_w4a4_nvfp4.py):
 //    `weight_packed` U8 [N, K/2], `weight_scale` F8_E4M3 [N, K/16], `weight_global_scale` F32
 //    [1] (the reciprocal of ModelOpt's weight_scale_2), `input_global_scale` F32 [1].
@@ -35,7 +35,7 @@ inline constexpr quantization_scheme modelopt_nvfp4_scheme{
     .name = "modelopt NVFP4",
     .matches =
         [](const quantization_config& q) {
-            return q.quant_method == "modelopt" && q.quant_algo == "NVFP4";
+            return is_modelopt(q, "NVFP4") || is_modelopt(q, "W4A16_NVFP4");
         },
     .companions = modelopt_nvfp4_companions,
     .block = nvfp4_block,

@@ -71,6 +71,12 @@ struct quantization_scheme {
     return s.flattened && t == s.packed_dtype && n.ends_with(".weight");
 }
 
+// Whether q is ModelOpt's (quant_method "modelopt", or vLLM's "modelopt_fp4" spelling) of
+// quant_algo `algo` (parsed upper case).
+[[nodiscard]] inline bool is_modelopt(const quantization_config& q, std::string_view algo) {
+    return q.quant_method.starts_with("modelopt") && q.quant_algo == algo;
+}
+
 // The grid of a companion every rank holds as stored, whatever its shape (grid<*,*>).
 [[nodiscard]] constexpr companion_grid held_whole(const quantization_config&) noexcept {
     return {companion_dim{0}, companion_dim{0}};

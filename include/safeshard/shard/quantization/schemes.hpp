@@ -7,18 +7,22 @@
 #include "safeshard/shard/quantization/bitsandbytes.hpp"
 #include "safeshard/shard/quantization/fp8.hpp"
 #include "safeshard/shard/quantization/gptq.hpp"
+#include "safeshard/shard/quantization/modelopt_mixed.hpp"
 #include "safeshard/shard/quantization/mxfp4.hpp"
+#include "safeshard/shard/quantization/mxfp8.hpp"
 #include "safeshard/shard/quantization/nvfp4.hpp"
 #include "safeshard/shard/quantization/scheme.hpp"
 #include "safeshard/shard/quantization/wna16.hpp"
 
 namespace safeshard {
 
-inline constexpr std::array<const quantization_scheme*, 11> quantization_schemes = {
+inline constexpr std::array<const quantization_scheme*, 13> quantization_schemes = {
     &fp8_scheme,
     &compressed_tensors_fp8_scheme,
     &modelopt_fp8_scheme,
     &modelopt_nvfp4_scheme,
+    &modelopt_mixed_scheme,
+    &modelopt_mxfp8_scheme,
     &compressed_tensors_nvfp4_scheme,
     &compressed_tensors_wna16_scheme,
     &gptq_scheme,

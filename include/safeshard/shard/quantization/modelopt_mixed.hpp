@@ -1,0 +1,39 @@
+// ModelOpt's MIXED_PRECISION (quant_algo "MIXED_PRECISION" with "quantized_layers", in
+// config.json's quantization_config or hf_quant_config.json; vLLM's modelopt.py,
+// ModelOptMixedPrecisionConfig): each quantized layer names its own quant_algo, typically FP8
+// for attention and dense layers and NVFP4 for the experts. Each weight carries the companions
+// of its own algorithm, which the stored shapes tell apart: an NVFP4 weight is U8 [N, K/2]
+// with weight_scale F8_E4M3 [N, K/16] (the group size of its layers), weight_scale_2 and
+// input_scale; an FP8 weight is F8_E4M3 [N, K] with per-tensor weight_scale and input_scale.
+// A checkpoint with layers of another algorithm (MXFP8, FP8_PB_WO, ...) is not this scheme.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <string_view>
+
+#include "safeshard/shard/quantization/nvfp4.hpp"
+#include "safeshard/shard/quantization/scheme.hpp"
+
+namespace safeshard {
+
+inline constexpr std::array<std::string_view, 3> modelopt_mixed_algos = {"FP8", "NVFP4",
+                                                                         "W4A16_NVFP4"};
+
+inline constexpr quantization_scheme modelopt_mixed_scheme{
+    .name = "modelopt MIXED_PRECISION (FP8, NVFP4)",
+    .matches =
+        [](const quantization_config& q) {
+            return is_modelopt(q, "MIXED_PRECISION") &&
+                   std::all_of(q.layer_algos.begin(), q.layer_algos.end(), [](const auto& a) {
+                       return std::find(modelopt_mixed_algos.begin(), modelopt_mixed_algos.end(),
+                                        a) != modelopt_mixed_algos.end();
+                   });
+        },
+    .companions = modelopt_nvfp4_companions,
+    .block = nvfp4_block,
+    .packed_dtype = dtype::u8,
+    .storage = fp4_bytes,
+    .whole_tensors = kv_cache_scales};
+
+}  // namespace safeshard
