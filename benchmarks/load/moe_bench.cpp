@@ -69,15 +69,18 @@ fs::path write_v3_replica(bool fp8) {
     return dir;
 }
 
-// Arg: 1 for the FP8 checkpoint (weights and their scale grids), 0 for BF16.
+// Arg: 0 for BF16, 1 for the FP8 checkpoint (weights and their scale grids), 2 for the FP8
+// checkpoint with its experts fused for the engine (w13_weight and w13_weight_scale_inv, ...).
 void BM_v3_open_and_plan(benchmark::State& st) {
-    const fs::path dir = write_v3_replica(st.range(0) == 1);
+    const fs::path dir = write_v3_replica(st.range(0) >= 1);
     const parallel_context ctx{.rank = 0, .world = 8, .experts = {.ep = 8}};
+    plan_options o;
+    o.schema.fuse_experts = st.range(0) == 2;
     std::size_t tensors = 0;
     double read_ratio = 0;
     for (auto _ : st) {
         const checkpoint c = checkpoint::open(dir.string());
-        const load_plan p = load_plan::build(c, ctx);
+        const load_plan p = load_plan::build(c, ctx, o);
         tensors = 0;
         for (const auto& f : c.files()) tensors += f.view.size();
         read_ratio = static_cast<double>(p.bytes_to_read()) / static_cast<double>(p.total_bytes());
@@ -247,7 +250,8 @@ BENCHMARK(BM_v3_open_and_plan)
     ->UseRealTime()
     ->ArgName("fp8")
     ->Arg(0)
-    ->Arg(1);
+    ->Arg(1)
+    ->Arg(2);
 BENCHMARK(BM_v3_plan_only)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -104,6 +105,26 @@ std::optional<export_metadata> read_one(const std::string& doc,
                                         std::vector<export_stored_tensor> stored) {
     const export_shard_file f{"shard.safetensors", doc, std::move(stored)};
     return read_export_metadata(std::span(&f, 1));
+}
+
+// An edit of a good document (`from` replaced by `to`) and what the reader's refusal says.
+struct doc_edit {
+    const char* from;
+    const char* to;
+    const char* says;
+};
+
+// Each edit of `good`, read back with `stored`, is refused (invalid_export) saying `says`.
+void check_edits_refused(const std::string& good, const std::vector<export_stored_tensor>& stored,
+                         std::initializer_list<doc_edit> edits) {
+    for (const doc_edit& e : edits) {
+        CAPTURE(e.to);
+        std::string doc = good;
+        replace_in(doc, e.from, e.to);
+        std::string what;
+        CHECK(code_of([&] { (void)read_one(doc, stored); }, &what) == errc::invalid_export);
+        CHECK(what.find(e.says) != std::string::npos);
+    }
 }
 
 export_metadata by_name(export_metadata m) {
@@ -450,42 +471,31 @@ TEST_SUITE("export metadata") {
         for (auto& t : dense.tensors) t.expert.reset();
         CHECK(to_json(dense).find("\"ep\"") == std::string::npos);
 
-        std::string what;
-        struct edit {
-            const char* from;
-            const char* to;
-            const char* says;
-        };
-        for (const edit& e : {
-                 edit{"\"ep\":2", "\"ep\":3",
-                      "expert parallel size of 3 does not divide the world of 4"},
-                 edit{"\"ep\":2", "\"ep\":0", "expert parallel size of 0"},
-                 edit{"\"experts\":4", "\"experts\":0", "\"experts\" must be at least 1"},
-                 edit{"\"experts\":4", "\"experts\":1", "2 expert groups for 1 experts"},
-                 edit{"\"experts\":4,", "", "\"experts\" must be a non-negative integer"},
-                 edit{"\"expert_placement\":\"linear\"", "\"expert_placement\":\"sideways\"",
-                      "unknown expert_placement 'sideways'"},
-                 edit{"\"expert\":1", "\"expert\":9", "tensor 'e1': expert 9 of 4"},
-                 edit{"\"expert\":1", "\"expert\":2", "expert 2 is not one of rank 1's"},
-                 edit{"\"expert\":1", "\"expert\":\"one\"", "\"expert\" must be a non-negative"},
-                 edit{"\"experts\":4,\"ep\":2,\"expert_placement\":\"linear\",", "",
-                      "names expert 0 but the rank record has no \"experts\""},
-                 edit{"\"stacked_experts\":4", "\"stacked_experts\":3",
-                      "stacks 3 experts but the rank record says the layers have 4"},
-                 edit{"\"shape\":[4,6,3]", "\"shape\":[5,6,3]",
-                      "[5, 6, 3] does not stack 4 experts on dim 0"},
-                 edit{"\"sources\":[{\"name\":\"stack\",\"shape\":[4,6,3]}],", "\"extent\":4,",
-                      "stacked experts list their \"sources\""},
-                 edit{"\"stacked_experts\":4", "\"expert\":0,\"stacked_experts\":4",
-                      "an expert's tensor does not stack experts"},
-             }) {
-            CAPTURE(e.to);
-            std::string doc = good;
-            replace_in(doc, e.from, e.to);
-            CHECK(code_of([&] { (void)read_one(doc, stored_of(m)); }, &what) ==
-                  errc::invalid_export);
-            CHECK(what.find(e.says) != std::string::npos);
-        }
+        check_edits_refused(
+            good, stored_of(m),
+            {
+                doc_edit{"\"ep\":2", "\"ep\":3",
+                         "expert parallel size of 3 does not divide the world of 4"},
+                doc_edit{"\"ep\":2", "\"ep\":0", "expert parallel size of 0"},
+                doc_edit{"\"experts\":4", "\"experts\":0", "\"experts\" must be at least 1"},
+                doc_edit{"\"experts\":4", "\"experts\":1", "2 expert groups for 1 experts"},
+                doc_edit{"\"experts\":4,", "", "\"experts\" must be a non-negative integer"},
+                doc_edit{"\"expert_placement\":\"linear\"", "\"expert_placement\":\"sideways\"",
+                         "unknown expert_placement 'sideways'"},
+                doc_edit{"\"expert\":1", "\"expert\":9", "tensor 'e1': expert 9 of 4"},
+                doc_edit{"\"expert\":1", "\"expert\":2", "expert 2 is not one of rank 1's"},
+                doc_edit{"\"expert\":1", "\"expert\":\"one\"", "\"expert\" must be a non-negative"},
+                doc_edit{"\"experts\":4,\"ep\":2,\"expert_placement\":\"linear\",", "",
+                         "names expert 0 but the rank record has no \"experts\""},
+                doc_edit{"\"stacked_experts\":4", "\"stacked_experts\":3",
+                         "stacks 3 experts but the rank record says the layers have 4"},
+                doc_edit{"\"shape\":[4,6,3]", "\"shape\":[5,6,3]",
+                         "[5, 6, 3] does not stack 4 experts on dim 0"},
+                doc_edit{"\"sources\":[{\"name\":\"stack\",\"shape\":[4,6,3]}],", "\"extent\":4,",
+                         "stacked experts list their \"sources\""},
+                doc_edit{"\"stacked_experts\":4", "\"expert\":0,\"stacked_experts\":4",
+                         "an expert's tensor does not stack experts"},
+            });
     }
 
     TEST_CASE("gathered experts: the record of fused experts from one tensor per expert") {
@@ -524,29 +534,19 @@ TEST_SUITE("export metadata") {
         CHECK(experts == std::vector<std::uint64_t>{0, 1});
         CHECK(local_at == std::vector<std::uint64_t>{0, 12});
 
-        std::string what;
-        struct edit {
-            const char* from;
-            const char* to;
-            const char* says;
-        };
-        for (const edit& e : {
-                 edit{"\"gathered_experts\":true", "\"gathered_experts\":false",
-                      "\"gathered_experts\" is written only as true"},
-                 edit{"\"gathered_experts\":true", "\"gathered_experts\":1",
-                      "\"gathered_experts\" is written only as true"},
-                 edit{"\"stacked_experts\":4,", "", "\"gathered_experts\" without"},
-                 edit{"x.{e}.gate", "x.gate", "'x.gate' of gathered experts must name the expert"},
-                 edit{"x.{e}.up", "x.{e}.{e}", "'x.{e}.{e}' of gathered experts must name"},
-                 edit{"\"experts\":4,", "\"experts\":65537,", "more than the 65536"},
-             }) {
-            CAPTURE(e.to);
-            std::string doc = good;
-            replace_in(doc, e.from, e.to);
-            CHECK(code_of([&] { (void)read_one(doc, stored_of(m)); }, &what) ==
-                  errc::invalid_export);
-            CHECK(what.find(e.says) != std::string::npos);
-        }
+        check_edits_refused(
+            good, stored_of(m),
+            {
+                doc_edit{"\"gathered_experts\":true", "\"gathered_experts\":false",
+                         "\"gathered_experts\" is written only as true"},
+                doc_edit{"\"gathered_experts\":true", "\"gathered_experts\":1",
+                         "\"gathered_experts\" is written only as true"},
+                doc_edit{"\"stacked_experts\":4,", "", "\"gathered_experts\" without"},
+                doc_edit{"x.{e}.gate", "x.gate",
+                         "'x.gate' of gathered experts must name the expert"},
+                doc_edit{"x.{e}.up", "x.{e}.{e}", "'x.{e}.{e}' of gathered experts must name"},
+                doc_edit{"\"experts\":4,", "\"experts\":65537,", "more than the 65536"},
+            });
     }
 
     TEST_CASE("quantization companions: a scale's record follows its weight's cut") {
@@ -588,31 +588,21 @@ TEST_SUITE("export metadata") {
         CHECK(c.slab.map[0].row_elems == 2);
 
         std::string what;
-        struct edit {
-            const char* from;
-            const char* to;
-            const char* says;
-        };
-        for (const edit& e : {
-                 edit{"\"companion_of\":\"w\"", "\"companion_of\":\"v\"",
-                      "a companion of 'v', which is no weight"},
-                 edit{"\"companion_of\":\"w\"", "\"companion_of\":\"w_s\"",
-                      "a companion of itself"},
-                 edit{"\"companion_of\":\"w\"", "\"companion_of\":\"qk_in\"",
-                      "a companion of 'qk_in', which is no weight"},
-                 edit{"\"companion_of\":\"w\"", "\"companion_of\":\"qk\"", "is not cut as it"},
-                 edit{"\"grid\":[4,4]", "\"grid\":[4]", "\"grid\" must be [rows, cols]"},
-                 edit{"\"grid\":[4,4]", "\"grid\":[4,\"x\"]", "\"grid\" must be [rows, cols]"},
-                 edit{"\"companion_of\":\"w\",", "", "\"grid\" without \"companion_of\""},
-                 edit{"\"companion_of\":\"w\"", "\"companion_of\":7", "\"companion_of\""},
-             }) {
-            CAPTURE(e.to);
-            std::string doc = good;
-            replace_in(doc, e.from, e.to);
-            CHECK(code_of([&] { (void)read_one(doc, stored_of(ms[1])); }, &what) ==
-                  errc::invalid_export);
-            CHECK(what.find(e.says) != std::string::npos);
-        }
+        check_edits_refused(
+            good, stored_of(ms[1]),
+            {
+                doc_edit{"\"companion_of\":\"w\"", "\"companion_of\":\"v\"",
+                         "a companion of 'v', which is no weight"},
+                doc_edit{"\"companion_of\":\"w\"", "\"companion_of\":\"w_s\"",
+                         "a companion of itself"},
+                doc_edit{"\"companion_of\":\"w\"", "\"companion_of\":\"qk_in\"",
+                         "a companion of 'qk_in', which is no weight"},
+                doc_edit{"\"companion_of\":\"w\"", "\"companion_of\":\"qk\"", "is not cut as it"},
+                doc_edit{"\"grid\":[4,4]", "\"grid\":[4]", "\"grid\" must be [rows, cols]"},
+                doc_edit{"\"grid\":[4,4]", "\"grid\":[4,\"x\"]", "\"grid\" must be [rows, cols]"},
+                doc_edit{"\"companion_of\":\"w\",", "", "\"grid\" without \"companion_of\""},
+                doc_edit{"\"companion_of\":\"w\"", "\"companion_of\":7", "\"companion_of\""},
+            });
 
         const merge_plan p = plan_of(ms);
         std::vector<std::string> names;
@@ -683,27 +673,16 @@ TEST_SUITE("export metadata") {
         REQUIRE(p.infos.size() == 2);
         CHECK(p.infos[1].shape == shape{2, 2, 2});
 
-        std::string what;
-        struct edit {
-            const char* from;
-            const char* to;
-            const char* says;
-        };
-        for (const edit& e : {
-                 edit{"\"shape\":[2,8,8]}],\"stacked_experts\":2", "\"shape\":[2,8,8]}]",
-                      "is not cut as it (another layout or expert, or its experts stacked"},
-                 edit{"\"stacked_experts\":2,\"companion_of\"", "\"companion_of\"",
-                      "its sources cannot be joined as a grid<4,4> companion"},
-                 edit{"\"shape\":[2,2,2]", "\"shape\":[3,2,2]",
-                      "does not stack 2 experts on dim 0"},
-             }) {
-            CAPTURE(e.to);
-            std::string doc = good;
-            replace_in(doc, e.from, e.to);
-            CHECK(code_of([&] { (void)read_one(doc, stored_of(ms[1])); }, &what) ==
-                  errc::invalid_export);
-            CHECK(what.find(e.says) != std::string::npos);
-        }
+        check_edits_refused(
+            good, stored_of(ms[1]),
+            {
+                doc_edit{"\"shape\":[2,8,8]}],\"stacked_experts\":2", "\"shape\":[2,8,8]}]",
+                         "is not cut as it (another layout or expert, or its experts stacked"},
+                doc_edit{"\"stacked_experts\":2,\"companion_of\"", "\"companion_of\"",
+                         "its sources cannot be joined as a grid<4,4> companion"},
+                doc_edit{"\"shape\":[2,2,2]", "\"shape\":[3,2,2]",
+                         "does not stack 2 experts on dim 0"},
+            });
     }
 
     TEST_CASE("packed weights: the record says its layout cuts values, two a byte") {
@@ -803,28 +782,20 @@ TEST_SUITE("export metadata") {
         CHECK(p.infos[0].shape == shape{2, 4});
         CHECK(p.infos[1].shape == shape{4, 4});
         std::string what;
-        struct edit {
-            const char* from;
-            const char* to;
-            const char* says;
-        };
-        for (const edit& e : {
-                 edit{"\"grid_all\":[false,true]", "\"grid_all\":[true]", "\"grid_all\" must be"},
-                 edit{"\"grid_all\":[false,true]", "\"grid_all\":[0,1]", "\"grid_all\" must be"},
-                 edit{"\"grid\":[1,4],\"grid_all\":[false,true]",
-                      "\"grid\":[1,0],\"grid_all\":[false,true]", "true only for a dim in blocks"},
-                 edit{"\"storage\":[1,8],\"transposed\":true", "\"transposed\":true",
-                      "\"transposed\" without \"companion_of\" or \"storage\""},
-                 edit{"\"companion_of\":\"q\"", "\"storage\":[1,8],\"companion_of\":\"q\"",
-                      "a companion is no packed weight"},
-             }) {
-            CAPTURE(e.to);
-            std::string doc = good;
-            replace_in(doc, e.from, e.to);
-            CHECK(code_of([&] { (void)read_one(doc, stored_of(ms[1])); }, &what) ==
-                  errc::invalid_export);
-            CHECK(what.find(e.says) != std::string::npos);
-        }
+        check_edits_refused(
+            good, stored_of(ms[1]),
+            {
+                doc_edit{"\"grid_all\":[false,true]", "\"grid_all\":[true]",
+                         "\"grid_all\" must be"},
+                doc_edit{"\"grid_all\":[false,true]", "\"grid_all\":[0,1]", "\"grid_all\" must be"},
+                doc_edit{"\"grid\":[1,4],\"grid_all\":[false,true]",
+                         "\"grid\":[1,0],\"grid_all\":[false,true]",
+                         "true only for a dim in blocks"},
+                doc_edit{"\"storage\":[1,8],\"transposed\":true", "\"transposed\":true",
+                         "\"transposed\" without \"companion_of\" or \"storage\""},
+                doc_edit{"\"companion_of\":\"q\"", "\"storage\":[1,8],\"companion_of\":\"q\"",
+                         "a companion is no packed weight"},
+            });
         // Without act order the scales are cut with K: a rank holding all four is refused.
         auto cut = ms;
         for (auto& m : cut) m.tensors[1].grid.cols.all = false;
