@@ -41,7 +41,9 @@ std::map<std::string, stored> nvfp4_linear(const std::vector<std::uint64_t>& dim
     return s;
 }
 
-// The mixed model: attention FP8 with per-tensor scales, the MLP NVFP4.
+// The mixed model (as nvidia/MiniMax-M3-NVFP4 mixes MXFP8 and NVFP4, Qwen3.6-NVFP4 FP8 and
+// NVFP4): attention FP8 with per-tensor scales, gate and up NVFP4, down MXFP8 (K = 64: two
+// blocks of 32).
 std::map<std::string, stored> mixed_llama() {
     std::mt19937_64 rng(41);
     auto t = fp8_llama([](const std::vector<std::uint64_t>&, std::mt19937_64&) {
@@ -52,6 +54,10 @@ std::map<std::string, stored> mixed_llama() {
         if (attention(n)) {
             t[p + "weight_scale"] = random_stored(dtype::f32, {}, rng);
             t[p + "input_scale"] = random_stored(dtype::f32, {}, rng);
+            continue;
+        }
+        if (n == "mlp.down_proj") {
+            t[p + "weight_scale"] = random_stored(dtype::u8, {dims[0], dims[1] / 32}, rng);
             continue;
         }
         t.erase(p + "weight");
@@ -69,7 +75,7 @@ const std::string mixed_quantization = R"({"quant_method": "modelopt",
         "model.layers.0.self_attn.o_proj": {"quant_algo": "FP8"},
         "model.layers.0.mlp.gate_proj": {"quant_algo": "NVFP4", "group_size": 16},
         "model.layers.0.mlp.up_proj": {"quant_algo": "NVFP4", "group_size": 16},
-        "model.layers.0.mlp.down_proj": {"quant_algo": "NVFP4", "group_size": 16}}})";
+        "model.layers.0.mlp.down_proj": {"quant_algo": "MXFP8"}}})";
 
 // Rank g's NVFP4 weight at p: its rows, K in bytes, scales in groups of 16, scalars whole.
 void check_nvfp4(const loaded_model<host_tensor>& m, const std::map<std::string, stored>& src,
@@ -84,7 +90,7 @@ void check_nvfp4(const loaded_model<host_tensor>& m, const std::map<std::string,
 
 }  // namespace
 
-TEST_CASE("ModelOpt MIXED_PRECISION: FP8 and NVFP4 layers, each cut with its own scales") {
+TEST_CASE("ModelOpt MIXED_PRECISION: FP8, NVFP4 and MXFP8 layers, each cut with its scales") {
     const auto src = mixed_llama();
     temp_dir dir;
     write(dir.path(), llama_config(mixed_quantization), src);
@@ -92,6 +98,14 @@ TEST_CASE("ModelOpt MIXED_PRECISION: FP8 and NVFP4 layers, each cut with its own
         dir.path(), {1, 2},
         [&](const auto& m, const std::vector<std::uint64_t>&, const std::string& p,
             const range_2d& g) {
+            if (p.ends_with("down_proj.")) {  // MXFP8: the scales of 32 values
+                CHECK(bytes_of(m.at(p + "weight")) ==
+                      take(src.at(p + "weight"), g.r0, g.r1, g.c0, g.c1));
+                CHECK(m.at(p + "weight_scale").dtype() == dtype::u8);
+                CHECK(bytes_of(m.at(p + "weight_scale")) ==
+                      take(src.at(p + "weight_scale"), g.r0, g.r1, g.c0 / 32, g.c1 / 32));
+                return;
+            }
             if (p.find("self_attn.") == std::string::npos) {
                 check_nvfp4(m, src, p, g);
                 CHECK(bytes_of(m.at(p + "input_scale")) == src.at(p + "input_scale").bytes);
@@ -123,8 +137,13 @@ TEST_CASE("ModelOpt MIXED_PRECISION: FP8 and NVFP4 layers, each cut with its own
                              "model.layers.0.mlp.up_proj": {"quant_algo": "nvfp4",
                                                             "group_size": 16}}}})";
     const load_plan p = load_plan::build(checkpoint::open(side.path().string()), {0, 2});
-    CHECK(p.find("model.layers.0.mlp.down_proj.weight_scale_2")->companion_of);
-    CHECK(p.find("model.layers.0.self_attn.o_proj.input_scale")->companion_of);
+    for (const char* n : {"model.layers.0.mlp.gate_proj.weight_scale_2",
+                          "model.layers.0.mlp.down_proj.weight_scale",
+                          "model.layers.0.self_attn.o_proj.input_scale"}) {
+        CAPTURE(n);
+        REQUIRE(p.find(n));
+        CHECK(p.find(n)->companion_of);
+    }
 }
 
 TEST_CASE("ModelOpt MIXED_PRECISION: layers of another algorithm are refused, naming them") {
@@ -132,7 +151,7 @@ TEST_CASE("ModelOpt MIXED_PRECISION: layers of another algorithm are refused, na
     write(dir.path(), llama_config(R"({"quant_method": "modelopt",
         "quant_algo": "MIXED_PRECISION", "quantized_layers": {
             "model.layers.0.self_attn.q_proj": {"quant_algo": "FP8"},
-            "model.layers.0.mlp.up_proj": {"quant_algo": "MXFP8"}}})"),
+            "model.layers.0.mlp.up_proj": {"quant_algo": "FP8_PB_WO"}}})"),
           fp8_llama([](const std::vector<std::uint64_t>&, std::mt19937_64& rng) {
               std::map<std::string, stored> s;
               s["weight_scale"] = random_stored(dtype::f32, {}, rng);
@@ -143,8 +162,8 @@ TEST_CASE("ModelOpt MIXED_PRECISION: layers of another algorithm are refused, na
         [&] {
             (void)load_plan::build(checkpoint::open(dir.path().string()), {0, 1});
         },
-        "quant_method 'modelopt' (quant_algo 'MIXED_PRECISION' of layers FP8, MXFP8), which no "
-        "plan cuts yet");
+        "quant_method 'modelopt' (quant_algo 'MIXED_PRECISION' of layers FP8, FP8_PB_WO), which "
+        "no plan cuts yet");
 }
 
 TEST_CASE("ModelOpt MXFP8: F8 weights with E8M0 scales of 32 values, cut in whole blocks") {
@@ -222,7 +241,7 @@ TEST_CASE("ModelOpt quantized_layers: parsed, and each malformed field refused")
     const model_config ok = parse_model_config(config_with(mixed_quantization));
     REQUIRE(ok.quantization);
     CHECK(ok.quantization->quant_algo == "MIXED_PRECISION");
-    CHECK(ok.quantization->layer_algos == std::vector<std::string>{"FP8", "NVFP4"});
+    CHECK(ok.quantization->layer_algos == std::vector<std::string>{"FP8", "MXFP8", "NVFP4"});
     CHECK(ok.quantization->group_size == 16);  // from the NVFP4 layers
     CHECK(find_quantization_scheme(*ok.quantization) == &modelopt_mixed_scheme);
     CHECK(parse_model_config(config_with(R"({"quant_method": "modelopt", "quant_algo": "nvfp4"})"))

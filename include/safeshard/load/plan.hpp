@@ -135,7 +135,7 @@ struct device_bytes {
 
 namespace detail {
 // What names a quantization_config's scheme beside its quant_method: " (format
-// 'pack-quantized')", " (quant_algo 'MIXED_PRECISION' of layers FP8, MXFP8)"; empty for none.
+// 'pack-quantized')", " (quant_algo 'MIXED_PRECISION' of layers FP8, FP8_PB_WO)"; empty for none.
 [[nodiscard]] inline std::string scheme_details(const quantization_config& q) {
     std::string s;
     if (!q.format.empty()) s += "format '" + q.format + "'";
@@ -824,9 +824,12 @@ private:
         for (std::size_t k = 0; k < weights.size(); ++k) {
             const shape& w = weights[k];
             const shape& c = cshapes[k];
-            const auto g = !fixed ? infer_companion_grid(w, c, b.rows, b.cols)
-                           : companion_sources_fit(*fixed, {&w, 1}, {&c, 1}) ? fixed
-                                                                             : std::nullopt;
+            auto g = !fixed ? infer_companion_grid(w, c, b.rows, b.cols)
+                     : companion_sources_fit(*fixed, {&w, 1}, {&c, 1}) ? fixed
+                                                                       : std::nullopt;
+            for (const scale_block other : scheme_->other_blocks)
+                if (!g && !fixed && !spec.block)
+                    g = infer_companion_grid(w, c, other.rows, other.cols);
             if (!g || (grid && *grid != *g))
                 throw error(errc::shape_mismatch,
                             "parameter '" + m.name + "': the quantization companion '" +

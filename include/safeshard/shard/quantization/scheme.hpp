@@ -48,6 +48,10 @@ struct quantization_scheme {
     std::span<const companion_spec> companions{};
     // The block of its scales' grid; nullptr: config.json's weight_block_size.
     scale_block (*block)(const quantization_config&) = nullptr;
+    // Other blocks a weight's scales may have, tried in order where `block`'s grid does not
+    // fit the stored shapes (ModelOpt MIXED_PRECISION's MXFP8 layers, {1, 32}, beside its
+    // NVFP4 ones, {1, 16}).
+    std::span<const scale_block> other_blocks{};
     // Packed weights: a weight stored in `packed_dtype` covers its values [N, K] as `storage`'s
     // grid says (grid<1,8>: eight values a stored element along K, low bits first; ^T: stored
     // [K-grid, N-grid]); nullptr: stored as its values.
