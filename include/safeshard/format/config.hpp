@@ -441,8 +441,7 @@ private:
 
     [[nodiscard]] static std::string upper_case(std::string_view s) {
         std::string out(s);
-        for (char& c : out)
-            if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+        for (char& c : out) c = detail::ascii_upper(c);
         return out;
     }
 

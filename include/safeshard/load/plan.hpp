@@ -824,12 +824,15 @@ private:
         for (std::size_t k = 0; k < weights.size(); ++k) {
             const shape& w = weights[k];
             const shape& c = cshapes[k];
-            auto g = !fixed ? infer_companion_grid(w, c, b.rows, b.cols)
-                     : companion_sources_fit(*fixed, {&w, 1}, {&c, 1}) ? fixed
-                                                                       : std::nullopt;
-            for (const scale_block other : scheme_->other_blocks)
-                if (!g && !fixed && !spec.block)
-                    g = infer_companion_grid(w, c, other.rows, other.cols);
+            std::optional<companion_grid> g;
+            if (fixed) {
+                if (companion_sources_fit(*fixed, {&w, 1}, {&c, 1})) g = fixed;
+            } else {
+                g = infer_companion_grid(w, c, b.rows, b.cols);
+                for (const scale_block other :
+                     spec.block ? std::span<const scale_block>{} : scheme_->other_blocks)
+                    if (!g) g = infer_companion_grid(w, c, other.rows, other.cols);
+            }
             if (!g || (grid && *grid != *g))
                 throw error(errc::shape_mismatch,
                             "parameter '" + m.name + "': the quantization companion '" +
