@@ -3,11 +3,14 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #if defined(__SSE__) || defined(__x86_64__)
@@ -29,11 +32,16 @@ static_assert(!can_convert(dtype::i32, dtype::f32) && !can_convert(dtype::f32, d
 static_assert(!can_convert(dtype::i8, dtype::u8) && !can_convert(dtype::bf16, dtype::f8_e4m3));
 static_assert(!can_convert(dtype::f64, dtype::bf16) && !can_convert(dtype::f8_e8m0, dtype::f32));
 static_assert(!can_convert(dtype::f8_e4m3fnuz, dtype::f32) && !can_convert(dtype::c64, dtype::f64));
-// The table: every entry reads its values alone today (room for companions later), has its loops,
-// and converts between two different dtypes; the dtypes a policy converts are the ones it writes.
-static_assert(conversions.size() == 14);
+// The table: 14 element-wise entries (their values alone, between two different dtypes), then
+// the dequantizing ones, each reading its values and their scales (and a global scale) into
+// BF16, F16 or F32; the dtypes a policy converts are the ones the element-wise ones write.
+static_assert(conversions.size() == 35);
+static_assert(std::count_if(conversions.begin(), conversions.end(),
+                            [](const conversion& c) { return c.is_elementwise(); }) == 14);
 static_assert(std::all_of(conversions.begin(), conversions.end(), [](const conversion& c) {
-    return c.input_count() == 1 && c.inputs[0].role == convert_role::values && c.from() != c.to;
+    return c.inputs[0].role == convert_role::values && c.from() != c.to &&
+           (c.is_elementwise() || (c.inputs[1].role == convert_role::scales &&
+                                   converted_by_policy(c.to) && c.to != dtype::f64));
 }));
 static_assert(converted_by_policy(dtype::f16) && converted_by_policy(dtype::bf16));
 static_assert(converted_by_policy(dtype::f32) && converted_by_policy(dtype::f64));
@@ -309,9 +317,11 @@ TEST_CASE("every entry of the conversion table has its loops") {
     for (const conversion& c : conversions) {
         CAPTURE(name(c.from()));
         CAPTURE(name(c.to));
-        const bool has_portable = c.kernel.portable != nullptr;
+        const bool has_portable =
+            c.is_elementwise() ? c.kernel.portable != nullptr : c.dequant.portable != nullptr;
         CHECK(has_portable);
-        const bool has_avx2 = c.kernel.avx2 != nullptr;
+        const bool has_avx2 =
+            c.is_elementwise() ? c.kernel.avx2 != nullptr : c.dequant.avx2 != nullptr;
         CHECK(has_avx2);
     }
 }
@@ -549,6 +559,7 @@ TEST_CASE("the refusal lists the table as it always read") {
 
 TEST_CASE("every table entry is what find_converter returns for its pair") {
     for (const conversion& c : conversions) {
+        if (!c.is_elementwise()) continue;  // read through find_dequantizer: below
         CAPTURE(c.from());
         CAPTURE(c.to);
         CHECK(can_convert(c.from(), c.to));
@@ -586,4 +597,83 @@ TEST_CASE("dtype policy: keep, fixed, by_device; parsing") {
     CHECK_FALSE(parse_dtype_policy("").has_value());
     CHECK_FALSE(parse_dtype_policy("bydevice").has_value());
     CHECK_FALSE(parse_dtype_policy("float32").has_value());
+}
+
+TEST_CASE("every dequantizing entry is what find_dequantizer returns for its inputs") {
+    const dequant_view view;
+    for (const conversion& c : conversions) {
+        if (c.is_elementwise()) continue;
+        const std::span<const convert_input> inputs(c.inputs.data(), c.input_count());
+        CAPTURE(detail::inputs_text(inputs));
+        CAPTURE(name(c.to));
+        for (const auto isa : {detail::convert_isa::portable, detail::convert_isa::avx2}) {
+            const converter conv = detail::find_dequantizer_for(inputs, c.to, &view, isa);
+            CHECK(conv.dequantizes());
+            CHECK_FALSE(conv.is_copy());
+            CHECK(conv.from() == c.from());
+            CHECK(conv.to() == c.to);
+        }
+    }
+}
+
+TEST_CASE("a dequantization no entry reads is refused, naming it and what is supported") {
+    CHECK(detail::dequantizing_conversions_text() ==
+          "F8_E4M3 x F32 scales, F8_E4M3 x BF16 scales, F8_E4M3 x F16 scales, F8_E4M3 x F8_E8M0 "
+          "scales, F4 x F8_E8M0 scales, F4 x F8_E4M3 scales x F32 global scale, F4 x F8_E4M3 "
+          "scales / F32 global scale -> BF16/F16/F32");
+    const dequant_view view;
+    const std::array<convert_input, 2> fp8{
+        {{convert_role::values, dtype::f8_e4m3}, {convert_role::scales, dtype::f32}}};
+    const std::array<convert_input, 2> e5m2{
+        {{convert_role::values, dtype::f8_e5m2}, {convert_role::scales, dtype::f32}}};
+    for (const auto& [inputs, to, text] :
+         {std::tuple{std::span<const convert_input>(fp8), dtype::f64,
+                     "cannot dequantize F8_E4M3 x F32 scales to F64 (supported: F8_E4M3 x F32"},
+          std::tuple{std::span<const convert_input>(e5m2), dtype::bf16,
+                     "cannot dequantize F8_E5M2 x F32 scales to BF16"},
+          std::tuple{std::span<const convert_input>(fp8).first(1), dtype::bf16,
+                     "cannot dequantize F8_E4M3 to BF16"}}) {
+        CAPTURE(text);
+        try {
+            (void)find_dequantizer(inputs, to, &view);
+            FAIL("not refused");
+        } catch (const error& e) {
+            CHECK(e.code() == errc::unsupported_conversion);
+            CHECK(std::string(e.what()).find(text) != std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("a dequantizing converter finds each value's scale by its place in the destination") {
+    // Two rows of 64 values, blocks of 32: scales [[1, 2], [4, 8]]; every value E4M3 1.0.
+    const std::array<float, 4> scales{1.0f, 2.0f, 4.0f, 8.0f};
+    dequant_view view;
+    view.rows = 2;
+    view.cols = 64;
+    view.scales = {.data = reinterpret_cast<const std::byte*>(scales.data()),
+                   .type = dtype::f32,
+                   .block_rows = 1,
+                   .block_cols = 32,
+                   .grid_cols = 2,
+                   .per_expert = 4};
+    const std::array<convert_input, 2> inputs{
+        {{convert_role::values, dtype::f8_e4m3}, {convert_role::scales, dtype::f32}}};
+    const converter conv = find_dequantizer(inputs, dtype::bf16, &view);
+    std::vector<std::byte> ones(128, std::byte{0x38});  // E4M3 1.0
+    auto bf16_at = [](const std::vector<std::uint16_t>& v, std::size_t i) { return v[i]; };
+    // A box of both rows from column 16: 16 values of block 0 then 16 of block 1 each row.
+    std::vector<std::uint16_t> out(64, 0);
+    conv.placed(16 * 2, 128)(ones.data(), reinterpret_cast<std::byte*>(out.data()), 2, 32, 64, 64);
+    CHECK(bf16_at(out, 0) == 0x3f80);   // 1.0
+    CHECK(bf16_at(out, 16) == 0x4000);  // 2.0
+    CHECK(bf16_at(out, 32) == 0x4080);  // 4.0
+    CHECK(bf16_at(out, 63) == 0x4100);  // 8.0
+    // Row 1 of that box alone, as a one-row call.
+    std::vector<std::uint16_t> row(32, 0);
+    conv.placed(16 * 2, 128).row(1)(ones.data(), reinterpret_cast<std::byte*>(row.data()), 32);
+    CHECK(row.front() == 0x4080);
+    CHECK(row.back() == 0x4100);
+    // Placing an element-wise converter changes nothing.
+    const converter plain = find_converter(dtype::bf16, dtype::f32);
+    CHECK(plain.placed(64, 128) == plain);
 }

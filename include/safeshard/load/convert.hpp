@@ -20,25 +20,39 @@
 // Only core/ is included: the CUDA engine compiles this under nvcc for its staging pass.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
 #include "safeshard/core/dtype.hpp"
 #include "safeshard/core/error.hpp"
 #include "safeshard/load/detail/convert_kernels.hpp"
+#include "safeshard/load/detail/dequantize.hpp"
 
 namespace safeshard {
 
 class converter;
 
 // What an input of a conversion is: the values themselves, or a companion tensor that a
-// dequantizing conversion reads beside them.
-enum class convert_role : std::uint8_t { none, values, scales, zeros, group_index };
+// dequantizing conversion reads beside them: the scale of each block of values, the global
+// scale of the whole tensor (of each fused part) that multiplies (ModelOpt's weight_scale_2)
+// or divides (compressed-tensors' weight_global_scale) the block scales, zero points, group
+// indices.
+enum class convert_role : std::uint8_t {
+    none,
+    values,
+    scales,
+    global_scales,
+    global_divisors,
+    zeros,
+    group_index
+};
 
 // One input of a conversion: its role and the dtype it must have.
 struct convert_input {
@@ -50,12 +64,14 @@ struct convert_input {
 inline constexpr std::size_t max_convert_inputs = 4;
 
 // An entry of the conversion table: the inputs it reads (inputs[0] the values; unused ones
-// have role none), the dtype it writes and its loops. The element-wise conversions of today
-// read one input.
+// have role none), the dtype it writes and its loops. An element-wise conversion reads one
+// input (`kernel`); a dequantizing one reads the values and their companions (`dequant`,
+// detail/dequantize.hpp).
 struct conversion {
     std::array<convert_input, max_convert_inputs> inputs{};
     dtype to = dtype::bool_;
     detail::convert_kernels kernel{};
+    detail::dequant_kernels dequant{};
 
     [[nodiscard]] constexpr std::size_t input_count() const noexcept {
         std::size_t n = 0;
@@ -81,27 +97,68 @@ template <class Op>
     return c;
 }
 
+template <class V, class Out, global_scale G>
+[[nodiscard]] constexpr conversion dequantizing(dtype scales) noexcept {
+    conversion c;
+    c.inputs[0] = {convert_role::values, V::type};
+    c.inputs[1] = {convert_role::scales, scales};
+    if constexpr (G == global_scale::multiplies)
+        c.inputs[2] = {convert_role::global_scales, dtype::f32};
+    if constexpr (G == global_scale::divides)
+        c.inputs[2] = {convert_role::global_divisors, dtype::f32};
+    c.to = Out::to;
+    c.dequant = dequant_kernels_of<V, Out, G>();
+    return c;
+}
+
+// One dequantizing conversion to each target a policy converts to: BF16, F16, F32.
+template <class V, global_scale G = global_scale::none>
+[[nodiscard]] constexpr std::array<conversion, 3> dequantizing_to_all(dtype scales) noexcept {
+    return {dequantizing<V, out_bf16, G>(scales), dequantizing<V, out_f16, G>(scales),
+            dequantizing<V, out_f32, G>(scales)};
+}
+
+template <std::size_t... N>
+[[nodiscard]] constexpr auto join(const std::array<conversion, N>&... parts) noexcept {
+    std::array<conversion, (N + ...)> out{};
+    std::size_t i = 0;
+    ((std::copy(parts.begin(), parts.end(), out.begin() + static_cast<std::ptrdiff_t>(i)), i += N),
+     ...);
+    return out;
+}
+
 }  // namespace detail
 
-// Every conversion the copy does, beside same-dtype copies. The order is the order the
-// refusal message lists them in (a pair converting both ways reads "A<->B", in the order of
-// its first entry).
-inline constexpr std::array conversions{
-    detail::elementwise<detail::op_bf16_f32>(dtype::bf16, dtype::f32),
-    detail::elementwise<detail::op_f32_bf16>(dtype::f32, dtype::bf16),
-    detail::elementwise<detail::op_f16_f32>(dtype::f16, dtype::f32),
-    detail::elementwise<detail::op_f32_f16>(dtype::f32, dtype::f16),
-    detail::elementwise<detail::op_bf16_f16>(dtype::bf16, dtype::f16),
-    detail::elementwise<detail::op_f16_bf16>(dtype::f16, dtype::bf16),
-    detail::elementwise<detail::op_f64_f32>(dtype::f64, dtype::f32),
-    detail::elementwise<detail::op_f32_f64>(dtype::f32, dtype::f64),
-    detail::elementwise<detail::op_e4m3_f16>(dtype::f8_e4m3, dtype::f16),
-    detail::elementwise<detail::op_e4m3_bf16>(dtype::f8_e4m3, dtype::bf16),
-    detail::elementwise<detail::op_e4m3_f32>(dtype::f8_e4m3, dtype::f32),
-    detail::elementwise<detail::op_e5m2_f16>(dtype::f8_e5m2, dtype::f16),
-    detail::elementwise<detail::op_e5m2_bf16>(dtype::f8_e5m2, dtype::bf16),
-    detail::elementwise<detail::op_e5m2_f32>(dtype::f8_e5m2, dtype::f32),
-};
+// Every conversion the copy does, beside same-dtype copies: the element-wise ones (their
+// order is the order the refusal message lists them in; a pair converting both ways reads
+// "A<->B", in the order of its first entry), then the dequantizing ones, each to BF16, F16
+// and F32: FP8 (E4M3) values with F32, BF16 or F16 scales (FP8 blocks, per tensor, per
+// channel) or E8M0 ones (MXFP8), FP4 (E2M1) values with E8M0 scales (MXFP4) or E4M3 scales
+// and a global F32 scale (NVFP4: ModelOpt multiplies by it, compressed-tensors divides).
+inline constexpr auto conversions =
+    detail::join(std::array{detail::elementwise<detail::op_bf16_f32>(dtype::bf16, dtype::f32),
+                            detail::elementwise<detail::op_f32_bf16>(dtype::f32, dtype::bf16),
+                            detail::elementwise<detail::op_f16_f32>(dtype::f16, dtype::f32),
+                            detail::elementwise<detail::op_f32_f16>(dtype::f32, dtype::f16),
+                            detail::elementwise<detail::op_bf16_f16>(dtype::bf16, dtype::f16),
+                            detail::elementwise<detail::op_f16_bf16>(dtype::f16, dtype::bf16),
+                            detail::elementwise<detail::op_f64_f32>(dtype::f64, dtype::f32),
+                            detail::elementwise<detail::op_f32_f64>(dtype::f32, dtype::f64),
+                            detail::elementwise<detail::op_e4m3_f16>(dtype::f8_e4m3, dtype::f16),
+                            detail::elementwise<detail::op_e4m3_bf16>(dtype::f8_e4m3, dtype::bf16),
+                            detail::elementwise<detail::op_e4m3_f32>(dtype::f8_e4m3, dtype::f32),
+                            detail::elementwise<detail::op_e5m2_f16>(dtype::f8_e5m2, dtype::f16),
+                            detail::elementwise<detail::op_e5m2_bf16>(dtype::f8_e5m2, dtype::bf16),
+                            detail::elementwise<detail::op_e5m2_f32>(dtype::f8_e5m2, dtype::f32)},
+                 detail::dequantizing_to_all<detail::values_e4m3>(dtype::f32),
+                 detail::dequantizing_to_all<detail::values_e4m3>(dtype::bf16),
+                 detail::dequantizing_to_all<detail::values_e4m3>(dtype::f16),
+                 detail::dequantizing_to_all<detail::values_e4m3>(dtype::f8_e8m0),
+                 detail::dequantizing_to_all<detail::values_e2m1>(dtype::f8_e8m0),
+                 detail::dequantizing_to_all<detail::values_e2m1, detail::global_scale::multiplies>(
+                     dtype::f8_e4m3),
+                 detail::dequantizing_to_all<detail::values_e2m1, detail::global_scale::divides>(
+                     dtype::f8_e4m3));
 
 namespace detail {
 
@@ -150,6 +207,11 @@ struct dtype_pair {
 // A small value (two dtypes and a function pointer); copy it freely. src and dst may have any
 // alignment but must not overlap. For sub-byte dtypes (F4, F6_*), which only copy to themselves,
 // n_elements x bits must be a whole number of bytes (as the loader's slices guarantee).
+//
+// A dequantizing converter (`dequantizes()`) also reads the companions of its destination
+// through a dequant_view, and must know where in the destination its elements go: an engine
+// gives each op's piece `placed(dst_offset, dst_pitch)` (the op's box, in destination bytes)
+// and then calls it with that box's rows, or `row(r)` for the box's row r alone.
 class converter {
 public:
     // A same-dtype copy of `t`.
@@ -158,7 +220,11 @@ public:
     [[nodiscard]] constexpr dtype from() const noexcept { return from_; }
     [[nodiscard]] constexpr dtype to() const noexcept { return to_; }
     // True when the converter is a plain byte copy (an engine may use cudaMemcpy2D instead).
-    [[nodiscard]] constexpr bool is_copy() const noexcept { return kernel_ == nullptr; }
+    [[nodiscard]] constexpr bool is_copy() const noexcept {
+        return kernel_ == nullptr && dequant_ == nullptr;
+    }
+    // True when it reads companions (scales) beside the values.
+    [[nodiscard]] constexpr bool dequantizes() const noexcept { return dequant_ != nullptr; }
 
     // Bytes read from the source / written to the destination for n elements.
     [[nodiscard]] constexpr std::size_t src_bytes(std::size_t n) const noexcept {
@@ -168,10 +234,29 @@ public:
         return bytes_of(to_, n);
     }
 
+    // The converter for the elements of a box whose first row begins `dst_offset` bytes into
+    // the destination, rows `dst_pitch` bytes apart there (itself for an element-wise one).
+    [[nodiscard]] constexpr converter placed(std::uint64_t dst_offset,
+                                             std::uint64_t dst_pitch) const noexcept {
+        converter c = *this;
+        if (dequant_ == nullptr) return c;
+        c.at_ = dst_offset * 8 / bit_size(to_);
+        c.pitch_ = dst_pitch * 8 / bit_size(to_);
+        return c;
+    }
+    // The converter placed at row r of its box.
+    [[nodiscard]] constexpr converter row(std::uint64_t r) const noexcept {
+        converter c = *this;
+        c.at_ += r * pitch_;
+        return c;
+    }
+
     // Converts n contiguous elements.
     void operator()(const std::byte* src, std::byte* dst, std::size_t n_elements) const noexcept {
         if (n_elements == 0) return;
-        if (kernel_ == nullptr) {
+        if (dequant_ != nullptr) {
+            dequant_(*view_, at_, src, dst, n_elements);
+        } else if (kernel_ == nullptr) {
             std::memcpy(dst, src, bytes_of(from_, n_elements));
         } else {
             kernel_(src, dst, n_elements);
@@ -183,6 +268,11 @@ public:
     void operator()(const std::byte* src, std::byte* dst, std::size_t rows, std::size_t row_elems,
                     std::size_t src_stride_bytes, std::size_t dst_stride_bytes) const noexcept {
         if (rows == 0 || row_elems == 0) return;
+        if (dequant_ != nullptr) {
+            for (std::size_t r = 0; r < rows; ++r, src += src_stride_bytes, dst += dst_stride_bytes)
+                dequant_(*view_, at_ + r * pitch_, src, dst, row_elems);
+            return;
+        }
         if (kernel_ == nullptr) {
             const std::size_t row_bytes = bytes_of(from_, row_elems);
             if (src_stride_bytes == row_bytes && dst_stride_bytes == row_bytes) {
@@ -197,7 +287,7 @@ public:
             kernel_(src, dst, row_elems);
     }
 
-    // The raw kernel for hot loops; nullptr for a same-dtype copy.
+    // The raw kernel for hot loops; nullptr for a same-dtype copy or a dequantizing one.
     [[nodiscard]] constexpr detail::convert_fn kernel() const noexcept { return kernel_; }
 
     friend constexpr bool operator==(const converter&, const converter&) noexcept = default;
@@ -207,6 +297,8 @@ private:
 
     constexpr converter(dtype from, dtype to, detail::convert_fn k) noexcept
         : from_(from), to_(to), kernel_(k) {}
+    constexpr converter(dtype from, dtype to, detail::dequant_fn k, const dequant_view* v) noexcept
+        : from_(from), to_(to), kernel_(nullptr), dequant_(k), view_(v) {}
 
     static constexpr std::size_t bytes_of(dtype t, std::size_t n) noexcept {
         return n * bit_size(t) / 8;
@@ -215,6 +307,10 @@ private:
     dtype from_;
     dtype to_;
     detail::convert_fn kernel_;
+    detail::dequant_fn dequant_ = nullptr;
+    const dequant_view* view_ = nullptr;
+    std::uint64_t at_ = 0;     // the destination element of the first row's first element
+    std::uint64_t pitch_ = 0;  // destination elements from one row of the box to the next
 };
 
 namespace detail {
@@ -285,6 +381,10 @@ struct converter_access {
     [[nodiscard]] static constexpr converter make(dtype from, dtype to, convert_fn k) noexcept {
         return converter(from, to, k);
     }
+    [[nodiscard]] static constexpr converter make(dtype from, dtype to, dequant_fn k,
+                                                  const dequant_view* v) noexcept {
+        return converter(from, to, k, v);
+    }
 };
 
 // The converter for a pair using a chosen copy of the loops (tests compare portable and AVX2).
@@ -302,6 +402,70 @@ struct converter_access {
 // Throws error(unsupported_conversion) naming both dtypes when can_convert(from, to) is false.
 [[nodiscard]] inline converter find_converter(dtype from, dtype to) {
     return detail::find_converter_for(from, to, detail::best_convert_isa());
+}
+
+namespace detail {
+// The dequantizing entry of the table reading exactly `inputs` (values first) into `to`, or
+// nullptr.
+[[nodiscard]] constexpr const conversion* find_dequantizing(std::span<const convert_input> inputs,
+                                                            dtype to) noexcept {
+    for (const conversion& c : conversions) {
+        if (c.is_elementwise() || c.to != to || c.input_count() != inputs.size()) continue;
+        bool same = true;
+        for (std::size_t i = 0; i < inputs.size(); ++i)
+            same = same && c.inputs[i].role == inputs[i].role && c.inputs[i].type == inputs[i].type;
+        if (same) return &c;
+    }
+    return nullptr;
+}
+
+// The dequantizing conversions as a person reads them: "F8_E4M3 x F32 scales, ... -> BF16/F16/F32".
+[[nodiscard]] inline std::string dequantizing_conversions_text() {
+    std::string out;
+    for (const conversion& c : conversions) {
+        if (c.is_elementwise() || c.to != dtype::bf16) continue;  // each is listed once
+        std::string one = std::string(name(c.from()));
+        for (std::size_t i = 1; i < c.input_count(); ++i) {
+            const convert_input& in = c.inputs[i];
+            one += in.role == convert_role::global_divisors ? " / " : " x ";
+            one += std::string(name(in.type)) +
+                   (in.role == convert_role::scales ? " scales" : " global scale");
+        }
+        out += (out.empty() ? "" : ", ") + one;
+    }
+    return out + " -> BF16/F16/F32";
+}
+
+[[nodiscard]] inline std::string inputs_text(std::span<const convert_input> inputs) {
+    std::string s;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+        s += i == 0 ? "" : inputs[i].role == convert_role::global_divisors ? " / " : " x ";
+        s += std::string(name(inputs[i].type));
+        if (inputs[i].role == convert_role::scales) s += " scales";
+        if (inputs[i].role == convert_role::global_scales ||
+            inputs[i].role == convert_role::global_divisors)
+            s += " global scale";
+    }
+    return s;
+}
+
+// The dequantizing converter reading `inputs` into `to` through `view` (which must outlive it),
+// with the loops of `isa`; unsupported_conversion naming what is supported where none is.
+[[nodiscard]] inline converter find_dequantizer_for(std::span<const convert_input> inputs, dtype to,
+                                                    const dequant_view* view, convert_isa isa) {
+    const conversion* c = find_dequantizing(inputs, to);
+    if (c == nullptr)
+        throw error(errc::unsupported_conversion,
+                    "cannot dequantize " + inputs_text(inputs) + " to " + std::string(name(to)) +
+                        " (supported: " + dequantizing_conversions_text() + ")");
+    return converter_access::make(inputs[0].type, to, c->dequant.pick(isa), view);
+}
+}  // namespace detail
+
+// The dequantizing converter for `inputs` (values first, then their companions) into `to`.
+[[nodiscard]] inline converter find_dequantizer(std::span<const convert_input> inputs, dtype to,
+                                                const dequant_view* view) {
+    return detail::find_dequantizer_for(inputs, to, view, detail::best_convert_isa());
 }
 
 // The `by_device` policy: bf16 where the tensor lives on a CUDA device (what its kernels run

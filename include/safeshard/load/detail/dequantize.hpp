@@ -1,0 +1,238 @@
+// The loops of the dequantizing conversions: a quantized weight's values (FP8 E4M3, FP4 E2M1
+// two a byte, low nibble first) times the scale of their block, rounded once to BF16, F16 or F32.
+//
+// Arithmetic as the formats' reference code does it: each value decoded to F32 (exactly: every
+// E4M3 and E2M1 value is an F32), its block's scale decoded to F32 (F32, BF16 and F16 exactly,
+// E4M3 exactly, E8M0 as 2^(e - 127) with 0xff NaN), then, for a two-level scale (NVFP4), the
+// block scale times (ModelOpt's weight_scale_2) or divided by (compressed-tensors'
+// weight_global_scale) the tensor's global scale in F32, then value x scale in F32, rounded to
+// the target with round-to-nearest-even (detail/convert_elements.hpp's rounding, NaN rules
+// included): what numpy computes for `(v.astype(float32) * s).astype(target)` with ml_dtypes'
+// types.
+//
+// Where a value lies is told by its place in the rank's tensor, not by its address: a call
+// converts `n` elements from element `at` of the destination (rows of `cols` values, experts of
+// `rows` rows), and a dequant_view says where each companion's entry for a place is. The view
+// points at host memory: the companions are read before the weights (load/loader.hpp).
+//
+// Only core/ is included (the CUDA engine converts while staging, on the host).
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "safeshard/core/dtype.hpp"
+#include "safeshard/load/detail/convert_elements.hpp"
+#include "safeshard/load/detail/convert_kernels.hpp"
+
+namespace safeshard {
+
+// A companion as a dequantizing conversion reads it: its bytes (the rank's part, in host
+// memory), its dtype, and its grid over one expert's slab [rows, cols] of the rank's values:
+// entry (r / block_rows, c / block_cols) of [grid_rows, grid_cols], a block of 0 being one
+// entry for the whole dim; `per_part`: one entry for each part of a fused weight (per-tensor
+// scales of q, k and v kept one a projection). Experts stacked: `per_expert` entries each.
+struct dequant_operand {
+    const std::byte* data = nullptr;
+    dtype type = dtype::f32;
+    std::uint64_t block_rows = 0;
+    std::uint64_t block_cols = 0;
+    std::uint64_t grid_cols = 1;
+    std::uint64_t per_expert = 1;
+    bool per_part = false;
+
+    [[nodiscard]] bool present() const noexcept { return data != nullptr; }
+};
+
+// One destination's dequantization: the rank's tensor is `experts` slabs (1 unless stacked)
+// of [rows, cols] values; `scales` scale each block, `global` (where present) each part; the
+// rows of part p begin at part_rows[p] (ascending; one part: {0}).
+struct dequant_view {
+    std::uint64_t rows = 0;
+    std::uint64_t cols = 0;
+    dequant_operand scales{};
+    dequant_operand global{};
+    std::vector<std::pair<std::uint64_t, std::uint32_t>> part_rows{{0, 0}};
+
+    // The part of a fused weight row r (of one slab) belongs to.
+    [[nodiscard]] std::uint64_t part_of(std::uint64_t r) const noexcept {
+        auto it = std::upper_bound(part_rows.begin(), part_rows.end(), r,
+                                   [](std::uint64_t x, const auto& p) { return x < p.first; });
+        return it == part_rows.begin() ? 0 : std::prev(it)->second;
+    }
+    // The entry of operand o for value (r, c) of expert e's slab.
+    [[nodiscard]] std::uint64_t entry(const dequant_operand& o, std::uint64_t e, std::uint64_t r,
+                                      std::uint64_t c) const noexcept {
+        std::uint64_t i = 0;
+        if (o.per_part)
+            i = part_of(r);
+        else
+            i = (o.block_rows ? r / o.block_rows : 0) * o.grid_cols +
+                (o.block_cols ? c / o.block_cols : 0);
+        return e * o.per_expert + i;
+    }
+};
+
+namespace detail {
+
+namespace elem {
+
+// E2M1 (ml_dtypes float4_e2m1fn: bias 1, no Inf or NaN) as F32 bits: 0, 0.5, 1, 1.5, 2, 3, 4, 6.
+[[nodiscard]] constexpr std::uint32_t f4_e2m1_to_f32(std::uint8_t x) noexcept {
+    const std::uint32_t a = x & 7u;
+    const std::uint32_t normal = (((a >> 1) + 126u) << 23) | ((a & 1u) << 22);
+    const std::uint32_t mag = select(a >= 2u, normal, select(a == 1u, 0x3f000000u, 0u));
+    return (std::uint32_t{x} & 8u) << 28 | mag;
+}
+
+// E8M0 (ml_dtypes float8_e8m0fnu: 2^(e - 127), 0xff NaN) as F32 bits; 2^-127 is subnormal.
+[[nodiscard]] constexpr std::uint32_t f8_e8m0_to_f32(std::uint8_t x) noexcept {
+    return select(x == 0xffu, 0x7fc00000u, select(x == 0u, 0x00400000u, std::uint32_t{x} << 23));
+}
+
+}  // namespace elem
+
+// A scale entry as F32. U8 scales are E8M0 (both microscaling formats store them so).
+[[nodiscard]] inline float scale_as_f32(const std::byte* p, dtype t, std::uint64_t i) noexcept {
+    std::uint32_t bits = 0;
+    switch (t) {
+        case dtype::f32: std::memcpy(&bits, p + i * 4, 4); break;
+        case dtype::bf16:
+        case dtype::f16: {
+            std::uint16_t h = 0;
+            std::memcpy(&h, p + i * 2, 2);
+            bits = t == dtype::bf16 ? elem::bf16_to_f32(h) : elem::f16_to_f32(h);
+            break;
+        }
+        case dtype::f8_e4m3: bits = elem::f8_e4m3_to_f32(static_cast<std::uint8_t>(p[i])); break;
+        default: bits = elem::f8_e8m0_to_f32(static_cast<std::uint8_t>(p[i])); break;
+    }
+    return std::bit_cast<float>(bits);
+}
+
+// How a value codec reads element i of a run (FP4: two a byte, low nibble first).
+struct values_e4m3 {
+    static constexpr dtype type = dtype::f8_e4m3;
+    [[nodiscard]] static std::uint32_t at(const std::byte* s, std::uint64_t i) noexcept {
+        return elem::f8_e4m3_to_f32(static_cast<std::uint8_t>(s[i]));
+    }
+};
+struct values_e2m1 {
+    static constexpr dtype type = dtype::f4;
+    [[nodiscard]] static std::uint32_t at(const std::byte* s, std::uint64_t i) noexcept {
+        const auto b = static_cast<std::uint8_t>(s[i >> 1]);
+        return elem::f4_e2m1_to_f32(static_cast<std::uint8_t>((b >> ((i & 1u) * 4u)) & 0xfu));
+    }
+};
+
+// The target: F32 bits rounded to it.
+struct out_bf16 {
+    using type = std::uint16_t;
+    static constexpr dtype to = dtype::bf16;
+    [[nodiscard]] static type round(std::uint32_t f) noexcept { return elem::f32_to_bf16(f); }
+};
+struct out_f16 {
+    using type = std::uint16_t;
+    static constexpr dtype to = dtype::f16;
+    [[nodiscard]] static type round(std::uint32_t f) noexcept {
+        return elem::f32_to_f16<elem::nan_rule::keep_payload>(f);  // numpy's float16
+    }
+};
+struct out_f32 {
+    using type = std::uint32_t;
+    static constexpr dtype to = dtype::f32;
+    [[nodiscard]] static type round(std::uint32_t f) noexcept { return f; }
+};
+
+// How the global scale applies to a block's scale.
+enum class global_scale : std::uint8_t { none, multiplies, divides };
+
+// Values per fixed-size inner loop (a whole number of vectors; NVFP4's group).
+inline constexpr std::size_t dequant_chunk = 16;
+
+// n values (element `first` on of src) times s, rounded, into dst.
+template <class V, class Out>
+[[gnu::always_inline]] inline void scaled_run(const std::byte* __restrict src, std::uint64_t first,
+                                              std::byte* __restrict dst, std::size_t n,
+                                              float s) noexcept {
+    using out_t = typename Out::type;
+    std::size_t i = 0;
+    for (; i + dequant_chunk <= n; i += dequant_chunk) {
+        out_t out[dequant_chunk];
+        for (std::size_t k = 0; k < dequant_chunk; ++k)
+            out[k] = Out::round(
+                std::bit_cast<std::uint32_t>(std::bit_cast<float>(V::at(src, first + i + k)) * s));
+        std::memcpy(dst + i * sizeof(out_t), out, sizeof(out));
+    }
+    for (; i < n; ++i) {
+        const out_t y = Out::round(
+            std::bit_cast<std::uint32_t>(std::bit_cast<float>(V::at(src, first + i)) * s));
+        std::memcpy(dst + i * sizeof(out_t), &y, sizeof(out_t));
+    }
+}
+
+// The signature of a dequantizing loop: n elements from destination element `at` on.
+using dequant_fn = void (*)(const dequant_view& v, std::uint64_t at, const std::byte* src,
+                            std::byte* dst, std::size_t n) noexcept;
+
+template <class V, class Out, global_scale G>
+inline void dequantize_loop(const dequant_view& v, std::uint64_t at, const std::byte* src,
+                            std::byte* dst, std::size_t n) noexcept {
+    if (v.cols == 0 || v.rows == 0) return;
+    std::uint64_t row = at / v.cols, c = at % v.cols, done = 0;
+    while (done < n) {
+        const std::uint64_t e = row / v.rows, r = row % v.rows;
+        const std::uint64_t bc = v.scales.block_cols;
+        const std::uint64_t block_end = bc ? std::min(v.cols, (c / bc + 1) * bc) : v.cols;
+        const std::size_t run =
+            static_cast<std::size_t>(std::min<std::uint64_t>(n - done, block_end - c));
+        float s = scale_as_f32(v.scales.data, v.scales.type, v.entry(v.scales, e, r, c));
+        if constexpr (G != global_scale::none) {
+            const float g = scale_as_f32(v.global.data, v.global.type, v.entry(v.global, e, r, c));
+            s = G == global_scale::multiplies ? s * g : s / g;
+        }
+        scaled_run<V, Out>(src, done, dst + done * sizeof(typename Out::type), run, s);
+        done += run;
+        c += run;
+        if (c == v.cols) {
+            c = 0;
+            ++row;
+        }
+    }
+}
+
+#if SAFESHARD_CONVERT_X86_DISPATCH
+template <class V, class Out, global_scale G>
+[[gnu::target("avx2")]] inline void dequantize_loop_avx2(const dequant_view& v, std::uint64_t at,
+                                                         const std::byte* src, std::byte* dst,
+                                                         std::size_t n) noexcept {
+    dequantize_loop<V, Out, G>(v, at, src, dst, n);
+}
+#endif
+
+// Every compiled copy of one dequantizing conversion's loops.
+struct dequant_kernels {
+    dequant_fn portable = nullptr;
+    dequant_fn avx2 = nullptr;
+    [[nodiscard]] constexpr dequant_fn pick(convert_isa isa) const noexcept {
+        return isa == convert_isa::avx2 ? avx2 : portable;
+    }
+};
+
+template <class V, class Out, global_scale G>
+[[nodiscard]] constexpr dequant_kernels dequant_kernels_of() noexcept {
+#if SAFESHARD_CONVERT_X86_DISPATCH
+    return {&dequantize_loop<V, Out, G>, &dequantize_loop_avx2<V, Out, G>};
+#else
+    return {&dequantize_loop<V, Out, G>, &dequantize_loop<V, Out, G>};
+#endif
+}
+
+}  // namespace detail
+}  // namespace safeshard
