@@ -57,7 +57,7 @@ struct rank_plans {
                     by_place[d.schema_index].holders.push_back({ranks[k], &plans[k], &d});
         for (std::size_t k = 0; k < plans.size(); ++k)
             for (const plan_destination& d : plans[k].destinations()) {
-                if (!d.companion_of) continue;
+                if (!d.companion_of || d.consumed) continue;  // consumed: no tensor
                 auto& of = by_place[d.schema_index].companions;
                 auto it = std::find_if(of.begin(), of.end(), [&](const parameter_row& c) {
                     return c.first().name == d.name;

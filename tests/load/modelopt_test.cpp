@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/dequantize_reference.hpp"
 #include "../support/expect_error.hpp"
 #include "../support/quantized_llama.hpp"
 #include "../support/sparse_replica.hpp"
@@ -164,6 +165,80 @@ TEST_CASE("ModelOpt MIXED_PRECISION: layers of another algorithm are refused, na
         },
         "quant_method 'modelopt' (quant_algo 'MIXED_PRECISION' of layers FP8, FP8_PB_WO), which "
         "no plan cuts yet");
+}
+
+TEST_CASE("ModelOpt MIXED_PRECISION dequantized: each layer by its own algorithm's scales") {
+    // FP8 attention x its scalar, NVFP4 gate/up x their E4M3 groups x weight_scale_2, MXFP8 down
+    // x its E8M0 blocks of 32; fused q/k/v and gate/up keep a scalar a projection.
+    const auto src = mixed_llama();
+    temp_dir dir;
+    write(dir.path(), llama_config(mixed_quantization), src);
+    for (const bool fused : {false, true})
+        for (const std::uint32_t w : {1u, 2u})
+            for (std::uint32_t r = 0; r < w; ++r) {
+                CAPTURE(fused);
+                CAPTURE(w);
+                CAPTURE(r);
+                load_options o{.rank = r, .world = w};
+                o.plan.schema.fuse_qkv = o.plan.schema.fuse_gate_up = fused;
+                const auto stored = load<host_tensor>(dir.path().string(), o);
+                o.plan.dtype = dtype_policy::fixed(dtype::f16);
+                const auto m = load<host_tensor>(dir.path().string(), o);
+                CHECK(m.names().size() == 5 + (fused ? 4 : linears().size()));
+                for (const auto& [n, parts] :
+                     fused
+                         ? std::vector<std::pair<std::string, int>>{{"self_attn.qkv_proj", 3},
+                                                                    {"self_attn.o_proj", 1},
+                                                                    {"mlp.gate_up_proj", 2},
+                                                                    {"mlp.down_proj", 1}}
+                         : std::vector<std::pair<std::string, int>>{
+                               {"self_attn.k_proj", 1}, {"mlp.up_proj", 1}, {"mlp.down_proj", 1}}) {
+                    CAPTURE(n);
+                    const std::string p = "model.layers.0." + n + ".";
+                    const host_tensor& v = stored.at(p + "weight");
+                    const bool fp4 = v.dtype() == dtype::u8;
+                    const bool mx = n == "mlp.down_proj";
+                    const std::uint64_t rows = v.shape()[0];
+                    ref_quantized q{.values = &v,
+                                    .fp4 = fp4,
+                                    .rows = rows,
+                                    .cols = v.shape()[1] * (fp4 ? 2 : 1),
+                                    .scales = &stored.at(p + "weight_scale"),
+                                    .block_rows = fp4 || mx ? 1u : 0u,
+                                    .block_cols = fp4  ? 16u
+                                                  : mx ? 32u
+                                                       : 0u};
+                    // The rank's rows of each projection: q, k, v heads or gate, up, in order.
+                    std::vector<std::uint64_t> ends;
+                    if (n == "self_attn.qkv_proj")
+                        for (const char* part : {"self_attn.q_proj", "self_attn.k_proj"}) {
+                            const range_2d g = rank_range(part, w, r);
+                            ends.push_back((ends.empty() ? 0 : ends.back()) + g.r1 - g.r0);
+                        }
+                    if (n == "mlp.gate_up_proj") ends.push_back(rows / 2);
+                    auto part_of = [ends](std::uint64_t row) {
+                        std::uint64_t k = 0;
+                        while (k < ends.size() && row >= ends[k]) ++k;
+                        return k;
+                    };
+                    if (!fp4 && !mx)
+                        q.scale_entry = [=](std::uint64_t, std::uint64_t row, std::uint64_t) {
+                            return part_of(row);
+                        };
+                    if (fp4) {
+                        q.global = &stored.at(p + "weight_scale_2");
+                        q.global_entry = [=](std::uint64_t, std::uint64_t row) {
+                            return part_of(row);
+                        };
+                    }
+                    CHECK(parts == static_cast<int>(ends.size()) + 1);
+                    const host_tensor& x = m.at(p + "weight");
+                    CHECK(x.dtype() == dtype::f16);
+                    CHECK(bytes_of(x) == ref_dequantize(q, dtype::f16));
+                    for (const char* s : {"weight_scale", "weight_scale_2", "input_scale"})
+                        CHECK_FALSE(m.contains(p + s));
+                }
+            }
 }
 
 TEST_CASE("ModelOpt MXFP8: F8 weights with E8M0 scales of 32 values, cut in whole blocks") {

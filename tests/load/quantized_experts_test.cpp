@@ -18,9 +18,11 @@
 #include <map>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "../support/dequantize_reference.hpp"
 #include "../support/expect_error.hpp"
 #include "../support/quantized_llama.hpp"
 #include "safeshard/load/host_engine.hpp"
@@ -457,5 +459,56 @@ TEST_CASE("quantized MoE, fused: companions that do not stack are refused, namin
             },
             "stacks the layer's 4 experts on dim 0, but its source "
             "'model.layers.0.mlp.experts.gate_up_proj_scale_inv' is [3, 8, 8]");
+    }
+}
+
+TEST_CASE("dequantized MoE, fused: FP8 blocks, FP8 per channel and NVFP4 stacked per rank") {
+    for (const scheme_case& s : std::span(schemes()).first(3)) {
+        CAPTURE(s.name);
+        const bool fp4 = s.name.starts_with("NVFP4");
+        const bool per_channel = s.name.starts_with("FP8 per channel");
+        const std::string scale = s.name == "FP8 block" ? "weight_scale_inv" : "weight_scale";
+        const auto src = quantized_moe(s);
+        temp_dir dir;
+        write(dir.path(), moe_config(s.quantization), src);
+        for_each_world(s, [&](std::uint32_t w, std::uint32_t ep) {
+            for (std::uint32_t r = 0; r < w; ++r) {
+                CAPTURE(w);
+                CAPTURE(ep);
+                CAPTURE(r);
+                const auto stored = load<host_tensor>(dir.path().string(), fused_options(r, w, ep));
+                load_options o = fused_options(r, w, ep);
+                o.plan.dtype = dtype_policy::fixed(dtype::f32);
+                const auto m = load<host_tensor>(dir.path().string(), o);
+                for (const char* n : {"w13_", "w2_"}) {
+                    CAPTURE(n);
+                    const host_tensor& v = stored.at(experts_at + n + "weight");
+                    const host_tensor& sc = stored.at(experts_at + n + scale);
+                    const std::uint64_t held = v.shape()[0], rows = v.shape()[1];
+                    ref_quantized q{.values = &v,
+                                    .fp4 = fp4,
+                                    .experts = held,
+                                    .rows = rows,
+                                    .cols = v.shape()[2] * (fp4 ? 2 : 1),
+                                    .scales = &sc,
+                                    .block_rows = fp4 || per_channel ? 1u : 8u,
+                                    .block_cols = fp4           ? 16u
+                                                  : per_channel ? 0u
+                                                                : 8u};
+                    if (fp4) {
+                        q.global = &stored.at(experts_at + n + "weight_scale_2");
+                        const std::uint64_t parts = *q.global->shape().element_count() / held;
+                        q.global_entry = [=](std::uint64_t e, std::uint64_t row) {
+                            return e * parts + (parts == 2 && row >= rows / 2 ? 1 : 0);
+                        };
+                    }
+                    const host_tensor& x = m.at(experts_at + n + "weight");
+                    CHECK(x.dtype() == dtype::f32);
+                    CHECK(x.shape() == shape{held, rows, q.cols});
+                    CHECK(bytes_of(x) == ref_dequantize(q, dtype::f32));
+                    CHECK_FALSE(m.contains(experts_at + n + scale));
+                }
+            }
+        });
     }
 }

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/dequantize_reference.hpp"
 #include "../support/expect_error.hpp"
 #include "../support/quantized_llama.hpp"
 #include "../support/run_tool.hpp"
@@ -58,18 +59,14 @@ TEST_CASE("FP8 block-scaled (DeepSeek-V3's form): each rank's weights and scale 
             CHECK(model.at("model.norm.weight").dtype() == dtype::bf16);
             CHECK(model.names().size() == 5 + 2 * linears().size());
         }
-    // A --dtype policy converts the BF16 tensors and keeps FP8 weights and F32 scales as stored.
+    // A --dtype policy converts the BF16 tensors and dequantizes the FP8 weights, their scales
+    // consumed (tests/load/dequantize_test.cpp checks the values).
     load_options o{.rank = 0, .world = 2};
     o.plan.dtype = dtype_policy::fixed(dtype::f32);
     auto converted = load<host_tensor>(dir.path().string(), o);
     CHECK(converted.at("model.norm.weight").dtype() == dtype::f32);
-    CHECK(converted.at("model.layers.0.mlp.up_proj.weight").dtype() == dtype::f8_e4m3);
-    CHECK(converted.at("model.layers.0.mlp.up_proj.weight_scale_inv").dtype() == dtype::f32);
-    // Naming an FP8 weight for another dtype would drop its scales: refused.
-    o.plan.dtype_per_parameter = {{"*.up_proj.weight", dtype::bf16}};
-    expect_error(
-        errc::unsupported_conversion, [&] { (void)load<host_tensor>(dir.path().string(), o); },
-        "without its scales would be wrong");
+    CHECK(converted.at("model.layers.0.mlp.up_proj.weight").dtype() == dtype::f32);
+    CHECK_FALSE(converted.contains("model.layers.0.mlp.up_proj.weight_scale_inv"));
 }
 
 TEST_CASE("FP8 block-scaled: a rank's share that is not whole blocks is refused, naming it") {
@@ -374,6 +371,72 @@ TEST_CASE(
             (void)load_plan::build(checkpoint::open(other.path().string()), {0, 1});
         },
         "model.layers.0.self_attn.k_proj.k_scale");
+}
+
+TEST_CASE(
+    "NVFP4 dequantized in the copy: ModelOpt multiplies by weight_scale_2, "
+    "compressed-tensors divides by weight_global_scale") {
+    struct form {
+        const nvfp4_names& names;
+        std::string quantization;
+        std::vector<std::uint64_t> scalar;
+    };
+    for (const form& f :
+         {form{modelopt_names,
+               R"({"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16})",
+               {}},
+          form{ct_names,
+               R"({"quant_method": "compressed-tensors",
+                          "format": "nvfp4-pack-quantized", "config_groups": {}})",
+               {1}}}) {
+        CAPTURE(f.names.weight);
+        const bool divides = f.names.global == "weight_global_scale";
+        const auto src = nvfp4_llama(f.names, f.scalar);
+        temp_folder dir;
+        write(dir.path(), llama_config(f.quantization), src);
+        for (const bool fused : {false, true})
+            for (const std::uint32_t w : {1u, 2u})
+                for (std::uint32_t r = 0; r < w; ++r) {
+                    CAPTURE(fused);
+                    CAPTURE(w);
+                    CAPTURE(r);
+                    load_options o{.rank = r, .world = w};
+                    o.plan.schema.fuse_gate_up = fused;
+                    const auto stored = load<host_tensor>(dir.path().string(), o);
+                    o.plan.dtype = dtype_policy::fixed(dtype::bf16);
+                    const auto m = load<host_tensor>(dir.path().string(), o);
+                    for (const std::string& n :
+                         {std::string("self_attn.q_proj"), std::string("self_attn.o_proj"),
+                          std::string(fused ? "mlp.gate_up_proj" : "mlp.up_proj"),
+                          std::string("mlp.down_proj")}) {
+                        CAPTURE(n);
+                        const std::string p = "model.layers.0." + n + ".";
+                        const host_tensor& v = stored.at(p + f.names.weight);
+                        ref_quantized q{.values = &v,
+                                        .fp4 = true,
+                                        .rows = v.shape()[0],
+                                        .cols = v.shape()[1] * 2,
+                                        .scales = &stored.at(p + f.names.scale),
+                                        .block_rows = 1,
+                                        .block_cols = 16,
+                                        .global = &stored.at(p + f.names.global),
+                                        .divides = divides};
+                        if (n == "mlp.gate_up_proj")  // the rank's gate rows, then its up rows
+                            q.global_entry = [&](std::uint64_t, std::uint64_t row) {
+                                return row < v.shape()[0] / 2 ? 0u : 1u;
+                            };
+                        else
+                            q.global_entry = [](std::uint64_t, std::uint64_t) { return 0u; };
+                        const host_tensor& x = m.at(p + "weight");
+                        CHECK(x.dtype() == dtype::bf16);
+                        CHECK(x.shape() == shape{q.rows, q.cols});
+                        CHECK(bytes_of(x) == ref_dequantize(q, dtype::bf16));
+                        for (const std::string& s : {f.names.scale, f.names.global, f.names.input})
+                            CHECK_FALSE(m.contains(p + s));
+                        CHECK(m.contains(p + f.names.weight) == (f.names.weight == "weight"));
+                    }
+                }
+    }
 }
 
 TEST_CASE("NVFP4: a packed weight whose rank share splits a byte is refused, naming it") {
@@ -684,7 +747,7 @@ TEST_CASE("quantization_config and hf_quant_config.json: each malformed field is
         "hf_quant_config.json");
 }
 
-TEST_CASE("safeshard plan --json: a quantized weight lists its companions" *
+TEST_CASE("safeshard plan --json: a quantized weight lists its companions, FP8 dequantized" *
           doctest::skip(!have_tool())) {
     const auto src = fp8_llama(block_scaled(4));
     temp_folder dir;
@@ -727,6 +790,26 @@ TEST_CASE("safeshard plan --json: a quantized weight lists its companions" *
     std::vector<std::uint64_t> said;
     for (auto x : doc["rank_bytes"].get_array()) said.push_back(x.get_uint64().value());
     CHECK(said == total);
+
+    // --dtype BF16 dequantizes: the weights are BF16 [N, K] values, their scales consumed (no
+    // companions listed, none counted).
+    const auto d = run_tool("plan " + dir.path().string() + " --tp 2 --dtype BF16 --json");
+    REQUIRE_MESSAGE(d.code == 0, d.out);
+    const simdjson::dom::element dq = parser.parse(d.out);
+    std::vector<std::uint64_t> dq_total(2, 0);
+    for (auto p : dq["parameters"].get_array()) {
+        const std::string name(p["name"].get_string().value());
+        CAPTURE(name);
+        CHECK(std::string(p["dtype"].get_string().value()) == "BF16");
+        CHECK(p["companions"].get_array().size() == 0u);
+        for (auto k : p["ranks"].get_array())
+            dq_total[k["rank"].get_uint64().value()] += k["nbytes"].get_uint64().value();
+        if (name == "model.layers.0.mlp.down_proj.weight")
+            CHECK(p["ranks"].get_array().at(1)["nbytes"].get_uint64().value() == H * I / 2 * 2);
+    }
+    said.clear();
+    for (auto x : dq["rank_bytes"].get_array()) said.push_back(x.get_uint64().value());
+    CHECK(said == dq_total);
 }
 
 namespace {

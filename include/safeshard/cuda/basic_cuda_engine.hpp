@@ -595,8 +595,7 @@ private:
             const byte_box& b = op.box;
             const read_source& src = e.targets_.sources[op.file];
             const std::size_t row_elems = b.dst_row_bytes * 8 / bit_size(op.dst_dtype);
-            const converter conv = op.converts() ? find_converter(op.src_dtype, op.dst_dtype)
-                                                 : converter(op.src_dtype);
+            const converter conv = detail::op_converter(op, e.targets_);
             const read_mode mode = op.contiguous_source() ? e.opt_.mode : e.opt_.strided;
             if (mode == read_mode::mmap && !src.mapping.empty()) {
                 detail::convert_from_mapping(src, op, detail::mapped_source(src, op), conv, out,

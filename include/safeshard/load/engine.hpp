@@ -39,10 +39,14 @@ using progress_callback = std::function<void(std::uint64_t done, std::uint64_t t
 
 // Where copy_ops go: read_sources by file index, destination base addresses by destination
 // index (device or host memory, as the engine expects), their sizes for the bounds check.
+// `converters`, by destination index where some destination is dequantized in the copy: its
+// dequantizing converter (whose view of the companions outlives the copy); a destination
+// without one converts element-wise as its ops' dtypes say.
 struct copy_targets {
     std::span<const read_source> sources{};
     std::span<std::byte* const> destinations{};
     std::span<const std::uint64_t> destination_bytes{};
+    std::span<const converter> converters{};
 };
 
 // What an engine counted: every byte it read from a file and wrote to a destination.
@@ -149,6 +153,22 @@ inline void check_op_bounds(const copy_op& op, const copy_targets& t) {
         fail("source overflows");
 }
 
+// The dequantizing converter bound for the op's destination, if any.
+[[nodiscard]] inline const converter* dequantizer_of(const copy_op& op,
+                                                     const copy_targets& t) noexcept {
+    if (op.kind != copy_kind::copy || op.destination >= t.converters.size()) return nullptr;
+    const converter& c = t.converters[op.destination];
+    return c.dequantizes() ? &c : nullptr;
+}
+
+// How the op's elements convert: its destination's dequantizer placed at the op's box, the
+// element-wise conversion of its dtypes, or a copy.
+[[nodiscard]] inline converter op_converter(const copy_op& op, const copy_targets& t) {
+    if (const converter* c = dequantizer_of(op, t))
+        return c->placed(op.box.dst_offset, op.box.dst_pitch);
+    return op.converts() ? find_converter(op.src_dtype, op.dst_dtype) : converter(op.src_dtype);
+}
+
 // What every engine checks of an op before it queues it: its bounds (check_op_bounds) and,
 // for a converting copy, that the conversion exists (unsupported_conversion). The error names
 // the op's destination where `names` (by destination index, from set_names) has it.
@@ -156,7 +176,13 @@ inline void check_submitted_op(const copy_op& op, const copy_targets& t,
                                std::span<const std::string> names = {}) {
     try {
         check_op_bounds(op, t);
-        if (op.kind == copy_kind::copy && op.converts() && !can_convert(op.src_dtype, op.dst_dtype))
+        const converter* deq = dequantizer_of(op, t);
+        if (deq && (deq->from() != op.src_dtype || deq->to() != op.dst_dtype))
+            throw error(errc::invalid_argument,
+                        "copy op {" + to_string(op) + "}: its destination dequantizes " +
+                            std::string(name(deq->from())) + " to " + std::string(name(deq->to())));
+        if (!deq && op.kind == copy_kind::copy && op.converts() &&
+            !can_convert(op.src_dtype, op.dst_dtype))
             throw error(errc::unsupported_conversion,
                         unsupported_conversion_message(op.src_dtype, op.dst_dtype));
     } catch (const error& e) {

@@ -258,7 +258,8 @@ template <class Engine>
 void run_windows(Engine& engine, file_cache& files, std::span<const copy_op> ops,
                  std::span<std::byte* const> destinations,
                  std::span<const std::uint64_t> destination_bytes,
-                 const progress_callback& progress = {}) {
+                 const progress_callback& progress = {},
+                 std::span<const converter> converters = {}) {
     std::uint64_t total = 0, offset = 0;
     if (progress)
         for (const copy_op& op : ops) total += op.bytes_written();
@@ -273,7 +274,7 @@ void run_windows(Engine& engine, file_cache& files, std::span<const copy_op> ops
                                         }));
             for (const copy_op& op : ops.first(n)) offset += op.bytes_written();
         }
-        engine.bind(copy_targets{files.sources(), destinations, destination_bytes});
+        engine.bind(copy_targets{files.sources(), destinations, destination_bytes, converters});
         engine.submit(ops.first(n));
         engine.wait();
         ops = ops.subspan(n);

@@ -265,8 +265,7 @@ private:
                 .op = op,
                 .dst = dst,
                 .src = &e_.targets_.sources[op.file],
-                .conv = op.converts() ? find_converter(op.src_dtype, op.dst_dtype)
-                                      : converter(op.src_dtype),
+                .conv = detail::op_converter(op, e_.targets_),
                 .row_elems = op.box.dst_row_bytes * 8 / bit_size(op.dst_dtype),
                 .direct = e_.opt_.mode == read_mode::direct && e_.direct_file(op.file)};
         }

@@ -161,6 +161,60 @@ inline void initialise(const plan_destination& d, std::byte* out) {
     return out;
 }
 
+namespace detail {
+// The companions of a plan's dequantized weights: held in host memory for the load, read
+// before the weights (with a host engine, whatever engine fills the rank's tensors), and the
+// weights' dequantizing converters reading them.
+class consumed_companions {
+public:
+    std::byte* hold(std::uint64_t bytes) {
+        held_.emplace_back(static_cast<std::size_t>(bytes));
+        return held_.back().data();
+    }
+
+    // Reads the consumed companions' ops and makes the dequantized weights' converters;
+    // returns what it read (nothing for a plan without them).
+    engine_stats read(const load_plan& plan, std::span<std::byte* const> addresses,
+                      std::span<const std::uint64_t> sizes, std::span<const std::string> names) {
+        const auto dests = plan.destinations();
+        std::vector<copy_op> first;
+        for (const copy_op& op : plan.ops())
+            if (dests[op.destination].consumed)
+                first.push_back(op);
+            else
+                after_.push_back(op);
+        if (first.empty()) return {};
+        host_engine e;
+        e.set_names(names);
+        file_cache files(cached_files(plan));
+        run_windows(e, files, first, addresses, sizes);
+        files.finish();
+        views_.resize(dests.size());
+        converters_.assign(dests.size(), converter(dtype::u8));
+        for (std::size_t i = 0; i < dests.size(); ++i) {
+            if (!dests[i].dequant || dests[i].tied()) continue;
+            views_[i] = dequant_view_of(dests, dests[i], addresses);
+            converters_[i] = find_dequantizer(dequant_conversion_inputs(dests, dests[i]),
+                                              dests[i].dtype, &views_[i]);
+        }
+        return e.stats();
+    }
+
+    // The plan's other ops (all of them where nothing is consumed).
+    [[nodiscard]] std::span<const copy_op> ops_after(const load_plan& plan) const noexcept {
+        return converters_.empty() ? plan.ops() : std::span<const copy_op>(after_);
+    }
+    [[nodiscard]] std::span<const converter> converters() const noexcept { return converters_; }
+
+private:
+    std::vector<std::vector<std::byte>> held_{};
+    std::vector<copy_op> after_{};
+    std::vector<dequant_view> views_{};  // by destination; converters_ point at them
+    std::vector<converter> converters_{};
+};
+
+}  // namespace detail
+
 // Runs a plan: allocates the destinations with tensor_factory<T>, reads with `engine`,
 // initialises created parameters. The files are opened (and mapped) a window at a time, as
 // many as the process's limits allow (file_cache). With `progress`, the engine reports
@@ -183,16 +237,22 @@ template <class T, class Engine>
     std::vector<std::size_t> slot(dests.size());
     std::vector<std::byte*> addresses(dests.size(), nullptr);
     std::vector<std::uint64_t> sizes(dests.size(), 0);
+    detail::consumed_companions consumed;
     for (std::size_t i = 0; i < dests.size(); ++i) {
         const plan_destination& d = dests[i];
         if (d.tied()) continue;
+        sizes[i] = d.bytes;
+        if (d.consumed) {  // read for a conversion only: host memory of the loader's
+            addresses[i] = consumed.hold(d.bytes);
+            continue;
+        }
         detail::check_engine_device(d, engine.target_device());
         out.tensors_.push_back(detail::allocate_one<T>(d));
         slot[i] = out.tensors_.size() - 1;
         addresses[i] = tensor_factory<T>::data(out.tensors_.back());
-        sizes[i] = d.bytes;
     }
     for (std::size_t i = 0; i < dests.size(); ++i) {
+        if (dests[i].consumed) continue;
         const std::size_t s = dests[i].tied() ? slot[*dests[i].tied_to] : slot[i];
         out.names_.push_back(dests[i].name);
         out.index_.emplace(dests[i].name, s);
@@ -200,20 +260,21 @@ template <class T, class Engine>
     r.allocate_seconds = seconds_since(t0);
 
     t0 = std::chrono::steady_clock::now();
+    std::vector<std::string> names(dests.size());
+    for (std::size_t i = 0; i < dests.size(); ++i) names[i] = dests[i].name;
+    // The companions a dequantization consumes first, then the rank's tensors through them.
+    const engine_stats read_first = consumed.read(plan, addresses, sizes, names);
     file_cache_options fo{};
     fo.read = engine.reader_options();  // O_DIRECT files for host_engine's direct mode
     // Each file must be the one the plan was made from, not a newer one.
     file_cache files(cached_files(plan), fo);
     const engine_stats before = engine.stats();
-    {
-        std::vector<std::string> names(dests.size());
-        for (std::size_t i = 0; i < dests.size(); ++i) names[i] = dests[i].name;
-        engine.set_names(names);  // error messages name the tensor
-    }
-    run_windows(engine, files, plan.ops(), addresses, sizes, progress);
+    engine.set_names(names);  // error messages name the tensor
+    run_windows(engine, files, consumed.ops_after(plan), addresses, sizes, progress,
+                consumed.converters());
     files.finish();  // no bytes of two versions of a file
     const engine_stats after = engine.stats();
-    r.bytes_read = after.bytes_read - before.bytes_read;
+    r.bytes_read = after.bytes_read - before.bytes_read + read_first.bytes_read;
     r.bytes_written = after.bytes_written - before.bytes_written;
     for (auto& n : engine.take_notes()) r.notes.push_back(std::move(n));  // its fallbacks
     r.copy_seconds = seconds_since(t0);

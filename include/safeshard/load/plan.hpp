@@ -68,6 +68,17 @@ struct plan_options {
     std::vector<std::pair<std::string, shape>> created_shapes{};
 };
 
+// What a weight dequantized in the copy reads beside its values: its block scales' destination,
+// its global scales' (NVFP4), which multiply or divide the block scales, and, for per-tensor
+// scales kept one per fused part, the parts' rows: part_rows[i].second's rows of a slab begin
+// at part_rows[i].first (ascending).
+struct dequant_inputs {
+    std::optional<std::uint32_t> scales{};
+    std::optional<std::uint32_t> global{};
+    bool global_divides = false;
+    std::vector<std::pair<std::uint64_t, std::uint32_t>> part_rows{{0, 0}};
+};
+
 // One tensor of the rank's model.
 struct plan_destination {
     std::string name;
@@ -96,6 +107,12 @@ struct plan_destination {
     // the stored elements follow in whole elements; grid<1,2>: two values a byte along K,
     // ^T: stored transposed); grid<1,1>: stored as its values.
     companion_grid storage{};
+    // A quantized weight dequantized in the copy (plan_options::dtype asks a float dtype of a
+    // quantized checkpoint): its values are read as `source_dtype` (F8_E4M3; F4, two a byte)
+    // and scaled by the companions `dequant` names, which are `consumed`: read into host
+    // memory before the weights, for the conversion only, and not tensors of the rank.
+    std::optional<dequant_inputs> dequant{};
+    bool consumed = false;
     // The parameter's place in the schema: orders the destinations of one rank's plan against
     // another's (a rank holds its own experts only).
     std::size_t schema_index = 0;
@@ -161,6 +178,55 @@ inline std::string name_list(const std::vector<std::string>& v, std::size_t max 
 
 }  // namespace detail
 
+// The dtype a dequantizing conversion reads a scale companion as: its own, U8 as E8M0 (the
+// microscaling formats store their scales so).
+[[nodiscard]] inline dtype dequant_scale_dtype(const plan_destination& c) noexcept {
+    return c.dtype == dtype::u8 ? dtype::f8_e8m0 : c.dtype;
+}
+
+// What weight w's dequantizing conversion reads, among the plan's destinations `all`: its
+// values, its block scales, its global scales where it has them.
+[[nodiscard]] inline std::vector<convert_input> dequant_conversion_inputs(
+    std::span<const plan_destination> all, const plan_destination& w) {
+    const dequant_inputs& in = *w.dequant;
+    std::vector<convert_input> inputs{{convert_role::values, w.source_dtype},
+                                      {convert_role::scales, dequant_scale_dtype(all[*in.scales])}};
+    if (in.global)
+        inputs.push_back(
+            {in.global_divides ? convert_role::global_divisors : convert_role::global_scales,
+             all[*in.global].dtype});
+    return inputs;
+}
+
+// The view weight w's conversion reads its companions through, their bytes at `addresses`
+// (by destination index, host memory).
+[[nodiscard]] inline dequant_view dequant_view_of(std::span<const plan_destination> all,
+                                                  const plan_destination& w,
+                                                  std::span<std::byte* const> addresses) {
+    const dequant_inputs& in = *w.dequant;
+    const std::size_t r = w.local.rank();
+    const std::uint64_t experts = w.stacked_experts ? w.local[0] : 1;
+    dequant_view v;
+    v.rows = r >= 2 ? w.local[r - 2] : 1;
+    v.cols = r >= 1 ? w.local[r - 1] : 1;
+    v.part_rows = in.part_rows;
+    auto operand = [&](std::uint32_t at) {
+        const plan_destination& c = all[at];
+        dequant_operand o;
+        o.data = addresses[at];
+        o.type = dequant_scale_dtype(c);
+        o.block_rows = c.grid.rows.block;
+        o.block_cols = c.grid.cols.block;
+        o.per_part = c.grid.rows.whole() && c.grid.cols.whole();
+        o.grid_cols = c.local.rank() >= 2 ? c.local[c.local.rank() - 1] : 1;
+        o.per_expert = experts ? c.local.element_count().value_or(0) / experts : 0;
+        return o;
+    };
+    v.scales = operand(*in.scales);
+    if (in.global) v.global = operand(*in.global);
+    return v;
+}
+
 class load_plan {
 public:
     // The architecture named by options.architecture or config.json's model_type. A rank
@@ -209,11 +275,12 @@ public:
         return nullptr;
     }
 
-    // Bytes the rank's tensors take on each device (tied aliases count once).
+    // Bytes the rank's tensors take on each device (tied aliases count once; companions
+    // consumed by a dequantization are no tensors of the rank).
     [[nodiscard]] std::vector<device_bytes> bytes_per_device() const {
         std::vector<device_bytes> out;
         for (const auto& d : destinations_) {
-            if (d.tied()) continue;
+            if (d.tied() || d.consumed) continue;
             auto it = std::find_if(out.begin(), out.end(),
                                    [&](const device_bytes& b) { return b.device == d.device; });
             if (it == out.end()) {
@@ -600,10 +667,12 @@ private:
     }
 
     // The destination a parameter's slice fills (dtype chosen and checked, bytes counted).
+    // (A dequantized weight's conversion is checked once its companions are known.)
     [[nodiscard]] plan_destination destination(const parameter_meta& m, const slice_result& r,
                                                dtype source, dtype target,
-                                               std::string_view source_note) const {
-        if (!can_convert(source, target))
+                                               std::string_view source_note,
+                                               bool dequantized = false) const {
+        if (!dequantized && !can_convert(source, target))
             throw error(errc::unsupported_conversion,
                         "parameter '" + m.name + "'" + std::string(source_note) + ": " +
                             detail::unsupported_conversion_message(source, target),
@@ -676,19 +745,60 @@ private:
         const parameter_meta& m = whole ? *whole : meta;
         const parameter_meta& as_stored = renamed ? *renamed : m;
         const weight_cut cut = cut_weight(as_stored, *located);
-        const dtype source = located->front().tensor.dtype();
-        plan_destination d = destination(as_stored, cut.stored, source,
-                                         target_dtype(m.name, m.dtype_override, source), "");
+        const dtype stored = located->front().tensor.dtype();
+        const std::optional<dtype> deq = whole ? std::nullopt : dequant_target(m, m.sources);
+        // Dequantized: the values, under the schema's name; else the stored elements.
+        const slice_result& read = deq ? cut.values : cut.stored;
+        const parameter_meta& as_read = deq ? m : as_stored;
+        plan_destination d =
+            deq ? destination(m, cut.values, values_dtype(m, stored, cut.storage), *deq, "", true)
+                : destination(as_stored, cut.stored, stored,
+                              target_dtype(m.name, m.dtype_override, stored), "");
         d.sources = as_stored.sources;
-        d.storage = cut.storage;
+        if (deq)
+            d.dequant.emplace();
+        else
+            d.storage = cut.storage;
         d.schema_index = schema_index_of(meta);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
-        emit_ops(as_stored, cut.stored, *located, d, di);
+        emit_ops(as_read, read, *located, d, di);
         index_.emplace(meta.name, di);  // a view: of the schema's name, not of a copy's
         p_.destinations_.push_back(std::move(d));
         if (renamed)
             for (const auto& l : *located) claimed_.emplace(l.tensor.name());
         add_companions(m, cut.values, cut.value_shapes, di);
+    }
+
+    // The float dtype a quantized weight is dequantized into in the copy, or nullopt where it
+    // loads as stored: its scheme dequantizes, the checkpoint has its scales (of its sources
+    // `names`), and the dtype asked of it (per parameter, else the policy's) is another than
+    // its own.
+    template <class Names>
+    [[nodiscard]] std::optional<dtype> dequant_target(const parameter_meta& m,
+                                                      const Names& names) const {
+        if (!scheme_ || !scheme_->dequant.supported()) return std::nullopt;
+        std::optional<dtype> asked;
+        for (const auto& [pattern, t] : o_.dtype_per_parameter)
+            if (!asked && glob_match(pattern, m.name)) asked = t;
+        if (!asked) asked = m.dtype_override;
+        if (!asked && o_.dtype.how == dtype_policy::kind::fixed) asked = o_.dtype.fixed_dtype;
+        if (!asked && o_.dtype.how == dtype_policy::kind::by_device)
+            asked = by_device_dtype(o_.device.kind == device_kind::cuda);
+        if (!asked || !converted_by_policy(*asked)) return std::nullopt;
+        for (const std::string_view suffix : scheme_->dequant.scales)
+            if (!suffix.empty() && companions_of(m, names, suffix)) return asked;
+        return std::nullopt;
+    }
+
+    // The dtype of a dequantized weight's values: as stored, or, packed, the scheme's.
+    [[nodiscard]] dtype values_dtype(const parameter_meta& m, dtype stored,
+                                     const companion_grid& storage) const {
+        if (stored_as_values(storage)) return stored;
+        if (scheme_->dequant.packed_values != dtype::u8) return scheme_->dequant.packed_values;
+        throw error(errc::unsupported_conversion,
+                    "parameter '" + m.name + "' is stored packed (" + to_string(storage) + ") by " +
+                        std::string(scheme_->name) + ", whose values no conversion reads",
+                    error_context{.file = {}, .tensor = m.name});
     }
 
     // A weight the scheme stores flattened (bitsandbytes 4-bit; the plan is of world 1): the
@@ -865,7 +975,16 @@ private:
                                    : companions_of(m, m.sources, suffix);
             if (!found) continue;
             const plan_destination& w = p_.destinations_[weight_at];
-            if (w.dtype != w.source_dtype)
+            const std::optional<convert_role> role = dequant_role(w, suffix);
+            if (w.dequant && !role) {  // not read by the conversion: left with the checkpoint
+                for (const auto& l : *found) {
+                    claimed_.emplace(l.tensor.name());
+                    p_.ignored_.push_back({std::string(l.tensor.name()),
+                                           "not needed once '" + w.name + "' is dequantized"});
+                }
+                continue;
+            }
+            if (!w.dequant && w.dtype != w.source_dtype)
                 throw error(errc::unsupported_conversion,
                             "parameter '" + m.name + "' is quantized (" +
                                 std::string(found->front().tensor.name()) + "): converting its " +
@@ -895,6 +1014,7 @@ private:
             d.device = o_.device;
             d.companion_of = weight_at;
             d.grid = g;
+            d.consumed = role.has_value();
             d.schema_index = w.schema_index;
             for (const auto& l : *found) claimed_.emplace(l.tensor.name());
             if (st && st->gathered)
@@ -910,7 +1030,68 @@ private:
             else
                 emit_ops(m, rc, *found, d, di);
             p_.destinations_.push_back(std::move(d));
+            if (role) take_dequant_input(m, weight_at, di, *role);
         }
+        if (p_.destinations_[weight_at].dequant) finish_dequant(m, r, weight_at);
+    }
+
+    // The role companion `suffix` of a dequantized weight w plays in its conversion: its
+    // block scales (the first of the scheme's scales the checkpoint has), its global scales;
+    // nullopt for one the conversion does not read (and for a weight loaded as stored).
+    [[nodiscard]] std::optional<convert_role> dequant_role(const plan_destination& w,
+                                                           std::string_view suffix) const {
+        if (!w.dequant) return std::nullopt;
+        const dequantization& q = scheme_->dequant;
+        if (suffix == q.global)
+            return q.global_divides ? convert_role::global_divisors : convert_role::global_scales;
+        for (const std::string_view s : q.scales)
+            if (!s.empty() && s == suffix && !w.dequant->scales) return convert_role::scales;
+        return std::nullopt;
+    }
+
+    void take_dequant_input(const parameter_meta& m, std::uint32_t weight_at, std::uint32_t at,
+                            convert_role role) {
+        dequant_inputs& in = *p_.destinations_[weight_at].dequant;
+        const plan_destination& c = p_.destinations_[at];
+        if (c.grid.transposed || c.grid.rows.all || c.grid.cols.all)
+            throw error(errc::unsupported_conversion,
+                        "parameter '" + m.name + "': its companion '" + c.name + "' is a " +
+                            to_string(c.grid) + ", which no dequantizing conversion reads",
+                        error_context{.file = {}, .tensor = m.name});
+        if (role == convert_role::scales) {
+            in.scales = at;
+        } else {
+            in.global = at;
+            in.global_divides = role == convert_role::global_divisors;
+        }
+    }
+
+    // A dequantized weight once its companions are planned: its conversion looked up (or
+    // refused, naming what it reads), the rows of its fused parts from its cut `r`.
+    void finish_dequant(const parameter_meta& m, const slice_result& r, std::uint32_t weight_at) {
+        plan_destination& w = p_.destinations_[weight_at];
+        dequant_inputs& in = *w.dequant;
+        if (!in.scales)
+            throw error(errc::quantized_checkpoint,
+                        "parameter '" + m.name + "' is dequantized, but no scale of it was planned",
+                        error_context{.file = {}, .tensor = m.name});
+        const std::vector<convert_input> inputs = dequant_conversion_inputs(p_.destinations_, w);
+        if (!detail::find_dequantizing(inputs, w.dtype))
+            throw error(errc::unsupported_conversion,
+                        "parameter '" + m.name + "': cannot dequantize " +
+                            detail::inputs_text(inputs) + " to " + std::string(name(w.dtype)) +
+                            " (supported: " + detail::dequantizing_conversions_text() + ")",
+                        error_context{.file = {}, .tensor = m.name});
+        const std::uint64_t cols = r.local.rank() == 2 ? r.local[1] : 0;
+        std::vector<std::pair<std::uint64_t, std::uint32_t>> rows;
+        for (const copy_box& b : r.map)
+            if (cols != 0) rows.emplace_back(b.dst_offset / cols, b.source);
+        std::sort(rows.begin(), rows.end());
+        in.part_rows.clear();
+        for (const auto& pr : rows)
+            if (in.part_rows.empty() || in.part_rows.back().second != pr.second)
+                in.part_rows.push_back(pr);
+        if (in.part_rows.empty()) in.part_rows.push_back({0, 0});
     }
 
     // A weight whose companions say it may not be cut (bitsandbytes' tiled weight_format), cut.
@@ -1030,16 +1211,28 @@ private:
         (void)flattened_form(meta, *located);  // refuses stacking flattened weights
         const std::vector<shape> slabs = slabs_of(m.name, *located, m.layout_source_count(), st);
         const weight_cut cut = cut_weight(m, *located, slabs);
-        const dtype source = located->front().tensor.dtype();
-        plan_destination d = destination(m, cut.stored, source,
-                                         target_dtype(meta.name, meta.dtype_override, source), "");
+        const dtype stored = located->front().tensor.dtype();
+        const std::optional<dtype> deq = st.gathered
+                                             ? dequant_target(meta, held_sources(meta, held))
+                                             : dequant_target(meta, meta.sources);
+        plan_destination d =
+            deq ? destination(meta, cut.values, values_dtype(meta, stored, cut.storage), *deq, "",
+                              true)
+                : destination(m, cut.stored, stored,
+                              target_dtype(meta.name, meta.dtype_override, stored), "");
         stack(d, st);
         d.bytes = p_.tensor_bytes(d.dtype, d.local, d.name);
         d.sources = st.gathered ? m.expert_sources : m.sources;
-        d.storage = cut.storage;
+        if (deq)
+            d.dequant.emplace();
+        else
+            d.storage = cut.storage;
         d.schema_index = schema_index_of(meta);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
-        emit_stacked(m, cut.stored, *located, slabs, d, di, st);
+        if (deq)  // the values, each expert's slab of value_shapes
+            emit_stacked(meta, cut.values, *located, cut.value_shapes, d, di, st);
+        else
+            emit_stacked(m, cut.stored, *located, slabs, d, di, st);
         index_.emplace(meta.name, di);
         p_.destinations_.push_back(std::move(d));
         if (renamed)

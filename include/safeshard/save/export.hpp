@@ -410,7 +410,16 @@ struct export_plans {
     for (std::uint32_t r = 0; r < o.world; ++r) {
         p.ranks.push_back(load_plan::build(ckpt, cut, {r, o.world, o.experts}, o.plan, config));
         for (const auto& d : p.ranks.back().destinations())
-            if (!d.tied()) {
+            if (d.dequant)
+                throw error(errc::unsupported_conversion,
+                            "parameter '" + d.name + "' is quantized (" +
+                                std::string(name(d.source_dtype)) +
+                                " with scales): an export "
+                                "keeps a quantized checkpoint as stored (dtype keep, or the "
+                                "dtype of its unquantized tensors only); dequantizing one is a "
+                                "load's conversion",
+                            error_context{.file = {}, .tensor = d.name});
+            else if (!d.tied()) {
                 p.total += d.bytes;
                 p.largest = std::max(p.largest, d.bytes);
             }

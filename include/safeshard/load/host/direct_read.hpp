@@ -99,8 +99,8 @@ public:
             for (std::uint64_t r = 0; r < b.rows; ++r) {
                 const std::uint64_t at = op.file_begin() + r * b.src_pitch;
                 while (at >= spans_[k].end) ++k;
-                p.conv(s + spans_[k].at + (at - spans_[k].begin), p.dst + r * b.dst_pitch,
-                       p.row_elems);
+                p.conv.row(r)(s + spans_[k].at + (at - spans_[k].begin), p.dst + r * b.dst_pitch,
+                              p.row_elems);
             }
         }
         std::uint64_t got = 0;  // what came from the device (the last block may end early)
@@ -214,6 +214,7 @@ private:
         copy_op op{};
         std::byte* dst = nullptr;
         const read_source* src = nullptr;
+        converter conv{dtype::u8};
         direct_plan plan{};
         std::vector<ring_read> reads{};
         std::vector<int> res{};
@@ -235,6 +236,7 @@ private:
         j.op = p.op;
         j.dst = p.dst;
         j.src = p.src;
+        j.conv = p.conv;
         j.res.assign(j.reads.size(), 0);
         io_uring& ring = ring_.ring();
         for (std::size_t i = 0; i < j.reads.size(); ++i) {
@@ -294,8 +296,7 @@ private:
         const piece p{.op = op,
                       .dst = j.dst,
                       .src = j.src,
-                      .conv = op.converts() ? find_converter(op.src_dtype, op.dst_dtype)
-                                            : converter(op.src_dtype),
+                      .conv = j.conv,
                       .row_elems = op.box.dst_row_bytes * 8 / bit_size(op.dst_dtype),
                       .direct = true};
         j.plan.copy_out(p, f, j.staging.data(), tally_);

@@ -22,6 +22,10 @@ namespace safeshard {
 inline constexpr std::array<companion_spec, 3> fp8_companions = {
     {{"weight_scale_inv"}, {"weight_scale"}, {"input_scale"}}};
 
+// w = f32(fp8) x scale, the scale of the value's block (weight_scale_inv, despite its name, or
+// weight_scale; vLLM's and transformers' dequantization multiply both).
+inline constexpr dequantization fp8_dequantization{.scales = {"weight_scale_inv", "weight_scale"}};
+
 inline constexpr quantization_scheme fp8_scheme{
     .name = "fp8",
     // (quant_method "fp8" with a ModelOpt quant_algo, as DeepSeek-V4's NVFP4 releases write
@@ -30,7 +34,8 @@ inline constexpr quantization_scheme fp8_scheme{
         [](const quantization_config& q) {
             return q.quant_method == "fp8" && q.quant_algo.empty();
         },
-    .companions = fp8_companions};
+    .companions = fp8_companions,
+    .dequant = fp8_dequantization};
 
 inline constexpr quantization_scheme compressed_tensors_fp8_scheme{
     .name = "compressed-tensors float-quantized (FP8)",
@@ -39,7 +44,8 @@ inline constexpr quantization_scheme compressed_tensors_fp8_scheme{
             return q.quant_method == "compressed-tensors" && q.format == "float-quantized";
         },
     .companions = fp8_companions,
-    .whole_tensors = kv_cache_scales};
+    .whole_tensors = kv_cache_scales,
+    .dequant = fp8_dequantization};
 
 inline constexpr quantization_scheme modelopt_fp8_scheme{
     .name = "modelopt FP8",
@@ -48,6 +54,7 @@ inline constexpr quantization_scheme modelopt_fp8_scheme{
             return is_modelopt(q, "FP8") || is_modelopt(q, "FP8_PER_CHANNEL_PER_TOKEN");
         },
     .companions = fp8_companions,
-    .whole_tensors = kv_cache_scales};
+    .whole_tensors = kv_cache_scales,
+    .dequant = fp8_dequantization};
 
 }  // namespace safeshard

@@ -41,6 +41,10 @@ inline constexpr quantization_scheme modelopt_mixed_scheme{
     .other_blocks = modelopt_mixed_other_blocks,
     .packed_dtype = dtype::u8,
     .storage = fp4_bytes,
-    .whole_tensors = kv_cache_scales};
+    .whole_tensors = kv_cache_scales,
+    // each layer as its own algorithm: FP8 and MXFP8 weights by their weight_scale, NVFP4 ones
+    // by weight_scale x weight_scale_2
+    .dequant = {
+        .scales = {"weight_scale"}, .global = "weight_scale_2", .packed_values = dtype::f4}};
 
 }  // namespace safeshard

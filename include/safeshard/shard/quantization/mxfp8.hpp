@@ -23,6 +23,8 @@ inline constexpr quantization_scheme modelopt_mxfp8_scheme{
         [](const quantization_config&) {
             return scale_block{1, mxfp8_block};
         },
-    .whole_tensors = kv_cache_scales};
+    .whole_tensors = kv_cache_scales,
+    // w = f32(e4m3) x 2^(e - 127)
+    .dequant = {.scales = {"weight_scale"}}};
 
 }  // namespace safeshard

@@ -41,7 +41,10 @@ inline constexpr quantization_scheme modelopt_nvfp4_scheme{
     .block = nvfp4_block,
     .packed_dtype = dtype::u8,
     .storage = fp4_bytes,
-    .whole_tensors = kv_cache_scales};
+    .whole_tensors = kv_cache_scales,
+    // w = f32(e2m1) x (f32(weight_scale) x weight_scale_2)
+    .dequant = {
+        .scales = {"weight_scale"}, .global = "weight_scale_2", .packed_values = dtype::f4}};
 
 inline constexpr std::array<companion_spec, 3> compressed_tensors_nvfp4_companions = {
     {{"weight_scale"}, {"weight_global_scale"}, {"input_global_scale"}}};
@@ -60,6 +63,12 @@ inline constexpr quantization_scheme compressed_tensors_nvfp4_scheme{
     .packed_dtype = dtype::u8,
     .storage = fp4_bytes,
     .stored_weight = "weight_packed",
-    .whole_tensors = kv_cache_scales};
+    .whole_tensors = kv_cache_scales,
+    // w = f32(e2m1) x (f32(weight_scale) / weight_global_scale), as compressed-tensors'
+    // dequantize divides by the global scale
+    .dequant = {.scales = {"weight_scale"},
+                .global = "weight_global_scale",
+                .global_divides = true,
+                .packed_values = dtype::f4}};
 
 }  // namespace safeshard

@@ -41,6 +41,23 @@ struct companion_spec {
     std::string (*refuses_cut)(std::span<const std::byte> stored, dtype t) = nullptr;
 };
 
+// How a weight of a scheme dequantizes (load/convert.hpp's dequantizing conversions): the
+// companion (by suffix, the first of `scales` the checkpoint has for it) that scales each block
+// of its values, the one (`global`, where the checkpoint has it) that scales the whole tensor,
+// each fused part, multiplying the block scales or (`global_divides`) dividing them; a weight
+// stored packed in the scheme's packed_dtype holds `packed_values` (F4: two E2M1 a byte, low
+// nibble first). U8 scales are E8M0 (the microscaling formats'). Its other companions (the
+// activations' input_scale) are not needed once dequantized. No scales: the scheme's weights
+// load as stored only.
+struct dequantization {
+    std::array<std::string_view, 2> scales{};
+    std::string_view global{};
+    bool global_divides = false;
+    dtype packed_values = dtype::u8;
+
+    [[nodiscard]] constexpr bool supported() const noexcept { return !scales[0].empty(); }
+};
+
 struct quantization_scheme {
     std::string_view name{};  // as errors and README say it
     bool (*matches)(const quantization_config&) = nullptr;
@@ -67,6 +84,8 @@ struct quantization_scheme {
     // over the whole weight (bitsandbytes 4-bit: [N·K/2, 1]): no part of one has a state, so
     // they are held whole, as stored, and the checkpoint loads at world 1 only.
     bool flattened = false;
+    // How its weights dequantize in the copy, where they do.
+    dequantization dequant{};
 };
 
 // Whether scheme s stores the weight of checkpoint name n, in dtype t, flattened.
