@@ -10,8 +10,8 @@ random), times, for a two-level scale, each global scale class (normal, subnorma
 NaN, large), computed by numpy as the formats' reference code does: values and scales as
 float32 (ml_dtypes' float8_e4m3fn, float4_e2m1fn, float8_e8m0fnu, bfloat16), the block scale
 times or divided by the global scale in float32, the value times the scale in float32, then
-astype(target) once (where a NaN block scale meets a NaN global scale, the result's NaN sign
-is IEEE 754's free choice and not compared). Exits 0 when every bit matches, 1 otherwise, 77 when the loop choice is
+astype(target) once (where a NaN block scale meets a NaN global scale the NaN's sign is IEEE
+754's free choice and is not compared). Exits 0 when every bit matches, 1 otherwise, 77 when the loop choice is
 unavailable.
 """
 import os
@@ -102,8 +102,9 @@ def check(exe, isa, tmp, values, scales, glob, to, rng):
         got = np.fromfile(files[3], dtype=BITS[to]).reshape(rows, cols)
         differ = got != expected
         if glob == "times" and np.isnan(g):
-            # NaN x NaN: IEEE 754 makes the result one of the operands' NaNs without saying
-            # which, and compilers swap a product's operands; the sign is left free there.
+            # A NaN block scale times a NaN global scale: IEEE 754 makes the product one of the
+            # operands' NaNs without saying which (numpy's loop and ours pick differently), so
+            # the sign is left free there; every other NaN is compared bit for bit.
             both = np.isnan(np.repeat(as_f32(sgrid, scales), block, axis=1))
             sign = np.array(1 << (8 * np.dtype(BITS[to]).itemsize - 1), dtype=BITS[to])
             differ &= ~(both & ((got ^ expected) == sign))

@@ -116,11 +116,41 @@ namespace elem {
     return std::bit_cast<float>(bits);
 }
 
-// How a value codec reads element i of a run (FP4: two a byte, low nibble first).
+// FP8 values per fixed-size inner loop (a whole number of vectors, and of the FP8 blocks:
+// MXFP8 32, DeepSeek 128; FP4 values go through a table of their 16 codes instead).
+inline constexpr std::size_t dequant_chunk = 32;
+
+// How a value codec reads values: `at` one (element i of a run), `chunk` dequant_chunk of them,
+// from whole bytes, times s and rounded by Out into dst (FP4: two a byte, low nibble first),
+// in one pass: a second pass over a stored array of F32 values would stall on store forwarding.
+// The value's magnitude times s, then its sign (the product's sign by IEEE 754; a NaN keeps its
+// own), and a NaN value as itself, quieted: the bits x86 gives numpy's `v * s`, made explicit
+// in integer operations, as the compiler may reorder a product's operands or fold a constant
+// value's sign out of it (which flips a NaN's sign). 0 x Inf keeps the hardware's NaN.
+template <class Out>
+[[gnu::always_inline]] inline typename Out::type scaled(std::uint32_t f32, float s) noexcept {
+    const std::uint32_t p =
+        std::bit_cast<std::uint32_t>(std::bit_cast<float>(f32 & 0x7fffffffu) * s);
+    const std::uint32_t signed_p =
+        elem::select((p & 0x7fffffffu) > 0x7f800000u, p, p ^ (f32 & 0x80000000u));
+    return Out::round(elem::select((f32 & 0x7fffffffu) > 0x7f800000u, f32 | 0x00400000u, signed_p));
+}
+
 struct values_e4m3 {
     static constexpr dtype type = dtype::f8_e4m3;
     [[nodiscard]] static std::uint32_t at(const std::byte* s, std::uint64_t i) noexcept {
         return elem::f8_e4m3_to_f32(static_cast<std::uint8_t>(s[i]));
+    }
+    template <class Out>
+    [[gnu::always_inline]] static void chunk(const std::byte* __restrict src,
+                                             std::byte* __restrict dst, float s) noexcept {
+        using out_t = typename Out::type;
+        for (std::size_t k = 0; k < dequant_chunk; ++k) {
+            std::uint8_t x = 0;
+            std::memcpy(&x, src + k, 1);
+            const out_t y = scaled<Out>(elem::f8_e4m3_to_f32(x), s);
+            std::memcpy(dst + k * sizeof(out_t), &y, sizeof(out_t));
+        }
     }
 };
 struct values_e2m1 {
@@ -128,6 +158,22 @@ struct values_e2m1 {
     [[nodiscard]] static std::uint32_t at(const std::byte* s, std::uint64_t i) noexcept {
         const auto b = static_cast<std::uint8_t>(s[i >> 1]);
         return elem::f4_e2m1_to_f32(static_cast<std::uint8_t>((b >> ((i & 1u) * 4u)) & 0xfu));
+    }
+    // n values (n even) from whole bytes: the 16 codes' results for this scale first, then a
+    // lookup a value (as cheap as converting the 16 once; the values are not recomputed).
+    template <class Out>
+    [[gnu::always_inline]] static void run(const std::byte* __restrict src,
+                                           std::byte* __restrict dst, std::size_t n,
+                                           float s) noexcept {
+        using out_t = typename Out::type;
+        out_t table[16];
+        for (std::uint8_t code = 0; code < 16; ++code)
+            table[code] = scaled<Out>(elem::f4_e2m1_to_f32(code), s);
+        for (std::size_t k = 0; k < n / 2; ++k) {
+            const auto x = static_cast<std::uint8_t>(src[k]);
+            const out_t pair[2] = {table[x & 0xfu], table[x >> 4]};
+            std::memcpy(dst + 2 * k * sizeof(out_t), pair, sizeof(pair));
+        }
     }
 };
 
@@ -153,27 +199,47 @@ struct out_f32 {
 // How the global scale applies to a block's scale.
 enum class global_scale : std::uint8_t { none, multiplies, divides };
 
-// Values per fixed-size inner loop (a whole number of vectors; NVFP4's group).
-inline constexpr std::size_t dequant_chunk = 16;
-
-// n values (element `first` on of src) times s, rounded, into dst.
+// n values of src from value `first` on times s, rounded, into dst.
 template <class V, class Out>
-[[gnu::always_inline]] inline void scaled_run(const std::byte* __restrict src, std::uint64_t first,
-                                              std::byte* __restrict dst, std::size_t n,
-                                              float s) noexcept {
+[[gnu::always_inline]] inline void scaled_run(const std::byte* src, std::uint64_t first,
+                                              std::byte* dst, std::size_t n, float s) noexcept {
     using out_t = typename Out::type;
-    std::size_t i = 0;
-    for (; i + dequant_chunk <= n; i += dequant_chunk) {
-        out_t out[dequant_chunk];
-        for (std::size_t k = 0; k < dequant_chunk; ++k)
-            out[k] = Out::round(
-                std::bit_cast<std::uint32_t>(std::bit_cast<float>(V::at(src, first + i + k)) * s));
-        std::memcpy(dst + i * sizeof(out_t), out, sizeof(out));
+    constexpr std::size_t bits = bit_size(V::type);
+    auto one = [&](std::uint64_t i, std::byte* to) {  // a value sharing its byte: alone
+        const out_t y = scaled<Out>(V::at(src, i), s);
+        std::memcpy(to, &y, sizeof(out_t));
+    };
+    if (bits < 8 && (first & 1u) != 0 && n != 0) {
+        one(first++, dst);
+        dst += sizeof(out_t);
+        --n;
     }
-    for (; i < n; ++i) {
-        const out_t y = Out::round(
-            std::bit_cast<std::uint32_t>(std::bit_cast<float>(V::at(src, first + i)) * s));
-        std::memcpy(dst + i * sizeof(out_t), &y, sizeof(out_t));
+    const std::byte* from = src + first * bits / 8;
+    if constexpr (bits < 8) {
+        V::template run<Out>(from, dst, n & ~std::size_t{1}, s);
+        if ((n & 1u) != 0) one(first + n - 1, dst + (n - 1) * sizeof(out_t));
+    } else {
+        std::size_t i = 0;
+        for (; i + dequant_chunk <= n; i += dequant_chunk)
+            V::template chunk<Out>(from + i, dst + i * sizeof(out_t), s);
+        if (i == n) return;
+        const std::size_t rest = n - i;  // through zero-padded local arrays
+        std::byte in[dequant_chunk] = {};
+        std::byte out[dequant_chunk * sizeof(out_t)];
+        std::memcpy(in, from + i, rest);
+        V::template chunk<Out>(in, out, s);
+        std::memcpy(dst + i * sizeof(out_t), out, rest * sizeof(out_t));
+    }
+}
+
+// The global scale (where G has one) of row r of expert e's slab.
+template <global_scale G>
+[[nodiscard]] inline float global_of(const dequant_view& v, std::uint64_t e,
+                                     std::uint64_t r) noexcept {
+    if constexpr (G == global_scale::none) {
+        return 1.0f;
+    } else {
+        return scale_as_f32(v.global.data, v.global.type, v.entry(v.global, e, r, 0));
     }
 }
 
@@ -181,30 +247,48 @@ template <class V, class Out>
 using dequant_fn = void (*)(const dequant_view& v, std::uint64_t at, const std::byte* src,
                             std::byte* dst, std::size_t n) noexcept;
 
+// n values from destination element `at` on: each row's scale entries and global scale found
+// once, then one scale a block of the row.
 template <class V, class Out, global_scale G>
-inline void dequantize_loop(const dequant_view& v, std::uint64_t at, const std::byte* src,
-                            std::byte* dst, std::size_t n) noexcept {
+[[gnu::always_inline]] inline void dequantize_loop(const dequant_view& v, std::uint64_t at,
+                                                   const std::byte* src, std::byte* dst,
+                                                   std::size_t n) noexcept {
     if (v.cols == 0 || v.rows == 0) return;
+    using out_t = typename Out::type;
+    const dequant_operand& sc = v.scales;
     std::uint64_t row = at / v.cols, c = at % v.cols, done = 0;
     while (done < n) {
         const std::uint64_t e = row / v.rows, r = row % v.rows;
-        const std::uint64_t bc = v.scales.block_cols;
-        const std::uint64_t block_end = bc ? std::min(v.cols, (c / bc + 1) * bc) : v.cols;
-        const std::size_t run =
-            static_cast<std::size_t>(std::min<std::uint64_t>(n - done, block_end - c));
-        float s = scale_as_f32(v.scales.data, v.scales.type, v.entry(v.scales, e, r, c));
-        if constexpr (G != global_scale::none) {
-            const float g = scale_as_f32(v.global.data, v.global.type, v.entry(v.global, e, r, c));
-            s = G == global_scale::multiplies ? s * g : s / g;
+        const float g = global_of<G>(v, e, r);
+        const std::uint64_t row_end = std::min<std::uint64_t>(v.cols, c + (n - done));
+        std::uint64_t block = sc.block_cols ? c / sc.block_cols : 0;
+        const std::uint64_t first =
+            sc.per_part
+                ? v.entry(sc, e, r, 0)
+                : e * sc.per_expert + (sc.block_rows ? r / sc.block_rows : 0) * sc.grid_cols;
+        while (c < row_end) {
+            const std::uint64_t block_end =
+                sc.block_cols ? std::min(row_end, (block + 1) * sc.block_cols) : row_end;
+            float s = scale_as_f32(sc.data, sc.type, sc.per_part ? first : first + block);
+            if constexpr (G == global_scale::multiplies) s = s * g;
+            if constexpr (G == global_scale::divides) s = s / g;
+            const auto run = static_cast<std::size_t>(block_end - c);
+            scaled_run<V, Out>(src, done, dst + done * sizeof(out_t), run, s);
+            done += run;
+            c += run;
+            ++block;
         }
-        scaled_run<V, Out>(src, done, dst + done * sizeof(typename Out::type), run, s);
-        done += run;
-        c += run;
         if (c == v.cols) {
             c = 0;
             ++row;
         }
     }
+}
+
+template <class V, class Out, global_scale G>
+inline void dequantize_portable(const dequant_view& v, std::uint64_t at, const std::byte* src,
+                                std::byte* dst, std::size_t n) noexcept {
+    dequantize_loop<V, Out, G>(v, at, src, dst, n);
 }
 
 #if SAFESHARD_CONVERT_X86_DISPATCH
@@ -228,9 +312,9 @@ struct dequant_kernels {
 template <class V, class Out, global_scale G>
 [[nodiscard]] constexpr dequant_kernels dequant_kernels_of() noexcept {
 #if SAFESHARD_CONVERT_X86_DISPATCH
-    return {&dequantize_loop<V, Out, G>, &dequantize_loop_avx2<V, Out, G>};
+    return {&dequantize_portable<V, Out, G>, &dequantize_loop_avx2<V, Out, G>};
 #else
-    return {&dequantize_loop<V, Out, G>, &dequantize_loop<V, Out, G>};
+    return {&dequantize_portable<V, Out, G>, &dequantize_portable<V, Out, G>};
 #endif
 }
 
