@@ -11,6 +11,9 @@
 // P3: conversions fused into the load: the P1 file loaded as F32 (BF16 -> F32), and four
 //     4096x14336 F32 matrices loaded as BF16 (F32 -> BF16), against a memcpy of the output
 //     bytes into fresh memory. Goal (BF16 -> F32): >= 0.70.
+// P4: quantized checkpoints dequantized in the load: a one-layer llama of 218 M values (its
+//     linears FP8 with 128x128 blocks of scales, or NVFP4) loaded as BF16, against a memcpy of
+//     the output bytes into fresh memory; and loaded as stored. Goal (FP8 blocks): >= 0.70.
 // cold: the P1 file from the disk: the file's pages dropped from the page cache before each
 //     iteration (posix_fadvise(DONTNEED) per file, or the whole cache with --drop-caches),
 //     loaded with pread and with O_DIRECT, against `dd iflag=direct` of the same file.
@@ -44,6 +47,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "safeshard/format/checkpoint.hpp"
@@ -130,11 +134,71 @@ double evict(const fs::path& p) {
     return static_cast<double>(n) / static_cast<double>(v.size());
 }
 
+// P4's one-layer llama (hidden 4096, intermediate 14336, 32 heads of 128, 8 KV heads) with
+// its linears quantized: FP8 with 128x128 blocks of F32 scales (DeepSeek-V3's form), or
+// ModelOpt NVFP4 (E2M1 two a byte, E4M3 scales of 16, a global F32 scale); weight-like codes
+// (no NaN) and scales near what quantizers write.
+void write_quantized(const fs::path& dir, bool nvfp4) {
+    constexpr std::uint64_t H = 4096, I = 14336, KV = 1024, V = 256;
+    const std::vector<std::pair<std::string, std::pair<std::uint64_t, std::uint64_t>>> linears = {
+        {"self_attn.q_proj", {H, H}}, {"self_attn.k_proj", {KV, H}}, {"self_attn.v_proj", {KV, H}},
+        {"self_attn.o_proj", {H, H}}, {"mlp.gate_proj", {I, H}},     {"mlp.up_proj", {I, H}},
+        {"mlp.down_proj", {H, I}}};
+    std::mt19937_64 rng(3);
+    std::vector<std::vector<std::byte>> keep;
+    std::vector<std::string> names;
+    std::vector<tensor_data> tensors;
+    auto add = [&](std::string n, dtype t, shape s, auto&& code) {
+        keep.emplace_back(*s.element_count() * bit_size(t) / 8);
+        for (auto& b : keep.back()) b = static_cast<std::byte>(code());
+        names.push_back(std::move(n));
+        tensors.push_back({names.back(), t, s, keep.back()});
+    };
+    names.reserve(64);
+    auto bf16 = [&] { return static_cast<std::uint8_t>(0x3c + rng() % 2); };  // ~0.01..0.03
+    add("model.embed_tokens.weight", dtype::bf16, shape{V, H}, bf16);
+    add("lm_head.weight", dtype::bf16, shape{V, H}, bf16);
+    add("model.norm.weight", dtype::bf16, shape{H}, bf16);
+    add("model.layers.0.input_layernorm.weight", dtype::bf16, shape{H}, bf16);
+    add("model.layers.0.post_attention_layernorm.weight", dtype::bf16, shape{H}, bf16);
+    auto value = [&] { return static_cast<std::uint8_t>(rng() % 0x7f | (rng() & 0x80)); };
+    for (const auto& [n, nk] : linears) {
+        const auto [N, K] = nk;
+        const std::string p = "model.layers.0." + n + ".";
+        if (!nvfp4) {
+            add(p + "weight", dtype::f8_e4m3, shape{N, K}, value);
+            std::uint32_t f = 0x3a800000;  // 0.001 and near
+            add(p + "weight_scale_inv", dtype::f32, shape{N / 128, K / 128},
+                [&, i = 0]() mutable { return static_cast<std::uint8_t>((f >> (8 * (i++ % 4)))); });
+            continue;
+        }
+        add(p + "weight", dtype::u8, shape{N, K / 2}, [&] { return rng() & 0xff; });
+        add(p + "weight_scale", dtype::f8_e4m3, shape{N, K / 16},
+            [&] { return 0x30 + rng() % 16; });
+        const std::uint32_t g = 0x3a800000;
+        for (const char* s : {"weight_scale_2", "input_scale"})
+            add(p + s, dtype::f32, shape{},
+                [&, i = 0]() mutable { return static_cast<std::uint8_t>(g >> (8 * (i++ % 4))); });
+    }
+    fs::create_directories(dir);
+    save_file(dir / "model.safetensors", tensors);
+    std::ofstream(dir / "config.json")
+        << R"({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+              "num_hidden_layers": 1, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "vocab_size": 256, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+              "quantization_config": )"
+        << (nvfp4 ? R"({"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16})"
+                  : R"({"quant_method": "fp8", "weight_block_size": [128, 128]})")
+        << "}";
+}
+
 struct files {
     fs::path dir = bench_dir();
-    fs::path p1 = dir / "p1" / "model.safetensors";  // 8 x 8192x8192 BF16: 1 GiB
-    fs::path p2 = dir / "p2" / "model.safetensors";  // 4 x 4096x14336 BF16: 448 MiB
-    fs::path p3 = dir / "p3" / "model.safetensors";  // 4 x 4096x14336 F32: 896 MiB
+    fs::path p1 = dir / "p1" / "model.safetensors";              // 8 x 8192x8192 BF16: 1 GiB
+    fs::path p2 = dir / "p2" / "model.safetensors";              // 4 x 4096x14336 BF16: 448 MiB
+    fs::path p3 = dir / "p3" / "model.safetensors";              // 4 x 4096x14336 F32: 896 MiB
+    fs::path p4_fp8 = dir / "p4_fp8" / "model.safetensors";      // 218 M FP8 values: 208 MiB
+    fs::path p4_nvfp4 = dir / "p4_nvfp4" / "model.safetensors";  // the same as NVFP4: 117 MiB
     files() {
         auto make = [](const fs::path& p, int count, shape s, dtype t) {
             const std::uint64_t want = *s.element_count() * byte_size(t) * count;
@@ -146,11 +210,13 @@ struct files {
         make(p1, 8, shape{8192, 8192}, dtype::bf16);
         make(p2, 4, shape{4096, 14336}, dtype::bf16);
         make(p3, 4, shape{4096, 14336}, dtype::f32);
+        if (!fs::exists(p4_fp8)) write_quantized(p4_fp8.parent_path(), false);
+        if (!fs::exists(p4_nvfp4)) write_quantized(p4_nvfp4.parent_path(), true);
         // As a checkpoint that was read from the disk: the pages the writer left in the page
         // cache are dropped and read back (readahead fills the cache with large folios, which
         // the kernel maps many pages at a time; the writer's pages can be 4 KiB folios, which
         // made copies out of the mapping 2-3x slower).
-        for (const auto& p : {p1, p2, p3}) {
+        for (const auto& p : {p1, p2, p3, p4_fp8, p4_nvfp4}) {
             (void)evict(p);
             warm(p);
         }
@@ -236,8 +302,9 @@ schema matrices(int count, layout l) {
     return s;
 }
 
-// Loads `file` (opened afresh in each iteration) for {rank, world} with `target` dtype.
-void run_load(benchmark::State& st, const fs::path& file, const schema& s, std::uint32_t rank,
+// Loads `file` (opened afresh in each iteration) for {rank, world} with `target` dtype, cut by
+// schema `s` (nullptr: the one config.json beside the file says).
+void run_load(benchmark::State& st, const fs::path& file, const schema* s, std::uint32_t rank,
               std::uint32_t world, host_engine_options o, dtype_policy target, bool cold = false) {
     host_engine engine(o);
     std::uint64_t bytes = 0;
@@ -249,7 +316,8 @@ void run_load(benchmark::State& st, const fs::path& file, const schema& s, std::
             st.ResumeTiming();
         }
         const checkpoint c = checkpoint::open(file.string());
-        const load_plan plan = load_plan::build(c, s, {rank, world}, {.dtype = target});
+        const load_plan plan = s ? load_plan::build(c, *s, {rank, world}, {.dtype = target})
+                                 : load_plan::build(c, {rank, world}, {.dtype = target});
         load_report r;
         auto m = load_tensors<host_tensor>(plan, engine, &r);
         benchmark::DoNotOptimize(m.tensors().data());
@@ -319,7 +387,7 @@ void register_all() {
         threads(benchmark::RegisterBenchmark(
                     (std::string("BM_p1_load/") + name_of(m)).c_str(),
                     [m](benchmark::State& st) {
-                        run_load(st, g->p1, p1_schema(), 0, 1,
+                        run_load(st, g->p1, &p1_schema(), 0, 1,
                                  options_for(m, static_cast<unsigned>(st.range(0))),
                                  dtype_policy::keep());
                     }),
@@ -329,7 +397,7 @@ void register_all() {
     for (mode m : {mode::pread, mode::no_prefault, mode::huge_pages})
         threads(benchmark::RegisterBenchmark(
             (std::string("BM_p2_contiguous/") + name_of(m)).c_str(), [m](benchmark::State& st) {
-                run_load(st, g->p2, p2_schema(make_split(0)), 3, 8,
+                run_load(st, g->p2, &p2_schema(make_split(0)), 3, 8,
                          options_for(m, static_cast<unsigned>(st.range(0))), dtype_policy::keep());
             }));
     struct p2_mode {
@@ -351,7 +419,7 @@ void register_all() {
             (std::string("BM_p2_split1/") + m.name).c_str(), [m](benchmark::State& st) {
                 host_engine_options o = m.o;
                 o.threads = static_cast<unsigned>(st.range(0));
-                run_load(st, g->p2, p2_schema(make_split(1)), 3, 8, o, dtype_policy::keep());
+                run_load(st, g->p2, &p2_schema(make_split(1)), 3, 8, o, dtype_policy::keep());
             }));
 
     // P3: conversions, against memcpy of the output bytes.
@@ -364,7 +432,7 @@ void register_all() {
     for (mode m : {mode::pread, mode::per_row, mode::huge_pages})
         threads(benchmark::RegisterBenchmark(
             (std::string("BM_p3_bf16_f32/") + name_of(m)).c_str(), [m](benchmark::State& st) {
-                run_load(st, g->p1, p1_schema(), 0, 1,
+                run_load(st, g->p1, &p1_schema(), 0, 1,
                          options_for(m, static_cast<unsigned>(st.range(0))),
                          dtype_policy::fixed(dtype::f32));
             }));
@@ -374,10 +442,32 @@ void register_all() {
     for (mode m : {mode::pread, mode::per_row, mode::huge_pages})
         threads(benchmark::RegisterBenchmark(
             (std::string("BM_p3_f32_bf16/") + name_of(m)).c_str(), [m](benchmark::State& st) {
-                run_load(st, g->p3, p2_schema(make_split(0)), 0, 1,
+                run_load(st, g->p3, &p2_schema(make_split(0)), 0, 1,
                          options_for(m, static_cast<unsigned>(st.range(0))),
                          dtype_policy::fixed(dtype::bf16));
             }));
+
+    // P4: quantized checkpoints dequantized in the load (FP8 blocks, NVFP4 -> BF16), against a
+    // memcpy of the output bytes; as stored beside them.
+    const std::uint64_t p4_out = [] {
+        const checkpoint c = checkpoint::open(g->p4_fp8.string());
+        return load_plan::build(c, {0, 1}, {.dtype = dtype_policy::fixed(dtype::bf16)})
+            .total_bytes();
+    }();
+    threads(benchmark::RegisterBenchmark(
+        "BM_p4_memcpy_out/dequantize_bf16",
+        [=](benchmark::State& st) { memcpy_fresh(st, p4_out, advice::none); }));
+    for (const auto& [label, file] :
+         {std::pair{"fp8_block", &files::p4_fp8}, std::pair{"nvfp4", &files::p4_nvfp4}})
+        for (const dtype_policy d : {dtype_policy::fixed(dtype::bf16), dtype_policy::keep()})
+            threads(benchmark::RegisterBenchmark(
+                (std::string("BM_p4_") + label +
+                 (d == dtype_policy::keep() ? "/as_stored" : "/dequantize_bf16"))
+                    .c_str(),
+                [file, d](benchmark::State& st) {
+                    run_load(st, g->*file, nullptr, 0, 1,
+                             options_for(mode::pread, static_cast<unsigned>(st.range(0))), d);
+                }));
 
     // cold: from the disk.
     for (mode m : {mode::pread, mode::direct})
@@ -388,7 +478,7 @@ void register_all() {
                     [m, huge](benchmark::State& st) {
                         host_engine_options o = options_for(m, static_cast<unsigned>(st.range(0)));
                         o.huge_pages = huge;
-                        run_load(st, g->p1, p1_schema(), 0, 1, o, dtype_policy::keep(), true);
+                        run_load(st, g->p1, &p1_schema(), 0, 1, o, dtype_policy::keep(), true);
                     }),
                 m == mode::direct);
     benchmark::RegisterBenchmark("BM_cold_p1/dd_iflag_direct", BM_cold_dd)
