@@ -4,6 +4,7 @@
 // and the companions are consumed: no tensors of the rank, no bytes of its size.
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <map>
 #include <random>
 #include <string>
@@ -26,6 +27,18 @@ namespace {
 const std::string fp8_blocks = R"({"quant_method": "fp8", "activation_scheme": "dynamic",
     "fmt": "e4m3", "weight_block_size": [4, 4]})";
 
+// The llama with FP8 linears in blocks of 4 (DeepSeek-V3's form), written into `dir`.
+void write_fp8_blocks(const std::filesystem::path& dir) {
+    write(dir, llama_config(fp8_blocks), fp8_llama(block_scaled(4)));
+}
+
+// Rank r of world w planned with BF16 asked.
+load_plan bf16_plan(const checkpoint& c, std::uint32_t r, std::uint32_t w) {
+    plan_options po;
+    po.dtype = dtype_policy::fixed(dtype::bf16);
+    return load_plan::build(c, {r, w}, po);
+}
+
 load_options dequantized(std::uint32_t r, std::uint32_t w, dtype to) {
     load_options o{.rank = r, .world = w};
     o.plan.dtype = dtype_policy::fixed(to);
@@ -45,9 +58,8 @@ void check_consumed(const loaded_model<host_tensor>& m, const std::vector<std::s
 }  // namespace
 
 TEST_CASE("FP8 blocks dequantized in the copy: every rank's weights in BF16, F16 and F32") {
-    const auto src = fp8_llama(block_scaled(4));
     temp_folder dir;
-    write(dir.path(), llama_config(fp8_blocks), src);
+    write_fp8_blocks(dir.path());
     for (const dtype to : {dtype::bf16, dtype::f16, dtype::f32})
         for (const std::uint32_t w : {1u, 2u, 4u})
             for (std::uint32_t r = 0; r < w; ++r) {
@@ -79,9 +91,8 @@ TEST_CASE("FP8 blocks dequantized in the copy: every rank's weights in BF16, F16
 }
 
 TEST_CASE("FP8 dequantized: fused q/k/v and gate/up read each part's scale blocks") {
-    const auto src = fp8_llama(block_scaled(4));
     temp_folder dir;
-    write(dir.path(), llama_config(fp8_blocks), src);
+    write_fp8_blocks(dir.path());
     for (const std::uint32_t w : {1u, 2u})
         for (std::uint32_t r = 0; r < w; ++r) {
             CAPTURE(w);
@@ -176,13 +187,10 @@ TEST_CASE("FP8 dequantized per channel and per tensor (compressed-tensors), one 
 }
 
 TEST_CASE("FP8 dequantized: every read mode and thread count gives the same tensors") {
-    const auto src = fp8_llama(block_scaled(4));
     temp_folder dir;
-    write(dir.path(), llama_config(fp8_blocks), src);
+    write_fp8_blocks(dir.path());
     const checkpoint c = checkpoint::open(dir.path().string());
-    plan_options po;
-    po.dtype = dtype_policy::fixed(dtype::bf16);
-    const load_plan plan = load_plan::build(c, {1, 2}, po);
+    const load_plan plan = bf16_plan(c, 1, 2);
     host_engine base;
     const auto expected = load_tensors<host_tensor>(plan, base);
     for (const read_mode mode : {read_mode::pread, read_mode::mmap, read_mode::direct})
@@ -200,13 +208,10 @@ TEST_CASE("FP8 dequantized: every read mode and thread count gives the same tens
 }
 
 TEST_CASE("FP8 dequantized: a plan's companions are consumed, its conversion checked first") {
-    const auto src = fp8_llama(block_scaled(4));
     temp_folder dir;
-    write(dir.path(), llama_config(fp8_blocks), src);
+    write_fp8_blocks(dir.path());
     const checkpoint c = checkpoint::open(dir.path().string());
-    plan_options po;
-    po.dtype = dtype_policy::fixed(dtype::bf16);
-    const load_plan plan = load_plan::build(c, {0, 2}, po);
+    const load_plan plan = bf16_plan(c, 0, 2);
     const plan_destination* w = plan.find("model.layers.0.mlp.up_proj.weight");
     REQUIRE(w != nullptr);
     CHECK(w->dequant.has_value());
