@@ -419,23 +419,7 @@ namespace detail {
     return nullptr;
 }
 
-// The dequantizing conversions as a person reads them: "F8_E4M3 x F32 scales, ... -> BF16/F16/F32".
-[[nodiscard]] inline std::string dequantizing_conversions_text() {
-    std::string out;
-    for (const conversion& c : conversions) {
-        if (c.is_elementwise() || c.to != dtype::bf16) continue;  // each is listed once
-        std::string one = std::string(name(c.from()));
-        for (std::size_t i = 1; i < c.input_count(); ++i) {
-            const convert_input& in = c.inputs[i];
-            one += in.role == convert_role::global_divisors ? " / " : " x ";
-            one += std::string(name(in.type)) +
-                   (in.role == convert_role::scales ? " scales" : " global scale");
-        }
-        out += (out.empty() ? "" : ", ") + one;
-    }
-    return out + " -> BF16/F16/F32";
-}
-
+// A conversion's inputs as a person reads them: "F4 x F8_E4M3 scales x F32 global scale".
 [[nodiscard]] inline std::string inputs_text(std::span<const convert_input> inputs) {
     std::string s;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
@@ -447,6 +431,15 @@ namespace detail {
             s += " global scale";
     }
     return s;
+}
+
+// The dequantizing conversions as a person reads them: "F8_E4M3 x F32 scales, ... -> BF16/F16/F32".
+[[nodiscard]] inline std::string dequantizing_conversions_text() {
+    std::string out;
+    for (const conversion& c : conversions)
+        if (!c.is_elementwise() && c.to == dtype::bf16)  // each is listed once
+            out += (out.empty() ? "" : ", ") + inputs_text({c.inputs.data(), c.input_count()});
+    return out + " -> BF16/F16/F32";
 }
 
 // The dequantizing converter reading `inputs` into `to` through `view` (which must outlive it),
@@ -510,15 +503,20 @@ struct dtype_policy {
         return {kind::by_device, dtype::f32};
     }
 
-    // The destination dtype for a tensor stored as `source`.
-    [[nodiscard]] constexpr dtype resolve(dtype source, bool is_cuda_device) const noexcept {
-        if (!converted_by_policy(source)) return source;
+    // The dtype the policy asks of a tensor on the device: nullopt for keep.
+    [[nodiscard]] constexpr std::optional<dtype> asked(bool is_cuda_device) const noexcept {
         switch (how) {
-            case kind::keep: return source;
+            case kind::keep: return std::nullopt;
             case kind::fixed: return fixed_dtype;
             case kind::by_device: return by_device_dtype(is_cuda_device);
         }
-        return source;
+        return std::nullopt;
+    }
+
+    // The destination dtype for a tensor stored as `source`.
+    [[nodiscard]] constexpr dtype resolve(dtype source, bool is_cuda_device) const noexcept {
+        if (!converted_by_policy(source)) return source;
+        return asked(is_cuda_device).value_or(source);
     }
 
     friend constexpr bool operator==(const dtype_policy&, const dtype_policy&) noexcept = default;

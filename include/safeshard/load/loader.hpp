@@ -3,6 +3,7 @@
 // load_tensors() runs a plan someone built with an engine someone chose.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -189,13 +190,15 @@ public:
         file_cache files(cached_files(plan));
         run_windows(e, files, first, addresses, sizes);
         files.finish();
-        views_.resize(dests.size());
         converters_.assign(dests.size(), converter(dtype::u8));
+        views_.reserve(static_cast<std::size_t>(std::count_if(
+            dests.begin(), dests.end(), [](const plan_destination& d) { return d.dequant; })));
         for (std::size_t i = 0; i < dests.size(); ++i) {
             if (!dests[i].dequant || dests[i].tied()) continue;
-            views_[i] = dequant_view_of(dests, dests[i], addresses);
-            converters_[i] = find_dequantizer(dequant_conversion_inputs(dests, dests[i]),
-                                              dests[i].dtype, &views_[i]);
+            const dequant_view& v =
+                views_.emplace_back(dequant_view_of(dests, dests[i], addresses));
+            converters_[i] =
+                find_dequantizer(dequant_conversion_inputs(dests, dests[i]), dests[i].dtype, &v);
         }
         return e.stats();
     }
@@ -209,7 +212,8 @@ public:
 private:
     std::vector<std::vector<std::byte>> held_{};
     std::vector<copy_op> after_{};
-    std::vector<dequant_view> views_{};  // by destination; converters_ point at them
+    // The dequantized destinations' views (reserved whole: converters_ point at them).
+    std::vector<dequant_view> views_{};
     std::vector<converter> converters_{};
 };
 

@@ -592,12 +592,18 @@ private:
                                               std::to_string(l->index));
     }
 
+    // The dtype a per-parameter entry or the schema's override asks of parameter `name`.
+    [[nodiscard]] std::optional<dtype> named_dtype(
+        const std::string& name, const std::optional<dtype>& meta_override) const {
+        for (const auto& [pattern, t] : o_.dtype_per_parameter)
+            if (glob_match(pattern, name)) return t;
+        return meta_override;
+    }
+
     [[nodiscard]] dtype target_dtype(const std::string& name,
                                      const std::optional<dtype>& meta_override,
                                      dtype source) const {
-        for (const auto& [pattern, t] : o_.dtype_per_parameter)
-            if (glob_match(pattern, name)) return t;
-        if (meta_override) return *meta_override;
+        if (const auto t = named_dtype(name, meta_override)) return *t;
         return o_.dtype.resolve(source, o_.device.kind == device_kind::cuda);
     }
 
@@ -777,13 +783,8 @@ private:
     [[nodiscard]] std::optional<dtype> dequant_target(const parameter_meta& m,
                                                       const Names& names) const {
         if (!scheme_ || !scheme_->dequant.supported()) return std::nullopt;
-        std::optional<dtype> asked;
-        for (const auto& [pattern, t] : o_.dtype_per_parameter)
-            if (!asked && glob_match(pattern, m.name)) asked = t;
-        if (!asked) asked = m.dtype_override;
-        if (!asked && o_.dtype.how == dtype_policy::kind::fixed) asked = o_.dtype.fixed_dtype;
-        if (!asked && o_.dtype.how == dtype_policy::kind::by_device)
-            asked = by_device_dtype(o_.device.kind == device_kind::cuda);
+        std::optional<dtype> asked = named_dtype(m.name, m.dtype_override);
+        if (!asked) asked = o_.dtype.asked(o_.device.kind == device_kind::cuda);
         if (!asked || !converted_by_policy(*asked)) return std::nullopt;
         for (const std::string_view suffix : scheme_->dequant.scales)
             if (!suffix.empty() && companions_of(m, names, suffix)) return asked;

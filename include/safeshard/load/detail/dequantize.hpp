@@ -262,10 +262,7 @@ template <class V, class Out, global_scale G>
         const float g = global_of<G>(v, e, r);
         const std::uint64_t row_end = std::min<std::uint64_t>(v.cols, c + (n - done));
         std::uint64_t block = sc.block_cols ? c / sc.block_cols : 0;
-        const std::uint64_t first =
-            sc.per_part
-                ? v.entry(sc, e, r, 0)
-                : e * sc.per_expert + (sc.block_rows ? r / sc.block_rows : 0) * sc.grid_cols;
+        const std::uint64_t first = v.entry(sc, e, r, 0);  // the row's first block
         while (c < row_end) {
             const std::uint64_t block_end =
                 sc.block_cols ? std::min(row_end, (block + 1) * sc.block_cols) : row_end;
