@@ -38,6 +38,12 @@ int run_convert(const convert_args& a, output& out) {
         fmt::print(stderr,
                    "safeshard: note: the input files' __metadata__ differ; the output's is "
                    "{{\"format\": \"pt\"}}\n");
+    if (r.dequantized > 0)
+        fmt::print(stderr,
+                   "safeshard: note: {} quantized weights written dequantized to {}; {} scale "
+                   "tensors read for them or no longer needed, not written; config.json without "
+                   "quantization_config\n",
+                   r.dequantized, name(*o.to), r.companions_dropped);
     for (const auto& f : r.skipped_side_files) note_not_copied(f.path, f.reason);
 
     const double seconds = seconds_since(started);

@@ -13,6 +13,7 @@
 #include "../../tools/exit_code.hpp"
 #include "../support/expect_error.hpp"
 #include "../support/fault_hooks.hpp"
+#include "../support/quantized_llama.hpp"
 #include "../support/temp_dir.hpp"
 #include "cli_support.hpp"
 #include "safeshard/format/checkpoint.hpp"
@@ -166,6 +167,40 @@ TEST_SUITE("cli") {
             r = run(d.path(), "verify " + q(out));
             CHECK_MESSAGE(r.rc == 0, r.err);
         }
+    }
+
+    TEST_CASE("convert --dtype of a quantized checkpoint: written dequantized, or refused") {
+        scratch d;
+        fs::create_directories(d / "fp8");
+        fs::create_directories(d / "gptq");
+        test::write(d / "fp8", test::llama_config(R"({"quant_method": "fp8", "fmt": "e4m3",
+                        "activation_scheme": "dynamic", "weight_block_size": [4, 4]})"),
+                    test::fp8_llama(test::block_scaled(4)));
+        auto r = run(d.path(), "convert " + q(d / "fp8") + " --out " + q(d / "bf16") +
+                                   " --dtype BF16 --max-shard-size 10KB");
+        REQUIRE_MESSAGE(r.rc == 0, r.err);
+        CHECK(
+            r.err.find("note: 7 quantized weights written dequantized to BF16; 7 scale tensors") !=
+            std::string::npos);
+        test::check_same_tensors(d / "bf16", 0, 1,
+                                 test::load_dequantized(d / "fp8", 0, 1, dtype::bf16));
+        CHECK(checkpoint::open((d / "bf16").string()).files().size() > 1);
+        r = run(d.path(), "verify " + q(d / "bf16"));
+        CHECK_MESSAGE(r.rc == 0, r.err);
+
+        // A config.json saying GPTQ, which does not dequantize yet: refused (exit 1) before a
+        // tensor is read, rather than its scales rounded to BF16 as if weights.
+        test::write(d / "gptq", test::llama_config(R"({"quant_method": "gptq", "bits": 4,
+                        "group_size": 16, "desc_act": false, "sym": true})"),
+                    test::fp8_llama(test::block_scaled(4)));
+        r = run(d.path(), "convert " + q(d / "gptq") + " --out " + q(d / "x") + " --dtype BF16");
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("quantized by gptq, whose weights do not dequantize to BF16") !=
+              std::string::npos);
+        CHECK_FALSE(fs::exists(d / "x"));
+        // Without --dtype it is re-sharded as stored.
+        r = run(d.path(), "convert " + q(d / "gptq") + " --out " + q(d / "x"));
+        CHECK_MESSAGE(r.rc == 0, r.err);
     }
 
     TEST_CASE("convert: a single file input; exit codes for bad arguments and outputs") {

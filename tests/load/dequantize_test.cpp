@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <random>
 #include <string>
@@ -17,6 +18,7 @@
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
 #include "safeshard/load/plan.hpp"
+#include "safeshard/save/convert.hpp"
 #include "safeshard/save/export.hpp"
 
 using namespace safeshard;
@@ -239,12 +241,95 @@ TEST_CASE("FP8 dequantized: a plan's companions are consumed, its conversion che
             (void)load_plan::build(c, {0, 1}, f64);
         },
         "cannot dequantize F8_E4M3 x F32 scales to F64 (supported: F8_E4M3 x F32 scales");
-    // An export keeps a quantized checkpoint as stored; asked to dequantize, it refuses.
+}
+
+TEST_CASE("FP8 dequantized written: export, merge and convert write the dequantized tensors") {
+    temp_folder dir;
+    write_fp8_blocks(dir.path());
+    for (const dtype to : {dtype::bf16, dtype::f32})
+        for (const std::uint32_t w : {1u, 2u}) check_written_dequantized(dir.path(), w, to);
+    schema_options fused;
+    fused.fuse_qkv = fused.fuse_gate_up = true;
+    check_written_dequantized(dir.path(), 2, dtype::bf16, fused);
+}
+
+TEST_CASE("FP8 dequantized written: the scales and activation scales are not written") {
+    temp_folder dir;
+    auto src = fp8_llama(block_scaled(4));
+    std::mt19937_64 rng(5);
+    for (const auto& [n, dims] : linears())
+        src["model.layers.0." + n + ".input_scale"] = random_stored(dtype::f32, {}, rng);
+    write(dir.path(), llama_config(fp8_blocks), src);
+    std::ofstream(dir.path() / "tokenizer.json") << "{}";
     temp_dir out;
+    const checkpoint c = checkpoint::open(dir.path().string());
+    const convert_report rep = convert_checkpoint(c, out.path() / "bf16", {.to = dtype::bf16});
+    CHECK(rep.dequantized == linears().size());
+    CHECK(rep.companions_dropped == 2 * linears().size());
+    CHECK(rep.tensors == src.size() - 2 * linears().size());
+    CHECK(rep.converted == linears().size());  // the BF16 ones were BF16 already
+    CHECK(rep.side_files == 2);
+    const checkpoint written = checkpoint::open((out.path() / "bf16").string());
+    CHECK(written.tensor_count() == rep.tensors);
+    for (const located_tensor& t : written.tensors()) {
+        CAPTURE(t.tensor.name());
+        CHECK(t.tensor.dtype() == dtype::bf16);
+        CHECK_FALSE(t.tensor.name().ends_with("scale"));
+        CHECK_FALSE(t.tensor.name().ends_with("scale_inv"));
+    }
+    check_same_tensors(out.path() / "bf16", 0, 1, load_dequantized(dir.path(), 0, 1, dtype::bf16));
+    CHECK(config_text(out.path() / "bf16").find("\"torch_dtype\": \"bfloat16\"") !=
+          std::string::npos);
+
+    // The export's rank folders: the same, cut.
     export_options eo;
     eo.world = 2;
-    eo.plan.dtype = dtype_policy::fixed(dtype::bf16);
+    eo.plan.dtype = dtype_policy::fixed(dtype::f16);
+    const export_report er = export_checkpoint(c, out.path() / "ex", eo);
+    CHECK(er.tensors == 2 * rep.tensors);
+    const checkpoint rank = checkpoint::open((out.path() / "ex" / "rank-00001").string());
+    CHECK(rank.tensor_count() == rep.tensors);
+    CHECK_FALSE(rank.find("model.layers.0.mlp.up_proj.weight_scale_inv"));
+    CHECK(rank.tensor("model.layers.0.mlp.up_proj.weight").tensor.dtype() == dtype::f16);
+}
+
+TEST_CASE("FP8 dequantized written: a checkpoint half dequantized, or unknown, is refused") {
+    temp_folder dir;
+    write_fp8_blocks(dir.path());
+    const checkpoint c = checkpoint::open(dir.path().string());
+    temp_dir out;
+    // One weight asked a dtype, the others kept: their quantization_config would go.
+    export_options eo;
+    eo.plan.dtype_per_parameter = {{"*.up_proj.weight", dtype::bf16}};
     expect_error(
         errc::unsupported_conversion, [&] { (void)export_checkpoint(c, out.path() / "ex", eo); },
-        "dequantizing one is a load's");
+        "a checkpoint is written dequantized whole");
+    CHECK_FALSE(std::filesystem::exists(out.path() / "ex"));
+    // Without a dtype, convert re-shards it as stored, scales and quantization_config kept.
+    const convert_report kept = convert_checkpoint(c, out.path() / "kept", {});
+    CHECK(kept.dequantized == 0);
+    CHECK(checkpoint::open((out.path() / "kept").string()).tensor_count() == c.tensor_count());
+    CHECK(config_text(out.path() / "kept").find("quantization_config") != std::string::npos);
+
+    // A scheme safeshard does not know: its scales are not converted as if plain floats.
+    temp_folder unknown;
+    write(unknown.path(), llama_config(R"({"quant_method": "mystery"})"),
+          fp8_llama(block_scaled(4)));
+    expect_error(
+        errc::unsupported_conversion,
+        [&] {
+            (void)convert_checkpoint(checkpoint::open(unknown.path().string()), out.path() / "u",
+                                     {.to = dtype::bf16});
+        },
+        "quant_method 'mystery'), which safeshard does not know");
+    // A lone file with scales and no config.json: its quantization is unknown.
+    expect_error(
+        errc::unsupported_conversion,
+        [&] {
+            (void)convert_checkpoint(checkpoint::open((dir.path() / "model.safetensors").string()),
+                                     out.path() / "lone", {.to = dtype::bf16});
+        },
+        "is a quantization scale, but no config.json");
+    CHECK_FALSE(std::filesystem::exists(out.path() / "u"));
+    CHECK_FALSE(std::filesystem::exists(out.path() / "lone"));
 }

@@ -436,7 +436,16 @@ TEST_CASE(
                         CHECK(m.contains(p + f.names.weight) == (f.names.weight == "weight"));
                     }
                 }
+        // Written dequantized: the packed weights under their values' names, in values.
+        check_written_dequantized(dir.path(), 2, dtype::bf16);
     }
+    // ModelOpt's older form: hf_quant_config.json, which the dequantized copies leave behind.
+    temp_folder side;
+    write(side.path(), llama_config("null"), nvfp4_llama(modelopt_names, {}));
+    std::ofstream(side.path() / "hf_quant_config.json")
+        << R"({"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "NVFP4",
+              "group_size": 16}})";
+    check_written_dequantized(side.path(), 1, dtype::f32);
 }
 
 TEST_CASE("NVFP4: a packed weight whose rank share splits a byte is refused, naming it") {

@@ -504,6 +504,53 @@ TEST_SUITE("export") {
         CHECK(detail::config_with_dtype(in, dtype::i8) == in);  // no torch name: unchanged
     }
 
+    TEST_CASE("config_without_quantization drops the top-level member only, keeping the rest") {
+        const std::string first =
+            "{\"quantization_config\": {\"a\": [1, {\"b\": \"}\"}], \"c\": \"x,y\"},\n"
+            "  \"model_type\": \"llama\"}";
+        CHECK(detail::config_without_quantization(first) == "{\"model_type\": \"llama\"}");
+        const std::string last = "{\"model_type\": \"llama\" ,\n \"quantization_config\" : null\n}";
+        CHECK(detail::config_without_quantization(last) == "{\"model_type\": \"llama\" \n}");
+        const std::string middle =
+            "{\"a\": 1, \"quantization_config\": {\"quant_method\": \"fp8\"}, \"b\": 2}";
+        CHECK(detail::config_without_quantization(middle) == "{\"a\": 1, \"b\": 2}");
+        const std::string only = "{\"quantization_config\": {}}";
+        CHECK(detail::config_without_quantization(only) == "{}");
+        // In text_config too (Kimi-K2.5's place); deeper, or only inside a string: kept.
+        const std::string text_config =
+            "{\"text_config\": {\"a\": 1, \"quantization_config\": {\"x\": 2}}, \"b\": 3}";
+        CHECK(detail::config_without_quantization(text_config) ==
+              "{\"text_config\": {\"a\": 1}, \"b\": 3}");
+        const std::string nested =
+            "{\"vision_config\": {\"quantization_config\": {}}, \"note\": "
+            "\"\\\"quantization_config\\\": 1\"}";
+        CHECK(detail::config_without_quantization(nested) == nested);
+    }
+
+    TEST_CASE("copy_side_files: a dequantized copy leaves hf_quant_config.json behind, and says") {
+        temp_folder dir;
+        const auto from = dir.path() / "from", to = dir.path() / "to";
+        fs::create_directories(from);
+        fs::create_directories(to);
+        std::ofstream(from / "config.json")
+            << "{\"torch_dtype\": \"bfloat16\", \"quantization_config\": {\"quant_method\": "
+               "\"fp8\"}}";
+        std::ofstream(from / "hf_quant_config.json") << "{}";
+        std::vector<std::string> skipped;
+        const auto n = copy_side_files(
+            from, to, config_changes{dtype::f32, true}, [&](const skipped_side_file& f) {
+                skipped.push_back(f.path.filename().string() + ": " + f.reason);
+            });
+        CHECK(n == 1);
+        CHECK_FALSE(fs::exists(to / "hf_quant_config.json"));
+        REQUIRE(skipped.size() == 1);
+        CHECK(skipped[0] ==
+              "hf_quant_config.json: the quantization of weights written dequantized");
+        std::ifstream f(to / "config.json");
+        const std::string text{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+        CHECK(text == "{\"torch_dtype\": \"float32\"}");
+    }
+
     TEST_CASE("copy_side_files: weights, hidden and oversized files stay behind, and are said") {
         temp_folder dir;
         const auto from = dir.path() / "from", to = dir.path() / "to";
@@ -519,9 +566,10 @@ TEST_SUITE("export") {
         put("huge.bin.txt", "");
         fs::resize_file(from / "huge.bin.txt", max_side_file + 1);  // sparse
         std::vector<std::pair<std::string, std::string>> skipped;
-        const auto n = copy_side_files(from, to, dtype::f32, [&](const skipped_side_file& f) {
-            skipped.emplace_back(f.path.filename().string(), f.reason);
-        });
+        const auto n =
+            copy_side_files(from, to, config_changes{dtype::f32}, [&](const skipped_side_file& f) {
+                skipped.emplace_back(f.path.filename().string(), f.reason);
+            });
         CHECK(n == 2);
         CHECK(fs::exists(to / "tokenizer.json"));
         CHECK_FALSE(fs::exists(to / "model.safetensors"));

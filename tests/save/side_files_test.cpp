@@ -39,7 +39,7 @@ std::map<std::string, std::string> copy_all(const fs::path& from, const fs::path
                                             std::uint64_t* copied = nullptr) {
     std::map<std::string, std::string> skipped;
     fs::create_directories(to);
-    const auto n = copy_side_files(from, to, std::nullopt, [&](const skipped_side_file& f) {
+    const auto n = copy_side_files(from, to, {}, [&](const skipped_side_file& f) {
         skipped[f.path.filename().string()] = f.reason;
     });
     if (copied != nullptr) *copied = n;

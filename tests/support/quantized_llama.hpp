@@ -1,7 +1,8 @@
 // Small quantized llama checkpoints for the loader's tests (tests/load/quantized_test.cpp,
 // tests/load/int_quantized_test.cpp): random tensors with the published names and dtypes,
 // the byte ranges of a rank computed here from the definitions (not with the library's
-// companion algebra), and the export/merge round trip every scheme must survive.
+// companion algebra), the export/merge round trip every scheme must survive, and the checks of
+// a checkpoint written dequantized (export, merge and convert asked a float dtype).
 #pragma once
 
 #include <doctest/doctest.h>
@@ -19,6 +20,7 @@
 #include "safeshard/format/safetensors_writer.hpp"
 #include "safeshard/load/host_engine.hpp"
 #include "safeshard/load/loader.hpp"
+#include "safeshard/save/convert.hpp"
 #include "safeshard/save/export.hpp"
 #include "safeshard/save/merge.hpp"
 #include "temp_dir.hpp"
@@ -222,6 +224,70 @@ inline void check_round_trip(const std::filesystem::path& in,
         const auto b = l.tensor.bytes();
         CHECK(std::vector<std::byte>(b.begin(), b.end()) == t.bytes);
     }
+}
+
+// The text of `dir`'s config.json.
+inline std::string config_text(const std::filesystem::path& dir) {
+    std::ifstream f(dir / "config.json");
+    return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+// Rank r of world w of the quantized checkpoint at `in`, loaded dequantized into `to`.
+inline loaded_model<host_tensor> load_dequantized(const std::filesystem::path& in, std::uint32_t r,
+                                                  std::uint32_t w, dtype to,
+                                                  const schema_options& schema = {}) {
+    load_options o{.rank = r, .world = w};
+    o.plan.schema = schema;
+    o.plan.dtype = dtype_policy::fixed(to);
+    return load<host_tensor>(in.string(), o);
+}
+
+// The checkpoint at `written`, loaded as rank r of w (no quantization: as stored), holds
+// exactly the tensors of `expected`, bit for bit, and its config.json no quantization_config.
+inline void check_same_tensors(const std::filesystem::path& written, std::uint32_t r,
+                               std::uint32_t w, const loaded_model<host_tensor>& expected) {
+    const auto back = load<host_tensor>(written.string(), {.rank = r, .world = w});
+    CHECK(back.names().size() == expected.names().size());
+    for (const std::string& n : expected.names()) {
+        CAPTURE(n);
+        REQUIRE(back.contains(n));
+        CHECK(back.at(n).dtype() == expected.at(n).dtype());
+        CHECK(back.at(n).shape() == expected.at(n).shape());
+        CHECK(bytes_of(back.at(n)) == bytes_of(expected.at(n)));
+    }
+    const std::string config = config_text(written);
+    CHECK(config.find("\"model_type\"") != std::string::npos);
+    CHECK(config.find("quantization_config") == std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(written / "hf_quant_config.json"));
+}
+
+// The quantized checkpoint at `in`, exported for `world` ranks with `to` asked: each rank
+// folder is that rank's dequantized load, and the merge, and a convert to `to`, are the
+// dequantized load of world 1.
+inline void check_written_dequantized(const std::filesystem::path& in, std::uint32_t world,
+                                      dtype to, const schema_options& schema = {}) {
+    CAPTURE(world);
+    CAPTURE(name(to));
+    temp_dir out;
+    export_options o;
+    o.world = world;
+    o.plan.schema = schema;
+    o.plan.dtype = dtype_policy::fixed(to);
+    const checkpoint c = checkpoint::open(in.string());
+    (void)export_checkpoint(c, out.path() / "ex", o);
+    for (std::uint32_t r = 0; r < world; ++r) {
+        CAPTURE(r);
+        check_same_tensors(out.path() / "ex" / export_rank_folder(r), r, world,
+                           load_dequantized(in, r, world, to, schema));
+    }
+    const auto whole = load_dequantized(in, 0, 1, to);
+    (void)merge_export(out.path() / "ex", out.path() / "merged");
+    if (!schema.fuse_qkv && !schema.fuse_gate_up)
+        check_same_tensors(out.path() / "merged", 0, 1, whole);
+    const convert_report rep = convert_checkpoint(c, out.path() / "converted", {.to = to});
+    CHECK(rep.dequantized == linears().size());
+    CHECK(rep.tensors == whole.names().size());
+    check_same_tensors(out.path() / "converted", 0, 1, whole);
 }
 
 }  // namespace safeshard::test

@@ -205,14 +205,15 @@ public:
         if (std::filesystem::exists(p, ec)) return p;
         return std::nullopt;
     }
-    // config.json, with ModelOpt's hf_quant_config.json beside it where config.json says no
-    // quantization_config (config_file::adopt_hf_quant_config).
-    [[nodiscard]] std::optional<config_file> load_config() const {
+    // config.json (its `fields`), with ModelOpt's hf_quant_config.json beside it where
+    // config.json says no quantization_config (config_file::adopt_hf_quant_config).
+    [[nodiscard]] std::optional<config_file> load_config(
+        config_fields fields = config_fields::model) const {
         auto p = config_path();
         if (!p) return std::nullopt;
-        config_file c = config_file::load(*p);
+        config_file c = config_file::load(*p, fields);
         std::error_code ec;
-        const auto side = root_ / "hf_quant_config.json";
+        const auto side = root_ / hf_quant_config_file;
         if (!c.config().quantization && std::filesystem::exists(side, ec)) {
             const auto text =
                 detail::read_json_file(side, config_file::max_file_size, errc::invalid_config);

@@ -65,17 +65,26 @@ namespace safeshard {
     return std::nullopt;
 }
 
+// ModelOpt's description of a checkpoint's quantization, beside its config.json (older exports).
+inline constexpr std::string_view hf_quant_config_file = "hf_quant_config.json";
+
+// What of config.json is read: the model (its required fields checked), or only its
+// quantization_config (a folder whose config.json need describe no model: a conversion's).
+enum class config_fields : std::uint8_t { model, quantization_only };
+
 // A parsed config.json: the model_config, and the whole document for anything else.
 class config_file {
 public:
     static constexpr std::uint64_t max_file_size = 64ull << 20;
 
-    [[nodiscard]] static config_file parse(std::string_view json, std::string source = {}) {
-        return config_file(simdjson::padded_string(json), std::move(source));
+    [[nodiscard]] static config_file parse(std::string_view json, std::string source = {},
+                                           config_fields fields = config_fields::model) {
+        return config_file(simdjson::padded_string(json), std::move(source), fields);
     }
-    [[nodiscard]] static config_file load(const std::filesystem::path& p) {
+    [[nodiscard]] static config_file load(const std::filesystem::path& p,
+                                          config_fields fields = config_fields::model) {
         return config_file(detail::read_json_file(p, max_file_size, errc::invalid_config),
-                           p.string());
+                           p.string(), fields);
     }
 
     [[nodiscard]] const model_config& config() const noexcept { return config_; }
@@ -123,9 +132,9 @@ public:
     }
 
 private:
-    config_file(simdjson::padded_string text, std::string source)
+    config_file(simdjson::padded_string text, std::string source, config_fields fields)
         : text_(std::move(text)), source_(std::move(source)) {
-        parse_fields();
+        parse_fields(fields);
     }
 
     [[noreturn]] void fail(std::string_view msg) const {
@@ -178,7 +187,7 @@ private:
         return std::string(s);
     }
 
-    void parse_fields() {
+    void parse_fields(config_fields fields) {
         // Python's json module (transformers reads config.json with it) decides what is valid.
         if (auto err = doc_.parse(std::string_view(text_.data(), text_.size()), true,
                                   detail::json_reader::python, true);
@@ -199,6 +208,10 @@ private:
             }
             text_section_ = tc;
             has_text_config_ = true;
+        }
+        if (fields == config_fields::quantization_only) {
+            parse_quantization();
+            return;
         }
 
         model_config& c = config_;

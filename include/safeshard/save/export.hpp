@@ -88,6 +88,16 @@ struct export_report {
     double seconds = 0;
 };
 
+// How a written checkpoint's config.json differs from its input's: the dtype its
+// floating-point tensors now have, and, once its quantized weights are written dequantized,
+// no quantization_config.
+struct config_changes {
+    std::optional<safeshard::dtype> dtype{};
+    bool dequantized = false;
+
+    [[nodiscard]] bool changed() const noexcept { return dtype || dequantized; }
+};
+
 namespace detail {
 
 [[nodiscard]] inline bool is_weights_file(std::string_view name) noexcept {
@@ -156,6 +166,104 @@ namespace detail {
     return out;
 }
 
+// Where a member of a JSON object's text lies: its key's first byte, its value's first byte
+// and one past its value's last.
+struct json_member {
+    std::size_t key = 0;
+    std::size_t value = 0;
+    std::size_t end = 0;
+};
+
+[[nodiscard]] constexpr bool json_space(char c) noexcept {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+// The member `key` of the object `text` (its own members, not nested ones'), walked as JSON
+// tokens: a key-like text inside a string is none. nullopt where it has none.
+[[nodiscard]] inline std::optional<json_member> find_json_member(std::string_view text,
+                                                                 std::string_view key) {
+    auto read_string = [&](std::size_t begin) {  // text[begin] == '"'; returns one past the end
+        std::size_t j = begin + 1;
+        while (j < text.size() && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
+        return std::min(j + 1, text.size());
+    };
+    auto skip_space = [&](std::size_t j) {
+        while (j < text.size() && json_space(text[j])) ++j;
+        return j;
+    };
+    auto skip_value = [&](std::size_t j) {  // one past the value beginning at text[j]
+        int depth = 0;
+        while (j < text.size()) {
+            const char c = text[j];
+            if (c == '"') {
+                j = read_string(j);
+                if (depth == 0) return j;
+                continue;
+            }
+            if (c == '{' || c == '[') ++depth;
+            if (c == '}' || c == ']') {
+                if (depth == 0) return j;  // the end of the enclosing object
+                if (--depth == 0) return j + 1;
+            }
+            if (depth == 0 && (c == ',' || json_space(c))) return j;
+            ++j;
+        }
+        return j;
+    };
+    int depth = 0;
+    for (std::size_t i = 0; i < text.size();) {
+        const char c = text[i];
+        if (c == '{' || c == '[') ++depth;
+        if (c == '}' || c == ']') --depth;
+        if (c != '"') {
+            ++i;
+            continue;
+        }
+        const std::size_t k = i;
+        i = read_string(i);
+        if (depth != 1 || i - k < 2 || text.substr(k + 1, i - k - 2) != key) continue;
+        const std::size_t colon = skip_space(i);
+        if (colon >= text.size() || text[colon] != ':') continue;
+        const std::size_t value = skip_space(colon + 1);
+        return json_member{k, value, skip_value(value)};
+    }
+    return std::nullopt;
+}
+
+// The object `text` without its member `key` (and the comma that joined it); every other byte
+// kept.
+[[nodiscard]] inline std::string without_json_member(std::string_view text, std::string_view key) {
+    const std::optional<json_member> m = find_json_member(text, key);
+    if (!m) return std::string(text);
+    // The member and the comma after it; the last member: the comma before it.
+    std::size_t begin = m->key;
+    std::size_t after = m->end;
+    while (after < text.size() && json_space(text[after])) ++after;
+    if (after < text.size() && text[after] == ',') {
+        ++after;
+        while (after < text.size() && json_space(text[after])) ++after;
+    } else {
+        after = m->end;
+        std::size_t k = m->key;
+        while (k > 0 && json_space(text[k - 1])) --k;
+        if (k > 0 && text[k - 1] == ',') begin = k - 1;
+    }
+    return std::string(text.substr(0, begin)) + std::string(text.substr(after));
+}
+
+// config.json's text without its "quantization_config" member, at the top level and in
+// text_config (where Kimi-K2.5 writes it; config_file reads both); every other byte kept.
+[[nodiscard]] inline std::string config_without_quantization(std::string_view text) {
+    std::string out = without_json_member(text, "quantization_config");
+    if (const auto tc = find_json_member(out, "text_config");
+        tc && tc->value < out.size() && out[tc->value] == '{') {
+        const std::string inner = without_json_member(
+            std::string_view(out).substr(tc->value, tc->end - tc->value), "quantization_config");
+        out = out.substr(0, tc->value) + inner + out.substr(tc->end);
+    }
+    return out;
+}
+
 // The folders a side file may lie in, links resolved: the checkpoint folder, and for a
 // Hugging Face cache snapshot (REPO/snapshots/COMMIT) the repository's blobs/, where the
 // snapshot's links point.
@@ -200,20 +308,21 @@ namespace detail {
 }
 
 // Copies the regular file `from` whose status was `st` to `to`, with at most its permission
-// bits (the umask applies too); config.json with its dtype set to `config_dtype` when given.
+// bits (the umask applies too); config.json as `changes` says.
 inline void copy_side_file(const std::filesystem::path& from, const struct stat& st,
-                           const std::filesystem::path& to, std::optional<dtype> config_dtype) {
+                           const std::filesystem::path& to, const config_changes& changes) {
     // The file checked, not one swapped in since; never a FIFO waited on.
     const file_reader r(from, read_options{.direct = false, .expect = file_version::of(st)});
     if (r.size() > max_side_file)
         throw error(errc::io_error, "the side file grew past the size limit while being copied",
                     error_context{.file = from.string()});
     atomic_file f(to, st.st_mode & 0777);
-    if (config_dtype && to.filename() == "config.json") {
+    if (changes.changed() && to.filename() == "config.json") {
         std::string text(static_cast<std::size_t>(r.size()), '\0');
         r.read_exact(std::as_writable_bytes(std::span(text)), 0);
-        const std::string updated = config_with_dtype(text, *config_dtype);
-        f.write(std::as_bytes(std::span(updated)));
+        if (changes.dtype) text = config_with_dtype(text, *changes.dtype);
+        if (changes.dequantized) text = config_without_quantization(text);
+        f.write(std::as_bytes(std::span(text)));
     } else {
         std::vector<std::byte> buf(static_cast<std::size_t>(
             std::min<std::uint64_t>(std::max<std::uint64_t>(r.size(), 1), std::uint64_t{4} << 20)));
@@ -231,13 +340,14 @@ inline void copy_side_file(const std::filesystem::path& from, const struct stat&
 }  // namespace detail
 
 // Copies `from`'s side files into `to`, each with its source's permission bits (never wider);
-// config.json with its dtype set to `config_dtype` when given (every other byte kept). Only
+// config.json changed as `changes` says (every other byte kept); a dequantized checkpoint's
+// hf_quant_config.json (ModelOpt's description of its quantization) is left behind. Only
 // regular files that resolve inside `from` (or, for a Hugging Face cache snapshot, inside its
 // repository's blobs/) are copied: `skipped` hears of every other entry (a link out of the
 // folder, a FIFO, a dangling link, a file over max_side_file). Returns how many were copied.
 inline std::uint64_t copy_side_files(
     const std::filesystem::path& from, const std::filesystem::path& to,
-    std::optional<dtype> config_dtype = std::nullopt,
+    const config_changes& changes = {},
     const std::function<void(const skipped_side_file&)>& skipped = {}) {
     namespace fs = std::filesystem;
     const std::vector<fs::path> roots = detail::side_file_roots(from);
@@ -246,6 +356,12 @@ inline std::uint64_t copy_side_files(
     for (fs::directory_iterator it(from, ec), end; !ec && it != end; it.increment(ec)) {
         const std::string name = it->path().filename().string();
         if (detail::is_weights_file(name) || name.starts_with(".")) continue;
+        if (changes.dequantized && name == hf_quant_config_file) {
+            if (skipped)
+                skipped(skipped_side_file{it->path(),
+                                          "the quantization of weights written dequantized"});
+            continue;
+        }
         std::error_code type_ec;
         if (it->is_directory(type_ec)) continue;  // a folder is no side file (a link to one too)
         fs::path real;
@@ -254,7 +370,7 @@ inline std::uint64_t copy_side_files(
             if (skipped) skipped(skipped_side_file{it->path(), std::move(*why)});
             continue;
         }
-        detail::copy_side_file(real, st, to / name, config_dtype);
+        detail::copy_side_file(real, st, to / name, changes);
         ++copied;
     }
     if (ec) throw system_error("list", ec.value(), from.string());
@@ -295,10 +411,26 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
         }
 }
 
-// The export metadata of one rank's plan.
+// A source of a tensor the export writes: as stored, or, of a weight dequantized by scheme s
+// (of quantization_config q), as its values are named and shaped ("X.weight_packed" [N, K/2]
+// -> "X.weight" [N, K]), in the dtype written.
+[[nodiscard]] inline export_source written_source(const plan_destination& d, std::string name,
+                                                  const tensor_view& stored,
+                                                  const quantization_scheme* s,
+                                                  const quantization_config* q) {
+    if (d.dequant && s && q)
+        if (auto v = weight_values(*s, *q, name, stored.dtype(), stored.shape()))
+            return export_source{std::move(v->first), v->second, d.dtype};
+    return export_source{std::move(name), stored.shape(), d.dequant ? d.dtype : stored.dtype()};
+}
+
+// The export metadata of one rank's plan, whose quantized weights a dequantization writes as
+// `config`'s scheme stores them.
 [[nodiscard]] inline export_metadata make_export_metadata(const load_plan& p,
-                                                          const checkpoint& ckpt,
-                                                          kv_convention kv) {
+                                                          const checkpoint& ckpt, kv_convention kv,
+                                                          const model_config* config) {
+    const quantization_scheme* scheme = plan_quantization_scheme(config, false);
+    const quantization_config* q = scheme ? &*config->quantization : nullptr;
     export_metadata m;
     m.world = p.context().world;
     m.rank = p.context().rank;
@@ -307,6 +439,7 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
     m.expert_groups = p.context().experts;
     const auto dests = p.destinations();
     for (const plan_destination& d : dests) {
+        if (d.consumed) continue;  // read for a dequantization, not written
         export_tensor t;
         t.name = d.name;
         if (d.tied()) {
@@ -333,13 +466,11 @@ inline void pass_through_unread(schema& s, const checkpoint& ckpt, std::uint64_t
             for (const auto& src : d.sources) {
                 const located_tensor l =
                     ckpt.tensor(expert_source_name(src, p.held_experts().front()));
-                t.sources.push_back(export_source{src, l.tensor.shape(), l.tensor.dtype()});
+                t.sources.push_back(written_source(d, src, l.tensor, scheme, q));
             }
         } else {
-            for (const auto& src : d.sources) {
-                const located_tensor l = ckpt.tensor(src);
-                t.sources.push_back(export_source{src, l.tensor.shape(), l.tensor.dtype()});
-            }
+            for (const auto& src : d.sources)
+                t.sources.push_back(written_source(d, src, ckpt.tensor(src).tensor, scheme, q));
         }
         if (const auto v =
                 slab_valid_rows(d.layout, d.global, d.local, cut_place(m, t, m.rank).position,
@@ -397,37 +528,58 @@ inline void check_export_request(const checkpoint& ckpt, const std::filesystem::
 }
 
 // Every rank's plan, made before a byte is written (an impossible cut fails first), with the
-// bytes all ranks write and the largest tensor (which sizes the buffers).
+// bytes all ranks write, the largest tensor (which sizes the buffers), and whether the
+// quantized weights are written dequantized (a dtype asked of them).
 struct export_plans {
     std::vector<load_plan> ranks;
     std::uint64_t total = 0;
     std::uint64_t largest = 0;
+    bool dequantized = false;
 };
+
+// Whether destination d is written as a quantization stores it: a companion kept, or a
+// weight's packed elements.
+[[nodiscard]] inline bool written_quantized(const plan_destination& d) noexcept {
+    return !d.consumed && !d.tied() && (d.companion_of || !stored_as_values(d.storage));
+}
+
+// A plan that dequantizes writes no weight quantized beside them: the checkpoint it writes
+// has no quantization_config, which such a weight would still need.
+inline void check_dequantized_whole(const load_plan& p) {
+    const auto dests = p.destinations();
+    const auto deq = std::find_if(dests.begin(), dests.end(),
+                                  [](const plan_destination& d) { return d.dequant.has_value(); });
+    if (deq == dests.end()) return;
+    for (const plan_destination& d : dests)
+        if (written_quantized(d))
+            throw error(errc::unsupported_conversion,
+                        "'" + d.name + "' would be written quantized (" +
+                            std::string(name(d.dtype)) + ", as stored) beside '" + deq->name +
+                            "' dequantized to " + std::string(name(deq->dtype)) +
+                            ": a checkpoint is written dequantized whole (its "
+                            "quantization_config goes), so every quantized weight needs the "
+                            "dtype asked of it and its scales",
+                        error_context{.file = {}, .tensor = d.name});
+}
 
 [[nodiscard]] inline export_plans plan_export(const checkpoint& ckpt, const schema& cut,
                                               const export_options& o, const model_config* config) {
     export_plans p;
     for (std::uint32_t r = 0; r < o.world; ++r) {
         p.ranks.push_back(load_plan::build(ckpt, cut, {r, o.world, o.experts}, o.plan, config));
-        for (const auto& d : p.ranks.back().destinations())
-            if (d.dequant)
-                throw error(errc::unsupported_conversion,
-                            "parameter '" + d.name + "' is quantized (" +
-                                std::string(name(d.source_dtype)) +
-                                " with scales): an export "
-                                "keeps a quantized checkpoint as stored (dtype keep, or the "
-                                "dtype of its unquantized tensors only); dequantizing one is a "
-                                "load's conversion",
-                            error_context{.file = {}, .tensor = d.name});
-            else if (!d.tied()) {
-                p.total += d.bytes;
-                p.largest = std::max(p.largest, d.bytes);
-            }
+        check_dequantized_whole(p.ranks.back());
+        for (const auto& d : p.ranks.back().destinations()) {
+            p.dequantized = p.dequantized || d.dequant.has_value();
+            if (d.tied() || d.consumed) continue;  // an alias; read for a conversion only
+            p.total += d.bytes;
+            p.largest = std::max(p.largest, d.bytes);
+        }
     }
     return p;
 }
 
-// The tensors a rank's writer stores (the untied destinations), each with its destination.
+// The tensors a rank's writer stores (the untied destinations a dequantization does not
+// consume), each with its destination.
 struct export_rank_tensors {
     std::vector<tensor_info> infos;
     std::vector<std::size_t> destination;  // of infos[i]
@@ -436,7 +588,7 @@ struct export_rank_tensors {
 [[nodiscard]] inline export_rank_tensors rank_tensors(std::span<const plan_destination> dests) {
     export_rank_tensors t;
     for (std::size_t i = 0; i < dests.size(); ++i) {
-        if (dests[i].tied()) continue;
+        if (dests[i].tied() || dests[i].consumed) continue;
         t.infos.push_back(tensor_info{dests[i].name, dests[i].dtype, dests[i].local});
         t.destination.push_back(i);
     }
@@ -465,25 +617,126 @@ struct export_write_order {
     return o;
 }
 
+// One plan's destinations read one at a time into buffers the caller gives: the companions
+// its dequantizations consume first (into host memory of its own, for the converters that
+// read them), then each destination read (converted, dequantized) or initialised.
+class plan_reader {
+public:
+    plan_reader(file_cache& files, host_engine& engine) : files_(files), engine_(engine) {}
+
+    // Makes p (which must outlive the reads) the plan read, and reads its consumed companions.
+    void begin(const load_plan& p) {
+        const auto dests = p.destinations();
+        dests_ = dests;
+        ops_of_.assign(dests.size(), {});
+        for (const copy_op& op : p.ops())
+            if (!dests[op.destination].consumed) ops_of_[op.destination].push_back(op);
+        addresses_.assign(dests.size(), nullptr);
+        sizes_.assign(dests.size(), 0);
+        consumed_ = {};
+        std::vector<std::string> names(dests.size());
+        for (std::size_t i = 0; i < dests.size(); ++i) {
+            names[i] = dests[i].name;
+            if (!dests[i].consumed) continue;
+            addresses_[i] = consumed_.hold(dests[i].bytes);
+            sizes_[i] = dests[i].bytes;
+        }
+        consumed_bytes_ += consumed_.read(p, addresses_, sizes_, names).bytes_read;
+    }
+
+    // Reads destination `di` of the plan into `out` (its bytes), or initialises it when it is
+    // created.
+    void fill(std::size_t di, std::byte* out) {
+        const plan_destination& d = dests_[di];
+        if (d.created()) {
+            initialise(d, out);
+            return;
+        }
+        addresses_[di] = out;
+        sizes_[di] = d.bytes;
+        run_windows(engine_, files_, ops_of_[di], addresses_, sizes_, {}, consumed_.converters());
+        addresses_[di] = nullptr;
+        sizes_[di] = 0;
+    }
+
+    // The bytes read so far, of all plans.
+    [[nodiscard]] std::uint64_t bytes_read() const noexcept {
+        return engine_.stats().bytes_read + consumed_bytes_;
+    }
+
+private:
+    file_cache& files_;
+    host_engine& engine_;
+    std::span<const plan_destination> dests_{};
+    std::vector<std::vector<copy_op>> ops_of_;  // per destination
+    std::vector<std::byte*> addresses_;         // the buffer being filled, the consumed ones
+    std::vector<std::uint64_t> sizes_;
+    consumed_companions consumed_;
+    std::uint64_t consumed_bytes_ = 0;
+};
+
+// A plan's tensors written by `w` (the writer's tensor i is destination dest_of[i]), in the
+// writer's order, through `buffers` (each of the largest tensor's bytes); with two buffers
+// the next tensor is read while this one is written. `written(bytes)` after each tensor.
+inline void write_plan_tensors(plan_reader& reader, sharded_writer& w,
+                               std::span<const plan_destination> dests,
+                               std::span<const std::size_t> dest_of,
+                               std::span<aligned_buffer> buffers,
+                               const std::function<void()>& cancel_point,
+                               const std::function<void(std::uint64_t)>& written) {
+    const export_write_order wo = write_order(w);
+    const bool overlap = buffers.size() > 1 && buffers[1].size() > 0;
+    auto fill_tensor = [&](std::size_t i, std::byte* out) { reader.fill(dest_of[i], out); };
+    // Declared last: destroyed (waited for) before what the read uses.
+    std::future<void> next;
+    std::size_t next_index = 0;
+    std::size_t next_slot = 0;
+    w.write_shards([&](std::size_t i, safetensors_writer& sw) {
+        if (cancel_point) cancel_point();
+        std::size_t slot = 0;
+        if (next.valid() && next_index == i) {
+            next.get();
+            slot = next_slot;
+        } else {
+            if (next.valid()) next.get();
+            fill_tensor(i, buffers[0].data());
+        }
+        if (overlap && wo.position[i] + 1 < wo.order.size()) {
+            next_index = wo.order[wo.position[i] + 1];
+            next_slot = 1 - slot;
+            next =
+                std::async(std::launch::async, fill_tensor, next_index, buffers[next_slot].data());
+        }
+        const plan_destination& d = dests[dest_of[i]];
+        sw.write(
+            std::span<const std::byte>(buffers[slot].data(), static_cast<std::size_t>(d.bytes)));
+        if (written) written(d.bytes);
+    });
+}
+
 // One export being written: what every rank shares (the input's files, the engine, the
 // buffers, the report), and the writing of one rank folder.
 class export_run {
 public:
     export_run(const checkpoint& ckpt, const export_options& o, const export_plans& plans,
-               staged_folder& folder, export_report& rep)
+               staged_folder& folder, export_report& rep, const model_config* config)
         : ckpt_(ckpt),
           o_(o),
+          config_(config),
           plans_(plans),
           folder_(folder),
           rep_(rep),
           files_(cached_files(ckpt)),
-          engine_(o.engine) {
+          engine_(o.engine),
+          reader_(files_, engine_) {
         // Two buffers of the largest tensor when the next tensor is read while this one is
         // written.
         const auto bytes = static_cast<std::size_t>(std::max<std::uint64_t>(plans.largest, 4096));
         buffers_[0] = aligned_buffer(bytes, host_tensor::alignment);
         if (o.overlap_io) buffers_[1] = aligned_buffer(bytes, host_tensor::alignment);
-        if (o.plan.dtype.how == dtype_policy::kind::fixed) config_dtype_ = o.plan.dtype.fixed_dtype;
+        if (o.plan.dtype.how == dtype_policy::kind::fixed)
+            changes_.dtype = o.plan.dtype.fixed_dtype;
+        changes_.dequantized = plans.dequantized;
     }
 
     // Writes rank r's folder in the staging folder: its shards (each with its own export
@@ -491,10 +744,6 @@ public:
     void write_rank(std::uint32_t r) {
         const load_plan& p = plans_.ranks[r];
         const auto dests = p.destinations();
-        ops_of_.assign(dests.size(), {});
-        for (const copy_op& op : p.ops()) ops_of_[op.destination].push_back(op);
-        addresses_.assign(dests.size(), nullptr);
-        sizes_.assign(dests.size(), 0);
         export_rank_tensors tensors = rank_tensors(dests);
         // Each shard describes its own tensors (export metadata version 2).
         std::vector<std::string> docs;
@@ -505,11 +754,17 @@ public:
         };
         sharded_writer w(folder_.staging_folder() / export_rank_folder(r), std::move(tensors.infos),
                          so);
-        docs = export_shard_documents(make_export_metadata(p, ckpt_, o_.plan.schema.kv), w.plan(),
-                                      w.tensors());
-        write_tensors(w, dests, tensors.destination);
+        docs = export_shard_documents(make_export_metadata(p, ckpt_, o_.plan.schema.kv, config_),
+                                      w.plan(), w.tensors());
+        reader_.begin(p);
+        write_plan_tensors(reader_, w, dests, tensors.destination, buffers_, o_.cancel_point,
+                           [&](std::uint64_t bytes) {
+                               done_ += bytes;
+                               ++rep_.tensors;
+                               if (o_.progress) o_.progress(done_, plans_.total);
+                           });
         if (!ckpt_.opened_from_file())  // a lone file brings nothing else of its folder
-            rep_.side_files += copy_side_files(ckpt_.root(), w.staging_folder(), config_dtype_,
+            rep_.side_files += copy_side_files(ckpt_.root(), w.staging_folder(), changes_,
                                                [&](const skipped_side_file& f) {
                                                    if (r == 0) rep_.skipped_side_files.push_back(f);
                                                });
@@ -521,75 +776,23 @@ public:
     // After the last rank: no bytes of two versions of a file were read.
     void finish() {
         files_.finish();
-        rep_.bytes_read = engine_.stats().bytes_read;
+        rep_.bytes_read = reader_.bytes_read();
         rep_.bytes_written = done_;
     }
 
 private:
-    // Reads destination `di` of the rank into `out`, or initialises it when it is created.
-    void fill(const plan_destination& d, std::size_t di, std::byte* out) {
-        if (d.created()) {
-            initialise(d, out);
-            return;
-        }
-        addresses_[di] = out;
-        sizes_[di] = d.bytes;
-        run_windows(engine_, files_, ops_of_[di], addresses_, sizes_);
-        addresses_[di] = nullptr;
-        sizes_[di] = 0;
-    }
-
-    // The shards' tensors, in the writer's order; with overlap_io the next one is read while
-    // this one is written.
-    void write_tensors(sharded_writer& w, std::span<const plan_destination> dests,
-                       std::span<const std::size_t> dest_of) {
-        const export_write_order wo = write_order(w);
-        auto fill_tensor = [&](std::size_t i, std::byte* out) {
-            fill(dests[dest_of[i]], dest_of[i], out);
-        };
-        // Declared last: destroyed (waited for) before what the read uses.
-        std::future<void> next;
-        std::size_t next_index = 0;
-        int next_slot = 0;
-        w.write_shards([&](std::size_t i, safetensors_writer& sw) {
-            if (o_.cancel_point) o_.cancel_point();
-            int slot = 0;
-            if (next.valid() && next_index == i) {
-                next.get();
-                slot = next_slot;
-            } else {
-                if (next.valid()) next.get();
-                fill_tensor(i, buffers_[0].data());
-            }
-            if (o_.overlap_io && wo.position[i] + 1 < wo.order.size()) {
-                next_index = wo.order[wo.position[i] + 1];
-                next_slot = 1 - slot;
-                next = std::async(std::launch::async, fill_tensor, next_index,
-                                  buffers_[next_slot].data());
-            }
-            const plan_destination& d = dests[dest_of[i]];
-            sw.write(std::span<const std::byte>(buffers_[slot].data(),
-                                                static_cast<std::size_t>(d.bytes)));
-            done_ += d.bytes;
-            ++rep_.tensors;
-            if (o_.progress) o_.progress(done_, plans_.total);
-        });
-    }
-
     const checkpoint& ckpt_;
     const export_options& o_;
+    const model_config* config_;
     const export_plans& plans_;
     staged_folder& folder_;
     export_report& rep_;
     file_cache files_;  // the input's files, opened as the tensors need them
     aligned_buffer buffers_[2];
     host_engine engine_;
-    std::optional<dtype> config_dtype_;
+    plan_reader reader_;
+    config_changes changes_;
     std::uint64_t done_ = 0;
-    // Of the rank being written, per destination: its copy ops, and the buffer being filled.
-    std::vector<std::vector<copy_op>> ops_of_;
-    std::vector<std::byte*> addresses_;
-    std::vector<std::uint64_t> sizes_;
 };
 
 }  // namespace detail
@@ -611,7 +814,7 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     rep.world = o.world;
     staged_folder folder(out, o.force);
     rep.replaced = folder.replacing();
-    detail::export_run run(ckpt, o, plans, folder, rep);
+    detail::export_run run(ckpt, o, plans, folder, rep, o.plan.allow_quantized ? nullptr : config);
     for (std::uint32_t r = 0; r < o.world; ++r) run.write_rank(r);
     if (o.cancel_point) o.cancel_point();
     run.finish();

@@ -309,7 +309,7 @@ inline merge_report merge_export(const std::filesystem::path& dir, const std::fi
         if (o.progress) o.progress(done, total);
     });
     rep.side_files =
-        copy_side_files(ranks.front().folder, w.staging_folder(), std::nullopt,
+        copy_side_files(ranks.front().folder, w.staging_folder(), {},
                         [&](const skipped_side_file& f) { rep.skipped_side_files.push_back(f); });
     rep.shard_files = w.plan().shards.size();
     if (o.cancel_point) o.cancel_point();
