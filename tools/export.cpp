@@ -40,6 +40,11 @@ int run_export(const export_args& a, output& out) {
     const export_report r = export_checkpoint(c, a.out, o);
     mark_output_complete();  // OUT is complete: a SIGINT from now on changes nothing
     bar.finish();
+    if (r.dequantized != 0)
+        fmt::print(stderr,
+                   "safeshard: note: {} quantized weights written dequantized to {} (all ranks); "
+                   "their scales not written; config.json without quantization_config\n",
+                   r.dequantized, name(*to));
     for (const auto& f : r.skipped_side_files) note_not_copied(f.path, f.reason);
     const double seconds = seconds_since(started);
     out.print(

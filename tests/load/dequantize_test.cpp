@@ -287,6 +287,7 @@ TEST_CASE("FP8 dequantized written: the scales and activation scales are not wri
     eo.plan.dtype = dtype_policy::fixed(dtype::f16);
     const export_report er = export_checkpoint(c, out.path() / "ex", eo);
     CHECK(er.tensors == 2 * rep.tensors);
+    CHECK(er.dequantized == 2 * linears().size());
     const checkpoint rank = checkpoint::open((out.path() / "ex" / "rank-00001").string());
     CHECK(rank.tensor_count() == rep.tensors);
     CHECK_FALSE(rank.find("model.layers.0.mlp.up_proj.weight_scale_inv"));

@@ -181,6 +181,41 @@ struct quantized_input {
     return out;
 }
 
+// The writer's options of a conversion of c: the sizes and force asked, and the input's
+// __metadata__ where every file carries the same (less each shard's own export document:
+// `per_shard`); the report hears whether they differ.
+[[nodiscard]] inline sharded_save_options conversion_save_options(const checkpoint& c,
+                                                                  const convert_options& o,
+                                                                  bool per_shard,
+                                                                  convert_report& rep) {
+    sharded_save_options so;
+    so.max_shard_size = o.max_shard_size;
+    so.force = o.force;
+    const std::optional<metadata_map> shared = shared_metadata(c, per_shard);
+    rep.metadata_differs = !shared;
+    if (shared && c.files().front().view.has_metadata()) so.shard_metadata = *shared;
+    return so;
+}
+
+// The end of a conversion of c written by w (`total` bytes): the folder's other small files
+// with config.json changed as `changes` says (a lone .safetensors file given by path: nothing
+// else of its folder belongs to it), the output committed, the report completed.
+inline void finish_conversion(const checkpoint& c, sharded_writer& w, const convert_options& o,
+                              const config_changes& changes, std::uint64_t total,
+                              std::chrono::steady_clock::time_point t0, convert_report& rep) {
+    if (o.cancel_point) o.cancel_point();
+    if (!c.opened_from_file())
+        rep.side_files = copy_side_files(
+            c.root(), w.staging_folder(), changes,
+            [&](const skipped_side_file& f) { rep.skipped_side_files.push_back(f); });
+    if (o.cancel_point) o.cancel_point();
+    rep.replaced = w.replacing();
+    w.commit();
+    rep.shard_files = w.plan().shards.size();
+    rep.bytes_written = total;
+    rep.seconds = seconds_since(t0);
+}
+
 }  // namespace detail
 
 // Writes quantized checkpoint `c` (of `q`) dequantized into `out`, as convert_checkpoint does.
@@ -230,14 +265,7 @@ inline convert_report convert_dequantizing(const checkpoint& c, const detail::qu
     rep.companions_dropped += plan.ignored().size();
     rep.tensors = infos.size();
 
-    sharded_save_options so;
-    so.max_shard_size = o.max_shard_size;
-    so.force = o.force;
-    const std::optional<metadata_map> shared = detail::shared_metadata(c, false);
-    rep.metadata_differs = !shared;
-    if (shared && c.files().front().view.has_metadata()) so.shard_metadata = *shared;
-    sharded_writer w(out, std::move(infos), so);
-    rep.replaced = w.replacing();
+    sharded_writer w(out, std::move(infos), detail::conversion_save_options(c, o, false, rep));
     std::uint64_t total = 0;
     for (const auto& s : w.plan().shards) total += s.bytes;
     if (o.progress) o.progress(0, total);
@@ -255,16 +283,8 @@ inline convert_report convert_dequantizing(const checkpoint& c, const detail::qu
                                    done += bytes;
                                    if (o.progress) o.progress(done, total);
                                });
-    files.finish();
-    if (o.cancel_point) o.cancel_point();
-    rep.side_files =
-        copy_side_files(c.root(), w.staging_folder(), config_changes{o.to, true},
-                        [&](const skipped_side_file& f) { rep.skipped_side_files.push_back(f); });
-    if (o.cancel_point) o.cancel_point();
-    w.commit();
-    rep.shard_files = w.plan().shards.size();
-    rep.bytes_written = total;
-    rep.seconds = seconds_since(t0);
+    files.finish();  // no bytes of two versions of a file in the output
+    detail::finish_conversion(c, w, o, config_changes{o.to, true}, total, t0, rep);
     return rep;
 }
 
@@ -313,12 +333,7 @@ inline convert_report convert_checkpoint(const checkpoint& c, const std::filesys
                     "dtype (export_options::plan.dtype)",
                     error_context{.file = c.root().string()});
     const bool per_shard = rank && rank->version >= 2;
-    sharded_save_options so;
-    so.max_shard_size = o.max_shard_size;
-    so.force = o.force;
-    const std::optional<metadata_map> shared = detail::shared_metadata(c, per_shard);
-    rep.metadata_differs = !shared;
-    if (shared && c.files().front().view.has_metadata()) so.shard_metadata = *shared;
+    sharded_save_options so = detail::conversion_save_options(c, o, per_shard, rep);
     std::vector<std::string> rank_docs;
     if (per_shard)
         so.shard_metadata_of = [&rank_docs, base = so.shard_metadata](std::size_t s) {
@@ -330,7 +345,6 @@ inline convert_report convert_checkpoint(const checkpoint& c, const std::filesys
     file_cache files(cached_files(c), {.map = false});
 
     sharded_writer w(out, std::move(infos), so);
-    rep.replaced = w.replacing();
     if (per_shard) rank_docs = export_shard_documents(*rank, w.plan(), w.tensors());
     std::uint64_t total = 0;
     for (const auto& s : w.plan().shards) total += s.bytes;
@@ -372,19 +386,7 @@ inline convert_report convert_checkpoint(const checkpoint& c, const std::filesys
         }
     });
     files.finish();  // no bytes of two versions of a file in the output
-    if (o.cancel_point) o.cancel_point();
-
-    // The folder's other small files; config.json with the new dtype. (A lone .safetensors
-    // file given by path: nothing else of its folder belongs to it.)
-    if (!c.opened_from_file())
-        rep.side_files = copy_side_files(
-            c.root(), w.staging_folder(), config_changes{o.to, false},
-            [&](const skipped_side_file& f) { rep.skipped_side_files.push_back(f); });
-    if (o.cancel_point) o.cancel_point();
-    w.commit();
-    rep.shard_files = w.plan().shards.size();
-    rep.bytes_written = total;
-    rep.seconds = seconds_since(t0);
+    detail::finish_conversion(c, w, o, config_changes{o.to, false}, total, t0, rep);
     return rep;
 }
 

@@ -76,6 +76,9 @@ struct skipped_side_file {
 struct export_report {
     std::uint32_t world = 1;
     std::uint64_t tensors = 0;  // written, all ranks together (tied aliases are not written)
+    // Of them, quantized weights written dequantized (a float dtype asked of them), their
+    // scales not written.
+    std::uint64_t dequantized = 0;
     std::uint64_t shard_files = 0;
     std::uint64_t side_files = 0;  // config.json and the folder's other small files, per rank
     std::vector<skipped_side_file> skipped_side_files{};  // the folder's files not copied
@@ -745,6 +748,9 @@ public:
         const load_plan& p = plans_.ranks[r];
         const auto dests = p.destinations();
         export_rank_tensors tensors = rank_tensors(dests);
+        rep_.dequantized += static_cast<std::uint64_t>(
+            std::count_if(dests.begin(), dests.end(),
+                          [](const plan_destination& d) { return d.dequant.has_value(); }));
         // Each shard describes its own tensors (export metadata version 2).
         std::vector<std::string> docs;
         sharded_save_options so;
