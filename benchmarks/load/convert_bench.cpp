@@ -2,6 +2,10 @@
 //
 // Each pair converts n elements where the larger of its two buffers is 64 MiB (past the caches,
 // like a tensor being loaded); memcpy_<bytes> copies as many bytes as that conversion writes.
+// The dequantizing conversions (dequantize/...) write a 64 MiB BF16 tensor of 4096 columns row
+// by row, as a load's copy calls them: FP8 E4M3 with F32 scales of 128x128 blocks (DeepSeek-V3),
+// MXFP4 (E2M1 two a byte, an E8M0 scale per 32 values: gpt-oss's experts), NVFP4 (E4M3 scales
+// per 16 values times a global F32 scale: ModelOpt).
 // After the usual table, a summary prints each conversion's median time as a ratio of memcpy's
 // (>= 1 means the conversion writes its output at least as fast as memcpy writes the same bytes).
 #include "safeshard/load/convert.hpp"
@@ -110,6 +114,88 @@ void bm_copy_loop(benchmark::State& state, std::size_t bytes) {
     state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * bytes));
 }
 
+// A dequantizing conversion to BF16 of a [dequant_rows, dequant_cols] tensor.
+struct dequant_case {
+    const char* label;
+    dtype values;
+    dtype scales;
+    std::uint64_t block_rows;
+    std::uint64_t block_cols;
+    bool global;
+};
+
+constexpr std::uint64_t dequant_cols = 4096;
+constexpr std::uint64_t dequant_rows = big / 2 / dequant_cols;  // a 64 MiB BF16 output
+
+constexpr dequant_case dequant_cases[] = {
+    {"fp8_block128", dtype::f8_e4m3, dtype::f32, 128, 128, false},
+    {"mxfp4", dtype::f4, dtype::f8_e8m0, 1, 32, false},
+    {"nvfp4", dtype::f4, dtype::f8_e4m3, 1, 16, true},
+};
+
+// Scale codes of ordinary magnitude: E8M0 2^-10..2^-1; E4M3 and F32 small positive numbers.
+std::vector<std::byte> make_scales(dtype t, std::size_t n) {
+    std::mt19937 rng(7);
+    std::vector<std::byte> out(n * safeshard::byte_size(t));
+    if (t == dtype::f32) {
+        std::uniform_real_distribution<float> u(1e-4f, 1e-2f);
+        for (std::size_t i = 0; i < n; ++i) {
+            const float x = u(rng);
+            std::memcpy(out.data() + 4 * i, &x, 4);
+        }
+        return out;
+    }
+    for (auto& b : out)  // E8M0: 117..126; E4M3: 0x20..0x3f (positive normals)
+        b = static_cast<std::byte>(t == dtype::f8_e8m0 ? 117 + rng() % 10 : 0x20 + rng() % 32);
+    return out;
+}
+
+void bm_dequantize(benchmark::State& state, dequant_case c, convert_isa isa) {
+    using namespace safeshard;
+    const std::uint64_t grid_rows = (dequant_rows + c.block_rows - 1) / c.block_rows;
+    const std::uint64_t grid_cols = (dequant_cols + c.block_cols - 1) / c.block_cols;
+    const auto scales = make_scales(c.scales, grid_rows * grid_cols);
+    const float global = 1.0f / 448.0f;
+    dequant_view view;
+    view.rows = dequant_rows;
+    view.cols = dequant_cols;
+    view.scales = {.data = scales.data(),
+                   .type = c.scales,
+                   .block_rows = c.block_rows,
+                   .block_cols = c.block_cols,
+                   .grid_cols = grid_cols};
+    std::vector<convert_input> inputs{{convert_role::values, c.values},
+                                      {convert_role::scales, c.scales}};
+    if (c.global) {
+        view.global = {.data = reinterpret_cast<const std::byte*>(&global), .type = dtype::f32};
+        view.global.per_part = true;
+        inputs.push_back({convert_role::global_scales, dtype::f32});
+    }
+    const converter conv = detail::find_dequantizer_for(inputs, dtype::bf16, &view, isa);
+    const std::uint64_t n = dequant_rows * dequant_cols;
+    std::vector<std::byte> src(conv.src_bytes(n));
+    std::mt19937 rng(3);
+    for (auto& b : src) {  // FP8: finite codes; FP4: any two codes
+        const auto x = static_cast<std::uint8_t>(rng());
+        b = static_cast<std::byte>(c.values == dtype::f8_e4m3 && (x & 0x7f) == 0x7f ? 0x3c : x);
+    }
+    std::vector<std::byte> dst(n * 2, std::byte{1});
+    const converter placed = conv.placed(0, dequant_cols * 2);
+    for (auto _ : state) {
+        for (std::uint64_t r = 0; r < dequant_rows; ++r)
+            placed.row(r)(src.data() + conv.src_bytes(r * dequant_cols),
+                          dst.data() + r * dequant_cols * 2, dequant_cols);
+        benchmark::DoNotOptimize(dst.data());
+        benchmark::ClobberMemory();
+    }
+    state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * dst.size()));
+    state.counters["out_MiB"] = static_cast<double>(dst.size()) / (1 << 20);
+}
+
+std::string dequant_name(const dequant_case& c, const char* isa) {
+    return std::string("dequantize/") + c.label + "_to_BF16/" + size_name(big) + "/" + isa;
+}
+
 std::string pair_name(pair_case c) {
     return std::string(safeshard::name(c.from)) + "_to_" + std::string(safeshard::name(c.to));
 }
@@ -142,21 +228,11 @@ public:
                     "ratio", "cpu ms", "memcpy", "ratio", "loop ms", "ratio");
         for (const std::size_t size : {big, hot})
             for (const auto& c : cases)
-                for (const char* isa : {"portable", "avx2"}) {
-                    const std::string name =
-                        "convert/" + pair_name(c) + "/" + size_name(size) + "/" + isa;
-                    const auto conv = times_.find(name);
-                    const std::size_t out = safeshard::byte_size(c.to) * elements_for(c, size);
-                    const auto copy = times_.find(memcpy_name(out));
-                    const auto loop = times_.find(copy_loop_name(out));
-                    if (conv == times_.end() || copy == times_.end()) continue;
-                    const entry& a = conv->second;
-                    const entry& b = copy->second;
-                    const entry l = loop == times_.end() ? entry{} : loop->second;
-                    std::printf("  %-40s %9.3f %9.3f %6.2f   %9.3f %9.3f %6.2f   %9.3f %6.2f\n",
-                                name.c_str(), a.real, b.real, b.real / a.real, a.cpu, b.cpu,
-                                b.cpu / a.cpu, l.cpu, l.cpu / a.cpu);
-                }
+                for (const char* isa : {"portable", "avx2"})
+                    print_row("convert/" + pair_name(c) + "/" + size_name(size) + "/" + isa,
+                              safeshard::byte_size(c.to) * elements_for(c, size));
+        for (const auto& c : dequant_cases)
+            for (const char* isa : {"portable", "avx2"}) print_row(dequant_name(c, isa), big);
     }
 
 private:
@@ -166,6 +242,20 @@ private:
         bool median = false;
     };
     std::map<std::string, entry> times_;
+
+    // Conversion `name`'s times against memcpy's and the copy loop's of its `out` bytes.
+    void print_row(const std::string& name, std::size_t out) const {
+        const auto conv = times_.find(name);
+        const auto copy = times_.find(memcpy_name(out));
+        const auto loop = times_.find(copy_loop_name(out));
+        if (conv == times_.end() || copy == times_.end()) return;
+        const entry& a = conv->second;
+        const entry& b = copy->second;
+        const entry l = loop == times_.end() ? entry{} : loop->second;
+        std::printf("  %-40s %9.3f %9.3f %6.2f   %9.3f %9.3f %6.2f   %9.3f %6.2f\n", name.c_str(),
+                    a.real, b.real, b.real / a.real, a.cpu, b.cpu, b.cpu / a.cpu, l.cpu,
+                    l.cpu / a.cpu);
+    }
 };
 
 }  // namespace
@@ -188,6 +278,19 @@ int main(int argc, char** argv) {
             if (std::find(copy_sizes.begin(), copy_sizes.end(), out) == copy_sizes.end())
                 copy_sizes.push_back(out);
         }
+    for (const auto& c : dequant_cases) {
+        benchmark::RegisterBenchmark(dequant_name(c, "portable").c_str(), bm_dequantize, c,
+                                     convert_isa::portable)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+        if (safeshard::detail::cpu_has_avx2())
+            benchmark::RegisterBenchmark(dequant_name(c, "avx2").c_str(), bm_dequantize, c,
+                                         convert_isa::avx2)
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
+    }
+    if (std::find(copy_sizes.begin(), copy_sizes.end(), big) == copy_sizes.end())
+        copy_sizes.push_back(big);
     for (const std::size_t bytes : copy_sizes) {
         benchmark::RegisterBenchmark(memcpy_name(bytes).c_str(), bm_memcpy, bytes)
             ->Unit(benchmark::kMillisecond)
