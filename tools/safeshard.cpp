@@ -149,7 +149,9 @@ int main(int argc, char** argv) {
         ->required();
     convert_cmd->add_option("--dtype", convert.dtype,
                             "F16, BF16, F32 or F64 (any case): the dtype of every F16/BF16/F32/"
-                            "F64 tensor; others are copied unchanged (default: keep)");
+                            "F64 tensor; others are copied unchanged, but a quantized "
+                            "checkpoint's weights are written dequantized, without their scales "
+                            "and quantization_config (default: keep)");
     convert_cmd->add_option("--max-shard-size", convert.max_shard_size,
                             "Shard size limit as huggingface_hub reads it: 5GB, 500MB (decimal), "
                             "2GiB (binary) or bytes (default: 5GB)");
@@ -172,7 +174,8 @@ int main(int argc, char** argv) {
                          "How KV heads spread when world > KV: contiguous (vLLM, default) or "
                          "interleaved (optimum-neuron)");
     plan_cmd->add_option("--dtype", plan.dtype,
-                         "Target dtype (BF16, F16, F32, ...; default: keep each tensor's)");
+                         "Target dtype (BF16, F16, F32, ...; default: keep each tensor's); a "
+                         "quantized checkpoint's weights are dequantized into it");
     plan_cmd->add_flag("--allow-quantized", plan.allow_quantized,
                        "Plan the raw tensors of a quantized checkpoint (scale tensors present)");
     plan_cmd->add_flag("--json", plan.json,
@@ -196,7 +199,9 @@ int main(int argc, char** argv) {
         ->required();
     export_cmd->add_option("--dtype", exp.dtype,
                            "F16, BF16, F32 or F64 (any case): the dtype of every floating-point "
-                           "tensor; others keep theirs (default: keep)");
+                           "tensor; others keep theirs, but a quantized checkpoint's weights are "
+                           "written dequantized, without their scales and quantization_config "
+                           "(default: keep)");
     export_cmd->add_option("--arch", exp.arch, arch_help);
     export_cmd->add_option("--kv-convention", exp.kv_convention,
                            "How KV heads spread when world > KV: contiguous (vLLM, default) or "
