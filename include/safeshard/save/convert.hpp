@@ -138,14 +138,6 @@ struct quantized_input {
     return out;
 }
 
-// Whether checkpoint name n is the weight scheme s stores under its own suffix
-// ("X.weight_packed").
-[[nodiscard]] inline bool is_stored_weight(const quantization_scheme& s, std::string_view n) {
-    const std::string_view own = s.stored_weight;
-    return own != "weight" && n.size() > own.size() + 1 && n.ends_with(own) &&
-           n[n.size() - own.size() - 1] == '.';
-}
-
 // The schema a quantized checkpoint is written dequantized through, at world 1: every tensor a
 // replicated parameter of its own name, but a weight stored under its scheme's suffix named as
 // its values ("X.weight_packed" -> "X.weight"), and the companions of the checkpoint's weights
@@ -155,8 +147,7 @@ struct quantized_input {
 [[nodiscard]] inline schema dequantizing_schema(const checkpoint& c, const quantization_scheme& s,
                                                 dtype to) {
     auto stored_as = [&](const std::string& weight) {  // "X.weight" as the checkpoint stores it
-        if (c.find(weight) || s.stored_weight == "weight") return weight;
-        return weight.substr(0, weight.size() - 6) + std::string(s.stored_weight);
+        return c.find(weight) ? weight : companion_name(weight, s.stored_weight);
     };
     auto has_scales = [&](const std::string& weight) {
         for (const std::string_view suffix : s.dequant.scales)

@@ -88,6 +88,19 @@ struct quantization_scheme {
     dequantization dequant{};
 };
 
+// Whether checkpoint name n is "X.<suffix>" (some X).
+[[nodiscard]] constexpr bool has_name_suffix(std::string_view n, std::string_view suffix) noexcept {
+    return n.size() > suffix.size() + 1 && n.ends_with(suffix) &&
+           n[n.size() - suffix.size() - 1] == '.';
+}
+
+// Whether checkpoint name n is a weight scheme s stores under its own suffix
+// ("X.weight_packed", "X.qweight").
+[[nodiscard]] constexpr bool is_stored_weight(const quantization_scheme& s,
+                                              std::string_view n) noexcept {
+    return s.stored_weight != "weight" && has_name_suffix(n, s.stored_weight);
+}
+
 // Whether scheme s stores the weight of checkpoint name n, in dtype t, flattened.
 [[nodiscard]] inline bool is_flattened_weight(const quantization_scheme& s, std::string_view n,
                                               dtype t) noexcept {
@@ -113,9 +126,7 @@ inline constexpr std::array<std::string_view, 2> kv_cache_scales = {"k_scale", "
 // Whether checkpoint name n is one of scheme s's whole tensors ("X.<suffix>").
 [[nodiscard]] inline bool is_whole_tensor(const quantization_scheme& s, std::string_view n) {
     for (const std::string_view suffix : s.whole_tensors)
-        if (n.size() > suffix.size() + 1 && n.ends_with(suffix) &&
-            n[n.size() - suffix.size() - 1] == '.')
-            return true;
+        if (has_name_suffix(n, suffix)) return true;
     return false;
 }
 
@@ -170,9 +181,7 @@ inline constexpr std::array<std::string_view, 2> kv_cache_scales = {"k_scale", "
     const quantization_scheme& s, const quantization_config& q, std::string_view name, dtype t,
     const shape& stored) {
     const companion_grid storage = weight_storage_of(s, q, t);
-    const bool renamed = s.stored_weight != "weight" && name.size() > s.stored_weight.size() &&
-                         name.ends_with(s.stored_weight) &&
-                         name[name.size() - s.stored_weight.size() - 1] == '.';
+    const bool renamed = is_stored_weight(s, name);
     if (stored_as_values(storage) && !renamed) return std::nullopt;
     std::string n(renamed ? name.substr(0, name.size() - s.stored_weight.size()) : name);
     if (renamed) n += "weight";
@@ -201,15 +210,11 @@ inline constexpr std::array<std::string_view, 2> kv_cache_scales = {"k_scale", "
 // or nullopt for a name of none of its suffixes.
 [[nodiscard]] inline std::optional<std::string> companion_weight(const quantization_scheme& s,
                                                                  std::string_view n) {
-    if (const std::string_view own = s.stored_weight;
-        own != "weight" && n.size() > own.size() + 1 && n.ends_with(own) &&
-        n[n.size() - own.size() - 1] == '.')  // the weight itself, stored under its own suffix
-        return std::string(n.substr(0, n.size() - own.size())) + "weight";
+    if (is_stored_weight(s, n))  // the weight itself, stored under its own suffix
+        return std::string(n.substr(0, n.size() - s.stored_weight.size())) + "weight";
     for (const companion_spec& c : s.companions)
-        if (const std::string_view suffix = c.suffix; n.size() > suffix.size() + 1 &&
-                                                      n.ends_with(suffix) &&
-                                                      n[n.size() - suffix.size() - 1] == '.')
-            return std::string(n.substr(0, n.size() - suffix.size())) + "weight";
+        if (has_name_suffix(n, c.suffix))
+            return std::string(n.substr(0, n.size() - c.suffix.size())) + "weight";
     return std::nullopt;
 }
 }  // namespace safeshard
