@@ -18,15 +18,9 @@ import numpy as np
 from huggingface_hub import split_state_dict_into_shards_factory
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from diff_common import check, exit_if_failed
 
 EXE = sys.argv[1]
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 def run(*args):
@@ -180,9 +174,7 @@ def main():
             pass
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    if failures:
-        print(f"{len(failures)} failures")
-        sys.exit(1)
+    exit_if_failed()
     print("all ok")
 
 

@@ -30,15 +30,9 @@ import tempfile
 
 import ml_dtypes
 import numpy as np
+from diff_common import check, exit_if_failed
 
 EXE = sys.argv[1]
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 H, I, HEADS, KV, D, V = 64, 128, 4, 2, 16, 96
@@ -222,9 +216,7 @@ def main():
                 subprocess.run([EXE, "merge", ex, "--out", merged], check=True,
                                stdout=subprocess.DEVNULL)
                 check_written(f"{label} export + merge", merged, values, plain, "BF16")
-    if failures:
-        print(f"{len(failures)} failures")
-        sys.exit(1)
+    exit_if_failed()
     print("dequantized checkpoints equal numpy/ml_dtypes' dequantization bit for bit")
 
 

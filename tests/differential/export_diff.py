@@ -22,15 +22,9 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from diff_common import check, exit_if_failed
 
 EXE = sys.argv[1]
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 H, KV, D, HIDDEN, INTER, VOCAB, LAYERS, WORLD = 8, 2, 8, 64, 128, 100, 2, 4
@@ -159,7 +153,5 @@ with tempfile.TemporaryDirectory() as tmp:
     for name, t in tensors.items():
         check(name in got and got[name].tobytes() == t.tobytes(), f"merged: {name}")
 
-if failures:
-    print(f"{len(failures)} failures")
-    sys.exit(1)
+exit_if_failed()
 print(f"export/merge agree with numpy's slices: {WORLD} ranks x {len(tensors)} tensors")

@@ -119,15 +119,9 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from diff_common import check, exit_if_failed
 
 EXE = sys.argv[1]
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "kimi_k2", "gpt_oss",
@@ -754,9 +748,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
 seconds = time.monotonic() - started
 exports = ", ".join(f"{n} {form}" for form, n in runs.items())
-if failures:
-    print(f"{len(failures)} failures ({exports} exports, {seconds:.1f} s)")
-    sys.exit(1)
+exit_if_failed(f" ({exports} exports, {seconds:.1f} s)")
 print(f"export/merge of mixtures of experts agree with numpy's slices: {len(ARCHS)} "
       f"architectures, worlds {WORLDS[0]}-{WORLDS[-1]}, {exports} exports, {compared} rank "
       f"tensors, {seconds:.1f} s")

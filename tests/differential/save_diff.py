@@ -21,15 +21,9 @@ import numpy as np
 from huggingface_hub import split_state_dict_into_shards_factory
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
+from diff_common import check, exit_if_failed
 
 EXE = sys.argv[1]
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 DTYPES = [np.float32, ml_dtypes.bfloat16, np.float16, np.int64, np.uint8, np.float64]
@@ -168,9 +162,7 @@ def main():
             same_split(converted, hub_size, out + "-d")
 
     print(f"{cases} random cases compared with huggingface_hub's split")
-    if failures:
-        print(f"{len(failures)} failures")
-        sys.exit(1)
+    exit_if_failed()
     print("ok")
 
 
