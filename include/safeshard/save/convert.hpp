@@ -91,6 +91,15 @@ namespace detail {
     return first;
 }
 
+// A rank of an export (c) asked another dtype: its metadata names its dtypes.
+[[noreturn]] inline void refuse_converting_rank(const checkpoint& c) {
+    throw error(errc::invalid_export,
+                "the input is a rank of an export, whose metadata names its dtypes: convert the "
+                "merged checkpoint (merge_export), or export again with the wanted dtype "
+                "(export_options::plan.dtype)",
+                error_context{.file = c.root().string()});
+}
+
 // What a quantized checkpoint is, for a conversion: config.json's quantization_config (as a
 // model_config of nothing else: the plan cuts no architecture) and its scheme.
 struct quantized_input {
@@ -207,9 +216,8 @@ inline void finish_conversion(const checkpoint& c, sharded_writer& w, const conv
     rep.seconds = seconds_since(t0);
 }
 
-}  // namespace detail
-
-// Writes quantized checkpoint `c` (of `q`) dequantized into `out`, as convert_checkpoint does.
+// Writes quantized checkpoint `c` (of `q`) dequantized into `out` (checked by
+// convert_checkpoint), as convert_checkpoint does.
 inline convert_report convert_dequantizing(const checkpoint& c, const detail::quantized_input& q,
                                            const std::filesystem::path& out,
                                            const convert_options& o) {
@@ -221,12 +229,7 @@ inline convert_report convert_dequantizing(const checkpoint& c, const detail::qu
                         " (those of " + detail::dequantizing_schemes_text() +
                         " do); convert without a dtype keeps it as stored",
                     error_context{.file = c.root().string()});
-    if (read_export_metadata(c))
-        throw error(errc::invalid_export,
-                    "the input is a rank of an export, whose metadata names its dtypes: convert "
-                    "the merged checkpoint (merge_export), or export again with the wanted dtype "
-                    "(export_options::plan.dtype)",
-                    error_context{.file = c.root().string()});
+    if (read_export_metadata(c)) refuse_converting_rank(c);
     plan_options po;
     po.strict = false;
     const load_plan plan = load_plan::build(c, detail::dequantizing_schema(c, *q.scheme, *o.to),
@@ -279,6 +282,8 @@ inline convert_report convert_dequantizing(const checkpoint& c, const detail::qu
     return rep;
 }
 
+}  // namespace detail
+
 // Writes checkpoint `c` into the folder `out` (a single model.safetensors, or shards and an
 // index), with options.to as the dtype of its floating-point tensors. The input's __metadata__
 // goes with its tensors when every file carries the same (the format: "pt", "mlx"...). A rank
@@ -286,7 +291,7 @@ inline convert_report convert_dequantizing(const checkpoint& c, const detail::qu
 // are described again (version 1's one description of the whole rank is kept as it is); a rank
 // whose dtypes would change no longer matches its description: invalid_export. A quantized
 // checkpoint (config.json's quantization_config) converted to a dtype is written dequantized
-// (convert_dequantizing); one whose scheme does not dequantize, or that is not known, is
+// (detail::convert_dequantizing); one whose scheme does not dequantize, or that is not known, is
 // refused rather than its scales converted.
 inline convert_report convert_checkpoint(const checkpoint& c, const std::filesystem::path& out,
                                          const convert_options& o = {}) {
@@ -294,7 +299,7 @@ inline convert_report convert_checkpoint(const checkpoint& c, const std::filesys
     check_output_location(out, c);
     if (o.to)
         if (const std::optional<detail::quantized_input> q = detail::quantization_of(c))
-            return convert_dequantizing(c, *q, out, o);
+            return detail::convert_dequantizing(c, *q, out, o);
     convert_report rep;
     rep.input_files = c.files().size();
 
@@ -317,12 +322,7 @@ inline convert_report convert_checkpoint(const checkpoint& c, const std::filesys
     rep.tensors = sources.size();
 
     const std::optional<export_metadata> rank = read_export_metadata(c);
-    if (rank && rep.converted > 0)
-        throw error(errc::invalid_export,
-                    "the input is a rank of an export, whose metadata names its dtypes: convert "
-                    "the merged checkpoint (merge_export), or export again with the wanted "
-                    "dtype (export_options::plan.dtype)",
-                    error_context{.file = c.root().string()});
+    if (rank && rep.converted > 0) detail::refuse_converting_rank(c);
     const bool per_shard = rank && rank->version >= 2;
     sharded_save_options so = detail::conversion_save_options(c, o, per_shard, rep);
     std::vector<std::string> rank_docs;

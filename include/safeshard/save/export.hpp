@@ -121,6 +121,25 @@ namespace detail {
     }
 }
 
+[[nodiscard]] constexpr bool json_space(char c) noexcept {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+// One past the JSON string token beginning at text[begin] (a '"'), escapes skipped; the text's
+// end where it is not closed.
+[[nodiscard]] constexpr std::size_t json_string_end(std::string_view text,
+                                                    std::size_t begin) noexcept {
+    std::size_t j = begin + 1;
+    while (j < text.size() && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
+    return std::min(j + 1, text.size());
+}
+
+// The first byte at or after j that is no JSON white space.
+[[nodiscard]] constexpr std::size_t json_skip_space(std::string_view text, std::size_t j) noexcept {
+    while (j < text.size() && json_space(text[j])) ++j;
+    return j;
+}
+
 // config.json's text with the value of every "torch_dtype" / "dtype" key that names a float
 // dtype replaced by `to`'s name; every other byte kept. The text is walked as JSON tokens, so
 // a key-like text inside a string value is not touched.
@@ -130,17 +149,8 @@ namespace detail {
     std::string out;
     out.reserve(text.size() + 16);
     std::size_t i = 0;
-    auto read_string = [&](std::size_t begin) {  // text[begin] == '"'; returns one past the end
-        std::size_t j = begin + 1;
-        while (j < text.size() && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
-        return std::min(j + 1, text.size());
-    };
-    auto skip_space = [&](std::size_t j) {
-        while (j < text.size() &&
-               (text[j] == ' ' || text[j] == '\t' || text[j] == '\n' || text[j] == '\r'))
-            ++j;
-        return j;
-    };
+    auto read_string = [&](std::size_t begin) { return json_string_end(text, begin); };
+    auto skip_space = [&](std::size_t j) { return json_skip_space(text, j); };
     while (i < text.size()) {
         if (text[i] != '"') {
             out += text[i++];
@@ -177,23 +187,12 @@ struct json_member {
     std::size_t end = 0;
 };
 
-[[nodiscard]] constexpr bool json_space(char c) noexcept {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
 // The member `key` of the object `text` (its own members, not nested ones'), walked as JSON
 // tokens: a key-like text inside a string is none. nullopt where it has none.
 [[nodiscard]] inline std::optional<json_member> find_json_member(std::string_view text,
                                                                  std::string_view key) {
-    auto read_string = [&](std::size_t begin) {  // text[begin] == '"'; returns one past the end
-        std::size_t j = begin + 1;
-        while (j < text.size() && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
-        return std::min(j + 1, text.size());
-    };
-    auto skip_space = [&](std::size_t j) {
-        while (j < text.size() && json_space(text[j])) ++j;
-        return j;
-    };
+    auto read_string = [&](std::size_t begin) { return json_string_end(text, begin); };
+    auto skip_space = [&](std::size_t j) { return json_skip_space(text, j); };
     auto skip_value = [&](std::size_t j) {  // one past the value beginning at text[j]
         int depth = 0;
         while (j < text.size()) {
@@ -240,11 +239,9 @@ struct json_member {
     if (!m) return std::string(text);
     // The member and the comma after it; the last member: the comma before it.
     std::size_t begin = m->key;
-    std::size_t after = m->end;
-    while (after < text.size() && json_space(text[after])) ++after;
+    std::size_t after = json_skip_space(text, m->end);
     if (after < text.size() && text[after] == ',') {
-        ++after;
-        while (after < text.size() && json_space(text[after])) ++after;
+        after = json_skip_space(text, after + 1);
     } else {
         after = m->end;
         std::size_t k = m->key;
@@ -631,9 +628,6 @@ public:
     void begin(const load_plan& p) {
         const auto dests = p.destinations();
         dests_ = dests;
-        ops_of_.assign(dests.size(), {});
-        for (const copy_op& op : p.ops())
-            if (!dests[op.destination].consumed) ops_of_[op.destination].push_back(op);
         addresses_.assign(dests.size(), nullptr);
         sizes_.assign(dests.size(), 0);
         consumed_ = {};
@@ -645,6 +639,8 @@ public:
             sizes_[i] = dests[i].bytes;
         }
         consumed_bytes_ += consumed_.read(p, addresses_, sizes_, names).bytes_read;
+        ops_of_.assign(dests.size(), {});
+        for (const copy_op& op : consumed_.ops_after(p)) ops_of_[op.destination].push_back(op);
     }
 
     // Reads destination `di` of the plan into `out` (its bytes), or initialises it when it is
@@ -820,7 +816,7 @@ inline export_report export_checkpoint(const checkpoint& ckpt, const schema& s,
     rep.world = o.world;
     staged_folder folder(out, o.force);
     rep.replaced = folder.replacing();
-    detail::export_run run(ckpt, o, plans, folder, rep, o.plan.allow_quantized ? nullptr : config);
+    detail::export_run run(ckpt, o, plans, folder, rep, config);
     for (std::uint32_t r = 0; r < o.world; ++r) run.write_rank(r);
     if (o.cancel_point) o.cancel_point();
     run.finish();
