@@ -163,7 +163,7 @@ void bm_dequantize(benchmark::State& state, dequant_case c, convert_isa isa) {
                    .type = c.scales,
                    .block_rows = c.block_rows,
                    .block_cols = c.block_cols,
-                   .grid_cols = grid_cols};
+                   .row_step = grid_cols};
     std::vector<convert_input> inputs{{convert_role::values, c.values},
                                       {convert_role::scales, c.scales}};
     if (c.global) {

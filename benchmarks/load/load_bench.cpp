@@ -12,8 +12,9 @@
 //     4096x14336 F32 matrices loaded as BF16 (F32 -> BF16), against a memcpy of the output
 //     bytes into fresh memory. Goal (BF16 -> F32): >= 0.70.
 // P4: quantized checkpoints dequantized in the load: a one-layer llama of 218 M values (its
-//     linears FP8 with 128x128 blocks of scales, or NVFP4) loaded as BF16, against a memcpy of
-//     the output bytes into fresh memory; and loaded as stored. Goal (FP8 blocks): >= 0.70.
+//     linears FP8 with 128x128 blocks of scales, or NVFP4, loaded as BF16; or GPTQ 4-bit,
+//     loaded as F16), against a memcpy of the output bytes into fresh memory; and loaded as
+//     stored. Goal (FP8 blocks): >= 0.70.
 // cold: the P1 file from the disk: the file's pages dropped from the page cache before each
 //     iteration (posix_fadvise(DONTNEED) per file, or the whole cache with --drop-caches),
 //     loaded with pread and with O_DIRECT, against `dd iflag=direct` of the same file.
@@ -47,6 +48,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -135,10 +137,12 @@ double evict(const fs::path& p) {
 }
 
 // P4's one-layer llama (hidden 4096, intermediate 14336, 32 heads of 128, 8 KV heads) with
-// its linears quantized: FP8 with 128x128 blocks of F32 scales (DeepSeek-V3's form), or
-// ModelOpt NVFP4 (E2M1 two a byte, E4M3 scales of 16, a global F32 scale); weight-like codes
-// (no NaN) and scales near what quantizers write.
-void write_quantized(const fs::path& dir, bool nvfp4) {
+// its linears quantized: FP8 with 128x128 blocks of F32 scales (DeepSeek-V3's form),
+// ModelOpt NVFP4 (E2M1 two a byte, E4M3 scales of 16, a global F32 scale), or GPTQ 4-bit
+// (qweight I32 [K/8, N], F16 scales and packed zero points by groups of 128 along K, g_idx);
+// weight-like codes (no NaN) and scales near what quantizers write.
+enum class p4_form { fp8, nvfp4, gptq };
+void write_quantized(const fs::path& dir, p4_form form) {
     constexpr std::uint64_t H = 4096, I = 14336, KV = 1024, V = 256;
     const std::vector<std::pair<std::string, std::pair<std::uint64_t, std::uint64_t>>> linears = {
         {"self_attn.q_proj", {H, H}}, {"self_attn.k_proj", {KV, H}}, {"self_attn.v_proj", {KV, H}},
@@ -165,7 +169,20 @@ void write_quantized(const fs::path& dir, bool nvfp4) {
     for (const auto& [n, nk] : linears) {
         const auto [N, K] = nk;
         const std::string p = "model.layers.0." + n + ".";
-        if (!nvfp4) {
+        if (form == p4_form::gptq) {
+            add(p + "qweight", dtype::i32, shape{K / 8, N}, [&] { return rng() & 0xff; });
+            add(p + "scales", dtype::f16, shape{K / 128, N},  // ~0.001..0.002
+                [&, i = 0]() mutable { return i++ % 2 ? 0x14 : rng() & 0xff; });
+            add(p + "qzeros", dtype::i32, shape{K / 128, N / 8}, [] { return 0x77; });
+            std::vector<std::int32_t> g_idx(K);
+            for (std::uint64_t k = 0; k < K; ++k) g_idx[k] = static_cast<std::int32_t>(k / 128);
+            add(p + "g_idx", dtype::i32, shape{K}, [&, i = std::size_t{0}]() mutable {
+                const std::size_t b = i++;
+                return static_cast<std::uint8_t>(g_idx[b / 4] >> (8 * (b % 4)));
+            });
+            continue;
+        }
+        if (form == p4_form::fp8) {
             add(p + "weight", dtype::f8_e4m3, shape{N, K}, value);
             std::uint32_t f = 0x3a800000;  // 0.001 and near
             add(p + "weight_scale_inv", dtype::f32, shape{N / 128, K / 128},
@@ -187,8 +204,12 @@ void write_quantized(const fs::path& dir, bool nvfp4) {
               "num_hidden_layers": 1, "num_attention_heads": 32, "num_key_value_heads": 8,
               "vocab_size": 256, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
               "quantization_config": )"
-        << (nvfp4 ? R"({"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16})"
-                  : R"({"quant_method": "fp8", "weight_block_size": [128, 128]})")
+        << (form == p4_form::nvfp4
+                ? R"({"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16})"
+            : form == p4_form::gptq
+                ? R"({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": false,
+                     "sym": true, "checkpoint_format": "gptq"})"
+                : R"({"quant_method": "fp8", "weight_block_size": [128, 128]})")
         << "}";
 }
 
@@ -199,6 +220,7 @@ struct files {
     fs::path p3 = dir / "p3" / "model.safetensors";              // 4 x 4096x14336 F32: 896 MiB
     fs::path p4_fp8 = dir / "p4_fp8" / "model.safetensors";      // 218 M FP8 values: 208 MiB
     fs::path p4_nvfp4 = dir / "p4_nvfp4" / "model.safetensors";  // the same as NVFP4: 117 MiB
+    fs::path p4_gptq = dir / "p4_gptq" / "model.safetensors";    // the same as GPTQ: 106 MiB
     files() {
         auto make = [](const fs::path& p, int count, shape s, dtype t) {
             const std::uint64_t want = *s.element_count() * byte_size(t) * count;
@@ -210,13 +232,14 @@ struct files {
         make(p1, 8, shape{8192, 8192}, dtype::bf16);
         make(p2, 4, shape{4096, 14336}, dtype::bf16);
         make(p3, 4, shape{4096, 14336}, dtype::f32);
-        if (!fs::exists(p4_fp8)) write_quantized(p4_fp8.parent_path(), false);
-        if (!fs::exists(p4_nvfp4)) write_quantized(p4_nvfp4.parent_path(), true);
+        if (!fs::exists(p4_fp8)) write_quantized(p4_fp8.parent_path(), p4_form::fp8);
+        if (!fs::exists(p4_nvfp4)) write_quantized(p4_nvfp4.parent_path(), p4_form::nvfp4);
+        if (!fs::exists(p4_gptq)) write_quantized(p4_gptq.parent_path(), p4_form::gptq);
         // As a checkpoint that was read from the disk: the pages the writer left in the page
         // cache are dropped and read back (readahead fills the cache with large folios, which
         // the kernel maps many pages at a time; the writer's pages can be 4 KiB folios, which
         // made copies out of the mapping 2-3x slower).
-        for (const auto& p : {p1, p2, p3, p4_fp8, p4_nvfp4}) {
+        for (const auto& p : {p1, p2, p3, p4_fp8, p4_nvfp4, p4_gptq}) {
             (void)evict(p);
             warm(p);
         }
@@ -447,8 +470,8 @@ void register_all() {
                          dtype_policy::fixed(dtype::bf16));
             }));
 
-    // P4: quantized checkpoints dequantized in the load (FP8 blocks, NVFP4 -> BF16), against a
-    // memcpy of the output bytes; as stored beside them.
+    // P4: quantized checkpoints dequantized in the load (FP8 blocks, NVFP4 -> BF16, GPTQ ->
+    // F16), against a memcpy of the output bytes; as stored beside them.
     const std::uint64_t p4_out = [] {
         const checkpoint c = checkpoint::open(g->p4_fp8.string());
         return load_plan::build(c, {0, 1}, {.dtype = dtype_policy::fixed(dtype::bf16)})
@@ -457,12 +480,16 @@ void register_all() {
     threads(benchmark::RegisterBenchmark(
         "BM_p4_memcpy_out/dequantize_bf16",
         [=](benchmark::State& st) { memcpy_fresh(st, p4_out, advice::none); }));
-    for (const auto& [label, file] :
-         {std::pair{"fp8_block", &files::p4_fp8}, std::pair{"nvfp4", &files::p4_nvfp4}})
-        for (const dtype_policy d : {dtype_policy::fixed(dtype::bf16), dtype_policy::keep()})
+    // GPTQ, as its reference dequantizes it, to F16 (the same output bytes).
+    for (const auto& [label, file, to] : {std::tuple{"fp8_block", &files::p4_fp8, dtype::bf16},
+                                          std::tuple{"nvfp4", &files::p4_nvfp4, dtype::bf16},
+                                          std::tuple{"gptq", &files::p4_gptq, dtype::f16}})
+        for (const dtype_policy d : {dtype_policy::fixed(to), dtype_policy::keep()})
             threads(benchmark::RegisterBenchmark(
                 (std::string("BM_p4_") + label +
-                 (d == dtype_policy::keep() ? "/as_stored" : "/dequantize_bf16"))
+                 (d == dtype_policy::keep()
+                      ? std::string("/as_stored")
+                      : std::string(to == dtype::f16 ? "/dequantize_f16" : "/dequantize_bf16")))
                     .c_str(),
                 [file, d](benchmark::State& st) {
                     run_load(st, g->*file, nullptr, 0, 1,

@@ -172,7 +172,7 @@ TEST_SUITE("cli") {
     TEST_CASE("convert --dtype of a quantized checkpoint: written dequantized, or refused") {
         scratch d;
         fs::create_directories(d / "fp8");
-        fs::create_directories(d / "gptq");
+        fs::create_directories(d / "awq");
         test::write(d / "fp8", test::llama_config(R"({"quant_method": "fp8", "fmt": "e4m3",
                         "activation_scheme": "dynamic", "weight_block_size": [4, 4]})"),
                     test::fp8_llama(test::block_scaled(4)));
@@ -188,18 +188,18 @@ TEST_SUITE("cli") {
         r = run(d.path(), "verify " + q(d / "bf16"));
         CHECK_MESSAGE(r.rc == 0, r.err);
 
-        // A config.json saying GPTQ, which does not dequantize yet: refused (exit 1) before a
+        // A config.json saying AWQ, which does not dequantize yet: refused (exit 1) before a
         // tensor is read, rather than its scales rounded to BF16 as if weights.
-        test::write(d / "gptq", test::llama_config(R"({"quant_method": "gptq", "bits": 4,
-                        "group_size": 16, "desc_act": false, "sym": true})"),
+        test::write(d / "awq", test::llama_config(R"({"quant_method": "awq", "bits": 4,
+                        "group_size": 16, "zero_point": true, "version": "gemm"})"),
                     test::fp8_llama(test::block_scaled(4)));
-        r = run(d.path(), "convert " + q(d / "gptq") + " --out " + q(d / "x") + " --dtype BF16");
+        r = run(d.path(), "convert " + q(d / "awq") + " --out " + q(d / "x") + " --dtype BF16");
         CHECK(r.rc == 1);
-        CHECK(r.err.find("quantized by gptq, whose weights do not dequantize to BF16") !=
+        CHECK(r.err.find("quantized by awq, whose weights do not dequantize to BF16") !=
               std::string::npos);
         CHECK_FALSE(fs::exists(d / "x"));
         // Without --dtype it is re-sharded as stored.
-        r = run(d.path(), "convert " + q(d / "gptq") + " --out " + q(d / "x"));
+        r = run(d.path(), "convert " + q(d / "awq") + " --out " + q(d / "x"));
         CHECK_MESSAGE(r.rc == 0, r.err);
     }
 

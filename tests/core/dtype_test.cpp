@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cctype>
 #include <set>
 #include <sstream>
@@ -27,6 +28,11 @@ static_assert(parse_dtype_ignore_case("f8_E5m2") == dtype::f8_e5m2);
 static_assert(!parse_dtype_ignore_case("BF1").has_value());
 static_assert(!parse_dtype("").has_value());
 static_assert(is_floating_point(dtype::bf16) && !is_floating_point(dtype::i32));
+// U4, the codes of packed integer weights, is a load's, no file's: no header or person names it.
+static_assert(bit_size(dtype::u4) == 4 && is_sub_byte(dtype::u4) && name(dtype::u4) == "U4");
+static_assert(!is_file_dtype(dtype::u4) && is_file_dtype(dtype::u64));
+static_assert(!parse_dtype("U4").has_value() && !parse_dtype_ignore_case("u4").has_value());
+static_assert(std::find(all_dtypes.begin(), all_dtypes.end(), dtype::u4) == all_dtypes.end());
 
 TEST_CASE("the dtype table follows the reference crate's enum order") {
     const char* expected[] = {"BOOL",    "F4",      "F6_E2M3", "F6_E3M2",     "U8",          "I8",

@@ -14,6 +14,17 @@ code stores them:
 each product in F32, rounded once to the target by ml_dtypes / numpy (round to nearest even).
 Codes include the E4M3 NaNs; a NaN result must be a NaN, any other bit for bit.
 
+The integer schemes, with numpy transcriptions of their reference code, computed in the dtypes
+that code computes in, and compared in the targets where that is one rounding:
+  - GPTQ (qweight I32 [K/p, N], scales F16 [G, N], qzeros I32 [G, N/p], g_idx I32 [K]):
+    GPTQModel's dequantize_weight, scales[g_idx] * (weight - zeros[g_idx]) in F16, the zeros
+    plus one for checkpoint_format "gptq" (v1, AutoGPTQ's), as they are for "gptq_v2"; F16;
+  - compressed-tensors pack-quantized (weight_packed I32 [N, K/p], weight_scale BF16 [N, G],
+    weight_zero_point I32 [N/p, G], weight_g_idx I32 [K]): unpack_from_int32 (codes less
+    2^(bits-1)) and _dequantize, (x_q - zero_point) * scale in BF16; BF16;
+  - bitsandbytes 8-bit (weight I8 [N, K], SCB F32 [N]): int8_vectorwise_dequant,
+    A * SCB * 7.874015718698502e-3 in F32, then to each target.
+
 Checked: every output tensor (the weights under their values' names, the unquantized tensors
 converted or kept), no scale tensor written, config.json without quantization_config; the
 export's merge gives the same tensors as the convert.
@@ -145,6 +156,97 @@ def nvfp4(rng, ct):
     return tensors, values, quant
 
 
+def random_words(rng, shape):
+    return rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32)
+
+
+def half_scales(rng, shape, dt):
+    """Finite scales of both signs, some zero, some subnormal, in dt (F16 or BF16)."""
+    s = rng.uniform(-0.05, 0.05, size=shape).astype(np.float32)
+    s.flat[:: 37] = 0.0
+    s.flat[1:: 41] = 3e-6 if dt == np.float16 else 1e-39  # subnormal in dt
+    return s.astype(dt)
+
+
+def unpack_words(words, bits, axis):
+    """I32 words of 32 / bits codes (low bits first) unpacked along `axis` (0 or 1)."""
+    shifts = np.arange(0, 32, bits, dtype=np.uint32)
+    mask = np.uint32((1 << bits) - 1)
+    if axis == 1:  # [R, C/p] -> [R, C]
+        return ((words[:, :, None] >> shifts[None, None, :]) & mask).reshape(words.shape[0], -1)
+    return ((words[:, None, :] >> shifts[None, :, None]) & mask).reshape(-1, words.shape[1])
+
+
+def gptq(rng, bits, v2, act_order, g=16):
+    """GPTQModel's dequantize_weight: scales[g_idx] * (weight - zeros[g_idx]), F16."""
+    tensors, values = {}, {}
+    p = 32 // bits
+    for n, (rows, cols) in LINEARS.items():
+        pre = f"model.layers.0.{n}."
+        qweight = random_words(rng, (cols // p, rows))
+        scales = half_scales(rng, (cols // g, rows), np.float16)
+        qzeros = random_words(rng, (cols // g, rows // p))
+        g_idx = (rng.integers(0, cols // g, size=cols) if act_order
+                 else np.arange(cols) // g).astype(np.int32)
+        tensors[pre + "qweight"] = ("I32", qweight.shape, qweight.tobytes())
+        tensors[pre + "scales"] = ("F16", scales.shape, scales.tobytes())
+        tensors[pre + "qzeros"] = ("I32", qzeros.shape, qzeros.tobytes())
+        tensors[pre + "g_idx"] = ("I32", g_idx.shape, g_idx.tobytes())
+        weight = unpack_words(qweight, bits, 0).astype(np.int32)  # [K, N]
+        zeros = unpack_words(qzeros, bits, 1).astype(np.int32) + (0 if v2 else 1)  # [G, N]
+        w = scales[g_idx] * (weight - zeros[g_idx]).astype(np.float16)  # F16 arithmetic
+        values[pre + "weight"] = w.T
+    quant = {"quant_method": "gptq", "bits": bits, "group_size": g, "desc_act": act_order,
+             "sym": False, "checkpoint_format": "gptq_v2" if v2 else "gptq"}
+    return tensors, values, quant
+
+
+def pack_quantized(rng, bits, symmetric, act_order, g=16):
+    """compressed-tensors' unpack_from_int32 and _dequantize: (x_q - zp) * scale, BF16."""
+    tensors, values = {}, {}
+    p, offset = 32 // bits, 1 << (bits - 1)
+    bf16 = ml_dtypes.bfloat16
+    for n, (rows, cols) in LINEARS.items():
+        pre = f"model.layers.0.{n}."
+        packed = random_words(rng, (rows, cols // p))
+        scale = half_scales(rng, (rows, cols // g), bf16)
+        tensors[pre + "weight_packed"] = ("I32", packed.shape, packed.tobytes())
+        tensors[pre + "weight_scale"] = ("BF16", scale.shape, scale.tobytes())
+        tensors[pre + "weight_shape"] = ("I64", (2,), np.array([rows, cols], np.int64).tobytes())
+        x_q = unpack_words(packed, bits, 1).astype(np.int32) - offset
+        zp = np.zeros((rows, cols // g), np.int32)
+        if not symmetric:
+            zw = random_words(rng, (rows // p, cols // g))
+            tensors[pre + "weight_zero_point"] = ("I32", zw.shape, zw.tobytes())
+            zp = unpack_words(zw, bits, 0).astype(np.int32) - offset
+        groups = np.arange(cols) // g
+        if act_order:
+            groups = rng.integers(0, cols // g, size=cols).astype(np.int32)
+            tensors[pre + "weight_g_idx"] = ("I32", groups.shape, groups.tobytes())
+        w = (x_q.astype(bf16) - zp[:, groups].astype(bf16)) * scale[:, groups]
+        values[pre + "weight"] = w
+    weights = {"num_bits": bits, "group_size": g, "strategy": "group", "type": "int",
+               "symmetric": symmetric, "actorder": "group" if act_order else None}
+    quant = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}}
+    return tensors, values, quant
+
+
+def bnb_int8(rng):
+    """bitsandbytes' int8_vectorwise_dequant: A * SCB * 7.874015718698502e-3, F32."""
+    tensors, values = {}, {}
+    for n, (rows, cols) in LINEARS.items():
+        pre = f"model.layers.0.{n}."
+        a = rng.integers(-128, 128, size=(rows, cols), dtype=np.int8)
+        scb = rng.uniform(0.0, 4.0, size=rows).astype(np.float32)
+        tensors[pre + "weight"] = ("I8", a.shape, a.tobytes())
+        tensors[pre + "SCB"] = ("F32", scb.shape, scb.tobytes())
+        tensors[pre + "weight_format"] = ("U8", (), bytes([0]))
+        values[pre + "weight"] = a.astype(np.float32) * scb[:, None] * np.float32(
+            7.874015718698502e-3)
+    return tensors, values, {"quant_method": "bitsandbytes", "load_in_8bit": True}
+
+
 def write_model(folder, quant_tensors, quant, rng):
     os.makedirs(folder)
     tensors = dict(quant_tensors)
@@ -195,13 +297,20 @@ def check_written(label, folder, values, plain, to):
 
 def main():
     rng = np.random.default_rng(2026)
+    every = ("BF16", "F16", "F32")
+    cases = (("fp8_blocks", fp8_blocks(rng), every),
+             ("nvfp4_modelopt", nvfp4(rng, False), every),
+             ("nvfp4_ct", nvfp4(rng, True), every),
+             ("gptq_v1_act_order", gptq(rng, 4, False, True), ("F16",)),
+             ("gptq_v2_8bit", gptq(rng, 8, True, False), ("F16",)),
+             ("pack_quantized_asym_act_order", pack_quantized(rng, 4, False, True), ("BF16",)),
+             ("pack_quantized_8bit_sym", pack_quantized(rng, 8, True, False), ("BF16",)),
+             ("bitsandbytes_8bit", bnb_int8(rng), every))
     with tempfile.TemporaryDirectory() as tmp:
-        for label, (tensors, values, quant) in (("fp8_blocks", fp8_blocks(rng)),
-                                                ("nvfp4_modelopt", nvfp4(rng, False)),
-                                                ("nvfp4_ct", nvfp4(rng, True))):
+        for label, (tensors, values, quant), targets in cases:
             src = os.path.join(tmp, label)
             plain = write_model(src, tensors, quant, rng)
-            for to in ("BF16", "F16", "F32"):
+            for to in targets:
                 out = os.path.join(tmp, f"{label}-{to}")
                 r = subprocess.run([EXE, "convert", src, "--out", out, "--dtype", to],
                                    capture_output=True, text=True)
@@ -209,13 +318,13 @@ def main():
                 if r.returncode == 0:
                     check_written(f"{label} convert {to}", out, values, plain, to)
             ex, merged = os.path.join(tmp, f"{label}-ex"), os.path.join(tmp, f"{label}-merged")
-            r = subprocess.run([EXE, "export", src, "--tp", "2", "--out", ex, "--dtype", "BF16"],
-                               capture_output=True, text=True)
+            r = subprocess.run([EXE, "export", src, "--tp", "2", "--out", ex, "--dtype",
+                                targets[0]], capture_output=True, text=True)
             check(r.returncode == 0, f"{label} export: {r.stderr}")
             if r.returncode == 0:
                 subprocess.run([EXE, "merge", ex, "--out", merged], check=True,
                                stdout=subprocess.DEVNULL)
-                check_written(f"{label} export + merge", merged, values, plain, "BF16")
+                check_written(f"{label} export + merge", merged, values, plain, targets[0])
     exit_if_failed()
     print("dequantized checkpoints equal numpy/ml_dtypes' dequantization bit for bit")
 

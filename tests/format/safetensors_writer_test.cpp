@@ -127,6 +127,7 @@ TEST_SUITE("format") {
         CHECK(code({{"__metadata__", dtype::u8, shape{1}}}) == errc::invalid_argument);
         CHECK(code({{"\xff", dtype::u8, shape{1}}}) == errc::invalid_argument);
         CHECK(code({{"a", dtype::f4, shape{3}}}) == errc::misaligned_slice);
+        CHECK(code({{"a", dtype::u4, shape{2}}}) == errc::invalid_argument);  // no file's dtype
         CHECK(code({{"a", dtype::u8, shape{1ull << 32, 1ull << 32}}}) == errc::validation_overflow);
         CHECK(code({{"a", dtype::u64, shape{1ull << 58}}}) == errc::validation_overflow);
         CHECK(code({{"a", dtype::u8, shape{1ull << 60}},

@@ -120,7 +120,8 @@ TEST_CASE("bitsandbytes 8-bit: a tiled weight_format is held whole only, and say
                   e.message());
     CHECK_MESSAGE(e.message().find("weight_format is 2 (col_turing)") != std::string::npos,
                   e.message());
-    CHECK_MESSAGE(e.message().find("load it at world 1") != std::string::npos, e.message());
+    CHECK_MESSAGE(e.message().find("load it as stored at world 1") != std::string::npos,
+                  e.message());
     // A weight_format that is no one-byte scalar.
     src["model.layers.0.self_attn.o_proj.weight_format"] =
         stored{dtype::u8, {2}, std::vector<std::byte>(2)};

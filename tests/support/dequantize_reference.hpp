@@ -40,6 +40,17 @@ inline float ref_e8m0(std::uint8_t x) {
     return std::ldexp(1.0f, static_cast<int>(x) - 127);
 }
 
+// IEEE half precision (sign, 5 exponent bits of bias 15, 10 fraction bits).
+inline float ref_f16(std::uint16_t h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const float sign = (h & 0x8000) ? -1.0f : 1.0f;
+    if (e == 31)
+        return m ? std::numeric_limits<float>::quiet_NaN()
+                 : sign * std::numeric_limits<float>::infinity();
+    if (e == 0) return sign * std::ldexp(static_cast<float>(m), -24);
+    return sign * std::ldexp(1.0f + static_cast<float>(m) / 1024.0f, e - 15);
+}
+
 // Entry i of a stored scale tensor as F32 (U8: E8M0).
 inline float ref_scale(const host_tensor& t, std::uint64_t i) {
     const auto* p = reinterpret_cast<const std::uint8_t*>(t.data());
@@ -55,6 +66,11 @@ inline float ref_scale(const host_tensor& t, std::uint64_t i) {
             float f = 0;
             std::memcpy(&f, &u, 4);
             return f;
+        }
+        case dtype::f16: {
+            std::uint16_t h = 0;
+            std::memcpy(&h, p + i * 2, 2);
+            return ref_f16(h);
         }
         case dtype::f8_e4m3: return ref_e4m3(p[i]);
         case dtype::u8: return ref_e8m0(p[i]);
@@ -105,6 +121,71 @@ inline std::vector<std::byte> ref_dequantize(const ref_quantized& q, dtype to) {
     std::vector<std::byte> bytes(n * bit_size(to) / 8);
     const converter c = to == dtype::f32 ? converter(to) : find_converter(dtype::f32, to);
     c(reinterpret_cast<const std::byte*>(out.data()), bytes.data(), n);
+    return bytes;
+}
+
+// How a rank's stored integer weight [rows N, cols K] of values dequantizes, from the formats'
+// definitions: w[n][k] = (q - z) x s x post.
+//  - q: `codes` I32 words of `bits`-bit codes, low bits first, p = 32 / bits a word, either
+//    along K ([N, K/p]: compressed-tensors) or along K stored transposed ([K/p, N]: GPTQ); or
+//    (bits 0) I8 [N, K], signed (bitsandbytes);
+//  - the group g of column k: group_index[k] (act order), else k / group (group 0: one group);
+//  - s: scales [N, G] (or [N]), or transposed [G, N] (GPTQ);
+//  - z: zeros' code of row n in group g (I32 words, p codes along N: [N/p, G], or transposed
+//    [G, N/p]) plus zero_adjust, or zero where there are none.
+struct ref_integer {
+    const host_tensor* codes = nullptr;
+    unsigned bits = 4;
+    bool transposed = false;
+    std::uint64_t rows = 0, cols = 0;
+    const host_tensor* scales = nullptr;
+    std::uint64_t group = 0;
+    const host_tensor* group_index = nullptr;
+    const host_tensor* zeros = nullptr;
+    int zero_adjust = 0;
+    int zero = 0;
+    float post = 1.0f;
+};
+
+inline std::uint32_t ref_word(const host_tensor& t, std::uint64_t i) {
+    std::uint32_t w = 0;
+    std::memcpy(&w, static_cast<const std::byte*>(t.data()) + i * 4, 4);
+    return w;
+}
+
+inline std::vector<std::byte> ref_dequantize_int(const ref_integer& q, dtype to) {
+    const std::uint64_t N = q.rows, K = q.cols;
+    const std::uint64_t p = q.bits ? 32 / q.bits : 1;
+    const std::uint32_t mask = q.bits ? (1u << q.bits) - 1u : 0u;
+    const std::uint64_t G = q.group ? K / q.group : 1;
+    std::vector<float> out(N * K);
+    for (std::uint64_t n = 0; n < N; ++n)
+        for (std::uint64_t k = 0; k < K; ++k) {
+            int code = 0;
+            if (q.bits == 0) {
+                code = static_cast<std::int8_t>(std::to_integer<std::uint8_t>(
+                    static_cast<const std::byte*>(q.codes->data())[n * K + k]));
+            } else {
+                const std::uint64_t word = q.transposed ? (k / p) * N + n : n * (K / p) + k / p;
+                code = static_cast<int>((ref_word(*q.codes, word) >> (q.bits * (k % p))) & mask);
+            }
+            std::uint64_t g = q.group ? k / q.group : 0;
+            if (q.group_index) g = static_cast<std::uint64_t>(ref_word(*q.group_index, k));
+            const std::uint64_t groups =
+                q.group_index ? q.scales->shape().element_count().value_or(0) / N : G;
+            const float s = ref_scale(*q.scales, q.transposed ? g * N + n : n * groups + g);
+            int z = q.zero;
+            if (q.zeros) {
+                const std::uint64_t word =
+                    q.transposed ? g * (N / p) + n / p : (n / p) * groups + g;
+                z = static_cast<int>((ref_word(*q.zeros, word) >> (q.bits * (n % p))) & mask) +
+                    q.zero_adjust;
+            }
+            out[n * K + k] = static_cast<float>(code - z) * s * q.post;
+        }
+    std::vector<std::byte> bytes(N * K * bit_size(to) / 8);
+    const converter c = to == dtype::f32 ? converter(to) : find_converter(dtype::f32, to);
+    c(reinterpret_cast<const std::byte*>(out.data()), bytes.data(), N * K);
     return bytes;
 }
 

@@ -1,4 +1,5 @@
-// The 22 safetensors dtypes, in the reference crate's enum order, with names and bit sizes.
+// The 22 safetensors dtypes, in the reference crate's enum order, with names and bit sizes; and,
+// after them, the dtypes a load reads that no file holds (dtype::u4).
 #pragma once
 
 #include <array>
@@ -36,8 +37,14 @@ enum class dtype : std::uint8_t {
     f64,
     i64,
     u64,
+    // Not a file's: the 4-bit unsigned integers of a weight packed in I32 words (GPTQ's,
+    // compressed-tensors' int4), eight a little-endian word, low bits first: two a byte, low
+    // nibble first. A dequantizing conversion reads them (load/convert.hpp); no file is
+    // written or read with it.
+    u4,
 };
 
+// The safetensors dtypes: the first dtype_count of the enum.
 inline constexpr std::size_t dtype_count = 22;
 
 namespace detail {
@@ -50,7 +57,7 @@ struct dtype_info {
     bool is_signed;         // integers: signed; floats: true
 };
 
-inline constexpr std::array<dtype_info, dtype_count> dtype_table{{
+inline constexpr std::array<dtype_info, dtype_count + 1> dtype_table{{
     {dtype::bool_, "BOOL", 8, false, false},
     {dtype::f4, "F4", 4, true, true},
     {dtype::f6_e2m3, "F6_E2M3", 6, true, true},
@@ -73,6 +80,7 @@ inline constexpr std::array<dtype_info, dtype_count> dtype_table{{
     {dtype::f64, "F64", 64, true, true},
     {dtype::i64, "I64", 64, false, true},
     {dtype::u64, "U64", 64, false, false},
+    {dtype::u4, "U4", 4, false, false},
 }};
 
 SAFESHARD_HOST_DEVICE constexpr char ascii_upper(char c) noexcept {
@@ -81,7 +89,7 @@ SAFESHARD_HOST_DEVICE constexpr char ascii_upper(char c) noexcept {
 
 }  // namespace detail
 
-// Every dtype, in enum order.
+// Every safetensors dtype, in enum order (dtype::u4, no file's, is not among them).
 inline constexpr std::array<dtype, dtype_count> all_dtypes = [] {
     std::array<dtype, dtype_count> out{};
     for (std::size_t i = 0; i < dtype_count; ++i) out[i] = detail::dtype_table[i].type;
@@ -95,7 +103,8 @@ inline constexpr std::array<dtype, dtype_count> all_dtypes = [] {
 // Size of one element in bits.
 [[nodiscard]] SAFESHARD_HOST_DEVICE constexpr std::uint32_t bit_size(dtype t) noexcept {
     switch (t) {
-        case dtype::f4: return 4;
+        case dtype::f4:
+        case dtype::u4: return 4;
         case dtype::f6_e2m3:
         case dtype::f6_e3m2: return 6;
         case dtype::bool_:
@@ -135,16 +144,24 @@ inline constexpr std::array<dtype, dtype_count> all_dtypes = [] {
 // The name as written in a safetensors header ("BF16").
 [[nodiscard]] constexpr std::string_view name(dtype t) noexcept { return info(t).name; }
 
-// Parses a header dtype string exactly (case-sensitive, as the format requires).
+// Whether t is a safetensors dtype (a file may hold it).
+[[nodiscard]] SAFESHARD_HOST_DEVICE constexpr bool is_file_dtype(dtype t) noexcept {
+    return static_cast<std::size_t>(t) < dtype_count;
+}
+
+// Parses a header dtype string exactly (case-sensitive, as the format requires): a
+// safetensors dtype only.
 [[nodiscard]] constexpr std::optional<dtype> parse_dtype(std::string_view s) noexcept {
-    for (const auto& row : detail::dtype_table)
-        if (row.name == s) return row.type;
+    for (const dtype t : all_dtypes)
+        if (name(t) == s) return t;
     return std::nullopt;
 }
 
-// Parses a dtype given by a person (command line): case-insensitive ("bf16", "Bf16").
+// Parses a dtype given by a person (command line): case-insensitive ("bf16", "Bf16"); a
+// safetensors dtype only.
 [[nodiscard]] constexpr std::optional<dtype> parse_dtype_ignore_case(std::string_view s) noexcept {
-    for (const auto& row : detail::dtype_table) {
+    for (std::size_t i = 0; i < dtype_count; ++i) {
+        const detail::dtype_info& row = detail::dtype_table[i];
         if (row.name.size() != s.size()) continue;
         bool same = true;
         for (std::size_t i = 0; i < s.size() && same; ++i)

@@ -31,6 +31,9 @@ struct quantization_config {
     bool act_order = false;
     // AWQ's "version" ("gemm", "gemv", ...); empty: none given.
     std::string version;
+    // GPTQ's "checkpoint_format": "gptq" (v1: each zero point stored less one) or "gptq_v2"
+    // (stored as it is); empty: none given (v1).
+    std::string checkpoint_format;
     friend bool operator==(const quantization_config&, const quantization_config&) = default;
 };
 

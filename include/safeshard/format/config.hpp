@@ -508,6 +508,7 @@ private:
         out.format = text("format");
         out.quant_algo = upper_case(text("quant_algo"));  // ModelOpt may write it lower case
         out.version = text("version");
+        out.checkpoint_format = text("checkpoint_format");
         out.act_order = flag("desc_act");
         simdjson::dom::element g;
         if (q.at_key("group_size").get(g) == simdjson::SUCCESS && !g.is_null()) {

@@ -93,6 +93,11 @@ inline void require_utf8(std::string_view s, std::string_view what) {
             throw error(errc::invalid_argument,
                         "a tensor cannot be named __metadata__ (the header's metadata key)", ctx);
         detail::require_utf8(t.name, "tensor name");
+        if (!is_file_dtype(t.dtype))
+            throw error(errc::invalid_argument,
+                        std::string(name(t.dtype)) +
+                            " is no safetensors dtype (a load reads it; no file holds it)",
+                        ctx);
         const auto elements = t.shape.element_count();
         if (!elements)
             throw error(errc::validation_overflow,

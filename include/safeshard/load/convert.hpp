@@ -118,6 +118,24 @@ template <class V, global_scale G = global_scale::none>
             dequantizing<V, out_f32, G>(scales)};
 }
 
+// The integer dequantizing conversions of values V with `scales`, to each target: with and
+// without zero points (I32 words), with and without a group index (I32, act order).
+template <class V>
+[[nodiscard]] constexpr std::array<conversion, 12> integer_dequantizing(dtype scales) noexcept {
+    std::array<conversion, 12> out{};
+    const std::array<conversion, 3> to = dequantizing_to_all<V>(scales);
+    std::size_t i = 0;
+    for (const bool zeros : {false, true})
+        for (const bool group_index : {false, true})
+            for (conversion c : to) {
+                std::size_t k = 2;
+                if (zeros) c.inputs[k++] = {convert_role::zeros, dtype::i32};
+                if (group_index) c.inputs[k++] = {convert_role::group_index, dtype::i32};
+                out[i++] = c;
+            }
+    return out;
+}
+
 template <std::size_t... N>
 [[nodiscard]] constexpr auto join(const std::array<conversion, N>&... parts) noexcept {
     std::array<conversion, (N + ...)> out{};
@@ -134,31 +152,40 @@ template <std::size_t... N>
 // "A<->B", in the order of its first entry), then the dequantizing ones, each to BF16, F16
 // and F32: FP8 (E4M3) values with F32, BF16 or F16 scales (FP8 blocks, per tensor, per
 // channel) or E8M0 ones (MXFP8), FP4 (E2M1) values with E8M0 scales (MXFP4) or E4M3 scales
-// and a global F32 scale (NVFP4: ModelOpt multiplies by it, compressed-tensors divides).
-inline constexpr auto conversions =
-    detail::join(std::array{detail::elementwise<detail::op_bf16_f32>(dtype::bf16, dtype::f32),
-                            detail::elementwise<detail::op_f32_bf16>(dtype::f32, dtype::bf16),
-                            detail::elementwise<detail::op_f16_f32>(dtype::f16, dtype::f32),
-                            detail::elementwise<detail::op_f32_f16>(dtype::f32, dtype::f16),
-                            detail::elementwise<detail::op_bf16_f16>(dtype::bf16, dtype::f16),
-                            detail::elementwise<detail::op_f16_bf16>(dtype::f16, dtype::bf16),
-                            detail::elementwise<detail::op_f64_f32>(dtype::f64, dtype::f32),
-                            detail::elementwise<detail::op_f32_f64>(dtype::f32, dtype::f64),
-                            detail::elementwise<detail::op_e4m3_f16>(dtype::f8_e4m3, dtype::f16),
-                            detail::elementwise<detail::op_e4m3_bf16>(dtype::f8_e4m3, dtype::bf16),
-                            detail::elementwise<detail::op_e4m3_f32>(dtype::f8_e4m3, dtype::f32),
-                            detail::elementwise<detail::op_e5m2_f16>(dtype::f8_e5m2, dtype::f16),
-                            detail::elementwise<detail::op_e5m2_bf16>(dtype::f8_e5m2, dtype::bf16),
-                            detail::elementwise<detail::op_e5m2_f32>(dtype::f8_e5m2, dtype::f32)},
-                 detail::dequantizing_to_all<detail::values_e4m3>(dtype::f32),
-                 detail::dequantizing_to_all<detail::values_e4m3>(dtype::bf16),
-                 detail::dequantizing_to_all<detail::values_e4m3>(dtype::f16),
-                 detail::dequantizing_to_all<detail::values_e4m3>(dtype::f8_e8m0),
-                 detail::dequantizing_to_all<detail::values_e2m1>(dtype::f8_e8m0),
-                 detail::dequantizing_to_all<detail::values_e2m1, detail::global_scale::multiplies>(
-                     dtype::f8_e4m3),
-                 detail::dequantizing_to_all<detail::values_e2m1, detail::global_scale::divides>(
-                     dtype::f8_e4m3));
+// and a global F32 scale (NVFP4: ModelOpt multiplies by it, compressed-tensors divides), 4- and
+// 8-bit unsigned integer codes (U4, U8: GPTQ, compressed-tensors pack-quantized) with F16, BF16
+// or F32 group scales, zero points or not, a group index or not, and I8 values with F32 row
+// scales (bitsandbytes 8-bit).
+inline constexpr auto conversions = detail::join(
+    std::array{detail::elementwise<detail::op_bf16_f32>(dtype::bf16, dtype::f32),
+               detail::elementwise<detail::op_f32_bf16>(dtype::f32, dtype::bf16),
+               detail::elementwise<detail::op_f16_f32>(dtype::f16, dtype::f32),
+               detail::elementwise<detail::op_f32_f16>(dtype::f32, dtype::f16),
+               detail::elementwise<detail::op_bf16_f16>(dtype::bf16, dtype::f16),
+               detail::elementwise<detail::op_f16_bf16>(dtype::f16, dtype::bf16),
+               detail::elementwise<detail::op_f64_f32>(dtype::f64, dtype::f32),
+               detail::elementwise<detail::op_f32_f64>(dtype::f32, dtype::f64),
+               detail::elementwise<detail::op_e4m3_f16>(dtype::f8_e4m3, dtype::f16),
+               detail::elementwise<detail::op_e4m3_bf16>(dtype::f8_e4m3, dtype::bf16),
+               detail::elementwise<detail::op_e4m3_f32>(dtype::f8_e4m3, dtype::f32),
+               detail::elementwise<detail::op_e5m2_f16>(dtype::f8_e5m2, dtype::f16),
+               detail::elementwise<detail::op_e5m2_bf16>(dtype::f8_e5m2, dtype::bf16),
+               detail::elementwise<detail::op_e5m2_f32>(dtype::f8_e5m2, dtype::f32)},
+    detail::dequantizing_to_all<detail::values_e4m3>(dtype::f32),
+    detail::dequantizing_to_all<detail::values_e4m3>(dtype::bf16),
+    detail::dequantizing_to_all<detail::values_e4m3>(dtype::f16),
+    detail::dequantizing_to_all<detail::values_e4m3>(dtype::f8_e8m0),
+    detail::dequantizing_to_all<detail::values_e2m1>(dtype::f8_e8m0),
+    detail::dequantizing_to_all<detail::values_e2m1, detail::global_scale::multiplies>(
+        dtype::f8_e4m3),
+    detail::dequantizing_to_all<detail::values_e2m1, detail::global_scale::divides>(dtype::f8_e4m3),
+    detail::integer_dequantizing<detail::values_u4>(dtype::f16),
+    detail::integer_dequantizing<detail::values_u4>(dtype::bf16),
+    detail::integer_dequantizing<detail::values_u4>(dtype::f32),
+    detail::integer_dequantizing<detail::values_u8>(dtype::f16),
+    detail::integer_dequantizing<detail::values_u8>(dtype::bf16),
+    detail::integer_dequantizing<detail::values_u8>(dtype::f32),
+    detail::dequantizing_to_all<detail::values_i8>(dtype::f32));
 
 namespace detail {
 
@@ -255,7 +282,7 @@ public:
     void operator()(const std::byte* src, std::byte* dst, std::size_t n_elements) const noexcept {
         if (n_elements == 0) return;
         if (dequant_ != nullptr) {
-            dequant_(*view_, at_, src, dst, n_elements);
+            dequant_(*view_, at_, pitch_, src, 0, dst, 0, 1, n_elements);
         } else if (kernel_ == nullptr) {
             std::memcpy(dst, src, bytes_of(from_, n_elements));
         } else {
@@ -269,8 +296,8 @@ public:
                     std::size_t src_stride_bytes, std::size_t dst_stride_bytes) const noexcept {
         if (rows == 0 || row_elems == 0) return;
         if (dequant_ != nullptr) {
-            for (std::size_t r = 0; r < rows; ++r, src += src_stride_bytes, dst += dst_stride_bytes)
-                dequant_(*view_, at_ + r * pitch_, src, dst, row_elems);
+            dequant_(*view_, at_, pitch_, src, src_stride_bytes, dst, dst_stride_bytes, rows,
+                     row_elems);
             return;
         }
         if (kernel_ == nullptr) {
@@ -419,16 +446,23 @@ namespace detail {
     return nullptr;
 }
 
-// A conversion's inputs as a person reads them: "F4 x F8_E4M3 scales x F32 global scale".
+// A conversion's inputs as a person reads them: "F4 x F8_E4M3 scales x F32 global scale",
+// "(U4 - I32 zeros) x F16 scales by I32 group index".
 [[nodiscard]] inline std::string inputs_text(std::span<const convert_input> inputs) {
-    std::string s;
+    std::string s, zeros;
+    for (const convert_input& in : inputs)
+        if (in.role == convert_role::zeros) zeros = " - " + std::string(name(in.type)) + " zeros";
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-        s += i == 0 ? "" : inputs[i].role == convert_role::global_divisors ? " / " : " x ";
-        s += std::string(name(inputs[i].type));
-        if (inputs[i].role == convert_role::scales) s += " scales";
-        if (inputs[i].role == convert_role::global_scales ||
-            inputs[i].role == convert_role::global_divisors)
-            s += " global scale";
+        const std::string t(name(inputs[i].type));
+        switch (inputs[i].role) {
+            case convert_role::values: s += zeros.empty() ? t : "(" + t + zeros + ")"; break;
+            case convert_role::zeros: break;
+            case convert_role::group_index: s += " by " + t + " group index"; break;
+            case convert_role::global_divisors: s += " / " + t + " global scale"; break;
+            case convert_role::global_scales: s += " x " + t + " global scale"; break;
+            case convert_role::scales: s += " x " + t + " scales"; break;
+            case convert_role::none: break;
+        }
     }
     return s;
 }

@@ -197,6 +197,7 @@ public:
             if (!dests[i].dequant || dests[i].tied()) continue;
             const dequant_view& v =
                 views_.emplace_back(dequant_view_of(dests, dests[i], addresses));
+            check_group_index(dests[i], dests[*dests[i].dequant->scales], v);
             converters_[i] =
                 find_dequantizer(dequant_conversion_inputs(dests, dests[i]), dests[i].dtype, &v);
         }

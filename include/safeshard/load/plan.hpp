@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -72,11 +73,19 @@ struct plan_options {
 // its global scales' (NVFP4), which multiply or divide the block scales, and, for per-tensor
 // scales kept one per fused part, the parts' rows: part_rows[i].second's rows of a slab begin
 // at part_rows[i].first (ascending).
+// An integer weight's (GPTQ's, compressed-tensors', bitsandbytes'): its zero points' and group
+// index's destinations where it reads them, the zero point where it has none, what it adds to
+// each zero point read, and the factor of every value (detail/dequantize.hpp's dequant_view).
 struct dequant_inputs {
     std::optional<std::uint32_t> scales{};
     std::optional<std::uint32_t> global{};
     bool global_divides = false;
     std::vector<std::pair<std::uint64_t, std::uint32_t>> part_rows{{0, 0}};
+    std::optional<std::uint32_t> zeros{};
+    std::optional<std::uint32_t> group_index{};
+    std::int32_t zero = 0;
+    std::int32_t zero_adjust = 0;
+    float post = 1.0f;
 };
 
 // One tensor of the rank's model.
@@ -195,6 +204,8 @@ inline std::string name_list(const std::vector<std::string>& v, std::size_t max 
         inputs.push_back(
             {in.global_divides ? convert_role::global_divisors : convert_role::global_scales,
              all[*in.global].dtype});
+    if (in.zeros) inputs.push_back({convert_role::zeros, all[*in.zeros].dtype});
+    if (in.group_index) inputs.push_back({convert_role::group_index, all[*in.group_index].dtype});
     return inputs;
 }
 
@@ -212,19 +223,64 @@ inline std::string name_list(const std::vector<std::string>& v, std::size_t max 
     v.part_rows = in.part_rows;
     auto operand = [&](std::uint32_t at) {
         const plan_destination& c = all[at];
+        const std::size_t cr = c.local.rank();
+        const std::uint64_t last = cr >= 2 ? c.local[cr - 1] : 1;  // the stored grid's columns
         dequant_operand o;
         o.data = addresses[at];
         o.type = dequant_scale_dtype(c);
         o.block_rows = c.grid.rows.block;
         o.block_cols = c.grid.cols.block;
         o.per_part = c.grid.rows.whole() && c.grid.cols.whole();
-        o.grid_cols = c.local.rank() >= 2 ? c.local[c.local.rank() - 1] : 1;
+        o.row_step = c.grid.transposed ? 1 : last;
+        o.col_step = c.grid.transposed ? last : 1;
         o.per_expert = experts ? c.local.element_count().value_or(0) / experts : 0;
         return o;
     };
     v.scales = operand(*in.scales);
     if (in.global) v.global = operand(*in.global);
+    if (in.zeros) {
+        v.zeros = operand(*in.zeros);
+        v.zeros.bits = static_cast<std::uint32_t>(
+            v.zeros.block_rows ? bit_size(all[*in.zeros].dtype) / v.zeros.block_rows : 0);
+    }
+    if (in.group_index) {
+        v.group_index = operand(*in.group_index);
+        v.group_index.col_step = 1;  // one entry a column
+    }
+    v.zero = in.zero;
+    v.zero_adjust = in.zero_adjust;
+    v.post = in.post;
     return v;
+}
+
+// The groups of column blocks a dequantized weight's scales hold (the extent of their grid's
+// column dim: GPTQ's [G, N] rows, compressed-tensors' [N, G] columns; stacked experts' last
+// two dims), for each expert slab.
+[[nodiscard]] inline std::uint64_t dequant_groups(const plan_destination& scales) noexcept {
+    const shape& l = scales.local;
+    const std::size_t r = l.rank();
+    if (r == 0) return 1;
+    return l[scales.grid.transposed && r >= 2 ? r - 2 : r - 1];
+}
+
+// Checks an act-order weight's group index, read, against the groups its scales hold: an
+// entry beyond them (or negative) would read another weight's scales.
+inline void check_group_index(const plan_destination& w, const plan_destination& scales,
+                              const dequant_view& v) {
+    if (!v.group_index.present()) return;
+    const std::uint64_t experts = w.stacked_experts ? w.local[0] : 1;
+    const std::uint64_t groups = dequant_groups(scales);
+    for (std::uint64_t e = 0; e < experts; ++e)
+        for (std::uint64_t c = 0; c < v.cols; ++c) {
+            std::int32_t g = 0;
+            std::memcpy(&g, v.group_index.data + (e * v.group_index.per_expert + c) * 4, 4);
+            if (g < 0 || static_cast<std::uint64_t>(g) >= groups)
+                throw error(errc::quantized_checkpoint,
+                            "parameter '" + w.name + "': its group index gives column " +
+                                std::to_string(c) + " group " + std::to_string(g) +
+                                ", but its scales hold " + std::to_string(groups) + " groups",
+                            error_context{.file = {}, .tensor = w.name});
+        }
 }
 
 class load_plan {
@@ -701,26 +757,11 @@ private:
                   std::span<const located_tensor> located, const plan_destination& d,
                   std::uint32_t di, const detail::piece_offsets& at = {}) {
         const error_context ctx_m{.file = {}, .tensor = m.name};
-        const checkpoint_file* first_file = ckpt_.files().data();
-        const std::uint64_t sbits = bit_size(d.source_dtype), dbits = bit_size(d.dtype);
+        const std::uint64_t dbits = bit_size(d.dtype);
         for (copy_box b : r.map) {
             b.src_offset += at.source[b.source];
             b.dst_offset += at.destination;
-            copy_op op;
-            op.kind = copy_kind::copy;
-            const located_tensor& l = located[b.source];
-            op.file = static_cast<std::uint32_t>(l.file - first_file);
-            op.file_offset = l.tensor.file_begin();
-            op.src_dtype = d.source_dtype;
-            op.dst_dtype = d.dtype;
-            op.destination = di;
-            if (!to_bytes(b, sbits, dbits, op.box))
-                throw error(errc::invalid_layout,
-                            "parameter '" + m.name + "': the slice " + to_string(b) +
-                                " does not fall on byte boundaries for " +
-                                std::string(name(d.source_dtype)),
-                            ctx_m);
-            p_.ops_.push_back(op);
+            emit_copy(m, b, located, d, di);
         }
         for (std::size_t z = 0; z < r.map.zero_count(); ++z) {
             const zero_box& zb = r.map.zero(z);
@@ -741,6 +782,27 @@ private:
                             ctx_m);
             p_.ops_.push_back(op);
         }
+    }
+
+    // The copy op of one box (in elements) from located[b.source] into destination di.
+    void emit_copy(const parameter_meta& m, const copy_box& b,
+                   std::span<const located_tensor> located, const plan_destination& d,
+                   std::uint32_t di) {
+        copy_op op;
+        op.kind = copy_kind::copy;
+        const located_tensor& l = located[b.source];
+        op.file = static_cast<std::uint32_t>(l.file - ckpt_.files().data());
+        op.file_offset = l.tensor.file_begin();
+        op.src_dtype = d.source_dtype;
+        op.dst_dtype = d.dtype;
+        op.destination = di;
+        if (!to_bytes(b, bit_size(d.source_dtype), bit_size(d.dtype), op.box))
+            throw error(errc::invalid_layout,
+                        "parameter '" + m.name + "': the slice " + to_string(b) +
+                            " does not fall on byte boundaries for " +
+                            std::string(name(d.source_dtype)),
+                        error_context{.file = {}, .tensor = m.name});
+        p_.ops_.push_back(op);
     }
 
     void add_loaded(const parameter_meta& meta) {
@@ -767,7 +829,10 @@ private:
             d.storage = cut.storage;
         d.schema_index = schema_index_of(meta);
         const auto di = static_cast<std::uint32_t>(p_.destinations_.size());
-        emit_ops(as_read, read, *located, d, di);
+        if (deq && cut.storage.transposed)
+            emit_transposed(m, cut, *located, d, di);
+        else
+            emit_ops(as_read, read, *located, d, di);
         index_.emplace(meta.name, di);  // a view: of the schema's name, not of a copy's
         p_.destinations_.push_back(std::move(d));
         if (renamed)
@@ -792,9 +857,19 @@ private:
     }
 
     // The dtype of a dequantized weight's values: as stored, or, packed, the scheme's.
+    // (An integer scheme's packed codes: U4 or U8, of config.json's bits.)
     [[nodiscard]] dtype values_dtype(const parameter_meta& m, dtype stored,
                                      const companion_grid& storage) const {
         if (stored_as_values(storage)) return stored;
+        const std::uint64_t bits = config_->quantization->bits ? config_->quantization->bits : 4;
+        if (scheme_->dequant.integer && (bits == 4 || bits == 8))
+            return bits == 4 ? dtype::u4 : dtype::u8;
+        if (scheme_->dequant.integer)
+            throw error(errc::unsupported_conversion,
+                        "parameter '" + m.name + "' is stored in " + std::to_string(bits) +
+                            "-bit codes by " + std::string(scheme_->name) +
+                            ", which dequantize from 4 or 8 bits only; load it as stored",
+                        error_context{.file = {}, .tensor = m.name});
         if (scheme_->dequant.packed_values != dtype::u8) return scheme_->dequant.packed_values;
         throw error(errc::unsupported_conversion,
                     "parameter '" + m.name + "' is stored packed (" + to_string(storage) + ") by " +
@@ -888,6 +963,44 @@ private:
         return c;
     }
 
+    // A packed weight stored transposed (GPTQ's qweight [K/p, N], p codes a word along K) read
+    // as its values [N, K]: each row of each stored box (a word row: its run of N words) is a
+    // box of the run's rows of the rank's values, one word (p values) a row, down the word's
+    // p columns.
+    void emit_transposed(const parameter_meta& m, const weight_cut& cut,
+                         std::span<const located_tensor> located, const plan_destination& d,
+                         std::uint32_t di) {
+        const std::uint64_t p = cut.storage.cols.block;
+        const std::uint64_t words = cut.stored.local.rank() == 2 ? cut.stored.local[1] : 0;
+        const std::uint64_t k = d.local.rank() == 2 ? d.local[1] : 0;
+        if (words == 0 || cut.stored.map.zero_count() != 0)
+            throw error(errc::invalid_layout,
+                        "parameter '" + m.name + "' is stored transposed, packed (" +
+                            to_string(cut.storage) + "), and cut to " +
+                            cut.stored.local.to_string() + ", which no dequantized copy reads",
+                        error_context{.file = {}, .tensor = m.name});
+        for (const copy_box& b : cut.stored.map)
+            for (std::uint64_t i = 0; i < b.rows; ++i) {
+                std::uint64_t src = b.src_offset + i * b.src_row_stride;
+                std::uint64_t dst = b.dst_offset + i * b.dst_row_stride;
+                // A run may span word rows where whole rows were merged into one.
+                for (std::uint64_t left = b.row_elems; left != 0;) {
+                    const std::uint64_t run = std::min(left, words - dst % words);
+                    const copy_box v{.source = b.source,
+                                     .src_offset = src * p,
+                                     .rows = run,
+                                     .row_elems = p,
+                                     .src_row_stride = p,
+                                     .dst_offset = (dst % words) * k + (dst / words) * p,
+                                     .dst_row_stride = k};
+                    emit_copy(m, v, located, d, di);
+                    src += run;
+                    dst += run;
+                    left -= run;
+                }
+            }
+    }
+
     // The ways m is cut: its expert group's for an expert's parameter (and each expert's slab
     // of stacked experts), else the world.
     [[nodiscard]] std::uint32_t ways_of(const parameter_meta& m) const noexcept {
@@ -977,6 +1090,7 @@ private:
             if (!found) continue;
             const plan_destination& w = p_.destinations_[weight_at];
             const std::optional<convert_role> role = dequant_role(w, suffix);
+            if (spec.refuses_cut && w.dequant) refuse_cut(m, spec, *found, "dequantized");
             if (w.dequant && !role) {  // not read by the conversion: left with the checkpoint
                 for (const auto& l : *found) {
                     claimed_.emplace(l.tensor.name());
@@ -996,7 +1110,8 @@ private:
             const std::vector<shape> cshapes =
                 st ? slabs_of(m.name, *found, weights.size(), *st) : shapes_of(*found);
             const companion_grid g = grid_of(m, spec, weights, *found, cshapes);
-            if (spec.refuses_cut && r.local != r.global) refuse_cut(m, spec, *found);
+            if (spec.refuses_cut && r.local != r.global)
+                refuse_cut(m, spec, *found, "cut for " + std::to_string(ctx_.world) + " ranks");
             const slice_result rc = companion_slice({.parameter = w.name,
                                                      .weight = &r,
                                                      .weight_sources = weights,
@@ -1045,6 +1160,9 @@ private:
         const dequantization& q = scheme_->dequant;
         if (suffix == q.global)
             return q.global_divides ? convert_role::global_divisors : convert_role::global_scales;
+        if (!q.zeros.empty() && suffix == q.zeros) return convert_role::zeros;
+        if (!q.group_index.empty() && suffix == q.group_index && config_->quantization->act_order)
+            return convert_role::group_index;
         for (const std::string_view s : q.scales)
             if (!s.empty() && s == suffix && !w.dequant->scales) return convert_role::scales;
         return std::nullopt;
@@ -1054,16 +1172,20 @@ private:
                             convert_role role) {
         dequant_inputs& in = *p_.destinations_[weight_at].dequant;
         const plan_destination& c = p_.destinations_[at];
-        if (c.grid.transposed || c.grid.rows.all || c.grid.cols.all)
+        // Every rank's whole grid along a dim is read through a group index only.
+        if ((c.grid.rows.all || c.grid.cols.all) && !config_->quantization->act_order)
             throw error(errc::unsupported_conversion,
                         "parameter '" + m.name + "': its companion '" + c.name + "' is a " +
                             to_string(c.grid) + ", which no dequantizing conversion reads",
                         error_context{.file = {}, .tensor = m.name});
-        if (role == convert_role::scales) {
-            in.scales = at;
-        } else {
-            in.global = at;
-            in.global_divides = role == convert_role::global_divisors;
+        switch (role) {
+            case convert_role::scales: in.scales = at; break;
+            case convert_role::zeros: in.zeros = at; break;
+            case convert_role::group_index: in.group_index = at; break;
+            default:
+                in.global = at;
+                in.global_divides = role == convert_role::global_divisors;
+                break;
         }
     }
 
@@ -1076,6 +1198,7 @@ private:
             throw error(errc::quantized_checkpoint,
                         "parameter '" + m.name + "' is dequantized, but no scale of it was planned",
                         error_context{.file = {}, .tensor = m.name});
+        finish_integer(m, in);
         const std::vector<convert_input> inputs = dequant_conversion_inputs(p_.destinations_, w);
         if (!detail::find_dequantizing(inputs, w.dtype))
             throw error(errc::unsupported_conversion,
@@ -1095,15 +1218,38 @@ private:
         if (in.part_rows.empty()) in.part_rows.push_back({0, 0});
     }
 
+    // An integer weight's zero point where it has none, its zero points' adjustment, the factor
+    // of its values; its group index where act order needs one.
+    void finish_integer(const parameter_meta& m, dequant_inputs& in) const {
+        const dequantization& q = scheme_->dequant;
+        if (!q.integer) return;
+        const quantization_config& c = *config_->quantization;
+        auto refuse = [&](const std::string& why) {
+            throw error(errc::quantized_checkpoint,
+                        "parameter '" + m.name + "' is dequantized, but " + why,
+                        error_context{.file = {}, .tensor = m.name});
+        };
+        if (!in.zeros && !q.zero_without)
+            refuse("the checkpoint has no '" + std::string(q.zeros) + "' for it (" +
+                   std::string(scheme_->name) + " stores zero points beside every weight)");
+        if (!in.group_index && c.act_order && !q.group_index.empty())
+            refuse("the checkpoint has no '" + std::string(q.group_index) +
+                   "' for it, which act order numbers its groups by");
+        if (!in.zeros) in.zero = q.zero_without(c);
+        in.zero_adjust = q.zero_adjust ? q.zero_adjust(c) : 0;
+        in.post = q.post_scale;
+    }
+
     // A weight whose companions say it may not be cut (bitsandbytes' tiled weight_format), cut.
+    // (`what`: "cut for 2 ranks", "dequantized".)
     void refuse_cut(const parameter_meta& m, const companion_spec& spec,
-                    std::span<const located_tensor> found) const {
+                    std::span<const located_tensor> found, const std::string& what) const {
         for (const auto& l : found)
             if (const std::string why = spec.refuses_cut(l.tensor.bytes(), l.tensor.dtype());
                 !why.empty())
                 throw error(errc::quantized_checkpoint,
-                            "parameter '" + m.name + "' is cut for " + std::to_string(ctx_.world) +
-                                " ranks, but " + why + " ('" + std::string(l.tensor.name()) + "')",
+                            "parameter '" + m.name + "' is " + what + ", but " + why + " ('" +
+                                std::string(l.tensor.name()) + "')",
                             error_context{.file = {}, .tensor = m.name});
     }
 
@@ -1216,6 +1362,13 @@ private:
         const std::optional<dtype> deq = st.gathered
                                              ? dequant_target(meta, held_sources(meta, held))
                                              : dequant_target(meta, meta.sources);
+        if (deq && cut.storage.transposed)
+            throw error(errc::unsupported_conversion,
+                        "parameter '" + meta.name + "' stacks experts stored transposed (" +
+                            to_string(cut.storage) + ", by " + std::string(scheme_->name) +
+                            "), which are not dequantized stacked: load them one tensor an "
+                            "expert (without fuse_experts), or as stored",
+                        error_context{.file = {}, .tensor = meta.name});
         plan_destination d =
             deq ? destination(meta, cut.values, values_dtype(meta, stored, cut.storage), *deq, "",
                               true)

@@ -1,5 +1,7 @@
 // The loops of the dequantizing conversions: a quantized weight's values (FP8 E4M3, FP4 E2M1
-// two a byte, low nibble first) times the scale of their block, rounded once to BF16, F16 or F32.
+// two a byte, low nibble first) times the scale of their block, rounded once to BF16, F16 or F32;
+// and integer codes (U4, U8, I8) less their group's zero point, times its scale (times a
+// scheme's constant: bitsandbytes' 1/127), likewise.
 //
 // Arithmetic as the formats' reference code does it: each value decoded to F32 (exactly: every
 // E4M3 and E2M1 value is an F32), its block's scale decoded to F32 (F32, BF16 and F16 exactly,
@@ -35,16 +37,22 @@ namespace safeshard {
 
 // A companion as a dequantizing conversion reads it: its bytes (the rank's part, in host
 // memory), its dtype, and its grid over one expert's slab [rows, cols] of the rank's values:
-// entry (r / block_rows, c / block_cols) of [grid_rows, grid_cols], a block of 0 being one
-// entry for the whole dim; `per_part`: one entry for each part of a fused weight (per-tensor
-// scales of q, k and v kept one a projection). Experts stacked: `per_expert` entries each.
+// the entry of value (r, c) is (r / block_rows) x row_step + (c / block_cols) x col_step (a
+// block of 0 being one entry for the whole dim; stored [rows-grid, cols-grid]: row_step the
+// grid's columns, col_step 1; stored transposed, GPTQ's: row_step 1, col_step its rows);
+// `per_part`: one entry for each part of a fused weight (per-tensor scales of q, k and v kept
+// one a projection). Experts stacked: `per_expert` entries each. `bits` (zero points): each
+// entry is an I32 word of 32 / bits values along the rows, row r's the (r % block_rows)-th from
+// the low bits.
 struct dequant_operand {
     const std::byte* data = nullptr;
     dtype type = dtype::f32;
     std::uint64_t block_rows = 0;
     std::uint64_t block_cols = 0;
-    std::uint64_t grid_cols = 1;
+    std::uint64_t row_step = 1;
+    std::uint64_t col_step = 1;
     std::uint64_t per_expert = 1;
+    std::uint32_t bits = 0;
     bool per_part = false;
 
     [[nodiscard]] bool present() const noexcept { return data != nullptr; }
@@ -52,13 +60,21 @@ struct dequant_operand {
 
 // One destination's dequantization: the rank's tensor is `experts` slabs (1 unless stacked)
 // of [rows, cols] values; `scales` scale each block, `global` (where present) each part; the
-// rows of part p begin at part_rows[p] (ascending; one part: {0}).
+// rows of part p begin at part_rows[p] (ascending; one part: {0}). Integer values (GPTQ's,
+// compressed-tensors', bitsandbytes'): w = (q - z) x s x post, z read from `zeros` plus
+// `zero_adjust`, or `zero` where there are none; where `group_index` is present, column c's
+// group is its entry c (act order), not c / the scales' block.
 struct dequant_view {
     std::uint64_t rows = 0;
     std::uint64_t cols = 0;
     dequant_operand scales{};
     dequant_operand global{};
     std::vector<std::pair<std::uint64_t, std::uint32_t>> part_rows{{0, 0}};
+    dequant_operand zeros{};
+    dequant_operand group_index{};
+    std::int32_t zero = 0;
+    std::int32_t zero_adjust = 0;
+    float post = 1.0f;
 
     // The part of a fused weight row r (of one slab) belongs to.
     [[nodiscard]] std::uint64_t part_of(std::uint64_t r) const noexcept {
@@ -66,16 +82,18 @@ struct dequant_view {
                                    [](std::uint64_t x, const auto& p) { return x < p.first; });
         return it == part_rows.begin() ? 0 : std::prev(it)->second;
     }
+    // The entry of operand o for row r of expert e's slab, in column block `block` of o.
+    [[nodiscard]] std::uint64_t entry_in(const dequant_operand& o, std::uint64_t e, std::uint64_t r,
+                                         std::uint64_t block) const noexcept {
+        const std::uint64_t i =
+            o.per_part ? part_of(r)
+                       : (o.block_rows ? r / o.block_rows : 0) * o.row_step + block * o.col_step;
+        return e * o.per_expert + i;
+    }
     // The entry of operand o for value (r, c) of expert e's slab.
     [[nodiscard]] std::uint64_t entry(const dequant_operand& o, std::uint64_t e, std::uint64_t r,
                                       std::uint64_t c) const noexcept {
-        std::uint64_t i = 0;
-        if (o.per_part)
-            i = part_of(r);
-        else
-            i = (o.block_rows ? r / o.block_rows : 0) * o.grid_cols +
-                (o.block_cols ? c / o.block_cols : 0);
-        return e * o.per_expert + i;
+        return entry_in(o, e, r, o.block_cols ? c / o.block_cols : 0);
     }
 };
 
@@ -138,6 +156,7 @@ template <class Out>
 
 struct values_e4m3 {
     static constexpr dtype type = dtype::f8_e4m3;
+    static constexpr bool integer = false;
     [[nodiscard]] static std::uint32_t at(const std::byte* s, std::uint64_t i) noexcept {
         return elem::f8_e4m3_to_f32(static_cast<std::uint8_t>(s[i]));
     }
@@ -155,6 +174,7 @@ struct values_e4m3 {
 };
 struct values_e2m1 {
     static constexpr dtype type = dtype::f4;
+    static constexpr bool integer = false;
     [[nodiscard]] static std::uint32_t at(const std::byte* s, std::uint64_t i) noexcept {
         const auto b = static_cast<std::uint8_t>(s[i >> 1]);
         return elem::f4_e2m1_to_f32(static_cast<std::uint8_t>((b >> ((i & 1u) * 4u)) & 0xfu));
@@ -243,9 +263,12 @@ template <global_scale G>
     }
 }
 
-// The signature of a dequantizing loop: n elements from destination element `at` on.
-using dequant_fn = void (*)(const dequant_view& v, std::uint64_t at, const std::byte* src,
-                            std::byte* dst, std::size_t n) noexcept;
+// The signature of a dequantizing loop: a box of `rows` rows of n elements, row i's from
+// destination element at + i x pitch on, read from src + i x src_stride (bytes), written to
+// dst + i x dst_stride (bytes).
+using dequant_fn = void (*)(const dequant_view& v, std::uint64_t at, std::uint64_t pitch,
+                            const std::byte* src, std::size_t src_stride, std::byte* dst,
+                            std::size_t dst_stride, std::size_t rows, std::size_t n) noexcept;
 
 // n values from destination element `at` on: each row's scale entries and global scale found
 // once, then one scale a block of the row.
@@ -266,7 +289,8 @@ template <class V, class Out, global_scale G>
         while (c < row_end) {
             const std::uint64_t block_end =
                 sc.block_cols ? std::min(row_end, (block + 1) * sc.block_cols) : row_end;
-            float s = scale_as_f32(sc.data, sc.type, sc.per_part ? first : first + block);
+            float s =
+                scale_as_f32(sc.data, sc.type, sc.per_part ? first : first + block * sc.col_step);
             if constexpr (G == global_scale::multiplies) s = s * g;
             if constexpr (G == global_scale::divides) s = s / g;
             const auto run = static_cast<std::size_t>(block_end - c);
@@ -282,18 +306,219 @@ template <class V, class Out, global_scale G>
     }
 }
 
+// Integer values: a value's stored code (U4: two a byte, low nibble first; I8 signed).
+struct values_u4 {
+    static constexpr dtype type = dtype::u4;
+    static constexpr bool integer = true;
+    [[nodiscard]] static std::int32_t at(const std::byte* s, std::uint64_t i) noexcept {
+        const auto b = static_cast<std::uint8_t>(s[i >> 1]);
+        return (b >> ((i & 1u) * 4u)) & 0xf;
+    }
+};
+struct values_u8 {
+    static constexpr dtype type = dtype::u8;
+    static constexpr bool integer = true;
+    [[nodiscard]] static std::int32_t at(const std::byte* s, std::uint64_t i) noexcept {
+        return static_cast<std::uint8_t>(s[i]);
+    }
+};
+struct values_i8 {
+    static constexpr dtype type = dtype::i8;
+    static constexpr bool integer = true;
+    [[nodiscard]] static std::int32_t at(const std::byte* s, std::uint64_t i) noexcept {
+        return static_cast<std::int8_t>(static_cast<std::uint8_t>(s[i]));
+    }
+};
+
+// (q - z) x s x post in F32, the products in that order, rounded by Out. q - z is an integer
+// of at most 9 bits, exact in F32, and so is its product with an F16 or BF16 scale: the one
+// rounding is to the target (GPTQ's and compressed-tensors' reference products, computed in
+// the scales' dtype, round once too where the target is it).
+template <class Out>
+[[gnu::always_inline]] inline typename Out::type int_scaled(std::int32_t d, float s,
+                                                            float post) noexcept {
+    const float w = static_cast<float>(d) * s;
+    return Out::round(std::bit_cast<std::uint32_t>(w * post));
+}
+
+// The group, under act order, of column c of expert e's slab (checked against the scales'
+// groups when the group index was read: check_group_index).
+[[nodiscard]] inline std::uint64_t group_at(const dequant_view& v, std::uint64_t e,
+                                            std::uint64_t c) noexcept {
+    std::int32_t g = 0;
+    std::memcpy(&g, v.group_index.data + (e * v.group_index.per_expert + c) * 4, 4);
+    return static_cast<std::uint64_t>(g);
+}
+
+// Operand o's column block of column c, or of group g where a group index gives it.
+[[nodiscard]] constexpr std::uint64_t block_of(const dequant_operand& o, std::uint64_t c,
+                                               const std::uint64_t* g) noexcept {
+    if (o.block_cols == 0) return 0;
+    return g ? *g : c / o.block_cols;
+}
+
+// The zero point of row r of expert e's slab in zero block `block`.
+[[nodiscard]] inline std::int32_t zero_at(const dequant_view& v, std::uint64_t e, std::uint64_t r,
+                                          std::uint64_t block) noexcept {
+    const dequant_operand& z = v.zeros;
+    if (!z.present()) return v.zero;
+    std::uint32_t word = 0;
+    std::memcpy(&word, z.data + v.entry_in(z, e, r, block) * 4, 4);
+    const std::uint32_t shift =
+        z.bits * static_cast<std::uint32_t>(z.block_rows ? r % z.block_rows : 0);
+    const std::uint32_t mask = (std::uint32_t{1} << z.bits) - 1u;
+    return static_cast<std::int32_t>((word >> shift) & mask) + v.zero_adjust;
+}
+
+// n integer values from value `first` of src on, all of one zero point and scale, into dst.
+// Long runs of 4-bit codes go through a table of the 16 codes' results.
+template <class V, class Out>
+[[gnu::always_inline]] inline void int_run(const std::byte* src, std::uint64_t first,
+                                           std::byte* dst, std::size_t n, std::int32_t z, float s,
+                                           float post) noexcept {
+    using out_t = typename Out::type;
+    auto put = [&](std::size_t k, out_t y) { std::memcpy(dst + k * sizeof(out_t), &y, sizeof y); };
+    std::size_t k = 0;
+    if constexpr (bit_size(V::type) < 8) {
+        if (n >= 32) {
+            out_t table[16];
+            for (std::int32_t code = 0; code < 16; ++code)
+                table[code] = int_scaled<Out>(code - z, s, post);
+            if ((first & 1u) != 0) put(k++, table[V::at(src, first)]);
+            const std::byte* from = src + (first + k) / 2;
+            for (; k + 2 <= n; k += 2, ++from) {
+                const auto x = static_cast<std::uint8_t>(*from);
+                const out_t pair[2] = {table[x & 0xfu], table[x >> 4]};
+                std::memcpy(dst + k * sizeof(out_t), pair, sizeof(pair));
+            }
+        }
+    }
+    for (; k < n; ++k) put(k, int_scaled<Out>(V::at(src, first + k) - z, s, post));
+}
+
+// n integer values from destination element `at` on: each block's scale and zero point found
+// once (a column's own under act order).
+template <class V, class Out>
+[[gnu::always_inline]] inline void dequantize_int_loop(const dequant_view& v, std::uint64_t at,
+                                                       const std::byte* src, std::byte* dst,
+                                                       std::size_t n) noexcept {
+    if (v.cols == 0 || v.rows == 0) return;
+    using out_t = typename Out::type;
+    const dequant_operand& sc = v.scales;
+    std::uint64_t row = at / v.cols, c = at % v.cols, done = 0;
+    while (done < n) {
+        const std::uint64_t e = row / v.rows, r = row % v.rows;
+        const std::uint64_t row_end = std::min<std::uint64_t>(v.cols, c + (n - done));
+        while (c < row_end) {
+            std::uint64_t end = row_end;
+            std::uint64_t g = 0;
+            const std::uint64_t* by_index = nullptr;
+            if (v.group_index.present()) {  // act order: a column at a time
+                g = group_at(v, e, c);
+                by_index = &g;
+                end = c + 1;
+            } else if (sc.block_cols != 0) {
+                end = std::min(row_end, (c / sc.block_cols + 1) * sc.block_cols);
+            }
+            if (v.zeros.present() && v.zeros.block_cols != 0 && !by_index)
+                end = std::min(end, (c / v.zeros.block_cols + 1) * v.zeros.block_cols);
+            const float s =
+                scale_as_f32(sc.data, sc.type, v.entry_in(sc, e, r, block_of(sc, c, by_index)));
+            const std::int32_t z = zero_at(v, e, r, block_of(v.zeros, c, by_index));
+            const auto run = static_cast<std::size_t>(end - c);
+            int_run<V, Out>(src, done, dst + done * sizeof(out_t), run, z, s, v.post);
+            done += run;
+            c = end;
+        }
+        if (c == v.cols) {
+            c = 0;
+            ++row;
+        }
+    }
+}
+
+// A box of integer values whose rows are consecutive rows of the tensor over the same columns,
+// within one block of the scales and of the zero points (GPTQ's, read a word at a time down
+// its transposed storage: rows of p values): each row's scale and zero point stepped to, not
+// searched for. False where the box is not such (the rows are then converted one by one).
+template <class V, class Out>
+[[gnu::always_inline]] inline bool dequantize_int_column(const dequant_view& v, std::uint64_t at,
+                                                         std::uint64_t pitch, const std::byte* src,
+                                                         std::size_t src_stride, std::byte* dst,
+                                                         std::size_t dst_stride, std::size_t rows,
+                                                         std::size_t n) noexcept {
+    const dequant_operand& sc = v.scales;
+    const dequant_operand& zo = v.zeros;
+    if (v.cols == 0 || v.rows == 0 || pitch != v.cols || v.group_index.present() || sc.per_part ||
+        sc.block_rows > 1 || (zo.present() && zo.block_rows == 0))
+        return false;
+    const std::uint64_t c = at % v.cols;
+    auto one_block = [&](const dequant_operand& o) {
+        return o.block_cols == 0 || c / o.block_cols == (c + n - 1) / o.block_cols;
+    };
+    if (c + n > v.cols || !one_block(sc) || (zo.present() && !one_block(zo))) return false;
+    const std::uint64_t sblock = sc.block_cols ? c / sc.block_cols : 0;
+    const std::uint64_t zblock = zo.block_cols ? c / zo.block_cols : 0;
+    std::uint64_t row = at / v.cols;
+    std::uint64_t e = row / v.rows, r = row % v.rows;
+    std::uint64_t zr = zo.present() ? r % zo.block_rows : 0;
+    const std::uint32_t mask = (std::uint32_t{1} << zo.bits) - 1u;
+    for (std::size_t i = 0; i < rows; ++i, src += src_stride, dst += dst_stride) {
+        const float s = scale_as_f32(
+            sc.data, sc.type,
+            e * sc.per_expert + r * sc.block_rows * sc.row_step + sblock * sc.col_step);
+        std::int32_t z = v.zero;
+        if (zo.present()) {
+            std::uint32_t word = 0;
+            std::memcpy(&word, zo.data + v.entry_in(zo, e, r, zblock) * 4, 4);
+            z = static_cast<std::int32_t>((word >> (zo.bits * zr)) & mask) + v.zero_adjust;
+        }
+        int_run<V, Out>(src, 0, dst, n, z, s, v.post);
+        if (++r == v.rows) {
+            r = 0;
+            zr = 0;
+            ++e;
+        } else if (zo.present() && ++zr == zo.block_rows) {
+            zr = 0;
+        }
+    }
+    return true;
+}
+
+// The loop of a conversion over a box: the integer one for integer values.
 template <class V, class Out, global_scale G>
-inline void dequantize_portable(const dequant_view& v, std::uint64_t at, const std::byte* src,
-                                std::byte* dst, std::size_t n) noexcept {
-    dequantize_loop<V, Out, G>(v, at, src, dst, n);
+[[gnu::always_inline]] inline void dequantize_any(const dequant_view& v, std::uint64_t at,
+                                                  std::uint64_t pitch, const std::byte* src,
+                                                  std::size_t src_stride, std::byte* dst,
+                                                  std::size_t dst_stride, std::size_t rows,
+                                                  std::size_t n) noexcept {
+    if constexpr (V::integer)
+        if (rows > 1 &&
+            dequantize_int_column<V, Out>(v, at, pitch, src, src_stride, dst, dst_stride, rows, n))
+            return;
+    for (std::size_t i = 0; i < rows; ++i, src += src_stride, dst += dst_stride) {
+        if constexpr (V::integer)
+            dequantize_int_loop<V, Out>(v, at + i * pitch, src, dst, n);
+        else
+            dequantize_loop<V, Out, G>(v, at + i * pitch, src, dst, n);
+    }
+}
+
+template <class V, class Out, global_scale G>
+inline void dequantize_portable(const dequant_view& v, std::uint64_t at, std::uint64_t pitch,
+                                const std::byte* src, std::size_t src_stride, std::byte* dst,
+                                std::size_t dst_stride, std::size_t rows, std::size_t n) noexcept {
+    dequantize_any<V, Out, G>(v, at, pitch, src, src_stride, dst, dst_stride, rows, n);
 }
 
 #if SAFESHARD_CONVERT_X86_DISPATCH
 template <class V, class Out, global_scale G>
 [[gnu::target("avx2")]] inline void dequantize_loop_avx2(const dequant_view& v, std::uint64_t at,
-                                                         const std::byte* src, std::byte* dst,
+                                                         std::uint64_t pitch, const std::byte* src,
+                                                         std::size_t src_stride, std::byte* dst,
+                                                         std::size_t dst_stride, std::size_t rows,
                                                          std::size_t n) noexcept {
-    dequantize_loop<V, Out, G>(v, at, src, dst, n);
+    dequantize_any<V, Out, G>(v, at, pitch, src, src_stride, dst, dst_stride, rows, n);
 }
 #endif
 

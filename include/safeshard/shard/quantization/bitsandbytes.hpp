@@ -4,7 +4,9 @@
 //    row: grid<1,*>) and `weight_format` U8 scalar (the layout of the I8 values:
 //    LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, 0 = "row"; 1-3 = col32, col_turing, col_ampere, tiled
 //    layouts of older releases). A row-major weight is cut as its architecture says, SCB with
-//    its rows; a tiled one is held whole only (its rows are not contiguous);
+//    its rows; a tiled one is held whole only (its rows are not contiguous). Dequantized
+//    (bitsandbytes' int8_vectorwise_dequant): w = weight x SCB[n] x 7.874015718698502e-3 (1/127
+//    in F32), the products in that order; a tiled one is not;
 //  - 4-bit (load_in_4bit, NF4 / FP4): `weight` U8 [N·K/2, 1] (the values flattened, two a
 //    byte), and beside it `weight.absmax`, `weight.quant_map`, `weight.nested_absmax`,
 //    `weight.nested_quant_map` and `weight.quant_state.bitsandbytes__nf4` (or `__fp4`: the
@@ -15,6 +17,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
@@ -34,7 +37,8 @@ namespace safeshard {
     return "its weight_format is " + std::to_string(v) + " (" +
            std::string(v < names.size() ? names[v] : "unknown") +
            "), a tiled layout whose rows are not contiguous; only row-major (0) 8-bit weights "
-           "are cut: load it at world 1, or save it again with a current bitsandbytes";
+           "are cut or dequantized: load it as stored at world 1, or save it again with a "
+           "current bitsandbytes";
 }
 
 inline constexpr std::array<companion_spec, 2> bitsandbytes_8bit_companions = {
@@ -49,7 +53,11 @@ inline constexpr quantization_scheme bitsandbytes_8bit_scheme{
         [](const quantization_config& q) {
             return q.quant_method == "bitsandbytes" && q.bits == 8;
         },
-    .companions = bitsandbytes_8bit_companions};
+    .companions = bitsandbytes_8bit_companions,
+    .dequant = {.scales = {"SCB"},
+                .integer = true,
+                .zero_without = [](const quantization_config&) -> std::int32_t { return 0; },
+                .post_scale = 7.874015718698502e-3f}};
 
 inline constexpr std::array<companion_spec, 6> bitsandbytes_4bit_companions = {
     {{.suffix = "weight.absmax", .grid = held_whole},

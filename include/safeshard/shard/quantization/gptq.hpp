@@ -8,11 +8,18 @@
 // A rank's share of K must be whole words, and whole groups; with `desc_act` (act order) the
 // groups are not contiguous along K, so every rank holds all G rows of the scales and zeros
 // (vLLM: scale_and_zero_input_dim None for an act-order row-parallel layer) and only qweight
-// and g_idx are cut along K. The stored bits are kept as they are: checkpoint_format "gptq"
-// (v1) stores each zero less one, "gptq_v2" does not, which the engine's kernels decide.
+// and g_idx are cut along K. Loaded as stored, the bits are kept as they are: checkpoint_format
+// "gptq" (v1, and where none is given) stores each zero less one, "gptq_v2" does not, which the
+// engine's kernels decide; other checkpoint formats (GPTQModel's "marlin", "bitblas": other
+// layouts) are no GPTQ of this scheme.
+// Dequantized (GPTQModel's dequantize_weight, AutoGPTQ's for v1): w[n][k] = (q - z) x
+// scales[g][n], q the word's value of column k, z qzeros' value of row n in group g (plus one
+// for v1), g = g_idx[k] under desc_act and k / group_size otherwise (vLLM reads g_idx only under
+// desc_act).
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <string_view>
 
 #include "safeshard/shard/quantization/scheme.hpp"
@@ -36,13 +43,25 @@ inline constexpr std::array<companion_spec, 3> gptq_companions = {{
 
 inline constexpr quantization_scheme gptq_scheme{
     .name = "gptq",
-    .matches = [](const quantization_config& q) { return q.quant_method == "gptq"; },
+    .matches =
+        [](const quantization_config& q) {
+            return q.quant_method == "gptq" &&
+                   (q.checkpoint_format.empty() || q.checkpoint_format == "gptq" ||
+                    q.checkpoint_format == "gptq_v2");
+        },
     .companions = gptq_companions,
     .packed_dtype = dtype::i32,
     .storage =
         [](const quantization_config& q) {
             return companion_grid{{1}, {values_per_word(q)}, true};
         },
-    .stored_weight = "qweight"};
+    .stored_weight = "qweight",
+    .dequant = {.scales = {"scales"},
+                .integer = true,
+                .zeros = "qzeros",
+                .group_index = "g_idx",
+                .zero_adjust = [](const quantization_config& q) -> std::int32_t {
+                    return q.checkpoint_format == "gptq_v2" ? 0 : 1;
+                }}};
 
 }  // namespace safeshard

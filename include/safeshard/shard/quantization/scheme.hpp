@@ -49,11 +49,24 @@ struct companion_spec {
 // nibble first). U8 scales are E8M0 (the microscaling formats'). Its other companions (the
 // activations' input_scale) are not needed once dequantized. No scales: the scheme's weights
 // load as stored only.
+//
+// An `integer` scheme's weights are w = (q - z) x s x `post_scale`: q a value's stored code
+// (packed: unsigned, of config.json's bits, U4 or U8; as stored: I8 signed), z its group's
+// zero point, read from the `zeros` companion (packed along N as the values are along K) plus
+// `zero_adjust`, or `zero_without` where the checkpoint has none (nullptr: it must have them);
+// under act order the group of each value's column is read from `group_index` (without act
+// order the groups are by place, as vLLM reads them, and the group index is not needed).
 struct dequantization {
     std::array<std::string_view, 2> scales{};
     std::string_view global{};
     bool global_divides = false;
     dtype packed_values = dtype::u8;
+    bool integer = false;
+    std::string_view zeros{};
+    std::string_view group_index{};
+    std::int32_t (*zero_adjust)(const quantization_config&) = nullptr;
+    std::int32_t (*zero_without)(const quantization_config&) = nullptr;
+    float post_scale = 1.0f;
 
     [[nodiscard]] constexpr bool supported() const noexcept { return !scales[0].empty(); }
 };

@@ -12,6 +12,9 @@
 // A rank's share of K must be whole groups (and whole words); under act order the groups are
 // weight_g_idx's, not K's: every rank holds all of them (vLLM's
 // marlin_repeat_scales_on_all_ranks), and only weight_packed and weight_g_idx are cut on K.
+// Dequantized (compressed-tensors' unpack_from_int32 and dequantize): each value is stored plus
+// 2^(num_bits - 1), and so is each zero point, so w = (q - z) x weight_scale with the stored
+// codes, z = 2^(num_bits - 1) where the checkpoint has no zero points (symmetric).
 #pragma once
 
 #include <array>
@@ -54,6 +57,13 @@ inline constexpr quantization_scheme compressed_tensors_wna16_scheme{
         [](const quantization_config& q) {
             return companion_grid{{1}, {values_per_word(q)}};
         },
-    .stored_weight = "weight_packed"};
+    .stored_weight = "weight_packed",
+    .dequant = {.scales = {"weight_scale"},
+                .integer = true,
+                .zeros = "weight_zero_point",
+                .group_index = "weight_g_idx",
+                .zero_without = [](const quantization_config& q) -> std::int32_t {
+                    return std::int32_t{1} << ((q.bits ? q.bits : 4) - 1);
+                }}};
 
 }  // namespace safeshard
