@@ -34,8 +34,9 @@ stored scales_of(dtype t, std::vector<std::uint64_t> dims, std::mt19937_64& rng)
     stored s = random_stored(t, std::move(dims), rng);
     for (std::size_t i = 0; i + 1 < s.bytes.size(); i += 2) {
         const auto v = static_cast<std::uint16_t>(rng());
-        const std::uint16_t h = t == dtype::f16 ? static_cast<std::uint16_t>(v & 0xbbff)  // exp < 31
-                                                : static_cast<std::uint16_t>(v & 0xbfff);
+        const std::uint16_t h = t == dtype::f16
+                                    ? static_cast<std::uint16_t>(v & 0xbbff)  // exp < 31
+                                    : static_cast<std::uint16_t>(v & 0xbfff);
         std::memcpy(s.bytes.data() + i, &h, 2);
     }
     return s;
@@ -69,11 +70,10 @@ std::map<std::string, stored> int_llama(Linear&& linear) {
 constexpr std::uint64_t group = 8;
 
 std::string gptq_config(unsigned bits, const std::string& format, bool desc_act) {
-    return llama_config(R"({"quant_method": "gptq", "bits": )" + std::to_string(bits) +
-                        R"(, "group_size": 8, "desc_act": )" + (desc_act ? "true" : "false") +
-                        R"(, "sym": false)" +
-                        (format.empty() ? "" : R"(, "checkpoint_format": ")" + format + "\"") +
-                        "}");
+    return llama_config(
+        R"({"quant_method": "gptq", "bits": )" + std::to_string(bits) +
+        R"(, "group_size": 8, "desc_act": )" + (desc_act ? "true" : "false") + R"(, "sym": false)" +
+        (format.empty() ? "" : R"(, "checkpoint_format": ")" + format + "\"") + "}");
 }
 
 // GPTQ's tensors of a linear [N, K]: qweight I32 [K/p, N], scales F16 [K/g, N], qzeros I32
@@ -253,13 +253,11 @@ TEST_CASE("bitsandbytes 8-bit dequantized: weight x SCB x 1/127, every rank") {
 
     SUBCASE("a tiled weight_format is not dequantized, even whole") {
         auto tiled = src;
-        tiled["model.layers.0.mlp.down_proj.weight_format"] =
-            stored{dtype::u8, {}, {std::byte{1}}};
+        tiled["model.layers.0.mlp.down_proj.weight_format"] = stored{dtype::u8, {}, {std::byte{1}}};
         temp_dir t;
         write(t.path(), llama_config(bnb8), tiled);
-        refused(
-            [&] { (void)load<host_tensor>(t.path().string(), dequantized(0, 1, dtype::bf16)); },
-            errc::quantized_checkpoint, {"mlp.down_proj", "is dequantized", "col32"});
+        refused([&] { (void)load<host_tensor>(t.path().string(), dequantized(0, 1, dtype::bf16)); },
+                errc::quantized_checkpoint, {"mlp.down_proj", "is dequantized", "col32"});
     }
 }
 
@@ -308,6 +306,6 @@ TEST_CASE("integer dequantization refuses what it cannot read right") {
         temp_dir dir;
         write(dir.path(), gptq_config(4, "marlin", false), gptq_llama(4, false));
         refused([&] { (void)load<host_tensor>(dir.path().string(), load_options{}); },
-                     errc::quantized_checkpoint, {"gptq"});
+                errc::quantized_checkpoint, {"gptq"});
     }
 }

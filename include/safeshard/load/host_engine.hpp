@@ -243,7 +243,11 @@ private:
         std::uint64_t run(const copy_op& op) {
             const host::piece p = resolve(op);
             const byte_box& b = op.box;
-            if (e_.opt_.prefault) prefault_(p.dst, (b.rows - 1) * b.dst_pitch + b.dst_row_bytes);
+            // A sparse piece (a strip down the rows: GPTQ's transposed words, a word a row)
+            // writes a sliver of its span: its pages are faulted by its writes rather than the
+            // whole span populated again for each strip.
+            const std::uint64_t span = (b.rows - 1) * b.dst_pitch + b.dst_row_bytes;
+            if (e_.opt_.prefault && 2 * b.rows * b.dst_row_bytes >= span) prefault_(p.dst, span);
             if (const auto finished = pipeline_.try_start(p)) return *finished;
             const std::uint64_t before = pipeline_.flush();  // the ring and the order stay simple
             if (!host::run_first(p, zero_, direct_, mapping_, buffered_))
