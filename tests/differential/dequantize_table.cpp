@@ -55,6 +55,21 @@ const char* global_name(convert_role r) {
                                                 : "none";
 }
 
+// A view of [rows, cols] values, `scales` [rows, cols / block] scaling each block of a row.
+dequant_view view_of(std::uint64_t rows, std::uint64_t cols, std::uint64_t block, dtype scales,
+                     const std::vector<char>& s) {
+    dequant_view view;
+    view.rows = rows;
+    view.cols = cols;
+    view.scales = {.data = reinterpret_cast<const std::byte*>(s.data()),
+                   .type = scales,
+                   .block_rows = 1,
+                   .block_cols = block,
+                   .row_step = cols / block,
+                   .per_expert = rows * (cols / block)};
+    return view;
+}
+
 detail::convert_isa isa_arg(std::string_view isa) {
     if (isa == "portable") return detail::convert_isa::portable;
     if (isa == "avx2") {
@@ -90,15 +105,7 @@ int integer_main(int argc, char** argv) {
     if (by_index) inputs.push_back({convert_role::group_index, dtype::i32});
     const std::vector<char> v = read_all(argv[11]), s = read_all(argv[12]), z = read_all(argv[13]),
                             g = read_all(argv[14]);
-    dequant_view view;
-    view.rows = rows;
-    view.cols = cols;
-    view.scales = {.data = reinterpret_cast<const std::byte*>(s.data()),
-                   .type = scales,
-                   .block_rows = 1,
-                   .block_cols = block,
-                   .row_step = cols / block,
-                   .per_expert = rows * (cols / block)};
+    dequant_view view = view_of(rows, cols, block, scales, s);
     if (zeros)
         view.zeros = {.data = reinterpret_cast<const std::byte*>(z.data()),
                       .type = dtype::i32,
@@ -187,15 +194,7 @@ int main(int argc, char** argv) {
         if (global == "divide") inputs.push_back({convert_role::global_divisors, dtype::f32});
         const std::vector<char> v = read_all(argv[8]), s = read_all(argv[9]),
                                 g = read_all(argv[10]);
-        dequant_view view;
-        view.rows = rows;
-        view.cols = cols;
-        view.scales = {.data = reinterpret_cast<const std::byte*>(s.data()),
-                       .type = scales,
-                       .block_rows = 1,
-                       .block_cols = block,
-                       .row_step = cols / block,
-                       .per_expert = rows * (cols / block)};
+        dequant_view view = view_of(rows, cols, block, scales, s);
         view.global = {
             .data = inputs.size() == 3 ? reinterpret_cast<const std::byte*>(g.data()) : nullptr,
             .type = dtype::f32,

@@ -357,17 +357,22 @@ template <class Out>
     return g ? *g : c / o.block_cols;
 }
 
+// The zero point in word `entry` of the zeros, the `sub`-th of the word (low bits first).
+[[nodiscard]] inline std::int32_t zero_in(const dequant_view& v, std::uint64_t entry,
+                                          std::uint64_t sub) noexcept {
+    const dequant_operand& z = v.zeros;
+    std::uint32_t word = 0;
+    std::memcpy(&word, z.data + entry * 4, 4);
+    const std::uint32_t mask = (std::uint32_t{1} << z.bits) - 1u;
+    return static_cast<std::int32_t>((word >> (z.bits * sub)) & mask) + v.zero_adjust;
+}
+
 // The zero point of row r of expert e's slab in zero block `block`.
 [[nodiscard]] inline std::int32_t zero_at(const dequant_view& v, std::uint64_t e, std::uint64_t r,
                                           std::uint64_t block) noexcept {
     const dequant_operand& z = v.zeros;
     if (!z.present()) return v.zero;
-    std::uint32_t word = 0;
-    std::memcpy(&word, z.data + v.entry_in(z, e, r, block) * 4, 4);
-    const std::uint32_t shift =
-        z.bits * static_cast<std::uint32_t>(z.block_rows ? r % z.block_rows : 0);
-    const std::uint32_t mask = (std::uint32_t{1} << z.bits) - 1u;
-    return static_cast<std::int32_t>((word >> shift) & mask) + v.zero_adjust;
+    return zero_in(v, v.entry_in(z, e, r, block), z.block_rows ? r % z.block_rows : 0);
 }
 
 // n integer values from value `first` of src on, all of one zero point and scale, into dst.
@@ -462,17 +467,11 @@ template <class V, class Out>
     std::uint64_t row = at / v.cols;
     std::uint64_t e = row / v.rows, r = row % v.rows;
     std::uint64_t zr = zo.present() ? r % zo.block_rows : 0;
-    const std::uint32_t mask = (std::uint32_t{1} << zo.bits) - 1u;
     for (std::size_t i = 0; i < rows; ++i, src += src_stride, dst += dst_stride) {
         const float s = scale_as_f32(
             sc.data, sc.type,
             e * sc.per_expert + r * sc.block_rows * sc.row_step + sblock * sc.col_step);
-        std::int32_t z = v.zero;
-        if (zo.present()) {
-            std::uint32_t word = 0;
-            std::memcpy(&word, zo.data + v.entry_in(zo, e, r, zblock) * 4, 4);
-            z = static_cast<std::int32_t>((word >> (zo.bits * zr)) & mask) + v.zero_adjust;
-        }
+        const std::int32_t z = zo.present() ? zero_in(v, v.entry_in(zo, e, r, zblock), zr) : v.zero;
         int_run<V, Out>(src, 0, dst, n, z, s, v.post);
         if (++r == v.rows) {
             r = 0;
